@@ -1,0 +1,125 @@
+//! Boot information the host writes into a cell before its first instruction.
+
+/// Magic value at the start of [`BootInfo`] ("HYPCELL1").
+pub const BOOT_MAGIC: u64 = u64::from_le_bytes(*b"HYPCELL1");
+
+/// Everything the guest runtime needs to start, at the guest-physical address the host
+/// passes in `rdi`. All addresses are guest-physical (equal to guest-virtual).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BootInfo {
+    /// [`BOOT_MAGIC`].
+    pub magic: u64,
+    /// [`crate::ABI_VERSION`] of the host that booted the cell.
+    pub abi_version: u32,
+    /// Bit set of [`CpuFeatures`] the guest may use.
+    pub cpu_features: u32,
+    /// Total guest memory in bytes.
+    pub memory_size: u64,
+    /// First byte of the guest heap.
+    pub heap_start: u64,
+    /// One past the last byte of the guest heap.
+    pub heap_end: u64,
+    /// Most bytes one wasm linear memory may grow to.
+    pub wasm_memory_limit: u64,
+    /// Most bytes of native stack wasm code may use.
+    pub max_wasm_stack: u64,
+    /// Address of the compiled module (a wasmtime artifact), aligned to 2 MiB.
+    pub module_addr: u64,
+    /// Length of the compiled module.
+    pub module_len: u64,
+    /// Program arguments: `argc` NUL-terminated strings, back to back.
+    pub args_addr: u64,
+    /// Length of the argument block.
+    pub args_len: u64,
+    /// Number of arguments.
+    pub argc: u64,
+    /// Environment: `envc` NUL-terminated `NAME=VALUE` strings, back to back.
+    pub env_addr: u64,
+    /// Length of the environment block.
+    pub env_len: u64,
+    /// Number of environment entries.
+    pub envc: u64,
+    /// Address of the hypercall request block the guest uses.
+    pub request_addr: u64,
+    /// Address of the [`crate::OutputBuffer`] header.
+    pub output_addr: u64,
+    /// Time-stamp counter frequency in kHz.
+    pub tsc_khz: u64,
+    /// Wall-clock time (ns since the Unix epoch) at boot.
+    pub realtime_ns: u64,
+    /// Host monotonic clock (ns) at boot.
+    pub monotonic_ns: u64,
+    /// [`StdioKind`] of stdin, stdout and stderr.
+    pub stdio_kinds: [u8; 3],
+    /// Reserved, zero.
+    pub reserved: [u8; 5],
+}
+
+/// What a host stdio stream is connected to; decides the WASI file type reported.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StdioKind {
+    /// A pipe, socket or anything else.
+    Other = 0,
+    /// A terminal.
+    Terminal = 1,
+    /// A regular file.
+    File = 2,
+}
+
+/// CPU features the host has checked and the cell may use, as bits of
+/// [`BootInfo::cpu_features`]. Compiled code is built for exactly the features the
+/// host reports, and the guest answers wasmtime's feature checks from this set
+/// instead of executing `cpuid` (an exit).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CpuFeatures;
+
+impl CpuFeatures {
+    /// SSE3.
+    pub const SSE3: u32 = 1 << 0;
+    /// SSSE3.
+    pub const SSSE3: u32 = 1 << 1;
+    /// SSE4.1.
+    pub const SSE41: u32 = 1 << 2;
+    /// SSE4.2.
+    pub const SSE42: u32 = 1 << 3;
+    /// POPCNT.
+    pub const POPCNT: u32 = 1 << 4;
+    /// BMI1.
+    pub const BMI1: u32 = 1 << 5;
+    /// BMI2.
+    pub const BMI2: u32 = 1 << 6;
+    /// LZCNT.
+    pub const LZCNT: u32 = 1 << 7;
+    /// AVX (the host enabled AVX state in XCR0 for the cell).
+    pub const AVX: u32 = 1 << 8;
+    /// AVX2.
+    pub const AVX2: u32 = 1 << 9;
+    /// FMA.
+    pub const FMA: u32 = 1 << 10;
+    /// RDRAND, used for `random_get` without an exit.
+    pub const RDRAND: u32 = 1 << 11;
+    /// CMPXCHG16B.
+    pub const CMPXCHG16B: u32 = 1 << 12;
+
+    /// Maps a wasmtime/`std_detect` feature name to its bit.
+    pub fn bit(name: &str) -> Option<u32> {
+        Some(match name {
+            "sse3" => Self::SSE3,
+            "ssse3" => Self::SSSE3,
+            "sse4.1" => Self::SSE41,
+            "sse4.2" => Self::SSE42,
+            "popcnt" => Self::POPCNT,
+            "bmi1" => Self::BMI1,
+            "bmi2" => Self::BMI2,
+            "lzcnt" => Self::LZCNT,
+            "avx" => Self::AVX,
+            "avx2" => Self::AVX2,
+            "fma" => Self::FMA,
+            "rdrand" => Self::RDRAND,
+            "cmpxchg16b" => Self::CMPXCHG16B,
+            _ => return None,
+        })
+    }
+}

@@ -1,0 +1,146 @@
+//! Hypercall request block and call numbers.
+
+use crate::ABI_VERSION;
+
+/// A hypercall request, written by the guest into its own memory. The guest then
+/// executes `out HYPERCALL_PORT, eax` with the request's guest-physical address in
+/// `eax`. The host copies the whole block out of guest memory before it looks at any
+/// field, validates it, performs the call and writes `result` back in place.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HypercallRequest {
+    /// Must equal [`ABI_VERSION`].
+    pub abi_version: u32,
+    /// One of the [`Hypercall`] numbers.
+    pub number: u32,
+    /// Arguments; their meaning depends on `number` (see [`Hypercall`]).
+    pub args: [u64; 6],
+    /// Written by the host: a non-negative value on success, or a negated WASI errno.
+    pub result: i64,
+}
+
+impl HypercallRequest {
+    /// Builds a request for `call` with `args` (unused arguments are zero).
+    pub const fn new(call: Hypercall, args: [u64; 6]) -> Self {
+        Self {
+            abi_version: ABI_VERSION,
+            number: call as u32,
+            args,
+            result: 0,
+        }
+    }
+}
+
+/// Byte offset of [`HypercallRequest::result`] inside the request block.
+pub const RESULT_OFFSET: u64 = core::mem::offset_of!(HypercallRequest, result) as u64;
+
+/// A scatter/gather element: `len` bytes at guest-physical address `addr`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct IoVec {
+    /// Guest-physical address of the first byte.
+    pub addr: u64,
+    /// Number of bytes.
+    pub len: u64,
+}
+
+/// Most elements one `Write` or `Read` request may carry.
+pub const MAX_IOVECS: u64 = 1024;
+
+/// Hypercall numbers. Arguments are listed as `args[0]`, `args[1]`, ...
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Hypercall {
+    /// Drain the output buffer (see [`crate::OutputBuffer`]) to the host's stdout and
+    /// stderr. No arguments; result 0.
+    Flush = 1,
+    /// Write to host stdio. `fd` (1 or 2), guest address of an [`IoVec`] array, element
+    /// count. The host drains the output buffer first. Result: bytes written.
+    Write = 2,
+    /// Read from host stdin. `fd` (0), guest address of an [`IoVec`] array, element
+    /// count. Result: bytes read (0 at end of input).
+    Read = 3,
+    /// The program finished: exit status. The host drains the output buffer. Never
+    /// returns.
+    Exit = 4,
+    /// The program trapped: guest address and length of a UTF-8 report (the trap and
+    /// its wasm backtrace). The host drains the output buffer. Never returns.
+    Trap = 5,
+    /// The runtime could not run the program: guest address and length of a UTF-8
+    /// message, and a [`FailureKind`]. Never returns.
+    Fail = 6,
+    /// Block for `nanoseconds`. Result 0.
+    Sleep = 7,
+    /// Fill `len` bytes at a guest address with random bytes (for CPUs without
+    /// `rdrand`). Result 0.
+    Random = 8,
+}
+
+impl Hypercall {
+    /// Decodes a hypercall number, or `None` for an unknown one.
+    pub const fn from_number(number: u32) -> Option<Self> {
+        Some(match number {
+            1 => Self::Flush,
+            2 => Self::Write,
+            3 => Self::Read,
+            4 => Self::Exit,
+            5 => Self::Trap,
+            6 => Self::Fail,
+            7 => Self::Sleep,
+            8 => Self::Random,
+            _ => return None,
+        })
+    }
+}
+
+/// Why the runtime gave up on a program, carried by [`Hypercall::Fail`].
+#[repr(u64)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The runtime itself failed (a bug or an incompatible artifact).
+    Runtime = 0,
+    /// Instantiation failed (a missing import, a failing start function, ...).
+    Instantiate = 1,
+    /// The guest heap is exhausted: the cell's memory limit is too small.
+    OutOfMemory = 2,
+}
+
+impl FailureKind {
+    /// Decodes a failure kind; unknown values are treated as runtime failures.
+    pub const fn from_raw(raw: u64) -> Self {
+        match raw {
+            1 => Self::Instantiate,
+            2 => Self::OutOfMemory,
+            _ => Self::Runtime,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn numbers_round_trip() {
+        for call in [
+            Hypercall::Flush,
+            Hypercall::Write,
+            Hypercall::Read,
+            Hypercall::Exit,
+            Hypercall::Trap,
+            Hypercall::Fail,
+            Hypercall::Sleep,
+            Hypercall::Random,
+        ] {
+            assert_eq!(Hypercall::from_number(call as u32), Some(call));
+        }
+        assert_eq!(Hypercall::from_number(0), None);
+        assert_eq!(Hypercall::from_number(9), None);
+    }
+
+    #[test]
+    fn request_layout_is_stable() {
+        assert_eq!(core::mem::size_of::<HypercallRequest>(), 64);
+        assert_eq!(RESULT_OFFSET, 56);
+    }
+}

@@ -1,0 +1,19 @@
+//! The guest's output buffer, drained by the host.
+//!
+//! The guest appends stdout and stderr bytes as records (`fd: u32`, `len: u32`, then
+//! `len` bytes, unaligned) so their relative order survives buffering. The host drains
+//! the buffer on [`crate::Hypercall::Flush`], before `Write` and `Read`, at exit, on a
+//! trap, and when the cell faults or times out, so nothing the program wrote is lost.
+
+/// Size of a record header: `fd: u32` then `len: u32`, little-endian.
+pub const OUTPUT_RECORD_HEADER: usize = 8;
+
+/// Header of the output buffer; `capacity` data bytes follow it in guest memory.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OutputBuffer {
+    /// Bytes of records currently in the buffer. Reset to 0 by the host after a drain.
+    pub used: u64,
+    /// Size of the data area that follows this header (set by the host at boot).
+    pub capacity: u64,
+}

@@ -1,0 +1,71 @@
+//! WASI clocks, served from the time-stamp counter without leaving the cell.
+
+use core::arch::x86_64::_rdtsc;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use hypercell_abi::BootInfo;
+
+static TSC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
+static TSC_KHZ: AtomicU64 = AtomicU64::new(1);
+static REALTIME_AT_BOOT: AtomicU64 = AtomicU64::new(0);
+static MONOTONIC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
+
+/// WASI clock ids.
+pub const REALTIME: u32 = 0;
+pub const MONOTONIC: u32 = 1;
+pub const PROCESS_CPUTIME: u32 = 2;
+pub const THREAD_CPUTIME: u32 = 3;
+
+fn rdtsc() -> u64 {
+    // SAFETY: `rdtsc` has no preconditions and runs natively at CPL 3.
+    unsafe { _rdtsc() }
+}
+
+pub fn init(boot: &BootInfo) {
+    TSC_AT_BOOT.store(rdtsc(), Ordering::Relaxed);
+    TSC_KHZ.store(boot.tsc_khz.max(1), Ordering::Relaxed);
+    REALTIME_AT_BOOT.store(boot.realtime_ns, Ordering::Relaxed);
+    MONOTONIC_AT_BOOT.store(boot.monotonic_ns, Ordering::Relaxed);
+}
+
+/// Nanoseconds since the guest started.
+pub fn elapsed_ns() -> u64 {
+    let ticks = rdtsc().wrapping_sub(TSC_AT_BOOT.load(Ordering::Relaxed));
+    (u128::from(ticks) * 1_000_000 / u128::from(TSC_KHZ.load(Ordering::Relaxed))) as u64
+}
+
+/// The current time of clock `id`, or `None` for an unknown clock.
+///
+/// The cell has one vCPU that runs only while its program does, so its process and
+/// thread CPU time is the time since the program started.
+pub fn now(id: u32) -> Option<u64> {
+    let elapsed = elapsed_ns();
+    Some(match id {
+        REALTIME => REALTIME_AT_BOOT.load(Ordering::Relaxed) + elapsed,
+        MONOTONIC => MONOTONIC_AT_BOOT.load(Ordering::Relaxed) + elapsed,
+        PROCESS_CPUTIME | THREAD_CPUTIME => elapsed,
+        _ => return None,
+    })
+}
+
+/// The resolution of clock `id` in nanoseconds, or `None` for an unknown clock.
+pub fn resolution(id: u32) -> Option<u64> {
+    (id <= THREAD_CPUTIME).then(|| (1_000_000 / TSC_KHZ.load(Ordering::Relaxed)).max(1))
+}
+
+/// Waits `ns` nanoseconds: short waits spin (an exit costs more), longer ones ask the
+/// host to sleep.
+pub fn sleep(ns: u64) {
+    const SPIN_LIMIT_NS: u64 = 200_000;
+    if ns == 0 {
+        return;
+    }
+    if ns <= SPIN_LIMIT_NS {
+        let end = elapsed_ns() + ns;
+        while elapsed_ns() < end {
+            core::hint::spin_loop();
+        }
+    } else {
+        crate::hypercall::call(hypercell_abi::Hypercall::Sleep, [ns, 0, 0, 0, 0, 0]);
+    }
+}

@@ -1,0 +1,130 @@
+//! Loads the host-compiled module into wasmtime, links WASI, and runs `_start`.
+
+use core::fmt::Write;
+use core::ptr::NonNull;
+use core::sync::atomic::{AtomicU64, Ordering};
+
+use alloc::format;
+use alloc::sync::Arc;
+use hypercell_abi::hypercall::FailureKind;
+use hypercell_abi::{BootInfo, Hypercall};
+use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store};
+
+use crate::platform::{FixedBuffer, GuestCodeMemory, fail};
+use crate::wasi::CellState;
+
+/// The largest linear-memory size a `memory.grow` was refused for, in bytes.
+static DENIED_GROWTH: AtomicU64 = AtomicU64::new(0);
+
+/// Bytes a refused `memory.grow` asked for (0 when none was refused), reported to the
+/// host so that an out-of-memory failure names the cell's limit.
+pub fn denied_growth() -> u64 {
+    DENIED_GROWTH.load(Ordering::Relaxed)
+}
+
+/// Refuses linear-memory growth past what the cell's heap can hold.
+pub struct GrowthLimiter {
+    limit: usize,
+}
+
+impl ResourceLimiter for GrowthLimiter {
+    fn memory_growing(
+        &mut self,
+        _current: usize,
+        desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        if desired > self.limit {
+            DENIED_GROWTH.fetch_max(desired as u64, Ordering::Relaxed);
+            return Ok(false);
+        }
+        Ok(true)
+    }
+
+    fn memory_grow_failed(&mut self, _error: wasmtime::Error) -> wasmtime::Result<()> {
+        // The heap could not hold the new size even below the limit (fragmentation).
+        DENIED_GROWTH.fetch_max(self.limit as u64, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn table_growing(
+        &mut self,
+        _current: usize,
+        _desired: usize,
+        _maximum: Option<usize>,
+    ) -> wasmtime::Result<bool> {
+        Ok(true)
+    }
+}
+
+fn fail_with(kind: FailureKind, what: &str, error: &wasmtime::Error) -> ! {
+    let mut message = FixedBuffer::<4096>::new();
+    let _ = write!(message, "{what}: {error:?}");
+    fail(kind, message.as_bytes())
+}
+
+pub fn run(boot: &BootInfo) -> ! {
+    let mut config = Config::new();
+    hypercell_engine::configure(&mut config);
+    // SAFETY: the answers come from the host, which checked each feature on the real
+    // CPU and compiled the module for exactly that set.
+    unsafe {
+        config.detect_host_feature(crate::platform::detect_cpu_feature);
+    }
+    config.with_custom_code_memory(Some(Arc::new(GuestCodeMemory)));
+    config.max_wasm_stack(boot.max_wasm_stack as usize);
+    let engine = Engine::new(&config)
+        .unwrap_or_else(|e| fail_with(FailureKind::Runtime, "failed to start the engine", &e));
+
+    let artifact = NonNull::slice_from_raw_parts(
+        NonNull::new(boot.module_addr as *mut u8).expect("the host passes a module"),
+        boot.module_len as usize,
+    );
+    // SAFETY: the host copied an artifact that its own wasmtime (the same version,
+    // configured by `hypercell_engine::configure`) produced into this region; the
+    // region is reserved for it for the cell's whole life and nothing else writes it.
+    let module = unsafe { Module::deserialize_raw(&engine, artifact) }.unwrap_or_else(|e| {
+        fail_with(FailureKind::Runtime, "failed to load the compiled module", &e)
+    });
+
+    let mut linker = Linker::new(&engine);
+    crate::wasi::add_to_linker(&mut linker)
+        .unwrap_or_else(|e| fail_with(FailureKind::Runtime, "failed to define WASI", &e));
+    let limiter = GrowthLimiter {
+        limit: boot.wasm_memory_limit as usize,
+    };
+    let mut store = Store::new(&engine, CellState::new(boot, limiter));
+    store.limiter(|state| &mut state.limiter);
+
+    let instance = match linker.instantiate(&mut store, &module) {
+        Ok(instance) => instance,
+        Err(e) if e.is::<wasmtime::Trap>() => trap(&e),
+        Err(e) => fail_with(FailureKind::Instantiate, "failed to instantiate", &e),
+    };
+    let Ok(start) = instance.get_typed_func::<(), ()>(&mut store, "_start") else {
+        fail(
+            FailureKind::Instantiate,
+            b"the module exports no `_start` function of type [] -> []",
+        )
+    };
+    match start.call(&mut store, ()) {
+        Ok(()) => crate::stdio::exit(0),
+        Err(e) => trap(&e),
+    }
+}
+
+/// Reports a trap (with its wasm backtrace) and ends the cell.
+fn trap(error: &wasmtime::Error) -> ! {
+    let report = format!("{error:?}");
+    crate::hypercall::call_final(
+        Hypercall::Trap,
+        [
+            report.as_ptr() as u64,
+            report.len() as u64,
+            denied_growth(),
+            0,
+            0,
+            0,
+        ],
+    )
+}

@@ -1,0 +1,153 @@
+//! Buffered stdout/stderr and unbuffered stdin.
+//!
+//! Output goes into the shared output buffer as `(fd, len, bytes)` records, so the order
+//! of stdout and stderr writes survives; the host drains the buffer at every exit (a
+//! flush, a read, a sleep, exit, a trap, a fault or a timeout), so nothing written is
+//! lost. A write larger than the buffer goes to the host in one hypercall straight from
+//! wasm memory.
+
+use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+
+use alloc::vec::Vec;
+use hypercell_abi::{BootInfo, Hypercall, IoVec, OUTPUT_RECORD_HEADER, OutputBuffer, StdioKind};
+
+static OUTPUT: AtomicU64 = AtomicU64::new(0);
+/// Bit `fd` is set while stdio descriptor `fd` is open.
+static OPEN: AtomicU8 = AtomicU8::new(0b111);
+static KINDS: [AtomicU8; 3] = [AtomicU8::new(0), AtomicU8::new(0), AtomicU8::new(0)];
+/// Offset of the last record in the buffer, and its fd, so that consecutive writes to
+/// one stream extend a single record.
+static LAST_RECORD: AtomicU64 = AtomicU64::new(u64::MAX);
+static LAST_FD: AtomicU8 = AtomicU8::new(u8::MAX);
+
+pub fn init(boot: &BootInfo) {
+    OUTPUT.store(boot.output_addr, Ordering::Relaxed);
+    for (kind, &raw) in KINDS.iter().zip(boot.stdio_kinds.iter()) {
+        kind.store(raw, Ordering::Relaxed);
+    }
+}
+
+/// Whether stdio descriptor `fd` is open.
+pub fn is_open(fd: u32) -> bool {
+    fd < 3 && OPEN.load(Ordering::Relaxed) & (1 << fd) != 0
+}
+
+/// Closes stdio descriptor `fd`; false if it was not open.
+pub fn close(fd: u32) -> bool {
+    let was_open = is_open(fd);
+    if was_open {
+        OPEN.fetch_and(!(1 << fd), Ordering::Relaxed);
+    }
+    was_open
+}
+
+/// Whether stdio descriptor `fd` is a terminal on the host.
+pub fn is_terminal(fd: u32) -> bool {
+    fd < 3 && KINDS[fd as usize].load(Ordering::Relaxed) == StdioKind::Terminal as u8
+}
+
+fn header() -> *mut OutputBuffer {
+    OUTPUT.load(Ordering::Relaxed) as *mut OutputBuffer
+}
+
+fn data() -> *mut u8 {
+    (OUTPUT.load(Ordering::Relaxed) + core::mem::size_of::<OutputBuffer>() as u64) as *mut u8
+}
+
+fn used() -> usize {
+    // SAFETY: the host placed the output buffer header at this address at boot; the
+    // host resets `used` during exits, so it is read afresh each time.
+    unsafe { core::ptr::addr_of!((*header()).used).read_volatile() as usize }
+}
+
+fn capacity() -> usize {
+    // SAFETY: as in `used`.
+    unsafe { core::ptr::addr_of!((*header()).capacity).read_volatile() as usize }
+}
+
+fn append(fd: u32, bufs: &[&[u8]], total: usize) {
+    let mut used = used();
+    let data = data();
+    let extend = used != 0
+        && LAST_FD.load(Ordering::Relaxed) == fd as u8
+        && LAST_RECORD.load(Ordering::Relaxed) as usize + OUTPUT_RECORD_HEADER <= used;
+    // SAFETY: the caller checked that a header and `total` bytes fit in the buffer's
+    // data area (`capacity` bytes at `data`), which only this module writes between
+    // exits.
+    unsafe {
+        if extend {
+            let record = data.add(LAST_RECORD.load(Ordering::Relaxed) as usize);
+            let len_field = record.add(4).cast::<u32>();
+            len_field.write_unaligned(len_field.read_unaligned() + total as u32);
+        } else {
+            let record = data.add(used);
+            record.cast::<u32>().write_unaligned(fd);
+            record.add(4).cast::<u32>().write_unaligned(total as u32);
+            LAST_RECORD.store(used as u64, Ordering::Relaxed);
+            LAST_FD.store(fd as u8, Ordering::Relaxed);
+            used += OUTPUT_RECORD_HEADER;
+        }
+        for buf in bufs {
+            core::ptr::copy_nonoverlapping(buf.as_ptr(), data.add(used), buf.len());
+            used += buf.len();
+        }
+        core::ptr::addr_of_mut!((*header()).used).write_volatile(used as u64);
+    }
+}
+
+/// Writes the buffered output to the host now.
+pub fn flush() {
+    if used() != 0 {
+        crate::hypercall::call(Hypercall::Flush, [0; 6]);
+    }
+}
+
+/// Writes `bufs` to stdout (1) or stderr (2); returns the bytes written or an errno.
+pub fn write(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
+    let total: usize = bufs.iter().map(|b| b.len()).sum();
+    let room = capacity().saturating_sub(OUTPUT_RECORD_HEADER);
+    if total > room / 2 {
+        // Large writes skip the buffer: one exit moves them all, straight from wasm
+        // memory (guest-physical addresses equal guest-virtual ones).
+        let iovecs: Vec<IoVec> = bufs
+            .iter()
+            .filter(|b| !b.is_empty())
+            .map(|b| IoVec {
+                addr: b.as_ptr() as u64,
+                len: b.len() as u64,
+            })
+            .collect();
+        let n = crate::hypercall::call(
+            Hypercall::Write,
+            [u64::from(fd), iovecs.as_ptr() as u64, iovecs.len() as u64, 0, 0, 0],
+        );
+        return if n < 0 { Err(n) } else { Ok(n as usize) };
+    }
+    if used() + OUTPUT_RECORD_HEADER + total > capacity() {
+        flush();
+    }
+    append(fd, bufs, total);
+    if is_terminal(fd) && bufs.iter().any(|b| b.contains(&b'\n')) {
+        flush();
+    }
+    Ok(total)
+}
+
+/// Reads from stdin into `bufs` (guest addresses and lengths); returns the bytes read
+/// or an errno. The host drains pending output first, so prompts appear before input
+/// is awaited.
+pub fn read(iovecs: &[IoVec]) -> Result<usize, i64> {
+    let n = crate::hypercall::call(
+        Hypercall::Read,
+        [0, iovecs.as_ptr() as u64, iovecs.len() as u64, 0, 0, 0],
+    );
+    if n < 0 { Err(n) } else { Ok(n as usize) }
+}
+
+/// Ends the program with `code`; the host writes out any buffered output.
+pub fn exit(code: u32) -> ! {
+    crate::hypercall::call_final(
+        Hypercall::Exit,
+        [u64::from(code), crate::runtime::denied_growth(), 0, 0, 0, 0],
+    )
+}

@@ -1,0 +1,486 @@
+//! WASI preview1 for the program, served inside the cell where it can be.
+//!
+//! Arguments, the environment, clocks and random numbers never leave the cell. Stdio
+//! goes through [`crate::stdio`]. There are no preopened directories yet, so every
+//! call on a descriptor other than stdin, stdout and stderr answers `badf`, as wasmtime
+//! does for a descriptor that is not open.
+
+use core::ops::Range;
+
+use alloc::vec::Vec;
+use hypercell_abi::wasi::WASI_PREVIEW1 as WASI;
+use hypercell_abi::{BootInfo, IoVec};
+use wasmtime::{Caller, Extern, Linker};
+
+use crate::runtime::GrowthLimiter;
+use crate::{clock, random, stdio};
+
+type Errno = i32;
+
+/// WASI errno values used here.
+mod errno {
+    pub const BADF: i32 = 8;
+    pub const FAULT: i32 = 21;
+    pub const INVAL: i32 = 28;
+    pub const NOSYS: i32 = 52;
+    pub const NOTDIR: i32 = 54;
+    pub const NOTSOCK: i32 = 57;
+    pub const NOTSUP: i32 = 58;
+    pub const SPIPE: i32 = 70;
+}
+
+/// WASI file types.
+const FILETYPE_UNKNOWN: u8 = 0;
+const FILETYPE_CHARACTER_DEVICE: u8 = 2;
+
+/// WASI rights.
+const RIGHT_FD_READ: u64 = 1 << 1;
+const RIGHT_FD_WRITE: u64 = 1 << 6;
+
+/// Per-store state: the growth limiter and the boot-time argument and environment
+/// blocks.
+pub struct CellState {
+    pub limiter: GrowthLimiter,
+    args: StringBlock,
+    env: StringBlock,
+}
+
+/// NUL-terminated strings back to back in guest memory, as the host laid them out.
+struct StringBlock {
+    bytes: &'static [u8],
+    count: u32,
+}
+
+impl StringBlock {
+    fn new(addr: u64, len: u64, count: u64) -> Self {
+        let bytes = if len == 0 {
+            &[][..]
+        } else {
+            // SAFETY: the host wrote `len` bytes at `addr` in a region reserved for the
+            // cell's whole life that nothing writes afterwards.
+            unsafe { core::slice::from_raw_parts(addr as *const u8, len as usize) }
+        };
+        Self {
+            bytes,
+            count: count as u32,
+        }
+    }
+
+    fn sizes(&self, mem: &mut Mem<'_>, count_ptr: i32, size_ptr: i32) -> Result<(), Errno> {
+        mem.write_u32(count_ptr, self.count)?;
+        mem.write_u32(size_ptr, self.bytes.len() as u32)
+    }
+
+    fn get(&self, mem: &mut Mem<'_>, ptrs: i32, buf: i32) -> Result<(), Errno> {
+        mem.get_mut(buf, self.bytes.len() as u32)?
+            .copy_from_slice(self.bytes);
+        let mut offset = 0u32;
+        for (i, string) in self.bytes.split_inclusive(|&b| b == 0).enumerate() {
+            mem.write_u32(ptrs.wrapping_add(4 * i as i32), (buf as u32).wrapping_add(offset))?;
+            offset += string.len() as u32;
+        }
+        Ok(())
+    }
+}
+
+impl CellState {
+    pub fn new(boot: &BootInfo, limiter: GrowthLimiter) -> Self {
+        Self {
+            limiter,
+            args: StringBlock::new(boot.args_addr, boot.args_len, boot.argc),
+            env: StringBlock::new(boot.env_addr, boot.env_len, boot.envc),
+        }
+    }
+}
+
+/// The program's linear memory, with WASI's bounds rules (`fault` when out of range).
+struct Mem<'a>(&'a mut [u8]);
+
+impl Mem<'_> {
+    fn range(&self, ptr: i32, len: u32) -> Result<Range<usize>, Errno> {
+        let start = ptr as u32 as usize;
+        let end = start.checked_add(len as usize).ok_or(errno::FAULT)?;
+        if end > self.0.len() {
+            return Err(errno::FAULT);
+        }
+        Ok(start..end)
+    }
+
+    fn get(&self, ptr: i32, len: u32) -> Result<&[u8], Errno> {
+        let range = self.range(ptr, len)?;
+        Ok(&self.0[range])
+    }
+
+    fn get_mut(&mut self, ptr: i32, len: u32) -> Result<&mut [u8], Errno> {
+        let range = self.range(ptr, len)?;
+        Ok(&mut self.0[range])
+    }
+
+    fn read<const N: usize>(&self, ptr: i32) -> Result<[u8; N], Errno> {
+        Ok(self.get(ptr, N as u32)?.try_into().expect("length checked"))
+    }
+
+    fn read_u32(&self, ptr: i32) -> Result<u32, Errno> {
+        self.read(ptr).map(u32::from_le_bytes)
+    }
+
+    fn write(&mut self, ptr: i32, bytes: &[u8]) -> Result<(), Errno> {
+        self.get_mut(ptr, bytes.len() as u32)?.copy_from_slice(bytes);
+        Ok(())
+    }
+
+    fn write_u32(&mut self, ptr: i32, value: u32) -> Result<(), Errno> {
+        self.write(ptr, &value.to_le_bytes())
+    }
+
+    fn write_u64(&mut self, ptr: i32, value: u64) -> Result<(), Errno> {
+        self.write(ptr, &value.to_le_bytes())
+    }
+
+    /// The ranges of a WASI iovec array (`{ buf: u32, len: u32 }` elements).
+    fn iovecs(&self, iovs: i32, count: i32) -> Result<Vec<Range<usize>>, Errno> {
+        (0..count as u32)
+            .map(|i| {
+                let at = iovs.wrapping_add((8 * i) as i32);
+                self.range(self.read_u32(at)? as i32, self.read_u32(at.wrapping_add(4))?)
+            })
+            .collect()
+    }
+}
+
+/// Runs `f` over the caller's exported memory and state; turns its result into an
+/// errno. A module without an exported `memory` traps, as under wasmtime.
+fn with_mem(
+    caller: &mut Caller<'_, CellState>,
+    f: impl FnOnce(&mut Mem<'_>, &mut CellState) -> Result<(), Errno>,
+) -> wasmtime::Result<i32> {
+    let Some(Extern::Memory(memory)) = caller.get_export("memory") else {
+        wasmtime::bail!("the module calls WASI but exports no memory named `memory`");
+    };
+    let (data, state) = memory.data_and_store_mut(caller);
+    Ok(f(&mut Mem(data), state).err().unwrap_or(0))
+}
+
+/// The errno for a call on `fd` that only preopened directories or files support.
+fn stdio_or_badf(fd: i32, stdio_errno: Errno) -> Result<(), Errno> {
+    Err(if stdio::is_open(fd as u32) {
+        stdio_errno
+    } else {
+        errno::BADF
+    })
+}
+
+fn fd_write(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Result<(), Errno> {
+    let fd = fd as u32;
+    if fd == 0 || !stdio::is_open(fd) {
+        return Err(errno::BADF);
+    }
+    let ranges = mem.iovecs(iovs, count)?;
+    let bufs: Vec<&[u8]> = ranges.iter().map(|r| &mem.0[r.clone()]).collect();
+    let written = stdio::write(fd, &bufs).map_err(|e| -e as Errno)?;
+    mem.write_u32(out, written as u32)
+}
+
+fn fd_read(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Result<(), Errno> {
+    if fd != 0 || !stdio::is_open(0) {
+        return Err(errno::BADF);
+    }
+    let base = mem.0.as_ptr() as u64;
+    let iovecs: Vec<IoVec> = mem
+        .iovecs(iovs, count)?
+        .into_iter()
+        .filter(|r| !r.is_empty())
+        .map(|r| IoVec {
+            addr: base + r.start as u64,
+            len: r.len() as u64,
+        })
+        .collect();
+    let read = stdio::read(&iovecs).map_err(|e| -e as Errno)?;
+    mem.write_u32(out, read as u32)
+}
+
+fn fd_fdstat_get(mem: &mut Mem<'_>, fd: i32, out: i32) -> Result<(), Errno> {
+    let fd = fd as u32;
+    if !stdio::is_open(fd) {
+        return Err(errno::BADF);
+    }
+    let filetype = if stdio::is_terminal(fd) {
+        FILETYPE_CHARACTER_DEVICE
+    } else {
+        FILETYPE_UNKNOWN
+    };
+    let rights = if fd == 0 {
+        RIGHT_FD_READ
+    } else {
+        RIGHT_FD_WRITE
+    };
+    let mut stat = [0u8; 24];
+    stat[0] = filetype;
+    stat[8..16].copy_from_slice(&rights.to_le_bytes());
+    mem.write(out, &stat)
+}
+
+fn clock_time_get(mem: &mut Mem<'_>, id: i32, out: i32) -> Result<(), Errno> {
+    let now = clock::now(id as u32).ok_or(errno::INVAL)?;
+    mem.write_u64(out, now)
+}
+
+fn clock_res_get(mem: &mut Mem<'_>, id: i32, out: i32) -> Result<(), Errno> {
+    let resolution = clock::resolution(id as u32).ok_or(errno::INVAL)?;
+    mem.write_u64(out, resolution)
+}
+
+fn random_get(mem: &mut Mem<'_>, buf: i32, len: i32) -> Result<(), Errno> {
+    random::fill(mem.get_mut(buf, len as u32)?);
+    Ok(())
+}
+
+const SUBSCRIPTION_SIZE: i32 = 48;
+const EVENT_SIZE: i32 = 32;
+const EVENTTYPE_CLOCK: u8 = 0;
+const EVENTTYPE_FD_READ: u8 = 1;
+const EVENTTYPE_FD_WRITE: u8 = 2;
+const SUBCLOCKFLAG_ABSTIME: u16 = 1;
+
+/// One `poll_oneoff` event, before it is written out.
+struct Event {
+    userdata: u64,
+    error: Errno,
+    kind: u8,
+}
+
+/// `poll_oneoff`: stdio is always ready (stdin blocks in `fd_read`); clock
+/// subscriptions wait, in the cell when short, else through one sleep hypercall.
+fn poll_oneoff(mem: &mut Mem<'_>, subs: i32, events: i32, count: i32, out: i32) -> Result<(), Errno> {
+    if count <= 0 {
+        return Err(errno::INVAL);
+    }
+    let mut ready = Vec::new();
+    // (userdata, nanoseconds from now until the deadline)
+    let mut timers = Vec::new();
+    for i in 0..count {
+        let at = subs.wrapping_add(i.wrapping_mul(SUBSCRIPTION_SIZE));
+        let sub: [u8; 48] = mem.read(at)?;
+        let userdata = u64::from_le_bytes(sub[0..8].try_into().expect("8 bytes"));
+        let kind = sub[8];
+        let word = u32::from_le_bytes(sub[16..20].try_into().expect("4 bytes"));
+        match kind {
+            EVENTTYPE_CLOCK => {
+                let timeout = u64::from_le_bytes(sub[24..32].try_into().expect("8 bytes"));
+                let flags = u16::from_le_bytes(sub[40..42].try_into().expect("2 bytes"));
+                match clock::now(word) {
+                    None => ready.push(Event { userdata, error: errno::INVAL, kind }),
+                    Some(now) if flags & SUBCLOCKFLAG_ABSTIME != 0 => {
+                        timers.push((userdata, timeout.saturating_sub(now)))
+                    }
+                    Some(_) => timers.push((userdata, timeout)),
+                }
+            }
+            EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE => {
+                let wants_read = kind == EVENTTYPE_FD_READ;
+                let ok = stdio::is_open(word) && (word == 0) == wants_read;
+                let error = if ok { 0 } else { errno::BADF };
+                ready.push(Event { userdata, error, kind });
+            }
+            _ => return Err(errno::INVAL),
+        }
+    }
+    if ready.is_empty() {
+        let wait = timers.iter().map(|&(_, ns)| ns).min().unwrap_or(0);
+        stdio::flush();
+        clock::sleep(wait);
+        ready.extend(timers.iter().filter(|&&(_, ns)| ns <= wait).map(|&(userdata, _)| Event {
+            userdata,
+            error: 0,
+            kind: EVENTTYPE_CLOCK,
+        }));
+    }
+    for (i, event) in ready.iter().enumerate() {
+        let mut bytes = [0u8; EVENT_SIZE as usize];
+        bytes[0..8].copy_from_slice(&event.userdata.to_le_bytes());
+        bytes[8..10].copy_from_slice(&(event.error as u16).to_le_bytes());
+        bytes[10] = event.kind;
+        mem.write(events.wrapping_add(i as i32 * EVENT_SIZE), &bytes)?;
+    }
+    mem.write_u32(out, ready.len() as u32)
+}
+
+/// Defines a WASI function whose body sees the memory (`mem`), the state and the
+/// parameters.
+macro_rules! wasi {
+    ($linker:ident, $name:literal, |$mem:ident, $state:ident $(, $p:ident: $t:ty)*| $body:expr) => {
+        $linker.func_wrap(WASI, $name, |mut caller: Caller<'_, CellState>, $($p: $t),*| {
+            with_mem(&mut caller, |$mem, $state| {
+                let _ = &$state;
+                $body
+            })
+        })?;
+    };
+}
+
+/// Defines a WASI function that touches no memory and answers from its parameters.
+macro_rules! wasi_errno {
+    ($linker:ident, $name:literal, |$($p:ident: $t:ty),*| $body:expr) => {
+        $linker.func_wrap(WASI, $name, |$($p: $t),*| -> i32 {
+            let result: Result<(), Errno> = $body;
+            result.err().unwrap_or(0)
+        })?;
+    };
+}
+
+/// Defines every preview1 function (the table in `hypercell_abi::wasi`).
+pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
+    wasi!(linker, "args_get", |mem, state, argv: i32, buf: i32| state.args.get(mem, argv, buf));
+    wasi!(linker, "args_sizes_get", |mem, state, argc: i32, size: i32| state
+        .args
+        .sizes(mem, argc, size));
+    wasi!(linker, "environ_get", |mem, state, envp: i32, buf: i32| state.env.get(mem, envp, buf));
+    wasi!(linker, "environ_sizes_get", |mem, state, count: i32, size: i32| state
+        .env
+        .sizes(mem, count, size));
+    wasi!(linker, "clock_res_get", |mem, state, id: i32, out: i32| clock_res_get(mem, id, out));
+    wasi!(linker, "clock_time_get", |mem, state, id: i32, _precision: i64, out: i32| {
+        clock_time_get(mem, id, out)
+    });
+    wasi!(linker, "random_get", |mem, state, buf: i32, len: i32| random_get(mem, buf, len));
+    wasi!(linker, "fd_write", |mem, state, fd: i32, iovs: i32, n: i32, out: i32| {
+        fd_write(mem, fd, iovs, n, out)
+    });
+    wasi!(linker, "fd_read", |mem, state, fd: i32, iovs: i32, n: i32, out: i32| {
+        fd_read(mem, fd, iovs, n, out)
+    });
+    wasi!(linker, "fd_fdstat_get", |mem, state, fd: i32, out: i32| fd_fdstat_get(mem, fd, out));
+    // No preopened directories yet.
+    wasi_errno!(linker, "fd_prestat_get", |_fd: i32, _out: i32| Err(errno::BADF));
+    wasi_errno!(linker, "fd_prestat_dir_name", |_fd: i32, _p: i32, _l: i32| Err(errno::BADF));
+    wasi!(linker, "poll_oneoff", |mem, state, subs: i32, events: i32, n: i32, out: i32| {
+        poll_oneoff(mem, subs, events, n, out)
+    });
+    linker.func_wrap(WASI, "proc_exit", |code: i32| -> () { stdio::exit(code as u32) })?;
+    wasi_errno!(linker, "proc_raise", |_sig: i32| Err(errno::NOSYS));
+    wasi_errno!(linker, "sched_yield", | | Ok(()));
+    wasi_errno!(linker, "fd_close", |fd: i32| if stdio::close(fd as u32) {
+        Ok(())
+    } else {
+        Err(errno::BADF)
+    });
+
+    // Descriptor calls that stdio streams do not support; every other descriptor is
+    // not open.
+    wasi_errno!(linker, "fd_seek", |fd: i32, _o: i64, _w: i32, _out: i32| stdio_or_badf(
+        fd,
+        errno::SPIPE
+    ));
+    wasi_errno!(linker, "fd_tell", |fd: i32, _out: i32| stdio_or_badf(fd, errno::SPIPE));
+    wasi_errno!(linker, "fd_advise", |fd: i32, _o: i64, _l: i64, _a: i32| stdio_or_badf(
+        fd,
+        errno::SPIPE
+    ));
+    wasi_errno!(linker, "fd_allocate", |fd: i32, _o: i64, _l: i64| stdio_or_badf(
+        fd,
+        errno::NOTSUP
+    ));
+    wasi_errno!(linker, "fd_datasync", |fd: i32| stdio_or_badf(fd, errno::INVAL));
+    wasi_errno!(linker, "fd_sync", |fd: i32| stdio_or_badf(fd, errno::INVAL));
+    wasi_errno!(linker, "fd_fdstat_set_flags", |fd: i32, _f: i32| stdio_or_badf(
+        fd,
+        errno::NOTSUP
+    ));
+    wasi_errno!(linker, "fd_fdstat_set_rights", |fd: i32, _b: i64, _i: i64| stdio_or_badf(
+        fd,
+        errno::NOTSUP
+    ));
+    wasi_errno!(linker, "fd_filestat_get", |fd: i32, _out: i32| stdio_or_badf(
+        fd,
+        errno::NOTSUP
+    ));
+    wasi_errno!(linker, "fd_filestat_set_size", |fd: i32, _s: i64| stdio_or_badf(
+        fd,
+        errno::INVAL
+    ));
+    wasi_errno!(linker, "fd_filestat_set_times", |fd: i32, _a: i64, _m: i64, _f: i32| {
+        stdio_or_badf(fd, errno::NOTSUP)
+    });
+    wasi_errno!(linker, "fd_pread", |fd: i32, _i: i32, _n: i32, _o: i64, _out: i32| {
+        stdio_or_badf(fd, errno::SPIPE)
+    });
+    wasi_errno!(linker, "fd_pwrite", |fd: i32, _i: i32, _n: i32, _o: i64, _out: i32| {
+        stdio_or_badf(fd, errno::SPIPE)
+    });
+    wasi_errno!(linker, "fd_readdir", |fd: i32, _b: i32, _l: i32, _c: i64, _out: i32| {
+        stdio_or_badf(fd, errno::NOTDIR)
+    });
+    wasi_errno!(linker, "fd_renumber", |fd: i32, _to: i32| stdio_or_badf(fd, errno::BADF));
+
+    // Path calls need a preopened directory; stdio streams are not directories.
+    wasi_errno!(linker, "path_create_directory", |fd: i32, _p: i32, _l: i32| stdio_or_badf(
+        fd,
+        errno::NOTDIR
+    ));
+    wasi_errno!(linker, "path_filestat_get", |fd: i32, _f: i32, _p: i32, _l: i32, _o: i32| {
+        stdio_or_badf(fd, errno::NOTDIR)
+    });
+    wasi_errno!(
+        linker,
+        "path_filestat_set_times",
+        |fd: i32, _f: i32, _p: i32, _l: i32, _a: i64, _m: i64, _fl: i32| stdio_or_badf(
+            fd,
+            errno::NOTDIR
+        )
+    );
+    wasi_errno!(
+        linker,
+        "path_link",
+        |fd: i32, _f: i32, _p: i32, _l: i32, _nfd: i32, _np: i32, _nl: i32| stdio_or_badf(
+            fd,
+            errno::NOTDIR
+        )
+    );
+    wasi_errno!(
+        linker,
+        "path_open",
+        |fd: i32, _df: i32, _p: i32, _l: i32, _o: i32, _rb: i64, _ri: i64, _ff: i32, _out: i32| {
+            stdio_or_badf(fd, errno::NOTDIR)
+        }
+    );
+    wasi_errno!(
+        linker,
+        "path_readlink",
+        |fd: i32, _p: i32, _l: i32, _b: i32, _bl: i32, _out: i32| stdio_or_badf(fd, errno::NOTDIR)
+    );
+    wasi_errno!(linker, "path_remove_directory", |fd: i32, _p: i32, _l: i32| stdio_or_badf(
+        fd,
+        errno::NOTDIR
+    ));
+    wasi_errno!(
+        linker,
+        "path_rename",
+        |fd: i32, _p: i32, _l: i32, _nfd: i32, _np: i32, _nl: i32| stdio_or_badf(fd, errno::NOTDIR)
+    );
+    wasi_errno!(linker, "path_symlink", |_p: i32, _l: i32, fd: i32, _np: i32, _nl: i32| {
+        stdio_or_badf(fd, errno::NOTDIR)
+    });
+    wasi_errno!(linker, "path_unlink_file", |fd: i32, _p: i32, _l: i32| stdio_or_badf(
+        fd,
+        errno::NOTDIR
+    ));
+
+    // No sockets are granted to a cell.
+    wasi_errno!(linker, "sock_accept", |fd: i32, _f: i32, _out: i32| stdio_or_badf(
+        fd,
+        errno::NOTSOCK
+    ));
+    wasi_errno!(
+        linker,
+        "sock_recv",
+        |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32, _of: i32| stdio_or_badf(fd, errno::NOTSOCK)
+    );
+    wasi_errno!(linker, "sock_send", |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32| {
+        stdio_or_badf(fd, errno::NOTSOCK)
+    });
+    wasi_errno!(linker, "sock_shutdown", |fd: i32, _h: i32| stdio_or_badf(
+        fd,
+        errno::NOTSOCK
+    ));
+    Ok(())
+}

@@ -1,0 +1,355 @@
+//! A cell: one partition running one program, from boot to its last exit.
+
+use std::io::Cursor;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use hypercell_abi::boot::BOOT_MAGIC;
+use hypercell_abi::hypercall::FailureKind;
+use hypercell_abi::{ABI_VERSION, BootInfo};
+use hypercell_vmm::system::write_system_region;
+use hypercell_vmm::{GuestException, GuestMemory, Kicker, MemoryError, Vcpu, VcpuError, VcpuEvent, Vm, VmError};
+use linux_loader::loader::{Elf, KernelLoader};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::compile::CompiledModule;
+use crate::config::{CellConfig, format_size};
+use crate::hypercall::{Completion, HypercallError, Services};
+use crate::layout::{CellLayout, MAX_WASM_STACK};
+use crate::stdio::{CellStdio, OUTPUT_CAPACITY, drain_output};
+
+/// The guest runtime, built by this crate's build script.
+pub static GUEST_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_ELF"));
+
+/// Why a cell ended other than by its program exiting or trapping.
+#[derive(Debug, thiserror::Error)]
+pub enum CellError {
+    /// The program ran past its time limit.
+    #[error("the program ran past its time limit of {0:?} and was stopped; raise it with --timeout")]
+    Timeout(Duration),
+    /// The guest raised a CPU exception.
+    #[error("the cell's guest faulted with a {0} and was stopped")]
+    Fault(GuestException),
+    /// The guest triple-faulted.
+    #[error("the cell's guest triple-faulted and was stopped")]
+    TripleFault,
+    /// KVM could not emulate a guest instruction.
+    #[error("KVM could not emulate an instruction of the cell's guest, which was stopped")]
+    Emulation,
+    /// An exit Hypercell does not expect.
+    #[error("the cell's guest caused an unexpected exit ({0}) and was stopped")]
+    UnexpectedExit(String),
+    /// The guest broke the hypercall ABI.
+    #[error("the cell's guest broke the hypercall ABI and was stopped: {0}")]
+    Hypercall(#[from] HypercallError),
+    /// The program needed more memory than the cell has.
+    #[error("the program ran out of memory: the cell's limit is {limit}; raise it with --memory")]
+    OutOfMemory {
+        /// The cell's memory size, formatted.
+        limit: String,
+    },
+    /// The module could not be instantiated.
+    #[error("could not instantiate the module: {0}")]
+    Instantiate(String),
+    /// The guest runtime failed.
+    #[error("the cell's runtime failed: {0}")]
+    Runtime(String),
+    /// The memory limit cannot even hold the runtime and the module.
+    #[error("the cell's memory limit of {limit} cannot hold the runtime and this module, which need at least {needed}; raise it with --memory")]
+    MemoryTooSmall {
+        /// The limit, formatted.
+        limit: String,
+        /// The minimum, formatted.
+        needed: String,
+    },
+    /// Creating the VM failed.
+    #[error(transparent)]
+    Vm(#[from] VmError),
+    /// Creating guest memory failed.
+    #[error(transparent)]
+    Memory(#[from] MemoryError),
+    /// The vCPU failed.
+    #[error(transparent)]
+    Vcpu(#[from] VcpuError),
+    /// Loading the guest failed.
+    #[error("could not load the guest runtime into the cell: {0}")]
+    Load(String),
+}
+
+/// How the program ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CellExit {
+    /// It exited with this status.
+    Exited(i32),
+    /// It trapped; the runtime's report, with the wasm backtrace.
+    Trapped(String),
+}
+
+/// Timings and counters of one cell.
+#[derive(Clone, Debug)]
+pub struct CellStats {
+    /// When the cell was asked to start.
+    pub started: Instant,
+    /// VM and vCPU created.
+    pub vm_created: Instant,
+    /// Guest memory mapped and system tables written.
+    pub memory_ready: Instant,
+    /// Guest runtime, boot information and module in place.
+    pub guest_loaded: Instant,
+    /// First KVM_RUN entered: the guest's first instruction.
+    pub first_entry: Instant,
+    /// Last exit handled.
+    pub finished: Instant,
+    /// VM exits taken.
+    pub exits: u64,
+    /// Guest memory the host backed, in bytes.
+    pub memory_touched: u64,
+}
+
+/// A finished cell.
+#[derive(Clone, Debug)]
+pub struct CellReport {
+    /// How the program ended.
+    pub exit: CellExit,
+    /// Most bytes of linear memory a `memory.grow` was refused, if any.
+    pub denied_growth: Option<u64>,
+    /// Timings and counters.
+    pub stats: CellStats,
+}
+
+/// A cell that failed, with what it measured before it did.
+#[derive(Debug)]
+pub struct CellFailure {
+    /// Why it ended.
+    pub error: CellError,
+    /// Timings and counters up to the failure, when the cell got that far.
+    pub stats: Option<CellStats>,
+}
+
+impl<E: Into<CellError>> From<E> for CellFailure {
+    fn from(error: E) -> Self {
+        Self {
+            error: error.into(),
+            stats: None,
+        }
+    }
+}
+
+/// Boots a cell for `module` and runs it to the end.
+pub fn run_cell(
+    config: &CellConfig,
+    module: &CompiledModule,
+    cpu_features: u32,
+    stdio: CellStdio<'_>,
+) -> Result<CellReport, CellFailure> {
+    let started = Instant::now();
+    let vm = Vm::new()?;
+    let mut vcpu = vm.create_vcpu()?;
+    let vm_created = Instant::now();
+
+    let args = string_block(config.args.iter().map(String::as_str));
+    let env_entries: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    let env = string_block(env_entries.iter().map(String::as_str));
+    let image_end = image_end()?;
+    let module_len = module.artifact.len() as u64;
+    let layout = CellLayout::plan(config.memory_size, image_end, args.len() as u64, env.len() as u64, module_len)
+        .ok_or_else(|| CellError::MemoryTooSmall {
+            limit: format_size(config.memory_size),
+            needed: format_size(CellLayout::minimum_size(image_end, args.len() as u64, env.len() as u64, module_len)),
+        })?;
+    let memory = GuestMemory::new(config.memory_size)?;
+    vm.set_memory(&memory)?;
+    let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
+    let memory_ready = Instant::now();
+
+    let entry = Elf::load(memory.mem(), None, &mut Cursor::new(GUEST_ELF), Some(GuestAddress(0)))
+        .map_err(load_error)?
+        .kernel_load;
+    let mem = memory.mem();
+    mem.write_slice(&args, GuestAddress(layout.args)).map_err(load_error)?;
+    mem.write_slice(&env, GuestAddress(layout.env)).map_err(load_error)?;
+    mem.write_obj(OUTPUT_CAPACITY, GuestAddress(layout.output + 8)).map_err(load_error)?;
+    mem.write_slice(&module.artifact, GuestAddress(layout.module)).map_err(load_error)?;
+    let boot = BootInfo {
+        magic: BOOT_MAGIC,
+        abi_version: ABI_VERSION,
+        cpu_features,
+        memory_size: config.memory_size,
+        heap_start: layout.heap_start,
+        heap_end: layout.heap_end,
+        wasm_memory_limit: layout.wasm_memory_limit(),
+        max_wasm_stack: MAX_WASM_STACK,
+        module_addr: layout.module,
+        module_len,
+        args_addr: layout.args,
+        args_len: args.len() as u64,
+        argc: config.args.len() as u64,
+        env_addr: layout.env,
+        env_len: env.len() as u64,
+        envc: config.env.len() as u64,
+        request_addr: layout.request,
+        output_addr: layout.output,
+        tsc_khz: u64::from(vcpu.tsc_khz()?),
+        realtime_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        monotonic_ns: monotonic_ns(),
+        stdio_kinds: stdio.kinds(),
+        reserved: [0; 5],
+    };
+    mem.write_slice(boot_bytes(&boot), GuestAddress(layout.boot_info)).map_err(load_error)?;
+    vcpu.configure(&tables, entry.0, layout.stack_top, layout.boot_info)?;
+    let guest_loaded = Instant::now();
+
+    let mut services = Services {
+        stdio,
+        output: GuestAddress(layout.output),
+        deadline: config.timeout.map(|t| Instant::now() + t),
+        denied_growth: 0,
+    };
+    let watchdog = config.timeout.map(|limit| Watchdog::start(limit, vcpu.kicker()));
+    let first_entry = Instant::now();
+    let outcome = run_loop(&mut vcpu, &memory, &mut services, config);
+    drop(watchdog);
+    // Whatever the program wrote before it ended reaches the user, even after a fault.
+    let drained = drain_output(&memory, services.output, &services.stdio);
+
+    let stats = CellStats {
+        started,
+        vm_created,
+        memory_ready,
+        guest_loaded,
+        first_entry,
+        finished: Instant::now(),
+        exits: vcpu.exits(),
+        memory_touched: memory.resident_bytes(),
+    };
+    let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
+    let fail = |error: CellError| CellFailure { error, stats: Some(stats.clone()) };
+    let exit = match outcome {
+        Ok(Completion::Exit(code)) => CellExit::Exited(code),
+        Ok(Completion::Trap(report)) => CellExit::Trapped(report),
+        Ok(Completion::Fail(FailureKind::OutOfMemory, _)) => {
+            return Err(fail(CellError::OutOfMemory { limit: format_size(config.memory_size) }));
+        }
+        Ok(Completion::Fail(FailureKind::Instantiate, message)) => return Err(fail(CellError::Instantiate(message))),
+        Ok(Completion::Fail(FailureKind::Runtime, message)) => return Err(fail(CellError::Runtime(message))),
+        Ok(Completion::TimedOut) => {
+            return Err(fail(CellError::Timeout(config.timeout.unwrap_or_default())));
+        }
+        Ok(Completion::Resume) => unreachable!("the run loop only returns final completions"),
+        Err(error) => return Err(fail(error)),
+    };
+    drained.map_err(|e| fail(e.into()))?;
+    Ok(CellReport { exit, denied_growth, stats })
+}
+
+fn run_loop(
+    vcpu: &mut Vcpu,
+    memory: &GuestMemory,
+    services: &mut Services<'_>,
+    config: &CellConfig,
+) -> Result<Completion, CellError> {
+    loop {
+        match vcpu.run(memory)? {
+            VcpuEvent::Hypercall(addr) => match services.handle(memory, addr)? {
+                Completion::Resume => {}
+                done => return Ok(done),
+            },
+            VcpuEvent::Kicked => return Err(CellError::Timeout(config.timeout.unwrap_or_default())),
+            VcpuEvent::Exception(exception) => return Err(CellError::Fault(exception)),
+            VcpuEvent::Shutdown => return Err(CellError::TripleFault),
+            VcpuEvent::InternalError => return Err(CellError::Emulation),
+            VcpuEvent::Unexpected(what) => return Err(CellError::UnexpectedExit(what)),
+        }
+    }
+}
+
+fn load_error(error: impl std::fmt::Display) -> CellError {
+    CellError::Load(error.to_string())
+}
+
+/// End of the guest image's highest loadable segment.
+fn image_end() -> Result<u64, CellError> {
+    let elf = GUEST_ELF;
+    let header = |offset: usize, len: usize| -> Result<u64, CellError> {
+        let bytes = elf.get(offset..offset + len).ok_or_else(|| load_error("the guest ELF is truncated"))?;
+        let mut padded = [0u8; 8];
+        padded[..len].copy_from_slice(bytes);
+        Ok(u64::from_le_bytes(padded))
+    };
+    let phoff = header(0x20, 8)? as usize;
+    let phentsize = header(0x36, 2)? as usize;
+    let phnum = header(0x38, 2)? as usize;
+    let mut end = 0;
+    for i in 0..phnum {
+        let ph = phoff + i * phentsize;
+        if header(ph, 4)? == 1 {
+            end = end.max(header(ph + 0x10, 8)? + header(ph + 0x28, 8)?);
+        }
+    }
+    Ok(end)
+}
+
+/// NUL-terminated strings back to back.
+fn string_block<'a>(strings: impl Iterator<Item = &'a str>) -> Vec<u8> {
+    let mut block = Vec::new();
+    for string in strings {
+        block.extend_from_slice(string.as_bytes());
+        block.push(0);
+    }
+    block
+}
+
+fn boot_bytes(boot: &BootInfo) -> &[u8] {
+    // SAFETY: BootInfo is repr(C) plain data made only of integers and byte arrays,
+    // with explicit padding fields, so all of its bytes are initialised.
+    unsafe { std::slice::from_raw_parts((boot as *const BootInfo).cast::<u8>(), size_of::<BootInfo>()) }
+}
+
+fn monotonic_ns() -> u64 {
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes one timespec into the struct it is given.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
+}
+
+/// Stops the vCPU when the time limit passes.
+struct Watchdog {
+    done: Arc<(Mutex<bool>, Condvar)>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Watchdog {
+    fn start(limit: Duration, kicker: Kicker) -> Self {
+        let done = Arc::new((Mutex::new(false), Condvar::new()));
+        let shared = done.clone();
+        let thread = std::thread::spawn(move || {
+            let (lock, wake) = &*shared;
+            let deadline = Instant::now() + limit;
+            let mut finished = lock.lock().expect("watchdog lock");
+            while !*finished {
+                let now = Instant::now();
+                if now >= deadline {
+                    // The signal may land just before KVM_RUN is entered; repeat it until
+                    // the cell acknowledges by finishing.
+                    kicker.kick();
+                    finished = wake.wait_timeout(finished, Duration::from_millis(1)).expect("watchdog lock").0;
+                } else {
+                    finished = wake.wait_timeout(finished, deadline - now).expect("watchdog lock").0;
+                }
+            }
+        });
+        Self { done, thread: Some(thread) }
+    }
+}
+
+impl Drop for Watchdog {
+    fn drop(&mut self) {
+        let (lock, wake) = &*self.done;
+        *lock.lock().expect("watchdog lock") = true;
+        wake.notify_all();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}

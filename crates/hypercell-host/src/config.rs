@@ -1,0 +1,140 @@
+//! What a cell is asked to be: memory, time limit, arguments and environment. Kept
+//! apart from the running cell, which [`crate::Cell`] owns.
+
+use std::time::Duration;
+
+/// Errors parsing cell settings.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ConfigError {
+    /// A memory size that is not a number with an optional K, M or G suffix.
+    #[error("invalid memory size `{0}`: write a number with an optional K, M or G suffix, such as 64M or 1G")]
+    MemorySize(String),
+    /// A duration that is not a number with a unit.
+    #[error("invalid duration `{0}`: write a number with a unit of ms, s, m or h, such as 500ms or 10s")]
+    Duration(String),
+    /// An environment entry without `=`.
+    #[error("invalid environment variable `{0}`: write it as NAME=VALUE")]
+    EnvVar(String),
+}
+
+/// Default guest memory of a cell.
+pub const DEFAULT_MEMORY_SIZE: u64 = 1 << 30;
+
+/// Settings of one cell.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CellConfig {
+    /// Total guest memory in bytes (runtime, stack, heap and the program's memory).
+    pub memory_size: u64,
+    /// Wall-clock limit for the program; `None` for no limit.
+    pub timeout: Option<Duration>,
+    /// Program arguments, the program's name first.
+    pub args: Vec<String>,
+    /// Environment variables as `(name, value)`.
+    pub env: Vec<(String, String)>,
+}
+
+impl Default for CellConfig {
+    fn default() -> Self {
+        Self {
+            memory_size: DEFAULT_MEMORY_SIZE,
+            timeout: None,
+            args: Vec::new(),
+            env: Vec::new(),
+        }
+    }
+}
+
+/// Parses a size such as `1048576`, `512K`, `64M`, `64MiB` or `1G` into bytes.
+pub fn parse_memory_size(text: &str) -> Result<u64, ConfigError> {
+    let error = || ConfigError::MemorySize(text.to_string());
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(split);
+    let number: u64 = number.parse().map_err(|_| error())?;
+    let shift = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        _ => return Err(error()),
+    };
+    number.checked_mul(1 << shift).ok_or_else(error)
+}
+
+/// Parses a duration such as `500ms`, `10s`, `1.5s`, `2m` or `1h`.
+pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
+    let error = || ConfigError::Duration(text.to_string());
+    let trimmed = text.trim();
+    let split = trimmed
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .ok_or_else(error)?;
+    let (number, unit) = trimmed.split_at(split);
+    let number: f64 = number.parse().map_err(|_| error())?;
+    let seconds = match unit {
+        "ms" => number / 1000.0,
+        "s" => number,
+        "m" => number * 60.0,
+        "h" => number * 3600.0,
+        _ => return Err(error()),
+    };
+    Duration::try_from_secs_f64(seconds).map_err(|_| error())
+}
+
+/// Parses `NAME=VALUE`.
+pub fn parse_env_var(text: &str) -> Result<(String, String), ConfigError> {
+    match text.split_once('=') {
+        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
+        _ => Err(ConfigError::EnvVar(text.to_string())),
+    }
+}
+
+/// Formats a byte count for messages: `64 MiB`, `1 GiB`, `1536 KiB`.
+pub fn format_size(bytes: u64) -> String {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+            return format!("{} {unit}", bytes >> shift);
+        }
+    }
+    if bytes >= 1 << 20 {
+        return format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20));
+    }
+    format!("{bytes} bytes")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn memory_sizes() {
+        assert_eq!(parse_memory_size("64M"), Ok(64 << 20));
+        assert_eq!(parse_memory_size("1GiB"), Ok(1 << 30));
+        assert_eq!(parse_memory_size("4096"), Ok(4096));
+        assert_eq!(parse_memory_size("2k"), Ok(2048));
+        assert!(parse_memory_size("lots").is_err());
+        assert!(parse_memory_size("64T").is_err());
+        assert!(parse_memory_size("99999999999999G").is_err());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("s").is_err());
+        assert!(parse_duration("1x").is_err());
+    }
+
+    #[test]
+    fn env_vars_and_sizes() {
+        assert_eq!(parse_env_var("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert!(parse_env_var("=x").is_err());
+        assert!(parse_env_var("NOVALUE").is_err());
+        assert_eq!(format_size(64 << 20), "64 MiB");
+        assert_eq!(format_size(3 << 29), "1536 MiB");
+        assert_eq!(format_size(100), "100 bytes");
+    }
+}

@@ -1,0 +1,303 @@
+//! Serving the guest's hypercalls.
+//!
+//! A request is copied out of guest memory before any field is looked at, and every
+//! address and length in it is checked against the cell's memory; a request that
+//! breaks the ABI ends the cell with a [`HypercallError`], never the host.
+
+use std::time::{Duration, Instant};
+
+use hypercell_abi::hypercall::{FailureKind, MAX_IOVECS, RESULT_OFFSET};
+use hypercell_abi::{ABI_VERSION, Hypercall, HypercallRequest};
+use vm_memory::{Address, Bytes, GuestAddress};
+
+use crate::stdio::{CellStdio, drain_output, in_bounds, read_array};
+use hypercell_vmm::GuestMemory;
+
+/// Ways a guest can break the hypercall ABI.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum HypercallError {
+    /// A range lies outside the cell's memory.
+    #[error("its {what} at {addr:#x} ({len} bytes) lies outside the cell's memory")]
+    OutOfBounds {
+        /// What the range holds.
+        what: &'static str,
+        /// Guest-physical start.
+        addr: u64,
+        /// Length.
+        len: u64,
+    },
+    /// The request carries another ABI version.
+    #[error("it sent a request for ABI version {0}, but this host speaks version {ABI_VERSION}")]
+    Version(u32),
+    /// The hypercall number is unknown.
+    #[error("it made hypercall number {0}, which does not exist")]
+    Unknown(u32),
+    /// A request names a stdio descriptor it cannot use.
+    #[error("it asked to {what} descriptor {fd}, which is not open for that")]
+    Descriptor {
+        /// Read or write.
+        what: &'static str,
+        /// The descriptor.
+        fd: u64,
+    },
+    /// An iovec list is too long.
+    #[error("it passed {0} buffers in one request, more than the limit of {MAX_IOVECS}")]
+    TooManyIovecs(u64),
+    /// The output buffer is malformed.
+    #[error("its output buffer holds {0}")]
+    OutputBuffer(String),
+}
+
+/// What the cell does after a hypercall.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Completion {
+    /// Resume the guest.
+    Resume,
+    /// The program exited with this status.
+    Exit(i32),
+    /// The program trapped; the guest's report.
+    Trap(String),
+    /// The runtime gave up.
+    Fail(FailureKind, String),
+    /// A sleep reached the cell's deadline.
+    TimedOut,
+}
+
+/// The host services one cell uses.
+pub struct Services<'a> {
+    /// The program's stdio.
+    pub stdio: CellStdio<'a>,
+    /// Guest address of the output buffer.
+    pub output: GuestAddress,
+    /// When the cell's time runs out.
+    pub deadline: Option<Instant>,
+    /// Most bytes of linear memory the program was refused (from the last report).
+    pub denied_growth: u64,
+}
+
+/// A copied, decoded request.
+struct Request {
+    call: Hypercall,
+    args: [u64; 6],
+}
+
+fn decode(bytes: &[u8; size_of::<HypercallRequest>()]) -> Result<Request, HypercallError> {
+    let word = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"));
+    let version = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
+    let number = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
+    if version != ABI_VERSION {
+        return Err(HypercallError::Version(version));
+    }
+    let call = Hypercall::from_number(number).ok_or(HypercallError::Unknown(number))?;
+    let args = std::array::from_fn(|i| word(8 + 8 * i));
+    Ok(Request { call, args })
+}
+
+impl Services<'_> {
+    /// Serves the request at `addr`; writes its result back unless the cell ends.
+    pub fn handle(&mut self, memory: &GuestMemory, addr: GuestAddress) -> Result<Completion, HypercallError> {
+        let raw: [u8; size_of::<HypercallRequest>()] = read_array(memory, addr).map_err(|_| {
+            HypercallError::OutOfBounds {
+                what: "request",
+                addr: addr.0,
+                len: size_of::<HypercallRequest>() as u64,
+            }
+        })?;
+        // Output written before any call reaches the host first, in order.
+        drain_output(memory, self.output, &self.stdio)?;
+        let Request { call, args } = decode(&raw)?;
+        let result = match call {
+            Hypercall::Flush => 0,
+            Hypercall::Write => self.transfer(memory, args, Direction::Write)?,
+            Hypercall::Read => self.transfer(memory, args, Direction::Read)?,
+            Hypercall::Exit => {
+                self.denied_growth = args[1];
+                return Ok(Completion::Exit(args[0] as u32 as i32));
+            }
+            Hypercall::Trap => {
+                self.denied_growth = args[2];
+                return Ok(Completion::Trap(read_text(memory, args[0], args[1])?));
+            }
+            Hypercall::Fail => {
+                self.denied_growth = args[3];
+                let message = read_text(memory, args[0], args[1])?;
+                return Ok(Completion::Fail(FailureKind::from_raw(args[2]), message));
+            }
+            Hypercall::Sleep => {
+                if !self.sleep(Duration::from_nanos(args[0])) {
+                    return Ok(Completion::TimedOut);
+                }
+                0
+            }
+            Hypercall::Random => {
+                fill_random(memory, args[0], args[1])?;
+                0
+            }
+        };
+        memory
+            .mem()
+            .write_obj(result, addr.unchecked_add(RESULT_OFFSET))
+            .map_err(|_| HypercallError::OutOfBounds { what: "request", addr: addr.0, len: 64 })?;
+        Ok(Completion::Resume)
+    }
+
+    /// Sleeps up to the deadline; false if the deadline cut the sleep short.
+    fn sleep(&self, duration: Duration) -> bool {
+        let wake = Instant::now() + duration;
+        match self.deadline {
+            Some(deadline) if deadline < wake => {
+                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                false
+            }
+            _ => {
+                std::thread::sleep(duration);
+                true
+            }
+        }
+    }
+
+    /// Moves data between a stdio descriptor and the guest buffers of an iovec list;
+    /// returns the bytes moved or a negated WASI errno.
+    fn transfer(&self, memory: &GuestMemory, args: [u64; 6], direction: Direction) -> Result<i64, HypercallError> {
+        let [fd, list, count, ..] = args;
+        let allowed = match direction {
+            Direction::Write => fd == 1 || fd == 2,
+            Direction::Read => fd == 0,
+        };
+        let target = self.stdio.fd(fd).filter(|_| allowed).ok_or(HypercallError::Descriptor {
+            what: direction.verb(),
+            fd,
+        })?;
+        if count > MAX_IOVECS {
+            return Err(HypercallError::TooManyIovecs(count));
+        }
+        let mut buffers = Vec::with_capacity(count as usize);
+        for i in 0..count {
+            let at = GuestAddress(list.wrapping_add(16 * i));
+            let iovec: [u8; 16] = read_array(memory, at).map_err(|_| HypercallError::OutOfBounds {
+                what: "buffer list",
+                addr: list,
+                len: 16 * count,
+            })?;
+            let addr = u64::from_le_bytes(iovec[..8].try_into().expect("8 bytes"));
+            let len = u64::from_le_bytes(iovec[8..].try_into().expect("8 bytes"));
+            if !in_bounds(memory, addr, len) {
+                return Err(HypercallError::OutOfBounds { what: "buffer", addr, len });
+            }
+            buffers.push((GuestAddress(addr), len as usize));
+        }
+        let mem = memory.mem();
+        let mut target = target;
+        let mut total = 0usize;
+        for (addr, len) in buffers {
+            let moved = match direction {
+                Direction::Write => mem.write_all_volatile_to(addr, &mut target, len).map(|()| len),
+                Direction::Read => mem.read_volatile_from(addr, &mut target, len),
+            };
+            match moved {
+                Ok(n) => {
+                    total += n;
+                    if n < len {
+                        break;
+                    }
+                }
+                Err(_) if total > 0 => break,
+                Err(e) => return Ok(-i64::from(wasi_errno(&e))),
+            }
+        }
+        Ok(total as i64)
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Direction {
+    Write,
+    Read,
+}
+
+impl Direction {
+    fn verb(self) -> &'static str {
+        match self {
+            Direction::Write => "write to",
+            Direction::Read => "read from",
+        }
+    }
+}
+
+/// Maps a host I/O failure to the WASI errno the program sees.
+fn wasi_errno(error: &vm_memory::GuestMemoryError) -> i32 {
+    const IO: i32 = 29;
+    const PIPE: i32 = 64;
+    const AGAIN: i32 = 6;
+    match error {
+        vm_memory::GuestMemoryError::IOError(e) => match e.raw_os_error() {
+            Some(libc::EPIPE) => PIPE,
+            Some(libc::EAGAIN) => AGAIN,
+            _ => IO,
+        },
+        _ => IO,
+    }
+}
+
+/// Reads a UTF-8 report the guest wrote (lossily; at most 64 KiB).
+fn read_text(memory: &GuestMemory, addr: u64, len: u64) -> Result<String, HypercallError> {
+    let len = len.min(64 << 10);
+    if !in_bounds(memory, addr, len) {
+        return Err(HypercallError::OutOfBounds { what: "report", addr, len });
+    }
+    let mut bytes = vec![0u8; len as usize];
+    memory
+        .mem()
+        .read_slice(&mut bytes, GuestAddress(addr))
+        .map_err(|_| HypercallError::OutOfBounds { what: "report", addr, len })?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+fn fill_random(memory: &GuestMemory, addr: u64, len: u64) -> Result<(), HypercallError> {
+    if !in_bounds(memory, addr, len) {
+        return Err(HypercallError::OutOfBounds { what: "random buffer", addr, len });
+    }
+    let mut bytes = vec![0u8; len as usize];
+    let mut filled = 0;
+    while filled < bytes.len() {
+        // SAFETY: getrandom writes at most the given length into the buffer slice.
+        let n = unsafe {
+            libc::getrandom(bytes[filled..].as_mut_ptr().cast(), bytes.len() - filled, 0)
+        };
+        if n > 0 {
+            filled += n as usize;
+        }
+    }
+    memory
+        .mem()
+        .write_slice(&bytes, GuestAddress(addr))
+        .map_err(|_| HypercallError::OutOfBounds { what: "random buffer", addr, len })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(request: HypercallRequest) -> [u8; 64] {
+        let mut bytes = [0u8; 64];
+        bytes[0..4].copy_from_slice(&request.abi_version.to_le_bytes());
+        bytes[4..8].copy_from_slice(&request.number.to_le_bytes());
+        for (i, arg) in request.args.iter().enumerate() {
+            bytes[8 + 8 * i..16 + 8 * i].copy_from_slice(&arg.to_le_bytes());
+        }
+        bytes
+    }
+
+    #[test]
+    fn decode_checks_version_and_number() {
+        let good = encode(HypercallRequest::new(Hypercall::Exit, [3, 0, 0, 0, 0, 0]));
+        let request = decode(&good).unwrap();
+        assert_eq!((request.call, request.args[0]), (Hypercall::Exit, 3));
+        let mut bad_version = good;
+        bad_version[0] = 99;
+        assert_eq!(decode(&bad_version).err(), Some(HypercallError::Version(99)));
+        let mut bad_number = good;
+        bad_number[4] = 200;
+        assert_eq!(decode(&bad_number).err(), Some(HypercallError::Unknown(200)));
+    }
+}

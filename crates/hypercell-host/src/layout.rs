@@ -1,0 +1,118 @@
+//! Where the host puts things in a cell's memory.
+//!
+//! ```text
+//! 0        2 MiB     4 MiB                                   2 MiB aligned
+//! | unmapped | system | guest image | boot info, request, args, env, output |
+//!   | compiled module | unmapped guard | stack | heap ... end of memory |
+//! ```
+
+use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, PAGE_SIZE};
+use hypercell_abi::{BootInfo, HypercallRequest, OutputBuffer};
+
+use crate::stdio::OUTPUT_CAPACITY;
+
+/// Native stack of the guest runtime (wasm code runs on it too).
+pub const STACK_SIZE: u64 = 8 << 20;
+/// Most native stack wasm code may use, as wasmtime's default.
+pub const MAX_WASM_STACK: u64 = 512 << 10;
+/// Heap kept back for the runtime's own allocations when capping linear memory.
+const RUNTIME_HEAP_RESERVE: u64 = 16 << 20;
+
+/// Addresses of everything the host places in a cell.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CellLayout {
+    /// The [`BootInfo`] block.
+    pub boot_info: u64,
+    /// The hypercall request block.
+    pub request: u64,
+    /// Argument strings.
+    pub args: u64,
+    /// Environment strings.
+    pub env: u64,
+    /// Output buffer header; data follows.
+    pub output: u64,
+    /// Compiled module.
+    pub module: u64,
+    /// Lowest address of the stack; the 2 MiB below it stay unmapped.
+    pub stack_bottom: u64,
+    /// Initial stack pointer.
+    pub stack_top: u64,
+    /// First heap byte.
+    pub heap_start: u64,
+    /// One past the last heap byte.
+    pub heap_end: u64,
+}
+
+fn align_up(value: u64, align: u64) -> u64 {
+    value.next_multiple_of(align)
+}
+
+impl CellLayout {
+    /// Plans a cell of `memory_size` bytes; `None` if it does not fit.
+    pub fn plan(
+        memory_size: u64,
+        image_end: u64,
+        args_len: u64,
+        env_len: u64,
+        module_len: u64,
+    ) -> Option<Self> {
+        let boot_info = align_up(image_end.max(IMAGE_BASE), PAGE_SIZE);
+        let request = boot_info + align_up(size_of::<BootInfo>() as u64, 64);
+        let args = request + size_of::<HypercallRequest>() as u64;
+        let env = args + args_len;
+        let output = align_up(env + env_len, PAGE_SIZE);
+        let module = align_up(output + size_of::<OutputBuffer>() as u64 + OUTPUT_CAPACITY, 64 << 10);
+        let stack_bottom = align_up(module + module_len, LARGE_PAGE_SIZE) + LARGE_PAGE_SIZE;
+        let stack_top = stack_bottom + STACK_SIZE;
+        let heap_start = stack_top;
+        (heap_start + RUNTIME_HEAP_RESERVE <= memory_size).then_some(Self {
+            boot_info,
+            request,
+            args,
+            env,
+            output,
+            module,
+            stack_bottom,
+            stack_top,
+            heap_start,
+            heap_end: memory_size,
+        })
+    }
+
+    /// The 2 MiB page left unmapped below the stack, so an overflow faults.
+    pub fn stack_guard(&self) -> u64 {
+        self.stack_bottom - LARGE_PAGE_SIZE
+    }
+
+    /// The most a linear memory may grow to: the heap less the runtime's share.
+    pub fn wasm_memory_limit(&self) -> u64 {
+        (self.heap_end - self.heap_start).saturating_sub(RUNTIME_HEAP_RESERVE)
+    }
+
+    /// Bytes of memory a cell needs beyond its heap for this layout's inputs.
+    pub fn minimum_size(image_end: u64, args_len: u64, env_len: u64, module_len: u64) -> u64 {
+        let probe = Self::plan(u64::MAX / 2, image_end, args_len, env_len, module_len)
+            .expect("everything fits in an unbounded cell");
+        align_up(probe.heap_start + RUNTIME_HEAP_RESERVE, LARGE_PAGE_SIZE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn regions_are_ordered_aligned_and_disjoint() {
+        let layout = CellLayout::plan(64 << 20, 0x4a3000, 100, 200, 30_000).unwrap();
+        assert!(layout.boot_info >= 0x4a3000);
+        assert!(layout.request >= layout.boot_info + size_of::<BootInfo>() as u64);
+        assert_eq!(layout.env, layout.args + 100);
+        assert!(layout.output >= layout.env + 200);
+        assert!(layout.module >= layout.output + OUTPUT_CAPACITY);
+        assert_eq!(layout.stack_guard() % LARGE_PAGE_SIZE, 0);
+        assert!(layout.stack_guard() >= layout.module + 30_000);
+        assert_eq!(layout.heap_end, 64 << 20);
+        assert!(CellLayout::plan(16 << 20, 0x4a3000, 0, 0, 30_000).is_none());
+        assert!(CellLayout::minimum_size(0x4a3000, 0, 0, 30_000) > 16 << 20);
+    }
+}

@@ -1,0 +1,16 @@
+//! Hypercell cells: compile a WebAssembly program on the host, boot a KVM partition
+//! with the guest runtime and the compiled code, and serve its hypercalls until the
+//! program ends.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod cell;
+pub mod compile;
+pub mod config;
+pub mod hypercall;
+pub mod layout;
+pub mod stdio;
+
+pub use cell::{CellError, CellExit, CellFailure, CellReport, CellStats, run_cell};
+pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
+pub use config::{CellConfig, ConfigError};
+pub use stdio::CellStdio;

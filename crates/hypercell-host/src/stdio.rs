@@ -1,0 +1,144 @@
+//! The host end of a cell's stdio: which descriptors it uses, and draining the guest's
+//! output buffer into them.
+
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use hypercell_abi::{OUTPUT_RECORD_HEADER, OutputBuffer, StdioKind};
+use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+
+use crate::hypercall::HypercallError;
+use hypercell_vmm::GuestMemory;
+
+/// Bytes of output the guest buffers between exits.
+pub const OUTPUT_CAPACITY: u64 = 1 << 20;
+
+/// The host descriptors a cell reads and writes as its stdin, stdout and stderr.
+#[derive(Clone, Copy, Debug)]
+pub struct CellStdio<'a> {
+    /// The program's stdin.
+    pub stdin: BorrowedFd<'a>,
+    /// The program's stdout.
+    pub stdout: BorrowedFd<'a>,
+    /// The program's stderr.
+    pub stderr: BorrowedFd<'a>,
+}
+
+impl CellStdio<'static> {
+    /// This process's own stdin, stdout and stderr.
+    pub fn inherit() -> Self {
+        // SAFETY: descriptors 0, 1 and 2 belong to the process for its whole life; a
+        // cell only reads and writes them and never closes them.
+        unsafe {
+            Self {
+                stdin: BorrowedFd::borrow_raw(0),
+                stdout: BorrowedFd::borrow_raw(1),
+                stderr: BorrowedFd::borrow_raw(2),
+            }
+        }
+    }
+}
+
+impl<'a> CellStdio<'a> {
+    /// The descriptor for guest stdio number `fd` (0, 1 or 2).
+    pub fn fd(&self, fd: u64) -> Option<BorrowedFd<'a>> {
+        match fd {
+            0 => Some(self.stdin),
+            1 => Some(self.stdout),
+            2 => Some(self.stderr),
+            _ => None,
+        }
+    }
+
+    /// What each descriptor is connected to, for the guest's `fd_fdstat_get`.
+    pub fn kinds(&self) -> [u8; 3] {
+        [self.stdin, self.stdout, self.stderr].map(|fd| kind(fd) as u8)
+    }
+}
+
+fn kind(fd: BorrowedFd<'_>) -> StdioKind {
+    // SAFETY: isatty and fstat only inspect a descriptor the caller borrows, and
+    // `stat` is a plain struct that fstat fills in.
+    unsafe {
+        if libc::isatty(fd.as_raw_fd()) == 1 {
+            return StdioKind::Terminal;
+        }
+        let mut stat: libc::stat = std::mem::zeroed();
+        if libc::fstat(fd.as_raw_fd(), &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFREG {
+            return StdioKind::File;
+        }
+    }
+    StdioKind::Other
+}
+
+/// Writes every record in the guest's output buffer to its descriptor and empties the
+/// buffer. The buffer is guest memory: its header and records are validated like any
+/// other guest input.
+pub fn drain_output(
+    memory: &GuestMemory,
+    output: GuestAddress,
+    stdio: &CellStdio<'_>,
+) -> Result<u64, HypercallError> {
+    let mem = memory.mem();
+    let header: [u8; size_of::<OutputBuffer>()] = read_array(memory, output)?;
+    let used = u64::from_le_bytes(header[..8].try_into().expect("8 bytes"));
+    if used == 0 {
+        return Ok(0);
+    }
+    if used > OUTPUT_CAPACITY {
+        return Err(HypercallError::OutputBuffer(format!(
+            "{used} bytes used of a {OUTPUT_CAPACITY}-byte buffer"
+        )));
+    }
+    let data = output.unchecked_add(size_of::<OutputBuffer>() as u64);
+    let mut offset = 0u64;
+    let mut result = Ok(0);
+    while offset < used {
+        if used - offset < OUTPUT_RECORD_HEADER as u64 {
+            result = Err(HypercallError::OutputBuffer("a truncated record".into()));
+            break;
+        }
+        let record: [u8; OUTPUT_RECORD_HEADER] = read_array(memory, data.unchecked_add(offset))?;
+        let fd = u32::from_le_bytes(record[..4].try_into().expect("4 bytes"));
+        let len = u64::from(u32::from_le_bytes(record[4..].try_into().expect("4 bytes")));
+        offset += OUTPUT_RECORD_HEADER as u64;
+        let Some(target) = stdio.fd(u64::from(fd)).filter(|_| fd != 0) else {
+            result = Err(HypercallError::OutputBuffer(format!("a record for descriptor {fd}")));
+            break;
+        };
+        if len > used - offset {
+            result = Err(HypercallError::OutputBuffer("a record past the used bytes".into()));
+            break;
+        }
+        let mut target = target;
+        // Output the program already counted as written cannot be reported back; a
+        // closed pipe on the host loses it, as it would for a native program.
+        if let Err(e) = mem.write_all_volatile_to(data.unchecked_add(offset), &mut target, len as usize) {
+            tracing::debug!("writing cell output to descriptor {fd} failed: {e}");
+        }
+        offset += len;
+        result = Ok(offset);
+    }
+    mem.write_obj(0u64, output)
+        .map_err(|_| HypercallError::OutOfBounds { what: "output buffer", addr: output.0, len: 8 })?;
+    result
+}
+
+/// Copies `N` bytes of guest memory at `addr`.
+pub(crate) fn read_array<const N: usize>(
+    memory: &GuestMemory,
+    addr: GuestAddress,
+) -> Result<[u8; N], HypercallError> {
+    let mut bytes = [0u8; N];
+    memory.mem().read_slice(&mut bytes, addr).map_err(|_| HypercallError::OutOfBounds {
+        what: "structure",
+        addr: addr.0,
+        len: N as u64,
+    })?;
+    Ok(bytes)
+}
+
+/// Whether `len` bytes at `addr` lie inside the cell's memory.
+pub(crate) fn in_bounds(memory: &GuestMemory, addr: u64, len: u64) -> bool {
+    addr.checked_add(len).is_some_and(|end| end <= memory.size())
+        && (len == 0 || memory.mem().check_range(GuestAddress(addr), len as usize))
+}

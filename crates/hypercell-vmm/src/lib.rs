@@ -1,0 +1,17 @@
+//! Hypercell's KVM layer.
+//!
+//! A cell is one VM with one vCPU, started directly in 64-bit long mode at CPL 3:
+//! [`memory`] allocates its huge-page-backed guest memory, [`system`] writes the page
+//! tables, GDT, TSS and IDT the host owns, [`vm`] creates the partition, and [`vcpu`]
+//! runs it and turns each KVM exit into a typed [`vcpu::VcpuEvent`].
+#![deny(unsafe_op_in_unsafe_fn)]
+
+pub mod memory;
+pub mod system;
+pub mod vcpu;
+pub mod vm;
+
+pub use memory::{GuestMemory, MemoryError};
+pub use vcpu::{GuestException, Kicker, Vcpu, VcpuError, VcpuEvent};
+pub use vm::{Vm, VmError};
+pub use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};

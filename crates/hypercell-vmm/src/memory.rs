@@ -1,0 +1,184 @@
+//! Guest memory: one anonymous mapping, 2 MiB aligned and advised for transparent huge
+//! pages, so the guest's 2 MiB pages are backed by host huge pages and first touches
+//! are cheap. Pages are faulted in lazily; untouched memory costs nothing.
+
+use std::io;
+use std::ptr::NonNull;
+
+use hypercell_abi::layout::{LARGE_PAGE_SIZE, MAX_MEMORY_SIZE};
+use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+
+/// Errors creating guest memory.
+#[derive(Debug, thiserror::Error)]
+pub enum MemoryError {
+    /// The cell's memory size of {0} bytes is not a positive multiple of 2 MiB up to
+    /// 4 GiB; pick a size such as 64M or 1G.
+    #[error(
+        "a cell's memory must be a multiple of 2 MiB between 8 MiB and 4 GiB, not {0} bytes; pick a size such as 64M or 1G"
+    )]
+    InvalidSize(u64),
+    /// mmap of the guest memory failed.
+    #[error("could not reserve {size} bytes of host memory for the cell: {source}")]
+    Mmap {
+        /// Requested size.
+        size: u64,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// vm-memory rejected the mapping.
+    #[error("could not describe the cell's memory: {0}")]
+    Region(String),
+}
+
+/// Smallest guest memory that holds the system region, the runtime and a heap.
+pub const MIN_MEMORY_SIZE: u64 = 8 << 20;
+
+/// The memory of one cell, mapped at guest-physical address 0.
+pub struct GuestMemory {
+    mmap: GuestMemoryMmap,
+    host: NonNull<u8>,
+    size: u64,
+}
+
+// SAFETY: the raw pointer is only the base of a mapping this value owns; every access
+// through it goes through vm-memory's volatile, bounds-checked accessors.
+unsafe impl Send for GuestMemory {}
+
+impl GuestMemory {
+    /// Reserves `size` bytes of guest memory.
+    pub fn new(size: u64) -> Result<Self, MemoryError> {
+        if size < MIN_MEMORY_SIZE || size > MAX_MEMORY_SIZE || size % LARGE_PAGE_SIZE != 0 {
+            return Err(MemoryError::InvalidSize(size));
+        }
+        let host = map_aligned(size as usize).map_err(|source| MemoryError::Mmap { size, source })?;
+        // SAFETY: `host` is a fresh private anonymous read-write mapping of `size` bytes
+        // that this value owns and unmaps in `Drop`, after the region is dropped.
+        let region = unsafe {
+            MmapRegion::build_raw(
+                host.as_ptr(),
+                size as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            )
+        }
+        .map_err(|e| MemoryError::Region(e.to_string()));
+        let region = match region {
+            Ok(region) => region,
+            Err(e) => {
+                // SAFETY: the mapping was created above and nothing refers to it.
+                unsafe { libc::munmap(host.as_ptr().cast(), size as usize) };
+                return Err(e);
+            }
+        };
+        let region = GuestRegionMmap::new(region, GuestAddress(0))
+            .ok_or_else(|| MemoryError::Region("the region wraps the address space".into()))?;
+        let mmap = GuestMemoryMmap::from_regions(vec![region])
+            .map_err(|e| MemoryError::Region(e.to_string()))?;
+        Ok(Self { mmap, host, size })
+    }
+
+    /// The memory as vm-memory's bounds-checked view.
+    pub fn mem(&self) -> &GuestMemoryMmap {
+        &self.mmap
+    }
+
+    /// Size in bytes.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Host virtual address of guest-physical address 0 (for KVM's memory slot).
+    pub fn host_address(&self) -> u64 {
+        self.host.as_ptr() as u64
+    }
+
+    /// Bytes of guest memory the host has actually backed (touched by host or guest).
+    pub fn resident_bytes(&self) -> u64 {
+        let page = 4096usize;
+        let pages = (self.size as usize).div_ceil(page);
+        let mut residency = vec![0u8; pages];
+        // SAFETY: the range is this value's own mapping and `residency` has one byte
+        // per page of it, as mincore requires.
+        let rc = unsafe {
+            libc::mincore(
+                self.host.as_ptr().cast(),
+                self.size as usize,
+                residency.as_mut_ptr(),
+            )
+        };
+        if rc != 0 {
+            return 0;
+        }
+        residency.iter().filter(|&&b| b & 1 != 0).count() as u64 * page as u64
+    }
+}
+
+impl Drop for GuestMemory {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was created by `map_aligned` with this size and is owned
+        // by this value; vm-memory does not unmap raw regions it did not create.
+        unsafe { libc::munmap(self.host.as_ptr().cast(), self.size as usize) };
+    }
+}
+
+/// Maps `size` bytes of anonymous memory aligned to 2 MiB and advises huge pages.
+fn map_aligned(size: usize) -> io::Result<NonNull<u8>> {
+    let align = LARGE_PAGE_SIZE as usize;
+    let reserve = size + align;
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's choosing; no
+    // existing memory is affected.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            reserve,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if raw == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    let start = raw as usize;
+    let aligned = start.next_multiple_of(align);
+    let head = aligned - start;
+    let tail = reserve - head - size;
+    // SAFETY: the head and tail trimmed here lie inside the mapping made above and
+    // outside the aligned range that is kept.
+    unsafe {
+        if head > 0 {
+            libc::munmap(raw, head);
+        }
+        if tail > 0 {
+            libc::munmap((aligned + size) as *mut libc::c_void, tail);
+        }
+        // Advice only: without transparent huge pages the memory still works.
+        libc::madvise(aligned as *mut libc::c_void, size, libc::MADV_HUGEPAGE);
+    }
+    Ok(NonNull::new(aligned as *mut u8).expect("mmap never returns null on success"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::Bytes;
+
+    #[test]
+    fn memory_is_aligned_zeroed_and_bounded() {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        assert_eq!(memory.host_address() % LARGE_PAGE_SIZE, 0);
+        let value: u64 = memory.mem().read_obj(GuestAddress(8 << 20)).unwrap();
+        assert_eq!(value, 0);
+        memory.mem().write_obj(7u64, GuestAddress((16 << 20) - 8)).unwrap();
+        assert!(memory.mem().write_obj(7u64, GuestAddress((16 << 20) - 4)).is_err());
+        assert!(memory.resident_bytes() >= 4096);
+    }
+
+    #[test]
+    fn bad_sizes_are_refused() {
+        for size in [0, 4 << 20, (16 << 20) + 4096, 8 << 30] {
+            assert!(matches!(GuestMemory::new(size), Err(MemoryError::InvalidSize(_))));
+        }
+    }
+}

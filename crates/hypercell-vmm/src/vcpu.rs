@@ -1,0 +1,339 @@
+//! The vCPU: its start-up state (64-bit mode at CPL 3), the run loop, and KVM exits
+//! turned into [`VcpuEvent`]s.
+
+use std::io;
+use std::sync::Once;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use hypercell_abi::layout::{EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT};
+use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
+use kvm_ioctls::{VcpuExit, VcpuFd};
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::GuestMemory;
+use crate::system::{
+    SystemTables, TSS_LIMIT, TSS_SELECTOR, USER_CODE_SELECTOR, USER_DATA_SELECTOR,
+};
+
+/// Errors of the vCPU itself (not of the guest).
+#[derive(Debug, thiserror::Error)]
+pub enum VcpuError {
+    /// KVM_CREATE_VCPU failed.
+    #[error("KVM could not create the cell's vCPU: {0}")]
+    Create(io::Error),
+    /// Setting the vCPU's start-up state failed.
+    #[error("KVM refused the cell's start-up CPU state ({what}): {source}")]
+    Configure {
+        /// Which register set.
+        what: &'static str,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// KVM_RUN failed.
+    #[error("KVM_RUN failed: {0}")]
+    Run(io::Error),
+    /// Reading vCPU state after an exit failed.
+    #[error("could not read the cell's CPU state: {0}")]
+    State(io::Error),
+}
+
+/// A CPU exception the guest raised, as reported by its CPL 0 stub.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestException {
+    /// Exception vector (0-31).
+    pub vector: u8,
+    /// Error code, for the vectors that push one.
+    pub error_code: Option<u64>,
+    /// Address of the faulting instruction.
+    pub rip: u64,
+    /// Faulting linear address, for page faults.
+    pub cr2: Option<u64>,
+}
+
+impl GuestException {
+    /// The exception's conventional name.
+    pub fn name(&self) -> &'static str {
+        match self.vector {
+            0 => "divide error (#DE)",
+            1 => "debug exception (#DB)",
+            2 => "non-maskable interrupt",
+            3 => "breakpoint (#BP)",
+            4 => "overflow (#OF)",
+            5 => "bound range exceeded (#BR)",
+            6 => "invalid opcode (#UD)",
+            7 => "device not available (#NM)",
+            8 => "double fault (#DF)",
+            10 => "invalid TSS (#TS)",
+            11 => "segment not present (#NP)",
+            12 => "stack-segment fault (#SS)",
+            13 => "general protection fault (#GP)",
+            14 => "page fault (#PF)",
+            16 => "x87 floating-point error (#MF)",
+            17 => "alignment check (#AC)",
+            18 => "machine check (#MC)",
+            19 => "SIMD floating-point exception (#XM)",
+            20 => "virtualization exception (#VE)",
+            21 => "control protection exception (#CP)",
+            _ => "reserved exception",
+        }
+    }
+}
+
+impl std::fmt::Display for GuestException {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} at rip {:#x}", self.name(), self.rip)?;
+        if let Some(code) = self.error_code {
+            write!(f, ", error code {code:#x}")?;
+        }
+        if let Some(cr2) = self.cr2 {
+            write!(f, ", address {cr2:#x}")?;
+        }
+        Ok(())
+    }
+}
+
+/// What stopped the vCPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum VcpuEvent {
+    /// The guest made a hypercall; the request is at this guest-physical address.
+    Hypercall(GuestAddress),
+    /// The guest raised a CPU exception.
+    Exception(GuestException),
+    /// [`Kicker::kick`] interrupted the vCPU.
+    Kicked,
+    /// The guest triple-faulted.
+    Shutdown,
+    /// KVM could not emulate a guest instruction.
+    InternalError,
+    /// Any other exit, described.
+    Unexpected(String),
+}
+
+/// Vectors for which the CPU pushes an error code.
+fn has_error_code(vector: u8) -> bool {
+    matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
+}
+
+/// Interrupts a running vCPU from another thread.
+#[derive(Clone)]
+pub struct Kicker {
+    thread: libc::pthread_t,
+    kicked: Arc<AtomicBool>,
+}
+
+/// Signal used to interrupt KVM_RUN.
+fn kick_signal() -> libc::c_int {
+    libc::SIGRTMIN() + 2
+}
+
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+
+impl Kicker {
+    /// Makes the vCPU's next or current KVM_RUN return [`VcpuEvent::Kicked`].
+    pub fn kick(&self) {
+        self.kicked.store(true, Ordering::SeqCst);
+        // SAFETY: the thread id was taken from the vCPU's thread, which the cell joins
+        // only after the last kick; the signal has a no-op handler installed, so it only
+        // makes KVM_RUN return EINTR.
+        unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+    }
+}
+
+/// The cell's one vCPU.
+pub struct Vcpu {
+    fd: VcpuFd,
+    exits: u64,
+    kicked: Arc<AtomicBool>,
+}
+
+impl Vcpu {
+    pub(crate) fn new(fd: VcpuFd) -> Self {
+        Self {
+            fd,
+            exits: 0,
+            kicked: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Puts the vCPU in 64-bit mode at CPL 3 at `rip`, with stack `rsp` and `rdi` as
+    /// its first argument.
+    pub fn configure(
+        &self,
+        tables: &SystemTables,
+        rip: u64,
+        rsp: u64,
+        rdi: u64,
+    ) -> Result<(), VcpuError> {
+        let configure = |what, r: Result<(), kvm_ioctls::Error>| {
+            r.map_err(|e| VcpuError::Configure {
+                what,
+                source: e.into(),
+            })
+        };
+        let mut sregs = self.fd.get_sregs().map_err(|e| VcpuError::State(e.into()))?;
+        let code = kvm_segment {
+            base: 0,
+            limit: 0xffff_ffff,
+            selector: USER_CODE_SELECTOR,
+            type_: 0xb,
+            present: 1,
+            dpl: 3,
+            db: 0,
+            s: 1,
+            l: 1,
+            g: 1,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        let data = kvm_segment {
+            selector: USER_DATA_SELECTOR,
+            type_: 0x3,
+            db: 1,
+            l: 0,
+            ..code
+        };
+        sregs.cs = code;
+        sregs.ds = data;
+        sregs.es = data;
+        sregs.fs = data;
+        sregs.gs = data;
+        sregs.ss = data;
+        sregs.tr = kvm_segment {
+            base: tables.tss_base,
+            limit: TSS_LIMIT,
+            selector: TSS_SELECTOR,
+            type_: 0xb,
+            present: 1,
+            dpl: 0,
+            db: 0,
+            s: 0,
+            l: 0,
+            g: 0,
+            avl: 0,
+            unusable: 0,
+            padding: 0,
+        };
+        sregs.ldt = kvm_segment {
+            type_: 0x2,
+            present: 0,
+            unusable: 1,
+            ..sregs.tr
+        };
+        sregs.ldt.base = 0;
+        sregs.ldt.limit = 0;
+        sregs.ldt.selector = 0;
+        sregs.gdt.base = tables.gdt_base;
+        sregs.gdt.limit = tables.gdt_limit;
+        sregs.idt.base = tables.idt_base;
+        sregs.idt.limit = tables.idt_limit;
+        sregs.cr3 = tables.cr3;
+        // PE | MP | ET | NE | WP | AM | PG
+        sregs.cr0 = 0x8005_0033;
+        // PAE | OSFXSR | OSXMMEXCPT
+        sregs.cr4 = 0x620;
+        // LME | LMA
+        sregs.efer = 0x500;
+        configure("special registers", self.fd.set_sregs(&sregs))?;
+
+        let fpu = kvm_fpu {
+            fcw: 0x37f,
+            mxcsr: 0x1f80,
+            ..Default::default()
+        };
+        configure("FPU", self.fd.set_fpu(&fpu))?;
+
+        let regs = kvm_regs {
+            rip,
+            rsp,
+            rdi,
+            // IOPL 3 lets CPL 3 execute `out`; bit 1 is reserved and set.
+            rflags: 0x3002,
+            ..Default::default()
+        };
+        configure("registers", self.fd.set_regs(&regs))
+    }
+
+    /// A handle that interrupts this vCPU; must be called on the thread that runs it.
+    pub fn kicker(&self) -> Kicker {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            // The handler does nothing: delivery alone makes KVM_RUN return EINTR.
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+                .expect("registering a real-time signal handler cannot fail");
+        });
+        Kicker {
+            // SAFETY: pthread_self has no preconditions.
+            thread: unsafe { libc::pthread_self() },
+            kicked: self.kicked.clone(),
+        }
+    }
+
+    /// Number of exits (returns from KVM_RUN) so far.
+    pub fn exits(&self) -> u64 {
+        self.exits
+    }
+
+    /// The guest's time-stamp counter frequency in kHz.
+    pub fn tsc_khz(&self) -> Result<u32, VcpuError> {
+        self.fd.get_tsc_khz().map_err(|e| VcpuError::State(e.into()))
+    }
+
+    /// Runs the guest until its next exit.
+    pub fn run(&mut self, memory: &GuestMemory) -> Result<VcpuEvent, VcpuError> {
+        if self.kicked.load(Ordering::SeqCst) {
+            return Ok(VcpuEvent::Kicked);
+        }
+        let exit = self.fd.run();
+        self.exits += 1;
+        let port = match exit {
+            Ok(VcpuExit::IoOut(port, data)) => {
+                if port == HYPERCALL_PORT && data.len() == 4 {
+                    let addr = u32::from_le_bytes(data.try_into().expect("4 bytes"));
+                    return Ok(VcpuEvent::Hypercall(GuestAddress(u64::from(addr))));
+                }
+                port
+            }
+            Ok(VcpuExit::Shutdown) => return Ok(VcpuEvent::Shutdown),
+            Ok(VcpuExit::InternalError) => return Ok(VcpuEvent::InternalError),
+            Ok(other) => return Ok(VcpuEvent::Unexpected(format!("{other:?}"))),
+            Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                return Ok(if self.kicked.load(Ordering::SeqCst) {
+                    VcpuEvent::Kicked
+                } else {
+                    VcpuEvent::Unexpected("KVM_RUN was interrupted".into())
+                });
+            }
+            Err(e) => return Err(VcpuError::Run(e.into())),
+        };
+        if (EXCEPTION_PORT_BASE..EXCEPTION_PORT_BASE + EXCEPTION_VECTORS).contains(&port) {
+            let vector = (port - EXCEPTION_PORT_BASE) as u8;
+            return self.exception(vector, memory).map(VcpuEvent::Exception);
+        }
+        Ok(VcpuEvent::Unexpected(format!("an `out` to port {port:#x}")))
+    }
+
+    /// Reads the exception frame the CPU pushed on the CPL 0 stack.
+    fn exception(&self, vector: u8, memory: &GuestMemory) -> Result<GuestException, VcpuError> {
+        let regs = self.fd.get_regs().map_err(|e| VcpuError::State(e.into()))?;
+        let sregs = self.fd.get_sregs().map_err(|e| VcpuError::State(e.into()))?;
+        let frame = |index: u64| -> u64 {
+            memory
+                .mem()
+                .read_obj(GuestAddress(regs.rsp.wrapping_add(index * 8)))
+                .unwrap_or(0)
+        };
+        let (error_code, rip) = if has_error_code(vector) {
+            (Some(frame(0)), frame(1))
+        } else {
+            (None, frame(0))
+        };
+        Ok(GuestException {
+            vector,
+            error_code,
+            rip,
+            cr2: (vector == 14).then_some(sregs.cr2),
+        })
+    }
+}
