@@ -101,6 +101,8 @@ pub struct CellStats {
     pub first_entry: Instant,
     /// Last exit handled.
     pub finished: Instant,
+    /// VM, vCPU and guest memory released.
+    pub torn_down: Instant,
     /// VM exits taken.
     pub exits: u64,
     /// Guest memory the host backed, in bytes.
@@ -213,15 +215,23 @@ pub fn run_cell(
     // Whatever the program wrote before it ended reaches the user, even after a fault.
     let drained = drain_output(&memory, services.output, &services.stdio);
 
+    let finished = Instant::now();
+    let exits = vcpu.exits();
+    let memory_touched = memory.resident_bytes();
+    // The VM goes before the memory it maps.
+    drop(vcpu);
+    drop(vm);
+    drop(memory);
     let stats = CellStats {
         started,
         vm_created,
         memory_ready,
         guest_loaded,
         first_entry,
-        finished: Instant::now(),
-        exits: vcpu.exits(),
-        memory_touched: memory.resident_bytes(),
+        finished,
+        torn_down: Instant::now(),
+        exits,
+        memory_touched,
     };
     let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
     let fail = |error: CellError| CellFailure { error, stats: Some(stats.clone()) };

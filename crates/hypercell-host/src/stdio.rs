@@ -4,7 +4,7 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use hypercell_abi::{OUTPUT_RECORD_HEADER, OutputBuffer, StdioKind};
-use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::hypercall::HypercallError;
 use hypercell_vmm::GuestMemory;

@@ -7,7 +7,8 @@
 //! error code and faulting RIP from the exception frame, and CR2 from the vCPU.
 
 use hypercell_abi::layout::{
-    EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, LARGE_PAGE_SIZE, PAGE_SIZE, SYSTEM_BASE,
+    EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT, LARGE_PAGE_SIZE, PAGE_SIZE,
+    SYSTEM_BASE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
@@ -37,8 +38,13 @@ pub const USER_DATA_SELECTOR: u16 = 0x18 | 3;
 pub const USER_CODE_SELECTOR: u16 = 0x20 | 3;
 /// Task state segment selector.
 pub const TSS_SELECTOR: u16 = 0x28;
-/// Size of the 64-bit TSS, minus one.
-pub const TSS_LIMIT: u32 = 0x67;
+/// Size of the 64-bit TSS without its I/O permission bitmap.
+const TSS_SIZE: u64 = 0x68;
+/// Bytes of I/O permission bitmap: one bit per port below 4096; ports at and above
+/// it lie past the TSS limit, which the CPU treats as denied.
+const IO_BITMAP_SIZE: u64 = 4096 / 8;
+/// Limit of the TSS: the task state, the I/O bitmap and its terminating all-ones byte.
+pub const TSS_LIMIT: u32 = (TSS_SIZE + IO_BITMAP_SIZE) as u32;
 
 /// Where the host put each structure, for the vCPU's special registers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -100,10 +106,17 @@ pub fn write_system_region(
     let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|e| e.to_le_bytes()).collect();
     mem.write_slice(&gdt_bytes, GuestAddress(base + GDT_OFFSET))?;
 
-    // TSS: RSP0 (offset 4) is the exception stack, at the top of the system region;
-    // the I/O map base (offset 102) points past the limit: no I/O bitmap.
+    // TSS: RSP0 (offset 4) is the exception stack, at the top of the system region.
+    // The guest runs with IOPL 0 (PVM drops a host-set IOPL anyway), so CPL 3 `in`
+    // and `out` are checked against the I/O permission bitmap, which grants the
+    // four bytes of the hypercall port and nothing else.
     mem.write_obj(base + LARGE_PAGE_SIZE - 64, GuestAddress(tss + 4))?;
-    mem.write_obj(TSS_LIMIT as u16 + 1, GuestAddress(tss + 102))?;
+    mem.write_obj(TSS_SIZE as u16, GuestAddress(tss + 102))?;
+    let mut io_bitmap = vec![0xffu8; (IO_BITMAP_SIZE + 1) as usize];
+    for port in HYPERCALL_PORT..HYPERCALL_PORT + 4 {
+        io_bitmap[usize::from(port / 8)] &= !(1 << (port % 8));
+    }
+    mem.write_slice(&io_bitmap, GuestAddress(tss + TSS_SIZE))?;
 
     let mut idt = vec![0u8; 256 * 16];
     for vector in 0..EXCEPTION_VECTORS {

@@ -248,8 +248,9 @@ impl Vcpu {
             rip,
             rsp,
             rdi,
-            // IOPL 3 lets CPL 3 execute `out`; bit 1 is reserved and set.
-            rflags: 0x3002,
+            // IOPL 0: the TSS I/O bitmap decides which ports CPL 3 may use. Bit 1 is
+            // reserved and set.
+            rflags: 0x2,
             ..Default::default()
         };
         configure("registers", self.fd.set_regs(&regs))

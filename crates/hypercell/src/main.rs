@@ -1,1 +1,160 @@
-fn main() {}
+//! `hypercell`: run WebAssembly programs in hardware-isolated KVM cells with no guest
+//! operating system.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use hypercell_host::config::{
+    DEFAULT_MEMORY_SIZE, format_size, parse_duration, parse_env_var, parse_memory_size,
+};
+use hypercell_host::{
+    CacheStatus, CellConfig, CellExit, CellStats, CellStdio, CompiledModule, Compiler, run_cell,
+};
+
+/// Exit status of `wasmtime run` when the program traps (128 + SIGABRT).
+const TRAP_EXIT_STATUS: u8 = 134;
+/// Exit status when the program could not be run at all.
+const FAILURE_EXIT_STATUS: u8 = 1;
+
+#[derive(Parser)]
+#[command(name = "hypercell", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a WebAssembly command program (WASI preview1) in a new cell.
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Set an environment variable for the program (repeatable).
+    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_var)]
+    env: Vec<(String, String)>,
+    /// The cell's memory: runtime, stack, heap and the program's linear memory.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size,
+          default_value_t = DEFAULT_MEMORY_SIZE, hide_default_value = true,
+          help = "The cell's memory, such as 64M or 2G [default: 1G]")]
+    memory: u64,
+    /// Stop the program after this much wall-clock time, such as 500ms or 10s.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Print timings, exits, memory touched and the compile-cache outcome to stderr.
+    #[arg(long)]
+    stats: bool,
+    /// The module to run (binary `.wasm` or text `.wat`).
+    module: PathBuf,
+    /// Arguments passed to the program.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+fn main() -> ExitCode {
+    let started = Instant::now();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_env("HYPERCELL_LOG"))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Run(args) => run(args, started),
+    }
+}
+
+fn run(args: RunArgs, started: Instant) -> ExitCode {
+    let compiled = Compiler::new().and_then(|compiler| {
+        let module = compiler.compile_file(&args.module)?;
+        Ok((module, compiler.cpu_features()))
+    });
+    let (module, cpu_features) = match compiled {
+        Ok(compiled) => compiled,
+        Err(e) => return fail(&e),
+    };
+    let mut program_args = vec![args.module.display().to_string()];
+    program_args.extend(args.args);
+    let config = CellConfig {
+        memory_size: args.memory,
+        timeout: args.timeout,
+        args: program_args,
+        env: args.env,
+    };
+    let result = run_cell(&config, &module, cpu_features, CellStdio::inherit());
+    let report_stats = |stats: Option<&CellStats>| {
+        if args.stats {
+            print_stats(started, &module, stats);
+        }
+    };
+    match result {
+        Ok(report) => {
+            report_stats(Some(&report.stats));
+            match report.exit {
+                CellExit::Exited(code) => ExitCode::from(code as u8),
+                CellExit::Trapped(trap) => {
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "Error: failed to run main module `{}`\n\n{trap}",
+                        args.module.display()
+                    );
+                    ExitCode::from(TRAP_EXIT_STATUS)
+                }
+            }
+        }
+        Err(failure) => {
+            report_stats(failure.stats.as_ref());
+            fail(&failure.error)
+        }
+    }
+}
+
+fn fail(error: &dyn std::error::Error) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {error}");
+    ExitCode::from(FAILURE_EXIT_STATUS)
+}
+
+fn print_stats(started: Instant, module: &CompiledModule, stats: Option<&CellStats>) {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let cache = match module.cache {
+        CacheStatus::Hit => "hit",
+        CacheStatus::Miss => "miss",
+    };
+    let mut out = String::new();
+    out.push_str(&format!(
+        "hypercell stats:\n  compile cache:            {cache} ({:.3} ms)\n",
+        ms(module.elapsed)
+    ));
+    if let Some(s) = stats {
+        let lines = [
+            ("vm create", s.vm_created - s.started),
+            ("memory set-up", s.memory_ready - s.vm_created),
+            ("guest load", s.guest_loaded - s.memory_ready),
+            ("run (boot to exit)", s.finished - s.first_entry),
+            ("teardown", s.torn_down - s.finished),
+        ];
+        out.push_str(&format!(
+            "  first guest instruction:  {:.3} ms after start\n",
+            ms(s.first_entry - started)
+        ));
+        for (name, duration) in lines {
+            out.push_str(&format!("  {:<25} {:.3} ms\n", format!("{name}:"), ms(duration)));
+        }
+        out.push_str(&format!(
+            "  total:                    {:.3} ms\n  exits:                    {}\n  guest memory touched:     {}\n",
+            ms(started.elapsed()),
+            s.exits,
+            format_size(s.memory_touched)
+        ));
+    } else {
+        out.push_str(&format!(
+            "  total:                    {:.3} ms (the cell did not start)\n",
+            ms(started.elapsed())
+        ));
+    }
+    let _ = std::io::stderr().write_all(out.as_bytes());
+}
