@@ -92,13 +92,16 @@ pub fn parse_env_var(text: &str) -> Result<(String, String), ConfigError> {
 
 /// Formats a byte count for messages: `64 MiB`, `1 GiB`, `1536 KiB`.
 pub fn format_size(bytes: u64) -> String {
-    for (shift, unit) in [(30, "GiB"), (20, "MiB"), (10, "KiB")] {
+    for (shift, unit) in [(30, "GiB"), (20, "MiB")] {
         if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
             return format!("{} {unit}", bytes >> shift);
         }
     }
     if bytes >= 1 << 20 {
         return format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20));
+    }
+    if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+        return format!("{} KiB", bytes >> 10);
     }
     format!("{bytes} bytes")
 }
@@ -135,6 +138,8 @@ mod tests {
         assert!(parse_env_var("NOVALUE").is_err());
         assert_eq!(format_size(64 << 20), "64 MiB");
         assert_eq!(format_size(3 << 29), "1536 MiB");
+        assert_eq!(format_size(30001 << 16), "1875.1 MiB");
+        assert_eq!(format_size(3 << 10), "3 KiB");
         assert_eq!(format_size(100), "100 bytes");
     }
 }

@@ -94,7 +94,8 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
     match result {
         Ok(report) => {
             report_stats(Some(&report.stats));
-            match report.exit {
+            let failed = report.exit != CellExit::Exited(0);
+            let status = match report.exit {
                 CellExit::Exited(code) => ExitCode::from(code as u8),
                 CellExit::Trapped(trap) => {
                     let _ = writeln!(
@@ -104,7 +105,17 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
                     );
                     ExitCode::from(TRAP_EXIT_STATUS)
                 }
+            };
+            // A refused memory.grow is the likeliest cause of a failure that follows it.
+            if let Some(bytes) = report.denied_growth.filter(|_| failed) {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "note: the program was refused a linear memory of {} by the cell's memory limit of {}; raise it with --memory",
+                    format_size(bytes),
+                    format_size(config.memory_size)
+                );
             }
+            status
         }
         Err(failure) => {
             report_stats(failure.stats.as_ref());
