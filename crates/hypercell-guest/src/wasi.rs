@@ -216,7 +216,9 @@ fn fd_fdstat_get(mem: &mut Mem<'_>, fd: i32, out: i32) -> Result<(), Errno> {
     };
     let mut stat = [0u8; 24];
     stat[0] = filetype;
+    // Base and inheriting rights are the same, as wasmtime reports them for stdio.
     stat[8..16].copy_from_slice(&rights.to_le_bytes());
+    stat[16..24].copy_from_slice(&rights.to_le_bytes());
     mem.write(out, &stat)
 }
 

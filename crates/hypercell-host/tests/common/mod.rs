@@ -1,0 +1,148 @@
+//! Runs WAT programs in real cells with stdio captured in files.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::sync::OnceLock;
+
+use hypercell_host::{CellConfig, CellFailure, CellReport, CellStdio, CompiledModule, Compiler};
+
+/// What a finished cell left behind.
+pub struct Outcome {
+    /// The cell's report, or why it failed.
+    pub result: Result<CellReport, CellFailure>,
+    /// Everything the program wrote to stdout.
+    pub stdout: Vec<u8>,
+    /// Everything the program wrote to stderr.
+    pub stderr: Vec<u8>,
+}
+
+impl Outcome {
+    /// The report of a cell that ran to its end; panics with the failure otherwise.
+    pub fn report(&self) -> &CellReport {
+        match &self.result {
+            Ok(report) => report,
+            Err(failure) => panic!("the cell failed: {}", failure.error),
+        }
+    }
+
+    /// The failure of a cell that did not run to its end.
+    pub fn failure(&self) -> &CellFailure {
+        match &self.result {
+            Ok(report) => panic!("the cell ended normally: {:?}", report.exit),
+            Err(failure) => failure,
+        }
+    }
+}
+
+fn compiler() -> &'static Compiler {
+    static COMPILER: OnceLock<(Compiler, tempfile::TempDir)> = OnceLock::new();
+    &COMPILER
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().unwrap();
+            (Compiler::with_cache_dir(Some(dir.path().to_path_buf())).unwrap(), dir)
+        })
+        .0
+}
+
+/// Compiles a WAT module for cells.
+pub fn compile(wat: &str) -> CompiledModule {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("test.wat");
+    std::fs::write(&path, wat).unwrap();
+    compile_file(&path)
+}
+
+/// Compiles a module file for cells.
+pub fn compile_file(path: &Path) -> CompiledModule {
+    compiler().compile_file(path).unwrap()
+}
+
+/// Runs `wat` in a cell with `config`, feeding it `stdin`.
+pub fn run(wat: &str, config: &CellConfig, stdin: &[u8]) -> Outcome {
+    run_compiled(&compile(wat), config, stdin)
+}
+
+/// Runs a compiled module in a cell with `config`, feeding it `stdin`.
+pub fn run_compiled(module: &CompiledModule, config: &CellConfig, stdin: &[u8]) -> Outcome {
+    let mut input = tempfile::tempfile().unwrap();
+    input.write_all(stdin).unwrap();
+    input.seek(SeekFrom::Start(0)).unwrap();
+    let mut stdout = tempfile::tempfile().unwrap();
+    let mut stderr = tempfile::tempfile().unwrap();
+    let stdio = CellStdio {
+        stdin: input.as_fd(),
+        stdout: stdout.as_fd(),
+        stderr: stderr.as_fd(),
+    };
+    let result = hypercell_host::run_cell(config, module, compiler().cpu_features(), stdio);
+    let mut read_back = |file: &mut std::fs::File| {
+        let mut bytes = Vec::new();
+        file.seek(SeekFrom::Start(0)).unwrap();
+        file.read_to_end(&mut bytes).unwrap();
+        bytes
+    };
+    Outcome {
+        result,
+        stdout: read_back(&mut stdout),
+        stderr: read_back(&mut stderr),
+    }
+}
+
+/// A module importing the WASI calls the tests use, with helpers around a `_start`
+/// whose body is `body`.
+///
+/// Memory map: 0..16 scratch for iovecs, 16..32 `$emit` scratch, 1024.. free for tests.
+/// `$emit(ptr, len)` writes memory to stdout; `$emit32`/`$emit64` write a value's
+/// little-endian bytes.
+pub fn program(body: &str) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "args_sizes_get" (func $args_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "args_get" (func $args_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_sizes_get" (func $environ_sizes_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "environ_get" (func $environ_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_res_get" (func $clock_res_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "clock_time_get" (func $clock_time_get (param i32 i64 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "random_get" (func $random_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_fdstat_get" (func $fd_fdstat_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_prestat_get" (func $fd_prestat_get (param i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (import "wasi_snapshot_preview1" "sched_yield" (func $sched_yield (result i32)))
+  (import "wasi_snapshot_preview1" "poll_oneoff" (func $poll_oneoff (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  (func $write (param $fd i32) (param $ptr i32) (param $len i32) (result i32)
+    (i32.store (i32.const 0) (local.get $ptr))
+    (i32.store (i32.const 4) (local.get $len))
+    (call $fd_write (local.get $fd) (i32.const 0) (i32.const 1) (i32.const 8)))
+  (func $emit (param $ptr i32) (param $len i32)
+    (drop (call $write (i32.const 1) (local.get $ptr) (local.get $len))))
+  (func $emit32 (param $v i32)
+    (i32.store (i32.const 16) (local.get $v))
+    (call $emit (i32.const 16) (i32.const 4)))
+  (func $emit64 (param $v i64)
+    (i64.store (i32.const 16) (local.get $v))
+    (call $emit (i32.const 16) (i32.const 8)))
+  (func (export "_start") {body}))"#
+    )
+}
+
+/// Splits `bytes` into little-endian `u32`s.
+pub fn u32s(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Reads a little-endian `u64` at `offset`.
+pub fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
+}
+
+/// Reads a little-endian `u32` at `offset`.
+pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
+}

@@ -1,0 +1,317 @@
+//! WASI preview1 in real cells: every call the runtime serves, driven by WAT programs
+//! that write their results to stdout as raw little-endian values.
+
+mod common;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use common::{program, run, u32_at, u32s, u64_at};
+use hypercell_host::{CellConfig, CellExit};
+
+const ERRNO_BADF: u32 = 8;
+const ERRNO_FAULT: u32 = 21;
+const ERRNO_INVAL: u32 = 28;
+
+fn config() -> CellConfig {
+    CellConfig {
+        memory_size: 64 << 20,
+        ..CellConfig::default()
+    }
+}
+
+#[test]
+fn args_are_served_inside_the_cell() {
+    let wat = program(
+        r#"
+        (call $emit32 (call $args_sizes_get (i32.const 1024) (i32.const 1028)))
+        (call $emit (i32.const 1024) (i32.const 8))
+        (call $emit32 (call $args_get (i32.const 2048) (i32.const 4096)))
+        (call $emit (i32.const 2048) (i32.const 12))
+        (call $emit (i32.const 4096) (i32.load (i32.const 1028)))"#,
+    );
+    let config = CellConfig {
+        args: vec!["prog".into(), "a".into(), "bc".into()],
+        ..config()
+    };
+    let outcome = run(&wat, &config, b"");
+    assert_eq!(outcome.report().exit, CellExit::Exited(0));
+    let out = &outcome.stdout;
+    assert_eq!(u32s(&out[..28]), [0, 3, 10, 0, 4096, 4101, 4103]);
+    assert_eq!(&out[28..], b"prog\0a\0bc\0");
+    assert_eq!(outcome.report().stats.exits, 1, "args need no exit");
+}
+
+#[test]
+fn environment_is_served_inside_the_cell() {
+    let wat = program(
+        r#"
+        (call $emit32 (call $environ_sizes_get (i32.const 1024) (i32.const 1028)))
+        (call $emit (i32.const 1024) (i32.const 8))
+        (call $emit32 (call $environ_get (i32.const 2048) (i32.const 4096)))
+        (call $emit (i32.const 2048) (i32.const 8))
+        (call $emit (i32.const 4096) (i32.load (i32.const 1028)))
+        ;; a pointer past the end of memory is a fault, not a crash
+        (call $emit32 (call $environ_sizes_get (i32.const 0x7fffffff) (i32.const 1028)))"#,
+    );
+    let config = CellConfig {
+        env: vec![("A".into(), "1".into()), ("LONGER".into(), "x=y".into())],
+        ..config()
+    };
+    let outcome = run(&wat, &config, b"");
+    let out = &outcome.stdout;
+    assert_eq!(u32s(&out[..24]), [0, 2, 15, 0, 4096, 4100]);
+    assert_eq!(&out[24..39], b"A=1\0LONGER=x=y\0");
+    assert_eq!(u32_at(out, 39), ERRNO_FAULT);
+}
+
+#[test]
+fn clocks_tick_inside_the_cell() {
+    // For each clock id 0..=4: errno and value of clock_res_get, then of
+    // clock_time_get twice.
+    let mut body = String::new();
+    for id in 0..=4 {
+        body.push_str(&format!(
+            r#"
+            (call $emit32 (call $clock_res_get (i32.const {id}) (i32.const 1024)))
+            (call $emit64 (i64.load (i32.const 1024)))
+            (call $emit32 (call $clock_time_get (i32.const {id}) (i64.const 1) (i32.const 1024)))
+            (call $emit64 (i64.load (i32.const 1024)))
+            (call $emit32 (call $clock_time_get (i32.const {id}) (i64.const 1) (i32.const 1024)))
+            (call $emit64 (i64.load (i32.const 1024)))"#
+        ));
+    }
+    let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let outcome = run(&program(&body), &config(), b"");
+    let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let out = &outcome.stdout;
+    let record = |id: usize, i: usize| {
+        let at = id * 36 + i * 12;
+        (u32_at(out, at), u64_at(out, at + 4))
+    };
+    for id in 0..4 {
+        let (res_errno, resolution) = record(id, 0);
+        let (errno1, first) = record(id, 1);
+        let (errno2, second) = record(id, 2);
+        assert_eq!((res_errno, errno1, errno2), (0, 0, 0), "clock {id}");
+        assert!(resolution > 0 && resolution < 1_000_000, "clock {id}: {resolution}");
+        assert!(second >= first, "clock {id} went backwards");
+    }
+    let (_, realtime) = record(0, 1);
+    assert!(before <= realtime && realtime <= after, "realtime {realtime} not in [{before}, {after}]");
+    assert_eq!(record(4, 0).0, ERRNO_INVAL);
+    assert_eq!(record(4, 1).0, ERRNO_INVAL);
+    assert_eq!(outcome.report().stats.exits, 1, "clocks need no exit");
+}
+
+#[test]
+fn random_get_fills_buffers_inside_the_cell() {
+    let wat = program(
+        r#"
+        (call $emit32 (call $random_get (i32.const 1024) (i32.const 64)))
+        (call $emit32 (call $random_get (i32.const 2048) (i32.const 64)))
+        (call $emit (i32.const 1024) (i32.const 64))
+        (call $emit (i32.const 2048) (i32.const 64))
+        (call $emit32 (call $random_get (i32.const 262100) (i32.const 64)))"#,
+    );
+    let outcome = run(&wat, &config(), b"");
+    let out = &outcome.stdout;
+    assert_eq!(u32s(&out[..8]), [0, 0]);
+    let (first, second) = (&out[8..72], &out[72..136]);
+    assert_ne!(first, second);
+    assert!(first.iter().any(|&b| b != 0) && second.iter().any(|&b| b != 0));
+    assert_eq!(u32_at(out, 136), ERRNO_FAULT, "a buffer past the end of memory");
+}
+
+#[test]
+fn fd_write_keeps_stdout_and_stderr_apart_and_rejects_other_descriptors() {
+    let wat = program(
+        r#"
+        (i64.store (i32.const 1024) (i64.const 0x0a74756f))   ;; "out\n"
+        (i64.store (i32.const 1032) (i64.const 0x0a727265))   ;; "err\n"
+        (drop (call $write (i32.const 1) (i32.const 1024) (i32.const 4)))
+        (drop (call $write (i32.const 2) (i32.const 1032) (i32.const 4)))
+        (drop (call $write (i32.const 1) (i32.const 1024) (i32.const 4)))
+        (call $emit32 (call $write (i32.const 0) (i32.const 1024) (i32.const 4)))
+        (call $emit32 (call $write (i32.const 3) (i32.const 1024) (i32.const 4)))
+        (call $emit32 (call $write (i32.const 1) (i32.const 262140) (i32.const 100)))
+        ;; two iovecs in one call, and the byte count it reports
+        (i32.store (i32.const 1040) (i32.const 1024))
+        (i32.store (i32.const 1044) (i32.const 3))
+        (i32.store (i32.const 1048) (i32.const 1032))
+        (i32.store (i32.const 1052) (i32.const 4))
+        (call $emit32 (call $fd_write (i32.const 1) (i32.const 1040) (i32.const 2) (i32.const 1056)))
+        (call $emit32 (i32.load (i32.const 1056)))"#,
+    );
+    let outcome = run(&wat, &config(), b"");
+    let out = &outcome.stdout;
+    assert_eq!(&out[..8], b"out\nout\n");
+    assert_eq!(u32s(&out[8..20]), [ERRNO_BADF, ERRNO_BADF, ERRNO_FAULT]);
+    assert_eq!(&out[20..27], b"outerr\n");
+    assert_eq!(u32s(&out[27..35]), [0, 7]);
+    assert_eq!(outcome.stderr, b"err\n");
+    assert_eq!(outcome.report().stats.exits, 1, "small writes are buffered");
+}
+
+#[test]
+fn fd_read_reads_stdin_to_its_end() {
+    let wat = program(
+        r#"
+        (local $n i32)
+        ;; read into two iovecs of 4 and 100 bytes, then again until 0
+        (i32.store (i32.const 1024) (i32.const 2048))
+        (i32.store (i32.const 1028) (i32.const 4))
+        (i32.store (i32.const 1032) (i32.const 2052))
+        (i32.store (i32.const 1036) (i32.const 100))
+        (call $emit32 (call $fd_read (i32.const 0) (i32.const 1024) (i32.const 2) (i32.const 1040)))
+        (local.set $n (i32.load (i32.const 1040)))
+        (call $emit32 (local.get $n))
+        (call $emit (i32.const 2048) (local.get $n))
+        (call $emit32 (call $fd_read (i32.const 0) (i32.const 1024) (i32.const 2) (i32.const 1040)))
+        (call $emit32 (i32.load (i32.const 1040)))
+        (call $emit32 (call $fd_read (i32.const 1) (i32.const 1024) (i32.const 2) (i32.const 1040)))
+        (call $emit32 (call $fd_read (i32.const 7) (i32.const 1024) (i32.const 2) (i32.const 1040)))"#,
+    );
+    let outcome = run(&wat, &config(), b"hello, cell");
+    let out = &outcome.stdout;
+    assert_eq!(u32s(&out[..8]), [0, 11]);
+    assert_eq!(&out[8..19], b"hello, cell");
+    assert_eq!(u32s(&out[19..]), [0, 0, ERRNO_BADF, ERRNO_BADF]);
+}
+
+#[test]
+fn fdstat_and_prestat_describe_stdio_like_wasmtime() {
+    let wat = program(
+        r#"
+        (call $emit32 (call $fd_fdstat_get (i32.const 0) (i32.const 1024)))
+        (call $emit (i32.const 1024) (i32.const 24))
+        (call $emit32 (call $fd_fdstat_get (i32.const 1) (i32.const 1024)))
+        (call $emit (i32.const 1024) (i32.const 24))
+        (call $emit32 (call $fd_fdstat_get (i32.const 9) (i32.const 1024)))
+        (call $emit32 (call $fd_prestat_get (i32.const 3) (i32.const 1024)))
+        (call $emit32 (call $sched_yield))"#,
+    );
+    let outcome = run(&wat, &config(), b"");
+    let out = &outcome.stdout;
+    // Files and pipes are `unknown` (0) with read or write rights, base and inheriting.
+    assert_eq!(u32_at(out, 0), 0);
+    assert_eq!((out[4], u64_at(out, 12), u64_at(out, 20)), (0, 1 << 1, 1 << 1));
+    assert_eq!(u32_at(out, 28), 0);
+    assert_eq!((out[32], u64_at(out, 40), u64_at(out, 48)), (0, 1 << 6, 1 << 6));
+    assert_eq!(u32s(&out[56..]), [ERRNO_BADF, ERRNO_BADF, 0]);
+}
+
+#[test]
+fn proc_exit_ends_the_program_with_its_status_and_keeps_its_output() {
+    let wat = program(
+        r#"
+        (i64.store (i32.const 1024) (i64.const 0x0a657962))   ;; "bye\n"
+        (drop (call $write (i32.const 1) (i32.const 1024) (i32.const 4)))
+        (call $proc_exit (i32.const 42))
+        unreachable"#,
+    );
+    let outcome = run(&wat, &config(), b"");
+    assert_eq!(outcome.report().exit, CellExit::Exited(42));
+    assert_eq!(outcome.stdout, b"bye\n");
+}
+
+/// Writes a `poll_oneoff` clock subscription at `at`.
+fn clock_subscription(at: u32, userdata: u64, nanos: u64, flags: u16) -> String {
+    format!(
+        r#"
+        (i64.store (i32.const {at}) (i64.const {userdata}))
+        (i32.store8 (i32.const {}) (i32.const 0))
+        (i32.store (i32.const {}) (i32.const 1))
+        (i64.store (i32.const {}) (i64.const {nanos}))
+        (i64.store (i32.const {}) (i64.const 0))
+        (i32.store16 (i32.const {}) (i32.const {flags}))"#,
+        at + 8,
+        at + 16,
+        at + 24,
+        at + 32,
+        at + 40
+    )
+}
+
+#[test]
+fn poll_oneoff_waits_for_the_earliest_clock() {
+    let mut body = clock_subscription(1024, 7, 30_000_000, 0);
+    body.push_str(&clock_subscription(1072, 8, 5_000_000_000, 0));
+    body.push_str(
+        r#"
+        (call $emit32 (call $poll_oneoff (i32.const 1024) (i32.const 2048) (i32.const 2) (i32.const 1200)))
+        (call $emit32 (i32.load (i32.const 1200)))
+        (call $emit (i32.const 2048) (i32.const 32))
+        ;; no subscriptions is invalid
+        (call $emit32 (call $poll_oneoff (i32.const 1024) (i32.const 2048) (i32.const 0) (i32.const 1200)))"#,
+    );
+    let started = Instant::now();
+    let outcome = run(&program(&body), &config(), b"");
+    let elapsed = started.elapsed();
+    let out = &outcome.stdout;
+    assert_eq!(u32s(&out[..8]), [0, 1]);
+    assert_eq!(u64_at(out, 8), 7, "the 30 ms subscription fires first");
+    assert_eq!(u32::from(out[16]) | u32::from(out[17]) << 8, 0, "event errno");
+    assert_eq!(out[18], 0, "a clock event");
+    assert_eq!(u32_at(out, 40), ERRNO_INVAL);
+    assert!(elapsed >= Duration::from_millis(30), "returned after {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "waited for the later clock");
+}
+
+#[test]
+fn poll_oneoff_accepts_absolute_deadlines() {
+    // Deadline: now (monotonic) + 20 ms.
+    let mut body = String::from(
+        r#"
+        (drop (call $clock_time_get (i32.const 1) (i64.const 1) (i32.const 1200)))"#,
+    );
+    body.push_str(&clock_subscription(1024, 9, 0, 1));
+    body.push_str(
+        r#"
+        (i64.store (i32.const 1048) (i64.add (i64.load (i32.const 1200)) (i64.const 20000000)))
+        (call $emit32 (call $poll_oneoff (i32.const 1024) (i32.const 2048) (i32.const 1) (i32.const 1208)))
+        (drop (call $clock_time_get (i32.const 1) (i64.const 1) (i32.const 1216)))
+        (call $emit64 (i64.sub (i64.load (i32.const 1216)) (i64.load (i32.const 1200))))
+        (call $emit64 (i64.load (i32.const 2048)))"#,
+    );
+    let outcome = run(&program(&body), &config(), b"");
+    let out = &outcome.stdout;
+    assert_eq!(u32_at(out, 0), 0);
+    let waited = u64_at(out, 4);
+    assert!(waited >= 20_000_000, "waited {waited} ns of 20 ms");
+    assert_eq!(u64_at(out, 12), 9);
+}
+
+#[test]
+fn large_writes_move_in_one_exit_each() {
+    // 3 MiB of 'x' written in one fd_write: more than the output buffer holds.
+    let wat = program(
+        r#"
+        (drop (memory.grow (i32.const 48)))
+        (memory.fill (i32.const 65536) (i32.const 120) (i32.const 3145728))
+        (drop (call $write (i32.const 1) (i32.const 65536) (i32.const 3145728)))"#,
+    );
+    let outcome = run(&wat, &config(), b"");
+    assert_eq!(outcome.stdout.len(), 3 << 20);
+    assert!(outcome.stdout.iter().all(|&b| b == b'x'));
+    assert_eq!(outcome.report().stats.exits, 2, "one write and the exit");
+}
+
+#[test]
+fn many_small_writes_are_batched() {
+    // 100k writes of 10 bytes: 1 MB through a 1 MiB buffer.
+    let wat = program(
+        r#"
+        (local $i i32)
+        (i64.store (i32.const 1024) (i64.const 0x3837363534333231))
+        (i32.store16 (i32.const 1032) (i32.const 0x0a39))
+        (loop $again
+          (drop (call $write (i32.const 1) (i32.const 1024) (i32.const 10)))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $again (i32.lt_u (local.get $i) (i32.const 100000))))"#,
+    );
+    let outcome = run(&wat, &config(), b"");
+    assert_eq!(outcome.stdout.len(), 1_000_000);
+    assert!(outcome.stdout.chunks(10).all(|line| line == b"123456789\n"));
+    let exits = outcome.report().stats.exits;
+    assert!(exits <= 3, "{exits} exits for 1 MB of small writes");
+}
