@@ -338,3 +338,93 @@ impl Vcpu {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, SYSTEM_BASE};
+
+    use super::*;
+    use crate::Vm;
+    use crate::system::write_system_region;
+
+    /// Runs raw machine code at CPL 3 in a fresh 16 MiB cell until its first exit.
+    fn run_code(code: &[u8]) -> VcpuEvent {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        let vm = Vm::new().unwrap();
+        vm.set_memory(&memory).unwrap();
+        let tables = write_system_region(&memory, &[]).unwrap();
+        memory.mem().write_slice(code, GuestAddress(IMAGE_BASE)).unwrap();
+        let mut vcpu = vm.create_vcpu().unwrap();
+        vcpu.configure(&tables, IMAGE_BASE, IMAGE_BASE + LARGE_PAGE_SIZE, 0).unwrap();
+        vcpu.run(&memory).unwrap()
+    }
+
+    fn exception(code: &[u8]) -> GuestException {
+        match run_code(code) {
+            VcpuEvent::Exception(exception) => exception,
+            other => panic!("expected an exception, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_hypercall_carries_its_request_address() {
+        // mov eax, 0x601000; mov dx, HYPERCALL_PORT; out dx, eax
+        let [lo, hi] = HYPERCALL_PORT.to_le_bytes();
+        let code = [0xb8, 0x00, 0x10, 0x60, 0x00, 0x66, 0xba, lo, hi, 0xef];
+        assert_eq!(run_code(&code), VcpuEvent::Hypercall(GuestAddress(0x60_1000)));
+    }
+
+    #[test]
+    fn an_invalid_opcode_is_reported_with_its_address() {
+        let fault = exception(&[0x90, 0x0f, 0x0b]); // nop; ud2
+        assert_eq!((fault.vector, fault.rip, fault.error_code), (6, IMAGE_BASE + 1, None));
+        assert!(fault.to_string().contains("invalid opcode"));
+    }
+
+    #[test]
+    fn a_null_dereference_is_a_page_fault_at_address_zero() {
+        let fault = exception(&[0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0]); // mov rax, [0]
+        assert_eq!((fault.vector, fault.cr2, fault.rip), (14, Some(0), IMAGE_BASE));
+        assert_eq!(fault.error_code, Some(0b100), "a user-mode read of a missing page");
+    }
+
+    #[test]
+    fn the_page_tables_cannot_be_written_from_the_cell() {
+        // mov [SYSTEM_BASE], rax
+        let addr = (SYSTEM_BASE as u32).to_le_bytes();
+        let fault = exception(&[0x48, 0x89, 0x04, 0x25, addr[0], addr[1], addr[2], addr[3]]);
+        assert_eq!((fault.vector, fault.cr2), (14, Some(SYSTEM_BASE)));
+        assert_eq!(fault.error_code, Some(0b111), "a user-mode write to a present page");
+    }
+
+    #[test]
+    fn ports_other_than_the_hypercall_port_are_refused() {
+        let fault = exception(&[0xe6, 0x80]); // out 0x80, al
+        assert_eq!((fault.vector, fault.error_code), (13, Some(0)));
+    }
+
+    #[test]
+    fn privileged_instructions_fault() {
+        assert_eq!(exception(&[0xf4]).vector, 13); // hlt
+        assert_eq!(exception(&[0xfa]).vector, 13); // cli
+        assert_eq!(exception(&[0x0f, 0x22, 0xd8]).vector, 13); // mov cr3, rax
+    }
+
+    #[test]
+    fn a_kick_interrupts_an_endless_loop() {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        let vm = Vm::new().unwrap();
+        vm.set_memory(&memory).unwrap();
+        let tables = write_system_region(&memory, &[]).unwrap();
+        memory.mem().write_slice(&[0xeb, 0xfe], GuestAddress(IMAGE_BASE)).unwrap(); // jmp $
+        let mut vcpu = vm.create_vcpu().unwrap();
+        vcpu.configure(&tables, IMAGE_BASE, IMAGE_BASE + LARGE_PAGE_SIZE, 0).unwrap();
+        let kicker = vcpu.kicker();
+        let kicking = std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            kicker.kick();
+        });
+        assert_eq!(vcpu.run(&memory).unwrap(), VcpuEvent::Kicked);
+        kicking.join().unwrap();
+    }
+}

@@ -1,0 +1,179 @@
+//! How cells end when programs go wrong: traps, time limits, memory limits, bad
+//! modules. Output written before the end always reaches the user.
+
+mod common;
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use common::{program, run};
+use hypercell_host::{CellConfig, CellError, CellExit, CompileError, Compiler};
+
+fn config() -> CellConfig {
+    CellConfig {
+        memory_size: 64 << 20,
+        ..CellConfig::default()
+    }
+}
+
+fn trap_report(body: &str) -> (String, Vec<u8>) {
+    let outcome = run(&program(body), &config(), b"");
+    match &outcome.report().exit {
+        CellExit::Trapped(report) => (report.clone(), outcome.stdout),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+const SAY_BEFORE: &str = r#"
+    (i64.store (i32.const 1024) (i64.const 0x0a65726f666562))   ;; "before\n"
+    (drop (call $write (i32.const 1) (i32.const 1024) (i32.const 7)))"#;
+
+#[test]
+fn unreachable_traps_with_a_backtrace_and_keeps_buffered_output() {
+    let (report, stdout) = trap_report(&format!("{SAY_BEFORE} unreachable"));
+    assert!(report.contains("wasm `unreachable` instruction executed"), "{report}");
+    assert!(report.contains("wasm backtrace"), "{report}");
+    assert_eq!(stdout, b"before\n");
+}
+
+#[test]
+fn integer_division_by_zero_traps() {
+    let (report, _) = trap_report("(drop (i32.div_s (i32.const 1) (i32.const 0)))");
+    assert!(report.contains("integer divide by zero"), "{report}");
+}
+
+#[test]
+fn out_of_bounds_memory_access_traps() {
+    let (report, _) = trap_report("(drop (i32.load (i32.const 0x7ffffff0)))");
+    assert!(report.contains("out of bounds memory access"), "{report}");
+}
+
+#[test]
+fn endless_recursion_exhausts_the_wasm_stack() {
+    let wat = r#"(module
+        (func $down (param i32) (result i32) (call $down (i32.add (local.get 0) (i32.const 1))))
+        (func (export "_start") (drop (call $down (i32.const 0)))))"#;
+    let outcome = run(wat, &config(), b"");
+    match &outcome.report().exit {
+        CellExit::Trapped(report) => assert!(report.contains("call stack exhausted"), "{report}"),
+        other => panic!("expected a trap, got {other:?}"),
+    }
+}
+
+#[test]
+fn the_time_limit_stops_an_endless_loop_and_keeps_output() {
+    let config = CellConfig {
+        timeout: Some(Duration::from_millis(200)),
+        ..config()
+    };
+    let body = format!("{SAY_BEFORE} (loop $forever (br $forever))");
+    let started = Instant::now();
+    let outcome = run(&program(&body), &config, b"");
+    let elapsed = started.elapsed();
+    let failure = outcome.failure();
+    assert!(matches!(failure.error, CellError::Timeout(limit) if limit == Duration::from_millis(200)));
+    assert!(failure.error.to_string().contains("--timeout"));
+    assert_eq!(outcome.stdout, b"before\n");
+    assert!(elapsed < Duration::from_secs(5), "stopped only after {elapsed:?}");
+    assert!(failure.stats.as_ref().is_some_and(|s| s.exits >= 1));
+}
+
+#[test]
+fn the_time_limit_cuts_a_long_sleep_short() {
+    let config = CellConfig {
+        timeout: Some(Duration::from_millis(100)),
+        ..config()
+    };
+    // poll_oneoff on a 60 s relative clock.
+    let body = r#"
+        (i64.store (i32.const 1024) (i64.const 1))
+        (i32.store8 (i32.const 1032) (i32.const 0))
+        (i32.store (i32.const 1040) (i32.const 1))
+        (i64.store (i32.const 1048) (i64.const 60000000000))
+        (drop (call $poll_oneoff (i32.const 1024) (i32.const 2048) (i32.const 1) (i32.const 1200)))"#;
+    let started = Instant::now();
+    let outcome = run(&program(body), &config, b"");
+    assert!(matches!(outcome.failure().error, CellError::Timeout(_)));
+    assert!(started.elapsed() < Duration::from_secs(10));
+}
+
+#[test]
+fn memory_grow_fails_cleanly_at_the_cell_limit() {
+    // Growing by 1 GiB in a 64 MiB cell returns -1 to the program, which then exits 3.
+    let body = r#"
+        (if (i32.eq (memory.grow (i32.const 16384)) (i32.const -1))
+          (then (call $proc_exit (i32.const 3))))"#;
+    let outcome = run(&program(body), &config(), b"");
+    let report = outcome.report();
+    assert_eq!(report.exit, CellExit::Exited(3));
+    assert_eq!(report.denied_growth, Some((16384 + 4) << 16));
+}
+
+#[test]
+fn a_cell_too_small_for_the_runtime_is_refused_with_its_minimum() {
+    let config = CellConfig {
+        memory_size: 8 << 20,
+        ..config()
+    };
+    let outcome = run(&program(""), &config, b"");
+    let message = outcome.failure().error.to_string();
+    assert!(message.contains("8 MiB") && message.contains("--memory"), "{message}");
+}
+
+#[test]
+fn a_module_without_start_is_reported() {
+    let outcome = run("(module)", &config(), b"");
+    let message = outcome.failure().error.to_string();
+    assert!(message.contains("_start"), "{message}");
+}
+
+#[test]
+fn a_failing_start_function_is_a_trap() {
+    let wat = r#"(module (func $init unreachable) (start $init) (func (export "_start")))"#;
+    let outcome = run(wat, &config(), b"");
+    assert!(matches!(&outcome.report().exit, CellExit::Trapped(r) if r.contains("unreachable")));
+}
+
+#[test]
+fn cells_run_one_after_another_in_one_process() {
+    for code in [0, 1, 255] {
+        let body = format!("(call $proc_exit (i32.const {code}))");
+        assert_eq!(run(&program(&body), &config(), b"").report().exit, CellExit::Exited(code));
+    }
+}
+
+fn compile_error(path: &Path) -> String {
+    let cache = tempfile::tempdir().unwrap();
+    let compiler = Compiler::with_cache_dir(Some(cache.path().to_path_buf())).unwrap();
+    match compiler.compile_file(path) {
+        Ok(_) => panic!("{} compiled", path.display()),
+        Err(error) => error.to_string(),
+    }
+}
+
+#[test]
+fn bad_modules_are_reported_in_one_sentence() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("missing.wasm");
+    assert!(compile_error(&missing).contains("does not exist"));
+
+    let invalid = dir.path().join("invalid.wasm");
+    std::fs::write(&invalid, b"\0asm\x01\0\0\0\x01\x05\x01\x60\x00\x01\x7f\x03\x02\x01\x00\x0a\x04\x01\x02\x00\x0b").unwrap();
+    let message = compile_error(&invalid);
+    assert!(message.contains("not a valid WebAssembly module") && message.contains("type mismatch"), "{message}");
+
+    let import = dir.path().join("import.wat");
+    std::fs::write(&import, r#"(module (import "env" "host_fn" (func)) (func (export "_start")))"#).unwrap();
+    let message = compile_error(&import);
+    assert!(message.contains("`env::host_fn`"), "{message}");
+
+    let unknown_wasi = dir.path().join("wasi.wat");
+    std::fs::write(&unknown_wasi, r#"(module (import "wasi_snapshot_preview1" "no_such_call" (func)))"#).unwrap();
+    assert!(compile_error(&unknown_wasi).contains("`wasi_snapshot_preview1::no_such_call`"));
+
+    let unreadable = dir.path();
+    assert!(matches!(
+        Compiler::with_cache_dir(None).unwrap().compile_file(unreadable),
+        Err(CompileError::Unreadable { .. })
+    ));
+}
