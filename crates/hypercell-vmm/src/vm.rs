@@ -1,6 +1,9 @@
 //! The partition: a KVM VM with the cell's memory in one slot.
 
+use std::ffi::CString;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
@@ -10,19 +13,24 @@ use crate::{GuestMemory, Vcpu, VcpuError};
 /// Errors creating a VM.
 #[derive(Debug, thiserror::Error)]
 pub enum VmError {
-    /// /dev/kvm does not exist.
+    /// The KVM device does not exist.
     #[error(
-        "/dev/kvm does not exist: this machine has no KVM; run Hypercell on a Linux host with virtualization enabled"
+        "{0} does not exist: this machine has no KVM; run Hypercell on a Linux host with virtualization enabled"
     )]
-    KvmMissing,
-    /// /dev/kvm cannot be opened by this user.
+    KvmMissing(String),
+    /// The KVM device cannot be opened by this user.
     #[error(
-        "/dev/kvm is not accessible to this user; add the user to the `kvm` group or grant access to /dev/kvm"
+        "{0} is not accessible to this user; add the user to the `kvm` group or grant access to {0}"
     )]
-    KvmDenied,
-    /// Opening /dev/kvm failed for another reason.
-    #[error("could not open /dev/kvm: {0}")]
-    KvmOpen(io::Error),
+    KvmDenied(String),
+    /// Opening the KVM device failed for another reason.
+    #[error("could not open {path} as a KVM device: {source}")]
+    KvmOpen {
+        /// The device path.
+        path: String,
+        /// The OS error.
+        source: io::Error,
+    },
     /// KVM_CREATE_VM failed.
     #[error("KVM could not create a VM: {0}")]
     CreateVm(io::Error),
@@ -30,6 +38,9 @@ pub enum VmError {
     #[error("KVM could not map the cell's memory: {0}")]
     SetMemory(io::Error),
 }
+
+/// The KVM device cells are created on.
+pub const KVM_DEVICE: &str = "/dev/kvm";
 
 /// One KVM VM.
 pub struct Vm {
@@ -39,12 +50,22 @@ pub struct Vm {
 impl Vm {
     /// Opens /dev/kvm and creates a VM.
     pub fn new() -> Result<Self, VmError> {
-        let kvm = Kvm::new().map_err(|e| {
+        Self::with_device(Path::new(KVM_DEVICE))
+    }
+
+    /// Opens the KVM device at `path` and creates a VM.
+    pub fn with_device(path: &Path) -> Result<Self, VmError> {
+        let shown = path.display().to_string();
+        let c_path = CString::new(path.as_os_str().as_bytes()).map_err(|e| VmError::KvmOpen {
+            path: shown.clone(),
+            source: e.into(),
+        })?;
+        let kvm = Kvm::new_with_path(&c_path).map_err(|e| {
             let e = io::Error::from(e);
             match e.kind() {
-                io::ErrorKind::NotFound => VmError::KvmMissing,
-                io::ErrorKind::PermissionDenied => VmError::KvmDenied,
-                _ => VmError::KvmOpen(e),
+                io::ErrorKind::NotFound => VmError::KvmMissing(shown),
+                io::ErrorKind::PermissionDenied => VmError::KvmDenied(shown),
+                _ => VmError::KvmOpen { path: shown, source: e },
             }
         })?;
         let fd = kvm.create_vm().map_err(|e| VmError::CreateVm(e.into()))?;
@@ -74,5 +95,26 @@ impl Vm {
             .create_vcpu(0)
             .map_err(|e| VcpuError::Create(e.into()))?;
         Ok(Vcpu::new(fd))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_kvm_device_is_named() {
+        let error = Vm::with_device(Path::new("/no/such/kvm")).err().unwrap();
+        assert!(matches!(error, VmError::KvmMissing(_)));
+        assert!(error.to_string().starts_with("/no/such/kvm does not exist"), "{error}");
+    }
+
+    #[test]
+    fn a_file_that_is_not_kvm_is_refused() {
+        let file = std::env::temp_dir().join(format!("not-kvm-{}", std::process::id()));
+        std::fs::write(&file, b"").unwrap();
+        let error = Vm::with_device(&file).err().unwrap();
+        std::fs::remove_file(&file).unwrap();
+        assert!(matches!(error, VmError::CreateVm(_) | VmError::KvmOpen { .. }), "{error}");
     }
 }

@@ -1,0 +1,191 @@
+//! End-to-end runs of the `hypercell` binary: WAT and C programs (compiled to
+//! `wasm32-wasi` by clang during the test) in real cells.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+const TRAP_STATUS: i32 = 134;
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// A scratch directory shared by the tests: compiled C programs and the compile cache.
+fn scratch() -> &'static Path {
+    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
+    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
+}
+
+/// Compiles `tests/programs/NAME.c` to wasm32-wasi with clang, once per test run.
+fn c_program(name: &str) -> PathBuf {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap();
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
+    let wasm = scratch().join(format!("{name}.wasm"));
+    if !wasm.exists() {
+        let status = Command::new("clang")
+            .args(["--target=wasm32-wasi", "-O2"])
+            .arg(&source)
+            .arg("-o")
+            .arg(&wasm)
+            .status()
+            .expect("clang is needed for the C tests: run .ci/run or apt-get install clang lld wasi-libc libclang-rt-dev-wasm32");
+        assert!(status.success(), "clang failed on {}", source.display());
+    }
+    wasm
+}
+
+/// `hypercell` with an isolated compile cache.
+fn hypercell(cache: &Path) -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hypercell"));
+    command.env("XDG_CACHE_HOME", cache).env_remove("HYPERCELL_LOG");
+    command
+}
+
+fn run(args: &[&str], stdin: &[u8]) -> Output {
+    run_with_cache(&scratch().join("cache"), args, stdin)
+}
+
+fn run_with_cache(cache: &Path, args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = hypercell(cache)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Feed stdin from a thread: the program's output fills the stdout pipe while it
+    // reads, and nothing drains that pipe until `wait_with_output`.
+    let mut input = child.stdin.take().unwrap();
+    let stdin = stdin.to_vec();
+    let feeder = std::thread::spawn(move || input.write_all(&stdin));
+    let output = child.wait_with_output().unwrap();
+    feeder.join().unwrap().unwrap();
+    output
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn write_module(name: &str, wat: &str) -> String {
+    let path = scratch().join(name);
+    std::fs::write(&path, wat).unwrap();
+    path.display().to_string()
+}
+
+#[test]
+fn the_bundled_example_says_hello() {
+    let example = repo_root().join("examples/hello.wat");
+    let out = run(&["run", example.to_str().unwrap()], b"");
+    assert_eq!(text(&out.stdout), "Hello, world!\n");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_c_program_sees_its_arguments_and_environment_and_sets_the_status() {
+    let wasm = c_program("greet");
+    let out = run(&["run", "--env", "WHO=cell", wasm.to_str().unwrap(), "7", "-x"], b"");
+    let expected = format!("argv[0]={}\nargv[1]=7\nargv[2]=-x\nhello, cell\n", wasm.display());
+    assert_eq!(text(&out.stdout), expected);
+    assert_eq!(text(&out.stderr), "this goes to stderr\n");
+    assert_eq!(out.status.code(), Some(7));
+}
+
+#[test]
+fn a_c_program_reads_stdin_after_its_prompt() {
+    let wasm = c_program("upcase");
+    let input: Vec<u8> = b"hypercell cells\n".repeat(10_000);
+    let out = run(&["run", wasm.to_str().unwrap()], &input);
+    let expected = [b"ready> ".as_slice(), &input.to_ascii_uppercase()].concat();
+    assert!(out.stdout == expected, "stdout differs ({} bytes)", out.stdout.len());
+    assert_eq!(text(&out.stderr), "160000 bytes\n");
+    assert_eq!(out.status.code(), Some(0));
+}
+
+#[test]
+fn a_c_program_sleeps_reads_clocks_and_gets_entropy() {
+    let wasm = c_program("timing");
+    let out = run(&["run", wasm.to_str().unwrap()], b"");
+    assert_eq!(
+        text(&out.stdout),
+        "slept at least 25 ms: yes\nrealtime after 2020: yes\ncpu clock runs: yes\nentropy differs: yes\n"
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn a_trap_prints_a_backtrace_exits_like_wasmtime_and_keeps_output() {
+    let wasm = c_program("crash");
+    let out = run(&["run", wasm.to_str().unwrap()], b"");
+    assert_eq!(text(&out.stdout), "about to abort\n");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("failed to run main module"), "{stderr}");
+    assert!(stderr.contains("wasm `unreachable` instruction executed"), "{stderr}");
+    assert!(stderr.contains("abort") && stderr.contains("__original_main"), "{stderr}");
+    assert_eq!(out.status.code(), Some(TRAP_STATUS));
+}
+
+#[test]
+fn the_timeout_stops_an_endless_loop() {
+    let module = write_module("loop.wat", r#"(module (func (export "_start") (loop $l (br $l))))"#);
+    let out = run(&["run", "--timeout", "200ms", &module], b"");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("time limit of 200ms") && stderr.contains("--timeout"), "{stderr}");
+    assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn the_memory_limit_is_named_when_growth_is_refused() {
+    let module = write_module(
+        "grow.wat",
+        r#"(module (memory 1)
+            (func (export "_start")
+              (if (i32.eq (memory.grow (i32.const 2000)) (i32.const -1)) (then unreachable))))"#,
+    );
+    let out = run(&["run", "--memory", "64M", &module], b"");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("memory limit of 64 MiB") && stderr.contains("--memory"), "{stderr}");
+    assert_eq!(out.status.code(), Some(TRAP_STATUS));
+    let out = run(&["run", "--memory", "256M", &module], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn bad_input_gets_one_clear_sentence() {
+    let cases: [(&[&str], &str); 6] = [
+        (&["run", "/no/such/module.wasm"], "module `/no/such/module.wasm` does not exist"),
+        (&["run", &write_module("junk.wasm", "junk")], "is not a valid WebAssembly module"),
+        (
+            &["run", &write_module("imports.wat", r#"(module (import "env" "now" (func)))"#)],
+            "imports function `env::now`, which a cell does not provide",
+        ),
+        (&["run", "--memory", "lots", "x.wasm"], "invalid memory size `lots`"),
+        (&["run", "--timeout", "10", "x.wasm"], "invalid duration `10`"),
+        (&["run", "--env", "NOVALUE", "x.wasm"], "invalid environment variable `NOVALUE`"),
+    ];
+    for (args, expected) in cases {
+        let out = run(args, b"");
+        let stderr = text(&out.stderr);
+        assert!(stderr.contains(expected), "{args:?}: {stderr}");
+        assert_ne!(out.status.code(), Some(0));
+    }
+}
+
+#[test]
+fn stats_report_timings_exits_memory_and_the_compile_cache() {
+    let cache = tempfile::tempdir().unwrap();
+    let example = repo_root().join("examples/hello.wat");
+    let example = example.to_str().unwrap();
+    let first = text(&run_with_cache(cache.path(), &["run", "--stats", example], b"").stderr);
+    let second = text(&run_with_cache(cache.path(), &["run", "--stats", example], b"").stderr);
+    assert!(first.contains("compile cache:            miss"), "{first}");
+    assert!(second.contains("compile cache:            hit"), "{second}");
+    for line in ["first guest instruction:", "total:", "exits:                    1\n", "guest memory touched:"] {
+        assert!(second.contains(line), "missing `{line}` in {second}");
+    }
+    let cached: Vec<_> = std::fs::read_dir(cache.path().join("hypercell")).unwrap().collect();
+    assert_eq!(cached.len(), 1, "one artifact in the cache");
+}
