@@ -11,18 +11,28 @@ use std::process::Command;
 
 fn main() {
     let manifest_dir = PathBuf::from(env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
-    let crates = manifest_dir.parent().expect("crates/ holds this crate").to_path_buf();
+    let crates = manifest_dir
+        .parent()
+        .expect("crates/ holds this crate")
+        .to_path_buf();
     let guest_dir = crates.join("hypercell-guest");
     let target_root = env::var_os("CARGO_TARGET_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| crates.parent().expect("the workspace root").join("target"));
     let guest_target = target_root.join("hypercell-guest");
 
-    for watched in ["hypercell-guest/src", "hypercell-guest/mem/src", "hypercell-guest/Cargo.toml",
-        "hypercell-guest/Cargo.lock", "hypercell-guest/link.ld", "hypercell-guest/build.rs",
-        "hypercell-guest/.cargo/config.toml", "hypercell-abi/src", "hypercell-engine/src",
-        "hypercell-engine/Cargo.toml"]
-    {
+    for watched in [
+        "hypercell-guest/src",
+        "hypercell-guest/mem/src",
+        "hypercell-guest/Cargo.toml",
+        "hypercell-guest/Cargo.lock",
+        "hypercell-guest/link.ld",
+        "hypercell-guest/build.rs",
+        "hypercell-guest/.cargo/config.toml",
+        "hypercell-abi/src",
+        "hypercell-engine/src",
+        "hypercell-engine/Cargo.toml",
+    ] {
         println!("cargo:rerun-if-changed={}", crates.join(watched).display());
     }
 
@@ -34,10 +44,19 @@ fn main() {
         .arg(&guest_target);
     // The outer build's flags, wrappers (clippy-driver) and target must not leak into
     // the guest build, which has its own in crates/hypercell-guest/.cargo/config.toml.
-    for var in ["RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_BUILD_RUSTFLAGS",
-        "RUSTC_WRAPPER", "RUSTC_WORKSPACE_WRAPPER", "CARGO_TARGET_DIR", "CARGO_BUILD_TARGET",
-        "CARGO_PRIMARY_PACKAGE", "CARGO_MAKEFLAGS", "RUSTDOCFLAGS", "CARGO_ENCODED_RUSTDOCFLAGS"]
-    {
+    for var in [
+        "RUSTFLAGS",
+        "CARGO_ENCODED_RUSTFLAGS",
+        "CARGO_BUILD_RUSTFLAGS",
+        "RUSTC_WRAPPER",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "CARGO_TARGET_DIR",
+        "CARGO_BUILD_TARGET",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_MAKEFLAGS",
+        "RUSTDOCFLAGS",
+        "CARGO_ENCODED_RUSTDOCFLAGS",
+    ] {
         command.env_remove(var);
     }
     for (key, _) in env::vars_os() {
@@ -45,8 +64,13 @@ fn main() {
             command.env_remove(key);
         }
     }
-    let status = command.status().expect("failed to run cargo for the guest runtime");
-    assert!(status.success(), "building the guest runtime (crates/hypercell-guest) failed");
+    let status = command
+        .status()
+        .expect("failed to run cargo for the guest runtime");
+    assert!(
+        status.success(),
+        "building the guest runtime (crates/hypercell-guest) failed"
+    );
 
     let elf = guest_target.join("x86_64-unknown-linux-gnu/release/hypercell-guest");
     println!("cargo:rustc-env=HYPERCELL_GUEST_ELF={}", elf.display());

@@ -65,18 +65,19 @@ struct GuestAllocator(UnsafeCell<Dlmalloc<HeapRegion>>);
 unsafe impl Sync for GuestAllocator {}
 
 #[global_allocator]
-static ALLOCATOR: GuestAllocator = GuestAllocator(UnsafeCell::new(Dlmalloc::new_with_allocator(
-    HeapRegion {
+static ALLOCATOR: GuestAllocator =
+    GuestAllocator(UnsafeCell::new(Dlmalloc::new_with_allocator(HeapRegion {
         next: AtomicUsize::new(0),
         end: AtomicUsize::new(0),
-    },
-)));
+    })));
 
 pub fn init(boot: &BootInfo) {
     // SAFETY: called once at boot before any allocation; see `GuestAllocator`'s Sync.
     let heap = unsafe { &*ALLOCATOR.0.get() };
     let region = heap.allocator();
-    region.next.store(boot.heap_start as usize, Ordering::Relaxed);
+    region
+        .next
+        .store(boot.heap_start as usize, Ordering::Relaxed);
     region.end.store(boot.heap_end as usize, Ordering::Relaxed);
 }
 

@@ -9,7 +9,10 @@ use hypercell_abi::{BootInfo, Hypercall, HypercallRequest};
 static REQUEST: AtomicPtr<HypercallRequest> = AtomicPtr::new(core::ptr::null_mut());
 
 pub fn init(boot: &BootInfo) {
-    REQUEST.store(boot.request_addr as *mut HypercallRequest, Ordering::Relaxed);
+    REQUEST.store(
+        boot.request_addr as *mut HypercallRequest,
+        Ordering::Relaxed,
+    );
 }
 
 /// Performs `call` and returns the host's result (negative: a WASI errno).

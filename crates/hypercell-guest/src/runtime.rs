@@ -84,7 +84,11 @@ pub fn run(boot: &BootInfo) -> ! {
     // configured by `hypercell_engine::configure`) produced into this region; the
     // region is reserved for it for the cell's whole life and nothing else writes it.
     let module = unsafe { Module::deserialize_raw(&engine, artifact) }.unwrap_or_else(|e| {
-        fail_with(FailureKind::Runtime, "failed to load the compiled module", &e)
+        fail_with(
+            FailureKind::Runtime,
+            "failed to load the compiled module",
+            &e,
+        )
     });
 
     let mut linker = Linker::new(&engine);

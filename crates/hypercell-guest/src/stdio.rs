@@ -119,7 +119,14 @@ pub fn write(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
             .collect();
         let n = crate::hypercall::call(
             Hypercall::Write,
-            [u64::from(fd), iovecs.as_ptr() as u64, iovecs.len() as u64, 0, 0, 0],
+            [
+                u64::from(fd),
+                iovecs.as_ptr() as u64,
+                iovecs.len() as u64,
+                0,
+                0,
+                0,
+            ],
         );
         return if n < 0 { Err(n) } else { Ok(n as usize) };
     }

@@ -76,7 +76,10 @@ impl StringBlock {
             .copy_from_slice(self.bytes);
         let mut offset = 0u32;
         for (i, string) in self.bytes.split_inclusive(|&b| b == 0).enumerate() {
-            mem.write_u32(ptrs.wrapping_add(4 * i as i32), (buf as u32).wrapping_add(offset))?;
+            mem.write_u32(
+                ptrs.wrapping_add(4 * i as i32),
+                (buf as u32).wrapping_add(offset),
+            )?;
             offset += string.len() as u32;
         }
         Ok(())
@@ -125,7 +128,8 @@ impl Mem<'_> {
     }
 
     fn write(&mut self, ptr: i32, bytes: &[u8]) -> Result<(), Errno> {
-        self.get_mut(ptr, bytes.len() as u32)?.copy_from_slice(bytes);
+        self.get_mut(ptr, bytes.len() as u32)?
+            .copy_from_slice(bytes);
         Ok(())
     }
 
@@ -142,7 +146,10 @@ impl Mem<'_> {
         (0..count as u32)
             .map(|i| {
                 let at = iovs.wrapping_add((8 * i) as i32);
-                self.range(self.read_u32(at)? as i32, self.read_u32(at.wrapping_add(4))?)
+                self.range(
+                    self.read_u32(at)? as i32,
+                    self.read_u32(at.wrapping_add(4))?,
+                )
             })
             .collect()
     }
@@ -253,7 +260,13 @@ struct Event {
 
 /// `poll_oneoff`: stdio is always ready (stdin blocks in `fd_read`); clock
 /// subscriptions wait, in the cell when short, else through one sleep hypercall.
-fn poll_oneoff(mem: &mut Mem<'_>, subs: i32, events: i32, count: i32, out: i32) -> Result<(), Errno> {
+fn poll_oneoff(
+    mem: &mut Mem<'_>,
+    subs: i32,
+    events: i32,
+    count: i32,
+    out: i32,
+) -> Result<(), Errno> {
     if count <= 0 {
         return Err(errno::INVAL);
     }
@@ -271,7 +284,11 @@ fn poll_oneoff(mem: &mut Mem<'_>, subs: i32, events: i32, count: i32, out: i32) 
                 let timeout = u64::from_le_bytes(sub[24..32].try_into().expect("8 bytes"));
                 let flags = u16::from_le_bytes(sub[40..42].try_into().expect("2 bytes"));
                 match clock::now(word) {
-                    None => ready.push(Event { userdata, error: errno::INVAL, kind }),
+                    None => ready.push(Event {
+                        userdata,
+                        error: errno::INVAL,
+                        kind,
+                    }),
                     Some(now) if flags & SUBCLOCKFLAG_ABSTIME != 0 => {
                         timers.push((userdata, timeout.saturating_sub(now)))
                     }
@@ -282,7 +299,11 @@ fn poll_oneoff(mem: &mut Mem<'_>, subs: i32, events: i32, count: i32, out: i32) 
                 let wants_read = kind == EVENTTYPE_FD_READ;
                 let ok = stdio::is_open(word) && (word == 0) == wants_read;
                 let error = if ok { 0 } else { errno::BADF };
-                ready.push(Event { userdata, error, kind });
+                ready.push(Event {
+                    userdata,
+                    error,
+                    kind,
+                });
             }
             _ => return Err(errno::INVAL),
         }
@@ -291,11 +312,16 @@ fn poll_oneoff(mem: &mut Mem<'_>, subs: i32, events: i32, count: i32, out: i32) 
         let wait = timers.iter().map(|&(_, ns)| ns).min().unwrap_or(0);
         stdio::flush();
         clock::sleep(wait);
-        ready.extend(timers.iter().filter(|&&(_, ns)| ns <= wait).map(|&(userdata, _)| Event {
-            userdata,
-            error: 0,
-            kind: EVENTTYPE_CLOCK,
-        }));
+        ready.extend(
+            timers
+                .iter()
+                .filter(|&&(_, ns)| ns <= wait)
+                .map(|&(userdata, _)| Event {
+                    userdata,
+                    error: 0,
+                    kind: EVENTTYPE_CLOCK,
+                }),
+        );
     }
     for (i, event) in ready.iter().enumerate() {
         let mut bytes = [0u8; EVENT_SIZE as usize];
@@ -332,35 +358,71 @@ macro_rules! wasi_errno {
 
 /// Defines every preview1 function (the table in `hypercell_abi::wasi`).
 pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
-    wasi!(linker, "args_get", |mem, state, argv: i32, buf: i32| state.args.get(mem, argv, buf));
-    wasi!(linker, "args_sizes_get", |mem, state, argc: i32, size: i32| state
+    wasi!(linker, "args_get", |mem, state, argv: i32, buf: i32| state
         .args
-        .sizes(mem, argc, size));
-    wasi!(linker, "environ_get", |mem, state, envp: i32, buf: i32| state.env.get(mem, envp, buf));
-    wasi!(linker, "environ_sizes_get", |mem, state, count: i32, size: i32| state
-        .env
-        .sizes(mem, count, size));
-    wasi!(linker, "clock_res_get", |mem, state, id: i32, out: i32| clock_res_get(mem, id, out));
-    wasi!(linker, "clock_time_get", |mem, state, id: i32, _precision: i64, out: i32| {
-        clock_time_get(mem, id, out)
+        .get(mem, argv, buf));
+    wasi!(
+        linker,
+        "args_sizes_get",
+        |mem, state, argc: i32, size: i32| state.args.sizes(mem, argc, size)
+    );
+    wasi!(linker, "environ_get", |mem, state, envp: i32, buf: i32| {
+        state.env.get(mem, envp, buf)
     });
-    wasi!(linker, "random_get", |mem, state, buf: i32, len: i32| random_get(mem, buf, len));
-    wasi!(linker, "fd_write", |mem, state, fd: i32, iovs: i32, n: i32, out: i32| {
-        fd_write(mem, fd, iovs, n, out)
+    wasi!(
+        linker,
+        "environ_sizes_get",
+        |mem, state, count: i32, size: i32| state.env.sizes(mem, count, size)
+    );
+    wasi!(linker, "clock_res_get", |mem, state, id: i32, out: i32| {
+        clock_res_get(mem, id, out)
     });
-    wasi!(linker, "fd_read", |mem, state, fd: i32, iovs: i32, n: i32, out: i32| {
+    wasi!(
+        linker,
+        "clock_time_get",
+        |mem, state, id: i32, _precision: i64, out: i32| clock_time_get(mem, id, out)
+    );
+    wasi!(linker, "random_get", |mem, state, buf: i32, len: i32| {
+        random_get(mem, buf, len)
+    });
+    wasi!(
+        linker,
+        "fd_write",
+        |mem, state, fd: i32, iovs: i32, n: i32, out: i32| fd_write(mem, fd, iovs, n, out)
+    );
+    wasi!(linker, "fd_read", |mem,
+                              state,
+                              fd: i32,
+                              iovs: i32,
+                              n: i32,
+                              out: i32| {
         fd_read(mem, fd, iovs, n, out)
     });
-    wasi!(linker, "fd_fdstat_get", |mem, state, fd: i32, out: i32| fd_fdstat_get(mem, fd, out));
-    // No preopened directories yet.
-    wasi_errno!(linker, "fd_prestat_get", |_fd: i32, _out: i32| Err(errno::BADF));
-    wasi_errno!(linker, "fd_prestat_dir_name", |_fd: i32, _p: i32, _l: i32| Err(errno::BADF));
-    wasi!(linker, "poll_oneoff", |mem, state, subs: i32, events: i32, n: i32, out: i32| {
-        poll_oneoff(mem, subs, events, n, out)
+    wasi!(linker, "fd_fdstat_get", |mem, state, fd: i32, out: i32| {
+        fd_fdstat_get(mem, fd, out)
     });
-    linker.func_wrap(WASI, "proc_exit", |code: i32| -> () { stdio::exit(code as u32) })?;
+    // No preopened directories yet.
+    wasi_errno!(linker, "fd_prestat_get", |_fd: i32, _out: i32| Err(
+        errno::BADF
+    ));
+    wasi_errno!(
+        linker,
+        "fd_prestat_dir_name",
+        |_fd: i32, _p: i32, _l: i32| Err(errno::BADF)
+    );
+    wasi!(
+        linker,
+        "poll_oneoff",
+        |mem, state, subs: i32, events: i32, n: i32, out: i32| {
+            poll_oneoff(mem, subs, events, n, out)
+        }
+    );
+    linker.func_wrap(WASI, "proc_exit", |code: i32| -> () {
+        stdio::exit(code as u32)
+    })?;
     wasi_errno!(linker, "proc_raise", |_sig: i32| Err(errno::NOSYS));
-    wasi_errno!(linker, "sched_yield", | | Ok(()));
+    // One vCPU and no other threads: there is nothing to yield to.
+    linker.func_wrap(WASI, "sched_yield", || -> i32 { 0 })?;
     wasi_errno!(linker, "fd_close", |fd: i32| if stdio::close(fd as u32) {
         Ok(())
     } else {
@@ -369,59 +431,74 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
 
     // Descriptor calls that stdio streams do not support; every other descriptor is
     // not open.
-    wasi_errno!(linker, "fd_seek", |fd: i32, _o: i64, _w: i32, _out: i32| stdio_or_badf(
+    wasi_errno!(linker, "fd_seek", |fd: i32, _o: i64, _w: i32, _out: i32| {
+        stdio_or_badf(fd, errno::SPIPE)
+    });
+    wasi_errno!(linker, "fd_tell", |fd: i32, _out: i32| stdio_or_badf(
         fd,
         errno::SPIPE
     ));
-    wasi_errno!(linker, "fd_tell", |fd: i32, _out: i32| stdio_or_badf(fd, errno::SPIPE));
-    wasi_errno!(linker, "fd_advise", |fd: i32, _o: i64, _l: i64, _a: i32| stdio_or_badf(
-        fd,
-        errno::SPIPE
-    ));
-    wasi_errno!(linker, "fd_allocate", |fd: i32, _o: i64, _l: i64| stdio_or_badf(
-        fd,
-        errno::NOTSUP
-    ));
-    wasi_errno!(linker, "fd_datasync", |fd: i32| stdio_or_badf(fd, errno::INVAL));
-    wasi_errno!(linker, "fd_sync", |fd: i32| stdio_or_badf(fd, errno::INVAL));
-    wasi_errno!(linker, "fd_fdstat_set_flags", |fd: i32, _f: i32| stdio_or_badf(
-        fd,
-        errno::NOTSUP
-    ));
-    wasi_errno!(linker, "fd_fdstat_set_rights", |fd: i32, _b: i64, _i: i64| stdio_or_badf(
-        fd,
-        errno::NOTSUP
-    ));
-    wasi_errno!(linker, "fd_filestat_get", |fd: i32, _out: i32| stdio_or_badf(
-        fd,
-        errno::NOTSUP
-    ));
-    wasi_errno!(linker, "fd_filestat_set_size", |fd: i32, _s: i64| stdio_or_badf(
+    wasi_errno!(linker, "fd_advise", |fd: i32, _o: i64, _l: i64, _a: i32| {
+        stdio_or_badf(fd, errno::SPIPE)
+    });
+    wasi_errno!(linker, "fd_allocate", |fd: i32, _o: i64, _l: i64| {
+        stdio_or_badf(fd, errno::NOTSUP)
+    });
+    wasi_errno!(linker, "fd_datasync", |fd: i32| stdio_or_badf(
         fd,
         errno::INVAL
     ));
-    wasi_errno!(linker, "fd_filestat_set_times", |fd: i32, _a: i64, _m: i64, _f: i32| {
+    wasi_errno!(linker, "fd_sync", |fd: i32| stdio_or_badf(fd, errno::INVAL));
+    wasi_errno!(linker, "fd_fdstat_set_flags", |fd: i32, _f: i32| {
         stdio_or_badf(fd, errno::NOTSUP)
     });
-    wasi_errno!(linker, "fd_pread", |fd: i32, _i: i32, _n: i32, _o: i64, _out: i32| {
-        stdio_or_badf(fd, errno::SPIPE)
+    wasi_errno!(
+        linker,
+        "fd_fdstat_set_rights",
+        |fd: i32, _b: i64, _i: i64| stdio_or_badf(fd, errno::NOTSUP)
+    );
+    wasi_errno!(linker, "fd_filestat_get", |fd: i32, _out: i32| {
+        stdio_or_badf(fd, errno::NOTSUP)
     });
-    wasi_errno!(linker, "fd_pwrite", |fd: i32, _i: i32, _n: i32, _o: i64, _out: i32| {
-        stdio_or_badf(fd, errno::SPIPE)
+    wasi_errno!(linker, "fd_filestat_set_size", |fd: i32, _s: i64| {
+        stdio_or_badf(fd, errno::INVAL)
     });
-    wasi_errno!(linker, "fd_readdir", |fd: i32, _b: i32, _l: i32, _c: i64, _out: i32| {
-        stdio_or_badf(fd, errno::NOTDIR)
-    });
-    wasi_errno!(linker, "fd_renumber", |fd: i32, _to: i32| stdio_or_badf(fd, errno::BADF));
+    wasi_errno!(
+        linker,
+        "fd_filestat_set_times",
+        |fd: i32, _a: i64, _m: i64, _f: i32| { stdio_or_badf(fd, errno::NOTSUP) }
+    );
+    wasi_errno!(
+        linker,
+        "fd_pread",
+        |fd: i32, _i: i32, _n: i32, _o: i64, _out: i32| { stdio_or_badf(fd, errno::SPIPE) }
+    );
+    wasi_errno!(
+        linker,
+        "fd_pwrite",
+        |fd: i32, _i: i32, _n: i32, _o: i64, _out: i32| { stdio_or_badf(fd, errno::SPIPE) }
+    );
+    wasi_errno!(
+        linker,
+        "fd_readdir",
+        |fd: i32, _b: i32, _l: i32, _c: i64, _out: i32| { stdio_or_badf(fd, errno::NOTDIR) }
+    );
+    wasi_errno!(linker, "fd_renumber", |fd: i32, _to: i32| stdio_or_badf(
+        fd,
+        errno::BADF
+    ));
 
     // Path calls need a preopened directory; stdio streams are not directories.
-    wasi_errno!(linker, "path_create_directory", |fd: i32, _p: i32, _l: i32| stdio_or_badf(
-        fd,
-        errno::NOTDIR
-    ));
-    wasi_errno!(linker, "path_filestat_get", |fd: i32, _f: i32, _p: i32, _l: i32, _o: i32| {
-        stdio_or_badf(fd, errno::NOTDIR)
-    });
+    wasi_errno!(
+        linker,
+        "path_create_directory",
+        |fd: i32, _p: i32, _l: i32| stdio_or_badf(fd, errno::NOTDIR)
+    );
+    wasi_errno!(
+        linker,
+        "path_filestat_get",
+        |fd: i32, _f: i32, _p: i32, _l: i32, _o: i32| { stdio_or_badf(fd, errno::NOTDIR) }
+    );
     wasi_errno!(
         linker,
         "path_filestat_set_times",
@@ -450,36 +527,39 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         "path_readlink",
         |fd: i32, _p: i32, _l: i32, _b: i32, _bl: i32, _out: i32| stdio_or_badf(fd, errno::NOTDIR)
     );
-    wasi_errno!(linker, "path_remove_directory", |fd: i32, _p: i32, _l: i32| stdio_or_badf(
-        fd,
-        errno::NOTDIR
-    ));
+    wasi_errno!(
+        linker,
+        "path_remove_directory",
+        |fd: i32, _p: i32, _l: i32| stdio_or_badf(fd, errno::NOTDIR)
+    );
     wasi_errno!(
         linker,
         "path_rename",
         |fd: i32, _p: i32, _l: i32, _nfd: i32, _np: i32, _nl: i32| stdio_or_badf(fd, errno::NOTDIR)
     );
-    wasi_errno!(linker, "path_symlink", |_p: i32, _l: i32, fd: i32, _np: i32, _nl: i32| {
+    wasi_errno!(
+        linker,
+        "path_symlink",
+        |_p: i32, _l: i32, fd: i32, _np: i32, _nl: i32| { stdio_or_badf(fd, errno::NOTDIR) }
+    );
+    wasi_errno!(linker, "path_unlink_file", |fd: i32, _p: i32, _l: i32| {
         stdio_or_badf(fd, errno::NOTDIR)
     });
-    wasi_errno!(linker, "path_unlink_file", |fd: i32, _p: i32, _l: i32| stdio_or_badf(
-        fd,
-        errno::NOTDIR
-    ));
 
     // No sockets are granted to a cell.
-    wasi_errno!(linker, "sock_accept", |fd: i32, _f: i32, _out: i32| stdio_or_badf(
-        fd,
-        errno::NOTSOCK
-    ));
+    wasi_errno!(linker, "sock_accept", |fd: i32, _f: i32, _out: i32| {
+        stdio_or_badf(fd, errno::NOTSOCK)
+    });
     wasi_errno!(
         linker,
         "sock_recv",
         |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32, _of: i32| stdio_or_badf(fd, errno::NOTSOCK)
     );
-    wasi_errno!(linker, "sock_send", |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32| {
-        stdio_or_badf(fd, errno::NOTSOCK)
-    });
+    wasi_errno!(
+        linker,
+        "sock_send",
+        |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32| { stdio_or_badf(fd, errno::NOTSOCK) }
+    );
     wasi_errno!(linker, "sock_shutdown", |fd: i32, _h: i32| stdio_or_badf(
         fd,
         errno::NOTSOCK

@@ -9,7 +9,9 @@ use hypercell_abi::boot::BOOT_MAGIC;
 use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::{ABI_VERSION, BootInfo};
 use hypercell_vmm::system::write_system_region;
-use hypercell_vmm::{GuestException, GuestMemory, Kicker, MemoryError, Vcpu, VcpuError, VcpuEvent, Vm, VmError};
+use hypercell_vmm::{
+    GuestException, GuestMemory, Kicker, MemoryError, Vcpu, VcpuError, VcpuEvent, Vm, VmError,
+};
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
@@ -26,7 +28,9 @@ pub static GUEST_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_ELF"));
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
     /// The program ran past its time limit.
-    #[error("the program ran past its time limit of {0:?} and was stopped; raise it with --timeout")]
+    #[error(
+        "the program ran past its time limit of {0:?} and was stopped; raise it with --timeout"
+    )]
     Timeout(Duration),
     /// The guest raised a CPU exception.
     #[error("the cell's guest faulted with a {0} and was stopped")]
@@ -56,7 +60,9 @@ pub enum CellError {
     #[error("the cell's runtime failed: {0}")]
     Runtime(String),
     /// The memory limit cannot even hold the runtime and the module.
-    #[error("the cell's memory limit of {limit} cannot hold the runtime and this module, which need at least {needed}; raise it with --memory")]
+    #[error(
+        "the cell's memory limit of {limit} cannot hold the runtime and this module, which need at least {needed}; raise it with --memory"
+    )]
     MemoryTooSmall {
         /// The limit, formatted.
         limit: String,
@@ -126,7 +132,7 @@ pub struct CellFailure {
     /// Why it ended.
     pub error: CellError,
     /// Timings and counters up to the failure, when the cell got that far.
-    pub stats: Option<CellStats>,
+    pub stats: Option<Box<CellStats>>,
 }
 
 impl<E: Into<CellError>> From<E> for CellFailure {
@@ -155,24 +161,44 @@ pub fn run_cell(
     let env = string_block(env_entries.iter().map(String::as_str));
     let image_end = image_end()?;
     let module_len = module.artifact.len() as u64;
-    let layout = CellLayout::plan(config.memory_size, image_end, args.len() as u64, env.len() as u64, module_len)
-        .ok_or_else(|| CellError::MemoryTooSmall {
-            limit: format_size(config.memory_size),
-            needed: format_size(CellLayout::minimum_size(image_end, args.len() as u64, env.len() as u64, module_len)),
-        })?;
+    let layout = CellLayout::plan(
+        config.memory_size,
+        image_end,
+        args.len() as u64,
+        env.len() as u64,
+        module_len,
+    )
+    .ok_or_else(|| CellError::MemoryTooSmall {
+        limit: format_size(config.memory_size),
+        needed: format_size(CellLayout::minimum_size(
+            image_end,
+            args.len() as u64,
+            env.len() as u64,
+            module_len,
+        )),
+    })?;
     let memory = GuestMemory::new(config.memory_size)?;
     vm.set_memory(&memory)?;
     let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
     let memory_ready = Instant::now();
 
-    let entry = Elf::load(memory.mem(), None, &mut Cursor::new(GUEST_ELF), Some(GuestAddress(0)))
-        .map_err(load_error)?
-        .kernel_load;
+    let entry = Elf::load(
+        memory.mem(),
+        None,
+        &mut Cursor::new(GUEST_ELF),
+        Some(GuestAddress(0)),
+    )
+    .map_err(load_error)?
+    .kernel_load;
     let mem = memory.mem();
-    mem.write_slice(&args, GuestAddress(layout.args)).map_err(load_error)?;
-    mem.write_slice(&env, GuestAddress(layout.env)).map_err(load_error)?;
-    mem.write_obj(OUTPUT_CAPACITY, GuestAddress(layout.output + 8)).map_err(load_error)?;
-    mem.write_slice(&module.artifact, GuestAddress(layout.module)).map_err(load_error)?;
+    mem.write_slice(&args, GuestAddress(layout.args))
+        .map_err(load_error)?;
+    mem.write_slice(&env, GuestAddress(layout.env))
+        .map_err(load_error)?;
+    mem.write_obj(OUTPUT_CAPACITY, GuestAddress(layout.output + 8))
+        .map_err(load_error)?;
+    mem.write_slice(&module.artifact, GuestAddress(layout.module))
+        .map_err(load_error)?;
     let boot = BootInfo {
         magic: BOOT_MAGIC,
         abi_version: ABI_VERSION,
@@ -193,12 +219,15 @@ pub fn run_cell(
         request_addr: layout.request,
         output_addr: layout.output,
         tsc_khz: u64::from(vcpu.tsc_khz()?),
-        realtime_ns: SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64),
+        realtime_ns: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64),
         monotonic_ns: monotonic_ns(),
         stdio_kinds: stdio.kinds(),
         reserved: [0; 5],
     };
-    mem.write_slice(boot_bytes(&boot), GuestAddress(layout.boot_info)).map_err(load_error)?;
+    mem.write_slice(boot_bytes(&boot), GuestAddress(layout.boot_info))
+        .map_err(load_error)?;
     vcpu.configure(&tables, entry.0, layout.stack_top, layout.boot_info)?;
     let guest_loaded = Instant::now();
 
@@ -208,7 +237,9 @@ pub fn run_cell(
         deadline: config.timeout.map(|t| Instant::now() + t),
         denied_growth: 0,
     };
-    let watchdog = config.timeout.map(|limit| Watchdog::start(limit, vcpu.kicker()));
+    let watchdog = config
+        .timeout
+        .map(|limit| Watchdog::start(limit, vcpu.kicker()));
     let first_entry = Instant::now();
     let outcome = run_loop(&mut vcpu, &memory, &mut services, config);
     drop(watchdog);
@@ -234,15 +265,24 @@ pub fn run_cell(
         memory_touched,
     };
     let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
-    let fail = |error: CellError| CellFailure { error, stats: Some(stats.clone()) };
+    let fail = |error: CellError| CellFailure {
+        error,
+        stats: Some(Box::new(stats.clone())),
+    };
     let exit = match outcome {
         Ok(Completion::Exit(code)) => CellExit::Exited(code),
         Ok(Completion::Trap(report)) => CellExit::Trapped(report),
         Ok(Completion::Fail(FailureKind::OutOfMemory, _)) => {
-            return Err(fail(CellError::OutOfMemory { limit: format_size(config.memory_size) }));
+            return Err(fail(CellError::OutOfMemory {
+                limit: format_size(config.memory_size),
+            }));
         }
-        Ok(Completion::Fail(FailureKind::Instantiate, message)) => return Err(fail(CellError::Instantiate(message))),
-        Ok(Completion::Fail(FailureKind::Runtime, message)) => return Err(fail(CellError::Runtime(message))),
+        Ok(Completion::Fail(FailureKind::Instantiate, message)) => {
+            return Err(fail(CellError::Instantiate(message)));
+        }
+        Ok(Completion::Fail(FailureKind::Runtime, message)) => {
+            return Err(fail(CellError::Runtime(message)));
+        }
         Ok(Completion::TimedOut) => {
             return Err(fail(CellError::Timeout(config.timeout.unwrap_or_default())));
         }
@@ -250,7 +290,11 @@ pub fn run_cell(
         Err(error) => return Err(fail(error)),
     };
     drained.map_err(|e| fail(e.into()))?;
-    Ok(CellReport { exit, denied_growth, stats })
+    Ok(CellReport {
+        exit,
+        denied_growth,
+        stats,
+    })
 }
 
 fn run_loop(
@@ -265,7 +309,9 @@ fn run_loop(
                 Completion::Resume => {}
                 done => return Ok(done),
             },
-            VcpuEvent::Kicked => return Err(CellError::Timeout(config.timeout.unwrap_or_default())),
+            VcpuEvent::Kicked => {
+                return Err(CellError::Timeout(config.timeout.unwrap_or_default()));
+            }
             VcpuEvent::Exception(exception) => return Err(CellError::Fault(exception)),
             VcpuEvent::Shutdown => return Err(CellError::TripleFault),
             VcpuEvent::InternalError => return Err(CellError::Emulation),
@@ -282,7 +328,9 @@ fn load_error(error: impl std::fmt::Display) -> CellError {
 fn image_end() -> Result<u64, CellError> {
     let elf = GUEST_ELF;
     let header = |offset: usize, len: usize| -> Result<u64, CellError> {
-        let bytes = elf.get(offset..offset + len).ok_or_else(|| load_error("the guest ELF is truncated"))?;
+        let bytes = elf
+            .get(offset..offset + len)
+            .ok_or_else(|| load_error("the guest ELF is truncated"))?;
         let mut padded = [0u8; 8];
         padded[..len].copy_from_slice(bytes);
         Ok(u64::from_le_bytes(padded))
@@ -313,11 +361,19 @@ fn string_block<'a>(strings: impl Iterator<Item = &'a str>) -> Vec<u8> {
 fn boot_bytes(boot: &BootInfo) -> &[u8] {
     // SAFETY: BootInfo is repr(C) plain data made only of integers and byte arrays,
     // with explicit padding fields, so all of its bytes are initialised.
-    unsafe { std::slice::from_raw_parts((boot as *const BootInfo).cast::<u8>(), size_of::<BootInfo>()) }
+    unsafe {
+        std::slice::from_raw_parts(
+            (boot as *const BootInfo).cast::<u8>(),
+            size_of::<BootInfo>(),
+        )
+    }
 }
 
 fn monotonic_ns() -> u64 {
-    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec into the struct it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
@@ -343,13 +399,22 @@ impl Watchdog {
                     // The signal may land just before KVM_RUN is entered; repeat it until
                     // the cell acknowledges by finishing.
                     kicker.kick();
-                    finished = wake.wait_timeout(finished, Duration::from_millis(1)).expect("watchdog lock").0;
+                    finished = wake
+                        .wait_timeout(finished, Duration::from_millis(1))
+                        .expect("watchdog lock")
+                        .0;
                 } else {
-                    finished = wake.wait_timeout(finished, deadline - now).expect("watchdog lock").0;
+                    finished = wake
+                        .wait_timeout(finished, deadline - now)
+                        .expect("watchdog lock")
+                        .0;
                 }
             }
         });
-        Self { done, thread: Some(thread) }
+        Self {
+            done,
+            thread: Some(thread),
+        }
     }
 }
 

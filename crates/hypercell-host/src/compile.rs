@@ -6,8 +6,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hypercell_abi::wasi::{WASI_PREVIEW1, WasiType, wasi_function};
 use hypercell_abi::CpuFeatures;
+use hypercell_abi::wasi::{WASI_PREVIEW1, WasiType, wasi_function};
 use hypercell_engine::CRANELIFT_CPU_FLAGS;
 use sha2::{Digest, Sha256};
 use wasmparser::{CompositeInnerType, FuncType, Parser, Payload, TypeRef, ValType};
@@ -104,7 +104,10 @@ pub fn cell_cpu_features() -> u32 {
     add(is_x86_feature_detected!("bmi2"), CpuFeatures::BMI2);
     add(is_x86_feature_detected!("lzcnt"), CpuFeatures::LZCNT);
     add(is_x86_feature_detected!("rdrand"), CpuFeatures::RDRAND);
-    add(is_x86_feature_detected!("cmpxchg16b"), CpuFeatures::CMPXCHG16B);
+    add(
+        is_x86_feature_detected!("cmpxchg16b"),
+        CpuFeatures::CMPXCHG16B,
+    );
     features
 }
 
@@ -178,7 +181,12 @@ impl Compiler {
         self.compile(path, &bytes, start)
     }
 
-    fn compile(&self, path: &Path, bytes: &[u8], start: Instant) -> Result<CompiledModule, CompileError> {
+    fn compile(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+        start: Instant,
+    ) -> Result<CompiledModule, CompileError> {
         let invalid = |reason: String| CompileError::Invalid {
             path: path.to_path_buf(),
             reason,
@@ -192,8 +200,15 @@ impl Compiler {
         let mut hasher = Sha256::new();
         hasher.update(self.fingerprint.as_bytes());
         hasher.update(&wasm);
-        let key: String = hasher.finalize().iter().map(|b| format!("{b:02x}")).collect();
-        let cached = self.cache_dir.as_ref().map(|dir| dir.join(format!("{key}.cwasm")));
+        let key: String = hasher
+            .finalize()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let cached = self
+            .cache_dir
+            .as_ref()
+            .map(|dir| dir.join(format!("{key}.cwasm")));
         if let Some(artifact) = cached.as_ref().and_then(|file| std::fs::read(file).ok()) {
             return Ok(CompiledModule {
                 artifact,
@@ -204,7 +219,12 @@ impl Compiler {
 
         check_imports(path, &wasm)?;
         let artifact = self.engine.precompile_module(&wasm).map_err(|e| {
-            invalid(e.chain().last().map(ToString::to_string).unwrap_or_default())
+            invalid(
+                e.chain()
+                    .last()
+                    .map(ToString::to_string)
+                    .unwrap_or_default(),
+            )
         })?;
         if let Some(file) = cached {
             store(&file, &artifact);
@@ -305,7 +325,11 @@ fn check_import(
     if found.params() != expected_params.as_slice() || found.results() != expected_results {
         let describe = |params: &[ValType], results: &[ValType]| {
             let list = |types: &[ValType]| {
-                types.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+                types
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
             };
             format!("({}) -> ({})", list(params), list(results))
         };
@@ -355,7 +379,10 @@ mod tests {
             r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32))))"#,
         );
         let message = mistyped.err().unwrap().to_string();
-        assert!(message.contains("(i32) -> ()") && message.contains("(i32, i32, i32, i32) -> (i32)"), "{message}");
+        assert!(
+            message.contains("(i32) -> ()") && message.contains("(i32, i32, i32, i32) -> (i32)"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -7,10 +7,14 @@ use std::time::Duration;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
     /// A memory size that is not a number with an optional K, M or G suffix.
-    #[error("invalid memory size `{0}`: write a number with an optional K, M or G suffix, such as 64M or 1G")]
+    #[error(
+        "invalid memory size `{0}`: write a number with an optional K, M or G suffix, such as 64M or 1G"
+    )]
     MemorySize(String),
     /// A duration that is not a number with a unit.
-    #[error("invalid duration `{0}`: write a number with a unit of ms, s, m or h, such as 500ms or 10s")]
+    #[error(
+        "invalid duration `{0}`: write a number with a unit of ms, s, m or h, such as 500ms or 10s"
+    )]
     Duration(String),
     /// An environment entry without `=`.
     #[error("invalid environment variable `{0}`: write it as NAME=VALUE")]
@@ -93,14 +97,14 @@ pub fn parse_env_var(text: &str) -> Result<(String, String), ConfigError> {
 /// Formats a byte count for messages: `64 MiB`, `1 GiB`, `1536 KiB`.
 pub fn format_size(bytes: u64) -> String {
     for (shift, unit) in [(30, "GiB"), (20, "MiB")] {
-        if bytes >= 1 << shift && bytes % (1 << shift) == 0 {
+        if bytes >= 1 << shift && bytes.is_multiple_of(1 << shift) {
             return format!("{} {unit}", bytes >> shift);
         }
     }
     if bytes >= 1 << 20 {
         return format!("{:.1} MiB", bytes as f64 / f64::from(1 << 20));
     }
-    if bytes >= 1 << 10 && bytes % (1 << 10) == 0 {
+    if bytes >= 1 << 10 && bytes.is_multiple_of(1 << 10) {
         return format!("{} KiB", bytes >> 10);
     }
     format!("{bytes} bytes")

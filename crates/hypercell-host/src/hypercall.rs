@@ -82,7 +82,8 @@ struct Request {
 }
 
 fn decode(bytes: &[u8; size_of::<HypercallRequest>()]) -> Result<Request, HypercallError> {
-    let word = |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"));
+    let word =
+        |offset: usize| u64::from_le_bytes(bytes[offset..offset + 8].try_into().expect("8 bytes"));
     let version = u32::from_le_bytes(bytes[0..4].try_into().expect("4 bytes"));
     let number = u32::from_le_bytes(bytes[4..8].try_into().expect("4 bytes"));
     if version != ABI_VERSION {
@@ -95,14 +96,17 @@ fn decode(bytes: &[u8; size_of::<HypercallRequest>()]) -> Result<Request, Hyperc
 
 impl Services<'_> {
     /// Serves the request at `addr`; writes its result back unless the cell ends.
-    pub fn handle(&mut self, memory: &GuestMemory, addr: GuestAddress) -> Result<Completion, HypercallError> {
-        let raw: [u8; size_of::<HypercallRequest>()] = read_array(memory, addr).map_err(|_| {
-            HypercallError::OutOfBounds {
+    pub fn handle(
+        &mut self,
+        memory: &GuestMemory,
+        addr: GuestAddress,
+    ) -> Result<Completion, HypercallError> {
+        let raw: [u8; size_of::<HypercallRequest>()] =
+            read_array(memory, addr).map_err(|_| HypercallError::OutOfBounds {
                 what: "request",
                 addr: addr.0,
                 len: size_of::<HypercallRequest>() as u64,
-            }
-        })?;
+            })?;
         // Output written before any call reaches the host first, in order.
         drain_output(memory, self.output, &self.stdio)?;
         let Request { call, args } = decode(&raw)?;
@@ -137,7 +141,11 @@ impl Services<'_> {
         memory
             .mem()
             .write_obj(result, addr.unchecked_add(RESULT_OFFSET))
-            .map_err(|_| HypercallError::OutOfBounds { what: "request", addr: addr.0, len: 64 })?;
+            .map_err(|_| HypercallError::OutOfBounds {
+                what: "request",
+                addr: addr.0,
+                len: 64,
+            })?;
         Ok(Completion::Resume)
     }
 
@@ -158,31 +166,45 @@ impl Services<'_> {
 
     /// Moves data between a stdio descriptor and the guest buffers of an iovec list;
     /// returns the bytes moved or a negated WASI errno.
-    fn transfer(&self, memory: &GuestMemory, args: [u64; 6], direction: Direction) -> Result<i64, HypercallError> {
+    fn transfer(
+        &self,
+        memory: &GuestMemory,
+        args: [u64; 6],
+        direction: Direction,
+    ) -> Result<i64, HypercallError> {
         let [fd, list, count, ..] = args;
         let allowed = match direction {
             Direction::Write => fd == 1 || fd == 2,
             Direction::Read => fd == 0,
         };
-        let target = self.stdio.fd(fd).filter(|_| allowed).ok_or(HypercallError::Descriptor {
-            what: direction.verb(),
-            fd,
-        })?;
+        let target = self
+            .stdio
+            .fd(fd)
+            .filter(|_| allowed)
+            .ok_or(HypercallError::Descriptor {
+                what: direction.verb(),
+                fd,
+            })?;
         if count > MAX_IOVECS {
             return Err(HypercallError::TooManyIovecs(count));
         }
         let mut buffers = Vec::with_capacity(count as usize);
         for i in 0..count {
             let at = GuestAddress(list.wrapping_add(16 * i));
-            let iovec: [u8; 16] = read_array(memory, at).map_err(|_| HypercallError::OutOfBounds {
-                what: "buffer list",
-                addr: list,
-                len: 16 * count,
-            })?;
+            let iovec: [u8; 16] =
+                read_array(memory, at).map_err(|_| HypercallError::OutOfBounds {
+                    what: "buffer list",
+                    addr: list,
+                    len: 16 * count,
+                })?;
             let addr = u64::from_le_bytes(iovec[..8].try_into().expect("8 bytes"));
             let len = u64::from_le_bytes(iovec[8..].try_into().expect("8 bytes"));
             if !in_bounds(memory, addr, len) {
-                return Err(HypercallError::OutOfBounds { what: "buffer", addr, len });
+                return Err(HypercallError::OutOfBounds {
+                    what: "buffer",
+                    addr,
+                    len,
+                });
             }
             buffers.push((GuestAddress(addr), len as usize));
         }
@@ -191,7 +213,9 @@ impl Services<'_> {
         let mut total = 0usize;
         for (addr, len) in buffers {
             let moved = match direction {
-                Direction::Write => mem.write_all_volatile_to(addr, &mut target, len).map(|()| len),
+                Direction::Write => mem
+                    .write_all_volatile_to(addr, &mut target, len)
+                    .map(|()| len),
                 Direction::Read => mem.read_volatile_from(addr, &mut target, len),
             };
             match moved {
@@ -243,19 +267,31 @@ fn wasi_errno(error: &vm_memory::GuestMemoryError) -> i32 {
 fn read_text(memory: &GuestMemory, addr: u64, len: u64) -> Result<String, HypercallError> {
     let len = len.min(64 << 10);
     if !in_bounds(memory, addr, len) {
-        return Err(HypercallError::OutOfBounds { what: "report", addr, len });
+        return Err(HypercallError::OutOfBounds {
+            what: "report",
+            addr,
+            len,
+        });
     }
     let mut bytes = vec![0u8; len as usize];
     memory
         .mem()
         .read_slice(&mut bytes, GuestAddress(addr))
-        .map_err(|_| HypercallError::OutOfBounds { what: "report", addr, len })?;
+        .map_err(|_| HypercallError::OutOfBounds {
+            what: "report",
+            addr,
+            len,
+        })?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn fill_random(memory: &GuestMemory, addr: u64, len: u64) -> Result<(), HypercallError> {
     if !in_bounds(memory, addr, len) {
-        return Err(HypercallError::OutOfBounds { what: "random buffer", addr, len });
+        return Err(HypercallError::OutOfBounds {
+            what: "random buffer",
+            addr,
+            len,
+        });
     }
     let mut bytes = vec![0u8; len as usize];
     let mut filled = 0;
@@ -271,7 +307,11 @@ fn fill_random(memory: &GuestMemory, addr: u64, len: u64) -> Result<(), Hypercal
     memory
         .mem()
         .write_slice(&bytes, GuestAddress(addr))
-        .map_err(|_| HypercallError::OutOfBounds { what: "random buffer", addr, len })
+        .map_err(|_| HypercallError::OutOfBounds {
+            what: "random buffer",
+            addr,
+            len,
+        })
 }
 
 #[cfg(test)]
@@ -295,9 +335,15 @@ mod tests {
         assert_eq!((request.call, request.args[0]), (Hypercall::Exit, 3));
         let mut bad_version = good;
         bad_version[0] = 99;
-        assert_eq!(decode(&bad_version).err(), Some(HypercallError::Version(99)));
+        assert_eq!(
+            decode(&bad_version).err(),
+            Some(HypercallError::Version(99))
+        );
         let mut bad_number = good;
         bad_number[4] = 200;
-        assert_eq!(decode(&bad_number).err(), Some(HypercallError::Unknown(200)));
+        assert_eq!(
+            decode(&bad_number).err(),
+            Some(HypercallError::Unknown(200))
+        );
     }
 }

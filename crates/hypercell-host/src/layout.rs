@@ -61,7 +61,10 @@ impl CellLayout {
         let args = request + size_of::<HypercallRequest>() as u64;
         let env = args + args_len;
         let output = align_up(env + env_len, PAGE_SIZE);
-        let module = align_up(output + size_of::<OutputBuffer>() as u64 + OUTPUT_CAPACITY, 64 << 10);
+        let module = align_up(
+            output + size_of::<OutputBuffer>() as u64 + OUTPUT_CAPACITY,
+            64 << 10,
+        );
         let stack_bottom = align_up(module + module_len, LARGE_PAGE_SIZE) + LARGE_PAGE_SIZE;
         let stack_top = stack_bottom + STACK_SIZE;
         let heap_start = stack_top;

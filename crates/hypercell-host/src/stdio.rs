@@ -63,7 +63,9 @@ fn kind(fd: BorrowedFd<'_>) -> StdioKind {
             return StdioKind::Terminal;
         }
         let mut stat: libc::stat = std::mem::zeroed();
-        if libc::fstat(fd.as_raw_fd(), &mut stat) == 0 && stat.st_mode & libc::S_IFMT == libc::S_IFREG {
+        if libc::fstat(fd.as_raw_fd(), &mut stat) == 0
+            && stat.st_mode & libc::S_IFMT == libc::S_IFREG
+        {
             return StdioKind::File;
         }
     }
@@ -102,24 +104,34 @@ pub fn drain_output(
         let len = u64::from(u32::from_le_bytes(record[4..].try_into().expect("4 bytes")));
         offset += OUTPUT_RECORD_HEADER as u64;
         let Some(target) = stdio.fd(u64::from(fd)).filter(|_| fd != 0) else {
-            result = Err(HypercallError::OutputBuffer(format!("a record for descriptor {fd}")));
+            result = Err(HypercallError::OutputBuffer(format!(
+                "a record for descriptor {fd}"
+            )));
             break;
         };
         if len > used - offset {
-            result = Err(HypercallError::OutputBuffer("a record past the used bytes".into()));
+            result = Err(HypercallError::OutputBuffer(
+                "a record past the used bytes".into(),
+            ));
             break;
         }
         let mut target = target;
         // Output the program already counted as written cannot be reported back; a
         // closed pipe on the host loses it, as it would for a native program.
-        if let Err(e) = mem.write_all_volatile_to(data.unchecked_add(offset), &mut target, len as usize) {
+        if let Err(e) =
+            mem.write_all_volatile_to(data.unchecked_add(offset), &mut target, len as usize)
+        {
             tracing::debug!("writing cell output to descriptor {fd} failed: {e}");
         }
         offset += len;
         result = Ok(offset);
     }
     mem.write_obj(0u64, output)
-        .map_err(|_| HypercallError::OutOfBounds { what: "output buffer", addr: output.0, len: 8 })?;
+        .map_err(|_| HypercallError::OutOfBounds {
+            what: "output buffer",
+            addr: output.0,
+            len: 8,
+        })?;
     result
 }
 
@@ -129,16 +141,20 @@ pub(crate) fn read_array<const N: usize>(
     addr: GuestAddress,
 ) -> Result<[u8; N], HypercallError> {
     let mut bytes = [0u8; N];
-    memory.mem().read_slice(&mut bytes, addr).map_err(|_| HypercallError::OutOfBounds {
-        what: "structure",
-        addr: addr.0,
-        len: N as u64,
-    })?;
+    memory
+        .mem()
+        .read_slice(&mut bytes, addr)
+        .map_err(|_| HypercallError::OutOfBounds {
+            what: "structure",
+            addr: addr.0,
+            len: N as u64,
+        })?;
     Ok(bytes)
 }
 
 /// Whether `len` bytes at `addr` lie inside the cell's memory.
 pub(crate) fn in_bounds(memory: &GuestMemory, addr: u64, len: u64) -> bool {
-    addr.checked_add(len).is_some_and(|end| end <= memory.size())
+    addr.checked_add(len)
+        .is_some_and(|end| end <= memory.size())
         && (len == 0 || memory.mem().check_range(GuestAddress(addr), len as usize))
 }

@@ -6,8 +6,16 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{program, run};
-use hypercell_host::{CellConfig, CellError, CellExit, CompileError, Compiler};
+use common::{Outcome, program, run};
+use hypercell_host::{CellConfig, CellError, CellExit, CellFailure, CompileError, Compiler};
+
+/// The failure of a cell that did not run to its end.
+fn failure(outcome: &Outcome) -> &CellFailure {
+    match &outcome.result {
+        Ok(report) => panic!("the cell ended normally: {:?}", report.exit),
+        Err(failure) => failure,
+    }
+}
 
 fn config() -> CellConfig {
     CellConfig {
@@ -18,6 +26,12 @@ fn config() -> CellConfig {
 
 fn trap_report(body: &str) -> (String, Vec<u8>) {
     let outcome = run(&program(body), &config(), b"");
+    // The report goes to the host's caller, never into the program's own stderr.
+    assert!(
+        outcome.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&outcome.stderr)
+    );
     match &outcome.report().exit {
         CellExit::Trapped(report) => (report.clone(), outcome.stdout),
         other => panic!("expected a trap, got {other:?}"),
@@ -31,7 +45,10 @@ const SAY_BEFORE: &str = r#"
 #[test]
 fn unreachable_traps_with_a_backtrace_and_keeps_buffered_output() {
     let (report, stdout) = trap_report(&format!("{SAY_BEFORE} unreachable"));
-    assert!(report.contains("wasm `unreachable` instruction executed"), "{report}");
+    assert!(
+        report.contains("wasm `unreachable` instruction executed"),
+        "{report}"
+    );
     assert!(report.contains("wasm backtrace"), "{report}");
     assert_eq!(stdout, b"before\n");
 }
@@ -70,11 +87,16 @@ fn the_time_limit_stops_an_endless_loop_and_keeps_output() {
     let started = Instant::now();
     let outcome = run(&program(&body), &config, b"");
     let elapsed = started.elapsed();
-    let failure = outcome.failure();
-    assert!(matches!(failure.error, CellError::Timeout(limit) if limit == Duration::from_millis(200)));
+    let failure = failure(&outcome);
+    assert!(
+        matches!(failure.error, CellError::Timeout(limit) if limit == Duration::from_millis(200))
+    );
     assert!(failure.error.to_string().contains("--timeout"));
     assert_eq!(outcome.stdout, b"before\n");
-    assert!(elapsed < Duration::from_secs(5), "stopped only after {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "stopped only after {elapsed:?}"
+    );
     assert!(failure.stats.as_ref().is_some_and(|s| s.exits >= 1));
 }
 
@@ -93,7 +115,7 @@ fn the_time_limit_cuts_a_long_sleep_short() {
         (drop (call $poll_oneoff (i32.const 1024) (i32.const 2048) (i32.const 1) (i32.const 1200)))"#;
     let started = Instant::now();
     let outcome = run(&program(body), &config, b"");
-    assert!(matches!(outcome.failure().error, CellError::Timeout(_)));
+    assert!(matches!(failure(&outcome).error, CellError::Timeout(_)));
     assert!(started.elapsed() < Duration::from_secs(10));
 }
 
@@ -116,14 +138,17 @@ fn a_cell_too_small_for_the_runtime_is_refused_with_its_minimum() {
         ..config()
     };
     let outcome = run(&program(""), &config, b"");
-    let message = outcome.failure().error.to_string();
-    assert!(message.contains("8 MiB") && message.contains("--memory"), "{message}");
+    let message = failure(&outcome).error.to_string();
+    assert!(
+        message.contains("8 MiB") && message.contains("--memory"),
+        "{message}"
+    );
 }
 
 #[test]
 fn a_module_without_start_is_reported() {
     let outcome = run("(module)", &config(), b"");
-    let message = outcome.failure().error.to_string();
+    let message = failure(&outcome).error.to_string();
     assert!(message.contains("_start"), "{message}");
 }
 
@@ -138,7 +163,10 @@ fn a_failing_start_function_is_a_trap() {
 fn cells_run_one_after_another_in_one_process() {
     for code in [0, 1, 255] {
         let body = format!("(call $proc_exit (i32.const {code}))");
-        assert_eq!(run(&program(&body), &config(), b"").report().exit, CellExit::Exited(code));
+        assert_eq!(
+            run(&program(&body), &config(), b"").report().exit,
+            CellExit::Exited(code)
+        );
     }
 }
 
@@ -158,22 +186,39 @@ fn bad_modules_are_reported_in_one_sentence() {
     assert!(compile_error(&missing).contains("does not exist"));
 
     let invalid = dir.path().join("invalid.wasm");
-    std::fs::write(&invalid, b"\0asm\x01\0\0\0\x01\x05\x01\x60\x00\x01\x7f\x03\x02\x01\x00\x0a\x04\x01\x02\x00\x0b").unwrap();
+    std::fs::write(
+        &invalid,
+        b"\0asm\x01\0\0\0\x01\x05\x01\x60\x00\x01\x7f\x03\x02\x01\x00\x0a\x04\x01\x02\x00\x0b",
+    )
+    .unwrap();
     let message = compile_error(&invalid);
-    assert!(message.contains("not a valid WebAssembly module") && message.contains("type mismatch"), "{message}");
+    assert!(
+        message.contains("not a valid WebAssembly module") && message.contains("type mismatch"),
+        "{message}"
+    );
 
     let import = dir.path().join("import.wat");
-    std::fs::write(&import, r#"(module (import "env" "host_fn" (func)) (func (export "_start")))"#).unwrap();
+    std::fs::write(
+        &import,
+        r#"(module (import "env" "host_fn" (func)) (func (export "_start")))"#,
+    )
+    .unwrap();
     let message = compile_error(&import);
     assert!(message.contains("`env::host_fn`"), "{message}");
 
     let unknown_wasi = dir.path().join("wasi.wat");
-    std::fs::write(&unknown_wasi, r#"(module (import "wasi_snapshot_preview1" "no_such_call" (func)))"#).unwrap();
+    std::fs::write(
+        &unknown_wasi,
+        r#"(module (import "wasi_snapshot_preview1" "no_such_call" (func)))"#,
+    )
+    .unwrap();
     assert!(compile_error(&unknown_wasi).contains("`wasi_snapshot_preview1::no_such_call`"));
 
     let unreadable = dir.path();
     assert!(matches!(
-        Compiler::with_cache_dir(None).unwrap().compile_file(unreadable),
+        Compiler::with_cache_dir(None)
+            .unwrap()
+            .compile_file(unreadable),
         Err(CompileError::Unreadable { .. })
     ));
 }

@@ -5,7 +5,7 @@ mod common;
 
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::{program, run, u32_at, u32s, u64_at};
+use common::{program, run};
 use hypercell_host::{CellConfig, CellExit};
 
 const ERRNO_BADF: u32 = 8;
@@ -80,9 +80,15 @@ fn clocks_tick_inside_the_cell() {
             (call $emit64 (i64.load (i32.const 1024)))"#
         ));
     }
-    let before = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let before = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     let outcome = run(&program(&body), &config(), b"");
-    let after = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64;
+    let after = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
     let out = &outcome.stdout;
     let record = |id: usize, i: usize| {
         let at = id * 36 + i * 12;
@@ -93,11 +99,17 @@ fn clocks_tick_inside_the_cell() {
         let (errno1, first) = record(id, 1);
         let (errno2, second) = record(id, 2);
         assert_eq!((res_errno, errno1, errno2), (0, 0, 0), "clock {id}");
-        assert!(resolution > 0 && resolution < 1_000_000, "clock {id}: {resolution}");
+        assert!(
+            resolution > 0 && resolution < 1_000_000,
+            "clock {id}: {resolution}"
+        );
         assert!(second >= first, "clock {id} went backwards");
     }
     let (_, realtime) = record(0, 1);
-    assert!(before <= realtime && realtime <= after, "realtime {realtime} not in [{before}, {after}]");
+    assert!(
+        before <= realtime && realtime <= after,
+        "realtime {realtime} not in [{before}, {after}]"
+    );
     assert_eq!(record(4, 0).0, ERRNO_INVAL);
     assert_eq!(record(4, 1).0, ERRNO_INVAL);
     assert_eq!(outcome.report().stats.exits, 1, "clocks need no exit");
@@ -119,7 +131,11 @@ fn random_get_fills_buffers_inside_the_cell() {
     let (first, second) = (&out[8..72], &out[72..136]);
     assert_ne!(first, second);
     assert!(first.iter().any(|&b| b != 0) && second.iter().any(|&b| b != 0));
-    assert_eq!(u32_at(out, 136), ERRNO_FAULT, "a buffer past the end of memory");
+    assert_eq!(
+        u32_at(out, 136),
+        ERRNO_FAULT,
+        "a buffer past the end of memory"
+    );
 }
 
 #[test]
@@ -194,9 +210,15 @@ fn fdstat_and_prestat_describe_stdio_like_wasmtime() {
     let out = &outcome.stdout;
     // Files and pipes are `unknown` (0) with read or write rights, base and inheriting.
     assert_eq!(u32_at(out, 0), 0);
-    assert_eq!((out[4], u64_at(out, 12), u64_at(out, 20)), (0, 1 << 1, 1 << 1));
+    assert_eq!(
+        (out[4], u64_at(out, 12), u64_at(out, 20)),
+        (0, 1 << 1, 1 << 1)
+    );
     assert_eq!(u32_at(out, 28), 0);
-    assert_eq!((out[32], u64_at(out, 40), u64_at(out, 48)), (0, 1 << 6, 1 << 6));
+    assert_eq!(
+        (out[32], u64_at(out, 40), u64_at(out, 48)),
+        (0, 1 << 6, 1 << 6)
+    );
     assert_eq!(u32s(&out[56..]), [ERRNO_BADF, ERRNO_BADF, 0]);
 }
 
@@ -250,11 +272,21 @@ fn poll_oneoff_waits_for_the_earliest_clock() {
     let out = &outcome.stdout;
     assert_eq!(u32s(&out[..8]), [0, 1]);
     assert_eq!(u64_at(out, 8), 7, "the 30 ms subscription fires first");
-    assert_eq!(u32::from(out[16]) | u32::from(out[17]) << 8, 0, "event errno");
+    assert_eq!(
+        u32::from(out[16]) | u32::from(out[17]) << 8,
+        0,
+        "event errno"
+    );
     assert_eq!(out[18], 0, "a clock event");
     assert_eq!(u32_at(out, 40), ERRNO_INVAL);
-    assert!(elapsed >= Duration::from_millis(30), "returned after {elapsed:?}");
-    assert!(elapsed < Duration::from_secs(5), "waited for the later clock");
+    assert!(
+        elapsed >= Duration::from_millis(30),
+        "returned after {elapsed:?}"
+    );
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "waited for the later clock"
+    );
 }
 
 #[test]
@@ -314,4 +346,22 @@ fn many_small_writes_are_batched() {
     assert!(outcome.stdout.chunks(10).all(|line| line == b"123456789\n"));
     let exits = outcome.report().stats.exits;
     assert!(exits <= 3, "{exits} exits for 1 MB of small writes");
+}
+
+/// Splits `bytes` into little-endian `u32`s.
+pub fn u32s(bytes: &[u8]) -> Vec<u32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
+        .collect()
+}
+
+/// Reads a little-endian `u64` at `offset`.
+pub fn u64_at(bytes: &[u8], offset: usize) -> u64 {
+    u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
+}
+
+/// Reads a little-endian `u32` at `offset`.
+pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
+    u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
 }

@@ -47,10 +47,13 @@ unsafe impl Send for GuestMemory {}
 impl GuestMemory {
     /// Reserves `size` bytes of guest memory.
     pub fn new(size: u64) -> Result<Self, MemoryError> {
-        if size < MIN_MEMORY_SIZE || size > MAX_MEMORY_SIZE || size % LARGE_PAGE_SIZE != 0 {
+        if !(MIN_MEMORY_SIZE..=MAX_MEMORY_SIZE).contains(&size)
+            || !size.is_multiple_of(LARGE_PAGE_SIZE)
+        {
             return Err(MemoryError::InvalidSize(size));
         }
-        let host = map_aligned(size as usize).map_err(|source| MemoryError::Mmap { size, source })?;
+        let host =
+            map_aligned(size as usize).map_err(|source| MemoryError::Mmap { size, source })?;
         // SAFETY: `host` is a fresh private anonymous read-write mapping of `size` bytes
         // that this value owns and unmaps in `Drop`, after the region is dropped.
         let region = unsafe {
@@ -170,15 +173,26 @@ mod tests {
         assert_eq!(memory.host_address() % LARGE_PAGE_SIZE, 0);
         let value: u64 = memory.mem().read_obj(GuestAddress(8 << 20)).unwrap();
         assert_eq!(value, 0);
-        memory.mem().write_obj(7u64, GuestAddress((16 << 20) - 8)).unwrap();
-        assert!(memory.mem().write_obj(7u64, GuestAddress((16 << 20) - 4)).is_err());
+        memory
+            .mem()
+            .write_obj(7u64, GuestAddress((16 << 20) - 8))
+            .unwrap();
+        assert!(
+            memory
+                .mem()
+                .write_obj(7u64, GuestAddress((16 << 20) - 4))
+                .is_err()
+        );
         assert!(memory.resident_bytes() >= 4096);
     }
 
     #[test]
     fn bad_sizes_are_refused() {
         for size in [0, 4 << 20, (16 << 20) + 4096, 8 << 30] {
-            assert!(matches!(GuestMemory::new(size), Err(MemoryError::InvalidSize(_))));
+            assert!(matches!(
+                GuestMemory::new(size),
+                Err(MemoryError::InvalidSize(_))
+            ));
         }
     }
 }

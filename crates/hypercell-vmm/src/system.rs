@@ -7,8 +7,7 @@
 //! error code and faulting RIP from the exception frame, and CR2 from the vCPU.
 
 use hypercell_abi::layout::{
-    EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT, LARGE_PAGE_SIZE, PAGE_SIZE,
-    SYSTEM_BASE,
+    EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT, LARGE_PAGE_SIZE, PAGE_SIZE, SYSTEM_BASE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
@@ -75,10 +74,16 @@ pub fn write_system_region(
     let mem = memory.mem();
     let base = SYSTEM_BASE;
     let pdpt = base + PDPT_OFFSET;
-    mem.write_obj(pdpt | PTE_PRESENT | PTE_WRITABLE | PTE_USER, GuestAddress(base + PML4_OFFSET))?;
+    mem.write_obj(
+        pdpt | PTE_PRESENT | PTE_WRITABLE | PTE_USER,
+        GuestAddress(base + PML4_OFFSET),
+    )?;
     for gib in 0..PD_COUNT {
         let pd = base + PD_OFFSET + gib * PAGE_SIZE;
-        mem.write_obj(pd | PTE_PRESENT | PTE_WRITABLE | PTE_USER, GuestAddress(pdpt + gib * 8))?;
+        mem.write_obj(
+            pd | PTE_PRESENT | PTE_WRITABLE | PTE_USER,
+            GuestAddress(pdpt + gib * 8),
+        )?;
     }
     let pages = memory.size() / LARGE_PAGE_SIZE;
     let mut entries = vec![0u64; (PD_COUNT * 512) as usize];
@@ -165,7 +170,11 @@ mod tests {
         let pd = SYSTEM_BASE + PD_OFFSET;
         let entry = |page: u64| mem.read_obj::<u64>(GuestAddress(pd + page * 8)).unwrap();
         assert_eq!(entry(0), 0, "the null page stays unmapped");
-        assert_eq!(entry(1) & PTE_USER, 0, "the system region is supervisor-only");
+        assert_eq!(
+            entry(1) & PTE_USER,
+            0,
+            "the system region is supervisor-only"
+        );
         assert_eq!(entry(2), IMAGE_BASE_ENTRY);
         assert_eq!(entry(6), 0, "guard pages stay unmapped");
         assert_eq!(entry(7) & PTE_PRESENT, PTE_PRESENT);

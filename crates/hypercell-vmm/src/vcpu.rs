@@ -2,9 +2,9 @@
 //! turned into [`VcpuEvent`]s.
 
 use std::io;
+use std::sync::Arc;
 use std::sync::Once;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
 
 use hypercell_abi::layout::{EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
@@ -171,7 +171,10 @@ impl Vcpu {
                 source: e.into(),
             })
         };
-        let mut sregs = self.fd.get_sregs().map_err(|e| VcpuError::State(e.into()))?;
+        let mut sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| VcpuError::State(e.into()))?;
         let code = kvm_segment {
             base: 0,
             limit: 0xffff_ffff,
@@ -278,7 +281,9 @@ impl Vcpu {
 
     /// The guest's time-stamp counter frequency in kHz.
     pub fn tsc_khz(&self) -> Result<u32, VcpuError> {
-        self.fd.get_tsc_khz().map_err(|e| VcpuError::State(e.into()))
+        self.fd
+            .get_tsc_khz()
+            .map_err(|e| VcpuError::State(e.into()))
     }
 
     /// Runs the guest until its next exit.
@@ -318,7 +323,10 @@ impl Vcpu {
     /// Reads the exception frame the CPU pushed on the CPL 0 stack.
     fn exception(&self, vector: u8, memory: &GuestMemory) -> Result<GuestException, VcpuError> {
         let regs = self.fd.get_regs().map_err(|e| VcpuError::State(e.into()))?;
-        let sregs = self.fd.get_sregs().map_err(|e| VcpuError::State(e.into()))?;
+        let sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| VcpuError::State(e.into()))?;
         let frame = |index: u64| -> u64 {
             memory
                 .mem()
@@ -353,9 +361,13 @@ mod tests {
         let vm = Vm::new().unwrap();
         vm.set_memory(&memory).unwrap();
         let tables = write_system_region(&memory, &[]).unwrap();
-        memory.mem().write_slice(code, GuestAddress(IMAGE_BASE)).unwrap();
+        memory
+            .mem()
+            .write_slice(code, GuestAddress(IMAGE_BASE))
+            .unwrap();
         let mut vcpu = vm.create_vcpu().unwrap();
-        vcpu.configure(&tables, IMAGE_BASE, IMAGE_BASE + LARGE_PAGE_SIZE, 0).unwrap();
+        vcpu.configure(&tables, IMAGE_BASE, IMAGE_BASE + LARGE_PAGE_SIZE, 0)
+            .unwrap();
         vcpu.run(&memory).unwrap()
     }
 
@@ -371,21 +383,34 @@ mod tests {
         // mov eax, 0x601000; mov dx, HYPERCALL_PORT; out dx, eax
         let [lo, hi] = HYPERCALL_PORT.to_le_bytes();
         let code = [0xb8, 0x00, 0x10, 0x60, 0x00, 0x66, 0xba, lo, hi, 0xef];
-        assert_eq!(run_code(&code), VcpuEvent::Hypercall(GuestAddress(0x60_1000)));
+        assert_eq!(
+            run_code(&code),
+            VcpuEvent::Hypercall(GuestAddress(0x60_1000))
+        );
     }
 
     #[test]
     fn an_invalid_opcode_is_reported_with_its_address() {
         let fault = exception(&[0x90, 0x0f, 0x0b]); // nop; ud2
-        assert_eq!((fault.vector, fault.rip, fault.error_code), (6, IMAGE_BASE + 1, None));
+        assert_eq!(
+            (fault.vector, fault.rip, fault.error_code),
+            (6, IMAGE_BASE + 1, None)
+        );
         assert!(fault.to_string().contains("invalid opcode"));
     }
 
     #[test]
     fn a_null_dereference_is_a_page_fault_at_address_zero() {
         let fault = exception(&[0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0]); // mov rax, [0]
-        assert_eq!((fault.vector, fault.cr2, fault.rip), (14, Some(0), IMAGE_BASE));
-        assert_eq!(fault.error_code, Some(0b100), "a user-mode read of a missing page");
+        assert_eq!(
+            (fault.vector, fault.cr2, fault.rip),
+            (14, Some(0), IMAGE_BASE)
+        );
+        assert_eq!(
+            fault.error_code,
+            Some(0b100),
+            "a user-mode read of a missing page"
+        );
     }
 
     #[test]
@@ -394,7 +419,11 @@ mod tests {
         let addr = (SYSTEM_BASE as u32).to_le_bytes();
         let fault = exception(&[0x48, 0x89, 0x04, 0x25, addr[0], addr[1], addr[2], addr[3]]);
         assert_eq!((fault.vector, fault.cr2), (14, Some(SYSTEM_BASE)));
-        assert_eq!(fault.error_code, Some(0b111), "a user-mode write to a present page");
+        assert_eq!(
+            fault.error_code,
+            Some(0b111),
+            "a user-mode write to a present page"
+        );
     }
 
     #[test]
@@ -416,9 +445,13 @@ mod tests {
         let vm = Vm::new().unwrap();
         vm.set_memory(&memory).unwrap();
         let tables = write_system_region(&memory, &[]).unwrap();
-        memory.mem().write_slice(&[0xeb, 0xfe], GuestAddress(IMAGE_BASE)).unwrap(); // jmp $
+        memory
+            .mem()
+            .write_slice(&[0xeb, 0xfe], GuestAddress(IMAGE_BASE))
+            .unwrap(); // jmp $
         let mut vcpu = vm.create_vcpu().unwrap();
-        vcpu.configure(&tables, IMAGE_BASE, IMAGE_BASE + LARGE_PAGE_SIZE, 0).unwrap();
+        vcpu.configure(&tables, IMAGE_BASE, IMAGE_BASE + LARGE_PAGE_SIZE, 0)
+            .unwrap();
         let kicker = vcpu.kicker();
         let kicking = std::thread::spawn(move || {
             std::thread::sleep(std::time::Duration::from_millis(50));

@@ -65,7 +65,10 @@ impl Vm {
             match e.kind() {
                 io::ErrorKind::NotFound => VmError::KvmMissing(shown),
                 io::ErrorKind::PermissionDenied => VmError::KvmDenied(shown),
-                _ => VmError::KvmOpen { path: shown, source: e },
+                _ => VmError::KvmOpen {
+                    path: shown,
+                    source: e,
+                },
             }
         })?;
         let fd = kvm.create_vm().map_err(|e| VmError::CreateVm(e.into()))?;
@@ -84,8 +87,7 @@ impl Vm {
         // SAFETY: the region describes `memory`'s own mapping, which outlives the VM as
         // long as the caller keeps `memory` alive while the VM runs (the cell owns both
         // and drops the VM first).
-        unsafe { self.fd.set_user_memory_region(region) }
-            .map_err(|e| VmError::SetMemory(e.into()))
+        unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| VmError::SetMemory(e.into()))
     }
 
     /// Creates the cell's one vCPU.
@@ -106,7 +108,10 @@ mod tests {
     fn a_missing_kvm_device_is_named() {
         let error = Vm::with_device(Path::new("/no/such/kvm")).err().unwrap();
         assert!(matches!(error, VmError::KvmMissing(_)));
-        assert!(error.to_string().starts_with("/no/such/kvm does not exist"), "{error}");
+        assert!(
+            error.to_string().starts_with("/no/such/kvm does not exist"),
+            "{error}"
+        );
     }
 
     #[test]
@@ -115,6 +120,9 @@ mod tests {
         std::fs::write(&file, b"").unwrap();
         let error = Vm::with_device(&file).err().unwrap();
         std::fs::remove_file(&file).unwrap();
-        assert!(matches!(error, VmError::CreateVm(_) | VmError::KvmOpen { .. }), "{error}");
+        assert!(
+            matches!(error, VmError::CreateVm(_) | VmError::KvmOpen { .. }),
+            "{error}"
+        );
     }
 }

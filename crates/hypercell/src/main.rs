@@ -118,7 +118,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
             status
         }
         Err(failure) => {
-            report_stats(failure.stats.as_ref());
+            report_stats(failure.stats.as_deref());
             fail(&failure.error)
         }
     }
@@ -153,7 +153,11 @@ fn print_stats(started: Instant, module: &CompiledModule, stats: Option<&CellSta
             ms(s.first_entry - started)
         ));
         for (name, duration) in lines {
-            out.push_str(&format!("  {:<25} {:.3} ms\n", format!("{name}:"), ms(duration)));
+            out.push_str(&format!(
+                "  {:<25} {:.3} ms\n",
+                format!("{name}:"),
+                ms(duration)
+            ));
         }
         out.push_str(&format!(
             "  total:                    {:.3} ms\n  exits:                    {}\n  guest memory touched:     {}\n",

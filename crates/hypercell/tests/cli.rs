@@ -40,7 +40,9 @@ fn c_program(name: &str) -> PathBuf {
 /// `hypercell` with an isolated compile cache.
 fn hypercell(cache: &Path) -> Command {
     let mut command = Command::new(env!("CARGO_BIN_EXE_hypercell"));
-    command.env("XDG_CACHE_HOME", cache).env_remove("HYPERCELL_LOG");
+    command
+        .env("XDG_CACHE_HOME", cache)
+        .env_remove("HYPERCELL_LOG");
     command
 }
 
@@ -87,8 +89,21 @@ fn the_bundled_example_says_hello() {
 #[test]
 fn a_c_program_sees_its_arguments_and_environment_and_sets_the_status() {
     let wasm = c_program("greet");
-    let out = run(&["run", "--env", "WHO=cell", wasm.to_str().unwrap(), "7", "-x"], b"");
-    let expected = format!("argv[0]={}\nargv[1]=7\nargv[2]=-x\nhello, cell\n", wasm.display());
+    let out = run(
+        &[
+            "run",
+            "--env",
+            "WHO=cell",
+            wasm.to_str().unwrap(),
+            "7",
+            "-x",
+        ],
+        b"",
+    );
+    let expected = format!(
+        "argv[0]={}\nargv[1]=7\nargv[2]=-x\nhello, cell\n",
+        wasm.display()
+    );
     assert_eq!(text(&out.stdout), expected);
     assert_eq!(text(&out.stderr), "this goes to stderr\n");
     assert_eq!(out.status.code(), Some(7));
@@ -100,7 +115,11 @@ fn a_c_program_reads_stdin_after_its_prompt() {
     let input: Vec<u8> = b"hypercell cells\n".repeat(10_000);
     let out = run(&["run", wasm.to_str().unwrap()], &input);
     let expected = [b"ready> ".as_slice(), &input.to_ascii_uppercase()].concat();
-    assert!(out.stdout == expected, "stdout differs ({} bytes)", out.stdout.len());
+    assert!(
+        out.stdout == expected,
+        "stdout differs ({} bytes)",
+        out.stdout.len()
+    );
     assert_eq!(text(&out.stderr), "160000 bytes\n");
     assert_eq!(out.status.code(), Some(0));
 }
@@ -123,17 +142,29 @@ fn a_trap_prints_a_backtrace_exits_like_wasmtime_and_keeps_output() {
     assert_eq!(text(&out.stdout), "about to abort\n");
     let stderr = text(&out.stderr);
     assert!(stderr.contains("failed to run main module"), "{stderr}");
-    assert!(stderr.contains("wasm `unreachable` instruction executed"), "{stderr}");
-    assert!(stderr.contains("abort") && stderr.contains("__original_main"), "{stderr}");
+    assert!(
+        stderr.contains("wasm `unreachable` instruction executed"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("abort") && stderr.contains("__original_main"),
+        "{stderr}"
+    );
     assert_eq!(out.status.code(), Some(TRAP_STATUS));
 }
 
 #[test]
 fn the_timeout_stops_an_endless_loop() {
-    let module = write_module("loop.wat", r#"(module (func (export "_start") (loop $l (br $l))))"#);
+    let module = write_module(
+        "loop.wat",
+        r#"(module (func (export "_start") (loop $l (br $l))))"#,
+    );
     let out = run(&["run", "--timeout", "200ms", &module], b"");
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("time limit of 200ms") && stderr.contains("--timeout"), "{stderr}");
+    assert!(
+        stderr.contains("time limit of 200ms") && stderr.contains("--timeout"),
+        "{stderr}"
+    );
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -147,7 +178,10 @@ fn the_memory_limit_is_named_when_growth_is_refused() {
     );
     let out = run(&["run", "--memory", "64M", &module], b"");
     let stderr = text(&out.stderr);
-    assert!(stderr.contains("memory limit of 64 MiB") && stderr.contains("--memory"), "{stderr}");
+    assert!(
+        stderr.contains("memory limit of 64 MiB") && stderr.contains("--memory"),
+        "{stderr}"
+    );
     assert_eq!(out.status.code(), Some(TRAP_STATUS));
     let out = run(&["run", "--memory", "256M", &module], b"");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
@@ -156,15 +190,33 @@ fn the_memory_limit_is_named_when_growth_is_refused() {
 #[test]
 fn bad_input_gets_one_clear_sentence() {
     let cases: [(&[&str], &str); 6] = [
-        (&["run", "/no/such/module.wasm"], "module `/no/such/module.wasm` does not exist"),
-        (&["run", &write_module("junk.wasm", "junk")], "is not a valid WebAssembly module"),
         (
-            &["run", &write_module("imports.wat", r#"(module (import "env" "now" (func)))"#)],
+            &["run", "/no/such/module.wasm"],
+            "module `/no/such/module.wasm` does not exist",
+        ),
+        (
+            &["run", &write_module("junk.wasm", "junk")],
+            "is not a valid WebAssembly module",
+        ),
+        (
+            &[
+                "run",
+                &write_module("imports.wat", r#"(module (import "env" "now" (func)))"#),
+            ],
             "imports function `env::now`, which a cell does not provide",
         ),
-        (&["run", "--memory", "lots", "x.wasm"], "invalid memory size `lots`"),
-        (&["run", "--timeout", "10", "x.wasm"], "invalid duration `10`"),
-        (&["run", "--env", "NOVALUE", "x.wasm"], "invalid environment variable `NOVALUE`"),
+        (
+            &["run", "--memory", "lots", "x.wasm"],
+            "invalid memory size `lots`",
+        ),
+        (
+            &["run", "--timeout", "10", "x.wasm"],
+            "invalid duration `10`",
+        ),
+        (
+            &["run", "--env", "NOVALUE", "x.wasm"],
+            "invalid environment variable `NOVALUE`",
+        ),
     ];
     for (args, expected) in cases {
         let out = run(args, b"");
@@ -183,9 +235,16 @@ fn stats_report_timings_exits_memory_and_the_compile_cache() {
     let second = text(&run_with_cache(cache.path(), &["run", "--stats", example], b"").stderr);
     assert!(first.contains("compile cache:            miss"), "{first}");
     assert!(second.contains("compile cache:            hit"), "{second}");
-    for line in ["first guest instruction:", "total:", "exits:                    1\n", "guest memory touched:"] {
+    for line in [
+        "first guest instruction:",
+        "total:",
+        "exits:                    1\n",
+        "guest memory touched:",
+    ] {
         assert!(second.contains(line), "missing `{line}` in {second}");
     }
-    let cached: Vec<_> = std::fs::read_dir(cache.path().join("hypercell")).unwrap().collect();
+    let cached: Vec<_> = std::fs::read_dir(cache.path().join("hypercell"))
+        .unwrap()
+        .collect();
     assert_eq!(cached.len(), 1, "one artifact in the cache");
 }

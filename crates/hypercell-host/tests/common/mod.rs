@@ -25,14 +25,6 @@ impl Outcome {
             Err(failure) => panic!("the cell failed: {}", failure.error),
         }
     }
-
-    /// The failure of a cell that did not run to its end.
-    pub fn failure(&self) -> &CellFailure {
-        match &self.result {
-            Ok(report) => panic!("the cell ended normally: {:?}", report.exit),
-            Err(failure) => failure,
-        }
-    }
 }
 
 fn compiler() -> &'static Compiler {
@@ -40,7 +32,10 @@ fn compiler() -> &'static Compiler {
     &COMPILER
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            (Compiler::with_cache_dir(Some(dir.path().to_path_buf())).unwrap(), dir)
+            (
+                Compiler::with_cache_dir(Some(dir.path().to_path_buf())).unwrap(),
+                dir,
+            )
         })
         .0
 }
@@ -76,7 +71,7 @@ pub fn run_compiled(module: &CompiledModule, config: &CellConfig, stdin: &[u8]) 
         stderr: stderr.as_fd(),
     };
     let result = hypercell_host::run_cell(config, module, compiler().cpu_features(), stdio);
-    let mut read_back = |file: &mut std::fs::File| {
+    let read_back = |file: &mut std::fs::File| {
         let mut bytes = Vec::new();
         file.seek(SeekFrom::Start(0)).unwrap();
         file.read_to_end(&mut bytes).unwrap();
@@ -127,22 +122,4 @@ pub fn program(body: &str) -> String {
     (call $emit (i32.const 16) (i32.const 8)))
   (func (export "_start") {body}))"#
     )
-}
-
-/// Splits `bytes` into little-endian `u32`s.
-pub fn u32s(bytes: &[u8]) -> Vec<u32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| u32::from_le_bytes(c.try_into().unwrap()))
-        .collect()
-}
-
-/// Reads a little-endian `u64` at `offset`.
-pub fn u64_at(bytes: &[u8], offset: usize) -> u64 {
-    u64::from_le_bytes(bytes[offset..offset + 8].try_into().unwrap())
-}
-
-/// Reads a little-endian `u32` at `offset`.
-pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
-    u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
 }
