@@ -98,10 +98,10 @@ fn stat(stderr: &str, name: &str) -> f64 {
         .nth(1)
         .expect("a value after the colon")
         .trim();
+    // The first number after the colon: `1`, `0.412 ms`, `hit (0.040 ms)`.
     value
-        .split_whitespace()
-        .next()
-        .and_then(|number| number.parse().ok())
+        .split(|c: char| c.is_whitespace() || c == '(')
+        .find_map(|token| token.parse().ok())
         .unwrap_or_else(|| panic!("cannot read `{line}`"))
 }
 
