@@ -40,5 +40,7 @@ pub fn configure(config: &mut Config) {
         .memory_init_cow(false)
         .table_lazy_init(true)
         .native_unwind_info(false)
-        .generate_address_map(true);
+        .generate_address_map(true)
+        // The wasmtime CLI turns this on by default; its runtime default here is off.
+        .wasm_wide_arithmetic(true);
 }
