@@ -94,9 +94,6 @@ fn default_wasmtime_features_run_in_cells() {
     };
     for (feature, wat) in FEATURES {
         let outcome = run(wat, &config, b"");
-        match &outcome.result {
-            Ok(report) => assert_eq!(report.exit, CellExit::Exited(0), "{feature}"),
-            Err(failure) => panic!("{feature}: {}", failure.error),
-        }
+        assert_eq!(outcome.report().exit, CellExit::Exited(0), "{feature}");
     }
 }

@@ -1,5 +1,8 @@
 //! Runs WAT programs in real cells with stdio captured in files.
 
+// Every test binary compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
