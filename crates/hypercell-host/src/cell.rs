@@ -1,16 +1,16 @@
 //! A cell: one partition running one program, from boot to its last exit.
 
 use std::io::Cursor;
-use std::sync::{Arc, Condvar, Mutex};
-use std::thread::JoinHandle;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hypercell_abi::boot::BOOT_MAGIC;
 use hypercell_abi::hypercall::FailureKind;
+use hypercell_abi::layout::IMAGE_BASE;
 use hypercell_abi::{ABI_VERSION, BootInfo};
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
-    GuestException, GuestMemory, Kicker, MemoryError, Vcpu, VcpuError, VcpuEvent, Vm, VmError,
+    GuestException, GuestMemory, MemoryError, Vcpu, VcpuError, VcpuEvent, Vm, VmError,
 };
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
@@ -19,7 +19,8 @@ use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
 use crate::hypercall::{Completion, HypercallError, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK};
-use crate::stdio::{CellStdio, OUTPUT_CAPACITY, drain_output};
+use crate::seccomp::{self, SeccompError};
+use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
 
 /// The guest runtime, built by this crate's build script.
 pub static GUEST_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_ELF"));
@@ -44,6 +45,14 @@ pub enum CellError {
     /// An exit Hypercell does not expect.
     #[error("the cell's guest caused an unexpected exit ({0}) and was stopped")]
     UnexpectedExit(String),
+    /// The program wrote more than its output limit.
+    #[error(
+        "the program wrote more than its output limit of {0} and was stopped; raise it with --max-output"
+    )]
+    OutputLimit(String),
+    /// The vCPU thread could not be confined.
+    #[error(transparent)]
+    Seccomp(#[from] SeccompError),
     /// The guest broke the hypercall ABI.
     #[error("the cell's guest broke the hypercall ABI and was stopped: {0}")]
     Hypercall(#[from] HypercallError),
@@ -144,23 +153,45 @@ impl<E: Into<CellError>> From<E> for CellFailure {
     }
 }
 
-/// Boots a cell for `module` and runs it to the end.
+/// What a cell runs.
+#[derive(Clone, Copy)]
+pub enum CellPayload<'a> {
+    /// A WebAssembly program, run by the guest runtime on code compiled for
+    /// `cpu_features` (see [`crate::Compiler::cpu_features`]).
+    Wasm {
+        /// The compiled program.
+        module: &'a CompiledModule,
+        /// CPU features the code was compiled for.
+        cpu_features: u32,
+    },
+    /// Raw x86-64 machine code, loaded at `IMAGE_BASE` in place of the guest runtime and
+    /// entered there at CPL 3 with the boot information's address in `rdi`: any code
+    /// that finds its way into a cell, as the hostile-guest tests use it.
+    MachineCode(&'a [u8]),
+}
+
+/// Boots a cell for `payload` and runs it to the end.
 pub fn run_cell(
     config: &CellConfig,
-    module: &CompiledModule,
-    cpu_features: u32,
+    payload: CellPayload<'_>,
     stdio: CellStdio<'_>,
 ) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
     let vm = Vm::new()?;
-    let mut vcpu = vm.create_vcpu()?;
+    let vcpu = vm.create_vcpu()?;
     let vm_created = Instant::now();
 
     let args = string_block(config.args.iter().map(String::as_str));
     let env_entries: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let env = string_block(env_entries.iter().map(String::as_str));
-    let image_end = image_end()?;
-    let module_len = module.artifact.len() as u64;
+    let (image_end, module, cpu_features) = match payload {
+        CellPayload::Wasm {
+            module,
+            cpu_features,
+        } => (image_end()?, module.artifact.as_slice(), cpu_features),
+        CellPayload::MachineCode(code) => (IMAGE_BASE + code.len() as u64, &[][..], 0),
+    };
+    let module_len = module.len() as u64;
     let layout = CellLayout::plan(
         config.memory_size,
         image_end,
@@ -182,22 +213,31 @@ pub fn run_cell(
     let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
     let memory_ready = Instant::now();
 
-    let entry = Elf::load(
-        memory.mem(),
-        None,
-        &mut Cursor::new(GUEST_ELF),
-        Some(GuestAddress(0)),
-    )
-    .map_err(load_error)?
-    .kernel_load;
     let mem = memory.mem();
+    let entry = match payload {
+        CellPayload::Wasm { .. } => {
+            Elf::load(
+                mem,
+                None,
+                &mut Cursor::new(GUEST_ELF),
+                Some(GuestAddress(0)),
+            )
+            .map_err(load_error)?
+            .kernel_load
+        }
+        CellPayload::MachineCode(code) => {
+            mem.write_slice(code, GuestAddress(IMAGE_BASE))
+                .map_err(load_error)?;
+            GuestAddress(IMAGE_BASE)
+        }
+    };
     mem.write_slice(&args, GuestAddress(layout.args))
         .map_err(load_error)?;
     mem.write_slice(&env, GuestAddress(layout.env))
         .map_err(load_error)?;
     mem.write_obj(OUTPUT_CAPACITY, GuestAddress(layout.output + 8))
         .map_err(load_error)?;
-    mem.write_slice(&module.artifact, GuestAddress(layout.module))
+    mem.write_slice(module, GuestAddress(layout.module))
         .map_err(load_error)?;
     let boot = BootInfo {
         magic: BOOT_MAGIC,
@@ -231,20 +271,22 @@ pub fn run_cell(
     vcpu.configure(&tables, entry.0, layout.stack_top, layout.boot_info)?;
     let guest_loaded = Instant::now();
 
-    let mut services = Services {
+    let first_entry = Instant::now();
+    let services = Services {
         stdio,
         output: GuestAddress(layout.output),
-        deadline: config.timeout.map(|t| Instant::now() + t),
+        deadline: config.timeout.map(|limit| first_entry + limit),
         denied_growth: 0,
+        meter: OutputMeter::new(config.output_limit),
     };
-    let watchdog = config
-        .timeout
-        .map(|limit| Watchdog::start(limit, vcpu.kicker()));
-    let first_entry = Instant::now();
-    let outcome = run_loop(&mut vcpu, &memory, &mut services, config);
-    drop(watchdog);
+    let (outcome, vcpu, mut services, memory) = run_on_vcpu_thread(vcpu, memory, services, config);
     // Whatever the program wrote before it ended reaches the user, even after a fault.
-    let drained = drain_output(&memory, services.output, &services.stdio);
+    let drained = drain_output(
+        &memory,
+        services.output,
+        &services.stdio,
+        &mut services.meter,
+    );
 
     let finished = Instant::now();
     let exits = vcpu.exits();
@@ -269,6 +311,7 @@ pub fn run_cell(
         error,
         stats: Some(Box::new(stats.clone())),
     };
+    let output_limit = || CellError::OutputLimit(format_size(config.output_limit.unwrap_or(0)));
     let exit = match outcome {
         Ok(Completion::Exit(code)) => CellExit::Exited(code),
         Ok(Completion::Trap(report)) => CellExit::Trapped(report),
@@ -286,22 +329,76 @@ pub fn run_cell(
         Ok(Completion::TimedOut) => {
             return Err(fail(CellError::Timeout(config.timeout.unwrap_or_default())));
         }
+        Ok(Completion::OutputLimit) => return Err(fail(output_limit())),
         Ok(Completion::Resume) => unreachable!("the run loop only returns final completions"),
         Err(error) => return Err(fail(error)),
     };
-    drained.map_err(|e| fail(e.into()))?;
-    Ok(CellReport {
-        exit,
-        denied_growth,
-        stats,
+    match drained {
+        Ok(_) if services.meter.exceeded() => Err(fail(output_limit())),
+        Ok(_) => Ok(CellReport {
+            exit,
+            denied_growth,
+            stats,
+        }),
+        Err(error) => Err(fail(error.into())),
+    }
+}
+
+/// Runs the vCPU on a thread of its own under the seccomp filter, while this thread
+/// watches the time limit and kicks the vCPU when it passes.
+fn run_on_vcpu_thread<'a>(
+    mut vcpu: Vcpu,
+    memory: GuestMemory,
+    mut services: Services<'a>,
+    config: &CellConfig,
+) -> (
+    Result<Completion, CellError>,
+    Vcpu,
+    Services<'a>,
+    GuestMemory,
+) {
+    std::thread::scope(|scope| {
+        let (kicker_sender, kicker) = mpsc::sync_channel(1);
+        let (done_sender, done) = mpsc::sync_channel(1);
+        let runner = std::thread::Builder::new()
+            .name("hypercell-vcpu".into())
+            .spawn_scoped(scope, move || {
+                // The kicker installs its signal handler, which the filter would refuse.
+                let _ = kicker_sender.send(vcpu.kicker());
+                let outcome = match seccomp::install_vcpu_filter() {
+                    Ok(()) => run_loop(&mut vcpu, &memory, &mut services),
+                    Err(error) => Err(CellError::Seccomp(error)),
+                };
+                let _ = done_sender.send(());
+                (outcome, vcpu, services, memory)
+            })
+            .expect("the host can start a thread for the vCPU");
+        if let (Some(limit), Ok(kicker)) = (config.timeout, kicker.recv()) {
+            let deadline = Instant::now() + limit;
+            let wait = deadline.saturating_duration_since(Instant::now());
+            if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(wait) {
+                // A kick that lands just before KVM_RUN is entered is lost; repeat it
+                // until the vCPU thread acknowledges by finishing.
+                kicker.kick();
+                while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(KICK_INTERVAL) {
+                    kicker.kick();
+                }
+            }
+        }
+        match runner.join() {
+            Ok(result) => result,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
     })
 }
+
+/// How often a timed-out vCPU is kicked until it stops.
+const KICK_INTERVAL: Duration = Duration::from_millis(1);
 
 fn run_loop(
     vcpu: &mut Vcpu,
     memory: &GuestMemory,
     services: &mut Services<'_>,
-    config: &CellConfig,
 ) -> Result<Completion, CellError> {
     loop {
         match vcpu.run(memory)? {
@@ -309,9 +406,7 @@ fn run_loop(
                 Completion::Resume => {}
                 done => return Ok(done),
             },
-            VcpuEvent::Kicked => {
-                return Err(CellError::Timeout(config.timeout.unwrap_or_default()));
-            }
+            VcpuEvent::Kicked => return Ok(Completion::TimedOut),
             VcpuEvent::Exception(exception) => return Err(CellError::Fault(exception)),
             VcpuEvent::Shutdown => return Err(CellError::TripleFault),
             VcpuEvent::InternalError => return Err(CellError::Emulation),
@@ -377,54 +472,4 @@ fn monotonic_ns() -> u64 {
     // SAFETY: clock_gettime writes one timespec into the struct it is given.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     now.tv_sec as u64 * 1_000_000_000 + now.tv_nsec as u64
-}
-
-/// Stops the vCPU when the time limit passes.
-struct Watchdog {
-    done: Arc<(Mutex<bool>, Condvar)>,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl Watchdog {
-    fn start(limit: Duration, kicker: Kicker) -> Self {
-        let done = Arc::new((Mutex::new(false), Condvar::new()));
-        let shared = done.clone();
-        let thread = std::thread::spawn(move || {
-            let (lock, wake) = &*shared;
-            let deadline = Instant::now() + limit;
-            let mut finished = lock.lock().expect("watchdog lock");
-            while !*finished {
-                let now = Instant::now();
-                if now >= deadline {
-                    // The signal may land just before KVM_RUN is entered; repeat it until
-                    // the cell acknowledges by finishing.
-                    kicker.kick();
-                    finished = wake
-                        .wait_timeout(finished, Duration::from_millis(1))
-                        .expect("watchdog lock")
-                        .0;
-                } else {
-                    finished = wake
-                        .wait_timeout(finished, deadline - now)
-                        .expect("watchdog lock")
-                        .0;
-                }
-            }
-        });
-        Self {
-            done,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Watchdog {
-    fn drop(&mut self) {
-        let (lock, wake) = &*self.done;
-        *lock.lock().expect("watchdog lock") = true;
-        wake.notify_all();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
-    }
 }

@@ -31,6 +31,9 @@ pub struct CellConfig {
     pub memory_size: u64,
     /// Wall-clock limit for the program; `None` for no limit.
     pub timeout: Option<Duration>,
+    /// Most bytes the program may write to stdout and stderr together; `None` for no
+    /// limit. Output up to the limit is delivered; then the cell is stopped.
+    pub output_limit: Option<u64>,
     /// Program arguments, the program's name first.
     pub args: Vec<String>,
     /// Environment variables as `(name, value)`.
@@ -42,6 +45,7 @@ impl Default for CellConfig {
         Self {
             memory_size: DEFAULT_MEMORY_SIZE,
             timeout: None,
+            output_limit: None,
             args: Vec::new(),
             env: Vec::new(),
         }

@@ -10,7 +10,7 @@ use hypercell_abi::hypercall::{FailureKind, MAX_IOVECS, RESULT_OFFSET};
 use hypercell_abi::{ABI_VERSION, Hypercall, HypercallRequest};
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use crate::stdio::{CellStdio, drain_output, in_bounds, read_array};
+use crate::stdio::{CellStdio, OutputMeter, drain_output, in_bounds, read_array};
 use hypercell_vmm::GuestMemory;
 
 /// Ways a guest can break the hypercall ABI.
@@ -59,8 +59,10 @@ pub enum Completion {
     Trap(String),
     /// The runtime gave up.
     Fail(FailureKind, String),
-    /// A sleep reached the cell's deadline.
+    /// The cell's time limit passed (a sleep reached it, or the vCPU was kicked).
     TimedOut,
+    /// The program reached its output limit.
+    OutputLimit,
 }
 
 /// The host services one cell uses.
@@ -73,6 +75,8 @@ pub struct Services<'a> {
     pub deadline: Option<Instant>,
     /// Most bytes of linear memory the program was refused (from the last report).
     pub denied_growth: u64,
+    /// Output written so far, against the cell's output limit.
+    pub meter: OutputMeter,
 }
 
 /// A copied, decoded request.
@@ -108,11 +112,20 @@ impl Services<'_> {
                 len: size_of::<HypercallRequest>() as u64,
             })?;
         // Output written before any call reaches the host first, in order.
-        drain_output(memory, self.output, &self.stdio)?;
+        drain_output(memory, self.output, &self.stdio, &mut self.meter)?;
+        if self.meter.exceeded() {
+            return Ok(Completion::OutputLimit);
+        }
         let Request { call, args } = decode(&raw)?;
         let result = match call {
             Hypercall::Flush => 0,
-            Hypercall::Write => self.transfer(memory, args, Direction::Write)?,
+            Hypercall::Write => {
+                let written = self.transfer(memory, args, Direction::Write)?;
+                if self.meter.exceeded() {
+                    return Ok(Completion::OutputLimit);
+                }
+                written
+            }
             Hypercall::Read => self.transfer(memory, args, Direction::Read)?,
             Hypercall::Exit => {
                 self.denied_growth = args[1];
@@ -167,7 +180,7 @@ impl Services<'_> {
     /// Moves data between a stdio descriptor and the guest buffers of an iovec list;
     /// returns the bytes moved or a negated WASI errno.
     fn transfer(
-        &self,
+        &mut self,
         memory: &GuestMemory,
         args: [u64; 6],
         direction: Direction,
@@ -213,9 +226,11 @@ impl Services<'_> {
         let mut total = 0usize;
         for (addr, len) in buffers {
             let moved = match direction {
-                Direction::Write => mem
-                    .write_all_volatile_to(addr, &mut target, len)
-                    .map(|()| len),
+                Direction::Write => {
+                    let admitted = self.meter.admit(len as u64) as usize;
+                    mem.write_all_volatile_to(addr, &mut target, admitted)
+                        .map(|()| admitted)
+                }
                 Direction::Read => mem.read_volatile_from(addr, &mut target, len),
             };
             match moved {

@@ -8,9 +8,10 @@ pub mod compile;
 pub mod config;
 pub mod hypercall;
 pub mod layout;
+pub mod seccomp;
 pub mod stdio;
 
-pub use cell::{CellError, CellExit, CellFailure, CellReport, CellStats, run_cell};
+pub use cell::{CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, run_cell};
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
 pub use stdio::CellStdio;

@@ -72,6 +72,41 @@ fn kind(fd: BorrowedFd<'_>) -> StdioKind {
     StdioKind::Other
 }
 
+/// Counts the bytes a cell writes to stdout and stderr against its output limit.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct OutputMeter {
+    written: u64,
+    limit: Option<u64>,
+    exceeded: bool,
+}
+
+impl OutputMeter {
+    /// A meter for `limit` bytes (`None`: unlimited).
+    pub fn new(limit: Option<u64>) -> Self {
+        Self {
+            written: 0,
+            limit,
+            exceeded: false,
+        }
+    }
+
+    /// Records a write of `len` bytes; returns how many of them fit under the limit.
+    pub fn admit(&mut self, len: u64) -> u64 {
+        let room = self.limit.map_or(u64::MAX, |limit| limit - self.written);
+        if len > room {
+            self.exceeded = true;
+        }
+        let admitted = len.min(room);
+        self.written += admitted;
+        admitted
+    }
+
+    /// Whether a write went past the limit.
+    pub fn exceeded(&self) -> bool {
+        self.exceeded
+    }
+}
+
 /// Writes every record in the guest's output buffer to its descriptor and empties the
 /// buffer. The buffer is guest memory: its header and records are validated like any
 /// other guest input.
@@ -79,6 +114,7 @@ pub fn drain_output(
     memory: &GuestMemory,
     output: GuestAddress,
     stdio: &CellStdio<'_>,
+    meter: &mut OutputMeter,
 ) -> Result<u64, HypercallError> {
     let mem = memory.mem();
     let header: [u8; size_of::<OutputBuffer>()] = read_array(memory, output)?;
@@ -118,8 +154,8 @@ pub fn drain_output(
         let mut target = target;
         // Output the program already counted as written cannot be reported back; a
         // closed pipe on the host loses it, as it would for a native program.
-        if let Err(e) =
-            mem.write_all_volatile_to(data.unchecked_add(offset), &mut target, len as usize)
+        let admitted = meter.admit(len) as usize;
+        if let Err(e) = mem.write_all_volatile_to(data.unchecked_add(offset), &mut target, admitted)
         {
             tracing::debug!("writing cell output to descriptor {fd} failed: {e}");
         }
@@ -157,4 +193,20 @@ pub(crate) fn in_bounds(memory: &GuestMemory, addr: u64, len: u64) -> bool {
     addr.checked_add(len)
         .is_some_and(|end| end <= memory.size())
         && (len == 0 || memory.mem().check_range(GuestAddress(addr), len as usize))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_meter_admits_up_to_its_limit() {
+        let mut meter = OutputMeter::new(Some(10));
+        assert_eq!((meter.admit(4), meter.exceeded()), (4, false));
+        assert_eq!((meter.admit(6), meter.exceeded()), (6, false));
+        assert_eq!((meter.admit(1), meter.exceeded()), (0, true));
+        let mut unlimited = OutputMeter::new(None);
+        assert_eq!(unlimited.admit(u64::MAX), u64::MAX);
+        assert!(!unlimited.exceeded());
+    }
 }

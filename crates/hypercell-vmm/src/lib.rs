@@ -12,6 +12,6 @@ pub mod vcpu;
 pub mod vm;
 
 pub use memory::{GuestMemory, MemoryError};
-pub use vcpu::{GuestException, Kicker, Vcpu, VcpuError, VcpuEvent};
+pub use vcpu::{GuestException, Kicker, Vcpu, VcpuError, VcpuEvent, run_ioctls};
 pub use vm::{Vm, VmError};
 pub use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};

@@ -16,6 +16,26 @@ use crate::system::{
     SystemTables, TSS_LIMIT, TSS_SELECTOR, USER_CODE_SELECTOR, USER_DATA_SELECTOR,
 };
 
+/// The request numbers of the ioctls the run loop issues.
+mod ioctl_numbers {
+    use kvm_bindings::{kvm_regs, kvm_sregs};
+
+    /// KVM's ioctl type number.
+    const KVMIO: u32 = 0xae;
+
+    vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+}
+
+/// The ioctls [`Vcpu::run`] issues: `KVM_RUN`, and reading registers after an
+/// exception. A seccomp filter on the thread that runs the vCPU allows these and no
+/// other ioctl.
+pub fn run_ioctls() -> [u64; 3] {
+    use ioctl_numbers::{KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN};
+    [KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()].map(u64::from)
+}
+
 /// Errors of the vCPU itself (not of the guest).
 #[derive(Debug, thiserror::Error)]
 pub enum VcpuError {

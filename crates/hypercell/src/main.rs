@@ -12,7 +12,8 @@ use hypercell_host::config::{
     DEFAULT_MEMORY_SIZE, format_size, parse_duration, parse_env_var, parse_memory_size,
 };
 use hypercell_host::{
-    CacheStatus, CellConfig, CellExit, CellStats, CellStdio, CompiledModule, Compiler, run_cell,
+    CacheStatus, CellConfig, CellExit, CellPayload, CellStats, CellStdio, CompiledModule, Compiler,
+    run_cell,
 };
 
 /// Exit status of `wasmtime run` when the program traps (128 + SIGABRT).
@@ -46,6 +47,9 @@ struct RunArgs {
     /// Stop the program after this much wall-clock time, such as 500ms or 10s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
     timeout: Option<Duration>,
+    /// Stop the program once it has written this much to stdout and stderr, such as 10M.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
+    max_output: Option<u64>,
     /// Print timings, exits, memory touched and the compile-cache outcome to stderr.
     #[arg(long)]
     stats: bool,
@@ -82,10 +86,15 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
     let config = CellConfig {
         memory_size: args.memory,
         timeout: args.timeout,
+        output_limit: args.max_output,
         args: program_args,
         env: args.env,
     };
-    let result = run_cell(&config, &module, cpu_features, CellStdio::inherit());
+    let payload = CellPayload::Wasm {
+        module: &module,
+        cpu_features,
+    };
+    let result = run_cell(&config, payload, CellStdio::inherit());
     let report_stats = |stats: Option<&CellStats>| {
         if args.stats {
             print_stats(started, &module, stats);

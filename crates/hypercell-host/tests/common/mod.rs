@@ -8,7 +8,9 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::OnceLock;
 
-use hypercell_host::{CellConfig, CellFailure, CellReport, CellStdio, CompiledModule, Compiler};
+use hypercell_host::{
+    CellConfig, CellFailure, CellPayload, CellReport, CellStdio, CompiledModule, Compiler,
+};
 
 /// What a finished cell left behind.
 pub struct Outcome {
@@ -73,7 +75,11 @@ pub fn run_compiled(module: &CompiledModule, config: &CellConfig, stdin: &[u8]) 
         stdout: stdout.as_fd(),
         stderr: stderr.as_fd(),
     };
-    let result = hypercell_host::run_cell(config, module, compiler().cpu_features(), stdio);
+    let payload = CellPayload::Wasm {
+        module,
+        cpu_features: compiler().cpu_features(),
+    };
+    let result = hypercell_host::run_cell(config, payload, stdio);
     let read_back = |file: &mut std::fs::File| {
         let mut bytes = Vec::new();
         file.seek(SeekFrom::Start(0)).unwrap();
