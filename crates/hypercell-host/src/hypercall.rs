@@ -164,9 +164,10 @@ impl Services<'_> {
 
     /// Sleeps up to the deadline; false if the deadline cut the sleep short.
     fn sleep(&self, duration: Duration) -> bool {
-        let wake = Instant::now() + duration;
+        // The guest picks the duration: one too long to represent never wakes.
+        let wake = Instant::now().checked_add(duration);
         match self.deadline {
-            Some(deadline) if deadline < wake => {
+            Some(deadline) if wake.is_none_or(|wake| deadline < wake) => {
                 std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
                 false
             }

@@ -1,0 +1,617 @@
+//! Hostile guests: raw x86-64 machine code, not wasm, attacking the hypercall ABI and
+//! the CPU. Every case must end its own cell with a clear report; the host process
+//! survives, and the next cell in the same process runs normally.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use hypercell_abi::hypercall::RESULT_OFFSET;
+use hypercell_abi::layout::{HYPERCALL_PORT, IMAGE_BASE, SYSTEM_BASE};
+use hypercell_abi::{ABI_VERSION, BootInfo, Hypercall};
+use hypercell_host::hypercall::HypercallError;
+use hypercell_host::{
+    CellConfig, CellError, CellExit, CellFailure, CellPayload, CellReport, CellStdio,
+};
+use hypercell_vmm::GuestException;
+
+const MEMORY: u64 = 32 << 20;
+/// Free guest memory in the heap for iovec lists and data.
+const LIST: u64 = 20 << 20;
+const DATA: u64 = 24 << 20;
+
+const RAX: u8 = 0;
+const RCX: u8 = 1;
+const RBX: u8 = 3;
+const RSI: u8 = 6;
+const RDI: u8 = 7;
+
+/// A tiny assembler for the instructions the attacks need. Programs start with
+/// `rbx` = the request block and `rsi` = the output buffer, read from the boot
+/// information whose address the host passes in `rdi`.
+struct Asm(Vec<u8>);
+
+impl Asm {
+    fn new() -> Self {
+        let mut asm = Self(Vec::new());
+        asm.load(
+            RBX,
+            RDI,
+            std::mem::offset_of!(BootInfo, request_addr) as u32,
+        );
+        asm.load(RSI, RDI, std::mem::offset_of!(BootInfo, output_addr) as u32);
+        asm
+    }
+
+    fn raw(mut self, bytes: &[u8]) -> Self {
+        self.0.extend_from_slice(bytes);
+        self
+    }
+
+    /// `mov reg, [base + disp]`
+    fn load(&mut self, reg: u8, base: u8, disp: u32) {
+        self.0
+            .extend_from_slice(&[0x48, 0x8b, 0x80 | reg << 3 | base]);
+        self.0.extend_from_slice(&disp.to_le_bytes());
+    }
+
+    /// `mov reg, value`
+    fn mov(mut self, reg: u8, value: u64) -> Self {
+        self.0.extend_from_slice(&[0x48, 0xb8 + reg]);
+        self.0.extend_from_slice(&value.to_le_bytes());
+        self
+    }
+
+    /// `mov [base + disp], reg`
+    fn store(mut self, base: u8, disp: u32, reg: u8) -> Self {
+        self.0
+            .extend_from_slice(&[0x48, 0x89, 0x80 | reg << 3 | base]);
+        self.0.extend_from_slice(&disp.to_le_bytes());
+        self
+    }
+
+    /// `mov qword [base + disp], value` through `rax`.
+    fn put(self, base: u8, disp: u32, value: u64) -> Self {
+        self.mov(RAX, value).store(base, disp, RAX)
+    }
+
+    /// Writes a request with a raw version and number into the request block.
+    fn request_raw(self, version: u32, number: u32, args: [u64; 6]) -> Self {
+        let mut asm = self.put(RBX, 0, u64::from(version) | u64::from(number) << 32);
+        for (i, arg) in args.into_iter().enumerate() {
+            asm = asm.put(RBX, 8 + 8 * i as u32, arg);
+        }
+        asm
+    }
+
+    fn request(self, call: Hypercall, args: [u64; 6]) -> Self {
+        self.request_raw(ABI_VERSION, call as u32, args)
+    }
+
+    /// `mov eax, ebx; mov edx, HYPERCALL_PORT; out dx, eax`
+    fn hypercall(self) -> Self {
+        let [lo, hi] = HYPERCALL_PORT.to_le_bytes();
+        self.raw(&[0x89, 0xd8, 0xba, lo, hi, 0, 0, 0xef])
+    }
+
+    /// A hypercall with `eax` = `addr` instead of the request block.
+    fn hypercall_at(self, addr: u32) -> Self {
+        let [a, b, c, d] = addr.to_le_bytes();
+        let [lo, hi] = HYPERCALL_PORT.to_le_bytes();
+        self.raw(&[0xb8, a, b, c, d, 0xba, lo, hi, 0, 0, 0xef])
+    }
+
+    fn call(self, call: Hypercall, args: [u64; 6]) -> Self {
+        self.request(call, args).hypercall()
+    }
+
+    /// Exits with the last hypercall's result as the status.
+    fn exit_with_result(mut self) -> Self {
+        self.load(RAX, RBX, RESULT_OFFSET as u32);
+        self.store(RBX, 8, RAX)
+            .put(
+                RBX,
+                0,
+                u64::from(ABI_VERSION) | (Hypercall::Exit as u64) << 32,
+            )
+            .hypercall()
+    }
+
+    fn exit(self, status: u64) -> Self {
+        self.call(Hypercall::Exit, [status, 0, 0, 0, 0, 0])
+    }
+
+    fn code(self) -> Vec<u8> {
+        self.0
+    }
+}
+
+struct Outcome {
+    result: Result<CellReport, CellFailure>,
+    stdout: Vec<u8>,
+}
+
+fn run_with(code: &[u8], config: &CellConfig, stdin: &[u8]) -> Outcome {
+    let mut input = tempfile::tempfile().unwrap();
+    input.write_all(stdin).unwrap();
+    input.seek(SeekFrom::Start(0)).unwrap();
+    let mut stdout = tempfile::tempfile().unwrap();
+    let stderr = tempfile::tempfile().unwrap();
+    let stdio = CellStdio {
+        stdin: input.as_fd(),
+        stdout: stdout.as_fd(),
+        stderr: stderr.as_fd(),
+    };
+    let result = hypercell_host::run_cell(config, CellPayload::MachineCode(code), stdio);
+    let mut written = Vec::new();
+    stdout.seek(SeekFrom::Start(0)).unwrap();
+    stdout.read_to_end(&mut written).unwrap();
+    // Whatever the last cell did, the next one in this process runs normally.
+    let next = hypercell_host::run_cell(
+        &self::config(),
+        CellPayload::MachineCode(&Asm::new().exit(5).code()),
+        CellStdio::inherit(),
+    );
+    assert_eq!(
+        next.map(|r| r.exit).ok(),
+        Some(CellExit::Exited(5)),
+        "the next cell failed"
+    );
+    Outcome {
+        result,
+        stdout: written,
+    }
+}
+
+fn config() -> CellConfig {
+    CellConfig {
+        memory_size: MEMORY,
+        timeout: Some(Duration::from_secs(10)),
+        ..CellConfig::default()
+    }
+}
+
+fn error_of(code: &[u8]) -> CellError {
+    match run_with(code, &config(), b"").result {
+        Ok(report) => panic!("the hostile cell ended normally: {:?}", report.exit),
+        Err(failure) => {
+            // Every report is one clear sentence.
+            let message = failure.error.to_string();
+            assert!(!message.is_empty() && !message.contains('\n'), "{message}");
+            failure.error
+        }
+    }
+}
+
+fn abi_error(code: &[u8]) -> HypercallError {
+    match error_of(code) {
+        CellError::Hypercall(error) => error,
+        other => panic!("expected an ABI violation, got: {other}"),
+    }
+}
+
+fn fault(code: &[u8]) -> GuestException {
+    match error_of(code) {
+        CellError::Fault(exception) => exception,
+        other => panic!("expected a fault, got: {other}"),
+    }
+}
+
+fn out_of_bounds(error: HypercallError, expected: &str) {
+    match error {
+        HypercallError::OutOfBounds { what, .. } => assert_eq!(what, expected),
+        other => panic!("expected {expected} out of bounds, got: {other}"),
+    }
+}
+
+#[test]
+fn a_benign_raw_guest_exits_with_its_status() {
+    let outcome = run_with(&Asm::new().exit(42).code(), &config(), b"");
+    assert_eq!(outcome.result.unwrap().exit, CellExit::Exited(42));
+}
+
+#[test]
+fn unknown_hypercall_numbers_end_the_cell() {
+    for number in [0, 9, 0x7fff_ffff, u32::MAX] {
+        let code = Asm::new()
+            .request_raw(ABI_VERSION, number, [0; 6])
+            .hypercall()
+            .code();
+        assert_eq!(abi_error(&code), HypercallError::Unknown(number));
+    }
+}
+
+#[test]
+fn another_abi_version_is_refused() {
+    let code = Asm::new()
+        .request_raw(ABI_VERSION + 1, Hypercall::Exit as u32, [0; 6])
+        .hypercall()
+        .code();
+    assert_eq!(abi_error(&code), HypercallError::Version(ABI_VERSION + 1));
+}
+
+#[test]
+fn requests_outside_memory_are_refused() {
+    // Past the end, straddling the end, and in the last 32-bit address.
+    for addr in [MEMORY as u32, MEMORY as u32 - 8, u32::MAX - 3] {
+        out_of_bounds(abi_error(&Asm::new().hypercall_at(addr).code()), "request");
+    }
+}
+
+#[test]
+fn buffer_lists_outside_memory_are_refused() {
+    for list in [MEMORY, u64::MAX - 7, 1 << 63] {
+        let code = Asm::new()
+            .call(Hypercall::Write, [1, list, 1, 0, 0, 0])
+            .code();
+        out_of_bounds(abi_error(&code), "buffer list");
+    }
+}
+
+#[test]
+fn buffers_past_the_end_or_with_overflowing_lengths_are_refused() {
+    let list = LIST;
+    for (addr, len) in [
+        (MEMORY - 4, 100),
+        (MEMORY, 1),
+        (0x1000, u64::MAX),
+        (u64::MAX, 2),
+        (IMAGE_BASE, MEMORY),
+    ] {
+        let code = Asm::new()
+            .mov(RCX, list)
+            .mov(RAX, addr)
+            .store(RCX, 0, RAX)
+            .mov(RAX, len)
+            .store(RCX, 8, RAX)
+            .call(Hypercall::Write, [1, list, 1, 0, 0, 0])
+            .code();
+        match abi_error(&code) {
+            HypercallError::OutOfBounds {
+                what: "buffer",
+                addr: a,
+                len: l,
+            } => {
+                assert_eq!((a, l), (addr, len))
+            }
+            other => panic!("({addr:#x}, {len:#x}): {other}"),
+        }
+    }
+}
+
+#[test]
+fn too_many_buffers_are_refused() {
+    for count in [1025, u64::MAX] {
+        let code = Asm::new()
+            .call(Hypercall::Write, [1, IMAGE_BASE, count, 0, 0, 0])
+            .code();
+        assert_eq!(abi_error(&code), HypercallError::TooManyIovecs(count));
+    }
+}
+
+#[test]
+fn descriptors_are_checked_for_their_direction() {
+    for (call, fd) in [
+        (Hypercall::Write, 0),
+        (Hypercall::Write, 3),
+        (Hypercall::Read, 1),
+        (Hypercall::Read, u64::MAX),
+    ] {
+        let code = Asm::new().call(call, [fd, IMAGE_BASE, 0, 0, 0, 0]).code();
+        assert!(matches!(abi_error(&code), HypercallError::Descriptor { fd: f, .. } if f == fd));
+    }
+}
+
+#[test]
+fn reports_and_random_buffers_outside_memory_are_refused() {
+    let trap = Asm::new()
+        .call(Hypercall::Trap, [MEMORY - 2, 100, 0, 0, 0, 0])
+        .code();
+    out_of_bounds(abi_error(&trap), "report");
+    let fail = Asm::new()
+        .call(Hypercall::Fail, [u64::MAX, u64::MAX, 0, 0, 0, 0])
+        .code();
+    out_of_bounds(abi_error(&fail), "report");
+    let random = Asm::new()
+        .call(Hypercall::Random, [IMAGE_BASE, u64::MAX, 0, 0, 0, 0])
+        .code();
+    out_of_bounds(abi_error(&random), "random buffer");
+}
+
+#[test]
+fn a_lying_output_buffer_is_refused() {
+    let capacity = 1u64 << 20;
+    // `used` past the capacity; a record longer than `used`; records for descriptors
+    // that are not outputs.
+    let cases: [(u64, u64); 4] = [(capacity + 1, 0), (16, 1 | 100 << 32), (8, 0), (8, 7)];
+    for (used, record) in cases {
+        let code = Asm::new()
+            .put(RSI, 16, record)
+            .put(RSI, 0, used)
+            .call(Hypercall::Flush, [0; 6])
+            .code();
+        assert!(
+            matches!(abi_error(&code), HypercallError::OutputBuffer(_)),
+            "used {used}"
+        );
+    }
+}
+
+#[test]
+fn a_request_rewritten_during_its_call_changes_nothing() {
+    // Read 64 bytes of stdin over the request block itself: the host already copied
+    // the request, so it finishes the read it was asked for and reports 64.
+    let list = LIST;
+    let code = Asm::new()
+        .mov(RCX, list)
+        .store(RCX, 0, RBX)
+        .put(RCX, 8, 64)
+        .call(Hypercall::Read, [0, list, 1, 0, 0, 0])
+        .exit_with_result()
+        .code();
+    let forged = [0xffu8; 64];
+    let outcome = run_with(&code, &config(), &forged);
+    assert_eq!(outcome.result.unwrap().exit, CellExit::Exited(64));
+}
+
+#[test]
+fn an_endless_loop_is_stopped_by_the_time_limit() {
+    let config = CellConfig {
+        timeout: Some(Duration::from_millis(200)),
+        ..config()
+    };
+    let started = Instant::now();
+    let outcome = run_with(&Asm::new().raw(&[0xeb, 0xfe]).code(), &config, b"");
+    assert!(matches!(
+        outcome.result.err().unwrap().error,
+        CellError::Timeout(_)
+    ));
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn an_endless_sleep_is_stopped_by_the_time_limit() {
+    let config = CellConfig {
+        timeout: Some(Duration::from_millis(200)),
+        ..config()
+    };
+    let code = Asm::new()
+        .call(Hypercall::Sleep, [u64::MAX, 0, 0, 0, 0, 0])
+        .code();
+    let outcome = run_with(&code, &config, b"");
+    assert!(matches!(
+        outcome.result.err().unwrap().error,
+        CellError::Timeout(_)
+    ));
+}
+
+#[test]
+fn an_output_flood_is_stopped_at_the_limit_and_what_fits_is_delivered() {
+    // Write 1 MiB from the heap over and over.
+    let list = LIST;
+    let mut asm = Asm::new()
+        .mov(RCX, list)
+        .mov(RAX, DATA)
+        .store(RCX, 0, RAX)
+        .put(RCX, 8, 1 << 20)
+        .request(Hypercall::Write, [1, list, 1, 0, 0, 0]);
+    let loop_start = asm.0.len();
+    asm = asm.hypercall();
+    let back = -((asm.0.len() - loop_start + 2) as i8);
+    let code = asm.raw(&[0xeb, back as u8]).code();
+    let config = CellConfig {
+        output_limit: Some(5 << 20),
+        ..config()
+    };
+    let outcome = run_with(&code, &config, b"");
+    let error = outcome.result.err().unwrap().error;
+    assert!(matches!(error, CellError::OutputLimit(_)), "{error}");
+    assert!(error.to_string().contains("5 MiB"), "{error}");
+    assert_eq!(outcome.stdout.len(), 5 << 20);
+}
+
+#[test]
+fn cpu_exceptions_are_reported_with_their_vector() {
+    let cases: [(&str, Vec<u8>, u8, Option<u64>); 9] = [
+        ("divide by zero", vec![0x31, 0xc9, 0xf7, 0xf1], 0, None),
+        ("int1", vec![0xf1], 1, None),
+        ("ud2", vec![0x0f, 0x0b], 6, None),
+        // A non-canonical stack pointer, then a push.
+        (
+            "stack fault",
+            [
+                vec![0x48, 0xbc],
+                (1u64 << 63).to_le_bytes().to_vec(),
+                vec![0x50],
+            ]
+            .concat(),
+            12,
+            Some(0),
+        ),
+        // A non-canonical data address.
+        (
+            "general protection",
+            [vec![0x48, 0xa1], (1u64 << 63).to_le_bytes().to_vec()].concat(),
+            13,
+            Some(0),
+        ),
+        (
+            "null page",
+            vec![0x48, 0x8b, 0x04, 0x25, 0, 0, 0, 0],
+            14,
+            Some(0b100),
+        ),
+        // x87 divide by zero with the exception unmasked.
+        (
+            "x87",
+            vec![
+                0xdb, 0xe3, 0x68, 0x7b, 0x03, 0, 0, 0xd9, 0x2c, 0x24, 0xd9, 0xe8, 0xd9, 0xee, 0xde,
+                0xf9, 0x9b,
+            ],
+            16,
+            None,
+        ),
+        // Set AC, then a misaligned load.
+        (
+            "alignment",
+            vec![
+                0x9c, 0x81, 0x0c, 0x24, 0, 0, 4, 0, 0x9d, 0x48, 0x8b, 0x44, 0x24, 0x01,
+            ],
+            17,
+            Some(0),
+        ),
+        // SSE divide by zero with the exception unmasked.
+        (
+            "simd",
+            vec![
+                0x68, 0x80, 0x1d, 0, 0, 0x0f, 0xae, 0x14, 0x24, 0xb8, 0, 0, 0x80, 0x3f, 0x66, 0x0f,
+                0x6e, 0xc0, 0x0f, 0x57, 0xc9, 0xf3, 0x0f, 0x5e, 0xc1,
+            ],
+            19,
+            None,
+        ),
+    ];
+    for (name, code, vector, error_code) in cases {
+        let exception = fault(&Asm::new().raw(&code).code());
+        assert_eq!(exception.vector, vector, "{name}: {exception}");
+        if error_code.is_some() {
+            assert_eq!(exception.error_code, error_code, "{name}: {exception}");
+        }
+    }
+}
+
+#[test]
+fn software_interrupts_to_every_vector_are_contained() {
+    // `int n` at CPL 3 through a DPL 0 (or absent) gate is a #GP naming the gate on
+    // VT-x. PVM answers most with #UD, delivers int3 and int4 as #BP and #OF, and lets
+    // a few fall through to the next instruction; the zero bytes after the code then
+    // fault. Whatever the CPU does, the cell ends with a fault report.
+    for vector in 0..=255u8 {
+        let code = match vector {
+            3 => vec![0xcc],
+            _ => vec![0xcd, vector],
+        };
+        match error_of(&Asm::new().raw(&code).code()) {
+            CellError::Fault(exception) => {
+                assert!(exception.vector < 32, "int {vector}: {exception}")
+            }
+            other => panic!("int {vector}: {other}"),
+        }
+    }
+}
+
+#[test]
+fn privileged_instructions_fault() {
+    let cases: [(&str, &[u8]); 14] = [
+        ("hlt", &[0xf4]),
+        ("cli", &[0xfa]),
+        ("sti", &[0xfb]),
+        ("lgdt", &[0x0f, 0x01, 0x17]),
+        ("lidt", &[0x0f, 0x01, 0x1f]),
+        ("ltr", &[0x0f, 0x00, 0xd8]),
+        ("mov cr3, rax", &[0x0f, 0x22, 0xd8]),
+        ("mov rax, cr0", &[0x0f, 0x20, 0xc0]),
+        ("wrmsr", &[0x0f, 0x30]),
+        ("rdmsr", &[0x0f, 0x32]),
+        ("invlpg", &[0x0f, 0x01, 0x38]),
+        ("wbinvd", &[0x0f, 0x09]),
+        ("out to another port", &[0xe6, 0x80]),
+        ("in from another port", &[0xec]),
+    ];
+    for (name, code) in cases {
+        let error = error_of(&Asm::new().raw(code).code());
+        assert!(matches!(error, CellError::Fault(_)), "{name}: {error}");
+    }
+}
+
+#[test]
+fn system_call_instructions_and_odd_exits_are_contained() {
+    // None of these may reach the host as anything but an error ending the cell.
+    let cases: [(&str, &[u8]); 5] = [
+        ("syscall", &[0x0f, 0x05]),
+        ("sysenter", &[0x0f, 0x34]),
+        ("vmcall", &[0x0f, 0x01, 0xc1]),
+        ("swapgs", &[0x0f, 0x01, 0xf8]),
+        (
+            "in from the hypercall port",
+            &[0x66, 0xba, 0x1e, 0x0c, 0xed],
+        ),
+    ];
+    for (name, code) in cases {
+        let error = error_of(&Asm::new().raw(code).code());
+        assert!(
+            matches!(
+                error,
+                CellError::Fault(_)
+                    | CellError::UnexpectedExit(_)
+                    | CellError::Emulation
+                    | CellError::TripleFault
+            ),
+            "{name}: {error}"
+        );
+    }
+}
+
+#[test]
+fn the_system_region_can_be_neither_written_nor_run() {
+    let addr = (SYSTEM_BASE as u32).to_le_bytes();
+    let write = fault(
+        &Asm::new()
+            .raw(&[0x48, 0x89, 0x04, 0x25, addr[0], addr[1], addr[2], addr[3]])
+            .code(),
+    );
+    assert_eq!(
+        (write.vector, write.cr2, write.error_code),
+        (14, Some(SYSTEM_BASE), Some(0b111))
+    );
+    // jmp rax into the exception stubs
+    let run = fault(
+        &Asm::new()
+            .mov(RAX, SYSTEM_BASE + 0x8000)
+            .raw(&[0xff, 0xe0])
+            .code(),
+    );
+    assert_eq!((run.vector, run.cr2), (14, Some(SYSTEM_BASE + 0x8000)));
+    assert_eq!(
+        run.error_code.map(|e| e & 0b101),
+        Some(0b101),
+        "a user access to a present page"
+    );
+}
+
+#[test]
+fn memory_past_the_cell_does_not_exist() {
+    let beyond = fault(&Asm::new().mov(RCX, MEMORY).raw(&[0x48, 0x89, 0x01]).code()); // mov [rcx], rax
+    assert_eq!((beyond.vector, beyond.cr2), (14, Some(MEMORY)));
+}
+
+#[test]
+fn a_stack_overflow_hits_the_guard_page() {
+    // push rax forever
+    let overflow = fault(&Asm::new().raw(&[0x50, 0xeb, 0xfd]).code());
+    assert_eq!(overflow.vector, 14);
+    assert!(
+        overflow
+            .cr2
+            .is_some_and(|cr2| cr2 % (2 << 20) == (2 << 20) - 8),
+        "{overflow}"
+    );
+}
+
+#[test]
+fn a_guest_that_faults_still_delivers_its_buffered_output() {
+    // Put one record "hi\n" in the output buffer, then fault.
+    let record = 1u64 | 3 << 32;
+    let code = Asm::new()
+        .put(RSI, 16, record)
+        .put(RSI, 24, u64::from_le_bytes(*b"hi\n\0\0\0\0\0"))
+        .put(RSI, 0, 11)
+        .raw(&[0x0f, 0x0b])
+        .code();
+    let outcome = run_with(&code, &config(), b"");
+    assert!(matches!(
+        outcome.result.err().unwrap().error,
+        CellError::Fault(_)
+    ));
+    assert_eq!(outcome.stdout, b"hi\n");
+}
