@@ -248,3 +248,28 @@ fn stats_report_timings_exits_memory_and_the_compile_cache() {
         .collect();
     assert_eq!(cached.len(), 1, "one artifact in the cache");
 }
+
+#[test]
+fn the_output_limit_stops_a_flood_and_delivers_what_fits() {
+    // Writes "flood\n" forever.
+    let module = write_module(
+        "flood.wat",
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write" (func $w (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 16) "flood\n")
+            (func (export "_start")
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 6))
+              (loop $again (drop (call $w (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) (br $again))))"#,
+    );
+    let out = run(&["run", "--max-output", "1M", &module], b"");
+    assert_eq!(out.stdout.len(), 1 << 20);
+    assert!(out.stdout.starts_with(b"flood\nflood\n"));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("output limit of 1 MiB") && stderr.contains("--max-output"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+}
