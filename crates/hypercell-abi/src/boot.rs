@@ -14,11 +14,12 @@ pub struct BootInfo {
     pub abi_version: u32,
     /// Bit set of [`CpuFeatures`] the guest may use.
     pub cpu_features: u32,
-    /// Total guest memory in bytes.
+    /// The cell's memory limit in bytes: the heap may grow up to here.
     pub memory_size: u64,
     /// First byte of the guest heap.
     pub heap_start: u64,
-    /// One past the last byte of the guest heap.
+    /// One past the last byte of the heap mapped at boot; beyond it, up to
+    /// `memory_size`, memory is mapped on request ([`crate::Hypercall::GrowMemory`]).
     pub heap_end: u64,
     /// Most bytes one wasm linear memory may grow to.
     pub wasm_memory_limit: u64,

@@ -34,6 +34,9 @@ impl HypercallRequest {
 /// Byte offset of [`HypercallRequest::result`] inside the request block.
 pub const RESULT_OFFSET: u64 = core::mem::offset_of!(HypercallRequest, result) as u64;
 
+/// WASI's `nomem` errno, negated in a result when memory cannot grow.
+pub const ERRNO_NOMEM: i64 = 48;
+
 /// A scatter/gather element: `len` bytes at guest-physical address `addr`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -74,6 +77,10 @@ pub enum Hypercall {
     /// Fill `len` bytes at a guest address with random bytes (for CPUs without
     /// `rdrand`). Result 0.
     Random = 8,
+    /// Make guest memory up to `end` (a guest-physical address) usable: the host maps
+    /// at least that much, usually more, and returns the new end of mapped memory, or
+    /// a negated `ENOMEM` when `end` lies past the cell's memory limit.
+    GrowMemory = 9,
 }
 
 impl Hypercall {
@@ -88,6 +95,7 @@ impl Hypercall {
             6 => Self::Fail,
             7 => Self::Sleep,
             8 => Self::Random,
+            9 => Self::GrowMemory,
             _ => return None,
         })
     }
@@ -131,11 +139,12 @@ mod tests {
             Hypercall::Fail,
             Hypercall::Sleep,
             Hypercall::Random,
+            Hypercall::GrowMemory,
         ] {
             assert_eq!(Hypercall::from_number(call as u32), Some(call));
         }
         assert_eq!(Hypercall::from_number(0), None);
-        assert_eq!(Hypercall::from_number(9), None);
+        assert_eq!(Hypercall::from_number(10), None);
     }
 
     #[test]

@@ -5,24 +5,42 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use dlmalloc::Dlmalloc;
-use hypercell_abi::BootInfo;
+use hypercell_abi::{BootInfo, Hypercall};
 
-/// Hands out the heap region front to back; memory is never returned to it.
+/// Hands out the heap region front to back; memory is never returned to it. The
+/// host maps only part of the heap at boot (`end`); past it, up to `limit`, memory is
+/// mapped on request, one hypercall per growth.
 struct HeapRegion {
     next: AtomicUsize,
     end: AtomicUsize,
+    limit: AtomicUsize,
 }
 
 static EXHAUSTED: AtomicBool = AtomicBool::new(false);
 
+impl HeapRegion {
+    /// Asks the host to map memory up to at least `needed`; true when it did.
+    fn grow(&self, needed: usize) -> bool {
+        if needed > self.limit.load(Ordering::Relaxed) {
+            return false;
+        }
+        let end = crate::hypercall::call(Hypercall::GrowMemory, [needed as u64, 0, 0, 0, 0, 0]);
+        if end < needed as i64 {
+            return false;
+        }
+        self.end.store(end as usize, Ordering::Relaxed);
+        true
+    }
+}
+
 // SAFETY: `alloc` hands out disjoint, never-reused ranges of the heap region, which the
-// host maps as ordinary zeroed user memory; every other method refuses to give memory
-// back, which dlmalloc handles.
+// host maps as ordinary zeroed user memory before they are handed out; every other
+// method refuses to give memory back, which dlmalloc handles.
 unsafe impl dlmalloc::Allocator for HeapRegion {
     fn alloc(&self, size: usize) -> (*mut u8, usize, u32) {
         let start = self.next.load(Ordering::Relaxed);
         match start.checked_add(size) {
-            Some(end) if end <= self.end.load(Ordering::Relaxed) => {
+            Some(end) if end <= self.end.load(Ordering::Relaxed) || self.grow(end) => {
                 self.next.store(end, Ordering::Relaxed);
                 (start as *mut u8, size, 0)
             }
@@ -69,6 +87,7 @@ static ALLOCATOR: GuestAllocator =
     GuestAllocator(UnsafeCell::new(Dlmalloc::new_with_allocator(HeapRegion {
         next: AtomicUsize::new(0),
         end: AtomicUsize::new(0),
+        limit: AtomicUsize::new(0),
     })));
 
 pub fn init(boot: &BootInfo) {
@@ -79,6 +98,9 @@ pub fn init(boot: &BootInfo) {
         .next
         .store(boot.heap_start as usize, Ordering::Relaxed);
     region.end.store(boot.heap_end as usize, Ordering::Relaxed);
+    region
+        .limit
+        .store(boot.memory_size as usize, Ordering::Relaxed);
 }
 
 /// Whether an allocation has failed for lack of heap.

@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
-use crate::hypercall::{Completion, HypercallError, Services};
+use crate::hypercall::{Completion, HypercallError, MemoryGrowth, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK};
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
@@ -36,6 +36,11 @@ pub enum CellError {
     /// The guest raised a CPU exception.
     #[error("the cell's guest faulted with a {0} and was stopped")]
     Fault(GuestException),
+    /// The guest touched memory that was never mapped.
+    #[error(
+        "the cell's guest touched address {0:#x}, which is inside the cell but was never mapped, and was stopped"
+    )]
+    Unmapped(u64),
     /// The guest triple-faulted.
     #[error("the cell's guest triple-faulted and was stopped")]
     TripleFault,
@@ -177,10 +182,6 @@ pub fn run_cell(
     stdio: CellStdio<'_>,
 ) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
-    let vm = Vm::new()?;
-    let vcpu = vm.create_vcpu()?;
-    let vm_created = Instant::now();
-
     let args = string_block(config.args.iter().map(String::as_str));
     let env_entries: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let env = string_block(env_entries.iter().map(String::as_str));
@@ -208,8 +209,13 @@ pub fn run_cell(
             module_len,
         )),
     })?;
+    let vm = Vm::new()?;
+    // Mapping memory costs less before the vCPU exists.
     let memory = GuestMemory::new(config.memory_size)?;
-    vm.set_memory(&memory)?;
+    let boot_mapping = layout.boot_mapping();
+    vm.map_memory(&memory, 0, 0..boot_mapping)?;
+    let vcpu = vm.create_vcpu()?;
+    let vm_created = Instant::now();
     let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
     let memory_ready = Instant::now();
 
@@ -245,7 +251,7 @@ pub fn run_cell(
         cpu_features,
         memory_size: config.memory_size,
         heap_start: layout.heap_start,
-        heap_end: layout.heap_end,
+        heap_end: boot_mapping,
         wasm_memory_limit: layout.wasm_memory_limit(),
         max_wasm_stack: MAX_WASM_STACK,
         module_addr: layout.module,
@@ -278,6 +284,11 @@ pub fn run_cell(
         deadline: config.timeout.map(|limit| first_entry + limit),
         denied_growth: 0,
         meter: OutputMeter::new(config.output_limit),
+        growth: Some(MemoryGrowth {
+            vm: &vm,
+            mapped: boot_mapping,
+            next_slot: 1,
+        }),
     };
     let (outcome, vcpu, mut services, memory) = run_on_vcpu_thread(vcpu, memory, services, config);
     // Whatever the program wrote before it ended reaches the user, even after a fault.
@@ -290,7 +301,10 @@ pub fn run_cell(
 
     let finished = Instant::now();
     let exits = vcpu.exits();
-    let memory_touched = memory.resident_bytes();
+    let mapped = services.growth.as_ref().map_or(boot_mapping, |g| g.mapped);
+    let memory_touched = memory.resident_bytes(mapped);
+    let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
+    let output_exceeded = services.meter.exceeded();
     // The VM goes before the memory it maps.
     drop(vcpu);
     drop(vm);
@@ -306,7 +320,6 @@ pub fn run_cell(
         exits,
         memory_touched,
     };
-    let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
     let fail = |error: CellError| CellFailure {
         error,
         stats: Some(Box::new(stats.clone())),
@@ -334,7 +347,7 @@ pub fn run_cell(
         Err(error) => return Err(fail(error)),
     };
     match drained {
-        Ok(_) if services.meter.exceeded() => Err(fail(output_limit())),
+        Ok(_) if output_exceeded => Err(fail(output_limit())),
         Ok(_) => Ok(CellReport {
             exit,
             denied_growth,
@@ -408,6 +421,7 @@ fn run_loop(
             },
             VcpuEvent::Kicked => return Ok(Completion::TimedOut),
             VcpuEvent::Exception(exception) => return Err(CellError::Fault(exception)),
+            VcpuEvent::Unmapped(addr) => return Err(CellError::Unmapped(addr.0)),
             VcpuEvent::Shutdown => return Err(CellError::TripleFault),
             VcpuEvent::InternalError => return Err(CellError::Emulation),
             VcpuEvent::Unexpected(what) => return Err(CellError::UnexpectedExit(what)),

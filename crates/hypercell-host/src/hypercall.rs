@@ -6,12 +6,13 @@
 
 use std::time::{Duration, Instant};
 
-use hypercell_abi::hypercall::{FailureKind, MAX_IOVECS, RESULT_OFFSET};
+use hypercell_abi::hypercall::{ERRNO_NOMEM, FailureKind, MAX_IOVECS, RESULT_OFFSET};
+use hypercell_abi::layout::LARGE_PAGE_SIZE;
 use hypercell_abi::{ABI_VERSION, Hypercall, HypercallRequest};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::stdio::{CellStdio, OutputMeter, drain_output, in_bounds, read_array};
-use hypercell_vmm::GuestMemory;
+use hypercell_vmm::{GuestMemory, Vm};
 
 /// Ways a guest can break the hypercall ABI.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -77,6 +78,19 @@ pub struct Services<'a> {
     pub denied_growth: u64,
     /// Output written so far, against the cell's output limit.
     pub meter: OutputMeter,
+    /// Mapping more memory as the guest grows; `None` answers every request for
+    /// memory with `ENOMEM`.
+    pub growth: Option<MemoryGrowth<'a>>,
+}
+
+/// The part of a cell's memory its VM maps, grown on the guest's request.
+pub struct MemoryGrowth<'a> {
+    /// The cell's VM.
+    pub vm: &'a Vm,
+    /// End of the memory mapped so far.
+    pub mapped: u64,
+    /// The next free KVM memory slot.
+    pub next_slot: u32,
 }
 
 /// A copied, decoded request.
@@ -150,6 +164,7 @@ impl Services<'_> {
                 fill_random(memory, args[0], args[1])?;
                 0
             }
+            Hypercall::GrowMemory => self.grow_memory(memory, args[0]),
         };
         memory
             .mem()
@@ -160,6 +175,39 @@ impl Services<'_> {
                 len: 64,
             })?;
         Ok(Completion::Resume)
+    }
+
+    /// Maps memory up to at least `requested`; returns the new end of mapped memory or
+    /// a negated `ENOMEM`.
+    fn grow_memory(&mut self, memory: &GuestMemory, requested: u64) -> i64 {
+        let Some(growth) = self.growth.as_mut() else {
+            return -ERRNO_NOMEM;
+        };
+        if requested <= growth.mapped {
+            return growth.mapped as i64;
+        }
+        if requested > memory.size() {
+            return -ERRNO_NOMEM;
+        }
+        // At least double what is mapped, so that a growing heap costs few exits.
+        let end = requested
+            .max(growth.mapped.saturating_mul(2))
+            .next_multiple_of(LARGE_PAGE_SIZE)
+            .min(memory.size());
+        match growth
+            .vm
+            .map_memory(memory, growth.next_slot, growth.mapped..end)
+        {
+            Ok(()) => {
+                growth.mapped = end;
+                growth.next_slot += 1;
+                end as i64
+            }
+            Err(error) => {
+                tracing::warn!("could not grow a cell's memory: {error}");
+                -ERRNO_NOMEM
+            }
+        }
     }
 
     /// Sleeps up to the deadline; false if the deadline cut the sleep short.

@@ -17,6 +17,9 @@ pub const STACK_SIZE: u64 = 8 << 20;
 pub const MAX_WASM_STACK: u64 = 512 << 10;
 /// Heap kept back for the runtime's own allocations when capping linear memory.
 const RUNTIME_HEAP_RESERVE: u64 = 16 << 20;
+/// Heap mapped at boot; the guest asks for more as it grows. KVM's cost of mapping
+/// memory grows with its size, and most programs never need more.
+const BOOT_HEAP: u64 = 32 << 20;
 
 /// Addresses of everything the host places in a cell.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -82,6 +85,14 @@ impl CellLayout {
         })
     }
 
+    /// End of the memory mapped at boot: everything below the heap and the first
+    /// [`BOOT_HEAP`] bytes of it.
+    pub fn boot_mapping(&self) -> u64 {
+        (self.heap_start + BOOT_HEAP)
+            .next_multiple_of(LARGE_PAGE_SIZE)
+            .min(self.heap_end)
+    }
+
     /// The 2 MiB page left unmapped below the stack, so an overflow faults.
     pub fn stack_guard(&self) -> u64 {
         self.stack_bottom - LARGE_PAGE_SIZE
@@ -115,6 +126,8 @@ mod tests {
         assert_eq!(layout.stack_guard() % LARGE_PAGE_SIZE, 0);
         assert!(layout.stack_guard() >= layout.module + 30_000);
         assert_eq!(layout.heap_end, 64 << 20);
+        assert_eq!(layout.boot_mapping() % LARGE_PAGE_SIZE, 0);
+        assert!(layout.boot_mapping() > layout.heap_start && layout.boot_mapping() <= 64 << 20);
         assert!(CellLayout::plan(16 << 20, 0x4a3000, 0, 0, 30_000).is_none());
         assert!(CellLayout::minimum_size(0x4a3000, 0, 0, 30_000) > 16 << 20);
     }

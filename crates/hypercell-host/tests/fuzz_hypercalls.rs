@@ -150,6 +150,7 @@ impl Fixture {
             deadline: Some(Instant::now()),
             denied_growth: 0,
             meter: OutputMeter::new(Some(1 << 30)),
+            growth: None,
         };
         services.handle(&self.memory, GuestAddress(case.request_at))
     }

@@ -212,7 +212,7 @@ fn a_benign_raw_guest_exits_with_its_status() {
 
 #[test]
 fn unknown_hypercall_numbers_end_the_cell() {
-    for number in [0, 9, 0x7fff_ffff, u32::MAX] {
+    for number in [0, 10, 0x7fff_ffff, u32::MAX] {
         let code = Asm::new()
             .request_raw(ABI_VERSION, number, [0; 6])
             .hypercall()
@@ -583,6 +583,55 @@ fn the_system_region_can_be_neither_written_nor_run() {
 fn memory_past_the_cell_does_not_exist() {
     let beyond = fault(&Asm::new().mov(RCX, MEMORY).raw(&[0x48, 0x89, 0x01]).code()); // mov [rcx], rax
     assert_eq!((beyond.vector, beyond.cr2), (14, Some(MEMORY)));
+}
+
+#[test]
+fn memory_is_mapped_on_request_and_only_inside_the_limit() {
+    // A 256 MiB cell maps its boot region; an address past it is unmapped until the
+    // guest asks for it, and memory past the limit is never granted.
+    let config = CellConfig {
+        memory_size: 256 << 20,
+        ..config()
+    };
+    let target = 200u64 << 20;
+    let touch = Asm::new()
+        .mov(RCX, target)
+        .raw(&[0x48, 0x89, 0x01])
+        .exit(0)
+        .code();
+    let outcome = run_with(&touch, &config, b"");
+    let error = outcome.result.err().unwrap().error;
+    assert!(
+        matches!(error, CellError::Unmapped(addr) if addr == target),
+        "{error}"
+    );
+
+    let grow_then_touch = Asm::new()
+        .call(Hypercall::GrowMemory, [target + 8, 0, 0, 0, 0, 0])
+        .mov(RCX, target)
+        .raw(&[0x48, 0x89, 0x01])
+        .exit_with_result()
+        .code();
+    let outcome = run_with(&grow_then_touch, &config, b"");
+    let end = match outcome.result.unwrap().exit {
+        CellExit::Exited(end) => end as u32 as u64,
+        other => panic!("{other:?}"),
+    };
+    assert!(
+        end > target && end <= 256 << 20 && end % (2 << 20) == 0,
+        "mapped up to {end:#x}"
+    );
+
+    let too_much = Asm::new()
+        .call(Hypercall::GrowMemory, [u64::MAX, 0, 0, 0, 0, 0])
+        .exit_with_result()
+        .code();
+    let outcome = run_with(&too_much, &config, b"");
+    assert_eq!(
+        outcome.result.unwrap().exit,
+        CellExit::Exited(-48),
+        "ENOMEM"
+    );
 }
 
 #[test]

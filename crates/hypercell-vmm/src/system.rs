@@ -71,6 +71,8 @@ pub fn write_system_region(
     memory: &GuestMemory,
     guards: &[u64],
 ) -> Result<SystemTables, GuestMemoryError> {
+    // A few KiB of tables in a 2 MiB region: small pages spare zeroing a huge page.
+    memory.use_small_pages(SYSTEM_BASE..SYSTEM_BASE + LARGE_PAGE_SIZE);
     let mem = memory.mem();
     let base = SYSTEM_BASE;
     let pdpt = base + PDPT_OFFSET;

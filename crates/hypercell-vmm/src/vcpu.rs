@@ -26,14 +26,26 @@ mod ioctl_numbers {
     vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    vmm_sys_util::ioctl_iow_nr!(
+        KVM_SET_USER_MEMORY_REGION,
+        KVMIO,
+        0x46,
+        kvm_bindings::kvm_userspace_memory_region
+    );
 }
 
-/// The ioctls [`Vcpu::run`] issues: `KVM_RUN`, and reading registers after an
-/// exception. A seccomp filter on the thread that runs the vCPU allows these and no
-/// other ioctl.
-pub fn run_ioctls() -> [u64; 3] {
-    use ioctl_numbers::{KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN};
-    [KVM_RUN(), KVM_GET_REGS(), KVM_GET_SREGS()].map(u64::from)
+/// The ioctls a running cell issues: `KVM_RUN`, reading registers after an exception
+/// ([`Vcpu::run`]), and mapping memory as the guest grows ([`crate::Vm::map_memory`]).
+/// A seccomp filter on the thread that runs the vCPU allows these and no other ioctl.
+pub fn run_ioctls() -> [u64; 4] {
+    use ioctl_numbers::{KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN, KVM_SET_USER_MEMORY_REGION};
+    [
+        KVM_RUN(),
+        KVM_GET_REGS(),
+        KVM_GET_SREGS(),
+        KVM_SET_USER_MEMORY_REGION(),
+    ]
+    .map(u64::from)
 }
 
 /// Errors of the vCPU itself (not of the guest).
@@ -120,6 +132,8 @@ pub enum VcpuEvent {
     Hypercall(GuestAddress),
     /// The guest raised a CPU exception.
     Exception(GuestException),
+    /// The guest touched a guest-physical address that no memory slot maps.
+    Unmapped(GuestAddress),
     /// [`Kicker::kick`] interrupted the vCPU.
     Kicked,
     /// The guest triple-faulted.
@@ -320,6 +334,9 @@ impl Vcpu {
                     return Ok(VcpuEvent::Hypercall(GuestAddress(u64::from(addr))));
                 }
                 port
+            }
+            Ok(VcpuExit::MmioRead(addr, _) | VcpuExit::MmioWrite(addr, _)) => {
+                return Ok(VcpuEvent::Unmapped(GuestAddress(addr)));
             }
             Ok(VcpuExit::Shutdown) => return Ok(VcpuEvent::Shutdown),
             Ok(VcpuExit::InternalError) => return Ok(VcpuEvent::InternalError),

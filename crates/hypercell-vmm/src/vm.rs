@@ -2,9 +2,11 @@
 
 use std::ffi::CString;
 use std::io;
+use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
+use hypercell_abi::layout::PAGE_SIZE;
 use kvm_bindings::kvm_userspace_memory_region;
 use kvm_ioctls::{Kvm, VmFd};
 
@@ -37,6 +39,9 @@ pub enum VmError {
     /// KVM_SET_USER_MEMORY_REGION failed.
     #[error("KVM could not map the cell's memory: {0}")]
     SetMemory(io::Error),
+    /// A memory range outside the cell's memory or not page-aligned.
+    #[error("cannot map guest memory {0:#x?}: it is empty, unaligned or outside the cell's memory")]
+    BadRange(Range<u64>),
 }
 
 /// The KVM device cells are created on.
@@ -75,18 +80,37 @@ impl Vm {
         Ok(Self { fd })
     }
 
-    /// Maps `memory` at guest-physical address 0.
+    /// Maps the whole of `memory` at guest-physical address 0, as one memory slot.
     pub fn set_memory(&self, memory: &GuestMemory) -> Result<(), VmError> {
+        self.map_memory(memory, 0, 0..memory.size())
+    }
+
+    /// Makes guest-physical `range` of `memory` visible to the guest as KVM memory slot
+    /// `slot`. KVM's cost of a slot grows with its size, so cells map what boot needs
+    /// and add slots as the guest grows its heap.
+    pub fn map_memory(
+        &self,
+        memory: &GuestMemory,
+        slot: u32,
+        range: Range<u64>,
+    ) -> Result<(), VmError> {
+        if range.start >= range.end
+            || range.end > memory.size()
+            || !range.start.is_multiple_of(PAGE_SIZE)
+            || !range.end.is_multiple_of(PAGE_SIZE)
+        {
+            return Err(VmError::BadRange(range));
+        }
         let region = kvm_userspace_memory_region {
-            slot: 0,
+            slot,
             flags: 0,
-            guest_phys_addr: 0,
-            memory_size: memory.size(),
-            userspace_addr: memory.host_address(),
+            guest_phys_addr: range.start,
+            memory_size: range.end - range.start,
+            userspace_addr: memory.host_address() + range.start,
         };
-        // SAFETY: the region describes `memory`'s own mapping, which outlives the VM as
-        // long as the caller keeps `memory` alive while the VM runs (the cell owns both
-        // and drops the VM first).
+        // SAFETY: the region lies inside `memory`'s own mapping (checked above), which
+        // outlives the VM as long as the caller keeps `memory` alive while the VM runs
+        // (the cell owns both and drops the VM first).
         unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| VmError::SetMemory(e.into()))
     }
 
@@ -103,6 +127,7 @@ impl Vm {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::GuestMemory;
 
     #[test]
     fn a_missing_kvm_device_is_named() {
@@ -112,6 +137,24 @@ mod tests {
             error.to_string().starts_with("/no/such/kvm does not exist"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn memory_is_mapped_in_aligned_slots_inside_the_cell() {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        let vm = Vm::new().unwrap();
+        vm.map_memory(&memory, 0, 0..8 << 20).unwrap();
+        vm.map_memory(&memory, 1, 8 << 20..16 << 20).unwrap();
+        let reversed = Range {
+            start: 8192,
+            end: 4096,
+        };
+        for bad in [0..(16 << 20) + 4096, reversed, 100..8192, 0..0] {
+            assert!(matches!(
+                vm.map_memory(&memory, 2, bad),
+                Err(VmError::BadRange(_))
+            ));
+        }
     }
 
     #[test]
