@@ -45,6 +45,8 @@ pub struct BootInfo {
     pub request_addr: u64,
     /// Address of the [`crate::OutputBuffer`] header.
     pub output_addr: u64,
+    /// Address of the [`GuestPhases`] block the guest fills as it starts up.
+    pub phases_addr: u64,
     /// Time-stamp counter frequency in kHz.
     pub tsc_khz: u64,
     /// Wall-clock time (ns since the Unix epoch) at boot.
@@ -55,6 +57,24 @@ pub struct BootInfo {
     pub stdio_kinds: [u8; 3],
     /// Reserved, zero.
     pub reserved: [u8; 5],
+}
+
+/// Time-stamp counter readings the guest runtime takes as it starts a program, for the
+/// host's start-up breakdown. Zero until reached. The host treats them as untrusted
+/// numbers to report, nothing more.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GuestPhases {
+    /// The runtime's first instruction.
+    pub entered: u64,
+    /// The engine is configured and the heap ready.
+    pub runtime_ready: u64,
+    /// The compiled module is loaded.
+    pub module_loaded: u64,
+    /// The module is instantiated; `_start` is about to run.
+    pub instantiated: u64,
+    /// The program finished (exit or trap).
+    pub finished: u64,
 }
 
 /// What a host stdio stream is connected to; decides the WASI file type reported.

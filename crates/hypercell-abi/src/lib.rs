@@ -13,7 +13,7 @@ pub mod layout;
 pub mod output;
 pub mod wasi;
 
-pub use boot::{BootInfo, CpuFeatures, StdioKind};
+pub use boot::{BootInfo, CpuFeatures, GuestPhases, StdioKind};
 pub use hypercall::{Hypercall, HypercallRequest, IoVec};
 pub use output::{OUTPUT_RECORD_HEADER, OutputBuffer};
 

@@ -9,6 +9,29 @@ static TSC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
 static TSC_KHZ: AtomicU64 = AtomicU64::new(1);
 static REALTIME_AT_BOOT: AtomicU64 = AtomicU64::new(0);
 static MONOTONIC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
+static PHASES: AtomicU64 = AtomicU64::new(0);
+
+/// Start-up phases, in the order of [`hypercell_abi::GuestPhases`]'s fields.
+#[derive(Clone, Copy)]
+pub enum Phase {
+    Entered = 0,
+    RuntimeReady = 1,
+    ModuleLoaded = 2,
+    Instantiated = 3,
+    Finished = 4,
+}
+
+/// Records that `phase` was reached now, for the host's start-up breakdown.
+pub fn mark(phase: Phase) {
+    let phases = PHASES.load(Ordering::Relaxed);
+    if phases == 0 {
+        return;
+    }
+    let slot = (phases + phase as u64 * 8) as *mut u64;
+    // SAFETY: the host reserved a `GuestPhases` block (five u64s) at `phases` for the
+    // guest to write; `phase` indexes one of its fields.
+    unsafe { slot.write_volatile(rdtsc()) };
+}
 
 /// WASI clock ids.
 pub const REALTIME: u32 = 0;
@@ -26,6 +49,8 @@ pub fn init(boot: &BootInfo) {
     TSC_KHZ.store(boot.tsc_khz.max(1), Ordering::Relaxed);
     REALTIME_AT_BOOT.store(boot.realtime_ns, Ordering::Relaxed);
     MONOTONIC_AT_BOOT.store(boot.monotonic_ns, Ordering::Relaxed);
+    PHASES.store(boot.phases_addr, Ordering::Relaxed);
+    mark(Phase::Entered);
 }
 
 /// Nanoseconds since the guest started.

@@ -10,6 +10,7 @@ use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::{BootInfo, Hypercall};
 use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store};
 
+use crate::clock::{self, Phase};
 use crate::platform::{FixedBuffer, GuestCodeMemory, fail};
 use crate::wasi::CellState;
 
@@ -75,6 +76,7 @@ pub fn run(boot: &BootInfo) -> ! {
     config.max_wasm_stack(boot.max_wasm_stack as usize);
     let engine = Engine::new(&config)
         .unwrap_or_else(|e| fail_with(FailureKind::Runtime, "failed to start the engine", &e));
+    clock::mark(Phase::RuntimeReady);
 
     let artifact = NonNull::slice_from_raw_parts(
         NonNull::new(boot.module_addr as *mut u8).expect("the host passes a module"),
@@ -90,6 +92,7 @@ pub fn run(boot: &BootInfo) -> ! {
             &e,
         )
     });
+    clock::mark(Phase::ModuleLoaded);
 
     let mut linker = Linker::new(&engine);
     crate::wasi::add_to_linker(&mut linker)
@@ -105,6 +108,7 @@ pub fn run(boot: &BootInfo) -> ! {
         Err(e) if e.is::<wasmtime::Trap>() => trap(&e),
         Err(e) => fail_with(FailureKind::Instantiate, "failed to instantiate", &e),
     };
+    clock::mark(Phase::Instantiated);
     let Ok(start) = instance.get_typed_func::<(), ()>(&mut store, "_start") else {
         fail(
             FailureKind::Instantiate,
@@ -119,6 +123,7 @@ pub fn run(boot: &BootInfo) -> ! {
 
 /// Reports a trap (with its wasm backtrace) and ends the cell.
 fn trap(error: &wasmtime::Error) -> ! {
+    clock::mark(Phase::Finished);
     let report = format!("{error:?}");
     crate::hypercall::call_final(
         Hypercall::Trap,

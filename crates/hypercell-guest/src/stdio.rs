@@ -153,6 +153,7 @@ pub fn read(iovecs: &[IoVec]) -> Result<usize, i64> {
 
 /// Ends the program with `code`; the host writes out any buffered output.
 pub fn exit(code: u32) -> ! {
+    crate::clock::mark(crate::clock::Phase::Finished);
     crate::hypercall::call_final(
         Hypercall::Exit,
         [u64::from(code), crate::runtime::denied_growth(), 0, 0, 0, 0],

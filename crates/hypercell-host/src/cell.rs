@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hypercell_abi::boot::BOOT_MAGIC;
 use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::layout::IMAGE_BASE;
-use hypercell_abi::{ABI_VERSION, BootInfo};
+use hypercell_abi::{ABI_VERSION, BootInfo, GuestPhases};
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
     GuestException, GuestMemory, MemoryError, Vcpu, VcpuError, VcpuEvent, Vm, VmError,
@@ -106,6 +106,47 @@ pub enum CellExit {
     Trapped(String),
 }
 
+/// Where the guest runtime's time went, from its own time-stamp counter readings.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GuestTimings {
+    /// First instruction to a configured engine and heap.
+    pub runtime_init: Duration,
+    /// Loading the compiled module.
+    pub module_load: Duration,
+    /// Linking WASI and instantiating the module.
+    pub instantiate: Duration,
+    /// Running the program to its exit or trap.
+    pub program: Duration,
+}
+
+impl GuestTimings {
+    /// Converts the guest's readings; `None` unless the guest reached its end and the
+    /// readings run forwards (they come from the guest and prove nothing).
+    fn from_phases(phases: &GuestPhases, tsc_khz: u64) -> Option<Self> {
+        let marks = [
+            phases.entered,
+            phases.runtime_ready,
+            phases.module_loaded,
+            phases.instantiated,
+            phases.finished,
+        ];
+        if tsc_khz == 0 || marks[0] == 0 || marks.windows(2).any(|w| w[1] < w[0]) {
+            return None;
+        }
+        let span = |i: usize| {
+            Duration::from_nanos(
+                (u128::from(marks[i + 1] - marks[i]) * 1_000_000 / u128::from(tsc_khz)) as u64,
+            )
+        };
+        Some(Self {
+            runtime_init: span(0),
+            module_load: span(1),
+            instantiate: span(2),
+            program: span(3),
+        })
+    }
+}
+
 /// Timings and counters of one cell.
 #[derive(Clone, Debug)]
 pub struct CellStats {
@@ -127,6 +168,8 @@ pub struct CellStats {
     pub exits: u64,
     /// Guest memory the host backed, in bytes.
     pub memory_touched: u64,
+    /// The guest runtime's own start-up breakdown, when it reported one.
+    pub guest: Option<GuestTimings>,
 }
 
 /// A finished cell.
@@ -245,6 +288,7 @@ pub fn run_cell(
         .map_err(load_error)?;
     mem.write_slice(module, GuestAddress(layout.module))
         .map_err(load_error)?;
+    let tsc_khz = u64::from(vcpu.tsc_khz()?);
     let boot = BootInfo {
         magic: BOOT_MAGIC,
         abi_version: ABI_VERSION,
@@ -264,7 +308,8 @@ pub fn run_cell(
         envc: config.env.len() as u64,
         request_addr: layout.request,
         output_addr: layout.output,
-        tsc_khz: u64::from(vcpu.tsc_khz()?),
+        phases_addr: layout.phases,
+        tsc_khz,
         realtime_ns: SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64),
@@ -303,6 +348,28 @@ pub fn run_cell(
     let exits = vcpu.exits();
     let mapped = services.growth.as_ref().map_or(boot_mapping, |g| g.mapped);
     let memory_touched = memory.resident_bytes(mapped);
+    let guest = memory
+        .mem()
+        .read_obj::<[u64; 5]>(GuestAddress(layout.phases))
+        .ok()
+        .and_then(
+            |[
+                entered,
+                runtime_ready,
+                module_loaded,
+                instantiated,
+                finished,
+            ]| {
+                let phases = GuestPhases {
+                    entered,
+                    runtime_ready,
+                    module_loaded,
+                    instantiated,
+                    finished,
+                };
+                GuestTimings::from_phases(&phases, tsc_khz)
+            },
+        );
     let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
     let output_exceeded = services.meter.exceeded();
     // The VM goes before the memory it maps.
@@ -319,6 +386,7 @@ pub fn run_cell(
         torn_down: Instant::now(),
         exits,
         memory_touched,
+        guest,
     };
     let fail = |error: CellError| CellFailure {
         error,

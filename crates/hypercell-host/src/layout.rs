@@ -7,7 +7,7 @@
 //! ```
 
 use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, PAGE_SIZE};
-use hypercell_abi::{BootInfo, HypercallRequest, OutputBuffer};
+use hypercell_abi::{BootInfo, GuestPhases, HypercallRequest, OutputBuffer};
 
 use crate::stdio::OUTPUT_CAPACITY;
 
@@ -28,6 +28,8 @@ pub struct CellLayout {
     pub boot_info: u64,
     /// The hypercall request block.
     pub request: u64,
+    /// The guest's start-up timestamps.
+    pub phases: u64,
     /// Argument strings.
     pub args: u64,
     /// Environment strings.
@@ -61,7 +63,8 @@ impl CellLayout {
     ) -> Option<Self> {
         let boot_info = align_up(image_end.max(IMAGE_BASE), PAGE_SIZE);
         let request = boot_info + align_up(size_of::<BootInfo>() as u64, 64);
-        let args = request + size_of::<HypercallRequest>() as u64;
+        let phases = request + size_of::<HypercallRequest>() as u64;
+        let args = phases + size_of::<GuestPhases>() as u64;
         let env = args + args_len;
         let output = align_up(env + env_len, PAGE_SIZE);
         let module = align_up(
@@ -74,6 +77,7 @@ impl CellLayout {
         (heap_start + RUNTIME_HEAP_RESERVE <= memory_size).then_some(Self {
             boot_info,
             request,
+            phases,
             args,
             env,
             output,

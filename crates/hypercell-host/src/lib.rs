@@ -11,7 +11,9 @@ pub mod layout;
 pub mod seccomp;
 pub mod stdio;
 
-pub use cell::{CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, run_cell};
+pub use cell::{
+    CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, GuestTimings, run_cell,
+};
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
 pub use stdio::CellStdio;

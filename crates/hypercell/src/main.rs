@@ -150,17 +150,29 @@ fn print_stats(started: Instant, module: &CompiledModule, stats: Option<&CellSta
         ms(module.elapsed)
     ));
     if let Some(s) = stats {
-        let lines = [
+        let setup = [
             ("vm create", s.vm_created - s.started),
             ("memory set-up", s.memory_ready - s.vm_created),
             ("guest load", s.guest_loaded - s.memory_ready),
             ("run (boot to exit)", s.finished - s.first_entry),
-            ("teardown", s.torn_down - s.finished),
         ];
         out.push_str(&format!(
             "  first guest instruction:  {:.3} ms after start\n",
             ms(s.first_entry - started)
         ));
+        let guest = s.guest.map(|g| {
+            [
+                ("  runtime init", g.runtime_init),
+                ("  module load", g.module_load),
+                ("  instantiate", g.instantiate),
+                ("  program", g.program),
+            ]
+        });
+        let teardown = ("teardown", s.torn_down - s.finished);
+        let lines = setup
+            .into_iter()
+            .chain(guest.into_iter().flatten())
+            .chain([teardown]);
         for (name, duration) in lines {
             out.push_str(&format!(
                 "  {:<25} {:.3} ms\n",
