@@ -18,8 +18,8 @@ pub struct BootInfo {
     pub memory_size: u64,
     /// First byte of the guest heap.
     pub heap_start: u64,
-    /// One past the last byte of the heap mapped at boot; beyond it, up to
-    /// `memory_size`, memory is mapped on request ([`crate::Hypercall::GrowMemory`]).
+    /// One past the last byte of the heap that is ready at boot; beyond it, up to
+    /// `memory_size`, memory is readied on request ([`crate::Hypercall::GrowMemory`]).
     pub heap_end: u64,
     /// Most bytes one wasm linear memory may grow to.
     pub wasm_memory_limit: u64,

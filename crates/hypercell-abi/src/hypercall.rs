@@ -77,9 +77,10 @@ pub enum Hypercall {
     /// Fill `len` bytes at a guest address with random bytes (for CPUs without
     /// `rdrand`). Result 0.
     Random = 8,
-    /// Make guest memory up to `end` (a guest-physical address) usable: the host maps
-    /// at least that much, usually more, and returns the new end of mapped memory, or
-    /// a negated `ENOMEM` when `end` lies past the cell's memory limit.
+    /// Make guest memory up to `end` (a guest-physical address) ready: mapped into the
+    /// VM and backed by host memory. The host readies at least that much, in 2 MiB
+    /// steps, and returns the new end of ready memory, or a negated `ENOMEM` when `end`
+    /// lies past the cell's memory limit.
     GrowMemory = 9,
 }
 

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hypercell_abi::boot::BOOT_MAGIC;
 use hypercell_abi::hypercall::FailureKind;
-use hypercell_abi::layout::IMAGE_BASE;
+use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE};
 use hypercell_abi::{ABI_VERSION, BootInfo, GuestPhases};
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
@@ -17,7 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
-use crate::hypercall::{Completion, HypercallError, MemoryGrowth, Services};
+use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK};
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
@@ -166,6 +166,8 @@ pub struct CellStats {
     pub torn_down: Instant,
     /// VM exits taken.
     pub exits: u64,
+    /// The hypercalls among those exits.
+    pub hypercalls: HypercallCounts,
     /// Guest memory the host backed, in bytes.
     pub memory_touched: u64,
     /// The guest runtime's own start-up breakdown, when it reported one.
@@ -257,6 +259,10 @@ pub fn run_cell(
     let memory = GuestMemory::new(config.memory_size)?;
     let boot_mapping = layout.boot_mapping();
     vm.map_memory(&memory, 0, 0..boot_mapping)?;
+    // The runtime's first allocations land in the heap's first 2 MiB: back it now (see
+    // `Services::grow_memory`).
+    let heap_ready = (layout.heap_start + LARGE_PAGE_SIZE).min(boot_mapping);
+    memory.populate(layout.heap_start..heap_ready);
     let vcpu = vm.create_vcpu()?;
     let vm_created = Instant::now();
     let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
@@ -295,7 +301,7 @@ pub fn run_cell(
         cpu_features,
         memory_size: config.memory_size,
         heap_start: layout.heap_start,
-        heap_end: boot_mapping,
+        heap_end: heap_ready,
         wasm_memory_limit: layout.wasm_memory_limit(),
         max_wasm_stack: MAX_WASM_STACK,
         module_addr: layout.module,
@@ -329,9 +335,11 @@ pub fn run_cell(
         deadline: config.timeout.map(|limit| first_entry + limit),
         denied_growth: 0,
         meter: OutputMeter::new(config.output_limit),
+        counts: HypercallCounts::default(),
         growth: Some(MemoryGrowth {
             vm: &vm,
             mapped: boot_mapping,
+            ready: heap_ready,
             next_slot: 1,
         }),
     };
@@ -372,6 +380,7 @@ pub fn run_cell(
         );
     let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
     let output_exceeded = services.meter.exceeded();
+    let hypercalls = services.counts;
     // The VM goes before the memory it maps.
     drop(vcpu);
     drop(vm);
@@ -385,6 +394,7 @@ pub fn run_cell(
         finished,
         torn_down: Instant::now(),
         exits,
+        hypercalls,
         memory_touched,
         guest,
     };

@@ -66,6 +66,29 @@ pub enum Completion {
     OutputLimit,
 }
 
+/// How many times the guest made each hypercall.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct HypercallCounts([u64; 16]);
+
+impl HypercallCounts {
+    /// Calls of `call` so far.
+    pub fn get(&self, call: Hypercall) -> u64 {
+        self.0[call as usize]
+    }
+
+    /// Every call made at least once, with its count.
+    pub fn made(&self) -> impl Iterator<Item = (Hypercall, u64)> + '_ {
+        self.0.iter().enumerate().filter_map(|(number, &count)| {
+            let call = Hypercall::from_number(number as u32)?;
+            (count > 0).then_some((call, count))
+        })
+    }
+
+    fn record(&mut self, call: Hypercall) {
+        self.0[call as usize] += 1;
+    }
+}
+
 /// The host services one cell uses.
 pub struct Services<'a> {
     /// The program's stdio.
@@ -81,6 +104,8 @@ pub struct Services<'a> {
     /// Mapping more memory as the guest grows; `None` answers every request for
     /// memory with `ENOMEM`.
     pub growth: Option<MemoryGrowth<'a>>,
+    /// Hypercalls served so far, by call.
+    pub counts: HypercallCounts,
 }
 
 /// The part of a cell's memory its VM maps, grown on the guest's request.
@@ -89,6 +114,8 @@ pub struct MemoryGrowth<'a> {
     pub vm: &'a Vm,
     /// End of the memory mapped so far.
     pub mapped: u64,
+    /// End of the memory the guest was told is ready (mapped and backed).
+    pub ready: u64,
     /// The next free KVM memory slot.
     pub next_slot: u32,
 }
@@ -131,6 +158,7 @@ impl Services<'_> {
             return Ok(Completion::OutputLimit);
         }
         let Request { call, args } = decode(&raw)?;
+        self.counts.record(call);
         let result = match call {
             Hypercall::Flush => 0,
             Hypercall::Write => {
@@ -177,37 +205,44 @@ impl Services<'_> {
         Ok(Completion::Resume)
     }
 
-    /// Maps memory up to at least `requested`; returns the new end of mapped memory or
-    /// a negated `ENOMEM`.
+    /// Makes guest memory up to at least `requested` ready; returns the new end of
+    /// ready memory or a negated `ENOMEM`.
+    ///
+    /// Ready means mapped into the VM (at least doubling the mapped part, so memory
+    /// slots stay few) and backed by host memory, in 2 MiB steps. Backing it first
+    /// matters on shadow-paging hosts: a guest's first touch of host memory that is
+    /// already there costs one fault per 2 MiB page instead of one per 4 KiB.
     fn grow_memory(&mut self, memory: &GuestMemory, requested: u64) -> i64 {
         let Some(growth) = self.growth.as_mut() else {
             return -ERRNO_NOMEM;
         };
-        if requested <= growth.mapped {
-            return growth.mapped as i64;
+        if requested <= growth.ready {
+            return growth.ready as i64;
         }
         if requested > memory.size() {
             return -ERRNO_NOMEM;
         }
-        // At least double what is mapped, so that a growing heap costs few exits.
-        let end = requested
-            .max(growth.mapped.saturating_mul(2))
+        let ready = requested
             .next_multiple_of(LARGE_PAGE_SIZE)
             .min(memory.size());
-        match growth
-            .vm
-            .map_memory(memory, growth.next_slot, growth.mapped..end)
-        {
-            Ok(()) => {
-                growth.mapped = end;
-                growth.next_slot += 1;
-                end as i64
-            }
-            Err(error) => {
+        if ready > growth.mapped {
+            let end = ready
+                .max(growth.mapped.saturating_mul(2))
+                .next_multiple_of(LARGE_PAGE_SIZE)
+                .min(memory.size());
+            if let Err(error) = growth
+                .vm
+                .map_memory(memory, growth.next_slot, growth.mapped..end)
+            {
                 tracing::warn!("could not grow a cell's memory: {error}");
-                -ERRNO_NOMEM
+                return -ERRNO_NOMEM;
             }
+            growth.mapped = end;
+            growth.next_slot += 1;
         }
+        memory.populate(growth.ready..ready);
+        growth.ready = ready;
+        ready as i64
     }
 
     /// Sleeps up to the deadline; false if the deadline cut the sleep short.

@@ -151,6 +151,7 @@ impl Fixture {
             denied_growth: 0,
             meter: OutputMeter::new(Some(1 << 30)),
             growth: None,
+            counts: Default::default(),
         };
         services.handle(&self.memory, GuestAddress(case.request_at))
     }

@@ -6,6 +6,7 @@ mod common;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::{program, run};
+use hypercell_abi::Hypercall;
 use hypercell_host::{CellConfig, CellExit};
 
 const ERRNO_BADF: u32 = 8;
@@ -325,7 +326,18 @@ fn large_writes_move_in_one_exit_each() {
     let outcome = run(&wat, &config(), b"");
     assert_eq!(outcome.stdout.len(), 3 << 20);
     assert!(outcome.stdout.iter().all(|&b| b == b'x'));
-    assert_eq!(outcome.report().stats.exits, 2, "one write and the exit");
+    let stats = &outcome.report().stats;
+    assert_eq!(
+        stats.hypercalls.get(Hypercall::Write),
+        1,
+        "one exit moves 3 MiB"
+    );
+    let growth = stats.hypercalls.get(Hypercall::GrowMemory);
+    assert_eq!(
+        stats.exits,
+        2 + growth,
+        "the write, the exit and readying memory"
+    );
 }
 
 #[test]

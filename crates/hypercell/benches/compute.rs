@@ -80,7 +80,7 @@ fn sqlite_source(work: &Path) -> PathBuf {
     std::fs::create_dir_all(project.join("src")).unwrap();
     std::fs::write(
         project.join("Cargo.toml"),
-        "[package]\nname = \"sqlite-source\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[dependencies]\nlibsqlite3-sys = \"=0.39.1\"\n",
+        "[package]\nname = \"sqlite-source\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n\n[dependencies]\nlibsqlite3-sys = \"=0.39.1\"\n",
     )
     .unwrap();
     std::fs::write(project.join("src/lib.rs"), "").unwrap();

@@ -180,10 +180,16 @@ fn print_stats(started: Instant, module: &CompiledModule, stats: Option<&CellSta
                 ms(duration)
             ));
         }
+        let calls: Vec<String> = s
+            .hypercalls
+            .made()
+            .map(|(call, count)| format!("{call:?} {count}"))
+            .collect();
         out.push_str(&format!(
-            "  total:                    {:.3} ms\n  exits:                    {}\n  guest memory touched:     {}\n",
+            "  total:                    {:.3} ms\n  exits:                    {} (hypercalls: {})\n  guest memory touched:     {}\n",
             ms(started.elapsed()),
             s.exits,
+            if calls.is_empty() { "none".to_string() } else { calls.join(", ") },
             format_size(s.memory_touched)
         ));
     } else {

@@ -238,7 +238,7 @@ fn stats_report_timings_exits_memory_and_the_compile_cache() {
     for line in [
         "first guest instruction:",
         "total:",
-        "exits:                    1\n",
+        "exits:                    1 (hypercalls: Exit 1)",
         "guest memory touched:",
     ] {
         assert!(second.contains(line), "missing `{line}` in {second}");
