@@ -4,7 +4,7 @@
 //! of stdout and stderr writes survives; the host drains the buffer at every exit (a
 //! flush, a read, a sleep, exit, a trap, a fault or a timeout), so nothing written is
 //! lost. A write larger than the buffer goes to the host in one hypercall straight from
-//! wasm memory.
+//! wasm memory. Stdin is read ahead in the same way.
 
 use core::sync::atomic::{AtomicU8, AtomicU64, Ordering};
 
@@ -140,15 +140,71 @@ pub fn write(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
     Ok(total)
 }
 
-/// Reads from stdin into `bufs` (guest addresses and lengths); returns the bytes read
-/// or an errno. The host drains pending output first, so prompts appear before input
-/// is awaited.
-pub fn read(iovecs: &[IoVec]) -> Result<usize, i64> {
+/// Bytes of stdin read ahead, so that small reads cost no exit.
+const INPUT_CAPACITY: usize = 1 << 20;
+
+/// Stdin read ahead of the program: `data[start..end]` is unread.
+struct InputBuffer {
+    data: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+/// The read-ahead buffer; the cell has one thread, which alone touches it.
+static mut INPUT: InputBuffer = InputBuffer {
+    data: Vec::new(),
+    start: 0,
+    end: 0,
+};
+
+fn host_read(iovecs: &[IoVec]) -> Result<usize, i64> {
     let n = crate::hypercall::call(
         Hypercall::Read,
         [0, iovecs.as_ptr() as u64, iovecs.len() as u64, 0, 0, 0],
     );
     if n < 0 { Err(n) } else { Ok(n as usize) }
+}
+
+/// Reads from stdin into `bufs`; returns the bytes read (0 at the end of input) or an
+/// errno. Small reads are served from a read-ahead buffer that one host read fills
+/// with whatever is available, up to 1 MiB; large reads go straight into `bufs`. As
+/// with a native read, fewer bytes than asked may come back. The host drains pending
+/// output before it reads, so prompts appear before input is awaited.
+pub fn read(bufs: &mut [&mut [u8]]) -> Result<usize, i64> {
+    // SAFETY: the cell has one thread and this function does not re-enter itself, so
+    // this is the only reference to the buffer.
+    let input = unsafe { &mut *core::ptr::addr_of_mut!(INPUT) };
+    let wanted: usize = bufs.iter().map(|b| b.len()).sum();
+    if input.start == input.end && wanted >= INPUT_CAPACITY / 2 {
+        let iovecs: Vec<IoVec> = bufs
+            .iter_mut()
+            .filter(|b| !b.is_empty())
+            .map(|b| IoVec {
+                addr: b.as_mut_ptr() as u64,
+                len: b.len() as u64,
+            })
+            .collect();
+        return host_read(&iovecs);
+    }
+    if input.start == input.end && wanted > 0 {
+        if input.data.is_empty() {
+            input.data = alloc::vec![0; INPUT_CAPACITY];
+        }
+        let iovec = [IoVec {
+            addr: input.data.as_mut_ptr() as u64,
+            len: INPUT_CAPACITY as u64,
+        }];
+        input.start = 0;
+        input.end = host_read(&iovec)?;
+    }
+    let mut copied = 0;
+    for buf in bufs.iter_mut() {
+        let n = buf.len().min(input.end - input.start);
+        buf[..n].copy_from_slice(&input.data[input.start..input.start + n]);
+        input.start += n;
+        copied += n;
+    }
+    Ok(copied)
 }
 
 /// Ends the program with `code`; the host writes out any buffered output.

@@ -9,7 +9,7 @@ use core::ops::Range;
 
 use alloc::vec::Vec;
 use hypercell_abi::wasi::WASI_PREVIEW1 as WASI;
-use hypercell_abi::{BootInfo, IoVec};
+use hypercell_abi::BootInfo;
 use wasmtime::{Caller, Extern, Linker};
 
 use crate::runtime::GrowthLimiter;
@@ -192,17 +192,33 @@ fn fd_read(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Resul
     if fd != 0 || !stdio::is_open(0) {
         return Err(errno::BADF);
     }
-    let base = mem.0.as_ptr() as u64;
-    let iovecs: Vec<IoVec> = mem
-        .iovecs(iovs, count)?
-        .into_iter()
-        .filter(|r| !r.is_empty())
-        .map(|r| IoVec {
-            addr: base + r.start as u64,
-            len: r.len() as u64,
-        })
-        .collect();
-    let read = stdio::read(&iovecs).map_err(|e| -e as Errno)?;
+    let ranges = mem.iovecs(iovs, count)?;
+    // Borrow each iovec's bytes mutably at once: split the memory in address order,
+    // then hand the buffers over in the program's order, which decides where the
+    // bytes go. Overlapping iovecs, which no real program passes, get a read into the
+    // first one only.
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].start);
+    let disjoint = order
+        .windows(2)
+        .all(|w| ranges[w[0]].end <= ranges[w[1]].start);
+    let read = if disjoint {
+        let mut slots: Vec<Option<&mut [u8]>> = ranges.iter().map(|_| None).collect();
+        let mut rest: &mut [u8] = mem.0;
+        let mut offset = 0;
+        for &i in &order {
+            let (_, tail) = core::mem::take(&mut rest).split_at_mut(ranges[i].start - offset);
+            let (buf, tail) = tail.split_at_mut(ranges[i].len());
+            slots[i] = Some(buf);
+            rest = tail;
+            offset = ranges[i].end;
+        }
+        let mut bufs: Vec<&mut [u8]> = slots.into_iter().flatten().collect();
+        stdio::read(&mut bufs)
+    } else {
+        stdio::read(&mut [&mut mem.0[ranges[0].clone()]])
+    }
+    .map_err(|e| -e as Errno)?;
     mem.write_u32(out, read as u32)
 }
 

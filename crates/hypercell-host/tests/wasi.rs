@@ -377,3 +377,46 @@ pub fn u64_at(bytes: &[u8], offset: usize) -> u64 {
 pub fn u32_at(bytes: &[u8], offset: usize) -> u32 {
     u32::from_le_bytes(bytes[offset..offset + 4].try_into().unwrap())
 }
+
+#[test]
+fn small_reads_are_served_from_read_ahead() {
+    // 20000 one-byte reads, echoed back with one write each: a handful of exits.
+    let wat = program(
+        r#"
+        (local $n i32)
+        (i32.store (i32.const 1024) (i32.const 2048))
+        (i32.store (i32.const 1028) (i32.const 1))
+        (loop $again
+          (drop (call $fd_read (i32.const 0) (i32.const 1024) (i32.const 1) (i32.const 1040)))
+          (if (i32.load (i32.const 1040)) (then
+            (drop (call $write (i32.const 1) (i32.const 2048) (i32.const 1)))
+            (local.set $n (i32.add (local.get $n) (i32.const 1)))
+            (br $again))))"#,
+    );
+    let input: Vec<u8> = (0..20_000u32).map(|i| (i % 251) as u8).collect();
+    let outcome = run(&wat, &config(), &input);
+    assert_eq!(outcome.stdout, input);
+    let stats = &outcome.report().stats;
+    assert_eq!(
+        stats.hypercalls.get(Hypercall::Read),
+        2,
+        "one fill and the end of input"
+    );
+}
+
+#[test]
+fn reads_fill_iovecs_in_the_programs_order() {
+    // The first iovec lies above the second in memory.
+    let wat = program(
+        r#"
+        (i32.store (i32.const 1024) (i32.const 3000))
+        (i32.store (i32.const 1028) (i32.const 3))
+        (i32.store (i32.const 1032) (i32.const 2000))
+        (i32.store (i32.const 1036) (i32.const 4))
+        (drop (call $fd_read (i32.const 0) (i32.const 1024) (i32.const 2) (i32.const 1040)))
+        (call $emit (i32.const 3000) (i32.const 3))
+        (call $emit (i32.const 2000) (i32.const 4))"#,
+    );
+    let outcome = run(&wat, &config(), b"abcdefg");
+    assert_eq!(outcome.stdout, b"abcdefg");
+}

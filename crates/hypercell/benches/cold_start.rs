@@ -21,13 +21,24 @@ struct Sample {
 }
 
 /// Runs `command` to its end, measuring wall time from spawn to exit and its rusage.
+fn measure(command: &mut Command) -> Sample {
+    measure_with(command, Stdio::null())
+}
+
+fn measure_with_stdin(command: &mut Command, input: &Path) -> Sample {
+    measure_with(
+        command,
+        std::fs::File::open(input).expect("open the input").into(),
+    )
+}
+
 // The child is reaped by `wait4`, which also yields its rusage; std's `wait` would not.
 #[allow(clippy::zombie_processes)]
-fn measure(command: &mut Command) -> Sample {
+fn measure_with(command: &mut Command, stdin: Stdio) -> Sample {
     let mut stderr_file = tempfile::tempfile().expect("a temporary file for stderr");
     let started = Instant::now();
     let child = command
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(stderr_file.try_clone().expect("a second handle"))
         .spawn()
@@ -55,6 +66,34 @@ fn measure(command: &mut Command) -> Sample {
         max_rss_kib: usage.ru_maxrss as u64,
         stderr,
     }
+}
+
+/// A program that moves 64 MiB through stdio in `chunk`-byte calls: reading stdin to
+/// its end (`read`) or writing to stdout.
+fn stdio_program(read: bool, chunk: u32) -> String {
+    let call = if read {
+        // Stop on an error (a nonzero errno) or at the end of input.
+        "(br_if $done (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8))) \
+         (br_if $done (i32.eqz (i32.load (i32.const 8))))"
+            .to_string()
+    } else {
+        format!(
+            "(drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) \
+             (local.set $left (i32.sub (local.get $left) (i32.const {chunk}))) \
+             (br_if $done (i32.le_s (local.get $left) (i32.const 0)))"
+        )
+    };
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 4)
+  (func (export "_start") (local $left i32)
+    (local.set $left (i32.const 67108864))
+    (i32.store (i32.const 0) (i32.const 65536))
+    (i32.store (i32.const 4) (i32.const {chunk}))
+    (block $done (loop $again {call} (br $again)))))"#
+    )
 }
 
 fn median(values: &mut [f64]) -> f64 {
@@ -234,6 +273,36 @@ fn main() {
         faults(&theirs),
         rss(&theirs)
     );
+    println!("\n## VM exits per MiB of stdio (64 MiB moved, from `--stats`)\n");
+    println!("| transfer | call size | exits | exits per MiB |");
+    println!("|---|---:|---:|---:|");
+    let input = work.path().join("input.bin");
+    std::fs::write(&input, vec![b'x'; 64 << 20]).expect("write the input file");
+    for (label, read, chunk) in [
+        ("stdout to /dev/null", false, 4096),
+        ("stdin from a file", true, 4096),
+        ("stdin from a file", true, 65536),
+    ] {
+        let module = work.path().join(format!("stdio-{read}-{chunk}.wat"));
+        std::fs::write(&module, stdio_program(read, chunk)).expect("write the module");
+        let mut command = Command::new(hypercell);
+        command
+            .env("XDG_CACHE_HOME", &cache)
+            .args(["run", "--stats"])
+            .arg(&module);
+        let sample = if read {
+            measure_with_stdin(&mut command, &input)
+        } else {
+            measure(&mut command)
+        };
+        let exits = stat(&sample.stderr, "exits:");
+        println!(
+            "| {label} | {} KiB | {exits:.0} | {:.2} |",
+            chunk / 1024,
+            exits / 64.0
+        );
+    }
+
     println!("\n## hypercell start-up breakdown (medians of `--stats`, ms)\n");
     println!("| phase | ms |");
     println!("|---|---:|");
@@ -250,6 +319,10 @@ fn main() {
             "guest run (runtime init, instantiate, program, exit)",
             "run (boot to exit):",
         ),
+        ("in the guest: runtime init", "runtime init:"),
+        ("in the guest: module load", "module load:"),
+        ("in the guest: WASI link and instantiate", "instantiate:"),
+        ("in the guest: the program", "program:"),
         ("teardown", "teardown:"),
         ("total inside the process", "total:"),
     ] {
