@@ -41,6 +41,13 @@ pub struct BootInfo {
     pub env_len: u64,
     /// Number of environment entries.
     pub envc: u64,
+    /// Preopened directories: `preopen_count` NUL-terminated guest names, back to back,
+    /// for descriptors 3, 4, ... in order.
+    pub preopens_addr: u64,
+    /// Length of the preopen name block.
+    pub preopens_len: u64,
+    /// Number of preopened directories.
+    pub preopen_count: u64,
     /// Address of the hypercall request block the guest uses.
     pub request_addr: u64,
     /// Address of the [`crate::OutputBuffer`] header.

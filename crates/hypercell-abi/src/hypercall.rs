@@ -82,6 +82,87 @@ pub enum Hypercall {
     /// steps, and returns the new end of ready memory, or a negated `ENOMEM` when `end`
     /// lies past the cell's memory limit.
     GrowMemory = 9,
+    /// A WASI file call on a descriptor of a preopened directory or a file opened in
+    /// one: a [`FileOp`] and the guest address of its parameters, eight `u64`s laid
+    /// out as [`FileOp`] documents (pointers as guest-physical addresses). The host
+    /// copies the parameters first. Result: the call's value, or a negated WASI errno.
+    File = 10,
+}
+
+/// The file calls of [`Hypercall::File`], with their parameters.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileOp {
+    /// `fd, iovec list, count`: bytes read.
+    Read = 1,
+    /// `fd, iovec list, count, offset`: bytes read.
+    Pread = 2,
+    /// `fd, iovec list, count`: bytes written.
+    Write = 3,
+    /// `fd, iovec list, count, offset`: bytes written.
+    Pwrite = 4,
+    /// `fd, offset (i64), whence`: the new offset.
+    Seek = 5,
+    /// `fd`.
+    Close = 6,
+    /// `fd`.
+    Sync = 7,
+    /// `fd`.
+    Datasync = 8,
+    /// `fd, filestat out (64 bytes)`.
+    FilestatGet = 9,
+    /// `fd, size`.
+    FilestatSetSize = 10,
+    /// `fd, fdstat out (24 bytes)`.
+    FdstatGet = 11,
+    /// `fd, buffer, length, cookie`: bytes used.
+    Readdir = 12,
+    /// `dir fd, lookup flags, path, path length, oflags, base rights, fdflags`: the new
+    /// descriptor.
+    PathOpen = 13,
+    /// `dir fd, path, path length`.
+    CreateDirectory = 14,
+    /// `dir fd, path, path length`.
+    RemoveDirectory = 15,
+    /// `dir fd, path, path length`.
+    UnlinkFile = 16,
+    /// `dir fd, path, path length, new dir fd, new path, new path length`.
+    Rename = 17,
+    /// `dir fd, lookup flags, path, path length, filestat out (64 bytes)`.
+    PathFilestatGet = 18,
+    /// `target, target length, dir fd, link path, link path length`.
+    Symlink = 19,
+    /// `dir fd, path, path length, buffer, buffer length`: bytes written.
+    Readlink = 20,
+}
+
+impl FileOp {
+    /// Decodes a file call number, or `None` for an unknown one.
+    pub const fn from_number(number: u64) -> Option<Self> {
+        Some(match number {
+            1 => Self::Read,
+            2 => Self::Pread,
+            3 => Self::Write,
+            4 => Self::Pwrite,
+            5 => Self::Seek,
+            6 => Self::Close,
+            7 => Self::Sync,
+            8 => Self::Datasync,
+            9 => Self::FilestatGet,
+            10 => Self::FilestatSetSize,
+            11 => Self::FdstatGet,
+            12 => Self::Readdir,
+            13 => Self::PathOpen,
+            14 => Self::CreateDirectory,
+            15 => Self::RemoveDirectory,
+            16 => Self::UnlinkFile,
+            17 => Self::Rename,
+            18 => Self::PathFilestatGet,
+            19 => Self::Symlink,
+            20 => Self::Readlink,
+            _ => return None,
+        })
+    }
 }
 
 impl Hypercall {
@@ -97,6 +178,7 @@ impl Hypercall {
             7 => Self::Sleep,
             8 => Self::Random,
             9 => Self::GrowMemory,
+            10 => Self::File,
             _ => return None,
         })
     }
@@ -141,11 +223,19 @@ mod tests {
             Hypercall::Sleep,
             Hypercall::Random,
             Hypercall::GrowMemory,
+            Hypercall::File,
         ] {
             assert_eq!(Hypercall::from_number(call as u32), Some(call));
         }
         assert_eq!(Hypercall::from_number(0), None);
-        assert_eq!(Hypercall::from_number(10), None);
+        assert_eq!(Hypercall::from_number(11), None);
+        for number in 1..=20 {
+            assert_eq!(
+                FileOp::from_number(number).map(|op| op as u64),
+                Some(number)
+            );
+        }
+        assert_eq!(FileOp::from_number(21), None);
     }
 
     #[test]

@@ -14,7 +14,7 @@ pub mod output;
 pub mod wasi;
 
 pub use boot::{BootInfo, CpuFeatures, GuestPhases, StdioKind};
-pub use hypercall::{Hypercall, HypercallRequest, IoVec};
+pub use hypercall::{FileOp, Hypercall, HypercallRequest, IoVec};
 pub use output::{OUTPUT_RECORD_HEADER, OutputBuffer};
 
 /// Version of the ABI described by this crate; the host refuses requests that carry

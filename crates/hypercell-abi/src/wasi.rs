@@ -4,6 +4,35 @@
 //! against this table before it compiles anything, so a missing import is reported by
 //! name without booting a cell.
 
+/// WASI preview1 errno values.
+pub mod errno {
+    #![allow(missing_docs)]
+    pub const AGAIN: u16 = 6;
+    pub const ACCES: u16 = 2;
+    pub const BADF: u16 = 8;
+    pub const EXIST: u16 = 20;
+    pub const FAULT: u16 = 21;
+    pub const FBIG: u16 = 22;
+    pub const INVAL: u16 = 28;
+    pub const IO: u16 = 29;
+    pub const ISDIR: u16 = 31;
+    pub const LOOP: u16 = 32;
+    pub const MLINK: u16 = 34;
+    pub const NAMETOOLONG: u16 = 37;
+    pub const NOENT: u16 = 44;
+    pub const NOMEM: u16 = 48;
+    pub const NOSPC: u16 = 51;
+    pub const NOSYS: u16 = 52;
+    pub const NOTDIR: u16 = 54;
+    pub const NOTEMPTY: u16 = 55;
+    pub const NOTSOCK: u16 = 57;
+    pub const NOTSUP: u16 = 58;
+    pub const PERM: u16 = 63;
+    pub const ROFS: u16 = 69;
+    pub const SPIPE: u16 = 70;
+    pub const XDEV: u16 = 75;
+}
+
 /// Import module name of WASI preview1.
 pub const WASI_PREVIEW1: &str = "wasi_snapshot_preview1";
 

@@ -13,6 +13,7 @@ extern crate alloc;
 extern crate hypercell_guest_mem;
 
 mod clock;
+mod files;
 mod heap;
 mod hypercall;
 mod platform;
@@ -46,6 +47,7 @@ extern "C" fn guest_main(boot: *const BootInfo) -> ! {
     }
     hypercall::init(&boot);
     stdio::init(&boot);
+    files::init(&boot);
     clock::init(&boot);
     platform::init(&boot);
     heap::init(&boot);

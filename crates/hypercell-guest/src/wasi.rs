@@ -9,9 +9,10 @@ use core::ops::Range;
 
 use alloc::vec::Vec;
 use hypercell_abi::wasi::WASI_PREVIEW1 as WASI;
-use hypercell_abi::BootInfo;
+use hypercell_abi::{BootInfo, FileOp};
 use wasmtime::{Caller, Extern, Linker};
 
+use crate::files::{self, Linear};
 use crate::runtime::GrowthLimiter;
 use crate::{clock, random, stdio};
 
@@ -22,6 +23,7 @@ mod errno {
     pub const BADF: i32 = 8;
     pub const FAULT: i32 = 21;
     pub const INVAL: i32 = 28;
+    pub const NAMETOOLONG: i32 = 37;
     pub const NOSYS: i32 = 52;
     pub const NOTDIR: i32 = 54;
     pub const NOTSOCK: i32 = 57;
@@ -100,6 +102,20 @@ impl CellState {
 struct Mem<'a>(&'a mut [u8]);
 
 impl Mem<'_> {
+    /// The memory's guest-physical placement, for file calls.
+    fn linear(&self) -> Linear {
+        Linear {
+            base: self.0.as_ptr() as u64,
+            len: self.0.len(),
+        }
+    }
+
+    /// The guest-physical address of `len` bytes at `ptr`, checked.
+    fn addr(&self, ptr: i32, len: u32) -> Result<u64, Errno> {
+        let range = self.range(ptr, len)?;
+        Ok(self.linear().addr(range))
+    }
+
     fn range(&self, ptr: i32, len: u32) -> Result<Range<usize>, Errno> {
         let start = ptr as u32 as usize;
         let end = start.checked_add(len as usize).ok_or(errno::FAULT)?;
@@ -177,7 +193,62 @@ fn stdio_or_badf(fd: i32, stdio_errno: Errno) -> Result<(), Errno> {
     })
 }
 
+/// The errno for a call cells do not support yet: `badf` for a descriptor that is
+/// not open, else `notsup` (or `stdio_errno` for stdio).
+fn unsupported(fd: i32, stdio_errno: Errno) -> Result<(), Errno> {
+    if (fd as u32) < 3 {
+        return stdio_or_badf(fd, stdio_errno);
+    }
+    let mut fdstat = [0u8; 24];
+    files::call(
+        FileOp::FdstatGet,
+        [
+            fd as u32 as u64,
+            fdstat.as_mut_ptr() as u64,
+            0,
+            0,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    Err(errno::NOTSUP)
+}
+
+/// `fd_read`, `fd_write`, `fd_pread` and `fd_pwrite` on a file: one exit.
+fn file_transfer(
+    mem: &mut Mem<'_>,
+    op: FileOp,
+    fd: i32,
+    iovs: i32,
+    count: i32,
+    offset: u64,
+    out: i32,
+) -> Result<(), Errno> {
+    let fd = files::file_fd(fd)?;
+    let ranges = mem.iovecs(iovs, count)?;
+    let list = mem.linear().iovecs(&ranges);
+    let moved = files::call(
+        op,
+        [
+            fd,
+            list.as_ptr() as u64,
+            list.len() as u64,
+            offset,
+            0,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    mem.write_u32(out, moved as u32)
+}
+
 fn fd_write(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Result<(), Errno> {
+    if fd as u32 >= 3 {
+        return file_transfer(mem, FileOp::Write, fd, iovs, count, 0, out);
+    }
     let fd = fd as u32;
     if fd == 0 || !stdio::is_open(fd) {
         return Err(errno::BADF);
@@ -189,6 +260,9 @@ fn fd_write(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Resu
 }
 
 fn fd_read(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Result<(), Errno> {
+    if fd as u32 >= 3 {
+        return file_transfer(mem, FileOp::Read, fd, iovs, count, 0, out);
+    }
     if fd != 0 || !stdio::is_open(0) {
         return Err(errno::BADF);
     }
@@ -223,6 +297,14 @@ fn fd_read(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Resul
 }
 
 fn fd_fdstat_get(mem: &mut Mem<'_>, fd: i32, out: i32) -> Result<(), Errno> {
+    if fd as u32 >= 3 {
+        let out = mem.addr(out, 24)?;
+        return files::call(
+            FileOp::FdstatGet,
+            [u64::from(fd as u32), out, 0, 0, 0, 0, 0, 0],
+        )
+        .map(|_| ());
+    }
     let fd = fd as u32;
     if !stdio::is_open(fd) {
         return Err(errno::BADF);
@@ -366,8 +448,9 @@ macro_rules! wasi {
 macro_rules! wasi_errno {
     ($linker:ident, $name:literal, |$($p:ident: $t:ty),*| $body:expr) => {
         $linker.func_wrap(WASI, $name, |$($p: $t),*| -> i32 {
-            let result: Result<(), Errno> = $body;
-            result.err().unwrap_or(0)
+            // A closure, so that the body may `return` early.
+            let body = || -> Result<(), Errno> { $body };
+            body().err().unwrap_or(0)
         })?;
     };
 }
@@ -417,14 +500,23 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
     wasi!(linker, "fd_fdstat_get", |mem, state, fd: i32, out: i32| {
         fd_fdstat_get(mem, fd, out)
     });
-    // No preopened directories yet.
-    wasi_errno!(linker, "fd_prestat_get", |_fd: i32, _out: i32| Err(
-        errno::BADF
-    ));
-    wasi_errno!(
+    // Preopens are answered from the boot information, without an exit.
+    wasi!(linker, "fd_prestat_get", |mem, state, fd: i32, out: i32| {
+        let name = files::preopen_name(fd as u32).ok_or(errno::BADF)?;
+        let mut prestat = [0u8; 8];
+        prestat[4..8].copy_from_slice(&(name.len() as u32).to_le_bytes());
+        mem.write(out, &prestat)
+    });
+    wasi!(
         linker,
         "fd_prestat_dir_name",
-        |_fd: i32, _p: i32, _l: i32| Err(errno::BADF)
+        |mem, state, fd: i32, path: i32, len: i32| {
+            let name = files::preopen_name(fd as u32).ok_or(errno::BADF)?;
+            if (len as u32 as usize) < name.len() {
+                return Err(errno::NAMETOOLONG);
+            }
+            mem.write(path, name)
+        }
     );
     wasi!(
         linker,
@@ -439,86 +531,304 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
     wasi_errno!(linker, "proc_raise", |_sig: i32| Err(errno::NOSYS));
     // One vCPU and no other threads: there is nothing to yield to.
     linker.func_wrap(WASI, "sched_yield", || -> i32 { 0 })?;
-    wasi_errno!(linker, "fd_close", |fd: i32| if stdio::close(fd as u32) {
-        Ok(())
-    } else {
-        Err(errno::BADF)
+    wasi_errno!(linker, "fd_close", |fd: i32| {
+        if (fd as u32) >= 3 {
+            files::close(fd as u32)
+        } else if stdio::close(fd as u32) {
+            Ok(())
+        } else {
+            Err(errno::BADF)
+        }
     });
 
-    // Descriptor calls that stdio streams do not support; every other descriptor is
-    // not open.
-    wasi_errno!(linker, "fd_seek", |fd: i32, _o: i64, _w: i32, _out: i32| {
-        stdio_or_badf(fd, errno::SPIPE)
+    // Files and directories: one exit each. Stdio streams answer as wasmtime's do.
+    wasi!(
+        linker,
+        "fd_pread",
+        |mem, state, fd: i32, iovs: i32, n: i32, offset: i64, out: i32| {
+            if (fd as u32) < 3 {
+                return stdio_or_badf(fd, errno::SPIPE);
+            }
+            file_transfer(mem, FileOp::Pread, fd, iovs, n, offset as u64, out)
+        }
+    );
+    wasi!(
+        linker,
+        "fd_pwrite",
+        |mem, state, fd: i32, iovs: i32, n: i32, offset: i64, out: i32| {
+            if (fd as u32) < 3 {
+                return stdio_or_badf(fd, errno::SPIPE);
+            }
+            file_transfer(mem, FileOp::Pwrite, fd, iovs, n, offset as u64, out)
+        }
+    );
+    wasi!(linker, "fd_seek", |mem,
+                              state,
+                              fd: i32,
+                              offset: i64,
+                              whence: i32,
+                              out: i32| {
+        if (fd as u32) < 3 {
+            return stdio_or_badf(fd, errno::SPIPE);
+        }
+        let at = files::call(
+            FileOp::Seek,
+            [
+                fd as u32 as u64,
+                offset as u64,
+                whence as u32 as u64,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )?;
+        mem.write_u64(out, at)
     });
-    wasi_errno!(linker, "fd_tell", |fd: i32, _out: i32| stdio_or_badf(
-        fd,
-        errno::SPIPE
-    ));
+    wasi!(linker, "fd_tell", |mem, state, fd: i32, out: i32| {
+        if (fd as u32) < 3 {
+            return stdio_or_badf(fd, errno::SPIPE);
+        }
+        let at = files::call(FileOp::Seek, [fd as u32 as u64, 0, 1, 0, 0, 0, 0, 0])?;
+        mem.write_u64(out, at)
+    });
+    wasi_errno!(linker, "fd_sync", |fd: i32| {
+        if (fd as u32) < 3 {
+            return stdio_or_badf(fd, errno::INVAL);
+        }
+        files::call(FileOp::Sync, [fd as u32 as u64, 0, 0, 0, 0, 0, 0, 0]).map(|_| ())
+    });
+    wasi_errno!(linker, "fd_datasync", |fd: i32| {
+        if (fd as u32) < 3 {
+            return stdio_or_badf(fd, errno::INVAL);
+        }
+        files::call(FileOp::Datasync, [fd as u32 as u64, 0, 0, 0, 0, 0, 0, 0]).map(|_| ())
+    });
+    wasi!(
+        linker,
+        "fd_filestat_get",
+        |mem, state, fd: i32, out: i32| {
+            if (fd as u32) < 3 {
+                return stdio_or_badf(fd, errno::NOTSUP);
+            }
+            let out = mem.addr(out, 64)?;
+            files::call(
+                FileOp::FilestatGet,
+                [fd as u32 as u64, out, 0, 0, 0, 0, 0, 0],
+            )
+            .map(|_| ())
+        }
+    );
+    wasi_errno!(linker, "fd_filestat_set_size", |fd: i32, size: i64| {
+        if (fd as u32) < 3 {
+            return stdio_or_badf(fd, errno::INVAL);
+        }
+        files::call(
+            FileOp::FilestatSetSize,
+            [fd as u32 as u64, size as u64, 0, 0, 0, 0, 0, 0],
+        )
+        .map(|_| ())
+    });
+    wasi!(
+        linker,
+        "fd_readdir",
+        |mem, state, fd: i32, buf: i32, len: i32, cookie: i64, out: i32| {
+            if (fd as u32) < 3 {
+                return stdio_or_badf(fd, errno::NOTDIR);
+            }
+            let addr = mem.addr(buf, len as u32)?;
+            let used = files::call(
+                FileOp::Readdir,
+                [
+                    fd as u32 as u64,
+                    addr,
+                    len as u32 as u64,
+                    cookie as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+            mem.write_u32(out, used as u32)
+        }
+    );
+    // Hints and calls wasmtime itself does not support on files.
     wasi_errno!(linker, "fd_advise", |fd: i32, _o: i64, _l: i64, _a: i32| {
-        stdio_or_badf(fd, errno::SPIPE)
+        if (fd as u32) < 3 {
+            return stdio_or_badf(fd, errno::SPIPE);
+        }
+        files::call(FileOp::Seek, [fd as u32 as u64, 0, 1, 0, 0, 0, 0, 0]).map(|_| ())
     });
     wasi_errno!(linker, "fd_allocate", |fd: i32, _o: i64, _l: i64| {
-        stdio_or_badf(fd, errno::NOTSUP)
+        if (fd as u32) < 3 {
+            return stdio_or_badf(fd, errno::NOTSUP);
+        }
+        Err(errno::NOTSUP)
     });
-    wasi_errno!(linker, "fd_datasync", |fd: i32| stdio_or_badf(
-        fd,
-        errno::INVAL
-    ));
-    wasi_errno!(linker, "fd_sync", |fd: i32| stdio_or_badf(fd, errno::INVAL));
     wasi_errno!(linker, "fd_fdstat_set_flags", |fd: i32, _f: i32| {
-        stdio_or_badf(fd, errno::NOTSUP)
+        unsupported(fd, errno::NOTSUP)
     });
     wasi_errno!(
         linker,
         "fd_fdstat_set_rights",
-        |fd: i32, _b: i64, _i: i64| stdio_or_badf(fd, errno::NOTSUP)
+        |fd: i32, _b: i64, _i: i64| unsupported(fd, errno::NOTSUP)
     );
-    wasi_errno!(linker, "fd_filestat_get", |fd: i32, _out: i32| {
-        stdio_or_badf(fd, errno::NOTSUP)
-    });
-    wasi_errno!(linker, "fd_filestat_set_size", |fd: i32, _s: i64| {
-        stdio_or_badf(fd, errno::INVAL)
-    });
     wasi_errno!(
         linker,
         "fd_filestat_set_times",
-        |fd: i32, _a: i64, _m: i64, _f: i32| { stdio_or_badf(fd, errno::NOTSUP) }
+        |fd: i32, _a: i64, _m: i64, _f: i32| unsupported(fd, errno::NOTSUP)
     );
-    wasi_errno!(
-        linker,
-        "fd_pread",
-        |fd: i32, _i: i32, _n: i32, _o: i64, _out: i32| { stdio_or_badf(fd, errno::SPIPE) }
-    );
-    wasi_errno!(
-        linker,
-        "fd_pwrite",
-        |fd: i32, _i: i32, _n: i32, _o: i64, _out: i32| { stdio_or_badf(fd, errno::SPIPE) }
-    );
-    wasi_errno!(
-        linker,
-        "fd_readdir",
-        |fd: i32, _b: i32, _l: i32, _c: i64, _out: i32| { stdio_or_badf(fd, errno::NOTDIR) }
-    );
-    wasi_errno!(linker, "fd_renumber", |fd: i32, _to: i32| stdio_or_badf(
+    wasi_errno!(linker, "fd_renumber", |fd: i32, _to: i32| unsupported(
         fd,
-        errno::BADF
+        errno::NOTSUP
     ));
 
-    // Path calls need a preopened directory; stdio streams are not directories.
-    wasi_errno!(
+    // Paths, always beneath a directory descriptor.
+    wasi!(
         linker,
-        "path_create_directory",
-        |fd: i32, _p: i32, _l: i32| stdio_or_badf(fd, errno::NOTDIR)
+        "path_open",
+        |mem,
+         state,
+         fd: i32,
+         dirflags: i32,
+         path: i32,
+         len: i32,
+         oflags: i32,
+         rights: i64,
+         _inheriting: i64,
+         fdflags: i32,
+         out: i32| {
+            let path = mem.addr(path, len as u32)?;
+            let opened = files::call(
+                FileOp::PathOpen,
+                [
+                    files::file_fd(fd)?,
+                    dirflags as u32 as u64,
+                    path,
+                    len as u32 as u64,
+                    oflags as u32 as u64,
+                    rights as u64,
+                    fdflags as u32 as u64,
+                    0,
+                ],
+            )?;
+            mem.write_u32(out, opened as u32)
+        }
     );
-    wasi_errno!(
+    for (name, op) in [
+        ("path_create_directory", FileOp::CreateDirectory),
+        ("path_remove_directory", FileOp::RemoveDirectory),
+        ("path_unlink_file", FileOp::UnlinkFile),
+    ] {
+        linker.func_wrap(
+            WASI,
+            name,
+            move |mut caller: Caller<'_, CellState>, fd: i32, path: i32, len: i32| {
+                with_mem(&mut caller, |mem, _| {
+                    let path = mem.addr(path, len as u32)?;
+                    files::call(
+                        op,
+                        [files::file_fd(fd)?, path, len as u32 as u64, 0, 0, 0, 0, 0],
+                    )
+                    .map(|_| ())
+                })
+            },
+        )?;
+    }
+    wasi!(
+        linker,
+        "path_rename",
+        |mem, state, fd: i32, path: i32, len: i32, new_fd: i32, new_path: i32, new_len: i32| {
+            let from = mem.addr(path, len as u32)?;
+            let to = mem.addr(new_path, new_len as u32)?;
+            files::call(
+                FileOp::Rename,
+                [
+                    files::file_fd(fd)?,
+                    from,
+                    len as u32 as u64,
+                    files::file_fd(new_fd)?,
+                    to,
+                    new_len as u32 as u64,
+                    0,
+                    0,
+                ],
+            )
+            .map(|_| ())
+        }
+    );
+    wasi!(
         linker,
         "path_filestat_get",
-        |fd: i32, _f: i32, _p: i32, _l: i32, _o: i32| { stdio_or_badf(fd, errno::NOTDIR) }
+        |mem, state, fd: i32, flags: i32, path: i32, len: i32, out: i32| {
+            let path = mem.addr(path, len as u32)?;
+            let out = mem.addr(out, 64)?;
+            files::call(
+                FileOp::PathFilestatGet,
+                [
+                    files::file_fd(fd)?,
+                    flags as u32 as u64,
+                    path,
+                    len as u32 as u64,
+                    out,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+            .map(|_| ())
+        }
+    );
+    wasi!(
+        linker,
+        "path_symlink",
+        |mem, state, target: i32, target_len: i32, fd: i32, path: i32, len: i32| {
+            let target = mem.addr(target, target_len as u32)?;
+            let path = mem.addr(path, len as u32)?;
+            files::call(
+                FileOp::Symlink,
+                [
+                    target,
+                    target_len as u32 as u64,
+                    files::file_fd(fd)?,
+                    path,
+                    len as u32 as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )
+            .map(|_| ())
+        }
+    );
+    wasi!(
+        linker,
+        "path_readlink",
+        |mem, state, fd: i32, path: i32, len: i32, buf: i32, buf_len: i32, out: i32| {
+            let path = mem.addr(path, len as u32)?;
+            let buf = mem.addr(buf, buf_len as u32)?;
+            let used = files::call(
+                FileOp::Readlink,
+                [
+                    files::file_fd(fd)?,
+                    path,
+                    len as u32 as u64,
+                    buf,
+                    buf_len as u32 as u64,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+            mem.write_u32(out, used as u32)
+        }
     );
     wasi_errno!(
         linker,
         "path_filestat_set_times",
-        |fd: i32, _f: i32, _p: i32, _l: i32, _a: i64, _m: i64, _fl: i32| stdio_or_badf(
+        |fd: i32, _f: i32, _p: i32, _l: i32, _a: i64, _m: i64, _fl: i32| unsupported(
             fd,
             errno::NOTDIR
         )
@@ -526,41 +836,11 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
     wasi_errno!(
         linker,
         "path_link",
-        |fd: i32, _f: i32, _p: i32, _l: i32, _nfd: i32, _np: i32, _nl: i32| stdio_or_badf(
+        |fd: i32, _f: i32, _p: i32, _l: i32, _nfd: i32, _np: i32, _nl: i32| unsupported(
             fd,
             errno::NOTDIR
         )
     );
-    wasi_errno!(
-        linker,
-        "path_open",
-        |fd: i32, _df: i32, _p: i32, _l: i32, _o: i32, _rb: i64, _ri: i64, _ff: i32, _out: i32| {
-            stdio_or_badf(fd, errno::NOTDIR)
-        }
-    );
-    wasi_errno!(
-        linker,
-        "path_readlink",
-        |fd: i32, _p: i32, _l: i32, _b: i32, _bl: i32, _out: i32| stdio_or_badf(fd, errno::NOTDIR)
-    );
-    wasi_errno!(
-        linker,
-        "path_remove_directory",
-        |fd: i32, _p: i32, _l: i32| stdio_or_badf(fd, errno::NOTDIR)
-    );
-    wasi_errno!(
-        linker,
-        "path_rename",
-        |fd: i32, _p: i32, _l: i32, _nfd: i32, _np: i32, _nl: i32| stdio_or_badf(fd, errno::NOTDIR)
-    );
-    wasi_errno!(
-        linker,
-        "path_symlink",
-        |_p: i32, _l: i32, fd: i32, _np: i32, _nl: i32| { stdio_or_badf(fd, errno::NOTDIR) }
-    );
-    wasi_errno!(linker, "path_unlink_file", |fd: i32, _p: i32, _l: i32| {
-        stdio_or_badf(fd, errno::NOTDIR)
-    });
 
     // No sockets are granted to a cell.
     wasi_errno!(linker, "sock_accept", |fd: i32, _f: i32, _out: i32| {
@@ -574,7 +854,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
     wasi_errno!(
         linker,
         "sock_send",
-        |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32| { stdio_or_badf(fd, errno::NOTSOCK) }
+        |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32| stdio_or_badf(fd, errno::NOTSOCK)
     );
     wasi_errno!(linker, "sock_shutdown", |fd: i32, _h: i32| stdio_or_badf(
         fd,

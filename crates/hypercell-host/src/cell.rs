@@ -17,6 +17,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
+use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK};
 use crate::seccomp::{self, SeccompError};
@@ -55,6 +56,9 @@ pub enum CellError {
         "the program wrote more than its output limit of {0} and was stopped; raise it with --max-output"
     )]
     OutputLimit(String),
+    /// A preopened directory could not be opened.
+    #[error(transparent)]
+    Preopen(#[from] PreopenError),
     /// The vCPU thread could not be confined.
     #[error(transparent)]
     Seccomp(#[from] SeccompError),
@@ -230,6 +234,10 @@ pub fn run_cell(
     let args = string_block(config.args.iter().map(String::as_str));
     let env_entries: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let env = string_block(env_entries.iter().map(String::as_str));
+    // Preopens first: a directory that cannot be opened is the user's to fix, before
+    // any VM is made.
+    let files = FileTable::with_preopens(&config.preopens)?;
+    let preopens = string_block(config.preopens.iter().map(|p| p.guest.as_str()));
     let (image_end, module, cpu_features) = match payload {
         CellPayload::Wasm {
             module,
@@ -238,11 +246,12 @@ pub fn run_cell(
         CellPayload::MachineCode(code) => (IMAGE_BASE + code.len() as u64, &[][..], 0),
     };
     let module_len = module.len() as u64;
-    let layout = CellLayout::plan(
+    let layout = CellLayout::plan_with_preopens(
         config.memory_size,
         image_end,
         args.len() as u64,
         env.len() as u64,
+        preopens.len() as u64,
         module_len,
     )
     .ok_or_else(|| CellError::MemoryTooSmall {
@@ -250,7 +259,7 @@ pub fn run_cell(
         needed: format_size(CellLayout::minimum_size(
             image_end,
             args.len() as u64,
-            env.len() as u64,
+            (env.len() + preopens.len()) as u64,
             module_len,
         )),
     })?;
@@ -290,6 +299,8 @@ pub fn run_cell(
         .map_err(load_error)?;
     mem.write_slice(&env, GuestAddress(layout.env))
         .map_err(load_error)?;
+    mem.write_slice(&preopens, GuestAddress(layout.preopens))
+        .map_err(load_error)?;
     mem.write_obj(OUTPUT_CAPACITY, GuestAddress(layout.output + 8))
         .map_err(load_error)?;
     mem.write_slice(module, GuestAddress(layout.module))
@@ -312,6 +323,9 @@ pub fn run_cell(
         env_addr: layout.env,
         env_len: env.len() as u64,
         envc: config.env.len() as u64,
+        preopens_addr: layout.preopens,
+        preopens_len: preopens.len() as u64,
+        preopen_count: config.preopens.len() as u64,
         request_addr: layout.request,
         output_addr: layout.output,
         phases_addr: layout.phases,
@@ -336,6 +350,7 @@ pub fn run_cell(
         denied_growth: 0,
         meter: OutputMeter::new(config.output_limit),
         counts: HypercallCounts::default(),
+        files,
         growth: Some(MemoryGrowth {
             vm: &vm,
             mapped: boot_mapping,

@@ -38,6 +38,8 @@ pub struct CellConfig {
     pub args: Vec<String>,
     /// Environment variables as `(name, value)`.
     pub env: Vec<(String, String)>,
+    /// Host directories the program may use, as descriptors 3, 4, ...
+    pub preopens: Vec<crate::fs::Preopen>,
 }
 
 impl Default for CellConfig {
@@ -48,6 +50,7 @@ impl Default for CellConfig {
             output_limit: None,
             args: Vec::new(),
             env: Vec::new(),
+            preopens: Vec::new(),
         }
     }
 }

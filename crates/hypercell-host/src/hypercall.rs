@@ -8,9 +8,10 @@ use std::time::{Duration, Instant};
 
 use hypercell_abi::hypercall::{ERRNO_NOMEM, FailureKind, MAX_IOVECS, RESULT_OFFSET};
 use hypercell_abi::layout::LARGE_PAGE_SIZE;
-use hypercell_abi::{ABI_VERSION, Hypercall, HypercallRequest};
+use hypercell_abi::{ABI_VERSION, FileOp, Hypercall, HypercallRequest};
 use vm_memory::{Address, Bytes, GuestAddress};
 
+use crate::fs::FileTable;
 use crate::stdio::{CellStdio, OutputMeter, drain_output, in_bounds, read_array};
 use hypercell_vmm::{GuestMemory, Vm};
 
@@ -33,6 +34,9 @@ pub enum HypercallError {
     /// The hypercall number is unknown.
     #[error("it made hypercall number {0}, which does not exist")]
     Unknown(u32),
+    /// The file call number is unknown.
+    #[error("it made file call number {0}, which does not exist")]
+    UnknownFileOp(u64),
     /// A request names a stdio descriptor it cannot use.
     #[error("it asked to {what} descriptor {fd}, which is not open for that")]
     Descriptor {
@@ -106,6 +110,8 @@ pub struct Services<'a> {
     pub growth: Option<MemoryGrowth<'a>>,
     /// Hypercalls served so far, by call.
     pub counts: HypercallCounts,
+    /// The program's open files and directories.
+    pub files: FileTable,
 }
 
 /// The part of a cell's memory its VM maps, grown on the guest's request.
@@ -193,6 +199,18 @@ impl Services<'_> {
                 0
             }
             Hypercall::GrowMemory => self.grow_memory(memory, args[0]),
+            Hypercall::File => {
+                let op =
+                    FileOp::from_number(args[0]).ok_or(HypercallError::UnknownFileOp(args[0]))?;
+                let raw: [u8; 64] = read_array(memory, GuestAddress(args[1]))?;
+                let params = std::array::from_fn(|i| {
+                    u64::from_le_bytes(raw[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+                });
+                match self.files.call(memory, op, params) {
+                    Ok(value) => value as i64,
+                    Err(errno) => -i64::from(errno),
+                }
+            }
         };
         memory
             .mem()

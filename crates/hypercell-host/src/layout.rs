@@ -34,6 +34,8 @@ pub struct CellLayout {
     pub args: u64,
     /// Environment strings.
     pub env: u64,
+    /// Preopened directory names.
+    pub preopens: u64,
     /// Output buffer header; data follows.
     pub output: u64,
     /// Compiled module.
@@ -61,12 +63,25 @@ impl CellLayout {
         env_len: u64,
         module_len: u64,
     ) -> Option<Self> {
+        Self::plan_with_preopens(memory_size, image_end, args_len, env_len, 0, module_len)
+    }
+
+    /// Plans a cell whose preopened directory names take `preopens_len` bytes.
+    pub fn plan_with_preopens(
+        memory_size: u64,
+        image_end: u64,
+        args_len: u64,
+        env_len: u64,
+        preopens_len: u64,
+        module_len: u64,
+    ) -> Option<Self> {
         let boot_info = align_up(image_end.max(IMAGE_BASE), PAGE_SIZE);
         let request = boot_info + align_up(size_of::<BootInfo>() as u64, 64);
         let phases = request + size_of::<HypercallRequest>() as u64;
         let args = phases + size_of::<GuestPhases>() as u64;
         let env = args + args_len;
-        let output = align_up(env + env_len, PAGE_SIZE);
+        let preopens = env + env_len;
+        let output = align_up(preopens + preopens_len, PAGE_SIZE);
         let module = align_up(
             output + size_of::<OutputBuffer>() as u64 + OUTPUT_CAPACITY,
             64 << 10,
@@ -80,6 +95,7 @@ impl CellLayout {
             phases,
             args,
             env,
+            preopens,
             output,
             module,
             stack_bottom,

@@ -6,6 +6,7 @@
 pub mod cell;
 pub mod compile;
 pub mod config;
+pub mod fs;
 pub mod hypercall;
 pub mod layout;
 pub mod seccomp;

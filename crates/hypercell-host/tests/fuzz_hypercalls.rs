@@ -152,6 +152,7 @@ impl Fixture {
             meter: OutputMeter::new(Some(1 << 30)),
             growth: None,
             counts: Default::default(),
+            files: Default::default(),
         };
         services.handle(&self.memory, GuestAddress(case.request_at))
     }

@@ -212,7 +212,7 @@ fn a_benign_raw_guest_exits_with_its_status() {
 
 #[test]
 fn unknown_hypercall_numbers_end_the_cell() {
-    for number in [0, 10, 0x7fff_ffff, u32::MAX] {
+    for number in [0, 11, 0x7fff_ffff, u32::MAX] {
         let code = Asm::new()
             .request_raw(ABI_VERSION, number, [0; 6])
             .hypercall()
@@ -316,6 +316,48 @@ fn reports_and_random_buffers_outside_memory_are_refused() {
         .call(Hypercall::Random, [IMAGE_BASE, u64::MAX, 0, 0, 0, 0])
         .code();
     out_of_bounds(abi_error(&random), "random buffer");
+}
+
+#[test]
+fn file_calls_are_checked_like_every_other_request() {
+    // An unknown file call, and parameters outside memory, end the cell.
+    let unknown = Asm::new()
+        .call(Hypercall::File, [999, LIST, 0, 0, 0, 0])
+        .code();
+    assert_eq!(abi_error(&unknown), HypercallError::UnknownFileOp(999));
+    let outside = Asm::new()
+        .call(Hypercall::File, [1, MEMORY - 8, 0, 0, 0, 0])
+        .code();
+    out_of_bounds(abi_error(&outside), "structure");
+    // A read from a descriptor that is not open is `badf` (8), and buffers outside
+    // the cell are `fault` (21), returned to the guest, which carries on.
+    let badf = Asm::new()
+        .call(Hypercall::File, [1, LIST, 0, 0, 0, 0])
+        .exit_with_result()
+        .code();
+    let outcome = run_with(&badf, &config(), b"");
+    assert_eq!(outcome.result.unwrap().exit, CellExit::Exited(-8));
+    // path_open in preopen 3 with a path that runs off the end of memory.
+    let path = Asm::new()
+        .mov(RCX, LIST)
+        .put(RCX, 0, 3)
+        .put(RCX, 8, 0)
+        .put(RCX, 16, u64::MAX - 4)
+        .put(RCX, 24, 100)
+        .call(Hypercall::File, [13, LIST, 0, 0, 0, 0])
+        .exit_with_result()
+        .code();
+    let dir = tempfile::tempdir().unwrap();
+    let config = CellConfig {
+        preopens: vec![hypercell_host::fs::Preopen {
+            host: dir.path().to_path_buf(),
+            guest: "data".into(),
+            read_only: false,
+        }],
+        ..config()
+    };
+    let outcome = run_with(&path, &config, b"");
+    assert_eq!(outcome.result.unwrap().exit, CellExit::Exited(-21));
 }
 
 #[test]

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 use hypercell_host::config::{
     DEFAULT_MEMORY_SIZE, format_size, parse_duration, parse_env_var, parse_memory_size,
 };
+use hypercell_host::fs::parse_dir;
 use hypercell_host::{
     CacheStatus, CellConfig, CellExit, CellPayload, CellStats, CellStdio, CompiledModule, Compiler,
     run_cell,
@@ -36,6 +37,13 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
+    /// Grant a host directory, as `wasmtime run --dir`: HOST, or HOST::GUEST to name it
+    /// GUEST inside the program (repeatable).
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
+    /// Grant a host directory read-only (repeatable).
+    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
+    dirs_read_only: Vec<String>,
     /// Set an environment variable for the program (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_var)]
     env: Vec<(String, String)>,
@@ -87,6 +95,12 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
         memory_size: args.memory,
         timeout: args.timeout,
         output_limit: args.max_output,
+        preopens: args
+            .dirs
+            .iter()
+            .map(|spec| parse_dir(spec, false))
+            .chain(args.dirs_read_only.iter().map(|spec| parse_dir(spec, true)))
+            .collect(),
         args: program_args,
         env: args.env,
     };

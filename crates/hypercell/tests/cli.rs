@@ -273,3 +273,72 @@ fn the_output_limit_stops_a_flood_and_delivers_what_fits() {
     );
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn file_calls_in_a_preopened_directory_match_wasmtime_and_nothing_escapes() {
+    let wasm = c_program("files");
+    let root = tempfile::tempdir().unwrap();
+    let sandbox = root.path().join("sandbox");
+    std::fs::create_dir(&sandbox).unwrap();
+    std::fs::write(root.path().join("outside.txt"), "secret\n").unwrap();
+    let dir = format!("{}::sandbox", sandbox.display());
+    let out = run(&["run", "--dir", &dir, wasm.to_str().unwrap()], b"");
+    // Recorded from `wasmtime run --dir SANDBOX::sandbox files.wasm`.
+    let expected = include_str!("programs/files.expected");
+    assert_eq!(text(&out.stdout), expected);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    // The host outside the preopen is untouched.
+    assert_eq!(
+        std::fs::read_to_string(root.path().join("outside.txt")).unwrap(),
+        "secret\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(root.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert_eq!(std::fs::read_dir(&sandbox).unwrap().count(), 0);
+}
+
+#[test]
+fn a_read_only_directory_refuses_writes() {
+    let module = write_module(
+        "create.wat",
+        r#"(module
+            (import "wasi_snapshot_preview1" "path_open" (func $open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+            (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 16) "new.txt")
+            (func (export "_start")
+              ;; O_CREAT with write rights in preopen 3: exit with the errno
+              (call $exit (call $open (i32.const 3) (i32.const 0) (i32.const 16) (i32.const 7)
+                (i32.const 1) (i64.const 64) (i64.const 64) (i32.const 0) (i32.const 100)))))"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let spec = format!("{}::data", dir.path().display());
+    let out = run(&["run", "--dir-ro", &spec, &module], b"");
+    assert_eq!(out.status.code(), Some(63), "EPERM: {}", text(&out.stderr));
+    assert!(!dir.path().join("new.txt").exists());
+    let out = run(&["run", "--dir", &spec, &module], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert!(dir.path().join("new.txt").exists());
+}
+
+#[test]
+fn a_missing_directory_is_named() {
+    let out = run(
+        &[
+            "run",
+            "--dir",
+            "/no/such/dir",
+            &repo_root().join("examples/hello.wat").display().to_string(),
+        ],
+        b"",
+    );
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("cannot open directory `/no/such/dir` for --dir"),
+        "{stderr}"
+    );
+    assert_eq!(out.status.code(), Some(1));
+}

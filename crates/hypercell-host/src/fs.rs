@@ -1,0 +1,652 @@
+//! The host side of WASI's file calls: preopened directories and every descriptor a
+//! program opens in them, in one table (so that a snapshot of a cell can save and
+//! restore it in one place).
+//!
+//! Path resolution is cap-std's: every path is resolved beneath a directory handle,
+//! and `..`, absolute paths and symlinks that lead outside it (even one swapped in
+//! during the call) fail, as under wasmtime. Data moves straight between files and the
+//! guest's memory, one exit per call whatever its size.
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::DirEntryExt;
+use std::path::{Path, PathBuf};
+
+use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
+use cap_std::ambient_authority;
+use cap_std::fs::{Dir, File, FileExt, Metadata, MetadataExt, OpenOptions};
+use hypercell_abi::FileOp;
+use hypercell_abi::wasi::errno;
+use hypercell_vmm::GuestMemory;
+use vm_memory::{Bytes, GuestAddress};
+
+use crate::stdio::in_bounds;
+
+/// A host directory a cell is given.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Preopen {
+    /// The directory on the host.
+    pub host: PathBuf,
+    /// The name the program sees it under.
+    pub guest: String,
+    /// Whether the program may only read in it.
+    pub read_only: bool,
+}
+
+/// Errors setting up a cell's preopened directories.
+#[derive(Debug, thiserror::Error)]
+pub enum PreopenError {
+    /// The host directory cannot be opened.
+    #[error(
+        "cannot open directory `{path}` for --dir: {source}; check that it exists and is readable"
+    )]
+    Open {
+        /// The host path.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+}
+
+/// WASI file types.
+const FILETYPE_UNKNOWN: u8 = 0;
+const FILETYPE_BLOCK_DEVICE: u8 = 1;
+const FILETYPE_CHARACTER_DEVICE: u8 = 2;
+const FILETYPE_DIRECTORY: u8 = 3;
+const FILETYPE_REGULAR_FILE: u8 = 4;
+const FILETYPE_SOCKET_STREAM: u8 = 6;
+const FILETYPE_SYMBOLIC_LINK: u8 = 7;
+
+/// WASI `oflags`, `fdflags` and `lookupflags`.
+const O_CREAT: u64 = 1;
+const O_DIRECTORY: u64 = 2;
+const O_EXCL: u64 = 4;
+const O_TRUNC: u64 = 8;
+const FDFLAG_APPEND: u64 = 1;
+const LOOKUP_SYMLINK_FOLLOW: u64 = 1;
+
+/// WASI rights.
+const RIGHT_FD_READ: u64 = 1 << 1;
+const RIGHT_FD_WRITE: u64 = 1 << 6;
+const RIGHT_FD_READDIR: u64 = 1 << 14;
+const RIGHT_FD_DATASYNC: u64 = 1 << 0;
+const RIGHT_FD_ALLOCATE: u64 = 1 << 8;
+const RIGHT_FD_FILESTAT_SET_SIZE: u64 = 1 << 22;
+/// Every right: what wasmtime reports for files and directories it opened.
+const ALL_RIGHTS: u64 = (1 << 29) - 1;
+
+/// The result of a file call: a value, or a WASI errno.
+type FileResult = Result<u64, u16>;
+
+/// An open descriptor.
+enum Descriptor {
+    Dir {
+        dir: Dir,
+        /// The guest name, for preopens.
+        preopen: Option<String>,
+        read_only: bool,
+    },
+    File {
+        file: File,
+        readable: bool,
+        writable: bool,
+        append: bool,
+    },
+}
+
+/// A cell's open files and directories (descriptors 3 and up).
+#[derive(Default)]
+pub struct FileTable {
+    descriptors: BTreeMap<u32, Descriptor>,
+}
+
+/// Maps a host I/O error to the WASI errno wasmtime would give.
+fn errno_of(error: &io::Error) -> u16 {
+    match error.raw_os_error() {
+        Some(libc::EPERM) => errno::PERM,
+        Some(libc::ENOENT) => errno::NOENT,
+        Some(libc::EBADF) => errno::BADF,
+        Some(libc::EACCES) => errno::ACCES,
+        Some(libc::EEXIST) => errno::EXIST,
+        Some(libc::EXDEV) => errno::XDEV,
+        Some(libc::ENOTDIR) => errno::NOTDIR,
+        Some(libc::EISDIR) => errno::ISDIR,
+        Some(libc::EINVAL) => errno::INVAL,
+        Some(libc::EFBIG) => errno::FBIG,
+        Some(libc::ENOSPC) => errno::NOSPC,
+        Some(libc::ESPIPE) => errno::SPIPE,
+        Some(libc::EROFS) => errno::ROFS,
+        Some(libc::EMLINK) => errno::MLINK,
+        Some(libc::ENAMETOOLONG) => errno::NAMETOOLONG,
+        Some(libc::ENOTEMPTY) => errno::NOTEMPTY,
+        Some(libc::ELOOP) => errno::LOOP,
+        Some(libc::EAGAIN) => errno::AGAIN,
+        Some(libc::EOPNOTSUPP) => errno::NOTSUP,
+        Some(_) => errno::IO,
+        // cap-std's refusal of a path that leads outside its directory.
+        None if error.kind() == io::ErrorKind::PermissionDenied => errno::PERM,
+        None => errno::IO,
+    }
+}
+
+fn io_err(error: io::Error) -> u16 {
+    errno_of(&error)
+}
+
+fn filetype(metadata: &Metadata) -> u8 {
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        FILETYPE_DIRECTORY
+    } else if kind.is_file() {
+        FILETYPE_REGULAR_FILE
+    } else if kind.is_symlink() {
+        FILETYPE_SYMBOLIC_LINK
+    } else {
+        use cap_std::fs::FileTypeExt;
+        if kind.is_block_device() {
+            FILETYPE_BLOCK_DEVICE
+        } else if kind.is_char_device() {
+            FILETYPE_CHARACTER_DEVICE
+        } else if kind.is_socket() {
+            FILETYPE_SOCKET_STREAM
+        } else {
+            FILETYPE_UNKNOWN
+        }
+    }
+}
+
+/// A WASI `filestat`, 64 bytes.
+fn filestat(metadata: &Metadata) -> [u8; 64] {
+    let ns = |secs: i64, nanos: i64| {
+        (secs as u64)
+            .wrapping_mul(1_000_000_000)
+            .wrapping_add(nanos as u64)
+    };
+    let mut out = [0u8; 64];
+    out[0..8].copy_from_slice(&metadata.dev().to_le_bytes());
+    out[8..16].copy_from_slice(&metadata.ino().to_le_bytes());
+    out[16] = filetype(metadata);
+    out[24..32].copy_from_slice(&metadata.nlink().to_le_bytes());
+    out[32..40].copy_from_slice(&metadata.len().to_le_bytes());
+    out[40..48].copy_from_slice(&ns(metadata.atime(), metadata.atime_nsec()).to_le_bytes());
+    out[48..56].copy_from_slice(&ns(metadata.mtime(), metadata.mtime_nsec()).to_le_bytes());
+    out[56..64].copy_from_slice(&ns(metadata.ctime(), metadata.ctime_nsec()).to_le_bytes());
+    out
+}
+
+/// Reads `len` bytes of guest memory at `addr`; `fault` if it is not all in the cell.
+fn read_guest(memory: &GuestMemory, addr: u64, len: u64) -> Result<Vec<u8>, u16> {
+    if len > 1 << 20 || !in_bounds(memory, addr, len) {
+        return Err(errno::FAULT);
+    }
+    let mut bytes = vec![0u8; len as usize];
+    memory
+        .mem()
+        .read_slice(&mut bytes, GuestAddress(addr))
+        .map_err(|_| errno::FAULT)?;
+    Ok(bytes)
+}
+
+fn write_guest(memory: &GuestMemory, addr: u64, bytes: &[u8]) -> Result<(), u16> {
+    if !in_bounds(memory, addr, bytes.len() as u64) {
+        return Err(errno::FAULT);
+    }
+    memory
+        .mem()
+        .write_slice(bytes, GuestAddress(addr))
+        .map_err(|_| errno::FAULT)
+}
+
+/// A path argument: UTF-8 not required, NUL refused.
+fn guest_path(memory: &GuestMemory, addr: u64, len: u64) -> Result<PathBuf, u16> {
+    let bytes = read_guest(memory, addr, len)?;
+    if bytes.contains(&0) {
+        return Err(errno::INVAL);
+    }
+    Ok(PathBuf::from(OsStr::from_bytes(&bytes)))
+}
+
+/// The (address, length) pairs of a hypercall iovec list, bounds-checked.
+fn iovecs(memory: &GuestMemory, list: u64, count: u64) -> Result<Vec<(u64, u64)>, u16> {
+    if count > hypercell_abi::hypercall::MAX_IOVECS {
+        return Err(errno::INVAL);
+    }
+    let raw = read_guest(memory, list, count * 16)?;
+    raw.chunks_exact(16)
+        .map(|iovec| {
+            let addr = u64::from_le_bytes(iovec[..8].try_into().expect("8 bytes"));
+            let len = u64::from_le_bytes(iovec[8..].try_into().expect("8 bytes"));
+            if in_bounds(memory, addr, len) {
+                Ok((addr, len))
+            } else {
+                Err(errno::FAULT)
+            }
+        })
+        .collect()
+}
+
+impl FileTable {
+    /// Opens the preopened directories as descriptors 3, 4, ...
+    pub fn with_preopens(preopens: &[Preopen]) -> Result<Self, PreopenError> {
+        let mut table = Self::default();
+        for (i, preopen) in preopens.iter().enumerate() {
+            let dir =
+                Dir::open_ambient_dir(&preopen.host, ambient_authority()).map_err(|source| {
+                    PreopenError::Open {
+                        path: preopen.host.clone(),
+                        source,
+                    }
+                })?;
+            table.descriptors.insert(
+                3 + i as u32,
+                Descriptor::Dir {
+                    dir,
+                    preopen: Some(preopen.guest.clone()),
+                    read_only: preopen.read_only,
+                },
+            );
+        }
+        Ok(table)
+    }
+
+    fn lowest_free(&self) -> u32 {
+        (3..)
+            .find(|fd| !self.descriptors.contains_key(fd))
+            .expect("a free descriptor")
+    }
+
+    fn dir(&self, fd: u64) -> Result<(&Dir, bool), u16> {
+        match self.descriptors.get(&(fd as u32)) {
+            Some(Descriptor::Dir { dir, read_only, .. }) if fd <= u32::MAX as u64 => {
+                Ok((dir, *read_only))
+            }
+            Some(_) => Err(errno::NOTDIR),
+            None => Err(errno::BADF),
+        }
+    }
+
+    fn writable_dir(&self, fd: u64) -> Result<&Dir, u16> {
+        match self.dir(fd)? {
+            (_, true) => Err(errno::PERM),
+            (dir, false) => Ok(dir),
+        }
+    }
+
+    fn descriptor(&mut self, fd: u64) -> Result<&mut Descriptor, u16> {
+        u32::try_from(fd)
+            .ok()
+            .and_then(|fd| self.descriptors.get_mut(&fd))
+            .ok_or(errno::BADF)
+    }
+
+    /// Serves one file call; `params` hold its arguments with guest-physical addresses
+    /// (see [`FileOp`]). Returns its value, or a WASI errno.
+    pub fn call(&mut self, memory: &GuestMemory, op: FileOp, p: [u64; 8]) -> FileResult {
+        match op {
+            FileOp::Read | FileOp::Pread => self.read(memory, p, op == FileOp::Pread),
+            FileOp::Write | FileOp::Pwrite => self.write(memory, p, op == FileOp::Pwrite),
+            FileOp::Seek => self.seek(p[0], p[1] as i64, p[2]),
+            FileOp::Close => match self.descriptors.get(&(p[0] as u32)) {
+                Some(Descriptor::Dir {
+                    preopen: Some(_), ..
+                }) if p[0] <= u32::MAX as u64 => {
+                    // wasmtime lets programs close preopens too.
+                    self.descriptors.remove(&(p[0] as u32));
+                    Ok(0)
+                }
+                Some(_) if p[0] <= u32::MAX as u64 => {
+                    self.descriptors.remove(&(p[0] as u32));
+                    Ok(0)
+                }
+                _ => Err(errno::BADF),
+            },
+            FileOp::Sync | FileOp::Datasync => match self.descriptor(p[0])? {
+                Descriptor::File { file, .. } => {
+                    let synced = if op == FileOp::Sync {
+                        file.sync_all()
+                    } else {
+                        file.sync_data()
+                    };
+                    synced.map(|()| 0).map_err(io_err)
+                }
+                Descriptor::Dir { .. } => Ok(0),
+            },
+            FileOp::FilestatGet => {
+                let metadata = match self.descriptor(p[0])? {
+                    Descriptor::File { file, .. } => file.metadata(),
+                    Descriptor::Dir { dir, .. } => dir.dir_metadata(),
+                }
+                .map_err(io_err)?;
+                write_guest(memory, p[1], &filestat(&metadata)).map(|()| 0)
+            }
+            FileOp::FilestatSetSize => match self.descriptor(p[0])? {
+                Descriptor::File {
+                    writable: false, ..
+                } => Err(errno::BADF),
+                Descriptor::File { file, .. } => file.set_len(p[1]).map(|()| 0).map_err(io_err),
+                Descriptor::Dir { .. } => Err(errno::ISDIR),
+            },
+            FileOp::FdstatGet => self.fdstat(memory, p[0], p[1]),
+            FileOp::Readdir => self.readdir(memory, p[0], p[1], p[2], p[3]),
+            FileOp::PathOpen => self.open(memory, p),
+            FileOp::CreateDirectory => {
+                let path = guest_path(memory, p[1], p[2])?;
+                self.writable_dir(p[0])?
+                    .create_dir(path)
+                    .map(|()| 0)
+                    .map_err(io_err)
+            }
+            FileOp::RemoveDirectory => {
+                let path = guest_path(memory, p[1], p[2])?;
+                self.writable_dir(p[0])?
+                    .remove_dir(path)
+                    .map(|()| 0)
+                    .map_err(io_err)
+            }
+            FileOp::UnlinkFile => {
+                let path = guest_path(memory, p[1], p[2])?;
+                self.writable_dir(p[0])?
+                    .remove_file(path)
+                    .map(|()| 0)
+                    .map_err(io_err)
+            }
+            FileOp::Rename => {
+                let from = guest_path(memory, p[1], p[2])?;
+                let to = guest_path(memory, p[4], p[5])?;
+                let source = self.writable_dir(p[0])?;
+                let target = self.writable_dir(p[3])?;
+                source.rename(from, target, to).map(|()| 0).map_err(io_err)
+            }
+            FileOp::PathFilestatGet => {
+                let path = guest_path(memory, p[2], p[3])?;
+                let (dir, _) = self.dir(p[0])?;
+                let metadata = if p[1] & LOOKUP_SYMLINK_FOLLOW != 0 {
+                    dir.metadata(path)
+                } else {
+                    dir.symlink_metadata(path)
+                }
+                .map_err(io_err)?;
+                write_guest(memory, p[4], &filestat(&metadata)).map(|()| 0)
+            }
+            FileOp::Symlink => {
+                let target = guest_path(memory, p[0], p[1])?;
+                let link = guest_path(memory, p[3], p[4])?;
+                let dir = self.writable_dir(p[2])?;
+                // Targets are stored as given; cap-std refuses to follow one that leads
+                // outside, whenever it is used.
+                dir.symlink(target, link).map(|()| 0).map_err(io_err)
+            }
+            FileOp::Readlink => {
+                let path = guest_path(memory, p[1], p[2])?;
+                let (dir, _) = self.dir(p[0])?;
+                let target = dir.read_link_contents(path).map_err(io_err)?;
+                let bytes = target.as_os_str().as_bytes();
+                let n = bytes.len().min(p[4] as usize);
+                write_guest(memory, p[3], &bytes[..n]).map(|()| n as u64)
+            }
+        }
+    }
+
+    fn read(&mut self, memory: &GuestMemory, p: [u64; 8], positioned: bool) -> FileResult {
+        let buffers = iovecs(memory, p[1], p[2])?;
+        let Descriptor::File { file, readable, .. } = self.descriptor(p[0])? else {
+            return Err(errno::ISDIR);
+        };
+        if !*readable {
+            return Err(errno::BADF);
+        }
+        let mut offset = p[3];
+        let mut total = 0u64;
+        for (addr, len) in buffers {
+            let mut data = vec![0u8; len as usize];
+            let n = if positioned {
+                file.read_at(&mut data, offset)
+            } else {
+                file.read(&mut data)
+            }
+            .map_err(io_err)?;
+            write_guest(memory, addr, &data[..n])?;
+            total += n as u64;
+            offset += n as u64;
+            if n < len as usize {
+                break;
+            }
+        }
+        Ok(total)
+    }
+
+    fn write(&mut self, memory: &GuestMemory, p: [u64; 8], positioned: bool) -> FileResult {
+        let buffers = iovecs(memory, p[1], p[2])?;
+        let Descriptor::File {
+            file,
+            writable,
+            append,
+            ..
+        } = self.descriptor(p[0])?
+        else {
+            return Err(errno::ISDIR);
+        };
+        if !*writable {
+            return Err(errno::BADF);
+        }
+        let mut offset = p[3];
+        let mut total = 0u64;
+        for (addr, len) in buffers {
+            let mut data = vec![0u8; len as usize];
+            memory
+                .mem()
+                .read_slice(&mut data, GuestAddress(addr))
+                .map_err(|_| errno::FAULT)?;
+            if positioned && !*append {
+                file.write_all_at(&data, offset).map_err(io_err)?;
+            } else {
+                file.write_all(&data).map_err(io_err)?;
+            }
+            total += len;
+            offset += len;
+        }
+        Ok(total)
+    }
+
+    fn seek(&mut self, fd: u64, offset: i64, whence: u64) -> FileResult {
+        let Descriptor::File { file, .. } = self.descriptor(fd)? else {
+            return Err(errno::BADF);
+        };
+        let position = match whence {
+            0 => SeekFrom::Start(u64::try_from(offset).map_err(|_| errno::INVAL)?),
+            1 => SeekFrom::Current(offset),
+            2 => SeekFrom::End(offset),
+            _ => return Err(errno::INVAL),
+        };
+        file.seek(position).map_err(io_err)
+    }
+
+    fn fdstat(&mut self, memory: &GuestMemory, fd: u64, out: u64) -> FileResult {
+        let mut stat = [0u8; 24];
+        match self.descriptor(fd)? {
+            Descriptor::Dir { .. } => {
+                stat[0] = FILETYPE_DIRECTORY;
+                stat[8..16].copy_from_slice(&ALL_RIGHTS.to_le_bytes());
+                stat[16..24].copy_from_slice(&ALL_RIGHTS.to_le_bytes());
+            }
+            Descriptor::File {
+                file,
+                readable,
+                writable,
+                append,
+                ..
+            } => {
+                stat[0] = file.metadata().map(|m| filetype(&m)).map_err(io_err)?;
+                if *append {
+                    stat[2] = FDFLAG_APPEND as u8;
+                }
+                let mut rights = ALL_RIGHTS;
+                if !*readable {
+                    rights &= !RIGHT_FD_READ;
+                }
+                if !*writable {
+                    rights &= !(RIGHT_FD_WRITE
+                        | RIGHT_FD_DATASYNC
+                        | RIGHT_FD_ALLOCATE
+                        | RIGHT_FD_FILESTAT_SET_SIZE);
+                }
+                stat[8..16].copy_from_slice(&rights.to_le_bytes());
+                stat[16..24].copy_from_slice(&ALL_RIGHTS.to_le_bytes());
+            }
+        }
+        write_guest(memory, out, &stat).map(|()| 0)
+    }
+
+    /// Writes `dirent`s from `cookie` on into the buffer; returns the bytes used (the
+    /// buffer's size when an entry was cut short, as WASI asks).
+    fn readdir(
+        &mut self,
+        memory: &GuestMemory,
+        fd: u64,
+        buf: u64,
+        len: u64,
+        cookie: u64,
+    ) -> FileResult {
+        let (dir, _) = self.dir(fd)?;
+        if !in_bounds(memory, buf, len) {
+            return Err(errno::FAULT);
+        }
+        let own = dir.dir_metadata().map_err(io_err)?;
+        let mut entries: Vec<(Vec<u8>, u64, u8)> = vec![
+            (b".".to_vec(), own.ino(), FILETYPE_DIRECTORY),
+            (b"..".to_vec(), 0, FILETYPE_DIRECTORY),
+        ];
+        for entry in dir.entries().map_err(io_err)? {
+            let entry = entry.map_err(io_err)?;
+            let kind = entry.file_type().map_err(io_err)?;
+            let filetype = if kind.is_dir() {
+                FILETYPE_DIRECTORY
+            } else if kind.is_file() {
+                FILETYPE_REGULAR_FILE
+            } else if kind.is_symlink() {
+                FILETYPE_SYMBOLIC_LINK
+            } else {
+                FILETYPE_UNKNOWN
+            };
+            entries.push((entry.file_name().as_bytes().to_vec(), entry.ino(), filetype));
+        }
+        let mut out = Vec::new();
+        for (index, (name, ino, filetype)) in entries.iter().enumerate().skip(cookie as usize) {
+            let mut dirent = [0u8; 24];
+            dirent[0..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
+            dirent[8..16].copy_from_slice(&ino.to_le_bytes());
+            dirent[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
+            dirent[20] = *filetype;
+            out.extend_from_slice(&dirent);
+            out.extend_from_slice(name);
+            if out.len() as u64 >= len {
+                break;
+            }
+        }
+        out.truncate(len as usize);
+        write_guest(memory, buf, &out).map(|()| out.len() as u64)
+    }
+
+    fn open(&mut self, memory: &GuestMemory, p: [u64; 8]) -> FileResult {
+        let [
+            dirfd,
+            lookup,
+            path_addr,
+            path_len,
+            oflags,
+            rights,
+            fdflags,
+            _,
+        ] = p;
+        let path = guest_path(memory, path_addr, path_len)?;
+        let (dir, read_only) = self.dir(dirfd)?;
+        let wants_dir = oflags & O_DIRECTORY != 0;
+        let readable = rights & (RIGHT_FD_READ | RIGHT_FD_READDIR) != 0;
+        let writable = rights
+            & (RIGHT_FD_WRITE | RIGHT_FD_DATASYNC | RIGHT_FD_ALLOCATE | RIGHT_FD_FILESTAT_SET_SIZE)
+            != 0;
+        let append = fdflags & FDFLAG_APPEND != 0;
+        let creates = oflags & (O_CREAT | O_TRUNC) != 0;
+        if read_only && (writable || creates || append) {
+            return Err(errno::PERM);
+        }
+        let mut options = OpenOptions::new();
+        options.read(readable || !writable);
+        options.write(writable && !append);
+        options.append(append);
+        if oflags & O_CREAT != 0 {
+            if oflags & O_EXCL != 0 {
+                options.create_new(true);
+            } else {
+                options.create(true);
+            }
+            options.write(true);
+        }
+        if oflags & O_TRUNC != 0 {
+            options.truncate(true);
+            options.write(true);
+        }
+        options.follow(if lookup & LOOKUP_SYMLINK_FOLLOW != 0 {
+            FollowSymlinks::Yes
+        } else {
+            FollowSymlinks::No
+        });
+        options.maybe_dir(true);
+        let opened = dir.open_with(&path, &options).map_err(io_err)?;
+        let is_dir = opened.metadata().map_err(io_err)?.is_dir();
+        let descriptor = if is_dir {
+            if writable && !wants_dir {
+                return Err(errno::ISDIR);
+            }
+            Descriptor::Dir {
+                dir: Dir::from_std_file(opened.into_std()),
+                preopen: None,
+                read_only,
+            }
+        } else {
+            if wants_dir {
+                return Err(errno::NOTDIR);
+            }
+            Descriptor::File {
+                file: opened,
+                readable: readable || !writable,
+                writable: writable || append,
+                append,
+            }
+        };
+        let fd = self.lowest_free();
+        self.descriptors.insert(fd, descriptor);
+        Ok(u64::from(fd))
+    }
+
+    /// The preopened directories' names by descriptor, for the guest to answer
+    /// `fd_prestat_*` without an exit.
+    pub fn preopen_names(&self) -> Vec<(u32, String)> {
+        self.descriptors
+            .iter()
+            .filter_map(|(&fd, d)| match d {
+                Descriptor::Dir {
+                    preopen: Some(name),
+                    ..
+                } => Some((fd, name.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Parses `HOST[::GUEST]` as `wasmtime run --dir` does: the guest name defaults to the
+/// host path.
+pub fn parse_dir(spec: &str, read_only: bool) -> Preopen {
+    let (host, guest) = match spec.split_once("::") {
+        Some((host, guest)) => (host, guest),
+        None => (spec, spec),
+    };
+    Preopen {
+        host: Path::new(host).to_path_buf(),
+        guest: guest.to_string(),
+        read_only,
+    }
+}
