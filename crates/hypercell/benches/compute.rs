@@ -11,19 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
+#[path = "../tests/support/sqlite.rs"]
+mod sqlite;
+
+use sqlite::{SQLITE_WASM_FLAGS, sqlite_source};
+
 /// The C kernels in `benches/kernels`, besides SQLite.
 const KERNELS: &[&str] = &["hash", "nbody", "matmul", "sort", "sha256"];
-
-/// SQLite's compile flags for wasm32-wasi, as the WASI issue found them to work.
-const SQLITE_WASM_FLAGS: &[&str] = &[
-    "-DSQLITE_THREADSAFE=0",
-    "-DSQLITE_OMIT_LOAD_EXTENSION",
-    "-DSQLITE_OMIT_WAL",
-    "-D_WASI_EMULATED_MMAN",
-    "-D_WASI_EMULATED_GETPID",
-    "-lwasi-emulated-mman",
-    "-lwasi-emulated-getpid",
-];
 
 /// A program to benchmark: its C sources and the extra clang flags for each target.
 struct Program {
@@ -71,37 +65,6 @@ fn clang(inputs: &[PathBuf], args: &[String], output: &Path) {
         .status()
         .expect("clang is needed: run ./scripts/setup");
     assert!(status.success(), "clang failed for {}", output.display());
-}
-
-/// The SQLite amalgamation shipped by the crates.io crate `libsqlite3-sys`, fetched
-/// through cargo into the local registry.
-fn sqlite_source(work: &Path) -> PathBuf {
-    let project = work.join("sqlite-source");
-    std::fs::create_dir_all(project.join("src")).unwrap();
-    std::fs::write(
-        project.join("Cargo.toml"),
-        "[package]\nname = \"sqlite-source\"\nversion = \"0.0.0\"\nedition = \"2021\"\n\n[workspace]\n\n[dependencies]\nlibsqlite3-sys = \"=0.39.1\"\n",
-    )
-    .unwrap();
-    std::fs::write(project.join("src/lib.rs"), "").unwrap();
-    let metadata = Command::new(env!("CARGO"))
-        .args(["metadata", "--format-version", "1", "--manifest-path"])
-        .arg(project.join("Cargo.toml"))
-        .output()
-        .expect("cargo metadata");
-    assert!(
-        metadata.status.success(),
-        "cargo metadata failed: {}",
-        String::from_utf8_lossy(&metadata.stderr)
-    );
-    let json = String::from_utf8_lossy(&metadata.stdout);
-    let manifest = json
-        .split("\"manifest_path\":\"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
-        .find(|path| path.contains("libsqlite3-sys-"))
-        .expect("libsqlite3-sys in cargo metadata");
-    Path::new(manifest).parent().unwrap().join("sqlite3")
 }
 
 fn find_wasmtime() -> PathBuf {

@@ -6,6 +6,9 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::OnceLock;
 
+#[path = "support/sqlite.rs"]
+mod sqlite;
+
 const TRAP_STATUS: i32 = 134;
 
 fn repo_root() -> PathBuf {
@@ -20,6 +23,11 @@ fn scratch() -> &'static Path {
 
 /// Compiles `tests/programs/NAME.c` to wasm32-wasi with clang, once per test run.
 fn c_program(name: &str) -> PathBuf {
+    c_program_with(name, &[], &[])
+}
+
+/// Compiles `tests/programs/NAME.c` with more sources and clang arguments.
+fn c_program_with(name: &str, sources: &[PathBuf], args: &[String]) -> PathBuf {
     static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
     let _guard = LOCK.lock().unwrap();
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
@@ -28,6 +36,8 @@ fn c_program(name: &str) -> PathBuf {
         let status = Command::new("clang")
             .args(["--target=wasm32-wasi", "-O2"])
             .arg(&source)
+            .args(sources)
+            .args(args)
             .arg("-o")
             .arg(&wasm)
             .status()
@@ -341,4 +351,42 @@ fn a_missing_directory_is_named() {
         "{stderr}"
     );
     assert_eq!(out.status.code(), Some(1));
+}
+
+#[test]
+fn sqlite_builds_queries_and_reopens_a_database_file_like_wasmtime() {
+    let source = sqlite::sqlite_source(scratch());
+    let args: Vec<String> = std::iter::once(format!("-I{}", source.display()))
+        .chain(sqlite::SQLITE_WASM_FLAGS.iter().map(|f| f.to_string()))
+        .collect();
+    let wasm = c_program_with("sqlite_file", &[source.join("sqlite3.c")], &args);
+    let data = tempfile::tempdir().unwrap();
+    let dir = format!("{}::data", data.path().display());
+    let out = run(&["run", "--dir", &dir, wasm.to_str().unwrap()], b"");
+    // Recorded from `wasmtime run --dir DATA::data sqlite_file.wasm`.
+    assert_eq!(
+        text(&out.stdout),
+        include_str!("programs/sqlite_file.expected")
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let size = std::fs::metadata(data.path().join("test.db"))
+        .unwrap()
+        .len();
+    assert!(size > 1 << 20, "a {size}-byte database");
+}
+
+#[test]
+fn a_hundred_mib_pass_through_stdin_and_stdout_byte_exact() {
+    let wasm = c_program("copy");
+    let input: Vec<u8> = (0..100u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
+    let out = run(&["run", wasm.to_str().unwrap()], &input);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stderr), format!("{} bytes\n", 100u32 << 20));
+    assert!(
+        out.stdout == input,
+        "stdout differs from stdin ({} bytes)",
+        out.stdout.len()
+    );
 }
