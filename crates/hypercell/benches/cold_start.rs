@@ -68,31 +68,52 @@ fn measure_with(command: &mut Command, stdin: Stdio) -> Sample {
     }
 }
 
-/// A program that moves 64 MiB through stdio in `chunk`-byte calls: reading stdin to
-/// its end (`read`) or writing to stdout.
-fn stdio_program(read: bool, chunk: u32) -> String {
-    let call = if read {
-        // Stop on an error (a nonzero errno) or at the end of input.
-        "(br_if $done (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8))) \
-         (br_if $done (i32.eqz (i32.load (i32.const 8))))"
-            .to_string()
-    } else {
+/// Where a benchmark program's 64 MiB go.
+#[derive(Clone, Copy, PartialEq)]
+enum Transfer {
+    /// Written to stdout.
+    Stdout,
+    /// Read from stdin (redirected from a file).
+    Stdin,
+    /// Read from `input.bin` in the preopened directory (descriptor 3).
+    File,
+}
+
+/// A program that moves 64 MiB in `chunk`-byte calls.
+fn transfer_program(transfer: Transfer, chunk: u32) -> String {
+    // Reads stop on an error (a nonzero errno) or at the end of input.
+    let read = |fd: &str| {
         format!(
+            "(br_if $done (call $fd_read {fd} (i32.const 0) (i32.const 1) (i32.const 8))) \
+             (br_if $done (i32.eqz (i32.load (i32.const 8))))"
+        )
+    };
+    let call = match transfer {
+        Transfer::Stdin => read("(i32.const 0)"),
+        Transfer::File => read("(i32.load (i32.const 200))"),
+        Transfer::Stdout => format!(
             "(drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8))) \
              (local.set $left (i32.sub (local.get $left) (i32.const {chunk}))) \
              (br_if $done (i32.le_s (local.get $left) (i32.const 0)))"
-        )
+        ),
     };
     format!(
         r#"(module
   (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 4)
+  (import "wasi_snapshot_preview1" "path_open"
+    (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 32)
+  (data (i32.const 100) "input.bin")
   (func (export "_start") (local $left i32)
     (local.set $left (i32.const 67108864))
+    (if (i32.const {open})
+      (then (drop (call $path_open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 9)
+        (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 200)))))
     (i32.store (i32.const 0) (i32.const 65536))
     (i32.store (i32.const 4) (i32.const {chunk}))
-    (block $done (loop $again {call} (br $again)))))"#
+    (block $done (loop $again {call} (br $again)))))"#,
+        open = i32::from(transfer == Transfer::File),
     )
 }
 
@@ -273,27 +294,31 @@ fn main() {
         faults(&theirs),
         rss(&theirs)
     );
-    println!("\n## VM exits per MiB of stdio (64 MiB moved, from `--stats`)\n");
+    println!("\n## VM exits per MiB moved (64 MiB, from `--stats`)\n");
     println!("| transfer | call size | exits | exits per MiB |");
     println!("|---|---:|---:|---:|");
     let input = work.path().join("input.bin");
     std::fs::write(&input, vec![b'x'; 64 << 20]).expect("write the input file");
-    for (label, read, chunk) in [
-        ("stdout to /dev/null", false, 4096),
-        ("stdin from a file", true, 4096),
-        ("stdin from a file", true, 65536),
+    for (label, transfer, chunk) in [
+        ("stdout to /dev/null", Transfer::Stdout, 4096),
+        ("stdin redirected from a file", Transfer::Stdin, 4096),
+        ("stdin redirected from a file", Transfer::Stdin, 65536),
+        ("a file in a preopened directory", Transfer::File, 65536),
+        ("a file in a preopened directory", Transfer::File, 1 << 20),
     ] {
-        let module = work.path().join(format!("stdio-{read}-{chunk}.wat"));
-        std::fs::write(&module, stdio_program(read, chunk)).expect("write the module");
+        let module = work.path().join(format!("transfer-{chunk}.wat"));
+        std::fs::write(&module, transfer_program(transfer, chunk)).expect("write the module");
         let mut command = Command::new(hypercell);
         command
             .env("XDG_CACHE_HOME", &cache)
-            .args(["run", "--stats"])
-            .arg(&module);
-        let sample = if read {
-            measure_with_stdin(&mut command, &input)
-        } else {
-            measure(&mut command)
+            .args(["run", "--stats"]);
+        if transfer == Transfer::File {
+            command.arg("--dir").arg(work.path());
+        }
+        command.arg(&module);
+        let sample = match transfer {
+            Transfer::Stdin => measure_with_stdin(&mut command, &input),
+            _ => measure(&mut command),
         };
         let exits = stat(&sample.stderr, "exits:");
         println!(
