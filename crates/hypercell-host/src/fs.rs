@@ -288,20 +288,12 @@ impl FileTable {
             FileOp::Read | FileOp::Pread => self.read(memory, p, op == FileOp::Pread),
             FileOp::Write | FileOp::Pwrite => self.write(memory, p, op == FileOp::Pwrite),
             FileOp::Seek => self.seek(p[0], p[1] as i64, p[2]),
-            FileOp::Close => match self.descriptors.get(&(p[0] as u32)) {
-                Some(Descriptor::Dir {
-                    preopen: Some(_), ..
-                }) if p[0] <= u32::MAX as u64 => {
-                    // wasmtime lets programs close preopens too.
-                    self.descriptors.remove(&(p[0] as u32));
-                    Ok(0)
-                }
-                Some(_) if p[0] <= u32::MAX as u64 => {
-                    self.descriptors.remove(&(p[0] as u32));
-                    Ok(0)
-                }
-                _ => Err(errno::BADF),
-            },
+            // Programs may close preopens too, as under wasmtime.
+            FileOp::Close => u32::try_from(p[0])
+                .ok()
+                .and_then(|fd| self.descriptors.remove(&fd))
+                .map(|_| 0)
+                .ok_or(errno::BADF),
             FileOp::Sync | FileOp::Datasync => match self.descriptor(p[0])? {
                 Descriptor::File { file, .. } => {
                     let synced = if op == FileOp::Sync {
@@ -331,26 +323,16 @@ impl FileTable {
             FileOp::FdstatGet => self.fdstat(memory, p[0], p[1]),
             FileOp::Readdir => self.readdir(memory, p[0], p[1], p[2], p[3]),
             FileOp::PathOpen => self.open(memory, p),
-            FileOp::CreateDirectory => {
+            FileOp::CreateDirectory | FileOp::RemoveDirectory | FileOp::UnlinkFile => {
                 let path = guest_path(memory, p[1], p[2])?;
-                self.writable_dir(p[0])?
-                    .create_dir(path)
-                    .map(|()| 0)
-                    .map_err(io_err)
-            }
-            FileOp::RemoveDirectory => {
-                let path = guest_path(memory, p[1], p[2])?;
-                self.writable_dir(p[0])?
-                    .remove_dir(path)
-                    .map(|()| 0)
-                    .map_err(io_err)
-            }
-            FileOp::UnlinkFile => {
-                let path = guest_path(memory, p[1], p[2])?;
-                self.writable_dir(p[0])?
-                    .remove_file(path)
-                    .map(|()| 0)
-                    .map_err(io_err)
+                let dir = self.writable_dir(p[0])?;
+                match op {
+                    FileOp::CreateDirectory => dir.create_dir(path),
+                    FileOp::RemoveDirectory => dir.remove_dir(path),
+                    _ => dir.remove_file(path),
+                }
+                .map(|()| 0)
+                .map_err(io_err)
             }
             FileOp::Rename => {
                 let from = guest_path(memory, p[1], p[2])?;

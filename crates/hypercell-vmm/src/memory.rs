@@ -99,35 +99,28 @@ impl GuestMemory {
     /// a few KiB of and the guest rarely reads, where zeroing a fresh 2 MiB page on
     /// first touch would cost more than it saves.
     pub fn use_small_pages(&self, range: std::ops::Range<u64>) {
-        let end = range.end.min(self.size);
-        if range.start >= end {
-            return;
-        }
-        // SAFETY: the range lies inside this value's own mapping; the advice changes
-        // only how the kernel backs it.
-        unsafe {
-            libc::madvise(
-                self.host.as_ptr().add(range.start as usize).cast(),
-                (end - range.start) as usize,
-                libc::MADV_NOHUGEPAGE,
-            );
-        }
+        self.advise(range, libc::MADV_NOHUGEPAGE);
     }
 
     /// Backs guest-physical `range` with host memory now rather than on first touch.
     /// Advice only: where the kernel cannot, memory is still backed on first touch.
     pub fn populate(&self, range: std::ops::Range<u64>) {
+        self.advise(range, libc::MADV_POPULATE_WRITE);
+    }
+
+    fn advise(&self, range: std::ops::Range<u64>, advice: libc::c_int) {
         let end = range.end.min(self.size);
         if range.start >= end {
             return;
         }
-        // SAFETY: the range lies inside this value's own read-write mapping; populating
-        // only faults its pages in, zeroed, as a first write would.
+        // SAFETY: the range lies inside this value's own read-write mapping; the
+        // advice changes only how the kernel backs it (populating faults pages in,
+        // zeroed, as a first write would).
         unsafe {
             libc::madvise(
                 self.host.as_ptr().add(range.start as usize).cast(),
                 (end - range.start) as usize,
-                libc::MADV_POPULATE_WRITE,
+                advice,
             );
         }
     }

