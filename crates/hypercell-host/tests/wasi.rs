@@ -169,7 +169,11 @@ fn fd_write_keeps_stdout_and_stderr_apart_and_rejects_other_descriptors() {
     // Stdio writes are buffered; only descriptor 3, which could be a file, asked the
     // host.
     let stats = &outcome.report().stats;
-    assert_eq!(stats.hypercalls.get(Hypercall::Write), 0, "small writes are buffered");
+    assert_eq!(
+        stats.hypercalls.get(Hypercall::Write),
+        0,
+        "small writes are buffered"
+    );
     assert_eq!(stats.hypercalls.get(Hypercall::Flush), 0);
     assert_eq!(stats.exits, 1 + stats.hypercalls.get(Hypercall::File));
 }
