@@ -134,6 +134,16 @@ pub enum FileOp {
     Symlink = 19,
     /// `dir fd, path, path length, buffer, buffer length`: bytes written.
     Readlink = 20,
+    /// `fd, to`: `fd` takes the place of `to`, which must be open.
+    Renumber = 21,
+    /// `fd, fdflags`.
+    SetFlags = 22,
+    /// `fd, atime, mtime, fst_flags`.
+    SetTimes = 23,
+    /// `dir fd, lookup flags, path, path length, atime, mtime, fst_flags`.
+    PathSetTimes = 24,
+    /// `dir fd, lookup flags, path, path length, new dir fd, new path, new path length`.
+    Link = 25,
 }
 
 impl FileOp {
@@ -160,6 +170,11 @@ impl FileOp {
             18 => Self::PathFilestatGet,
             19 => Self::Symlink,
             20 => Self::Readlink,
+            21 => Self::Renumber,
+            22 => Self::SetFlags,
+            23 => Self::SetTimes,
+            24 => Self::PathSetTimes,
+            25 => Self::Link,
             _ => return None,
         })
     }

@@ -72,6 +72,21 @@ pub fn close(fd: u32) -> Result<(), Errno> {
     Ok(())
 }
 
+/// Moves descriptor `fd` onto `to` (both 3 or more).
+pub fn renumber(fd: u32, to: u32) -> Result<(), Errno> {
+    call(
+        FileOp::Renumber,
+        [u64::from(fd), u64::from(to), 0, 0, 0, 0, 0, 0],
+    )?;
+    // Neither number names the preopen it may have named before.
+    for closed in [fd, to] {
+        if let Some(index) = closed.checked_sub(3).filter(|&i| i < 64) {
+            PREOPENS_OPEN.fetch_and(!(1 << index), Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
 /// The linear memory a call works on: its guest-physical base and length, for turning
 /// checked wasm pointers into addresses the host can use.
 pub struct Linear {

@@ -562,30 +562,33 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             file_transfer(mem, FileOp::Pwrite, fd, iovs, n, offset as u64, out)
         }
     );
-    wasi!(linker, "fd_seek", |mem,
-                              state,
-                              fd: i32,
-                              offset: i64,
-                              whence: i32,
-                              out: i32| {
-        if (fd as u32) < 3 {
-            return stdio_or_badf(fd, errno::SPIPE);
-        }
-        let at = files::call(
-            FileOp::Seek,
-            [
-                fd as u32 as u64,
-                offset as u64,
-                whence as u32 as u64,
-                0,
-                0,
-                0,
-                0,
-                0,
-            ],
-        )?;
-        mem.write_u64(out, at)
-    });
+    // An invalid `whence` is a trap under wasmtime (its enum validation), not an errno.
+    linker.func_wrap(
+        WASI,
+        "fd_seek",
+        |mut caller: Caller<'_, CellState>, fd: i32, offset: i64, whence: i32, out: i32| {
+            if !(0..=2).contains(&whence) {
+                wasmtime::bail!("invalid enum value Whence");
+            }
+            with_mem(&mut caller, |mem, _| {
+                if (fd as u32) < 3 {
+                    return stdio_or_badf(fd, errno::SPIPE);
+                }
+                let params = [
+                    fd as u32 as u64,
+                    offset as u64,
+                    whence as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ];
+                let at = files::call(FileOp::Seek, params)?;
+                mem.write_u64(out, at)
+            })
+        },
+    )?;
     wasi!(linker, "fd_tell", |mem, state, fd: i32, out: i32| {
         if (fd as u32) < 3 {
             return stdio_or_badf(fd, errno::SPIPE);
@@ -667,8 +670,15 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         }
         Err(errno::NOTSUP)
     });
-    wasi_errno!(linker, "fd_fdstat_set_flags", |fd: i32, _f: i32| {
-        unsupported(fd, errno::NOTSUP)
+    wasi_errno!(linker, "fd_fdstat_set_flags", |fd: i32, flags: i32| {
+        if (fd as u32) < 3 {
+            return unsupported(fd, errno::NOTSUP);
+        }
+        files::call(
+            FileOp::SetFlags,
+            [fd as u32 as u64, flags as u16 as u64, 0, 0, 0, 0, 0, 0],
+        )
+        .map(|_| ())
     });
     wasi_errno!(
         linker,
@@ -678,12 +688,29 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
     wasi_errno!(
         linker,
         "fd_filestat_set_times",
-        |fd: i32, _a: i64, _m: i64, _f: i32| unsupported(fd, errno::NOTSUP)
+        |fd: i32, atim: i64, mtim: i64, flags: i32| {
+            if (fd as u32) < 3 {
+                return unsupported(fd, errno::NOTSUP);
+            }
+            let params = [
+                fd as u32 as u64,
+                atim as u64,
+                mtim as u64,
+                flags as u16 as u64,
+                0,
+                0,
+                0,
+                0,
+            ];
+            files::call(FileOp::SetTimes, params).map(|_| ())
+        }
     );
-    wasi_errno!(linker, "fd_renumber", |fd: i32, _to: i32| unsupported(
-        fd,
-        errno::NOTSUP
-    ));
+    wasi_errno!(linker, "fd_renumber", |fd: i32, to: i32| {
+        if (fd as u32) < 3 || (to as u32) < 3 {
+            return unsupported(fd, errno::NOTSUP);
+        }
+        files::renumber(fd as u32, to as u32)
+    });
 
     // Paths, always beneath a directory descriptor.
     wasi!(
@@ -825,21 +852,50 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             mem.write_u32(out, used as u32)
         }
     );
-    wasi_errno!(
+    wasi!(
         linker,
         "path_filestat_set_times",
-        |fd: i32, _f: i32, _p: i32, _l: i32, _a: i64, _m: i64, _fl: i32| unsupported(
-            fd,
-            errno::NOTDIR
-        )
+        |mem, state, fd: i32, flags: i32, path: i32, len: i32, atim: i64, mtim: i64, fst: i32| {
+            let path = mem.addr(path, len as u32)?;
+            let params = [
+                files::file_fd(fd)?,
+                flags as u32 as u64,
+                path,
+                len as u32 as u64,
+                atim as u64,
+                mtim as u64,
+                fst as u16 as u64,
+                0,
+            ];
+            files::call(FileOp::PathSetTimes, params).map(|_| ())
+        }
     );
-    wasi_errno!(
+    wasi!(
         linker,
         "path_link",
-        |fd: i32, _f: i32, _p: i32, _l: i32, _nfd: i32, _np: i32, _nl: i32| unsupported(
-            fd,
-            errno::NOTDIR
-        )
+        |mem,
+         state,
+         fd: i32,
+         flags: i32,
+         path: i32,
+         len: i32,
+         new_fd: i32,
+         new_path: i32,
+         new_len: i32| {
+            let from = mem.addr(path, len as u32)?;
+            let to = mem.addr(new_path, new_len as u32)?;
+            let params = [
+                files::file_fd(fd)?,
+                flags as u32 as u64,
+                from,
+                len as u32 as u64,
+                files::file_fd(new_fd)?,
+                to,
+                new_len as u32 as u64,
+                0,
+            ];
+            files::call(FileOp::Link, params).map(|_| ())
+        }
     );
 
     // No sockets are granted to a cell.

@@ -14,9 +14,14 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::DirEntryExt;
 use std::path::{Path, PathBuf};
 
-use cap_fs_ext::{FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt};
+use std::os::fd::AsRawFd;
+
+use cap_fs_ext::{
+    DirExt, FollowSymlinks, OpenOptionsFollowExt, OpenOptionsMaybeDirExt, SystemTimeSpec,
+};
 use cap_std::ambient_authority;
 use cap_std::fs::{Dir, File, FileExt, Metadata, MetadataExt, OpenOptions};
+use cap_std::time::SystemTime;
 use hypercell_abi::FileOp;
 use hypercell_abi::wasi::errno;
 use hypercell_vmm::GuestMemory;
@@ -315,11 +320,68 @@ impl FileTable {
             }
             FileOp::FilestatSetSize => match self.descriptor(p[0])? {
                 Descriptor::File {
-                    writable: false, ..
-                } => Err(errno::BADF),
-                Descriptor::File { file, .. } => file.set_len(p[1]).map(|()| 0).map_err(io_err),
-                Descriptor::Dir { .. } => Err(errno::ISDIR),
+                    file,
+                    writable: true,
+                    ..
+                } => file.set_len(p[1]).map(|()| 0).map_err(io_err),
+                _ => Err(errno::BADF),
             },
+            FileOp::Renumber => {
+                let (from, to) = (p[0] as u32, p[1] as u32);
+                let fits = p[0] <= u64::from(u32::MAX) && p[1] <= u64::from(u32::MAX);
+                if !fits || !self.descriptors.contains_key(&to) {
+                    return Err(errno::BADF);
+                }
+                let moved = self.descriptors.remove(&from).ok_or(errno::BADF)?;
+                self.descriptors.insert(to, moved);
+                Ok(0)
+            }
+            FileOp::SetFlags => match self.descriptor(p[0])? {
+                Descriptor::File { file, append, .. } => {
+                    let wanted = p[1] & FDFLAG_APPEND != 0;
+                    set_append(file, wanted).map_err(io_err)?;
+                    *append = wanted;
+                    Ok(0)
+                }
+                Descriptor::Dir { .. } => Err(errno::BADF),
+            },
+            FileOp::SetTimes => {
+                let times = timespecs(p[1], p[2], p[3])?;
+                let fd = match self.descriptor(p[0])? {
+                    Descriptor::File { file, .. } => file.as_raw_fd(),
+                    Descriptor::Dir { dir, .. } => dir.as_raw_fd(),
+                };
+                // SAFETY: `fd` is a descriptor this table owns, open for the call, and
+                // `times` is the two timespecs futimens reads.
+                let rc = unsafe { libc::futimens(fd, times.as_ptr()) };
+                if rc == 0 {
+                    Ok(0)
+                } else {
+                    Err(io_err(io::Error::last_os_error()))
+                }
+            }
+            FileOp::PathSetTimes => {
+                let path = guest_path(memory, p[2], p[3])?;
+                let (atime, mtime) = time_specs(p[4], p[5], p[6])?;
+                let dir = self.writable_dir(p[0])?;
+                if p[1] & LOOKUP_SYMLINK_FOLLOW != 0 {
+                    dir.set_times(path, atime, mtime)
+                } else {
+                    dir.set_symlink_times(path, atime, mtime)
+                }
+                .map(|()| 0)
+                .map_err(io_err)
+            }
+            FileOp::Link => {
+                let from = guest_path(memory, p[2], p[3])?;
+                let to = guest_path(memory, p[5], p[6])?;
+                let source = self.writable_dir(p[0])?;
+                let target = self.writable_dir(p[4])?;
+                source
+                    .hard_link(from, target, to)
+                    .map(|()| 0)
+                    .map_err(io_err)
+            }
             FileOp::FdstatGet => self.fdstat(memory, p[0], p[1]),
             FileOp::Readdir => self.readdir(memory, p[0], p[1], p[2], p[3]),
             FileOp::PathOpen => self.open(memory, p),
@@ -374,7 +436,7 @@ impl FileTable {
     fn read(&mut self, memory: &GuestMemory, p: [u64; 8], positioned: bool) -> FileResult {
         let buffers = iovecs(memory, p[1], p[2])?;
         let Descriptor::File { file, readable, .. } = self.descriptor(p[0])? else {
-            return Err(errno::ISDIR);
+            return Err(errno::BADF);
         };
         if !*readable {
             return Err(errno::BADF);
@@ -617,6 +679,87 @@ impl FileTable {
             })
             .collect()
     }
+}
+
+/// WASI `fstflags`.
+const FST_ATIM: u64 = 1;
+const FST_ATIM_NOW: u64 = 2;
+const FST_MTIM: u64 = 4;
+const FST_MTIM_NOW: u64 = 8;
+
+/// One time of a set-times call: `Some(Some(ns))` to set, `Some(None)` for now, `None`
+/// to leave; `inval` when both set and now are asked.
+fn time_choice(ns: u64, flags: u64, set: u64, now: u64) -> Result<Option<Option<u64>>, u16> {
+    match (flags & set != 0, flags & now != 0) {
+        (true, true) => Err(errno::INVAL),
+        (true, false) => Ok(Some(Some(ns))),
+        (false, true) => Ok(Some(None)),
+        (false, false) => Ok(None),
+    }
+}
+
+/// The two timespecs of `futimens` for a set-times call.
+fn timespecs(atime: u64, mtime: u64, flags: u64) -> Result<[libc::timespec; 2], u16> {
+    let spec = |choice: Option<Option<u64>>| match choice {
+        None => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_OMIT,
+        },
+        Some(None) => libc::timespec {
+            tv_sec: 0,
+            tv_nsec: libc::UTIME_NOW,
+        },
+        Some(Some(ns)) => libc::timespec {
+            tv_sec: (ns / 1_000_000_000) as libc::time_t,
+            tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+        },
+    };
+    Ok([
+        spec(time_choice(atime, flags, FST_ATIM, FST_ATIM_NOW)?),
+        spec(time_choice(mtime, flags, FST_MTIM, FST_MTIM_NOW)?),
+    ])
+}
+
+/// The two times of a path set-times call, as cap-fs-ext takes them.
+fn time_specs(
+    atime: u64,
+    mtime: u64,
+    flags: u64,
+) -> Result<(Option<SystemTimeSpec>, Option<SystemTimeSpec>), u16> {
+    let spec = |choice: Option<Option<u64>>| {
+        choice.map(|time| match time {
+            None => SystemTimeSpec::SymbolicNow,
+            Some(ns) => SystemTimeSpec::Absolute(SystemTime::from_std(
+                std::time::UNIX_EPOCH + std::time::Duration::from_nanos(ns),
+            )),
+        })
+    };
+    Ok((
+        spec(time_choice(atime, flags, FST_ATIM, FST_ATIM_NOW)?),
+        spec(time_choice(mtime, flags, FST_MTIM, FST_MTIM_NOW)?),
+    ))
+}
+
+/// Turns `O_APPEND` on or off for an open file.
+fn set_append(file: &File, append: bool) -> io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: `fd` is an open descriptor the caller borrows; F_GETFL and F_SETFL only
+    // read and change its status flags.
+    unsafe {
+        let flags = libc::fcntl(fd, libc::F_GETFL);
+        if flags < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        let flags = if append {
+            flags | libc::O_APPEND
+        } else {
+            flags & !libc::O_APPEND
+        };
+        if libc::fcntl(fd, libc::F_SETFL, flags) < 0 {
+            return Err(io::Error::last_os_error());
+        }
+    }
+    Ok(())
 }
 
 /// Parses `HOST[::GUEST]` as `wasmtime run --dir` does: the guest name defaults to the

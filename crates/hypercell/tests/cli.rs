@@ -284,20 +284,19 @@ fn the_output_limit_stops_a_flood_and_delivers_what_fits() {
     assert_eq!(out.status.code(), Some(1));
 }
 
-#[test]
-fn file_calls_in_a_preopened_directory_match_wasmtime_and_nothing_escapes() {
-    let wasm = c_program("files");
+/// Runs `tests/programs/NAME.c` in a fresh `sandbox` preopen beside a host file it must
+/// not reach; checks its output against the one recorded from `wasmtime run --dir
+/// SANDBOX::sandbox NAME.wasm` and that nothing outside the sandbox changed.
+fn check_file_program(name: &str, expected: &str) {
+    let wasm = c_program(name);
     let root = tempfile::tempdir().unwrap();
     let sandbox = root.path().join("sandbox");
     std::fs::create_dir(&sandbox).unwrap();
     std::fs::write(root.path().join("outside.txt"), "secret\n").unwrap();
     let dir = format!("{}::sandbox", sandbox.display());
     let out = run(&["run", "--dir", &dir, wasm.to_str().unwrap()], b"");
-    // Recorded from `wasmtime run --dir SANDBOX::sandbox files.wasm`.
-    let expected = include_str!("programs/files.expected");
     assert_eq!(text(&out.stdout), expected);
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
-    // The host outside the preopen is untouched.
     assert_eq!(
         std::fs::read_to_string(root.path().join("outside.txt")).unwrap(),
         "secret\n"
@@ -308,6 +307,34 @@ fn file_calls_in_a_preopened_directory_match_wasmtime_and_nothing_escapes() {
         .collect();
     assert_eq!(names.len(), 2, "{names:?}");
     assert_eq!(std::fs::read_dir(&sandbox).unwrap().count(), 0);
+}
+
+#[test]
+fn file_calls_in_a_preopened_directory_match_wasmtime_and_nothing_escapes() {
+    check_file_program("files", include_str!("programs/files.expected"));
+}
+
+#[test]
+fn renumbering_flags_times_links_and_bad_descriptors_match_wasmtime() {
+    check_file_program("files2", include_str!("programs/files2.expected"));
+}
+
+#[test]
+fn an_invalid_seek_whence_traps_as_under_wasmtime() {
+    let module = write_module(
+        "whence.wat",
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_seek" (func $seek (param i32 i64 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (func (export "_start") (drop (call $seek (i32.const 3) (i64.const 0) (i32.const 99) (i32.const 16)))))"#,
+    );
+    let out = run(&["run", &module], b"");
+    assert_eq!(out.status.code(), Some(TRAP_STATUS));
+    assert!(
+        text(&out.stderr).contains("invalid enum value Whence"),
+        "{}",
+        text(&out.stderr)
+    );
 }
 
 #[test]
