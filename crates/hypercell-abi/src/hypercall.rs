@@ -244,13 +244,13 @@ mod tests {
         }
         assert_eq!(Hypercall::from_number(0), None);
         assert_eq!(Hypercall::from_number(11), None);
-        for number in 1..=20 {
+        for number in 1..=25 {
             assert_eq!(
                 FileOp::from_number(number).map(|op| op as u64),
                 Some(number)
             );
         }
-        assert_eq!(FileOp::from_number(21), None);
+        assert_eq!(FileOp::from_number(26), None);
     }
 
     #[test]
