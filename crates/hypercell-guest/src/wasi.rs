@@ -193,27 +193,26 @@ fn stdio_or_badf(fd: i32, stdio_errno: Errno) -> Result<(), Errno> {
     })
 }
 
-/// The errno for a call cells do not support yet: `badf` for a descriptor that is
-/// not open, else `notsup` (or `stdio_errno` for stdio).
-fn unsupported(fd: i32, stdio_errno: Errno) -> Result<(), Errno> {
+/// `answer` for a call on any open descriptor, `badf` for one that is not open: for
+/// calls that no descriptor of a cell supports (sockets) or that cells do not support
+/// yet. Whether a descriptor above stdio is open, only the host knows.
+fn answer_if_open(fd: i32, answer: Errno) -> Result<(), Errno> {
     if (fd as u32) < 3 {
-        return stdio_or_badf(fd, stdio_errno);
+        return stdio_or_badf(fd, answer);
     }
     let mut fdstat = [0u8; 24];
-    files::call(
-        FileOp::FdstatGet,
-        [
-            fd as u32 as u64,
-            fdstat.as_mut_ptr() as u64,
-            0,
-            0,
-            0,
-            0,
-            0,
-            0,
-        ],
-    )?;
-    Err(errno::NOTSUP)
+    let params = [
+        fd as u32 as u64,
+        fdstat.as_mut_ptr() as u64,
+        0,
+        0,
+        0,
+        0,
+        0,
+        0,
+    ];
+    files::call(FileOp::FdstatGet, params)?;
+    Err(answer)
 }
 
 /// `fd_read`, `fd_write`, `fd_pread` and `fd_pwrite` on a file: one exit.
@@ -672,7 +671,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
     });
     wasi_errno!(linker, "fd_fdstat_set_flags", |fd: i32, flags: i32| {
         if (fd as u32) < 3 {
-            return unsupported(fd, errno::NOTSUP);
+            return answer_if_open(fd, errno::NOTSUP);
         }
         files::call(
             FileOp::SetFlags,
@@ -683,14 +682,14 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
     wasi_errno!(
         linker,
         "fd_fdstat_set_rights",
-        |fd: i32, _b: i64, _i: i64| unsupported(fd, errno::NOTSUP)
+        |fd: i32, _b: i64, _i: i64| answer_if_open(fd, errno::NOTSUP)
     );
     wasi_errno!(
         linker,
         "fd_filestat_set_times",
         |fd: i32, atim: i64, mtim: i64, flags: i32| {
             if (fd as u32) < 3 {
-                return unsupported(fd, errno::NOTSUP);
+                return answer_if_open(fd, errno::NOTSUP);
             }
             let params = [
                 fd as u32 as u64,
@@ -707,7 +706,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
     );
     wasi_errno!(linker, "fd_renumber", |fd: i32, to: i32| {
         if (fd as u32) < 3 || (to as u32) < 3 {
-            return unsupported(fd, errno::NOTSUP);
+            return answer_if_open(fd, errno::NOTSUP);
         }
         files::renumber(fd as u32, to as u32)
     });
@@ -900,19 +899,19 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
 
     // No sockets are granted to a cell.
     wasi_errno!(linker, "sock_accept", |fd: i32, _f: i32, _out: i32| {
-        stdio_or_badf(fd, errno::NOTSOCK)
+        answer_if_open(fd, errno::NOTSOCK)
     });
     wasi_errno!(
         linker,
         "sock_recv",
-        |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32, _of: i32| stdio_or_badf(fd, errno::NOTSOCK)
+        |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32, _of: i32| answer_if_open(fd, errno::NOTSOCK)
     );
     wasi_errno!(
         linker,
         "sock_send",
-        |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32| stdio_or_badf(fd, errno::NOTSOCK)
+        |fd: i32, _i: i32, _n: i32, _f: i32, _o: i32| answer_if_open(fd, errno::NOTSOCK)
     );
-    wasi_errno!(linker, "sock_shutdown", |fd: i32, _h: i32| stdio_or_badf(
+    wasi_errno!(linker, "sock_shutdown", |fd: i32, _h: i32| answer_if_open(
         fd,
         errno::NOTSOCK
     ));

@@ -429,3 +429,41 @@ fn reads_fill_iovecs_in_the_programs_order() {
     let outcome = run(&wat, &config(), b"abcdefg");
     assert_eq!(outcome.stdout, b"abcdefg");
 }
+
+#[test]
+fn sockets_answer_like_wasmtime() {
+    // sock_accept, sock_recv, sock_send and sock_shutdown on stdout, a preopened
+    // directory and a closed descriptor. wasmtime answers `notsock` (57) for every open
+    // descriptor and `badf` (8) otherwise.
+    let mut calls = String::new();
+    for fd in [1, 3, 9] {
+        calls.push_str(&format!(
+            "(call $emit32 (call $accept (i32.const {fd}) (i32.const 0) (i32.const 1024)))
+             (call $emit32 (call $recv (i32.const {fd}) (i32.const 1024) (i32.const 0) (i32.const 0) (i32.const 1028) (i32.const 1032)))
+             (call $emit32 (call $send (i32.const {fd}) (i32.const 1024) (i32.const 0) (i32.const 0) (i32.const 1028)))
+             (call $emit32 (call $shutdown (i32.const {fd}) (i32.const 2)))"
+        ));
+    }
+    let wat = program(&calls).replace(
+        "(memory (export \"memory\") 4)",
+        r#"(import "wasi_snapshot_preview1" "sock_accept" (func $accept (param i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_recv" (func $recv (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_send" (func $send (param i32 i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "sock_shutdown" (func $shutdown (param i32 i32) (result i32)))
+  (memory (export "memory") 4)"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = CellConfig {
+        preopens: vec![hypercell_host::fs::Preopen {
+            host: dir.path().to_path_buf(),
+            guest: "data".into(),
+            read_only: false,
+        }],
+        ..config()
+    };
+    let outcome = run(&wat, &config, b"");
+    assert_eq!(
+        u32s(&outcome.stdout),
+        [57, 57, 57, 57, 57, 57, 57, 57, 8, 8, 8, 8]
+    );
+}
