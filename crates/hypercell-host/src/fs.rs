@@ -470,7 +470,7 @@ impl FileTable {
             ..
         } = self.descriptor(p[0])?
         else {
-            return Err(errno::ISDIR);
+            return Err(errno::BADF);
         };
         if !*writable {
             return Err(errno::BADF);

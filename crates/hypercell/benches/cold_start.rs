@@ -10,7 +10,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{find_wasmtime, median};
+use support::{count_from_env, find_wasmtime, median};
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -142,10 +142,7 @@ fn stat(stderr: &str, name: &str) -> f64 {
 
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no arguments.
-    let runs: usize = std::env::var("HYPERCELL_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(30);
+    let runs: usize = count_from_env("HYPERCELL_BENCH_RUNS", 30);
     let hypercell = Path::new(env!("CARGO_BIN_EXE_hypercell"));
     let wasmtime = find_wasmtime();
     let work = tempfile::tempdir().expect("a scratch directory");

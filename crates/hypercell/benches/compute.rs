@@ -10,7 +10,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{find_wasmtime, median};
+use support::{count_from_env, find_wasmtime, median};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -73,10 +73,7 @@ fn clang(inputs: &[PathBuf], args: &[String], output: &Path) {
 }
 
 fn main() {
-    let runs: usize = std::env::var("HYPERCELL_BENCH_RUNS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(5);
+    let runs: usize = count_from_env("HYPERCELL_BENCH_RUNS", 5);
     let hypercell = Path::new(env!("CARGO_BIN_EXE_hypercell"));
     let wasmtime = find_wasmtime();
     let kernels = Path::new(env!("CARGO_MANIFEST_DIR")).join("benches/kernels");

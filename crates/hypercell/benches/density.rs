@@ -11,7 +11,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::find_wasmtime;
+use support::{count_from_env, find_wasmtime};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -93,10 +93,7 @@ fn measure(count: usize, command: impl Fn() -> Command) -> Density {
 }
 
 fn main() {
-    let count: usize = std::env::var("HYPERCELL_BENCH_CELLS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200);
+    let count: usize = count_from_env("HYPERCELL_BENCH_CELLS", 200);
     let hypercell = Path::new(env!("CARGO_BIN_EXE_hypercell"));
     let wasmtime = find_wasmtime();
     let work = tempfile::tempdir().unwrap();

@@ -35,3 +35,11 @@ pub fn median(mut values: Vec<f64>) -> f64 {
         values[mid]
     }
 }
+
+/// A count from the environment variable `name`, or `default`.
+pub fn count_from_env(name: &str, default: usize) -> usize {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
