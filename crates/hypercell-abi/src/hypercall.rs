@@ -209,6 +209,9 @@ pub enum FailureKind {
     Instantiate = 1,
     /// The guest heap is exhausted: the cell's memory limit is too small.
     OutOfMemory = 2,
+    /// A WASI call refused its arguments and ended the program, as wasmtime's
+    /// argument checks do (an invalid enum value, a missing memory export).
+    CallError = 3,
 }
 
 impl FailureKind {
@@ -217,6 +220,7 @@ impl FailureKind {
         match raw {
             1 => Self::Instantiate,
             2 => Self::OutOfMemory,
+            3 => Self::CallError,
             _ => Self::Runtime,
         }
     }

@@ -117,7 +117,11 @@ pub fn run(boot: &BootInfo) -> ! {
     };
     match start.call(&mut store, ()) {
         Ok(()) => crate::stdio::exit(0),
-        Err(e) => trap(&e),
+        Err(e) if e.is::<wasmtime::Trap>() => trap(&e),
+        Err(e) => {
+            clock::mark(Phase::Finished);
+            fail_with(FailureKind::CallError, "error while executing", &e)
+        }
     }
 }
 

@@ -326,6 +326,14 @@ fn fd_fdstat_get(mem: &mut Mem<'_>, fd: i32, out: i32) -> Result<(), Errno> {
     mem.write(out, &stat)
 }
 
+/// Refuses a clock id that is not one of WASI's four, as wasmtime does.
+fn check_clock(id: i32) -> wasmtime::Result<()> {
+    if clock::now(id as u32).is_none() {
+        wasmtime::bail!("invalid enum value Clockid");
+    }
+    Ok(())
+}
+
 fn clock_time_get(mem: &mut Mem<'_>, id: i32, out: i32) -> Result<(), Errno> {
     let now = clock::now(id as u32).ok_or(errno::INVAL)?;
     mem.write_u64(out, now)
@@ -472,14 +480,24 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         "environ_sizes_get",
         |mem, state, count: i32, size: i32| state.env.sizes(mem, count, size)
     );
-    wasi!(linker, "clock_res_get", |mem, state, id: i32, out: i32| {
-        clock_res_get(mem, id, out)
-    });
-    wasi!(
-        linker,
+    // An unknown clock id ends the program under wasmtime (its enum validation), so
+    // it does here too.
+    linker.func_wrap(
+        WASI,
+        "clock_res_get",
+        |mut caller: Caller<'_, CellState>, id: i32, out: i32| {
+            check_clock(id)?;
+            with_mem(&mut caller, |mem, _| clock_res_get(mem, id, out))
+        },
+    )?;
+    linker.func_wrap(
+        WASI,
         "clock_time_get",
-        |mem, state, id: i32, _precision: i64, out: i32| clock_time_get(mem, id, out)
-    );
+        |mut caller: Caller<'_, CellState>, id: i32, _precision: i64, out: i32| {
+            check_clock(id)?;
+            with_mem(&mut caller, |mem, _| clock_time_get(mem, id, out))
+        },
+    )?;
     wasi!(linker, "random_get", |mem, state, buf: i32, len: i32| {
         random_get(mem, buf, len)
     });

@@ -74,6 +74,9 @@ pub enum CellError {
     /// The module could not be instantiated.
     #[error("could not instantiate the module: {0}")]
     Instantiate(String),
+    /// A WASI call refused its arguments and ended the program.
+    #[error("the program made a WASI call with invalid arguments and was stopped: {0}")]
+    CallError(String),
     /// The guest runtime failed.
     #[error("the cell's runtime failed: {0}")]
     Runtime(String),
@@ -428,6 +431,9 @@ pub fn run_cell(
         }
         Ok(Completion::Fail(FailureKind::Instantiate, message)) => {
             return Err(fail(CellError::Instantiate(message)));
+        }
+        Ok(Completion::Fail(FailureKind::CallError, message)) => {
+            return Err(fail(CellError::CallError(message)));
         }
         Ok(Completion::Fail(FailureKind::Runtime, message)) => {
             return Err(fail(CellError::Runtime(message)));

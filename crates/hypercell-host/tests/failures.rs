@@ -222,3 +222,20 @@ fn bad_modules_are_reported_in_one_sentence() {
         Err(CompileError::Unreadable { .. })
     ));
 }
+
+#[test]
+fn an_unknown_clock_id_ends_the_program_as_under_wasmtime() {
+    let body = format!(
+        "{SAY_BEFORE} (drop (call $clock_time_get (i32.const 4) (i64.const 1) (i32.const 1024)))"
+    );
+    let outcome = run(&program(&body), &config(), b"");
+    let error = &failure(&outcome).error;
+    assert!(
+        matches!(error, CellError::CallError(m) if m.contains("invalid enum value Clockid")),
+        "{error}"
+    );
+    assert_eq!(
+        outcome.stdout, b"before\n",
+        "output written before still arrives"
+    );
+}
