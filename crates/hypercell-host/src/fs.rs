@@ -607,6 +607,11 @@ impl FileTable {
         let path = guest_path(memory, path_addr, path_len)?;
         let (dir, read_only) = self.dir(dirfd)?;
         let wants_dir = oflags & O_DIRECTORY != 0;
+        // Creating a directory is path_create_directory's job; refuse before touching
+        // anything, as wasmtime does.
+        if wants_dir && oflags & O_CREAT != 0 {
+            return Err(errno::INVAL);
+        }
         let readable = rights & (RIGHT_FD_READ | RIGHT_FD_READDIR) != 0;
         let writable = rights
             & (RIGHT_FD_WRITE | RIGHT_FD_DATASYNC | RIGHT_FD_ALLOCATE | RIGHT_FD_FILESTAT_SET_SIZE)

@@ -320,6 +320,11 @@ fn renumbering_flags_times_links_and_bad_descriptors_match_wasmtime() {
 }
 
 #[test]
+fn open_flags_offsets_listing_and_wrong_kinds_match_wasmtime() {
+    check_file_program("files3", include_str!("programs/files3.expected"));
+}
+
+#[test]
 fn an_invalid_seek_whence_ends_the_program_as_under_wasmtime() {
     let module = write_module(
         "whence.wat",
