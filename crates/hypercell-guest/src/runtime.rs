@@ -120,7 +120,11 @@ pub fn run(boot: &BootInfo) -> ! {
         Err(e) if e.is::<wasmtime::Trap>() => trap(&e),
         Err(e) => {
             clock::mark(Phase::Finished);
-            fail_with(FailureKind::CallError, "error while executing", &e)
+            fail_with(
+                FailureKind::CallError,
+                "a WASI call refused its arguments",
+                &e,
+            )
         }
     }
 }

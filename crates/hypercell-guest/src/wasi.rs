@@ -21,7 +21,6 @@ type Errno = i32;
 /// WASI errno values used here.
 mod errno {
     pub const BADF: i32 = 8;
-    pub const FAULT: i32 = 21;
     pub const INVAL: i32 = 28;
     pub const NAMETOOLONG: i32 = 37;
     pub const NOSYS: i32 = 52;
@@ -98,7 +97,8 @@ impl CellState {
     }
 }
 
-/// The program's linear memory, with WASI's bounds rules (`fault` when out of range).
+/// The program's linear memory, with wasmtime's rules for WASI pointers: one outside
+/// the memory or misaligned for its type ends the program.
 struct Mem<'a>(&'a mut [u8]);
 
 impl Mem<'_> {
@@ -116,11 +116,19 @@ impl Mem<'_> {
         Ok(self.linear().addr(range))
     }
 
+    /// The guest-physical address of a `len`-byte structure at `ptr`, checked for
+    /// bounds and for the structure's alignment.
+    fn addr_aligned(&self, ptr: i32, len: u32, align: u32) -> Result<u64, Errno> {
+        let addr = self.addr(ptr, len)?;
+        aligned(ptr, align)?;
+        Ok(addr)
+    }
+
     fn range(&self, ptr: i32, len: u32) -> Result<Range<usize>, Errno> {
         let start = ptr as u32 as usize;
-        let end = start.checked_add(len as usize).ok_or(errno::FAULT)?;
+        let end = start.checked_add(len as usize).ok_or(OUT_OF_BOUNDS)?;
         if end > self.0.len() {
-            return Err(errno::FAULT);
+            return Err(OUT_OF_BOUNDS);
         }
         Ok(start..end)
     }
@@ -140,7 +148,9 @@ impl Mem<'_> {
     }
 
     fn read_u32(&self, ptr: i32) -> Result<u32, Errno> {
-        self.read(ptr).map(u32::from_le_bytes)
+        let bytes = self.read(ptr)?;
+        aligned(ptr, 4)?;
+        Ok(u32::from_le_bytes(bytes))
     }
 
     fn write(&mut self, ptr: i32, bytes: &[u8]) -> Result<(), Errno> {
@@ -149,12 +159,21 @@ impl Mem<'_> {
         Ok(())
     }
 
+    /// Writes a structure that must be aligned to `align`.
+    fn write_aligned(&mut self, ptr: i32, bytes: &[u8], align: u32) -> Result<(), Errno> {
+        // Bounds first, then alignment, in wasmtime's order.
+        let range = self.range(ptr, bytes.len() as u32)?;
+        aligned(ptr, align)?;
+        self.0[range].copy_from_slice(bytes);
+        Ok(())
+    }
+
     fn write_u32(&mut self, ptr: i32, value: u32) -> Result<(), Errno> {
-        self.write(ptr, &value.to_le_bytes())
+        self.write_aligned(ptr, &value.to_le_bytes(), 4)
     }
 
     fn write_u64(&mut self, ptr: i32, value: u64) -> Result<(), Errno> {
-        self.write(ptr, &value.to_le_bytes())
+        self.write_aligned(ptr, &value.to_le_bytes(), 8)
     }
 
     /// The ranges of a WASI iovec array (`{ buf: u32, len: u32 }` elements).
@@ -171,8 +190,23 @@ impl Mem<'_> {
     }
 }
 
+/// A pointer or buffer that runs outside linear memory. wasmtime ends the program for
+/// one rather than answering `fault`, so [`with_mem`] does too.
+const OUT_OF_BOUNDS: Errno = -1;
+
+/// A pointer not aligned to its WASI type, as the negated alignment (2, 4 or 8); ends
+/// the program like [`OUT_OF_BOUNDS`].
+fn aligned(ptr: i32, align: u32) -> Result<(), Errno> {
+    if (ptr as u32).is_multiple_of(align) {
+        Ok(())
+    } else {
+        Err(-(align as Errno))
+    }
+}
+
 /// Runs `f` over the caller's exported memory and state; turns its result into an
-/// errno. A module without an exported `memory` traps, as under wasmtime.
+/// errno. A module without an exported `memory`, or a misaligned pointer, ends the
+/// program, as under wasmtime.
 fn with_mem(
     caller: &mut Caller<'_, CellState>,
     f: impl FnOnce(&mut Mem<'_>, &mut CellState) -> Result<(), Errno>,
@@ -181,7 +215,12 @@ fn with_mem(
         wasmtime::bail!("the module calls WASI but exports no memory named `memory`");
     };
     let (data, state) = memory.data_and_store_mut(caller);
-    Ok(f(&mut Mem(data), state).err().unwrap_or(0))
+    match f(&mut Mem(data), state) {
+        Ok(()) => Ok(0),
+        Err(OUT_OF_BOUNDS) => wasmtime::bail!("pointer out of bounds"),
+        Err(align) if align < 0 => wasmtime::bail!("pointer not aligned to {}", -align),
+        Err(errno) => Ok(errno),
+    }
 }
 
 /// The errno for a call on `fd` that only preopened directories or files support.
@@ -297,7 +336,7 @@ fn fd_read(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Resul
 
 fn fd_fdstat_get(mem: &mut Mem<'_>, fd: i32, out: i32) -> Result<(), Errno> {
     if fd as u32 >= 3 {
-        let out = mem.addr(out, 24)?;
+        let out = mem.addr_aligned(out, 24, 8)?;
         return files::call(
             FileOp::FdstatGet,
             [u64::from(fd as u32), out, 0, 0, 0, 0, 0, 0],
@@ -323,7 +362,7 @@ fn fd_fdstat_get(mem: &mut Mem<'_>, fd: i32, out: i32) -> Result<(), Errno> {
     // Base and inheriting rights are the same, as wasmtime reports them for stdio.
     stat[8..16].copy_from_slice(&rights.to_le_bytes());
     stat[16..24].copy_from_slice(&rights.to_le_bytes());
-    mem.write(out, &stat)
+    mem.write_aligned(out, &stat, 8)
 }
 
 /// Refuses a clock id that is not one of WASI's four, as wasmtime does.
@@ -381,6 +420,7 @@ fn poll_oneoff(
     for i in 0..count {
         let at = subs.wrapping_add(i.wrapping_mul(SUBSCRIPTION_SIZE));
         let sub: [u8; 48] = mem.read(at)?;
+        aligned(at, 8)?;
         let userdata = u64::from_le_bytes(sub[0..8].try_into().expect("8 bytes"));
         let kind = sub[8];
         let word = u32::from_le_bytes(sub[16..20].try_into().expect("4 bytes"));
@@ -433,7 +473,7 @@ fn poll_oneoff(
         bytes[0..8].copy_from_slice(&event.userdata.to_le_bytes());
         bytes[8..10].copy_from_slice(&(event.error as u16).to_le_bytes());
         bytes[10] = event.kind;
-        mem.write(events.wrapping_add(i as i32 * EVENT_SIZE), &bytes)?;
+        mem.write_aligned(events.wrapping_add(i as i32 * EVENT_SIZE), &bytes, 8)?;
     }
     mem.write_u32(out, ready.len() as u32)
 }
@@ -522,7 +562,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         let name = files::preopen_name(fd as u32).ok_or(errno::BADF)?;
         let mut prestat = [0u8; 8];
         prestat[4..8].copy_from_slice(&(name.len() as u32).to_le_bytes());
-        mem.write(out, &prestat)
+        mem.write_aligned(out, &prestat, 4)
     });
     wasi!(
         linker,
@@ -632,7 +672,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             if (fd as u32) < 3 {
                 return stdio_or_badf(fd, errno::NOTSUP);
             }
-            let out = mem.addr(out, 64)?;
+            let out = mem.addr_aligned(out, 64, 8)?;
             files::call(
                 FileOp::FilestatGet,
                 [fd as u32 as u64, out, 0, 0, 0, 0, 0, 0],
@@ -808,7 +848,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         "path_filestat_get",
         |mem, state, fd: i32, flags: i32, path: i32, len: i32, out: i32| {
             let path = mem.addr(path, len as u32)?;
-            let out = mem.addr(out, 64)?;
+            let out = mem.addr_aligned(out, 64, 8)?;
             files::call(
                 FileOp::PathFilestatGet,
                 [

@@ -75,7 +75,7 @@ pub enum CellError {
     #[error("could not instantiate the module: {0}")]
     Instantiate(String),
     /// A WASI call refused its arguments and ended the program.
-    #[error("the program made a WASI call with invalid arguments and was stopped: {0}")]
+    #[error("the program was stopped: {0}")]
     CallError(String),
     /// The guest runtime failed.
     #[error("the cell's runtime failed: {0}")]

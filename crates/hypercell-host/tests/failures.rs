@@ -239,3 +239,46 @@ fn an_unknown_clock_id_ends_the_program_as_under_wasmtime() {
         "output written before still arrives"
     );
 }
+
+#[test]
+fn bad_pointers_end_the_program_as_under_wasmtime() {
+    // Out of bounds (past the memory, or a buffer running off its end) and misaligned
+    // for the type: wasmtime ends the program rather than answering `fault`.
+    for (call, message) in [
+        (
+            "(drop (call $environ_sizes_get (i32.const 0x7fffffff) (i32.const 1028)))",
+            "out of bounds",
+        ),
+        (
+            "(drop (call $random_get (i32.const 262100) (i32.const 64)))",
+            "out of bounds",
+        ),
+        (
+            "(drop (call $write (i32.const 1) (i32.const 262140) (i32.const 100)))",
+            "out of bounds",
+        ),
+        (
+            "(drop (call $args_sizes_get (i32.const 2) (i32.const 8)))",
+            "not aligned to 4",
+        ),
+        (
+            "(drop (call $fd_fdstat_get (i32.const 1) (i32.const 12)))",
+            "not aligned to 8",
+        ),
+        (
+            "(drop (call $clock_time_get (i32.const 0) (i64.const 1) (i32.const 1028)))",
+            "not aligned to 8",
+        ),
+    ] {
+        let outcome = run(&program(&format!("{SAY_BEFORE} {call}")), &config(), b"");
+        let error = &failure(&outcome).error;
+        assert!(
+            matches!(error, CellError::CallError(m) if m.contains(message)),
+            "{call}: {error}"
+        );
+        assert_eq!(
+            outcome.stdout, b"before\n",
+            "{call}: output written before still arrives"
+        );
+    }
+}
