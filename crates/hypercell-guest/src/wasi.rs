@@ -402,7 +402,7 @@ struct Event {
     kind: u8,
 }
 
-/// `poll_oneoff`: stdio is always ready (stdin blocks in `fd_read`); clock
+/// `poll_oneoff`: stdio and files are always ready (stdin blocks in `fd_read`); clock
 /// subscriptions wait, in the cell when short, else through one sleep hypercall.
 fn poll_oneoff(
     mem: &mut Mem<'_>,
@@ -440,6 +440,27 @@ fn poll_oneoff(
                     Some(_) => timers.push((userdata, timeout)),
                 }
             }
+            EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE if word >= 3 => {
+                // Files are always ready, reported as wasmtime does (one byte). A
+                // descriptor that is not open fails the whole call, as under wasmtime.
+                let mut fdstat = [0u8; 24];
+                let params = [
+                    u64::from(word),
+                    fdstat.as_mut_ptr() as u64,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                ];
+                files::call(FileOp::FdstatGet, params)?;
+                ready.push(Event {
+                    userdata,
+                    error: 0,
+                    kind,
+                });
+            }
             EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE => {
                 let wants_read = kind == EVENTTYPE_FD_READ;
                 let ok = stdio::is_open(word) && (word == 0) == wants_read;
@@ -473,6 +494,9 @@ fn poll_oneoff(
         bytes[0..8].copy_from_slice(&event.userdata.to_le_bytes());
         bytes[8..10].copy_from_slice(&(event.error as u16).to_le_bytes());
         bytes[10] = event.kind;
+        if event.kind != EVENTTYPE_CLOCK && event.error == 0 {
+            bytes[16..24].copy_from_slice(&1u64.to_le_bytes());
+        }
         mem.write_aligned(events.wrapping_add(i as i32 * EVENT_SIZE), &bytes, 8)?;
     }
     mem.write_u32(out, ready.len() as u32)

@@ -455,3 +455,52 @@ fn sockets_answer_like_wasmtime() {
         [57, 57, 57, 57, 57, 57, 57, 57, 8, 8, 8, 8]
     );
 }
+
+#[test]
+fn poll_oneoff_on_files_matches_wasmtime() {
+    // Preopen 3 holds f.txt; subscription: fd_read on it (userdata 11). Then the same
+    // with a closed descriptor (9) added, which fails the whole call with badf.
+    let open = r#"
+        (i64.store (i32.const 100) (i64.const 0x7478742e66))   ;; "f.txt"
+        (drop (call $path_open (i32.const 3) (i32.const 0) (i32.const 100) (i32.const 5)
+          (i32.const 0) (i64.const 2) (i64.const 0) (i32.const 0) (i32.const 200)))
+        (i64.store (i32.const 1024) (i64.const 11))
+        (i32.store8 (i32.const 1032) (i32.const 1))
+        (i32.store (i32.const 1040) (i32.load (i32.const 200)))
+        (i64.store (i32.const 1072) (i64.const 33))
+        (i32.store8 (i32.const 1080) (i32.const 1))
+        (i32.store (i32.const 1088) (i32.const 9))
+        (call $emit32 (call $poll_oneoff (i32.const 1024) (i32.const 3000) (i32.const 1) (i32.const 2004)))
+        (call $emit32 (i32.load (i32.const 2004)))
+        (call $emit (i32.const 3000) (i32.const 32))
+        (call $emit32 (call $poll_oneoff (i32.const 1024) (i32.const 3000) (i32.const 2) (i32.const 2004)))"#;
+    let wat = program(open).replace(
+        "(memory (export \"memory\") 4)",
+        r#"(import "wasi_snapshot_preview1" "path_open" (func $path_open (param i32 i32 i32 i32 i32 i64 i64 i32 i32) (result i32)))
+  (memory (export "memory") 4)"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.txt"), "0123456789").unwrap();
+    let config = CellConfig {
+        preopens: vec![hypercell_host::fs::Preopen {
+            host: dir.path().to_path_buf(),
+            guest: "pd".into(),
+            read_only: false,
+        }],
+        ..config()
+    };
+    let out = run(&wat, &config, b"").stdout;
+    assert_eq!(u32s(&out[..8]), [0, 1], "one event");
+    assert_eq!(u64_at(&out, 8), 11, "userdata");
+    assert_eq!(
+        (out[16], out[17], out[18]),
+        (0, 0, 1),
+        "no error, an fd_read event"
+    );
+    assert_eq!(u64_at(&out, 24), 1, "one byte ready, as wasmtime reports");
+    assert_eq!(
+        u32_at(&out, 40),
+        ERRNO_BADF,
+        "a closed descriptor fails the call"
+    );
+}
