@@ -423,3 +423,44 @@ fn a_hundred_mib_pass_through_stdin_and_stdout_byte_exact() {
         out.stdout.len()
     );
 }
+
+#[test]
+fn a_symlink_swapped_in_during_opens_never_leads_outside() {
+    let wasm = c_program("race");
+    let root = tempfile::tempdir().unwrap();
+    let sandbox = root.path().join("sandbox");
+    let outside = root.path().join("outside");
+    std::fs::create_dir_all(sandbox.join("flip")).unwrap();
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(sandbox.join("flip/secret.txt"), "inside\n").unwrap();
+    std::fs::write(outside.join("secret.txt"), "outside\n").unwrap();
+    // `parked` holds whichever of the two is not `flip`: first a symlink to the outer
+    // directory. Each swap parks `flip` under `tmp`, moves `parked` in, and parks the
+    // old one, while the program runs.
+    std::os::unix::fs::symlink("../outside", sandbox.join("parked")).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, sandbox) = (stop.clone(), sandbox.clone());
+        std::thread::spawn(move || {
+            let mut swaps = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                std::fs::rename(sandbox.join("flip"), sandbox.join("tmp")).unwrap();
+                std::fs::rename(sandbox.join("parked"), sandbox.join("flip")).unwrap();
+                std::fs::rename(sandbox.join("tmp"), sandbox.join("parked")).unwrap();
+                swaps += 1;
+            }
+            swaps
+        })
+    };
+    let dir = format!("{}::sandbox", sandbox.display());
+    let out = run(&["run", "--dir", &dir, wasm.to_str().unwrap()], b"");
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let swaps = swapper.join().unwrap();
+    let stdout = text(&out.stdout);
+    assert!(
+        !stdout.contains("ESCAPED"),
+        "read a file outside the sandbox"
+    );
+    assert_eq!(out.status.code(), Some(0), "{stdout} {}", text(&out.stderr));
+    assert!(swaps > 10, "only {swaps} swaps happened during the run");
+}

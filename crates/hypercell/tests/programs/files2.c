@@ -61,6 +61,9 @@ int main(int argc, char **argv) {
     report("link a missing file", link("missing", "other"));
     report("link out of the sandbox", link("a.txt", "../outside-link"));
 
+    report("fsync", fsync(b));
+    report("fdatasync", fdatasync(b));
+    report("posix_fadvise", posix_fadvise(b, 0, 10, POSIX_FADV_SEQUENTIAL) == 0 ? 0 : -1);
     report("posix_fallocate", posix_fallocate(b, 0, 100) == 0 ? 0 : (errno = posix_fallocate(b, 0, 100), -1));
     report("fsync a closed descriptor", fsync(77));
     report("lseek a closed descriptor", (int)lseek(77, 0, SEEK_SET));
