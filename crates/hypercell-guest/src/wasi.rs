@@ -764,7 +764,13 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
     wasi_errno!(
         linker,
         "fd_fdstat_set_rights",
-        |fd: i32, _b: i64, _i: i64| answer_if_open(fd, errno::NOTSUP)
+        |fd: i32, _b: i64, _i: i64| {
+            // wasmtime answers `badf` for stdio here, and `notsup` for open files.
+            if (fd as u32) < 3 {
+                return Err(errno::BADF);
+            }
+            answer_if_open(fd, errno::NOTSUP)
+        }
     );
     wasi_errno!(
         linker,

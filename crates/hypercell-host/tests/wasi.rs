@@ -504,3 +504,33 @@ fn poll_oneoff_on_files_matches_wasmtime() {
         "a closed descriptor fails the call"
     );
 }
+
+#[test]
+fn fdstat_set_rights_answers_like_wasmtime() {
+    // On stdout, a preopened directory and a closed descriptor, wasmtime answers
+    // `badf`, `notsup` and `badf`.
+    let wat = program(
+        r#"
+        (call $emit32 (call $set_rights (i32.const 1) (i64.const 0) (i64.const 0)))
+        (call $emit32 (call $set_rights (i32.const 3) (i64.const 0) (i64.const 0)))
+        (call $emit32 (call $set_rights (i32.const 9) (i64.const 0) (i64.const 0)))"#,
+    )
+    .replace(
+        "(memory (export \"memory\") 4)",
+        r#"(import "wasi_snapshot_preview1" "fd_fdstat_set_rights" (func $set_rights (param i32 i64 i64) (result i32)))
+  (memory (export "memory") 4)"#,
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = CellConfig {
+        preopens: vec![hypercell_host::fs::Preopen {
+            host: dir.path().to_path_buf(),
+            guest: "data".into(),
+            read_only: false,
+        }],
+        ..config()
+    };
+    assert_eq!(
+        u32s(&run(&wat, &config, b"").stdout),
+        [ERRNO_BADF, 58, ERRNO_BADF]
+    );
+}
