@@ -19,6 +19,18 @@ fn config() -> CellConfig {
     }
 }
 
+/// [`config`] with `dir` preopened as descriptor 3, named `guest`.
+fn config_with_dir(dir: &std::path::Path, guest: &str) -> CellConfig {
+    CellConfig {
+        preopens: vec![hypercell_host::fs::Preopen {
+            host: dir.to_path_buf(),
+            guest: guest.into(),
+            read_only: false,
+        }],
+        ..config()
+    }
+}
+
 #[test]
 fn args_are_served_inside_the_cell() {
     let wat = program(
@@ -441,14 +453,7 @@ fn sockets_answer_like_wasmtime() {
   (memory (export "memory") 4)"#,
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = CellConfig {
-        preopens: vec![hypercell_host::fs::Preopen {
-            host: dir.path().to_path_buf(),
-            guest: "data".into(),
-            read_only: false,
-        }],
-        ..config()
-    };
+    let config = config_with_dir(dir.path(), "data");
     let outcome = run(&wat, &config, b"");
     assert_eq!(
         u32s(&outcome.stdout),
@@ -481,14 +486,7 @@ fn poll_oneoff_on_files_matches_wasmtime() {
     );
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("f.txt"), "0123456789").unwrap();
-    let config = CellConfig {
-        preopens: vec![hypercell_host::fs::Preopen {
-            host: dir.path().to_path_buf(),
-            guest: "pd".into(),
-            read_only: false,
-        }],
-        ..config()
-    };
+    let config = config_with_dir(dir.path(), "pd");
     let out = run(&wat, &config, b"").stdout;
     assert_eq!(u32s(&out[..8]), [0, 1], "one event");
     assert_eq!(u64_at(&out, 8), 11, "userdata");
@@ -521,14 +519,7 @@ fn fdstat_set_rights_answers_like_wasmtime() {
   (memory (export "memory") 4)"#,
     );
     let dir = tempfile::tempdir().unwrap();
-    let config = CellConfig {
-        preopens: vec![hypercell_host::fs::Preopen {
-            host: dir.path().to_path_buf(),
-            guest: "data".into(),
-            read_only: false,
-        }],
-        ..config()
-    };
+    let config = config_with_dir(dir.path(), "data");
     assert_eq!(
         u32s(&run(&wat, &config, b"").stdout),
         [ERRNO_BADF, 58, ERRNO_BADF]

@@ -10,7 +10,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{count_from_env, find_wasmtime, median};
+use support::{count_from_env, find_wasmtime, median, wasmtime_compile};
 
 use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
@@ -164,29 +164,17 @@ fn main() {
             )
         });
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-    let compiled = Command::new(&wasmtime)
-        .arg("compile")
-        .arg(&wasm)
-        .arg("-o")
-        .arg(&cwasm)
-        .status()
-        .expect("wasmtime compile");
-    assert!(compiled.success(), "wasmtime compile failed");
+    wasmtime_compile(&wasmtime, &wasm, &cwasm);
 
     let hypercell_run = |stats: bool| {
-        let mut command = Command::new(hypercell);
-        command.env("XDG_CACHE_HOME", &cache).arg("run");
+        let mut command = support::hypercell_run(hypercell, &cache);
         if stats {
             command.arg("--stats");
         }
         command.arg(&wasm);
         command
     };
-    let wasmtime_run = || {
-        let mut command = Command::new(&wasmtime);
-        command.args(["run", "--allow-precompiled"]).arg(&cwasm);
-        command
-    };
+    let wasmtime_run = || support::wasmtime_run(&wasmtime, &cwasm);
     // Warm both: fill hypercell's compile cache and the page cache for both binaries.
     let first = measure(&mut hypercell_run(true));
     assert!(

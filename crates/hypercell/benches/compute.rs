@@ -10,7 +10,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{count_from_env, find_wasmtime, median};
+use support::{count_from_env, find_wasmtime, median, wasmtime_compile};
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -132,24 +132,13 @@ fn main() {
             &wasm,
         );
         clang(sources, &flags(&["-O2"], native_flags), &native);
-        let compiled = Command::new(&wasmtime)
-            .arg("compile")
-            .arg(&wasm)
-            .arg("-o")
-            .arg(&cwasm)
-            .status()
-            .expect("wasmtime compile");
-        assert!(compiled.success());
+        wasmtime_compile(&wasmtime, &wasm, &cwasm);
         let hypercell_run = || {
-            let mut command = Command::new(hypercell);
-            command.env("XDG_CACHE_HOME", &cache).arg("run").arg(&wasm);
+            let mut command = support::hypercell_run(hypercell, &cache);
+            command.arg(&wasm);
             command
         };
-        let wasmtime_run = || {
-            let mut command = Command::new(&wasmtime);
-            command.args(["run", "--allow-precompiled"]).arg(&cwasm);
-            command
-        };
+        let wasmtime_run = || support::wasmtime_run(&wasmtime, &cwasm);
         // Warm caches: hypercell's compile cache and the page cache.
         let (_, expected) = run(&mut Command::new(&native));
         run(&mut hypercell_run());

