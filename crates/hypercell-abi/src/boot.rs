@@ -64,6 +64,21 @@ pub struct BootInfo {
     pub stdio_kinds: [u8; 3],
     /// Reserved, zero.
     pub reserved: [u8; 5],
+    /// Where the host sends the vCPU when the guest raises a CPU exception: the
+    /// runtime's trap entry, called with the faulting instruction's address, the frame
+    /// pointer, whether a faulting address follows, that address and the vector. Zero
+    /// (from the host) until the guest runtime writes it; while zero, an exception ends
+    /// the cell.
+    pub trap_entry: u64,
+    /// Top of the stack the trap entry runs on (written by the guest with
+    /// `trap_entry`).
+    pub trap_stack: u64,
+    /// Accessible bytes the host already mapped at the start of the reservation area
+    /// for the module's first linear memory (its initial size), or 0.
+    pub premapped_memory: u64,
+    /// Guest-physical start of the 2 MiB pages behind `premapped_memory`; the heap
+    /// starts after them.
+    pub premapped_backing: u64,
 }
 
 /// Time-stamp counter readings the guest runtime takes as it starts a program, for the

@@ -87,6 +87,19 @@ pub enum Hypercall {
     /// out as [`FileOp`] documents (pointers as guest-physical addresses). The host
     /// copies the parameters first. Result: the call's value, or a negated WASI errno.
     File = 10,
+    /// Make parts of a linear-memory reservation accessible: map the guest-virtual
+    /// range at `va` of `len` bytes onto guest-physical memory at `pa`, and likewise a
+    /// second range (`va2`, `len2`, `pa2`; `len2` 0 for none), so that a memory growing
+    /// out of a partly used 2 MiB page into fresh ones takes one call. Addresses and
+    /// lengths are 4 KiB multiples, the ranges lie in the reservation area (see
+    /// [`crate::layout::RESERVATION_BASE`]), and each `va` shares its offset within a
+    /// 2 MiB page with its `pa`, so that whole 2 MiB pages map with one entry. The host
+    /// readies the physical memory as [`Hypercall::GrowMemory`] does and returns the
+    /// new end of ready memory, or a negated `ENOMEM`.
+    MapMemory = 11,
+    /// The runtime's trap entry found that the exception it was sent for is not a wasm
+    /// trap: the host ends the cell and reports that exception. Never returns.
+    Unhandled = 12,
 }
 
 /// The file calls of [`Hypercall::File`], with their parameters.
@@ -194,6 +207,8 @@ impl Hypercall {
             8 => Self::Random,
             9 => Self::GrowMemory,
             10 => Self::File,
+            11 => Self::MapMemory,
+            12 => Self::Unhandled,
             _ => return None,
         })
     }
@@ -243,11 +258,13 @@ mod tests {
             Hypercall::Random,
             Hypercall::GrowMemory,
             Hypercall::File,
+            Hypercall::MapMemory,
+            Hypercall::Unhandled,
         ] {
             assert_eq!(Hypercall::from_number(call as u32), Some(call));
         }
         assert_eq!(Hypercall::from_number(0), None);
-        assert_eq!(Hypercall::from_number(11), None);
+        assert_eq!(Hypercall::from_number(13), None);
         for number in 1..=25 {
             assert_eq!(
                 FileOp::from_number(number).map(|op| op as u64),

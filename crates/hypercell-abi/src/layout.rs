@@ -1,9 +1,10 @@
 //! Fixed guest-physical addresses shared by the host's loader and the guest image.
 //!
-//! Guest-physical and guest-virtual addresses are identical: the host maps guest
-//! memory one-to-one with 2 MiB pages.
+//! Below [`RESERVATION_BASE`], guest-physical and guest-virtual addresses are
+//! identical: the host maps guest memory one-to-one with 2 MiB pages. Linear memories
+//! live in the reservation area above it, mapped onto guest memory piece by piece.
 
-/// Size of a large page, the granule of every mapping in a cell.
+/// Size of a large page, the granule of the one-to-one mapping.
 pub const LARGE_PAGE_SIZE: u64 = 2 << 20;
 
 /// Size of a small page (used only for tables inside the system region).
@@ -29,3 +30,12 @@ pub const EXCEPTION_VECTORS: u16 = 32;
 
 /// Largest guest memory a cell can have: hypercall addresses travel in 32 bits.
 pub const MAX_MEMORY_SIZE: u64 = 4 << 30;
+
+/// Start of the reservation area: guest-virtual space above all guest memory where
+/// the runtime reserves linear memories (4 GiB and a guard region each). Nothing there
+/// is mapped until the guest asks for it ([`crate::Hypercall::MapMemory`]), so an access
+/// past a memory's accessible end faults and wasm code needs no bounds checks.
+pub const RESERVATION_BASE: u64 = 1 << 40;
+
+/// Size of the reservation area: one page-map level-4 entry (512 GiB).
+pub const RESERVATION_SIZE: u64 = 512 << 30;

@@ -2,8 +2,7 @@
 //!
 //! The host compiles modules with Cranelift and the guest runtime loads the result, so
 //! every setting that shapes compiled code (tunables, wasm features, CPU features) must
-//! be identical on both sides; both call [`configure`]. Linear-memory bounds are checked
-//! explicitly because a cell has no signal-based trap handling.
+//! be identical on both sides; both call [`configure`].
 #![no_std]
 #![deny(unsafe_op_in_unsafe_fn)]
 
@@ -25,19 +24,39 @@ pub const CRANELIFT_CPU_FLAGS: &[(u32, &str)] = &[
     (CpuFeatures::FMA, "has_fma"),
 ];
 
+/// Guest-virtual space reserved for each linear memory: a 32-bit index never leaves it.
+pub const MEMORY_RESERVATION: u64 = 4 << 30;
+
+/// Unmapped space after each reservation: covers the static offset of a load or store.
+pub const MEMORY_GUARD_SIZE: u64 = 32 << 20;
+
+/// Unmapped space after a GC heap's reservation. It differs from
+/// [`MEMORY_GUARD_SIZE`] so that the guest tells the two kinds of reservation apart by
+/// size alone.
+pub const GC_HEAP_GUARD_SIZE: u64 = 64 << 20;
+
+/// Bytes wasmtime reserves for one linear memory.
+pub const MEMORY_RESERVATION_SIZE: u64 = MEMORY_RESERVATION + MEMORY_GUARD_SIZE;
+
 /// Applies the settings shared by the host compiler and the guest runtime.
 ///
-/// Cells have no virtual-memory tricks: linear memories are plain heap allocations with
-/// no reservation or guard pages, and every bounds check is explicit.
+/// Linear memories are 4 GiB reservations with a guard region after them in the
+/// cell's reservation area, mapped as they grow, so 32-bit memories need no bounds
+/// checks: an access past the end faults and the host hands the fault to the runtime as
+/// a trap. They never move. Data segments are copied in (no copy-on-write images).
 pub fn configure(config: &mut Config) {
     config
-        .signals_based_traps(false)
-        .memory_reservation(0)
-        .memory_guard_size(0)
+        .signals_based_traps(true)
+        .memory_reservation(MEMORY_RESERVATION)
+        .memory_guard_size(MEMORY_GUARD_SIZE)
         .memory_reservation_for_growth(0)
         .guard_before_linear_memory(false)
-        .memory_may_move(true)
+        .memory_may_move(false)
         .memory_init_cow(false)
+        .gc_heap_reservation(MEMORY_RESERVATION)
+        .gc_heap_guard_size(GC_HEAP_GUARD_SIZE)
+        .gc_heap_reservation_for_growth(0)
+        .gc_heap_may_move(false)
         .table_lazy_init(true)
         .native_unwind_info(false)
         .generate_address_map(true)

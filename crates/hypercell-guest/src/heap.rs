@@ -5,6 +5,7 @@ use core::cell::UnsafeCell;
 use core::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use dlmalloc::Dlmalloc;
+use hypercell_abi::layout::LARGE_PAGE_SIZE;
 use hypercell_abi::{BootInfo, Hypercall};
 
 /// Hands out the heap region front to back; memory is never returned to it. The
@@ -76,24 +77,52 @@ unsafe impl dlmalloc::Allocator for HeapRegion {
     }
 }
 
-struct GuestAllocator(UnsafeCell<Dlmalloc<HeapRegion>>);
+pub(crate) struct GuestAllocator(UnsafeCell<Dlmalloc<HeapRegion>>);
 
 // SAFETY: a cell has one vCPU and the guest never receives interrupts, so the allocator
 // is never entered concurrently or re-entrantly.
 unsafe impl Sync for GuestAllocator {}
 
 #[global_allocator]
-static ALLOCATOR: GuestAllocator =
+pub(crate) static ALLOCATOR: GuestAllocator =
     GuestAllocator(UnsafeCell::new(Dlmalloc::new_with_allocator(HeapRegion {
         next: AtomicUsize::new(0),
         end: AtomicUsize::new(0),
         limit: AtomicUsize::new(0),
     })));
 
+/// The heap region under the allocator.
+fn region() -> &'static HeapRegion {
+    // SAFETY: the allocator is only entered on this single thread (see
+    // `GuestAllocator`'s Sync), and these fields are atomics read and written between
+    // its calls, never during one.
+    unsafe { (*ALLOCATOR.0.get()).allocator() }
+}
+
+/// Takes `count` whole 2 MiB pages of guest-physical memory from the heap region, for
+/// backing linear memory; they are made ready when they are mapped.
+pub fn take_large_pages(count: usize) -> Option<usize> {
+    let region = region();
+    let start = region
+        .next
+        .load(Ordering::Relaxed)
+        .next_multiple_of(LARGE_PAGE_SIZE as usize);
+    let end = start.checked_add(count.checked_mul(LARGE_PAGE_SIZE as usize)?)?;
+    if end > region.limit.load(Ordering::Relaxed) {
+        EXHAUSTED.store(true, Ordering::Relaxed);
+        return None;
+    }
+    region.next.store(end, Ordering::Relaxed);
+    Some(start)
+}
+
+/// Records that the host made memory ready up to `end`.
+pub fn ready_up_to(end: usize) {
+    region().end.fetch_max(end, Ordering::Relaxed);
+}
+
 pub fn init(boot: &BootInfo) {
-    // SAFETY: called once at boot before any allocation; see `GuestAllocator`'s Sync.
-    let heap = unsafe { &*ALLOCATOR.0.get() };
-    let region = heap.allocator();
+    let region = region();
     region
         .next
         .store(boot.heap_start as usize, Ordering::Relaxed);

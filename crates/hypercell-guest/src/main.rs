@@ -20,6 +20,8 @@ mod platform;
 mod random;
 mod runtime;
 mod stdio;
+mod traps;
+mod virtual_memory;
 mod wasi;
 
 use hypercell_abi::BootInfo;
@@ -36,20 +38,22 @@ core::arch::global_asm!(
 );
 
 /// Rust entry point, called by `_start` with the host's boot information.
-extern "C" fn guest_main(boot: *const BootInfo) -> ! {
+extern "C" fn guest_main(boot_ptr: *mut BootInfo) -> ! {
     // SAFETY: the host placed a `BootInfo` at this address before the first
     // instruction; it is read once, by value.
-    let boot = unsafe { boot.read_volatile() };
+    let boot = unsafe { boot_ptr.read_volatile() };
     if boot.magic != BOOT_MAGIC || boot.abi_version != hypercell_abi::ABI_VERSION {
         // Without a valid boot block there is no request block to report through;
         // an invalid-opcode fault is reported by the CPL 0 stubs instead.
         platform::halt();
     }
     hypercall::init(&boot);
+    traps::init(boot_ptr);
     stdio::init(&boot);
     files::init(&boot);
     clock::init(&boot);
     platform::init(&boot);
     heap::init(&boot);
+    virtual_memory::init(&boot);
     runtime::run(&boot)
 }

@@ -1,16 +1,18 @@
 //! A cell: one partition running one program, from boot to its last exit.
 
 use std::io::Cursor;
+use std::mem::offset_of;
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hypercell_abi::boot::BOOT_MAGIC;
 use hypercell_abi::hypercall::FailureKind;
-use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE};
+use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, RESERVATION_BASE};
 use hypercell_abi::{ABI_VERSION, BootInfo, GuestPhases};
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
-    GuestException, GuestMemory, MemoryError, Vcpu, VcpuError, VcpuEvent, Vm, VmError,
+    GuestException, GuestMemory, MemoryError, ReservationTables, Vcpu, VcpuError, VcpuEvent, Vm,
+    VmError,
 };
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
@@ -241,12 +243,17 @@ pub fn run_cell(
     // any VM is made.
     let files = FileTable::with_preopens(&config.preopens)?;
     let preopens = string_block(config.preopens.iter().map(|p| p.guest.as_str()));
-    let (image_end, module, cpu_features) = match payload {
+    let (image_end, module, cpu_features, initial_memory) = match payload {
         CellPayload::Wasm {
             module,
             cpu_features,
-        } => (image_end()?, module.artifact.as_slice(), cpu_features),
-        CellPayload::MachineCode(code) => (IMAGE_BASE + code.len() as u64, &[][..], 0),
+        } => (
+            image_end()?,
+            module.artifact.as_slice(),
+            cpu_features,
+            module.initial_memory,
+        ),
+        CellPayload::MachineCode(code) => (IMAGE_BASE + code.len() as u64, &[][..], 0, 0),
     };
     let module_len = module.len() as u64;
     let layout = CellLayout::plan_with_preopens(
@@ -273,11 +280,29 @@ pub fn run_cell(
     vm.map_memory(&memory, 0, 0..boot_mapping)?;
     // The runtime's first allocations land in the heap's first 2 MiB: back it now (see
     // `Services::grow_memory`).
-    let heap_ready = (layout.heap_start + LARGE_PAGE_SIZE).min(boot_mapping);
-    memory.populate(layout.heap_start..heap_ready);
+    // The first linear memory's initial pages come first in the heap, mapped before
+    // boot (saving the guest an exit), then the runtime's first allocations.
+    let premapped_backing = layout.heap_start;
+    let premapped_pages = initial_memory.div_ceil(LARGE_PAGE_SIZE);
+    let premapped = if initial_memory <= layout.wasm_memory_limit()
+        && premapped_backing + (premapped_pages + 1) * LARGE_PAGE_SIZE <= boot_mapping
+    {
+        initial_memory
+    } else {
+        0
+    };
+    let heap_start = premapped_backing + premapped.div_ceil(LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE;
+    let heap_ready = (heap_start + LARGE_PAGE_SIZE).min(boot_mapping);
+    memory.populate(premapped_backing..heap_ready);
     let vcpu = vm.create_vcpu()?;
     let vm_created = Instant::now();
     let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
+    let mut reservations = ReservationTables::default();
+    if premapped > 0 {
+        reservations
+            .map(&memory, RESERVATION_BASE, premapped_backing, premapped)
+            .map_err(load_error)?;
+    }
     let memory_ready = Instant::now();
 
     let mem = memory.mem();
@@ -314,7 +339,7 @@ pub fn run_cell(
         abi_version: ABI_VERSION,
         cpu_features,
         memory_size: config.memory_size,
-        heap_start: layout.heap_start,
+        heap_start,
         heap_end: heap_ready,
         wasm_memory_limit: layout.wasm_memory_limit(),
         max_wasm_stack: MAX_WASM_STACK,
@@ -339,6 +364,10 @@ pub fn run_cell(
         monotonic_ns: monotonic_ns(),
         stdio_kinds: stdio.kinds(),
         reserved: [0; 5],
+        trap_entry: 0,
+        trap_stack: 0,
+        premapped_memory: premapped,
+        premapped_backing,
     };
     mem.write_slice(boot_bytes(&boot), GuestAddress(layout.boot_info))
         .map_err(load_error)?;
@@ -359,9 +388,13 @@ pub fn run_cell(
             mapped: boot_mapping,
             ready: heap_ready,
             next_slot: 1,
+            boot_mapping,
+            tables: reservations,
         }),
     };
-    let (outcome, vcpu, mut services, memory) = run_on_vcpu_thread(vcpu, memory, services, config);
+    let trap_handler = GuestAddress(layout.boot_info + offset_of!(BootInfo, trap_entry) as u64);
+    let (outcome, vcpu, mut services, memory) =
+        run_on_vcpu_thread(vcpu, memory, services, config, trap_handler);
     // Whatever the program wrote before it ended reaches the user, even after a fault.
     let drained = drain_output(
         &memory,
@@ -442,7 +475,9 @@ pub fn run_cell(
             return Err(fail(CellError::Timeout(config.timeout.unwrap_or_default())));
         }
         Ok(Completion::OutputLimit) => return Err(fail(output_limit())),
-        Ok(Completion::Resume) => unreachable!("the run loop only returns final completions"),
+        Ok(Completion::Resume | Completion::Unhandled) => {
+            unreachable!("the run loop only returns final completions")
+        }
         Err(error) => return Err(fail(error)),
     };
     match drained {
@@ -463,6 +498,7 @@ fn run_on_vcpu_thread<'a>(
     memory: GuestMemory,
     mut services: Services<'a>,
     config: &CellConfig,
+    trap_handler: GuestAddress,
 ) -> (
     Result<Completion, CellError>,
     Vcpu,
@@ -478,7 +514,7 @@ fn run_on_vcpu_thread<'a>(
                 // The kicker installs its signal handler, which the filter would refuse.
                 let _ = kicker_sender.send(vcpu.kicker());
                 let outcome = match seccomp::install_vcpu_filter() {
-                    Ok(()) => run_loop(&mut vcpu, &memory, &mut services),
+                    Ok(()) => run_loop(&mut vcpu, &memory, &mut services, trap_handler),
                     Err(error) => Err(CellError::Seccomp(error)),
                 };
                 let _ = done_sender.send(());
@@ -507,25 +543,68 @@ fn run_on_vcpu_thread<'a>(
 /// How often a timed-out vCPU is kicked until it stops.
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
 
+/// Runs the guest until its program ends. `trap_handler` is where the guest runtime
+/// writes its trap entry and stack (see [`BootInfo::trap_entry`]).
 fn run_loop(
     vcpu: &mut Vcpu,
     memory: &GuestMemory,
     services: &mut Services<'_>,
+    trap_handler: GuestAddress,
 ) -> Result<Completion, CellError> {
+    // The exception last handed to the runtime's trap entry, until the runtime's next
+    // hypercall: a second exception before it means trap handling itself failed.
+    let mut handed_over: Option<GuestException> = None;
     loop {
         match vcpu.run(memory)? {
             VcpuEvent::Hypercall(addr) => match services.handle(memory, addr)? {
-                Completion::Resume => {}
+                Completion::Resume => handed_over = None,
+                Completion::Unhandled => {
+                    return Err(handed_over.map_or(
+                        CellError::Hypercall(HypercallError::NoException),
+                        CellError::Fault,
+                    ));
+                }
                 done => return Ok(done),
             },
             VcpuEvent::Kicked => return Ok(Completion::TimedOut),
-            VcpuEvent::Exception(exception) => return Err(CellError::Fault(exception)),
+            VcpuEvent::Exception(exception) => {
+                if let Some(first) = handed_over {
+                    return Err(CellError::Fault(first));
+                }
+                let Some((entry, stack)) =
+                    trap_entry(memory, trap_handler).filter(|_| exception.user_mode)
+                else {
+                    return Err(CellError::Fault(exception));
+                };
+                let address = exception.cr2;
+                vcpu.enter_trap_handler(
+                    entry,
+                    stack,
+                    [
+                        exception.rip,
+                        exception.frame_pointer,
+                        u64::from(address.is_some()),
+                        address.unwrap_or(0),
+                        u64::from(exception.vector),
+                    ],
+                )?;
+                handed_over = Some(exception);
+            }
             VcpuEvent::Unmapped(addr) => return Err(CellError::Unmapped(addr.0)),
             VcpuEvent::Shutdown => return Err(CellError::TripleFault),
             VcpuEvent::InternalError => return Err(CellError::Emulation),
             VcpuEvent::Unexpected(what) => return Err(CellError::UnexpectedExit(what)),
         }
     }
+}
+
+/// The trap entry and stack the guest runtime registered, if it did and both lie in
+/// the cell's user memory.
+fn trap_entry(memory: &GuestMemory, at: GuestAddress) -> Option<(u64, u64)> {
+    let [entry, stack]: [u64; 2] = memory.mem().read_obj(at).ok()?;
+    let user = IMAGE_BASE..memory.size();
+    (user.contains(&entry) && stack > IMAGE_BASE && stack <= memory.size())
+        .then_some((entry, stack))
 }
 
 fn load_error(error: impl std::fmt::Display) -> CellError {

@@ -82,6 +82,9 @@ pub struct CompiledModule {
     pub artifact: Vec<u8>,
     /// Whether it came from the cache.
     pub cache: CacheStatus,
+    /// Initial size in bytes of the first linear memory the module defines (rounded up
+    /// to 4 KiB, as wasmtime maps it), or 0; the cell maps it before boot.
+    pub initial_memory: u64,
     /// Time spent reading, hashing and compiling or loading.
     pub elapsed: Duration,
 }
@@ -209,10 +212,12 @@ impl Compiler {
             .cache_dir
             .as_ref()
             .map(|dir| dir.join(format!("{key}.cwasm")));
+        let initial_memory = first_memory_size(&wasm);
         if let Some(artifact) = cached.as_ref().and_then(|file| std::fs::read(file).ok()) {
             return Ok(CompiledModule {
                 artifact,
                 cache: CacheStatus::Hit,
+                initial_memory,
                 elapsed: start.elapsed(),
             });
         }
@@ -232,6 +237,7 @@ impl Compiler {
         Ok(CompiledModule {
             artifact,
             cache: CacheStatus::Miss,
+            initial_memory,
             elapsed: start.elapsed(),
         })
     }
@@ -261,6 +267,29 @@ fn store(file: &Path, artifact: &[u8]) {
 
 /// Checks every import against what a cell provides. Malformed sections are left to
 /// the validator, which reports them better.
+/// Initial bytes of the first memory `wasm` defines, rounded up to 4 KiB; 0 when it
+/// defines none (or is malformed, which compiling reports).
+fn first_memory_size(wasm: &[u8]) -> u64 {
+    for payload in Parser::new(0).parse_all(wasm) {
+        match payload {
+            Ok(Payload::MemorySection(reader)) => {
+                let Some(Ok(memory)) = reader.into_iter().next() else {
+                    return 0;
+                };
+                let page_size = 1u64 << memory.page_size_log2.unwrap_or(16);
+                return memory
+                    .initial
+                    .checked_mul(page_size)
+                    .and_then(|bytes| bytes.checked_next_multiple_of(4096))
+                    .unwrap_or(0);
+            }
+            Ok(Payload::CodeSectionStart { .. }) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    0
+}
+
 fn check_imports(path: &Path, wasm: &[u8]) -> Result<(), CompileError> {
     let mut func_types: Vec<Option<FuncType>> = Vec::new();
     for payload in Parser::new(0).parse_all(wasm) {
@@ -365,6 +394,20 @@ mod tests {
         assert_eq!(first.cache, CacheStatus::Miss);
         assert_eq!(second.cache, CacheStatus::Hit);
         assert_eq!(first.artifact, second.artifact);
+    }
+
+    #[test]
+    fn the_first_defined_memory_is_measured() {
+        let size = |text: &str| first_memory_size(&wat::parse_str(text).unwrap());
+        assert_eq!(size("(module)"), 0);
+        assert_eq!(size("(module (memory 3))"), 3 << 16);
+        assert_eq!(size("(module (memory 2) (memory 9))"), 2 << 16);
+        assert_eq!(
+            size(r#"(module (import "a" "m" (memory 5)) (memory 1))"#),
+            1 << 16,
+            "imported memories are not the cell's to map"
+        );
+        assert_eq!(size("(module (memory 5 (pagesize 1)))"), 4096);
     }
 
     #[test]

@@ -25,9 +25,8 @@ use cap_std::time::SystemTime;
 use hypercell_abi::FileOp;
 use hypercell_abi::wasi::errno;
 use hypercell_vmm::GuestMemory;
-use vm_memory::{Bytes, GuestAddress};
 
-use crate::stdio::in_bounds;
+use crate::guest_access::{in_bounds, read_guest_bytes, write_guest_bytes};
 
 /// A host directory a cell is given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -183,25 +182,23 @@ fn filestat(metadata: &Metadata) -> [u8; 64] {
 
 /// Reads `len` bytes of guest memory at `addr`; `fault` if it is not all in the cell.
 fn read_guest(memory: &GuestMemory, addr: u64, len: u64) -> Result<Vec<u8>, u16> {
-    if len > 1 << 20 || !in_bounds(memory, addr, len) {
+    if len > 1 << 20 {
         return Err(errno::FAULT);
     }
     let mut bytes = vec![0u8; len as usize];
-    memory
-        .mem()
-        .read_slice(&mut bytes, GuestAddress(addr))
-        .map_err(|_| errno::FAULT)?;
-    Ok(bytes)
+    if read_guest_bytes(memory, addr, &mut bytes) {
+        Ok(bytes)
+    } else {
+        Err(errno::FAULT)
+    }
 }
 
 fn write_guest(memory: &GuestMemory, addr: u64, bytes: &[u8]) -> Result<(), u16> {
-    if !in_bounds(memory, addr, bytes.len() as u64) {
-        return Err(errno::FAULT);
+    if write_guest_bytes(memory, addr, bytes) {
+        Ok(())
+    } else {
+        Err(errno::FAULT)
     }
-    memory
-        .mem()
-        .write_slice(bytes, GuestAddress(addr))
-        .map_err(|_| errno::FAULT)
 }
 
 /// A path argument: UTF-8 not required, NUL refused.
@@ -479,10 +476,9 @@ impl FileTable {
         let mut total = 0u64;
         for (addr, len) in buffers {
             let mut data = vec![0u8; len as usize];
-            memory
-                .mem()
-                .read_slice(&mut data, GuestAddress(addr))
-                .map_err(|_| errno::FAULT)?;
+            if !read_guest_bytes(memory, addr, &mut data) {
+                return Err(errno::FAULT);
+            }
             if positioned && !*append {
                 file.write_all_at(&data, offset).map_err(io_err)?;
             } else {

@@ -12,8 +12,9 @@ use hypercell_abi::{ABI_VERSION, FileOp, Hypercall, HypercallRequest};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::fs::FileTable;
-use crate::stdio::{CellStdio, OutputMeter, drain_output, in_bounds, read_array};
-use hypercell_vmm::{GuestMemory, Vm};
+use crate::guest_access::{pieces, read_array, read_guest_bytes, write_guest_bytes};
+use crate::stdio::{CellStdio, OutputMeter, drain_output};
+use hypercell_vmm::{GuestMemory, PagingError, ReservationTables, Vm};
 
 /// Ways a guest can break the hypercall ABI.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
@@ -51,6 +52,12 @@ pub enum HypercallError {
     /// The output buffer is malformed.
     #[error("its output buffer holds {0}")]
     OutputBuffer(String),
+    /// The runtime said an exception was not its own when none had been raised.
+    #[error("it reported an exception as unhandled when none had been raised")]
+    NoException,
+    /// A request to map memory broke the mapping rules.
+    #[error("{0}")]
+    Mapping(PagingError),
 }
 
 /// What the cell does after a hypercall.
@@ -66,6 +73,9 @@ pub enum Completion {
     Fail(FailureKind, String),
     /// The cell's time limit passed (a sleep reached it, or the vCPU was kicked).
     TimedOut,
+    /// The runtime's trap entry found the exception it was sent for is not a wasm
+    /// trap.
+    Unhandled,
     /// The program reached its output limit.
     OutputLimit,
 }
@@ -124,6 +134,10 @@ pub struct MemoryGrowth<'a> {
     pub ready: u64,
     /// The next free KVM memory slot.
     pub next_slot: u32,
+    /// End of memory slot 0, mapped at boot.
+    pub boot_mapping: u64,
+    /// The reservation area's page tables.
+    pub tables: ReservationTables,
 }
 
 /// A copied, decoded request.
@@ -199,6 +213,14 @@ impl Services<'_> {
                 0
             }
             Hypercall::GrowMemory => self.grow_memory(memory, args[0]),
+            Hypercall::MapMemory => {
+                let [va, len, pa, va2, len2, pa2] = args;
+                match self.map_reserved(memory, va, len, pa)? {
+                    ready if ready >= 0 && len2 > 0 => self.map_reserved(memory, va2, len2, pa2)?,
+                    ready => ready,
+                }
+            }
+            Hypercall::Unhandled => return Ok(Completion::Unhandled),
             Hypercall::File => {
                 let op =
                     FileOp::from_number(args[0]).ok_or(HypercallError::UnknownFileOp(args[0]))?;
@@ -263,6 +285,54 @@ impl Services<'_> {
         ready as i64
     }
 
+    /// Maps `len` bytes of the reservation area at `va` onto guest memory at `pa`
+    /// (readied first); returns the new end of ready memory or a negated `ENOMEM`.
+    fn map_reserved(
+        &mut self,
+        memory: &GuestMemory,
+        va: u64,
+        len: u64,
+        pa: u64,
+    ) -> Result<i64, HypercallError> {
+        let end = pa
+            .checked_add(len)
+            .ok_or(HypercallError::Mapping(PagingError::BadMapping {
+                va,
+                pa,
+                len,
+            }))?;
+        let ready = self.grow_memory(memory, end);
+        let Some(growth) = self.growth.as_mut().filter(|_| ready >= 0) else {
+            return Ok(-ERRNO_NOMEM);
+        };
+        match growth.tables.map(memory, va, pa, len) {
+            Ok(()) => return Ok(ready),
+            Err(PagingError::PoolExhausted) => {}
+            Err(error) => return Err(HypercallError::Mapping(error)),
+        }
+        // Reclaimed table pages may still be shadowed by KVM: it must forget them
+        // before they are reused.
+        let reclaimed = growth
+            .tables
+            .reclaim(memory)
+            .map_err(HypercallError::Mapping)?;
+        if reclaimed == 0 {
+            return Ok(-ERRNO_NOMEM);
+        }
+        if let Err(error) = growth
+            .vm
+            .drop_shadow_tables(memory, 0, 0..growth.boot_mapping)
+        {
+            tracing::warn!("could not reset a cell's shadow page tables: {error}");
+            return Ok(-ERRNO_NOMEM);
+        }
+        match growth.tables.map(memory, va, pa, len) {
+            Ok(()) => Ok(ready),
+            Err(PagingError::PoolExhausted) => Ok(-ERRNO_NOMEM),
+            Err(error) => Err(HypercallError::Mapping(error)),
+        }
+    }
+
     /// Sleeps up to the deadline; false if the deadline cut the sleep short.
     fn sleep(&self, duration: Duration) -> bool {
         // The guest picks the duration: one too long to represent never wakes.
@@ -314,14 +384,12 @@ impl Services<'_> {
                 })?;
             let addr = u64::from_le_bytes(iovec[..8].try_into().expect("8 bytes"));
             let len = u64::from_le_bytes(iovec[8..].try_into().expect("8 bytes"));
-            if !in_bounds(memory, addr, len) {
-                return Err(HypercallError::OutOfBounds {
-                    what: "buffer",
-                    addr,
-                    len,
-                });
-            }
-            buffers.push((GuestAddress(addr), len as usize));
+            let pieces = pieces(memory, addr, len).ok_or(HypercallError::OutOfBounds {
+                what: "buffer",
+                addr,
+                len,
+            })?;
+            buffers.extend(pieces.into_iter().map(|(at, len)| (at, len as usize)));
         }
         let mem = memory.mem();
         let mut target = target;
@@ -383,32 +451,25 @@ fn wasi_errno(error: &vm_memory::GuestMemoryError) -> i32 {
 /// Reads a UTF-8 report the guest wrote (lossily; at most 64 KiB).
 fn read_text(memory: &GuestMemory, addr: u64, len: u64) -> Result<String, HypercallError> {
     let len = len.min(64 << 10);
-    if !in_bounds(memory, addr, len) {
+    let mut bytes = vec![0u8; len as usize];
+    if !read_guest_bytes(memory, addr, &mut bytes) {
         return Err(HypercallError::OutOfBounds {
             what: "report",
             addr,
             len,
         });
     }
-    let mut bytes = vec![0u8; len as usize];
-    memory
-        .mem()
-        .read_slice(&mut bytes, GuestAddress(addr))
-        .map_err(|_| HypercallError::OutOfBounds {
-            what: "report",
-            addr,
-            len,
-        })?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 fn fill_random(memory: &GuestMemory, addr: u64, len: u64) -> Result<(), HypercallError> {
-    if !in_bounds(memory, addr, len) {
-        return Err(HypercallError::OutOfBounds {
-            what: "random buffer",
-            addr,
-            len,
-        });
+    let out_of_bounds = HypercallError::OutOfBounds {
+        what: "random buffer",
+        addr,
+        len,
+    };
+    if pieces(memory, addr, len).is_none() {
+        return Err(out_of_bounds);
     }
     let mut bytes = vec![0u8; len as usize];
     let mut filled = 0;
@@ -421,14 +482,11 @@ fn fill_random(memory: &GuestMemory, addr: u64, len: u64) -> Result<(), Hypercal
             filled += n as usize;
         }
     }
-    memory
-        .mem()
-        .write_slice(&bytes, GuestAddress(addr))
-        .map_err(|_| HypercallError::OutOfBounds {
-            what: "random buffer",
-            addr,
-            len,
-        })
+    if write_guest_bytes(memory, addr, &bytes) {
+        Ok(())
+    } else {
+        Err(out_of_bounds)
+    }
 }
 
 #[cfg(test)]

@@ -7,6 +7,7 @@ pub mod cell;
 pub mod compile;
 pub mod config;
 pub mod fs;
+mod guest_access;
 pub mod hypercall;
 pub mod layout;
 pub mod seccomp;

@@ -4,8 +4,9 @@
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use hypercell_abi::{OUTPUT_RECORD_HEADER, OutputBuffer, StdioKind};
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
+use vm_memory::{Address, Bytes, GuestAddress};
 
+use crate::guest_access::read_array;
 use crate::hypercall::HypercallError;
 use hypercell_vmm::GuestMemory;
 
@@ -169,30 +170,6 @@ pub fn drain_output(
             len: 8,
         })?;
     result
-}
-
-/// Copies `N` bytes of guest memory at `addr`.
-pub(crate) fn read_array<const N: usize>(
-    memory: &GuestMemory,
-    addr: GuestAddress,
-) -> Result<[u8; N], HypercallError> {
-    let mut bytes = [0u8; N];
-    memory
-        .mem()
-        .read_slice(&mut bytes, addr)
-        .map_err(|_| HypercallError::OutOfBounds {
-            what: "structure",
-            addr: addr.0,
-            len: N as u64,
-        })?;
-    Ok(bytes)
-}
-
-/// Whether `len` bytes at `addr` lie inside the cell's memory.
-pub(crate) fn in_bounds(memory: &GuestMemory, addr: u64, len: u64) -> bool {
-    addr.checked_add(len)
-        .is_some_and(|end| end <= memory.size())
-        && (len == 0 || memory.mem().check_range(GuestAddress(addr), len as usize))
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use hypercell_abi::hypercall::RESULT_OFFSET;
-use hypercell_abi::layout::{HYPERCALL_PORT, IMAGE_BASE, SYSTEM_BASE};
+use hypercell_abi::layout::{HYPERCALL_PORT, IMAGE_BASE, RESERVATION_BASE, SYSTEM_BASE};
 use hypercell_abi::{ABI_VERSION, BootInfo, Hypercall};
 use hypercell_host::hypercall::HypercallError;
 use hypercell_host::{
@@ -212,7 +212,7 @@ fn a_benign_raw_guest_exits_with_its_status() {
 
 #[test]
 fn unknown_hypercall_numbers_end_the_cell() {
-    for number in [0, 11, 0x7fff_ffff, u32::MAX] {
+    for number in [0, 13, 0x7fff_ffff, u32::MAX] {
         let code = Asm::new()
             .request_raw(ABI_VERSION, number, [0; 6])
             .hypercall()
@@ -705,4 +705,138 @@ fn a_guest_that_faults_still_delivers_its_buffered_output() {
         CellError::Fault(_)
     ));
     assert_eq!(outcome.stdout, b"hi\n");
+}
+
+/// `mov [rdi + offset of field], value` for the boot block's trap fields.
+fn register_trap_entry(asm: Asm, entry: u64, stack: u64) -> Asm {
+    asm.mov(RAX, entry)
+        .store(RDI, std::mem::offset_of!(BootInfo, trap_entry) as u32, RAX)
+        .mov(RAX, stack)
+        .store(RDI, std::mem::offset_of!(BootInfo, trap_stack) as u32, RAX)
+}
+
+/// Code that registers a trap entry at the end of the program, places an `Exit`
+/// request at `DATA`, runs `fault`, and then whatever `handler` assembles at the entry.
+/// Returns the code and the address of `fault`'s first byte.
+fn with_trap_entry(fault: &[u8], handler: impl FnOnce(Asm) -> Asm) -> (Vec<u8>, u64) {
+    // The entry's address is only known once the code before it is laid out: assemble
+    // once to measure, then for real (the immediates have fixed widths).
+    let body = |entry: u64| {
+        register_trap_entry(Asm::new(), entry, DATA + (1 << 20))
+            .mov(RCX, DATA)
+            .put(
+                RCX,
+                0,
+                u64::from(ABI_VERSION) | (Hypercall::Exit as u64) << 32,
+            )
+    };
+    let before_fault = body(0).0.len() as u64;
+    let entry = IMAGE_BASE + before_fault + fault.len() as u64;
+    let code = handler(body(entry).raw(fault)).code();
+    (code, IMAGE_BASE + before_fault)
+}
+
+#[test]
+fn an_exception_reaches_the_registered_trap_entry_with_its_state() {
+    // The entry exits with the faulting address it was given (`rdi`) as the status.
+    let (code, ud2_at) = with_trap_entry(&[0x0f, 0x0b], |asm| {
+        asm.mov(RCX, DATA)
+            .store(RCX, 8, RDI)
+            .hypercall_at(DATA as u32)
+    });
+    let outcome = run_with(&code, &config(), b"");
+    assert_eq!(
+        outcome.result.unwrap().exit,
+        CellExit::Exited(ud2_at as u32 as i32)
+    );
+}
+
+#[test]
+fn an_exception_the_runtime_does_not_claim_is_reported_as_itself() {
+    let (code, ud2_at) =
+        with_trap_entry(&[0x0f, 0x0b], |asm| asm.call(Hypercall::Unhandled, [0; 6]));
+    let exception = fault(&code);
+    assert_eq!((exception.vector, exception.rip), (6, ud2_at));
+}
+
+#[test]
+fn a_fault_while_handling_a_fault_ends_the_cell_with_the_first() {
+    // The entry itself faults (a page fault at address 0): the report names the ud2.
+    let (code, ud2_at) = with_trap_entry(&[0x0f, 0x0b], |asm| {
+        asm.mov(RCX, 0).raw(&[0x48, 0x89, 0x01])
+    });
+    let exception = fault(&code);
+    assert_eq!((exception.vector, exception.rip), (6, ud2_at));
+}
+
+#[test]
+fn a_trap_entry_outside_user_memory_is_ignored() {
+    for (entry, stack) in [
+        (SYSTEM_BASE, DATA),
+        (MEMORY, DATA),
+        (DATA, SYSTEM_BASE),
+        (DATA, MEMORY + 16),
+    ] {
+        let code = register_trap_entry(Asm::new(), entry, stack)
+            .raw(&[0x0f, 0x0b])
+            .code();
+        assert_eq!(fault(&code).vector, 6, "entry {entry:#x}, stack {stack:#x}");
+    }
+}
+
+#[test]
+fn unhandled_without_an_exception_is_refused() {
+    let code = Asm::new().call(Hypercall::Unhandled, [0; 6]).code();
+    assert_eq!(abi_error(&code), HypercallError::NoException);
+}
+
+#[test]
+fn reserved_memory_is_mapped_exactly_as_asked() {
+    // Map 4 KiB of the reservation area onto DATA, write through it, read DATA back.
+    let va = RESERVATION_BASE + (6 << 20);
+    let code = Asm::new()
+        .call(Hypercall::MapMemory, [va, 4096, DATA, 0, 0, 0])
+        .mov(RCX, va)
+        .put(RCX, 0xff8, 77)
+        .mov(RCX, DATA)
+        .raw(&[0x48, 0x8b, 0x81, 0xf8, 0x0f, 0, 0]) // mov rax, [rcx + 0xff8]
+        .store(RBX, 8, RAX)
+        .put(
+            RBX,
+            0,
+            u64::from(ABI_VERSION) | (Hypercall::Exit as u64) << 32,
+        )
+        .hypercall()
+        .code();
+    assert_eq!(
+        run_with(&code, &config(), b"").result.unwrap().exit,
+        CellExit::Exited(77)
+    );
+    // One byte further is not mapped.
+    let past = Asm::new()
+        .call(Hypercall::MapMemory, [va, 4096, DATA, 0, 0, 0])
+        .mov(RCX, va + 4096)
+        .raw(&[0x48, 0x89, 0x01])
+        .code();
+    let exception = fault(&past);
+    assert_eq!((exception.vector, exception.cr2), (14, Some(va + 4096)));
+}
+
+#[test]
+fn mapping_requests_outside_the_rules_are_refused() {
+    let va = RESERVATION_BASE;
+    for args in [
+        [DATA, 4096, DATA, 0, 0, 0],             // not in the reservation area
+        [va, 4096, SYSTEM_BASE, 0, 0, 0],        // onto the system region
+        [va + 4096, 4096, DATA, 0, 0, 0],        // offsets within 2 MiB differ
+        [va, 100, DATA, 0, 0, 0],                // not page-sized
+        [va, u64::MAX - 4095, DATA, 0, 0, 0],    // overflowing
+        [va, 4096, DATA, va + 8192, 4096, DATA], // second range's offsets differ
+    ] {
+        let code = Asm::new().call(Hypercall::MapMemory, args).exit(0).code();
+        assert!(
+            matches!(abi_error(&code), HypercallError::Mapping(_)),
+            "{args:x?}"
+        );
+    }
 }

@@ -2,16 +2,19 @@
 //!
 //! A cell is one VM with one vCPU, started directly in 64-bit long mode at CPL 3:
 //! [`memory`] allocates its huge-page-backed guest memory, [`system`] writes the page
-//! tables, GDT, TSS and IDT the host owns, [`vm`] creates the partition, and [`vcpu`]
+//! tables, GDT, TSS and IDT the host owns, [`paging`] maps linear memories into the
+//! reservation area, [`vm`] creates the partition, and [`vcpu`]
 //! runs it and turns each KVM exit into a typed [`vcpu::VcpuEvent`].
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod memory;
+pub mod paging;
 pub mod system;
 pub mod vcpu;
 pub mod vm;
 
 pub use memory::{GuestMemory, MemoryError};
+pub use paging::{PagingError, ReservationTables};
 pub use vcpu::{GuestException, Kicker, Vcpu, VcpuError, VcpuEvent, run_ioctls};
 pub use vm::{Vm, VmError};
 pub use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};

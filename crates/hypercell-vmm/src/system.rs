@@ -7,7 +7,8 @@
 //! error code and faulting RIP from the exception frame, and CR2 from the vCPU.
 
 use hypercell_abi::layout::{
-    EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT, LARGE_PAGE_SIZE, PAGE_SIZE, SYSTEM_BASE,
+    EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT, LARGE_PAGE_SIZE, PAGE_SIZE,
+    RESERVATION_BASE, SYSTEM_BASE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
@@ -23,11 +24,19 @@ const TSS_OFFSET: u64 = GDT_OFFSET + PAGE_SIZE;
 const IDT_OFFSET: u64 = TSS_OFFSET + PAGE_SIZE;
 const STUBS_OFFSET: u64 = IDT_OFFSET + PAGE_SIZE;
 const STUB_SIZE: u64 = 16;
+/// The page-directory-pointer table of the reservation area.
+pub(crate) const RESERVATION_PDPT_OFFSET: u64 = STUBS_OFFSET + PAGE_SIZE;
+/// Pages for the reservation area's page directories and page tables, handed out as
+/// linear memories grow; the last two pages of the region hold the exception stack.
+pub(crate) const TABLE_POOL: std::ops::Range<u64> =
+    RESERVATION_PDPT_OFFSET + PAGE_SIZE..LARGE_PAGE_SIZE - 2 * PAGE_SIZE;
 
-const PTE_PRESENT: u64 = 1 << 0;
-const PTE_WRITABLE: u64 = 1 << 1;
-const PTE_USER: u64 = 1 << 2;
-const PTE_LARGE: u64 = 1 << 7;
+pub(crate) const PTE_PRESENT: u64 = 1 << 0;
+pub(crate) const PTE_WRITABLE: u64 = 1 << 1;
+pub(crate) const PTE_USER: u64 = 1 << 2;
+pub(crate) const PTE_ACCESSED: u64 = 1 << 5;
+pub(crate) const PTE_DIRTY: u64 = 1 << 6;
+pub(crate) const PTE_LARGE: u64 = 1 << 7;
 
 /// GDT selectors.
 pub const KERNEL_CODE_SELECTOR: u16 = 0x08;
@@ -79,6 +88,11 @@ pub fn write_system_region(
     mem.write_obj(
         pdpt | PTE_PRESENT | PTE_WRITABLE | PTE_USER,
         GuestAddress(base + PML4_OFFSET),
+    )?;
+    // The reservation area starts empty: its tables are filled as memories grow.
+    mem.write_obj(
+        (base + RESERVATION_PDPT_OFFSET) | PTE_PRESENT | PTE_WRITABLE | PTE_USER,
+        GuestAddress(base + PML4_OFFSET + pml4_index(RESERVATION_BASE) * 8),
     )?;
     for gib in 0..PD_COUNT {
         let pd = base + PD_OFFSET + gib * PAGE_SIZE;
@@ -148,6 +162,11 @@ pub fn write_system_region(
         idt_limit: (idt.len() - 1) as u16,
         tss_base: tss,
     })
+}
+
+/// The page-map level-4 entry that covers `addr`.
+pub(crate) fn pml4_index(addr: u64) -> u64 {
+    (addr >> 39) & 511
 }
 
 /// Low 8 bytes of a 64-bit available-TSS descriptor for `base`.

@@ -25,7 +25,9 @@ mod ioctl_numbers {
 
     vmm_sys_util::ioctl_io_nr!(KVM_RUN, KVMIO, 0x80);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_REGS, KVMIO, 0x81, kvm_regs);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_REGS, KVMIO, 0x82, kvm_regs);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_SREGS, KVMIO, 0x83, kvm_sregs);
+    vmm_sys_util::ioctl_iow_nr!(KVM_SET_SREGS, KVMIO, 0x84, kvm_sregs);
     vmm_sys_util::ioctl_iow_nr!(
         KVM_SET_USER_MEMORY_REGION,
         KVMIO,
@@ -35,14 +37,20 @@ mod ioctl_numbers {
 }
 
 /// The ioctls a running cell issues: `KVM_RUN`, reading registers after an exception
-/// ([`Vcpu::run`]), and mapping memory as the guest grows ([`crate::Vm::map_memory`]).
-/// A seccomp filter on the thread that runs the vCPU allows these and no other ioctl.
-pub fn run_ioctls() -> [u64; 4] {
-    use ioctl_numbers::{KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN, KVM_SET_USER_MEMORY_REGION};
+/// ([`Vcpu::run`]), sending the guest to its trap entry ([`Vcpu::enter_trap_handler`]),
+/// and mapping memory as the guest grows ([`crate::Vm::map_memory`]). A seccomp filter
+/// on the thread that runs the vCPU allows these and no other ioctl.
+pub fn run_ioctls() -> [u64; 6] {
+    use ioctl_numbers::{
+        KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN, KVM_SET_REGS, KVM_SET_SREGS,
+        KVM_SET_USER_MEMORY_REGION,
+    };
     [
         KVM_RUN(),
         KVM_GET_REGS(),
+        KVM_SET_REGS(),
         KVM_GET_SREGS(),
+        KVM_SET_SREGS(),
         KVM_SET_USER_MEMORY_REGION(),
     ]
     .map(u64::from)
@@ -81,6 +89,10 @@ pub struct GuestException {
     pub rip: u64,
     /// Faulting linear address, for page faults.
     pub cr2: Option<u64>,
+    /// The frame pointer (`rbp`) at the fault, for walking the guest's stack.
+    pub frame_pointer: u64,
+    /// Whether the faulting code ran at CPL 3 (not in an exception stub).
+    pub user_mode: bool,
 }
 
 impl GuestException {
@@ -142,6 +154,33 @@ pub enum VcpuEvent {
     InternalError,
     /// Any other exit, described.
     Unexpected(String),
+}
+
+/// The CPL 3 code and data segments every cell runs in.
+fn user_segments() -> (kvm_segment, kvm_segment) {
+    let code = kvm_segment {
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: USER_CODE_SELECTOR,
+        type_: 0xb,
+        present: 1,
+        dpl: 3,
+        db: 0,
+        s: 1,
+        l: 1,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
+    };
+    let data = kvm_segment {
+        selector: USER_DATA_SELECTOR,
+        type_: 0x3,
+        db: 1,
+        l: 0,
+        ..code
+    };
+    (code, data)
 }
 
 /// Vectors for which the CPU pushes an error code.
@@ -209,28 +248,7 @@ impl Vcpu {
             .fd
             .get_sregs()
             .map_err(|e| VcpuError::State(e.into()))?;
-        let code = kvm_segment {
-            base: 0,
-            limit: 0xffff_ffff,
-            selector: USER_CODE_SELECTOR,
-            type_: 0xb,
-            present: 1,
-            dpl: 3,
-            db: 0,
-            s: 1,
-            l: 1,
-            g: 1,
-            avl: 0,
-            unusable: 0,
-            padding: 0,
-        };
-        let data = kvm_segment {
-            selector: USER_DATA_SELECTOR,
-            type_: 0x3,
-            db: 1,
-            l: 0,
-            ..code
-        };
+        let (code, data) = user_segments();
         sregs.cs = code;
         sregs.ds = data;
         sregs.es = data;
@@ -291,6 +309,39 @@ impl Vcpu {
             ..Default::default()
         };
         configure("registers", self.fd.set_regs(&regs))
+    }
+
+    /// Leaves the exception stub the guest is in and resumes it at CPL 3 at `entry`, on
+    /// the stack whose top is `stack`, with `args` as the first five arguments of the
+    /// System V calling convention. This is how a guest exception reaches the runtime's
+    /// own trap handling; the stub's frame is abandoned, as the entry never returns to
+    /// it.
+    pub fn enter_trap_handler(
+        &self,
+        entry: u64,
+        stack: u64,
+        args: [u64; 5],
+    ) -> Result<(), VcpuError> {
+        let state = |e: kvm_ioctls::Error| VcpuError::State(e.into());
+        let mut sregs = self.fd.get_sregs().map_err(state)?;
+        let (code, data) = user_segments();
+        sregs.cs = code;
+        sregs.ss = data;
+        self.fd.set_sregs(&sregs).map_err(state)?;
+        let [rdi, rsi, rdx, rcx, r8] = args;
+        let regs = kvm_regs {
+            rip: entry,
+            // As after a `call`: the entry sees a return address slot's misalignment.
+            rsp: (stack & !15) - 8,
+            rdi,
+            rsi,
+            rdx,
+            rcx,
+            r8,
+            rflags: 0x2,
+            ..Default::default()
+        };
+        self.fd.set_regs(&regs).map_err(state)
     }
 
     /// A handle that interrupts this vCPU; must be called on the thread that runs it.
@@ -370,16 +421,18 @@ impl Vcpu {
                 .read_obj(GuestAddress(regs.rsp.wrapping_add(index * 8)))
                 .unwrap_or(0)
         };
-        let (error_code, rip) = if has_error_code(vector) {
-            (Some(frame(0)), frame(1))
+        let (error_code, rip, cs) = if has_error_code(vector) {
+            (Some(frame(0)), frame(1), frame(2))
         } else {
-            (None, frame(0))
+            (None, frame(0), frame(1))
         };
         Ok(GuestException {
             vector,
             error_code,
             rip,
             cr2: (vector == 14).then_some(sregs.cr2),
+            frame_pointer: regs.rbp,
+            user_mode: cs & 3 == 3,
         })
     }
 }

@@ -114,6 +114,29 @@ impl Vm {
         unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| VmError::SetMemory(e.into()))
     }
 
+    /// Makes KVM forget every translation it cached from the guest's page tables, by
+    /// deleting memory slot `slot` (which maps `range`) and creating it again: x86 KVM
+    /// drops all its shadow page tables when a slot goes away. Needed before the host
+    /// reuses a page-table page (see [`crate::paging`]).
+    pub fn drop_shadow_tables(
+        &self,
+        memory: &GuestMemory,
+        slot: u32,
+        range: Range<u64>,
+    ) -> Result<(), VmError> {
+        let delete = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: range.start,
+            memory_size: 0,
+            userspace_addr: memory.host_address() + range.start,
+        };
+        // SAFETY: a slot of size zero maps nothing; KVM only deletes the slot.
+        unsafe { self.fd.set_user_memory_region(delete) }
+            .map_err(|e| VmError::SetMemory(e.into()))?;
+        self.map_memory(memory, slot, range)
+    }
+
     /// Creates the cell's one vCPU.
     pub fn create_vcpu(&self) -> Result<Vcpu, VcpuError> {
         let fd = self
