@@ -293,7 +293,15 @@ pub fn run_cell(
     };
     let heap_start = premapped_backing + premapped.div_ceil(LARGE_PAGE_SIZE) * LARGE_PAGE_SIZE;
     let heap_ready = (heap_start + LARGE_PAGE_SIZE).min(boot_mapping);
-    memory.populate(premapped_backing..heap_ready);
+    // A memory smaller than its last 2 MiB page is backed by small pages there, so an
+    // idle cell holds what its program can reach rather than a whole huge page.
+    let partial = premapped % LARGE_PAGE_SIZE;
+    if partial != 0 {
+        let last = premapped_backing + premapped - partial;
+        memory.use_small_pages(last..last + LARGE_PAGE_SIZE);
+    }
+    memory.populate(premapped_backing..premapped_backing + premapped);
+    memory.populate(heap_start..heap_ready);
     let vcpu = vm.create_vcpu()?;
     let vm_created = Instant::now();
     let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;

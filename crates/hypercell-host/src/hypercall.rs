@@ -306,7 +306,12 @@ impl Services<'_> {
             return Ok(-ERRNO_NOMEM);
         };
         match growth.tables.map(memory, va, pa, len) {
-            Ok(()) => return Ok(ready),
+            Ok(()) => {
+                // Readying covers whole 2 MiB pages, except where small pages back a
+                // memory's first, partly used one: back exactly what was mapped.
+                memory.populate(pa..end);
+                return Ok(ready);
+            }
             Err(PagingError::PoolExhausted) => {}
             Err(error) => return Err(HypercallError::Mapping(error)),
         }
@@ -327,7 +332,10 @@ impl Services<'_> {
             return Ok(-ERRNO_NOMEM);
         }
         match growth.tables.map(memory, va, pa, len) {
-            Ok(()) => Ok(ready),
+            Ok(()) => {
+                memory.populate(pa..end);
+                Ok(ready)
+            }
             Err(PagingError::PoolExhausted) => Ok(-ERRNO_NOMEM),
             Err(error) => Err(HypercallError::Mapping(error)),
         }
