@@ -41,6 +41,11 @@ pub(crate) fn pieces(
         let reservations = RESERVATION_BASE..RESERVATION_BASE + RESERVATION_SIZE;
         return (addr <= memory.size() || reservations.contains(&addr)).then(Vec::new);
     }
+    // No buffer is larger than the cell's memory, even where the guest mapped the same
+    // memory many times over: the host may copy a buffer whole.
+    if len > memory.size() {
+        return None;
+    }
     translate(memory, addr, len).ok()
 }
 
@@ -114,6 +119,14 @@ mod tests {
         );
         assert!(!in_bounds(&memory, va + 4096, 4097), "past the mapping");
         assert!(!in_bounds(&memory, 32 << 20, 1), "past memory");
+        for at in 0..20 {
+            let page = RESERVATION_BASE + (64 << 20) + (at << 21);
+            tables.map(&memory, page, 8 << 20, 2 << 20).unwrap();
+        }
+        assert!(
+            !in_bounds(&memory, RESERVATION_BASE + (64 << 20), 40 << 20),
+            "one page mapped twenty times is no bigger buffer than the memory"
+        );
         assert!(in_bounds(&memory, 32 << 20, 0));
     }
 }
