@@ -54,44 +54,37 @@ pub(crate) fn in_bounds(memory: &GuestMemory, addr: u64, len: u64) -> bool {
     pieces(memory, addr, len).is_some()
 }
 
-/// Copies guest memory at guest address `addr` into `bytes`; false if unreachable.
-pub(crate) fn read_guest_bytes(memory: &GuestMemory, addr: u64, bytes: &mut [u8]) -> bool {
-    let Some(pieces) = pieces(memory, addr, bytes.len() as u64) else {
+/// Calls `copy` with each physical piece of `len` bytes at guest address `addr` and
+/// the matching range of the caller's buffer; false if unreachable or a copy failed.
+fn each_piece(
+    memory: &GuestMemory,
+    addr: u64,
+    len: usize,
+    mut copy: impl FnMut(GuestAddress, std::ops::Range<usize>) -> bool,
+) -> bool {
+    let Some(pieces) = pieces(memory, addr, len as u64) else {
         return false;
     };
     let mut at = 0;
-    for (physical, len) in pieces {
-        let len = len as usize;
-        if memory
-            .mem()
-            .read_slice(&mut bytes[at..at + len], physical)
-            .is_err()
-        {
-            return false;
-        }
-        at += len;
-    }
-    true
+    pieces.into_iter().all(|(physical, piece)| {
+        let range = at..at + piece as usize;
+        at = range.end;
+        copy(physical, range)
+    })
+}
+
+/// Copies guest memory at guest address `addr` into `bytes`; false if unreachable.
+pub(crate) fn read_guest_bytes(memory: &GuestMemory, addr: u64, bytes: &mut [u8]) -> bool {
+    each_piece(memory, addr, bytes.len(), |physical, range| {
+        memory.mem().read_slice(&mut bytes[range], physical).is_ok()
+    })
 }
 
 /// Copies `bytes` into guest memory at guest address `addr`; false if unreachable.
 pub(crate) fn write_guest_bytes(memory: &GuestMemory, addr: u64, bytes: &[u8]) -> bool {
-    let Some(pieces) = pieces(memory, addr, bytes.len() as u64) else {
-        return false;
-    };
-    let mut at = 0;
-    for (physical, len) in pieces {
-        let len = len as usize;
-        if memory
-            .mem()
-            .write_slice(&bytes[at..at + len], physical)
-            .is_err()
-        {
-            return false;
-        }
-        at += len;
-    }
-    true
+    each_piece(memory, addr, bytes.len(), |physical, range| {
+        memory.mem().write_slice(&bytes[range], physical).is_ok()
+    })
 }
 
 #[cfg(test)]
