@@ -305,34 +305,32 @@ impl Services<'_> {
         let Some(growth) = self.growth.as_mut().filter(|_| ready >= 0) else {
             return Ok(-ERRNO_NOMEM);
         };
-        match growth.tables.map(memory, va, pa, len) {
+        let mapped = match growth.tables.map(memory, va, pa, len) {
+            Err(PagingError::PoolExhausted) => {
+                // Reclaimed table pages may still be shadowed by KVM: it must forget
+                // them before they are reused.
+                let reclaimed = growth
+                    .tables
+                    .reclaim(memory)
+                    .map_err(HypercallError::Mapping)?;
+                if reclaimed == 0 {
+                    return Ok(-ERRNO_NOMEM);
+                }
+                if let Err(error) = growth
+                    .vm
+                    .drop_shadow_tables(memory, 0, 0..growth.boot_mapping)
+                {
+                    tracing::warn!("could not reset a cell's shadow page tables: {error}");
+                    return Ok(-ERRNO_NOMEM);
+                }
+                growth.tables.map(memory, va, pa, len)
+            }
+            first => first,
+        };
+        match mapped {
             Ok(()) => {
                 // Readying covers whole 2 MiB pages, except where small pages back a
                 // memory's first, partly used one: back exactly what was mapped.
-                memory.populate(pa..end);
-                return Ok(ready);
-            }
-            Err(PagingError::PoolExhausted) => {}
-            Err(error) => return Err(HypercallError::Mapping(error)),
-        }
-        // Reclaimed table pages may still be shadowed by KVM: it must forget them
-        // before they are reused.
-        let reclaimed = growth
-            .tables
-            .reclaim(memory)
-            .map_err(HypercallError::Mapping)?;
-        if reclaimed == 0 {
-            return Ok(-ERRNO_NOMEM);
-        }
-        if let Err(error) = growth
-            .vm
-            .drop_shadow_tables(memory, 0, 0..growth.boot_mapping)
-        {
-            tracing::warn!("could not reset a cell's shadow page tables: {error}");
-            return Ok(-ERRNO_NOMEM);
-        }
-        match growth.tables.map(memory, va, pa, len) {
-            Ok(()) => {
                 memory.populate(pa..end);
                 Ok(ready)
             }
