@@ -28,8 +28,11 @@ pub const EXCEPTION_PORT_BASE: u16 = 0xe0;
 /// Number of exception vectors (0-31) that have reporting stubs.
 pub const EXCEPTION_VECTORS: u16 = 32;
 
-/// Largest guest memory a cell can have: hypercall addresses travel in 32 bits.
-pub const MAX_MEMORY_SIZE: u64 = 4 << 30;
+/// Largest guest-physical memory a cell can have: room for a 4 GiB linear memory
+/// (wasmtime's limit for 32-bit memories) and the runtime beside it. The host's
+/// one-to-one map spends a page directory on each GiB. (Hypercall requests travel as
+/// 32-bit addresses, so the request block itself stays in the first 4 GiB.)
+pub const MAX_MEMORY_SIZE: u64 = 8 << 30;
 
 /// Start of the reservation area: guest-virtual space above all guest memory where
 /// the runtime reserves linear memories (4 GiB and a guard region each). Nothing there

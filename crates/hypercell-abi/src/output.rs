@@ -3,7 +3,9 @@
 //! The guest appends stdout and stderr bytes as records (`fd: u32`, `len: u32`, then
 //! `len` bytes, unaligned) so their relative order survives buffering. The host drains
 //! the buffer on [`crate::Hypercall::Flush`], before `Write` and `Read`, at exit, on a
-//! trap, and when the cell faults or times out, so nothing the program wrote is lost.
+//! trap, when the cell faults or is stopped, and while the program computes, when the
+//! host's supervising thread kicks the vCPU to hand buffered output over (every few
+//! milliseconds at most), so nothing the program wrote is lost or held back.
 
 /// Size of a record header: `fd: u32` then `len: u32`, little-endian.
 pub const OUTPUT_RECORD_HEADER: usize = 8;
@@ -16,4 +18,9 @@ pub struct OutputBuffer {
     pub used: u64,
     /// Size of the data area that follows this header (set by the host at boot).
     pub capacity: u64,
+    /// For stdout and stderr, the WASI errno of the last drain that failed to deliver
+    /// to that descriptor (a closed pipe, a full disk), or 0. The host sets it; the
+    /// guest returns it from the program's next write there and clears it, as a
+    /// buffered C library reports a failed flush.
+    pub errors: [u32; 2],
 }

@@ -21,6 +21,7 @@ pub mod errno {
     pub const NAMETOOLONG: u16 = 37;
     pub const NOENT: u16 = 44;
     pub const NOMEM: u16 = 48;
+    pub const NFILE: u16 = 41;
     pub const NOSPC: u16 = 51;
     pub const NOSYS: u16 = 52;
     pub const NOTDIR: u16 = 54;
@@ -28,9 +29,124 @@ pub mod errno {
     pub const NOTSOCK: u16 = 57;
     pub const NOTSUP: u16 = 58;
     pub const PERM: u16 = 63;
+    pub const PIPE: u16 = 64;
     pub const ROFS: u16 = 69;
     pub const SPIPE: u16 = 70;
     pub const XDEV: u16 = 75;
+}
+
+/// WASI rights (`rights` bits), in the order of the preview1 witx.
+pub mod rights {
+    #![allow(missing_docs)]
+    pub const FD_DATASYNC: u64 = 1 << 0;
+    pub const FD_READ: u64 = 1 << 1;
+    pub const FD_SEEK: u64 = 1 << 2;
+    pub const FD_FDSTAT_SET_FLAGS: u64 = 1 << 3;
+    pub const FD_SYNC: u64 = 1 << 4;
+    pub const FD_TELL: u64 = 1 << 5;
+    pub const FD_WRITE: u64 = 1 << 6;
+    pub const FD_ADVISE: u64 = 1 << 7;
+    pub const FD_ALLOCATE: u64 = 1 << 8;
+    pub const PATH_CREATE_DIRECTORY: u64 = 1 << 9;
+    pub const PATH_CREATE_FILE: u64 = 1 << 10;
+    pub const PATH_LINK_SOURCE: u64 = 1 << 11;
+    pub const PATH_LINK_TARGET: u64 = 1 << 12;
+    pub const PATH_OPEN: u64 = 1 << 13;
+    pub const FD_READDIR: u64 = 1 << 14;
+    pub const PATH_READLINK: u64 = 1 << 15;
+    pub const PATH_RENAME_SOURCE: u64 = 1 << 16;
+    pub const PATH_RENAME_TARGET: u64 = 1 << 17;
+    pub const PATH_FILESTAT_GET: u64 = 1 << 18;
+    pub const PATH_FILESTAT_SET_SIZE: u64 = 1 << 19;
+    pub const PATH_FILESTAT_SET_TIMES: u64 = 1 << 20;
+    pub const FD_FILESTAT_GET: u64 = 1 << 21;
+    pub const FD_FILESTAT_SET_SIZE: u64 = 1 << 22;
+    pub const FD_FILESTAT_SET_TIMES: u64 = 1 << 23;
+    pub const PATH_SYMLINK: u64 = 1 << 24;
+    pub const PATH_REMOVE_DIRECTORY: u64 = 1 << 25;
+    pub const PATH_UNLINK_FILE: u64 = 1 << 26;
+    pub const POLL_FD_READWRITE: u64 = 1 << 27;
+    pub const SOCK_SHUTDOWN: u64 = 1 << 28;
+    pub const SOCK_ACCEPT: u64 = 1 << 29;
+
+    /// Every right, as wasmtime counts them (`sock_accept` included).
+    pub const ALL: u64 = (1 << 30) - 1;
+
+    /// What wasmtime reports for a preopened directory: the calls on paths beneath
+    /// it, listing, and its own times and status.
+    pub const PREOPEN_BASE: u64 = PATH_CREATE_DIRECTORY
+        | PATH_CREATE_FILE
+        | PATH_LINK_SOURCE
+        | PATH_LINK_TARGET
+        | PATH_OPEN
+        | FD_READDIR
+        | PATH_READLINK
+        | PATH_RENAME_SOURCE
+        | PATH_RENAME_TARGET
+        | PATH_SYMLINK
+        | PATH_REMOVE_DIRECTORY
+        | PATH_UNLINK_FILE
+        | PATH_FILESTAT_GET
+        | PATH_FILESTAT_SET_TIMES
+        | FD_FILESTAT_GET
+        | FD_FILESTAT_SET_TIMES;
+
+    /// What wasmtime reports a preopened directory passes on to what is opened in
+    /// it: [`PREOPEN_BASE`] and the calls on open files.
+    pub const PREOPEN_INHERITING: u64 = PREOPEN_BASE
+        | FD_DATASYNC
+        | FD_READ
+        | FD_SEEK
+        | FD_FDSTAT_SET_FLAGS
+        | FD_SYNC
+        | FD_TELL
+        | FD_WRITE
+        | FD_ADVISE
+        | FD_ALLOCATE
+        | FD_FILESTAT_SET_SIZE
+        | POLL_FD_READWRITE;
+
+    /// What wasmtime reports, as base and inheriting rights, for a directory opened
+    /// with `path_open`: everything but seeking, writing and sizes.
+    pub const DIRECTORY: u64 =
+        ALL & !(FD_SEEK | FD_WRITE | FD_FILESTAT_SET_SIZE | PATH_FILESTAT_SET_SIZE);
+}
+
+/// WASI file types (`filetype`).
+pub mod filetype {
+    #![allow(missing_docs)]
+    pub const UNKNOWN: u8 = 0;
+    pub const BLOCK_DEVICE: u8 = 1;
+    pub const CHARACTER_DEVICE: u8 = 2;
+    pub const DIRECTORY: u8 = 3;
+    pub const REGULAR_FILE: u8 = 4;
+    pub const SOCKET_STREAM: u8 = 6;
+    pub const SYMBOLIC_LINK: u8 = 7;
+}
+
+/// WASI descriptor flags (`fdflags`).
+pub mod fdflags {
+    #![allow(missing_docs)]
+    pub const APPEND: u64 = 1 << 0;
+    pub const DSYNC: u64 = 1 << 1;
+    pub const NONBLOCK: u64 = 1 << 2;
+    pub const RSYNC: u64 = 1 << 3;
+    pub const SYNC: u64 = 1 << 4;
+}
+
+/// WASI open flags (`oflags`).
+pub mod oflags {
+    #![allow(missing_docs)]
+    pub const CREAT: u64 = 1 << 0;
+    pub const DIRECTORY: u64 = 1 << 1;
+    pub const EXCL: u64 = 1 << 2;
+    pub const TRUNC: u64 = 1 << 3;
+}
+
+/// WASI lookup flags (`lookupflags`).
+pub mod lookupflags {
+    #![allow(missing_docs)]
+    pub const SYMLINK_FOLLOW: u64 = 1 << 0;
 }
 
 /// Import module name of WASI preview1.
@@ -127,5 +243,14 @@ mod tests {
         assert_eq!(WASI_PREVIEW1_FUNCTIONS.len(), 46);
         assert_eq!(wasi_function("fd_write").unwrap().1, &[I32, I32, I32, I32]);
         assert!(wasi_function("fd_writ").is_none());
+    }
+
+    #[test]
+    fn rights_are_wasmtimes() {
+        // The values wasmtime 49 reports through fd_fdstat_get.
+        assert_eq!(rights::ALL, 0x3fff_ffff);
+        assert_eq!(rights::PREOPEN_BASE, 0x07b7_fe00);
+        assert_eq!(rights::PREOPEN_INHERITING, 0x0ff7_ffff);
+        assert_eq!(rights::DIRECTORY, 0x3fb7_ffbb);
     }
 }

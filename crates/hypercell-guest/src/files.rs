@@ -3,6 +3,10 @@
 //! (an out-of-range one is `fault`, as under wasmtime) and passed as guest-physical
 //! addresses, so the host moves data straight to and from wasm memory. The preopens'
 //! names come from the boot information and are answered without an exit.
+//!
+//! Descriptor numbers are the host's, stdio's included; this module only remembers
+//! which numbers hold a stdio stream or a preopen, so that calls on those are routed
+//! without an exit.
 
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
@@ -13,41 +17,57 @@ use hypercell_abi::{BootInfo, FileOp, Hypercall, IoVec};
 /// A WASI errno.
 pub type Errno = i32;
 
-const ERRNO_BADF: Errno = 8;
-
 /// Preopen names: NUL-terminated, back to back, for descriptors 3, 4, ...
 static PREOPENS: AtomicU64 = AtomicU64::new(0);
 static PREOPENS_LEN: AtomicU64 = AtomicU64::new(0);
-static PREOPEN_COUNT: AtomicU64 = AtomicU64::new(0);
-/// Bit `i` is set while preopen `3 + i` is open (up to 64 preopens).
-static PREOPENS_OPEN: AtomicU64 = AtomicU64::new(0);
+
+/// Descriptors the guest answers for without the host: the three stdio streams
+/// (slots 0 to 2: stdin, stdout, stderr) and the preopens (slot `3 + i` for preopen
+/// `i`, up to 64, for `fd_prestat_*`).
+const SLOTS: usize = 3 + 64;
+
+/// The descriptor number that holds each slot's stream or preopen, or [`CLOSED`].
+/// Numbers move with `fd_renumber` and go with `fd_close`, as under wasmtime; the
+/// host's table holds the same numbers, so that they are never handed out twice.
+static HOLDERS: [AtomicU64; SLOTS] = [const { AtomicU64::new(CLOSED) }; SLOTS];
+
+/// A slot no descriptor holds (no `u32` descriptor number equals it).
+const CLOSED: u64 = u64::MAX;
 
 pub fn init(boot: &BootInfo) {
     PREOPENS.store(boot.preopens_addr, Ordering::Relaxed);
     PREOPENS_LEN.store(boot.preopens_len, Ordering::Relaxed);
-    PREOPEN_COUNT.store(boot.preopen_count, Ordering::Relaxed);
-    let open = if boot.preopen_count >= 64 {
-        u64::MAX
-    } else {
-        (1u64 << boot.preopen_count) - 1
-    };
-    PREOPENS_OPEN.store(open, Ordering::Relaxed);
+    let held = 3 + boot.preopen_count.min(64) as usize;
+    for (slot, holder) in HOLDERS.iter().enumerate().take(held) {
+        holder.store(slot as u64, Ordering::Relaxed);
+    }
 }
 
-/// The guest name of preopen `fd`, while it is open.
+/// The slot descriptor `fd` holds, if any.
+fn slot(fd: u32) -> Option<usize> {
+    HOLDERS
+        .iter()
+        .position(|holder| holder.load(Ordering::Relaxed) == u64::from(fd))
+}
+
+/// The stdio stream (0, 1 or 2) descriptor `fd` holds, if any: asked on most calls,
+/// so it looks at the three stream slots only.
+pub fn stream(fd: i32) -> Option<u32> {
+    HOLDERS[..3]
+        .iter()
+        .position(|holder| holder.load(Ordering::Relaxed) == u64::from(fd as u32))
+        .map(|stream| stream as u32)
+}
+
+/// The guest name of the preopen descriptor `fd` holds, if any.
 pub fn preopen_name(fd: u32) -> Option<&'static [u8]> {
-    let index = fd.checked_sub(3)?;
-    if u64::from(index) >= PREOPEN_COUNT.load(Ordering::Relaxed).min(64)
-        || PREOPENS_OPEN.load(Ordering::Relaxed) & (1 << index) == 0
-    {
-        return None;
-    }
+    let index = slot(fd)?.checked_sub(3)?;
     let len = PREOPENS_LEN.load(Ordering::Relaxed) as usize;
     // SAFETY: the host wrote `len` bytes of names at this address in a region reserved
     // for the cell's whole life that nothing writes afterwards.
     let block =
         unsafe { core::slice::from_raw_parts(PREOPENS.load(Ordering::Relaxed) as *const u8, len) };
-    block.split(|&b| b == 0).nth(index as usize)
+    block.split(|&b| b == 0).nth(index)
 }
 
 /// Performs a file call; returns its value or an errno.
@@ -63,25 +83,29 @@ pub fn call(op: FileOp, params: [u64; 8]) -> Result<u64, Errno> {
     }
 }
 
-/// Closes descriptor `fd` (3 or more).
+/// Closes descriptor `fd`, whatever it holds.
 pub fn close(fd: u32) -> Result<(), Errno> {
     call(FileOp::Close, [u64::from(fd), 0, 0, 0, 0, 0, 0, 0])?;
-    if let Some(index) = fd.checked_sub(3).filter(|&i| i < 64) {
-        PREOPENS_OPEN.fetch_and(!(1 << index), Ordering::Relaxed);
+    if let Some(slot) = slot(fd) {
+        HOLDERS[slot].store(CLOSED, Ordering::Relaxed);
     }
     Ok(())
 }
 
-/// Moves descriptor `fd` onto `to` (both 3 or more).
+/// Moves descriptor `fd` onto `to`, which must be open and is closed first: a stdio
+/// stream or preopen moves with its descriptor, as under wasmtime.
 pub fn renumber(fd: u32, to: u32) -> Result<(), Errno> {
     call(
         FileOp::Renumber,
         [u64::from(fd), u64::from(to), 0, 0, 0, 0, 0, 0],
     )?;
-    // Neither number names the preopen it may have named before.
-    for closed in [fd, to] {
-        if let Some(index) = closed.checked_sub(3).filter(|&i| i < 64) {
-            PREOPENS_OPEN.fetch_and(!(1 << index), Ordering::Relaxed);
+    if fd != to {
+        let moved = slot(fd);
+        if let Some(replaced) = slot(to) {
+            HOLDERS[replaced].store(CLOSED, Ordering::Relaxed);
+        }
+        if let Some(moved) = moved {
+            HOLDERS[moved].store(u64::from(to), Ordering::Relaxed);
         }
     }
     Ok(())
@@ -110,14 +134,5 @@ impl Linear {
                 len: r.len() as u64,
             })
             .collect()
-    }
-}
-
-/// `badf` for descriptors below 3, which are stdio and never files here.
-pub fn file_fd(fd: i32) -> Result<u64, Errno> {
-    if (fd as u32) < 3 {
-        Err(ERRNO_BADF)
-    } else {
-        Ok(u64::from(fd as u32))
     }
 }

@@ -12,8 +12,6 @@ use alloc::vec::Vec;
 use hypercell_abi::{BootInfo, Hypercall, IoVec, OUTPUT_RECORD_HEADER, OutputBuffer, StdioKind};
 
 static OUTPUT: AtomicU64 = AtomicU64::new(0);
-/// Bit `fd` is set while stdio descriptor `fd` is open.
-static OPEN: AtomicU8 = AtomicU8::new(0b111);
 static KINDS: [AtomicU8; 3] = [AtomicU8::new(0), AtomicU8::new(0), AtomicU8::new(0)];
 /// Offset of the last record in the buffer, and its fd, so that consecutive writes to
 /// one stream extend a single record.
@@ -27,23 +25,10 @@ pub fn init(boot: &BootInfo) {
     }
 }
 
-/// Whether stdio descriptor `fd` is open.
-pub fn is_open(fd: u32) -> bool {
-    fd < 3 && OPEN.load(Ordering::Relaxed) & (1 << fd) != 0
-}
-
-/// Closes stdio descriptor `fd`; false if it was not open.
-pub fn close(fd: u32) -> bool {
-    let was_open = is_open(fd);
-    if was_open {
-        OPEN.fetch_and(!(1 << fd), Ordering::Relaxed);
-    }
-    was_open
-}
-
-/// Whether stdio descriptor `fd` is a terminal on the host.
-pub fn is_terminal(fd: u32) -> bool {
-    fd < 3 && KINDS[fd as usize].load(Ordering::Relaxed) == StdioKind::Terminal as u8
+/// Whether stdio stream `stream` (0 stdin, 1 stdout, 2 stderr) is a terminal on the
+/// host. Which descriptor holds a stream is [`crate::files`]' business.
+pub fn is_terminal(stream: u32) -> bool {
+    stream < 3 && KINDS[stream as usize].load(Ordering::Relaxed) == StdioKind::Terminal as u8
 }
 
 fn header() -> *mut OutputBuffer {
@@ -102,8 +87,30 @@ pub fn flush() {
     }
 }
 
+/// Takes the errno of the last failed delivery of buffered output to `fd` (1 or 2),
+/// if any.
+fn take_error(fd: u32) -> Option<i64> {
+    // SAFETY: the header lies at the address the host gave at boot; the host writes
+    // the error slots only during exits, so this thread alone touches them now.
+    unsafe {
+        let slot = core::ptr::addr_of_mut!((*header()).errors[fd as usize - 1]);
+        let errno = slot.read_volatile();
+        if errno == 0 {
+            return None;
+        }
+        slot.write_volatile(0);
+        Some(-i64::from(errno))
+    }
+}
+
 /// Writes `bufs` to stdout (1) or stderr (2); returns the bytes written or an errno.
+/// Buffered output that the host could not deliver (a closed pipe, a full disk) fails
+/// the next write to the same descriptor with the host's error, as a failed flush
+/// does in a C library.
 pub fn write(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
+    if let Some(errno) = take_error(fd) {
+        return Err(errno);
+    }
     let total: usize = bufs.iter().map(|b| b.len()).sum();
     let room = capacity().saturating_sub(OUTPUT_RECORD_HEADER);
     if total > room / 2 {
@@ -132,6 +139,9 @@ pub fn write(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
     }
     if used() + OUTPUT_RECORD_HEADER + total > capacity() {
         flush();
+        if let Some(errno) = take_error(fd) {
+            return Err(errno);
+        }
     }
     append(fd, bufs, total);
     if is_terminal(fd) && bufs.iter().any(|b| b.contains(&b'\n')) {

@@ -1,14 +1,16 @@
 //! WASI preview1 for the program, served inside the cell where it can be.
 //!
 //! Arguments, the environment, clocks and random numbers never leave the cell. Stdio
-//! goes through [`crate::stdio`]. There are no preopened directories yet, so every
-//! call on a descriptor other than stdin, stdout and stderr answers `badf`, as wasmtime
-//! does for a descriptor that is not open.
+//! goes through [`crate::stdio`], wherever `fd_renumber` has moved it; calls on other
+//! descriptors go to the host's file table through [`crate::files`], which answers
+//! `badf` for a number that is not open (or that holds stdio, for calls stdio does not
+//! take), as wasmtime does.
 
 use core::ops::Range;
 
 use alloc::vec::Vec;
 use hypercell_abi::wasi::WASI_PREVIEW1 as WASI;
+use hypercell_abi::wasi::{filetype, rights};
 use hypercell_abi::{BootInfo, FileOp};
 use wasmtime::{Caller, Extern, Linker};
 
@@ -18,25 +20,19 @@ use crate::{clock, random, stdio};
 
 type Errno = i32;
 
-/// WASI errno values used here.
+/// WASI errno values used here, as this module's `i32`s.
 mod errno {
-    pub const BADF: i32 = 8;
-    pub const INVAL: i32 = 28;
-    pub const NAMETOOLONG: i32 = 37;
-    pub const NOSYS: i32 = 52;
-    pub const NOTDIR: i32 = 54;
-    pub const NOTSOCK: i32 = 57;
-    pub const NOTSUP: i32 = 58;
-    pub const SPIPE: i32 = 70;
+    use hypercell_abi::wasi::errno as abi;
+
+    pub const BADF: i32 = abi::BADF as i32;
+    pub const INVAL: i32 = abi::INVAL as i32;
+    pub const NAMETOOLONG: i32 = abi::NAMETOOLONG as i32;
+    pub const NOSYS: i32 = abi::NOSYS as i32;
+    pub const NOTDIR: i32 = abi::NOTDIR as i32;
+    pub const NOTSOCK: i32 = abi::NOTSOCK as i32;
+    pub const NOTSUP: i32 = abi::NOTSUP as i32;
+    pub const SPIPE: i32 = abi::SPIPE as i32;
 }
-
-/// WASI file types.
-const FILETYPE_UNKNOWN: u8 = 0;
-const FILETYPE_CHARACTER_DEVICE: u8 = 2;
-
-/// WASI rights.
-const RIGHT_FD_READ: u64 = 1 << 1;
-const RIGHT_FD_WRITE: u64 = 1 << 6;
 
 /// Per-store state: the growth limiter and the boot-time argument and environment
 /// blocks.
@@ -223,22 +219,9 @@ fn with_mem(
     }
 }
 
-/// The errno for a call on `fd` that only preopened directories or files support.
-fn stdio_or_badf(fd: i32, stdio_errno: Errno) -> Result<(), Errno> {
-    Err(if stdio::is_open(fd as u32) {
-        stdio_errno
-    } else {
-        errno::BADF
-    })
-}
-
-/// `answer` for a call on any open descriptor, `badf` for one that is not open: for
-/// calls that no descriptor of a cell supports (sockets) or that cells do not support
-/// yet. Whether a descriptor above stdio is open, only the host knows.
-fn answer_if_open(fd: i32, answer: Errno) -> Result<(), Errno> {
-    if (fd as u32) < 3 {
-        return stdio_or_badf(fd, answer);
-    }
+/// The file type of host descriptor `fd` (`badf` if it is not an open file or
+/// directory): one exit.
+fn host_filetype(fd: i32) -> Result<u8, Errno> {
     let mut fdstat = [0u8; 24];
     let params = [
         fd as u32 as u64,
@@ -251,7 +234,21 @@ fn answer_if_open(fd: i32, answer: Errno) -> Result<(), Errno> {
         0,
     ];
     files::call(FileOp::FdstatGet, params)?;
+    Ok(fdstat[0])
+}
+
+/// `answer` for a call on any open descriptor, `badf` for one that is not open: for
+/// calls that no descriptor of a cell supports (sockets).
+fn answer_if_open(fd: i32, answer: Errno) -> Result<(), Errno> {
+    if files::stream(fd).is_none() {
+        host_filetype(fd)?;
+    }
     Err(answer)
+}
+
+/// A call that a stdio stream refuses with `errno` (or, for stdin, `stdin_errno`).
+fn stream_refuses(stream: u32, stdin_errno: Errno, errno: Errno) -> Result<(), Errno> {
+    Err(if stream == 0 { stdin_errno } else { errno })
 }
 
 /// `fd_read`, `fd_write`, `fd_pread` and `fd_pwrite` on a file: one exit.
@@ -264,7 +261,7 @@ fn file_transfer(
     offset: u64,
     out: i32,
 ) -> Result<(), Errno> {
-    let fd = files::file_fd(fd)?;
+    let fd = u64::from(fd as u32);
     let ranges = mem.iovecs(iovs, count)?;
     let list = mem.linear().iovecs(&ranges);
     let moved = files::call(
@@ -284,24 +281,23 @@ fn file_transfer(
 }
 
 fn fd_write(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Result<(), Errno> {
-    if fd as u32 >= 3 {
+    let Some(stream) = files::stream(fd) else {
         return file_transfer(mem, FileOp::Write, fd, iovs, count, 0, out);
-    }
-    let fd = fd as u32;
-    if fd == 0 || !stdio::is_open(fd) {
+    };
+    if stream == 0 {
         return Err(errno::BADF);
     }
     let ranges = mem.iovecs(iovs, count)?;
     let bufs: Vec<&[u8]> = ranges.iter().map(|r| &mem.0[r.clone()]).collect();
-    let written = stdio::write(fd, &bufs).map_err(|e| -e as Errno)?;
+    let written = stdio::write(stream, &bufs).map_err(|e| -e as Errno)?;
     mem.write_u32(out, written as u32)
 }
 
 fn fd_read(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Result<(), Errno> {
-    if fd as u32 >= 3 {
+    let Some(stream) = files::stream(fd) else {
         return file_transfer(mem, FileOp::Read, fd, iovs, count, 0, out);
-    }
-    if fd != 0 || !stdio::is_open(0) {
+    };
+    if stream != 0 {
         return Err(errno::BADF);
     }
     let ranges = mem.iovecs(iovs, count)?;
@@ -334,34 +330,51 @@ fn fd_read(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Resul
     mem.write_u32(out, read as u32)
 }
 
+/// The file type wasmtime reports for a stdio stream: a character device for a
+/// terminal, else unknown (a pipe or a file alike).
+fn stream_filetype(stream: u32) -> u8 {
+    if stdio::is_terminal(stream) {
+        filetype::CHARACTER_DEVICE
+    } else {
+        filetype::UNKNOWN
+    }
+}
+
 fn fd_fdstat_get(mem: &mut Mem<'_>, fd: i32, out: i32) -> Result<(), Errno> {
-    if fd as u32 >= 3 {
+    let Some(stream) = files::stream(fd) else {
         let out = mem.addr_aligned(out, 24, 8)?;
         return files::call(
             FileOp::FdstatGet,
             [u64::from(fd as u32), out, 0, 0, 0, 0, 0, 0],
         )
         .map(|_| ());
-    }
-    let fd = fd as u32;
-    if !stdio::is_open(fd) {
-        return Err(errno::BADF);
-    }
-    let filetype = if stdio::is_terminal(fd) {
-        FILETYPE_CHARACTER_DEVICE
-    } else {
-        FILETYPE_UNKNOWN
     };
-    let rights = if fd == 0 {
-        RIGHT_FD_READ
+    let rights = if stream == 0 {
+        rights::FD_READ
     } else {
-        RIGHT_FD_WRITE
+        rights::FD_WRITE
     };
     let mut stat = [0u8; 24];
-    stat[0] = filetype;
+    stat[0] = stream_filetype(stream);
     // Base and inheriting rights are the same, as wasmtime reports them for stdio.
     stat[8..16].copy_from_slice(&rights.to_le_bytes());
     stat[16..24].copy_from_slice(&rights.to_le_bytes());
+    mem.write_aligned(out, &stat, 8)
+}
+
+/// `fd_filestat_get`. For stdio, wasmtime reports only the file type, with every
+/// other field 0, whatever the stream is on the host.
+fn fd_filestat_get(mem: &mut Mem<'_>, fd: i32, out: i32) -> Result<(), Errno> {
+    let Some(stream) = files::stream(fd) else {
+        let out = mem.addr_aligned(out, 64, 8)?;
+        return files::call(
+            FileOp::FilestatGet,
+            [u64::from(fd as u32), out, 0, 0, 0, 0, 0, 0],
+        )
+        .map(|_| ());
+    };
+    let mut stat = [0u8; 64];
+    stat[16] = stream_filetype(stream);
     mem.write_aligned(out, &stat, 8)
 }
 
@@ -440,31 +453,25 @@ fn poll_oneoff(
                     Some(_) => timers.push((userdata, timeout)),
                 }
             }
-            EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE if word >= 3 => {
-                // Files are always ready, reported as wasmtime does (one byte). A
-                // descriptor that is not open fails the whole call, as under wasmtime.
-                let mut fdstat = [0u8; 24];
-                let params = [
-                    u64::from(word),
-                    fdstat.as_mut_ptr() as u64,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                    0,
-                ];
-                files::call(FileOp::FdstatGet, params)?;
-                ready.push(Event {
-                    userdata,
-                    error: 0,
-                    kind,
-                });
-            }
             EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE => {
+                let Some(stream) = files::stream(word as i32) else {
+                    // Files are always ready, reported as wasmtime does (one byte). A
+                    // descriptor that is not open fails the whole call, as under
+                    // wasmtime.
+                    host_filetype(word as i32)?;
+                    ready.push(Event {
+                        userdata,
+                        error: 0,
+                        kind,
+                    });
+                    continue;
+                };
                 let wants_read = kind == EVENTTYPE_FD_READ;
-                let ok = stdio::is_open(word) && (word == 0) == wants_read;
-                let error = if ok { 0 } else { errno::BADF };
+                let error = if (stream == 0) == wants_read {
+                    0
+                } else {
+                    errno::BADF
+                };
                 ready.push(Event {
                     userdata,
                     error,
@@ -592,7 +599,10 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         linker,
         "fd_prestat_dir_name",
         |mem, state, fd: i32, path: i32, len: i32| {
-            let name = files::preopen_name(fd as u32).ok_or(errno::BADF)?;
+            // wasmtime answers `notdir` for an open descriptor that is no preopen.
+            let Some(name) = files::preopen_name(fd as u32) else {
+                return answer_if_open(fd, errno::NOTDIR);
+            };
             if (len as u32 as usize) < name.len() {
                 return Err(errno::NAMETOOLONG);
             }
@@ -606,29 +616,27 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             poll_oneoff(mem, subs, events, n, out)
         }
     );
-    linker.func_wrap(WASI, "proc_exit", |code: i32| -> () {
+    linker.func_wrap(WASI, "proc_exit", |code: i32| -> wasmtime::Result<()> {
+        // Statuses from 126 up mean "not run" or "killed by a signal" to a shell;
+        // wasmtime refuses them, and so do cells.
+        if !(0..126).contains(&code) {
+            wasmtime::bail!("exit with invalid exit status outside of [0..126)");
+        }
         stdio::exit(code as u32)
     })?;
     wasi_errno!(linker, "proc_raise", |_sig: i32| Err(errno::NOSYS));
     // One vCPU and no other threads: there is nothing to yield to.
     linker.func_wrap(WASI, "sched_yield", || -> i32 { 0 })?;
-    wasi_errno!(linker, "fd_close", |fd: i32| {
-        if (fd as u32) >= 3 {
-            files::close(fd as u32)
-        } else if stdio::close(fd as u32) {
-            Ok(())
-        } else {
-            Err(errno::BADF)
-        }
-    });
+    wasi_errno!(linker, "fd_close", |fd: i32| files::close(fd as u32));
 
-    // Files and directories: one exit each. Stdio streams answer as wasmtime's do.
+    // Files and directories: one exit each. Stdio streams answer as wasmtime's do;
+    // the calls they do not take reach the host, which answers `badf` for them.
     wasi!(
         linker,
         "fd_pread",
         |mem, state, fd: i32, iovs: i32, n: i32, offset: i64, out: i32| {
-            if (fd as u32) < 3 {
-                return stdio_or_badf(fd, errno::SPIPE);
+            if let Some(stream) = files::stream(fd) {
+                return stream_refuses(stream, errno::SPIPE, errno::BADF);
             }
             file_transfer(mem, FileOp::Pread, fd, iovs, n, offset as u64, out)
         }
@@ -637,8 +645,8 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         linker,
         "fd_pwrite",
         |mem, state, fd: i32, iovs: i32, n: i32, offset: i64, out: i32| {
-            if (fd as u32) < 3 {
-                return stdio_or_badf(fd, errno::SPIPE);
+            if let Some(stream) = files::stream(fd) {
+                return stream_refuses(stream, errno::BADF, errno::SPIPE);
             }
             file_transfer(mem, FileOp::Pwrite, fd, iovs, n, offset as u64, out)
         }
@@ -652,8 +660,8 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
                 wasmtime::bail!("invalid enum value Whence");
             }
             with_mem(&mut caller, |mem, _| {
-                if (fd as u32) < 3 {
-                    return stdio_or_badf(fd, errno::SPIPE);
+                if files::stream(fd).is_some() {
+                    return Err(errno::SPIPE);
                 }
                 let params = [
                     fd as u32 as u64,
@@ -671,43 +679,24 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         },
     )?;
     wasi!(linker, "fd_tell", |mem, state, fd: i32, out: i32| {
-        if (fd as u32) < 3 {
-            return stdio_or_badf(fd, errno::SPIPE);
+        if files::stream(fd).is_some() {
+            return Err(errno::SPIPE);
         }
         let at = files::call(FileOp::Seek, [fd as u32 as u64, 0, 1, 0, 0, 0, 0, 0])?;
         mem.write_u64(out, at)
     });
     wasi_errno!(linker, "fd_sync", |fd: i32| {
-        if (fd as u32) < 3 {
-            return stdio_or_badf(fd, errno::INVAL);
-        }
         files::call(FileOp::Sync, [fd as u32 as u64, 0, 0, 0, 0, 0, 0, 0]).map(|_| ())
     });
     wasi_errno!(linker, "fd_datasync", |fd: i32| {
-        if (fd as u32) < 3 {
-            return stdio_or_badf(fd, errno::INVAL);
-        }
         files::call(FileOp::Datasync, [fd as u32 as u64, 0, 0, 0, 0, 0, 0, 0]).map(|_| ())
     });
     wasi!(
         linker,
         "fd_filestat_get",
-        |mem, state, fd: i32, out: i32| {
-            if (fd as u32) < 3 {
-                return stdio_or_badf(fd, errno::NOTSUP);
-            }
-            let out = mem.addr_aligned(out, 64, 8)?;
-            files::call(
-                FileOp::FilestatGet,
-                [fd as u32 as u64, out, 0, 0, 0, 0, 0, 0],
-            )
-            .map(|_| ())
-        }
+        |mem, state, fd: i32, out: i32| fd_filestat_get(mem, fd, out)
     );
     wasi_errno!(linker, "fd_filestat_set_size", |fd: i32, size: i64| {
-        if (fd as u32) < 3 {
-            return stdio_or_badf(fd, errno::INVAL);
-        }
         files::call(
             FileOp::FilestatSetSize,
             [fd as u32 as u64, size as u64, 0, 0, 0, 0, 0, 0],
@@ -718,9 +707,6 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         linker,
         "fd_readdir",
         |mem, state, fd: i32, buf: i32, len: i32, cookie: i64, out: i32| {
-            if (fd as u32) < 3 {
-                return stdio_or_badf(fd, errno::NOTDIR);
-            }
             let addr = mem.addr(buf, len as u32)?;
             let used = files::call(
                 FileOp::Readdir,
@@ -738,23 +724,18 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             mem.write_u32(out, used as u32)
         }
     );
-    // Hints and calls wasmtime itself does not support on files.
+    // Hints and calls wasmtime itself does not support on files; only files take
+    // them at all.
     wasi_errno!(linker, "fd_advise", |fd: i32, _o: i64, _l: i64, _a: i32| {
-        if (fd as u32) < 3 {
-            return stdio_or_badf(fd, errno::SPIPE);
-        }
         files::call(FileOp::Seek, [fd as u32 as u64, 0, 1, 0, 0, 0, 0, 0]).map(|_| ())
     });
     wasi_errno!(linker, "fd_allocate", |fd: i32, _o: i64, _l: i64| {
-        if (fd as u32) < 3 {
-            return stdio_or_badf(fd, errno::NOTSUP);
+        if host_filetype(fd)? == filetype::DIRECTORY {
+            return Err(errno::BADF);
         }
         Err(errno::NOTSUP)
     });
     wasi_errno!(linker, "fd_fdstat_set_flags", |fd: i32, flags: i32| {
-        if (fd as u32) < 3 {
-            return answer_if_open(fd, errno::NOTSUP);
-        }
         files::call(
             FileOp::SetFlags,
             [fd as u32 as u64, flags as u16 as u64, 0, 0, 0, 0, 0, 0],
@@ -765,20 +746,16 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         linker,
         "fd_fdstat_set_rights",
         |fd: i32, _b: i64, _i: i64| {
-            // wasmtime answers `badf` for stdio here, and `notsup` for open files.
-            if (fd as u32) < 3 {
-                return Err(errno::BADF);
-            }
-            answer_if_open(fd, errno::NOTSUP)
+            // wasmtime answers `badf` for stdio here, and `notsup` for files and
+            // directories.
+            host_filetype(fd)?;
+            Err(errno::NOTSUP)
         }
     );
     wasi_errno!(
         linker,
         "fd_filestat_set_times",
         |fd: i32, atim: i64, mtim: i64, flags: i32| {
-            if (fd as u32) < 3 {
-                return answer_if_open(fd, errno::NOTSUP);
-            }
             let params = [
                 fd as u32 as u64,
                 atim as u64,
@@ -793,9 +770,6 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         }
     );
     wasi_errno!(linker, "fd_renumber", |fd: i32, to: i32| {
-        if (fd as u32) < 3 || (to as u32) < 3 {
-            return answer_if_open(fd, errno::NOTSUP);
-        }
         files::renumber(fd as u32, to as u32)
     });
 
@@ -818,7 +792,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             let opened = files::call(
                 FileOp::PathOpen,
                 [
-                    files::file_fd(fd)?,
+                    u64::from(fd as u32),
                     dirflags as u32 as u64,
                     path,
                     len as u32 as u64,
@@ -844,7 +818,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
                     let path = mem.addr(path, len as u32)?;
                     files::call(
                         op,
-                        [files::file_fd(fd)?, path, len as u32 as u64, 0, 0, 0, 0, 0],
+                        [u64::from(fd as u32), path, len as u32 as u64, 0, 0, 0, 0, 0],
                     )
                     .map(|_| ())
                 })
@@ -860,10 +834,10 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             files::call(
                 FileOp::Rename,
                 [
-                    files::file_fd(fd)?,
+                    u64::from(fd as u32),
                     from,
                     len as u32 as u64,
-                    files::file_fd(new_fd)?,
+                    u64::from(new_fd as u32),
                     to,
                     new_len as u32 as u64,
                     0,
@@ -882,7 +856,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             files::call(
                 FileOp::PathFilestatGet,
                 [
-                    files::file_fd(fd)?,
+                    u64::from(fd as u32),
                     flags as u32 as u64,
                     path,
                     len as u32 as u64,
@@ -906,7 +880,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
                 [
                     target,
                     target_len as u32 as u64,
-                    files::file_fd(fd)?,
+                    u64::from(fd as u32),
                     path,
                     len as u32 as u64,
                     0,
@@ -926,7 +900,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             let used = files::call(
                 FileOp::Readlink,
                 [
-                    files::file_fd(fd)?,
+                    u64::from(fd as u32),
                     path,
                     len as u32 as u64,
                     buf,
@@ -945,7 +919,7 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         |mem, state, fd: i32, flags: i32, path: i32, len: i32, atim: i64, mtim: i64, fst: i32| {
             let path = mem.addr(path, len as u32)?;
             let params = [
-                files::file_fd(fd)?,
+                u64::from(fd as u32),
                 flags as u32 as u64,
                 path,
                 len as u32 as u64,
@@ -972,11 +946,11 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             let from = mem.addr(path, len as u32)?;
             let to = mem.addr(new_path, new_len as u32)?;
             let params = [
-                files::file_fd(fd)?,
+                u64::from(fd as u32),
                 flags as u32 as u64,
                 from,
                 len as u32 as u64,
-                files::file_fd(new_fd)?,
+                u64::from(new_fd as u32),
                 to,
                 new_len as u32 as u64,
                 0,

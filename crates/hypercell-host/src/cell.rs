@@ -2,7 +2,6 @@
 
 use std::io::Cursor;
 use std::mem::offset_of;
-use std::sync::mpsc::{self, RecvTimeoutError};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hypercell_abi::boot::BOOT_MAGIC;
@@ -19,6 +18,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
+use crate::control::{CellControl, StopReason, Wake};
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK};
@@ -31,6 +31,9 @@ pub static GUEST_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_ELF"));
 /// Why a cell ended other than by its program exiting or trapping.
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
+    /// The cell was stopped from outside, for example on a signal to the host process.
+    #[error("the program was stopped by signal {0}")]
+    Stopped(i32),
     /// The program ran past its time limit.
     #[error(
         "the program ran past its time limit of {0:?} and was stopped; raise it with --timeout"
@@ -82,16 +85,21 @@ pub enum CellError {
     /// The guest runtime failed.
     #[error("the cell's runtime failed: {0}")]
     Runtime(String),
-    /// The memory limit cannot even hold the runtime and the module.
+    /// The module's first linear memory starts larger than the memory limit allows.
     #[error(
-        "the cell's memory limit of {limit} cannot hold the runtime and this module, which need at least {needed}; raise it with --memory"
+        "the module's linear memory starts at {initial}, more than the memory limit of {limit}; raise it with --memory"
     )]
-    MemoryTooSmall {
+    InitialMemory {
+        /// The memory's initial size, formatted.
+        initial: String,
         /// The limit, formatted.
         limit: String,
-        /// The minimum, formatted.
-        needed: String,
     },
+    /// The memory limit is larger than a cell can hold beside its runtime.
+    #[error(
+        "a memory limit of {0} does not fit in a cell beside the runtime and this module; a cell's linear memory can reach 4 GiB"
+    )]
+    MemoryLimit(String),
     /// Creating the VM failed.
     #[error(transparent)]
     Vm(#[from] VmError),
@@ -235,6 +243,17 @@ pub fn run_cell(
     payload: CellPayload<'_>,
     stdio: CellStdio<'_>,
 ) -> Result<CellReport, CellFailure> {
+    run_cell_with_control(config, payload, stdio, &CellControl::new())
+}
+
+/// Boots a cell for `payload` and runs it to the end, or until it is stopped through
+/// `control` from another thread.
+pub fn run_cell_with_control(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    stdio: CellStdio<'_>,
+    control: &CellControl,
+) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
     let args = string_block(config.args.iter().map(String::as_str));
     let env_entries: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -249,33 +268,40 @@ pub fn run_cell(
             cpu_features,
         } => (
             image_end()?,
-            module.artifact.as_slice(),
+            module.artifact.bytes(),
             cpu_features,
             module.initial_memory,
         ),
         CellPayload::MachineCode(code) => (IMAGE_BASE + code.len() as u64, &[][..], 0, 0),
     };
     let module_len = module.len() as u64;
-    let layout = CellLayout::plan_with_preopens(
-        config.memory_size,
+    if initial_memory > config.memory_limit {
+        return Err(CellError::InitialMemory {
+            initial: format_size(initial_memory),
+            limit: format_size(config.memory_limit),
+        }
+        .into());
+    }
+    let planned = CellLayout::plan_with_preopens(
+        config.memory_limit,
         image_end,
         args.len() as u64,
         env.len() as u64,
         preopens.len() as u64,
         module_len,
-    )
-    .ok_or_else(|| CellError::MemoryTooSmall {
-        limit: format_size(config.memory_size),
-        needed: format_size(CellLayout::minimum_size(
-            image_end,
-            args.len() as u64,
-            (env.len() + preopens.len()) as u64,
-            module_len,
-        )),
-    })?;
+    );
+    // Raw machine code has no runtime and no linear memory: its limit is the cell's
+    // whole memory.
+    let layout = match payload {
+        CellPayload::Wasm { .. } => planned,
+        CellPayload::MachineCode(_) => {
+            planned.and_then(|layout| layout.with_memory_size(config.memory_limit))
+        }
+    }
+    .ok_or_else(|| CellError::MemoryLimit(format_size(config.memory_limit)))?;
     let vm = Vm::new()?;
     // Mapping memory costs less before the vCPU exists.
-    let memory = GuestMemory::new(config.memory_size)?;
+    let memory = GuestMemory::new(layout.memory_size())?;
     let boot_mapping = layout.boot_mapping();
     vm.map_memory(&memory, 0, 0..boot_mapping)?;
     // The runtime's first allocations land in the heap's first 2 MiB: back it now (see
@@ -284,7 +310,7 @@ pub fn run_cell(
     // boot (saving the guest an exit), then the runtime's first allocations.
     let premapped_backing = layout.heap_start;
     let premapped_pages = initial_memory.div_ceil(LARGE_PAGE_SIZE);
-    let premapped = if initial_memory <= layout.wasm_memory_limit()
+    let premapped = if initial_memory <= layout.wasm_memory_limit
         && premapped_backing + (premapped_pages + 1) * LARGE_PAGE_SIZE <= boot_mapping
     {
         initial_memory
@@ -339,17 +365,26 @@ pub fn run_cell(
         .map_err(load_error)?;
     mem.write_obj(OUTPUT_CAPACITY, GuestAddress(layout.output + 8))
         .map_err(load_error)?;
-    mem.write_slice(module, GuestAddress(layout.module))
-        .map_err(load_error)?;
+    match payload {
+        CellPayload::Wasm {
+            module: compiled, ..
+        } => match compiled.artifact.file_backing() {
+            Some((file, offset)) => memory.map_file(layout.module, module_len, file, offset)?,
+            None => mem
+                .write_slice(module, GuestAddress(layout.module))
+                .map_err(load_error)?,
+        },
+        CellPayload::MachineCode(_) => {}
+    }
     let tsc_khz = u64::from(vcpu.tsc_khz()?);
     let boot = BootInfo {
         magic: BOOT_MAGIC,
         abi_version: ABI_VERSION,
         cpu_features,
-        memory_size: config.memory_size,
+        memory_size: layout.memory_size(),
         heap_start,
         heap_end: heap_ready,
-        wasm_memory_limit: layout.wasm_memory_limit(),
+        wasm_memory_limit: layout.wasm_memory_limit,
         max_wasm_stack: MAX_WASM_STACK,
         module_addr: layout.module,
         module_len,
@@ -386,7 +421,7 @@ pub fn run_cell(
     let services = Services {
         stdio,
         output: GuestAddress(layout.output),
-        deadline: config.timeout.map(|limit| first_entry + limit),
+        control: control.clone(),
         denied_growth: 0,
         meter: OutputMeter::new(config.output_limit),
         counts: HypercallCounts::default(),
@@ -401,14 +436,15 @@ pub fn run_cell(
         }),
     };
     let trap_handler = GuestAddress(layout.boot_info + offset_of!(BootInfo, trap_entry) as u64);
-    let (outcome, vcpu, mut services, memory) =
-        run_on_vcpu_thread(vcpu, memory, services, config, trap_handler);
+    let (outcome, vcpu, mut services) =
+        run_on_vcpu_thread(vcpu, &memory, services, config, trap_handler);
     // Whatever the program wrote before it ended reaches the user, even after a fault.
     let drained = drain_output(
         &memory,
         services.output,
         &services.stdio,
         &mut services.meter,
+        control,
     );
 
     let finished = Instant::now();
@@ -467,7 +503,7 @@ pub fn run_cell(
         Ok(Completion::Trap(report)) => CellExit::Trapped(report),
         Ok(Completion::Fail(FailureKind::OutOfMemory, _)) => {
             return Err(fail(CellError::OutOfMemory {
-                limit: format_size(config.memory_size),
+                limit: format_size(config.memory_limit),
             }));
         }
         Ok(Completion::Fail(FailureKind::Instantiate, message)) => {
@@ -479,8 +515,11 @@ pub fn run_cell(
         Ok(Completion::Fail(FailureKind::Runtime, message)) => {
             return Err(fail(CellError::Runtime(message)));
         }
-        Ok(Completion::TimedOut) => {
+        Ok(Completion::Stopped(StopReason::Timeout)) => {
             return Err(fail(CellError::Timeout(config.timeout.unwrap_or_default())));
+        }
+        Ok(Completion::Stopped(StopReason::Signal(signal))) => {
+            return Err(fail(CellError::Stopped(signal)));
         }
         Ok(Completion::OutputLimit) => return Err(fail(output_limit())),
         Ok(Completion::Resume | Completion::Unhandled) => {
@@ -500,47 +539,35 @@ pub fn run_cell(
 }
 
 /// Runs the vCPU on a thread of its own under the seccomp filter, while this thread
-/// watches the time limit and kicks the vCPU when it passes.
+/// supervises it: it stops the cell when its time limit passes or a stop is asked for,
+/// and has buffered output handed over every [`DRAIN_INTERVAL`] while the guest
+/// computes.
 fn run_on_vcpu_thread<'a>(
     mut vcpu: Vcpu,
-    memory: GuestMemory,
+    memory: &GuestMemory,
     mut services: Services<'a>,
     config: &CellConfig,
     trap_handler: GuestAddress,
-) -> (
-    Result<Completion, CellError>,
-    Vcpu,
-    Services<'a>,
-    GuestMemory,
-) {
+) -> (Result<Completion, CellError>, Vcpu, Services<'a>) {
+    let control = services.control.clone();
+    let output = services.output;
     std::thread::scope(|scope| {
-        let (kicker_sender, kicker) = mpsc::sync_channel(1);
-        let (done_sender, done) = mpsc::sync_channel(1);
         let runner = std::thread::Builder::new()
             .name("hypercell-vcpu".into())
             .spawn_scoped(scope, move || {
-                // The kicker installs its signal handler, which the filter would refuse.
-                let _ = kicker_sender.send(vcpu.kicker());
+                // Binding installs the kick's signal handler, which the filter refuses.
+                let binding = vcpu.bind_to_current_thread();
+                services.control.attach(vcpu.handle());
                 let outcome = match seccomp::install_vcpu_filter() {
-                    Ok(()) => run_loop(&mut vcpu, &memory, &mut services, trap_handler),
+                    Ok(()) => run_loop(&mut vcpu, memory, &mut services, trap_handler),
                     Err(error) => Err(CellError::Seccomp(error)),
                 };
-                let _ = done_sender.send(());
-                (outcome, vcpu, services, memory)
+                drop(binding);
+                services.control.finish();
+                (outcome, vcpu, services)
             })
             .expect("the host can start a thread for the vCPU");
-        if let (Some(limit), Ok(kicker)) = (config.timeout, kicker.recv()) {
-            let deadline = Instant::now() + limit;
-            let wait = deadline.saturating_duration_since(Instant::now());
-            if let Err(RecvTimeoutError::Timeout) = done.recv_timeout(wait) {
-                // A kick that lands just before KVM_RUN is entered is lost; repeat it
-                // until the vCPU thread acknowledges by finishing.
-                kicker.kick();
-                while let Err(RecvTimeoutError::Timeout) = done.recv_timeout(KICK_INTERVAL) {
-                    kicker.kick();
-                }
-            }
-        }
+        supervise(&control, memory, output, config.timeout);
         match runner.join() {
             Ok(result) => result,
             Err(panic) => std::panic::resume_unwind(panic),
@@ -548,8 +575,44 @@ fn run_on_vcpu_thread<'a>(
     })
 }
 
-/// How often a timed-out vCPU is kicked until it stops.
+/// Longest time output may wait in the guest's buffer while the program computes.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// How often a stopping vCPU is kicked until it stops: a kick that lands just before
+/// a blocking call begins is not seen by it.
 const KICK_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Watches a running cell until its vCPU thread finishes.
+fn supervise(
+    control: &CellControl,
+    memory: &GuestMemory,
+    output: GuestAddress,
+    timeout: Option<Duration>,
+) {
+    let deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
+    loop {
+        let now = Instant::now();
+        let tick = now + DRAIN_INTERVAL;
+        match control.wait_until(deadline.map_or(tick, |d| d.min(tick))) {
+            Wake::Finished => return,
+            Wake::Stopping => {
+                control.kick();
+                if control.wait_until(Instant::now() + KICK_INTERVAL) == Wake::Finished {
+                    return;
+                }
+            }
+            Wake::Timeout if deadline.is_some_and(|d| Instant::now() >= d) => {
+                control.stop(StopReason::Timeout);
+            }
+            Wake::Timeout => {
+                let pending = memory.mem().read_obj::<u64>(output).unwrap_or(0);
+                if pending != 0 {
+                    control.request_drain();
+                }
+            }
+        }
+    }
+}
 
 /// Runs the guest until its program ends. `trap_handler` is where the guest runtime
 /// writes its trap entry and stack (see [`BootInfo::trap_entry`]).
@@ -563,6 +626,9 @@ fn run_loop(
     // hypercall: a second exception before it means trap handling itself failed.
     let mut handed_over: Option<GuestException> = None;
     loop {
+        if let Some(reason) = services.control.stop_requested() {
+            return Ok(Completion::Stopped(reason));
+        }
         match vcpu.run(memory)? {
             VcpuEvent::Hypercall(addr) => match services.handle(memory, addr)? {
                 Completion::Resume => handed_over = None,
@@ -574,7 +640,11 @@ fn run_loop(
                 }
                 done => return Ok(done),
             },
-            VcpuEvent::Kicked => return Ok(Completion::TimedOut),
+            VcpuEvent::Kicked => {
+                if services.control.take_drain() && services.drain(memory)? {
+                    return Ok(Completion::OutputLimit);
+                }
+            }
             VcpuEvent::Exception(exception) => {
                 if let Some(first) = handed_over {
                     return Err(CellError::Fault(first));

@@ -1,4 +1,4 @@
-//! What a cell is asked to be: memory, time limit, arguments and environment. Kept
+//! What a cell is asked to be: memory limit, time limit, arguments and environment. Kept
 //! apart from the running cell, which [`crate::Cell`] owns.
 
 use std::time::Duration;
@@ -21,14 +21,17 @@ pub enum ConfigError {
     EnvVar(String),
 }
 
-/// Default guest memory of a cell.
-pub const DEFAULT_MEMORY_SIZE: u64 = 1 << 30;
+/// Default limit of a program's linear memory: 4 GiB, all a 32-bit memory can
+/// address, as under `wasmtime run`.
+pub const DEFAULT_MEMORY_LIMIT: u64 = 4 << 30;
 
 /// Settings of one cell.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CellConfig {
-    /// Total guest memory in bytes (runtime, stack, heap and the program's memory).
-    pub memory_size: u64,
+    /// Most bytes the program's linear memory may grow to, as `wasmtime run -W
+    /// max-memory-size` (the runtime's own memory is apart from it). For raw machine
+    /// code, which has no runtime, the size of the whole cell.
+    pub memory_limit: u64,
     /// Wall-clock limit for the program; `None` for no limit.
     pub timeout: Option<Duration>,
     /// Most bytes the program may write to stdout and stderr together; `None` for no
@@ -45,7 +48,7 @@ pub struct CellConfig {
 impl Default for CellConfig {
     fn default() -> Self {
         Self {
-            memory_size: DEFAULT_MEMORY_SIZE,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
             timeout: None,
             output_limit: None,
             args: Vec::new(),

@@ -1,13 +1,14 @@
 //! The host side of WASI's file calls: preopened directories and every descriptor a
-//! program opens in them, in one table (so that a snapshot of a cell can save and
-//! restore it in one place).
+//! program opens in them, in one table with the numbers of stdio (which the guest
+//! serves), so that a snapshot of a cell can save and restore it in one place and
+//! numbers are handed out as wasmtime hands them out.
 //!
 //! Path resolution is cap-std's: every path is resolved beneath a directory handle,
 //! and `..`, absolute paths and symlinks that lead outside it (even one swapped in
 //! during the call) fail, as under wasmtime. Data moves straight between files and the
 //! guest's memory, one exit per call whatever its size.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -23,7 +24,7 @@ use cap_std::ambient_authority;
 use cap_std::fs::{Dir, File, FileExt, Metadata, MetadataExt, OpenOptions};
 use cap_std::time::SystemTime;
 use hypercell_abi::FileOp;
-use hypercell_abi::wasi::errno;
+use hypercell_abi::wasi::{errno, fdflags, filetype as kind, lookupflags, oflags, rights};
 use hypercell_vmm::GuestMemory;
 
 use crate::guest_access::{in_bounds, read_guest_bytes, write_guest_bytes};
@@ -54,38 +55,17 @@ pub enum PreopenError {
     },
 }
 
-/// WASI file types.
-const FILETYPE_UNKNOWN: u8 = 0;
-const FILETYPE_BLOCK_DEVICE: u8 = 1;
-const FILETYPE_CHARACTER_DEVICE: u8 = 2;
-const FILETYPE_DIRECTORY: u8 = 3;
-const FILETYPE_REGULAR_FILE: u8 = 4;
-const FILETYPE_SOCKET_STREAM: u8 = 6;
-const FILETYPE_SYMBOLIC_LINK: u8 = 7;
-
-/// WASI `oflags`, `fdflags` and `lookupflags`.
-const O_CREAT: u64 = 1;
-const O_DIRECTORY: u64 = 2;
-const O_EXCL: u64 = 4;
-const O_TRUNC: u64 = 8;
-const FDFLAG_APPEND: u64 = 1;
-const LOOKUP_SYMLINK_FOLLOW: u64 = 1;
-
-/// WASI rights.
-const RIGHT_FD_READ: u64 = 1 << 1;
-const RIGHT_FD_WRITE: u64 = 1 << 6;
-const RIGHT_FD_READDIR: u64 = 1 << 14;
-const RIGHT_FD_DATASYNC: u64 = 1 << 0;
-const RIGHT_FD_ALLOCATE: u64 = 1 << 8;
-const RIGHT_FD_FILESTAT_SET_SIZE: u64 = 1 << 22;
-/// Every right: what wasmtime reports for files and directories it opened.
-const ALL_RIGHTS: u64 = (1 << 29) - 1;
+/// The `fdflags` wasmtime refuses: it has no synchronous-write modes.
+const SYNC_FLAGS: u64 = fdflags::DSYNC | fdflags::RSYNC | fdflags::SYNC;
 
 /// The result of a file call: a value, or a WASI errno.
 type FileResult = Result<u64, u16>;
 
 /// An open descriptor.
 enum Descriptor {
+    /// A stdio stream, which the guest serves: the table only holds its number, so
+    /// that numbers stay unique when programs close and renumber stdio.
+    Stream,
     Dir {
         dir: Dir,
         /// The guest name, for preopens.
@@ -96,18 +76,27 @@ enum Descriptor {
         file: File,
         readable: bool,
         writable: bool,
+        /// Every write goes to the end. Kept here rather than as the host's
+        /// `O_APPEND`, as wasmtime does, so that it combines with `O_TRUNC` and
+        /// leaves `fd_pwrite` free to keep the offset.
         append: bool,
+        /// Reported back only: file reads and writes never block for long.
+        nonblock: bool,
     },
 }
 
-/// A cell's open files and directories (descriptors 3 and up).
+/// A cell's descriptors: stdio's numbers, its preopened directories, and every file
+/// and directory it opens.
 #[derive(Default)]
 pub struct FileTable {
     descriptors: BTreeMap<u32, Descriptor>,
+    /// Numbers freed by `fd_close` and `fd_renumber`, handed out again highest first,
+    /// so that programs see wasmtime's numbers.
+    free: BTreeSet<u32>,
 }
 
 /// Maps a host I/O error to the WASI errno wasmtime would give.
-fn errno_of(error: &io::Error) -> u16 {
+pub(crate) fn errno_of(error: &io::Error) -> u16 {
     match error.raw_os_error() {
         Some(libc::EPERM) => errno::PERM,
         Some(libc::ENOENT) => errno::NOENT,
@@ -128,6 +117,7 @@ fn errno_of(error: &io::Error) -> u16 {
         Some(libc::ELOOP) => errno::LOOP,
         Some(libc::EAGAIN) => errno::AGAIN,
         Some(libc::EOPNOTSUPP) => errno::NOTSUP,
+        Some(libc::EPIPE) => errno::PIPE,
         Some(_) => errno::IO,
         // cap-std's refusal of a path that leads outside its directory.
         None if error.kind() == io::ErrorKind::PermissionDenied => errno::PERM,
@@ -140,23 +130,23 @@ fn io_err(error: io::Error) -> u16 {
 }
 
 fn filetype(metadata: &Metadata) -> u8 {
-    let kind = metadata.file_type();
-    if kind.is_dir() {
-        FILETYPE_DIRECTORY
-    } else if kind.is_file() {
-        FILETYPE_REGULAR_FILE
-    } else if kind.is_symlink() {
-        FILETYPE_SYMBOLIC_LINK
+    let file_type = metadata.file_type();
+    if file_type.is_dir() {
+        kind::DIRECTORY
+    } else if file_type.is_file() {
+        kind::REGULAR_FILE
+    } else if file_type.is_symlink() {
+        kind::SYMBOLIC_LINK
     } else {
         use cap_std::fs::FileTypeExt;
-        if kind.is_block_device() {
-            FILETYPE_BLOCK_DEVICE
-        } else if kind.is_char_device() {
-            FILETYPE_CHARACTER_DEVICE
-        } else if kind.is_socket() {
-            FILETYPE_SOCKET_STREAM
+        if file_type.is_block_device() {
+            kind::BLOCK_DEVICE
+        } else if file_type.is_char_device() {
+            kind::CHARACTER_DEVICE
+        } else if file_type.is_socket() {
+            kind::SOCKET_STREAM
         } else {
-            FILETYPE_UNKNOWN
+            kind::UNKNOWN
         }
     }
 }
@@ -230,9 +220,13 @@ fn iovecs(memory: &GuestMemory, list: u64, count: u64) -> Result<Vec<(u64, u64)>
 }
 
 impl FileTable {
-    /// Opens the preopened directories as descriptors 3, 4, ...
+    /// Holds descriptors 0 to 2 for stdio and opens the preopened directories as
+    /// descriptors 3, 4, ...
     pub fn with_preopens(preopens: &[Preopen]) -> Result<Self, PreopenError> {
         let mut table = Self::default();
+        for fd in 0..3 {
+            table.descriptors.insert(fd, Descriptor::Stream);
+        }
         for (i, preopen) in preopens.iter().enumerate() {
             let dir =
                 Dir::open_ambient_dir(&preopen.host, ambient_authority()).map_err(|source| {
@@ -253,19 +247,36 @@ impl FileTable {
         Ok(table)
     }
 
-    fn lowest_free(&self) -> u32 {
-        (3..)
-            .find(|fd| !self.descriptors.contains_key(fd))
-            .expect("a free descriptor")
+    /// Adds a descriptor under the number wasmtime would give it: the highest freed
+    /// one, else one past the highest in use.
+    fn insert(&mut self, descriptor: Descriptor) -> Result<u32, u16> {
+        let fd = match self.free.pop_last() {
+            Some(fd) => fd,
+            None => match self.descriptors.last_key_value() {
+                Some((&last, _)) => last.checked_add(1).ok_or(errno::NFILE)?,
+                None => 0,
+            },
+        };
+        self.descriptors.insert(fd, descriptor);
+        Ok(fd)
     }
 
+    /// Takes descriptor `fd` out of the table, freeing its number.
+    fn remove(&mut self, fd: u32) -> Option<Descriptor> {
+        let removed = self.descriptors.remove(&fd)?;
+        self.free.insert(fd);
+        Some(removed)
+    }
+
+    /// The directory `fd` names, and whether it is read-only; `badf` for anything
+    /// else, as under wasmtime.
     fn dir(&self, fd: u64) -> Result<(&Dir, bool), u16> {
-        match self.descriptors.get(&(fd as u32)) {
-            Some(Descriptor::Dir { dir, read_only, .. }) if fd <= u32::MAX as u64 => {
-                Ok((dir, *read_only))
-            }
-            Some(_) => Err(errno::NOTDIR),
-            None => Err(errno::BADF),
+        match u32::try_from(fd)
+            .ok()
+            .and_then(|fd| self.descriptors.get(&fd))
+        {
+            Some(Descriptor::Dir { dir, read_only, .. }) => Ok((dir, *read_only)),
+            _ => Err(errno::BADF),
         }
     }
 
@@ -290,10 +301,10 @@ impl FileTable {
             FileOp::Read | FileOp::Pread => self.read(memory, p, op == FileOp::Pread),
             FileOp::Write | FileOp::Pwrite => self.write(memory, p, op == FileOp::Pwrite),
             FileOp::Seek => self.seek(p[0], p[1] as i64, p[2]),
-            // Programs may close preopens too, as under wasmtime.
+            // Programs may close preopens and stdio too, as under wasmtime.
             FileOp::Close => u32::try_from(p[0])
                 .ok()
-                .and_then(|fd| self.descriptors.remove(&fd))
+                .and_then(|fd| self.remove(fd))
                 .map(|_| 0)
                 .ok_or(errno::BADF),
             FileOp::Sync | FileOp::Datasync => match self.descriptor(p[0])? {
@@ -305,48 +316,43 @@ impl FileTable {
                     };
                     synced.map(|()| 0).map_err(io_err)
                 }
-                Descriptor::Dir { .. } => Ok(0),
+                _ => Err(errno::BADF),
             },
             FileOp::FilestatGet => {
                 let metadata = match self.descriptor(p[0])? {
                     Descriptor::File { file, .. } => file.metadata(),
                     Descriptor::Dir { dir, .. } => dir.dir_metadata(),
+                    Descriptor::Stream => return Err(errno::BADF),
                 }
                 .map_err(io_err)?;
                 write_guest(memory, p[1], &filestat(&metadata)).map(|()| 0)
             }
+            // A file opened without write access answers the host's `inval`, as
+            // under wasmtime.
             FileOp::FilestatSetSize => match self.descriptor(p[0])? {
-                Descriptor::File {
-                    file,
-                    writable: true,
-                    ..
-                } => file.set_len(p[1]).map(|()| 0).map_err(io_err),
+                Descriptor::File { file, .. } => file.set_len(p[1]).map(|()| 0).map_err(io_err),
                 _ => Err(errno::BADF),
             },
-            FileOp::Renumber => {
-                let (from, to) = (p[0] as u32, p[1] as u32);
-                let fits = p[0] <= u64::from(u32::MAX) && p[1] <= u64::from(u32::MAX);
-                if !fits || !self.descriptors.contains_key(&to) {
-                    return Err(errno::BADF);
-                }
-                let moved = self.descriptors.remove(&from).ok_or(errno::BADF)?;
-                self.descriptors.insert(to, moved);
-                Ok(0)
-            }
+            FileOp::Renumber => self.renumber(p[0], p[1]),
             FileOp::SetFlags => match self.descriptor(p[0])? {
-                Descriptor::File { file, append, .. } => {
-                    let wanted = p[1] & FDFLAG_APPEND != 0;
-                    set_append(file, wanted).map_err(io_err)?;
-                    *append = wanted;
+                Descriptor::File {
+                    append, nonblock, ..
+                } => {
+                    if p[1] & SYNC_FLAGS != 0 {
+                        return Err(errno::INVAL);
+                    }
+                    *append = p[1] & fdflags::APPEND != 0;
+                    *nonblock = p[1] & fdflags::NONBLOCK != 0;
                     Ok(0)
                 }
-                Descriptor::Dir { .. } => Err(errno::BADF),
+                _ => Err(errno::BADF),
             },
             FileOp::SetTimes => {
                 let times = timespecs(p[1], p[2], p[3])?;
                 let fd = match self.descriptor(p[0])? {
                     Descriptor::File { file, .. } => file.as_raw_fd(),
                     Descriptor::Dir { dir, .. } => dir.as_raw_fd(),
+                    Descriptor::Stream => return Err(errno::BADF),
                 };
                 // SAFETY: `fd` is a descriptor this table owns, open for the call, and
                 // `times` is the two timespecs futimens reads.
@@ -361,7 +367,7 @@ impl FileTable {
                 let path = guest_path(memory, p[2], p[3])?;
                 let (atime, mtime) = time_specs(p[4], p[5], p[6])?;
                 let dir = self.writable_dir(p[0])?;
-                if p[1] & LOOKUP_SYMLINK_FOLLOW != 0 {
+                if p[1] & lookupflags::SYMLINK_FOLLOW != 0 {
                     dir.set_times(path, atime, mtime)
                 } else {
                     dir.set_symlink_times(path, atime, mtime)
@@ -374,6 +380,10 @@ impl FileTable {
                 let to = guest_path(memory, p[5], p[6])?;
                 let source = self.writable_dir(p[0])?;
                 let target = self.writable_dir(p[4])?;
+                // wasmtime links the entry itself and refuses to follow a symlink.
+                if p[1] & lookupflags::SYMLINK_FOLLOW != 0 {
+                    return Err(errno::INVAL);
+                }
                 source
                     .hard_link(from, target, to)
                     .map(|()| 0)
@@ -403,7 +413,7 @@ impl FileTable {
             FileOp::PathFilestatGet => {
                 let path = guest_path(memory, p[2], p[3])?;
                 let (dir, _) = self.dir(p[0])?;
-                let metadata = if p[1] & LOOKUP_SYMLINK_FOLLOW != 0 {
+                let metadata = if p[1] & lookupflags::SYMLINK_FOLLOW != 0 {
                     dir.metadata(path)
                 } else {
                     dir.symlink_metadata(path)
@@ -428,6 +438,23 @@ impl FileTable {
                 write_guest(memory, p[3], &bytes[..n]).map(|()| n as u64)
             }
         }
+    }
+
+    /// Moves descriptor `from` onto `to`, closing what `to` held; both must be open,
+    /// as under wasmtime.
+    fn renumber(&mut self, from: u64, to: u64) -> FileResult {
+        let (Ok(from), Ok(to)) = (u32::try_from(from), u32::try_from(to)) else {
+            return Err(errno::BADF);
+        };
+        if !self.descriptors.contains_key(&to) || !self.descriptors.contains_key(&from) {
+            return Err(errno::BADF);
+        }
+        if from != to {
+            let moved = self.remove(from).ok_or(errno::BADF)?;
+            self.free.remove(&to);
+            self.descriptors.insert(to, moved);
+        }
+        Ok(0)
     }
 
     fn read(&mut self, memory: &GuestMemory, p: [u64; 8], positioned: bool) -> FileResult {
@@ -479,7 +506,9 @@ impl FileTable {
             if !read_guest_bytes(memory, addr, &mut data) {
                 return Err(errno::FAULT);
             }
-            if positioned && !*append {
+            if *append {
+                append_all(file, &data, positioned).map_err(io_err)?;
+            } else if positioned {
                 file.write_all_at(&data, offset).map_err(io_err)?;
             } else {
                 file.write_all(&data).map_err(io_err)?;
@@ -503,39 +532,51 @@ impl FileTable {
         file.seek(position).map_err(io_err)
     }
 
+    /// Writes an `fdstat` with the rights wasmtime reports: fixed sets for
+    /// directories, and for files every right but reading or writing when the file
+    /// was not opened for it.
     fn fdstat(&mut self, memory: &GuestMemory, fd: u64, out: u64) -> FileResult {
-        let mut stat = [0u8; 24];
-        match self.descriptor(fd)? {
-            Descriptor::Dir { .. } => {
-                stat[0] = FILETYPE_DIRECTORY;
-                stat[8..16].copy_from_slice(&ALL_RIGHTS.to_le_bytes());
-                stat[16..24].copy_from_slice(&ALL_RIGHTS.to_le_bytes());
-            }
+        let (filetype, flags, base, inheriting) = match self.descriptor(fd)? {
+            Descriptor::Stream => return Err(errno::BADF),
+            Descriptor::Dir {
+                preopen: Some(_), ..
+            } => (
+                kind::DIRECTORY,
+                0,
+                rights::PREOPEN_BASE,
+                rights::PREOPEN_INHERITING,
+            ),
+            Descriptor::Dir { .. } => (kind::DIRECTORY, 0, rights::DIRECTORY, rights::DIRECTORY),
             Descriptor::File {
                 file,
                 readable,
                 writable,
                 append,
-                ..
+                nonblock,
             } => {
-                stat[0] = file.metadata().map(|m| filetype(&m)).map_err(io_err)?;
+                let mut flags = 0;
                 if *append {
-                    stat[2] = FDFLAG_APPEND as u8;
+                    flags |= fdflags::APPEND;
                 }
-                let mut rights = ALL_RIGHTS;
+                if *nonblock {
+                    flags |= fdflags::NONBLOCK;
+                }
+                let mut base = rights::ALL;
                 if !*readable {
-                    rights &= !RIGHT_FD_READ;
+                    base &= !(rights::FD_READ | rights::FD_READDIR);
                 }
                 if !*writable {
-                    rights &= !(RIGHT_FD_WRITE
-                        | RIGHT_FD_DATASYNC
-                        | RIGHT_FD_ALLOCATE
-                        | RIGHT_FD_FILESTAT_SET_SIZE);
+                    base &= !rights::FD_WRITE;
                 }
-                stat[8..16].copy_from_slice(&rights.to_le_bytes());
-                stat[16..24].copy_from_slice(&ALL_RIGHTS.to_le_bytes());
+                let metadata = file.metadata().map_err(io_err)?;
+                (filetype(&metadata), flags, base, base)
             }
-        }
+        };
+        let mut stat = [0u8; 24];
+        stat[0] = filetype;
+        stat[2..4].copy_from_slice(&(flags as u16).to_le_bytes());
+        stat[8..16].copy_from_slice(&base.to_le_bytes());
+        stat[16..24].copy_from_slice(&inheriting.to_le_bytes());
         write_guest(memory, out, &stat).map(|()| 0)
     }
 
@@ -555,20 +596,20 @@ impl FileTable {
         }
         let own = dir.dir_metadata().map_err(io_err)?;
         let mut entries: Vec<(Vec<u8>, u64, u8)> = vec![
-            (b".".to_vec(), own.ino(), FILETYPE_DIRECTORY),
-            (b"..".to_vec(), 0, FILETYPE_DIRECTORY),
+            (b".".to_vec(), own.ino(), kind::DIRECTORY),
+            (b"..".to_vec(), 0, kind::DIRECTORY),
         ];
         for entry in dir.entries().map_err(io_err)? {
             let entry = entry.map_err(io_err)?;
-            let kind = entry.file_type().map_err(io_err)?;
-            let filetype = if kind.is_dir() {
-                FILETYPE_DIRECTORY
-            } else if kind.is_file() {
-                FILETYPE_REGULAR_FILE
-            } else if kind.is_symlink() {
-                FILETYPE_SYMBOLIC_LINK
+            let file_type = entry.file_type().map_err(io_err)?;
+            let filetype = if file_type.is_dir() {
+                kind::DIRECTORY
+            } else if file_type.is_file() {
+                kind::REGULAR_FILE
+            } else if file_type.is_symlink() {
+                kind::SYMBOLIC_LINK
             } else {
-                FILETYPE_UNKNOWN
+                kind::UNKNOWN
             };
             entries.push((entry.file_name().as_bytes().to_vec(), entry.ino(), filetype));
         }
@@ -589,51 +630,56 @@ impl FileTable {
         write_guest(memory, buf, &out).map(|()| out.len() as u64)
     }
 
+    /// `path_open`, with wasmtime's rules: a file is opened for reading unless only
+    /// writing is asked, for writing when asked or when created or truncated, and a
+    /// directory never for writing.
     fn open(&mut self, memory: &GuestMemory, p: [u64; 8]) -> FileResult {
         let [
             dirfd,
             lookup,
             path_addr,
             path_len,
-            oflags,
-            rights,
-            fdflags,
+            open_flags,
+            base,
+            flags,
             _,
         ] = p;
         let path = guest_path(memory, path_addr, path_len)?;
-        let (dir, read_only) = self.dir(dirfd)?;
-        let wants_dir = oflags & O_DIRECTORY != 0;
-        // Creating a directory is path_create_directory's job; refuse before touching
-        // anything, as wasmtime does.
-        if wants_dir && oflags & O_CREAT != 0 {
+        let (dir, read_only) = match u32::try_from(dirfd)
+            .ok()
+            .and_then(|fd| self.descriptors.get(&fd))
+        {
+            Some(Descriptor::Dir { dir, read_only, .. }) => (dir, *read_only),
+            Some(Descriptor::File { .. }) => return Err(errno::NOTDIR),
+            _ => return Err(errno::BADF),
+        };
+        if flags & SYNC_FLAGS != 0 {
+            return Err(errno::NOTSUP);
+        }
+        let wants_dir = open_flags & oflags::DIRECTORY != 0;
+        // Creating a directory is path_create_directory's job, and truncating one
+        // means nothing; refuse before touching anything, as wasmtime does.
+        if wants_dir && open_flags & (oflags::CREAT | oflags::EXCL | oflags::TRUNC) != 0 {
             return Err(errno::INVAL);
         }
-        let readable = rights & (RIGHT_FD_READ | RIGHT_FD_READDIR) != 0;
-        let writable = rights
-            & (RIGHT_FD_WRITE | RIGHT_FD_DATASYNC | RIGHT_FD_ALLOCATE | RIGHT_FD_FILESTAT_SET_SIZE)
-            != 0;
-        let append = fdflags & FDFLAG_APPEND != 0;
-        let creates = oflags & (O_CREAT | O_TRUNC) != 0;
-        if read_only && (writable || creates || append) {
+        let write_right = base & rights::FD_WRITE != 0;
+        let readable = base & rights::FD_READ != 0 || !write_right;
+        let changes = open_flags & (oflags::CREAT | oflags::TRUNC) != 0;
+        let writable = write_right || changes;
+        if read_only && writable {
             return Err(errno::PERM);
         }
         let mut options = OpenOptions::new();
-        options.read(readable || !writable);
-        options.write(writable && !append);
-        options.append(append);
-        if oflags & O_CREAT != 0 {
-            if oflags & O_EXCL != 0 {
+        options.read(readable).write(writable);
+        if open_flags & oflags::CREAT != 0 {
+            if open_flags & oflags::EXCL != 0 {
                 options.create_new(true);
             } else {
                 options.create(true);
             }
-            options.write(true);
         }
-        if oflags & O_TRUNC != 0 {
-            options.truncate(true);
-            options.write(true);
-        }
-        options.follow(if lookup & LOOKUP_SYMLINK_FOLLOW != 0 {
+        options.truncate(open_flags & oflags::TRUNC != 0);
+        options.follow(if lookup & lookupflags::SYMLINK_FOLLOW != 0 {
             FollowSymlinks::Yes
         } else {
             FollowSymlinks::No
@@ -642,7 +688,7 @@ impl FileTable {
         let opened = dir.open_with(&path, &options).map_err(io_err)?;
         let is_dir = opened.metadata().map_err(io_err)?.is_dir();
         let descriptor = if is_dir {
-            if writable && !wants_dir {
+            if write_right {
                 return Err(errno::ISDIR);
             }
             Descriptor::Dir {
@@ -656,14 +702,13 @@ impl FileTable {
             }
             Descriptor::File {
                 file: opened,
-                readable: readable || !writable,
-                writable: writable || append,
-                append,
+                readable,
+                writable,
+                append: flags & fdflags::APPEND != 0,
+                nonblock: flags & fdflags::NONBLOCK != 0,
             }
         };
-        let fd = self.lowest_free();
-        self.descriptors.insert(fd, descriptor);
-        Ok(u64::from(fd))
+        self.insert(descriptor).map(u64::from)
     }
 
     /// The preopened directories' names by descriptor, for the guest to answer
@@ -741,23 +786,30 @@ fn time_specs(
     ))
 }
 
-/// Turns `O_APPEND` on or off for an open file.
-fn set_append(file: &File, append: bool) -> io::Result<()> {
-    let fd = file.as_raw_fd();
-    // SAFETY: `fd` is an open descriptor the caller borrows; F_GETFL and F_SETFL only
-    // read and change its status flags.
-    unsafe {
-        let flags = libc::fcntl(fd, libc::F_GETFL);
-        if flags < 0 {
-            return Err(io::Error::last_os_error());
-        }
-        let flags = if append {
-            flags | libc::O_APPEND
-        } else {
-            flags & !libc::O_APPEND
+/// Writes all of `data` at the end of `file`, in one atomic append per piece as
+/// `O_APPEND` would (Linux's `RWF_APPEND`); moves the file's offset past it unless
+/// `positioned` (`fd_pwrite`, whose offset an append ignores).
+fn append_all(file: &File, mut data: &[u8], positioned: bool) -> io::Result<()> {
+    // -1 asks pwritev2 to use and update the file offset, as a plain write does.
+    let offset = if positioned { 0 } else { -1 };
+    while !data.is_empty() {
+        let iovec = libc::iovec {
+            iov_base: data.as_ptr() as *mut libc::c_void,
+            iov_len: data.len(),
         };
-        if libc::fcntl(fd, libc::F_SETFL, flags) < 0 {
-            return Err(io::Error::last_os_error());
+        // SAFETY: `iovec` describes `data`, which outlives the call, and the kernel
+        // only reads it; the descriptor is one this table owns.
+        let written =
+            unsafe { libc::pwritev2(file.as_raw_fd(), &iovec, 1, offset, libc::RWF_APPEND) };
+        match written {
+            n if n > 0 => data = &data[n as usize..],
+            0 => return Err(io::ErrorKind::WriteZero.into()),
+            _ => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted {
+                    return Err(error);
+                }
+            }
         }
     }
     Ok(())

@@ -11,9 +11,10 @@ use hypercell_abi::layout::LARGE_PAGE_SIZE;
 use hypercell_abi::{ABI_VERSION, FileOp, Hypercall, HypercallRequest};
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use crate::fs::FileTable;
+use crate::control::{CellControl, StopReason};
+use crate::fs::{FileTable, errno_of};
 use crate::guest_access::{pieces, read_array, read_guest_bytes, write_guest_bytes};
-use crate::stdio::{CellStdio, OutputMeter, drain_output};
+use crate::stdio::{CellStdio, OutputMeter, drain_output, read_guest_from, write_guest_to};
 use hypercell_vmm::{GuestMemory, PagingError, ReservationTables, Vm};
 
 /// Ways a guest can break the hypercall ABI.
@@ -71,8 +72,8 @@ pub enum Completion {
     Trap(String),
     /// The runtime gave up.
     Fail(FailureKind, String),
-    /// The cell's time limit passed (a sleep reached it, or the vCPU was kicked).
-    TimedOut,
+    /// The cell was stopped from outside (its time limit, a signal).
+    Stopped(StopReason),
     /// The runtime's trap entry found the exception it was sent for is not a wasm
     /// trap.
     Unhandled,
@@ -109,8 +110,8 @@ pub struct Services<'a> {
     pub stdio: CellStdio<'a>,
     /// Guest address of the output buffer.
     pub output: GuestAddress,
-    /// When the cell's time runs out.
-    pub deadline: Option<Instant>,
+    /// Stop requests and output hand-overs from other threads.
+    pub control: CellControl,
     /// Most bytes of linear memory the program was refused (from the last report).
     pub denied_growth: u64,
     /// Output written so far, against the cell's output limit.
@@ -173,8 +174,7 @@ impl Services<'_> {
                 len: size_of::<HypercallRequest>() as u64,
             })?;
         // Output written before any call reaches the host first, in order.
-        drain_output(memory, self.output, &self.stdio, &mut self.meter)?;
-        if self.meter.exceeded() {
+        if self.drain(memory)? {
             return Ok(Completion::OutputLimit);
         }
         let Request { call, args } = decode(&raw)?;
@@ -203,9 +203,7 @@ impl Services<'_> {
                 return Ok(Completion::Fail(FailureKind::from_raw(args[2]), message));
             }
             Hypercall::Sleep => {
-                if !self.sleep(Duration::from_nanos(args[0])) {
-                    return Ok(Completion::TimedOut);
-                }
+                self.sleep(Duration::from_nanos(args[0]));
                 0
             }
             Hypercall::Random => {
@@ -234,6 +232,11 @@ impl Services<'_> {
                 }
             }
         };
+        // A blocking call (a read, a write to a full pipe, a sleep) ends early when
+        // the cell is being stopped.
+        if let Some(reason) = self.control.stop_requested() {
+            return Ok(Completion::Stopped(reason));
+        }
         memory
             .mem()
             .write_obj(result, addr.unchecked_add(RESULT_OFFSET))
@@ -243,6 +246,18 @@ impl Services<'_> {
                 len: 64,
             })?;
         Ok(Completion::Resume)
+    }
+
+    /// Delivers the guest's buffered output; true if it went past the output limit.
+    pub fn drain(&mut self, memory: &GuestMemory) -> Result<bool, HypercallError> {
+        drain_output(
+            memory,
+            self.output,
+            &self.stdio,
+            &mut self.meter,
+            &self.control,
+        )?;
+        Ok(self.meter.exceeded())
     }
 
     /// Makes guest memory up to at least `requested` ready; returns the new end of
@@ -339,19 +354,27 @@ impl Services<'_> {
         }
     }
 
-    /// Sleeps up to the deadline; false if the deadline cut the sleep short.
-    fn sleep(&self, duration: Duration) -> bool {
+    /// Sleeps for `duration`, or until the cell is asked to stop.
+    fn sleep(&self, duration: Duration) {
         // The guest picks the duration: one too long to represent never wakes.
         let wake = Instant::now().checked_add(duration);
-        match self.deadline {
-            Some(deadline) if wake.is_none_or(|wake| deadline < wake) => {
-                std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
-                false
+        while self.control.stop_requested().is_none() {
+            let left = match wake {
+                Some(wake) => wake.saturating_duration_since(Instant::now()),
+                None => Duration::from_secs(u32::MAX.into()),
+            };
+            if left.is_zero() {
+                return;
             }
-            _ => {
-                std::thread::sleep(duration);
-                true
-            }
+            let request = libc::timespec {
+                tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
+                tv_nsec: libc::c_long::from(left.subsec_nanos() as i32),
+            };
+            // SAFETY: clock_nanosleep reads the request and, with no remainder pointer,
+            // writes nothing; a kick's signal ends it early with EINTR.
+            unsafe {
+                libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &request, std::ptr::null_mut())
+            };
         }
     }
 
@@ -397,17 +420,14 @@ impl Services<'_> {
             })?;
             buffers.extend(pieces.into_iter().map(|(at, len)| (at, len as usize)));
         }
-        let mem = memory.mem();
-        let mut target = target;
         let mut total = 0usize;
         for (addr, len) in buffers {
             let moved = match direction {
                 Direction::Write => {
                     let admitted = self.meter.admit(len as u64) as usize;
-                    mem.write_all_volatile_to(addr, &mut target, admitted)
-                        .map(|()| admitted)
+                    write_guest_to(memory, addr, admitted, target, &self.control)
                 }
-                Direction::Read => mem.read_volatile_from(addr, &mut target, len),
+                Direction::Read => read_guest_from(memory, addr, len, target, &self.control),
             };
             match moved {
                 Ok(n) => {
@@ -417,7 +437,7 @@ impl Services<'_> {
                     }
                 }
                 Err(_) if total > 0 => break,
-                Err(e) => return Ok(-i64::from(wasi_errno(&e))),
+                Err(e) => return Ok(-i64::from(errno_of(&e))),
             }
         }
         Ok(total as i64)
@@ -436,21 +456,6 @@ impl Direction {
             Direction::Write => "write to",
             Direction::Read => "read from",
         }
-    }
-}
-
-/// Maps a host I/O failure to the WASI errno the program sees.
-fn wasi_errno(error: &vm_memory::GuestMemoryError) -> i32 {
-    const IO: i32 = 29;
-    const PIPE: i32 = 64;
-    const AGAIN: i32 = 6;
-    match error {
-        vm_memory::GuestMemoryError::IOError(e) => match e.raw_os_error() {
-            Some(libc::EPIPE) => PIPE,
-            Some(libc::EAGAIN) => AGAIN,
-            _ => IO,
-        },
-        _ => IO,
     }
 }
 

@@ -6,7 +6,7 @@
 //!   | compiled module | unmapped guard | stack | heap ... end of memory |
 //! ```
 
-use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, PAGE_SIZE};
+use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, MAX_MEMORY_SIZE, PAGE_SIZE};
 use hypercell_abi::{BootInfo, GuestPhases, HypercallRequest, OutputBuffer};
 
 use crate::stdio::OUTPUT_CAPACITY;
@@ -15,7 +15,7 @@ use crate::stdio::OUTPUT_CAPACITY;
 pub const STACK_SIZE: u64 = 8 << 20;
 /// Most native stack wasm code may use, as wasmtime's default.
 pub const MAX_WASM_STACK: u64 = 512 << 10;
-/// Heap kept back for the runtime's own allocations when capping linear memory.
+/// Heap kept for the runtime's own allocations, before the module's share.
 const RUNTIME_HEAP_RESERVE: u64 = 16 << 20;
 /// Heap mapped at boot; the guest asks for more as it grows. KVM's cost of mapping
 /// memory grows with its size, and most programs never need more.
@@ -48,6 +48,8 @@ pub struct CellLayout {
     pub heap_start: u64,
     /// One past the last heap byte.
     pub heap_end: u64,
+    /// The most a linear memory may grow to.
+    pub wasm_memory_limit: u64,
 }
 
 fn align_up(value: u64, align: u64) -> u64 {
@@ -55,20 +57,32 @@ fn align_up(value: u64, align: u64) -> u64 {
 }
 
 impl CellLayout {
-    /// Plans a cell of `memory_size` bytes; `None` if it does not fit.
+    /// Plans a cell whose linear memory may grow to `wasm_memory_limit` bytes;
+    /// `None` if the cell would be larger than a cell can be.
     pub fn plan(
-        memory_size: u64,
+        wasm_memory_limit: u64,
         image_end: u64,
         args_len: u64,
         env_len: u64,
         module_len: u64,
     ) -> Option<Self> {
-        Self::plan_with_preopens(memory_size, image_end, args_len, env_len, 0, module_len)
+        Self::plan_with_preopens(
+            wasm_memory_limit,
+            image_end,
+            args_len,
+            env_len,
+            0,
+            module_len,
+        )
     }
 
     /// Plans a cell whose preopened directory names take `preopens_len` bytes.
+    ///
+    /// The heap holds the linear memory, up to its limit, and the runtime's own
+    /// allocations beside it, which grow with the module's size: the limit is the
+    /// program's alone, as `wasmtime run -W max-memory-size` is.
     pub fn plan_with_preopens(
-        memory_size: u64,
+        wasm_memory_limit: u64,
         image_end: u64,
         args_len: u64,
         env_len: u64,
@@ -89,7 +103,10 @@ impl CellLayout {
         let stack_bottom = align_up(module + module_len, LARGE_PAGE_SIZE) + LARGE_PAGE_SIZE;
         let stack_top = stack_bottom + STACK_SIZE;
         let heap_start = stack_top;
-        (heap_start + RUNTIME_HEAP_RESERVE <= memory_size).then_some(Self {
+        let heap_end = heap_start
+            .checked_add(runtime_heap(module_len))?
+            .checked_add(wasm_memory_limit.checked_next_multiple_of(LARGE_PAGE_SIZE)?)?;
+        (heap_end <= MAX_MEMORY_SIZE).then_some(Self {
             boot_info,
             request,
             phases,
@@ -101,7 +118,8 @@ impl CellLayout {
             stack_bottom,
             stack_top,
             heap_start,
-            heap_end: memory_size,
+            heap_end,
+            wasm_memory_limit,
         })
     }
 
@@ -118,17 +136,29 @@ impl CellLayout {
         self.stack_bottom - LARGE_PAGE_SIZE
     }
 
-    /// The most a linear memory may grow to: the heap less the runtime's share.
-    pub fn wasm_memory_limit(&self) -> u64 {
-        (self.heap_end - self.heap_start).saturating_sub(RUNTIME_HEAP_RESERVE)
+    /// This layout in a cell of exactly `size` bytes (rounded up to 2 MiB), with a
+    /// heap of whatever lies past the stack; `None` if the runtime's share does not
+    /// fit or the cell would be too large.
+    pub fn with_memory_size(self, size: u64) -> Option<Self> {
+        let heap_end = align_up(size, LARGE_PAGE_SIZE);
+        let heap = heap_end.checked_sub(self.heap_start + RUNTIME_HEAP_RESERVE)?;
+        (heap_end <= MAX_MEMORY_SIZE).then_some(Self {
+            heap_end,
+            wasm_memory_limit: heap,
+            ..self
+        })
     }
 
-    /// Bytes of memory a cell needs beyond its heap for this layout's inputs.
-    pub fn minimum_size(image_end: u64, args_len: u64, env_len: u64, module_len: u64) -> u64 {
-        let probe = Self::plan(u64::MAX / 2, image_end, args_len, env_len, module_len)
-            .expect("everything fits in an unbounded cell");
-        align_up(probe.heap_start + RUNTIME_HEAP_RESERVE, LARGE_PAGE_SIZE)
+    /// The guest memory the cell needs: everything up to the end of its heap.
+    pub fn memory_size(&self) -> u64 {
+        self.heap_end
     }
+}
+
+/// Heap kept for the runtime's own allocations: a base, and as much again as the
+/// module's code, for what wasmtime builds from it (a few percent of it in practice).
+fn runtime_heap(module_len: u64) -> u64 {
+    align_up(RUNTIME_HEAP_RESERVE + module_len, LARGE_PAGE_SIZE)
 }
 
 #[cfg(test)]
@@ -145,10 +175,22 @@ mod tests {
         assert!(layout.module >= layout.output + OUTPUT_CAPACITY);
         assert_eq!(layout.stack_guard() % LARGE_PAGE_SIZE, 0);
         assert!(layout.stack_guard() >= layout.module + 30_000);
-        assert_eq!(layout.heap_end, 64 << 20);
         assert_eq!(layout.boot_mapping() % LARGE_PAGE_SIZE, 0);
-        assert!(layout.boot_mapping() > layout.heap_start && layout.boot_mapping() <= 64 << 20);
-        assert!(CellLayout::plan(16 << 20, 0x4a3000, 0, 0, 30_000).is_none());
-        assert!(CellLayout::minimum_size(0x4a3000, 0, 0, 30_000) > 16 << 20);
+        assert!(layout.boot_mapping() > layout.heap_start);
+        assert!(layout.boot_mapping() <= layout.memory_size());
+    }
+
+    #[test]
+    fn the_heap_holds_the_whole_limit_beside_the_runtime() {
+        let layout = CellLayout::plan(64 << 20, 0x4a3000, 0, 0, 30_000).unwrap();
+        assert_eq!(layout.wasm_memory_limit, 64 << 20);
+        assert!(layout.heap_end - layout.heap_start >= (64 << 20) + RUNTIME_HEAP_RESERVE);
+        let tiny = CellLayout::plan(0, 0x4a3000, 0, 0, 30_000).unwrap();
+        assert!(tiny.heap_end - tiny.heap_start >= RUNTIME_HEAP_RESERVE);
+        let large_module = CellLayout::plan(0, 0x4a3000, 0, 0, 200 << 20).unwrap();
+        assert!(large_module.heap_end - large_module.heap_start >= 200 << 20);
+        assert!(CellLayout::plan(4 << 30, 0x4a3000, 0, 0, 30_000).is_some());
+        assert!(CellLayout::plan(8 << 30, 0x4a3000, 0, 0, 30_000).is_none());
+        assert!(CellLayout::plan(u64::MAX, 0x4a3000, 0, 0, 30_000).is_none());
     }
 }

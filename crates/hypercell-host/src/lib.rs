@@ -6,6 +6,7 @@
 pub mod cell;
 pub mod compile;
 pub mod config;
+pub mod control;
 pub mod fs;
 mod guest_access;
 pub mod hypercall;
@@ -15,7 +16,9 @@ pub mod stdio;
 
 pub use cell::{
     CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, GuestTimings, run_cell,
+    run_cell_with_control,
 };
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
+pub use control::{CellControl, StopReason};
 pub use stdio::CellStdio;

@@ -53,6 +53,8 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_lseek,
     libc::SYS_pread64,
     libc::SYS_pwrite64,
+    // Appends, which go to the end whatever the offset (`RWF_APPEND`).
+    libc::SYS_pwritev2,
     libc::SYS_fsync,
     libc::SYS_fdatasync,
     libc::SYS_ftruncate,

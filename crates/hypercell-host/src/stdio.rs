@@ -1,11 +1,15 @@
 //! The host end of a cell's stdio: which descriptors it uses, and draining the guest's
 //! output buffer into them.
 
+use std::io;
+use std::mem::offset_of;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use hypercell_abi::{OUTPUT_RECORD_HEADER, OutputBuffer, StdioKind};
-use vm_memory::{Address, Bytes, GuestAddress};
+use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
+use crate::control::CellControl;
+use crate::fs::errno_of;
 use crate::guest_access::read_array;
 use crate::hypercall::HypercallError;
 use hypercell_vmm::GuestMemory;
@@ -110,12 +114,15 @@ impl OutputMeter {
 
 /// Writes every record in the guest's output buffer to its descriptor and empties the
 /// buffer. The buffer is guest memory: its header and records are validated like any
-/// other guest input.
+/// other guest input. A record that cannot be delivered (a closed pipe, a full disk) is
+/// dropped, and its WASI errno is left in the header for the guest to report to the
+/// program, as wasmtime reports the failed write.
 pub fn drain_output(
     memory: &GuestMemory,
     output: GuestAddress,
     stdio: &CellStdio<'_>,
     meter: &mut OutputMeter,
+    control: &CellControl,
 ) -> Result<u64, HypercallError> {
     let mem = memory.mem();
     let header: [u8; size_of::<OutputBuffer>()] = read_array(memory, output)?;
@@ -152,13 +159,22 @@ pub fn drain_output(
             ));
             break;
         }
-        let mut target = target;
-        // Output the program already counted as written cannot be reported back; a
-        // closed pipe on the host loses it, as it would for a native program.
         let admitted = meter.admit(len) as usize;
-        if let Err(e) = mem.write_all_volatile_to(data.unchecked_add(offset), &mut target, admitted)
-        {
-            tracing::debug!("writing cell output to descriptor {fd} failed: {e}");
+        if let Err(error) = write_guest_to(
+            memory,
+            data.unchecked_add(offset),
+            admitted,
+            target,
+            control,
+        ) {
+            tracing::debug!("writing cell output to descriptor {fd} failed: {error}");
+            let slot = offset_of!(OutputBuffer, errors) as u64 + 4 * u64::from(fd - 1);
+            mem.write_obj(u32::from(errno_of(&error)), output.unchecked_add(slot))
+                .map_err(|_| HypercallError::OutOfBounds {
+                    what: "output buffer",
+                    addr: output.0,
+                    len: size_of::<OutputBuffer>() as u64,
+                })?;
         }
         offset += len;
         result = Ok(offset);
@@ -170,6 +186,70 @@ pub fn drain_output(
             len: 8,
         })?;
     result
+}
+
+/// Writes `len` bytes of guest memory at `addr` to `fd`, whole. A signal interrupts it
+/// only when the cell is being stopped: then, or on any other failure, the error comes
+/// back and what was written so far stays written.
+pub(crate) fn write_guest_to(
+    memory: &GuestMemory,
+    addr: GuestAddress,
+    len: usize,
+    fd: BorrowedFd<'_>,
+    control: &CellControl,
+) -> io::Result<usize> {
+    let slice = memory
+        .mem()
+        .get_slice(addr, len)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
+    let guard = slice.ptr_guard();
+    let mut done = 0;
+    while done < len {
+        // SAFETY: the slice covers `len` bytes of the cell's mapped memory, which lives
+        // while `memory` is borrowed; write only reads them.
+        let n = unsafe { libc::write(fd.as_raw_fd(), guard.as_ptr().add(done).cast(), len - done) };
+        match n {
+            n if n > 0 => done += n as usize,
+            0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
+            _ => {
+                let error = io::Error::last_os_error();
+                if error.kind() != io::ErrorKind::Interrupted || control.stop_requested().is_some()
+                {
+                    return Err(error);
+                }
+            }
+        }
+    }
+    Ok(done)
+}
+
+/// Reads at most `len` bytes from `fd` into guest memory at `addr`; 0 at the end of
+/// input. A signal interrupts it only when the cell is being stopped.
+pub(crate) fn read_guest_from(
+    memory: &GuestMemory,
+    addr: GuestAddress,
+    len: usize,
+    fd: BorrowedFd<'_>,
+    control: &CellControl,
+) -> io::Result<usize> {
+    let slice = memory
+        .mem()
+        .get_slice(addr, len)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
+    let guard = slice.ptr_guard_mut();
+    loop {
+        // SAFETY: the slice covers `len` bytes of the cell's mapped memory, which lives
+        // while `memory` is borrowed, and the guest is not running while its vCPU
+        // thread serves this call.
+        let n = unsafe { libc::read(fd.as_raw_fd(), guard.as_ptr().cast(), len) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let error = io::Error::last_os_error();
+        if error.kind() != io::ErrorKind::Interrupted || control.stop_requested().is_some() {
+            return Err(error);
+        }
+    }
 }
 
 #[cfg(test)]

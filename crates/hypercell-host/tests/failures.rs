@@ -19,7 +19,7 @@ fn failure(outcome: &Outcome) -> &CellFailure {
 
 fn config() -> CellConfig {
     CellConfig {
-        memory_size: 64 << 20,
+        memory_limit: 64 << 20,
         ..CellConfig::default()
     }
 }
@@ -132,15 +132,19 @@ fn memory_grow_fails_cleanly_at_the_cell_limit() {
 }
 
 #[test]
-fn a_cell_too_small_for_the_runtime_is_refused_with_its_minimum() {
+fn a_first_memory_larger_than_the_limit_is_refused_naming_both() {
+    // The limit is the program's: a few pages run in a limit far smaller than the
+    // runtime, and a memory that starts past the limit is refused before boot.
     let config = CellConfig {
-        memory_size: 8 << 20,
+        memory_limit: 1 << 20,
         ..config()
     };
-    let outcome = run(&program(""), &config, b"");
-    let message = failure(&outcome).error.to_string();
+    let small = run(&program("(call $proc_exit (i32.const 5))"), &config, b"");
+    assert_eq!(small.report().exit, CellExit::Exited(5));
+    let large = r#"(module (memory 17) (func (export "_start")))"#;
+    let message = failure(&run(large, &config, b"")).error.to_string();
     assert!(
-        message.contains("8 MiB") && message.contains("--memory"),
+        message.contains("1.1 MiB") && message.contains("1 MiB") && message.contains("--memory"),
         "{message}"
     );
 }
@@ -161,7 +165,7 @@ fn a_failing_start_function_is_a_trap() {
 
 #[test]
 fn cells_run_one_after_another_in_one_process() {
-    for code in [0, 1, 255] {
+    for code in [0, 1, 125] {
         let body = format!("(call $proc_exit (i32.const {code}))");
         assert_eq!(
             run(&program(&body), &config(), b"").report().exit,

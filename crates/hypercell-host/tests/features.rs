@@ -89,7 +89,7 @@ const FEATURES: &[(&str, &str)] = &[
 #[test]
 fn default_wasmtime_features_run_in_cells() {
     let config = CellConfig {
-        memory_size: 64 << 20,
+        memory_limit: 64 << 20,
         ..CellConfig::default()
     };
     for (feature, wat) in FEATURES {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hypercell_abi::hypercall::RESULT_OFFSET;
 use hypercell_abi::layout::{HYPERCALL_PORT, IMAGE_BASE, RESERVATION_BASE, SYSTEM_BASE};
-use hypercell_abi::{ABI_VERSION, BootInfo, Hypercall};
+use hypercell_abi::{ABI_VERSION, BootInfo, Hypercall, OutputBuffer};
 use hypercell_host::hypercall::HypercallError;
 use hypercell_host::{
     CellConfig, CellError, CellExit, CellFailure, CellPayload, CellReport, CellStdio,
@@ -165,7 +165,7 @@ fn run_with(code: &[u8], config: &CellConfig, stdin: &[u8]) -> Outcome {
 
 fn config() -> CellConfig {
     CellConfig {
-        memory_size: MEMORY,
+        memory_limit: MEMORY,
         timeout: Some(Duration::from_secs(10)),
         ..CellConfig::default()
     }
@@ -368,7 +368,7 @@ fn a_lying_output_buffer_is_refused() {
     let cases: [(u64, u64); 4] = [(capacity + 1, 0), (16, 1 | 100 << 32), (8, 0), (8, 7)];
     for (used, record) in cases {
         let code = Asm::new()
-            .put(RSI, 16, record)
+            .put(RSI, size_of::<OutputBuffer>() as u32, record)
             .put(RSI, 0, used)
             .call(Hypercall::Flush, [0; 6])
             .code();
@@ -632,7 +632,7 @@ fn memory_is_mapped_on_request_and_only_inside_the_limit() {
     // A 256 MiB cell maps its boot region; an address past it is unmapped until the
     // guest asks for it, and memory past the limit is never granted.
     let config = CellConfig {
-        memory_size: 256 << 20,
+        memory_limit: 256 << 20,
         ..config()
     };
     let target = 200u64 << 20;
@@ -693,9 +693,10 @@ fn a_stack_overflow_hits_the_guard_page() {
 fn a_guest_that_faults_still_delivers_its_buffered_output() {
     // Put one record "hi\n" in the output buffer, then fault.
     let record = 1u64 | 3 << 32;
+    let data = size_of::<OutputBuffer>() as u32;
     let code = Asm::new()
-        .put(RSI, 16, record)
-        .put(RSI, 24, u64::from_le_bytes(*b"hi\n\0\0\0\0\0"))
+        .put(RSI, data, record)
+        .put(RSI, data + 8, u64::from_le_bytes(*b"hi\n\0\0\0\0\0"))
         .put(RSI, 0, 11)
         .raw(&[0x0f, 0x0b])
         .code();

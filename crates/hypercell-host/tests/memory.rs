@@ -8,9 +8,9 @@ use common::{program, run};
 use hypercell_abi::Hypercall;
 use hypercell_host::{CellConfig, CellExit};
 
-fn config(memory_size: u64) -> CellConfig {
+fn config(memory_limit: u64) -> CellConfig {
     CellConfig {
-        memory_size,
+        memory_limit,
         ..CellConfig::default()
     }
 }

@@ -15,6 +15,6 @@ pub mod vm;
 
 pub use memory::{GuestMemory, MemoryError};
 pub use paging::{PagingError, ReservationTables};
-pub use vcpu::{GuestException, Kicker, Vcpu, VcpuError, VcpuEvent, run_ioctls};
+pub use vcpu::{GuestException, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuThread, run_ioctls};
 pub use vm::{Vm, VmError};
 pub use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};

@@ -3,6 +3,7 @@
 //! are cheap. Pages are faulted in lazily; untouched memory costs nothing.
 
 use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
 use hypercell_abi::layout::{LARGE_PAGE_SIZE, MAX_MEMORY_SIZE};
@@ -11,12 +12,20 @@ use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
 pub enum MemoryError {
-    /// The cell's memory size of {0} bytes is not a positive multiple of 2 MiB up to
-    /// 4 GiB; pick a size such as 64M or 1G.
-    #[error(
-        "a cell's memory must be a multiple of 2 MiB between 8 MiB and 4 GiB, not {0} bytes; pick a size such as 64M or 1G"
-    )]
+    /// The cell's memory size of {0} bytes is not a multiple of 2 MiB between
+    /// [`MIN_MEMORY_SIZE`] and [`MAX_MEMORY_SIZE`].
+    #[error("a cell's memory must be a multiple of 2 MiB between 8 MiB and 8 GiB, not {0} bytes")]
     InvalidSize(u64),
+    /// A file could not be mapped into guest memory.
+    #[error("could not map a file into guest memory at {addr:#x} ({len} bytes): {source}")]
+    FileMapping {
+        /// Guest-physical address.
+        addr: u64,
+        /// Length.
+        len: u64,
+        /// The OS error.
+        source: io::Error,
+    },
     /// mmap of the guest memory failed.
     #[error("could not reserve {size} bytes of host memory for the cell: {source}")]
     Mmap {
@@ -43,6 +52,11 @@ pub struct GuestMemory {
 // SAFETY: the raw pointer is only the base of a mapping this value owns; every access
 // through it goes through vm-memory's volatile, bounds-checked accessors.
 unsafe impl Send for GuestMemory {}
+// SAFETY: through `&self` the pointer is only read as an address (for KVM slots and
+// madvise/mincore, which the kernel serialises); the bytes are reached through
+// vm-memory's volatile accessors, which are themselves safe to share, so a
+// supervising thread may read the memory while the vCPU thread runs.
+unsafe impl Sync for GuestMemory {}
 
 impl GuestMemory {
     /// Reserves `size` bytes of guest memory.
@@ -123,6 +137,55 @@ impl GuestMemory {
                 advice,
             );
         }
+    }
+
+    /// Backs `len` bytes of guest-physical memory at `addr` (4 KiB-aligned) with a
+    /// private, copy-on-write mapping of `file` from `offset` (4 KiB-aligned), instead
+    /// of copying: cells running the same file share its page-cache pages until they
+    /// write, and pages nobody touches are never read. Bytes past the end of the file
+    /// in the last page read as zero.
+    pub fn map_file(
+        &self,
+        addr: u64,
+        len: u64,
+        file: BorrowedFd<'_>,
+        offset: u64,
+    ) -> Result<(), MemoryError> {
+        let page = 4096;
+        let end = addr.checked_add(len.next_multiple_of(page));
+        if !addr.is_multiple_of(page)
+            || !offset.is_multiple_of(page)
+            || end.is_none_or(|end| end > self.size)
+        {
+            return Err(MemoryError::FileMapping {
+                addr,
+                len,
+                source: io::Error::from_raw_os_error(libc::EINVAL),
+            });
+        }
+        let length = len.next_multiple_of(page) as usize;
+        // SAFETY: the target range was checked to lie inside this value's own mapping,
+        // which MAP_FIXED replaces in place: no memory outside it is affected, and the
+        // range stays mapped (now by the file) for as long as this value lives. The
+        // mapping is private, so neither the host nor the guest can change the file.
+        let mapped = unsafe {
+            libc::mmap(
+                self.host.as_ptr().add(addr as usize).cast(),
+                length,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                offset as libc::off_t,
+            )
+        };
+        if mapped == libc::MAP_FAILED {
+            return Err(MemoryError::FileMapping {
+                addr,
+                len,
+                source: io::Error::last_os_error(),
+            });
+        }
+        Ok(())
     }
 
     /// Bytes of guest memory below `end` that the host has actually backed (touched
@@ -215,8 +278,43 @@ mod tests {
     }
 
     #[test]
+    fn a_file_backs_guest_memory_privately() {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        let mut file = tempfile::tempfile().unwrap();
+        let mut contents = vec![0u8; 4096];
+        contents.extend_from_slice(b"artifact");
+        std::io::Write::write_all(&mut file, &contents).unwrap();
+        memory
+            .map_file(8 << 20, 8, std::os::fd::AsFd::as_fd(&file), 4096)
+            .unwrap();
+        let mut bytes = [0u8; 9];
+        memory
+            .mem()
+            .read_slice(&mut bytes, GuestAddress(8 << 20))
+            .unwrap();
+        assert_eq!(&bytes, b"artifact\0", "past the file's end reads as zero");
+        memory
+            .mem()
+            .write_slice(b"changed", GuestAddress(8 << 20))
+            .unwrap();
+        let mut on_disk = Vec::new();
+        std::io::Seek::rewind(&mut file).unwrap();
+        std::io::Read::read_to_end(&mut file, &mut on_disk).unwrap();
+        assert_eq!(&on_disk[4096..], b"artifact", "the file never changes");
+        let fd = std::os::fd::AsFd::as_fd(&file);
+        assert!(
+            memory.map_file(8 << 20, 8, fd, 100).is_err(),
+            "unaligned offset"
+        );
+        assert!(
+            memory.map_file(16 << 20, 1, fd, 0).is_err(),
+            "past the memory"
+        );
+    }
+
+    #[test]
     fn bad_sizes_are_refused() {
-        for size in [0, 4 << 20, (16 << 20) + 4096, 8 << 30] {
+        for size in [0, 4 << 20, (16 << 20) + 4096, MAX_MEMORY_SIZE + (2 << 20)] {
             assert!(matches!(
                 GuestMemory::new(size),
                 Err(MemoryError::InvalidSize(_))

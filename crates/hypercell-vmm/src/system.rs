@@ -7,8 +7,8 @@
 //! error code and faulting RIP from the exception frame, and CR2 from the vCPU.
 
 use hypercell_abi::layout::{
-    EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT, LARGE_PAGE_SIZE, PAGE_SIZE,
-    RESERVATION_BASE, SYSTEM_BASE,
+    EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT, LARGE_PAGE_SIZE, MAX_MEMORY_SIZE,
+    PAGE_SIZE, RESERVATION_BASE, SYSTEM_BASE,
 };
 use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
@@ -17,8 +17,8 @@ use crate::GuestMemory;
 const PML4_OFFSET: u64 = 0;
 const PDPT_OFFSET: u64 = PAGE_SIZE;
 const PD_OFFSET: u64 = 2 * PAGE_SIZE;
-/// Page directories: one per GiB of guest memory, up to 4 GiB.
-const PD_COUNT: u64 = 4;
+/// Page directories: one per GiB of guest memory, up to the largest memory.
+const PD_COUNT: u64 = MAX_MEMORY_SIZE >> 30;
 const GDT_OFFSET: u64 = PD_OFFSET + PD_COUNT * PAGE_SIZE;
 const TSS_OFFSET: u64 = GDT_OFFSET + PAGE_SIZE;
 const IDT_OFFSET: u64 = TSS_OFFSET + PAGE_SIZE;
@@ -102,7 +102,8 @@ pub fn write_system_region(
         )?;
     }
     let pages = memory.size() / LARGE_PAGE_SIZE;
-    let mut entries = vec![0u64; (PD_COUNT * 512) as usize];
+    // Only the directories the memory reaches are written; the rest stay zero.
+    let mut entries = vec![0u64; pages.next_multiple_of(512) as usize];
     for (page, entry) in entries.iter_mut().enumerate().take(pages as usize).skip(1) {
         let addr = page as u64 * LARGE_PAGE_SIZE;
         if guards.contains(&addr) {

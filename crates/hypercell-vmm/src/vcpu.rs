@@ -1,10 +1,9 @@
 //! The vCPU: its start-up state (64-bit mode at CPL 3), the run loop, and KVM exits
 //! turned into [`VcpuEvent`]s.
 
+use std::cell::Cell;
 use std::io;
-use std::sync::Arc;
-use std::sync::Once;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Once, PoisonError};
 
 use hypercell_abi::layout::{EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT};
 use kvm_bindings::{kvm_fpu, kvm_regs, kvm_segment};
@@ -146,7 +145,7 @@ pub enum VcpuEvent {
     Exception(GuestException),
     /// The guest touched a guest-physical address that no memory slot maps.
     Unmapped(GuestAddress),
-    /// [`Kicker::kick`] interrupted the vCPU.
+    /// [`VcpuHandle::kick`] interrupted the vCPU.
     Kicked,
     /// The guest triple-faulted.
     Shutdown,
@@ -188,28 +187,62 @@ fn has_error_code(vector: u8) -> bool {
     matches!(vector, 8 | 10..=14 | 17 | 21 | 29 | 30)
 }
 
-/// Interrupts a running vCPU from another thread.
-#[derive(Clone)]
-pub struct Kicker {
-    thread: libc::pthread_t,
-    kicked: Arc<AtomicBool>,
+thread_local! {
+    /// The `immediate_exit` byte of the vCPU this thread runs (null when none), which
+    /// the kick handler sets: a kick that lands after the run loop last looked, but
+    /// before `KVM_RUN` enters the guest, still makes `KVM_RUN` return at once.
+    static IMMEDIATE_EXIT: Cell<*mut u8> = const { Cell::new(std::ptr::null_mut()) };
 }
 
-/// Signal used to interrupt KVM_RUN.
+/// Signal used to interrupt KVM_RUN and blocking system calls of the vCPU's thread.
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 2
 }
 
-extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {}
+extern "C" fn on_kick(_: libc::c_int, _: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    let flag = IMMEDIATE_EXIT.with(Cell::get);
+    if !flag.is_null() {
+        // SAFETY: the pointer is set only while this thread's `VcpuThread` binding
+        // lives, and it points into the vCPU's `kvm_run` mapping, which outlives the
+        // binding (the binding borrows nothing, but the vCPU is dropped only after the
+        // thread that runs it has ended or unbound). A byte store is signal-safe.
+        unsafe { flag.write_volatile(1) };
+    }
+}
 
-impl Kicker {
-    /// Makes the vCPU's next or current KVM_RUN return [`VcpuEvent::Kicked`].
-    pub fn kick(&self) {
-        self.kicked.store(true, Ordering::SeqCst);
-        // SAFETY: the thread id was taken from the vCPU's thread, which the cell joins
-        // only after the last kick; the signal has a no-op handler installed, so it only
-        // makes KVM_RUN return EINTR.
-        unsafe { libc::pthread_kill(self.thread, kick_signal()) };
+/// Interrupts a vCPU from other threads: its `KVM_RUN` returns
+/// [`VcpuEvent::Kicked`], and a blocking system call of its thread returns `EINTR`.
+/// Kicks never reach a thread that no longer runs the vCPU.
+#[derive(Clone, Debug)]
+pub struct VcpuHandle {
+    thread: Arc<Mutex<Option<libc::pthread_t>>>,
+}
+
+impl VcpuHandle {
+    /// Kicks the vCPU; false if no thread runs it now (none yet, or it is done).
+    pub fn kick(&self) -> bool {
+        let thread = self.thread.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(thread) = *thread else {
+            return false;
+        };
+        // SAFETY: the thread is registered only while its `VcpuThread` binding lives,
+        // and the binding unregisters it under this lock before the thread can end, so
+        // the id names a live thread. The signal's handler only sets `immediate_exit`.
+        unsafe { libc::pthread_kill(thread, kick_signal()) };
+        true
+    }
+}
+
+/// The current thread's claim to run a vCPU; kicks reach this thread until it drops.
+#[must_use = "kicks stop reaching the thread when the binding drops"]
+pub struct VcpuThread {
+    thread: Arc<Mutex<Option<libc::pthread_t>>>,
+}
+
+impl Drop for VcpuThread {
+    fn drop(&mut self) {
+        *self.thread.lock().unwrap_or_else(PoisonError::into_inner) = None;
+        IMMEDIATE_EXIT.with(|flag| flag.set(std::ptr::null_mut()));
     }
 }
 
@@ -217,7 +250,7 @@ impl Kicker {
 pub struct Vcpu {
     fd: VcpuFd,
     exits: u64,
-    kicked: Arc<AtomicBool>,
+    thread: Arc<Mutex<Option<libc::pthread_t>>>,
 }
 
 impl Vcpu {
@@ -225,7 +258,34 @@ impl Vcpu {
         Self {
             fd,
             exits: 0,
-            kicked: Arc::new(AtomicBool::new(false)),
+            thread: Arc::new(Mutex::new(None)),
+        }
+    }
+
+    /// A handle that kicks this vCPU from any thread.
+    pub fn handle(&self) -> VcpuHandle {
+        VcpuHandle {
+            thread: self.thread.clone(),
+        }
+    }
+
+    /// Makes the current thread the one that runs this vCPU and receives its kicks,
+    /// until the returned binding drops. Installs the kick signal's handler, so call
+    /// it before a seccomp filter that refuses `rt_sigaction`.
+    pub fn bind_to_current_thread(&mut self) -> VcpuThread {
+        static INSTALL: Once = Once::new();
+        INSTALL.call_once(|| {
+            // Installed without SA_RESTART, so blocking calls return EINTR.
+            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+                .expect("registering a real-time signal handler cannot fail");
+        });
+        let flag = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
+        IMMEDIATE_EXIT.with(|cell| cell.set(flag));
+        // SAFETY: pthread_self has no preconditions.
+        *self.thread.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(unsafe { libc::pthread_self() });
+        VcpuThread {
+            thread: self.thread.clone(),
         }
     }
 
@@ -344,21 +404,6 @@ impl Vcpu {
         self.fd.set_regs(&regs).map_err(state)
     }
 
-    /// A handle that interrupts this vCPU; must be called on the thread that runs it.
-    pub fn kicker(&self) -> Kicker {
-        static INSTALL: Once = Once::new();
-        INSTALL.call_once(|| {
-            // The handler does nothing: delivery alone makes KVM_RUN return EINTR.
-            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-                .expect("registering a real-time signal handler cannot fail");
-        });
-        Kicker {
-            // SAFETY: pthread_self has no preconditions.
-            thread: unsafe { libc::pthread_self() },
-            kicked: self.kicked.clone(),
-        }
-    }
-
     /// Number of exits (returns from KVM_RUN) so far.
     pub fn exits(&self) -> u64 {
         self.exits
@@ -373,9 +418,6 @@ impl Vcpu {
 
     /// Runs the guest until its next exit.
     pub fn run(&mut self, memory: &GuestMemory) -> Result<VcpuEvent, VcpuError> {
-        if self.kicked.load(Ordering::SeqCst) {
-            return Ok(VcpuEvent::Kicked);
-        }
         let exit = self.fd.run();
         self.exits += 1;
         let port = match exit {
@@ -393,11 +435,9 @@ impl Vcpu {
             Ok(VcpuExit::InternalError) => return Ok(VcpuEvent::InternalError),
             Ok(other) => return Ok(VcpuEvent::Unexpected(format!("{other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
-                return Ok(if self.kicked.load(Ordering::SeqCst) {
-                    VcpuEvent::Kicked
-                } else {
-                    VcpuEvent::Unexpected("KVM_RUN was interrupted".into())
-                });
+                // The kick that interrupted this run is consumed; the next enters.
+                self.fd.set_kvm_immediate_exit(0);
+                return Ok(VcpuEvent::Kicked);
             }
             Err(e) => return Err(VcpuError::Run(e.into())),
         };
@@ -542,12 +582,18 @@ mod tests {
         let mut vcpu = vm.create_vcpu().unwrap();
         vcpu.configure(&tables, IMAGE_BASE, IMAGE_BASE + LARGE_PAGE_SIZE, 0)
             .unwrap();
-        let kicker = vcpu.kicker();
-        let kicking = std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(50));
-            kicker.kick();
-        });
+        let handle = vcpu.handle();
+        assert!(!handle.kick(), "no thread runs the vCPU yet");
+        let binding = vcpu.bind_to_current_thread();
+        // Kicked at once, most likely before KVM_RUN is entered: immediate_exit keeps
+        // the kick from being lost.
+        let kicking = std::thread::spawn(move || handle.kick());
         assert_eq!(vcpu.run(&memory).unwrap(), VcpuEvent::Kicked);
-        kicking.join().unwrap();
+        assert!(kicking.join().unwrap());
+        drop(binding);
+        assert!(
+            !vcpu.handle().kick(),
+            "kicks never reach a thread that let go"
+        );
     }
 }

@@ -9,13 +9,16 @@ use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use hypercell_host::config::{
-    DEFAULT_MEMORY_SIZE, format_size, parse_duration, parse_env_var, parse_memory_size,
+    DEFAULT_MEMORY_LIMIT, format_size, parse_duration, parse_env_var, parse_memory_size,
 };
 use hypercell_host::fs::parse_dir;
 use hypercell_host::{
-    CacheStatus, CellConfig, CellExit, CellPayload, CellStats, CellStdio, CompiledModule, Compiler,
-    run_cell,
+    CacheStatus, CellConfig, CellControl, CellError, CellExit, CellPayload, CellStats, CellStdio,
+    CompiledModule, Compiler, run_cell_with_control,
 };
+
+mod cache_command;
+mod signals;
 
 /// Exit status of `wasmtime run` when the program traps (128 + SIGABRT).
 const TRAP_EXIT_STATUS: u8 = 134;
@@ -33,6 +36,8 @@ struct Cli {
 enum Command {
     /// Run a WebAssembly command program (WASI preview1) in a new cell.
     Run(RunArgs),
+    /// Show where compiled code is cached, or empty the cache.
+    Cache(cache_command::CacheArgs),
 }
 
 #[derive(clap::Args)]
@@ -47,10 +52,11 @@ struct RunArgs {
     /// Set an environment variable for the program (repeatable).
     #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_var)]
     env: Vec<(String, String)>,
-    /// The cell's memory: runtime, stack, heap and the program's linear memory.
+    /// Most memory the program's linear memory may grow to, as wasmtime's
+    /// `-W max-memory-size`; the runtime's own memory is apart from it.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size,
-          default_value_t = DEFAULT_MEMORY_SIZE, hide_default_value = true,
-          help = "The cell's memory, such as 64M or 2G [default: 1G]")]
+          default_value_t = DEFAULT_MEMORY_LIMIT, hide_default_value = true,
+          help = "Most memory the program may grow to, such as 64M or 2G [default: 4G]")]
     memory: u64,
     /// Stop the program after this much wall-clock time, such as 500ms or 10s.
     #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
@@ -77,10 +83,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args, started),
+        Command::Cache(args) => cache_command::run(args),
     }
 }
 
 fn run(args: RunArgs, started: Instant) -> ExitCode {
+    let control = CellControl::new();
+    signals::forward_to(control.clone());
     let compiled = Compiler::new().and_then(|compiler| {
         let module = compiler.compile_file(&args.module)?;
         Ok((module, compiler.cpu_features()))
@@ -92,7 +101,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
     let mut program_args = vec![args.module.display().to_string()];
     program_args.extend(args.args);
     let config = CellConfig {
-        memory_size: args.memory,
+        memory_limit: args.memory,
         timeout: args.timeout,
         output_limit: args.max_output,
         preopens: args
@@ -108,7 +117,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
         module: &module,
         cpu_features,
     };
-    let result = run_cell(&config, payload, CellStdio::inherit());
+    let result = run_cell_with_control(&config, payload, CellStdio::inherit(), &control);
     let report_stats = |stats: Option<&CellStats>| {
         if args.stats {
             print_stats(started, &module, stats);
@@ -135,13 +144,16 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
                     std::io::stderr(),
                     "note: the program was refused a linear memory of {} by the cell's memory limit of {}; raise it with --memory",
                     format_size(bytes),
-                    format_size(config.memory_size)
+                    format_size(config.memory_limit)
                 );
             }
             status
         }
         Err(failure) => {
             report_stats(failure.stats.as_deref());
+            if let CellError::Stopped(signal) = failure.error {
+                signals::die_of(signal);
+            }
             fail(&failure.error)
         }
     }

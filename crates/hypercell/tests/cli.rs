@@ -1,92 +1,14 @@
 //! End-to-end runs of the `hypercell` binary: WAT and C programs (compiled to
 //! `wasm32-wasi` by clang during the test) in real cells.
 
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
-
+#[path = "support/binary.rs"]
+mod binary;
 #[path = "support/sqlite.rs"]
 mod sqlite;
 
+use binary::*;
+
 const TRAP_STATUS: i32 = 134;
-
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-/// A scratch directory shared by the tests: compiled C programs and the compile cache.
-fn scratch() -> &'static Path {
-    static DIR: OnceLock<tempfile::TempDir> = OnceLock::new();
-    DIR.get_or_init(|| tempfile::tempdir().unwrap()).path()
-}
-
-/// Compiles `tests/programs/NAME.c` to wasm32-wasi with clang, once per test run.
-fn c_program(name: &str) -> PathBuf {
-    c_program_with(name, &[], &[])
-}
-
-/// Compiles `tests/programs/NAME.c` with more sources and clang arguments.
-fn c_program_with(name: &str, sources: &[PathBuf], args: &[String]) -> PathBuf {
-    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = LOCK.lock().unwrap();
-    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
-    let wasm = scratch().join(format!("{name}.wasm"));
-    if !wasm.exists() {
-        let status = Command::new("clang")
-            .args(["--target=wasm32-wasi", "-O2"])
-            .arg(&source)
-            .args(sources)
-            .args(args)
-            .arg("-o")
-            .arg(&wasm)
-            .status()
-            .expect("clang is needed for the C tests: run .ci/run or apt-get install clang lld wasi-libc libclang-rt-dev-wasm32");
-        assert!(status.success(), "clang failed on {}", source.display());
-    }
-    wasm
-}
-
-/// `hypercell` with an isolated compile cache.
-fn hypercell(cache: &Path) -> Command {
-    let mut command = Command::new(env!("CARGO_BIN_EXE_hypercell"));
-    command
-        .env("XDG_CACHE_HOME", cache)
-        .env_remove("HYPERCELL_LOG");
-    command
-}
-
-fn run(args: &[&str], stdin: &[u8]) -> Output {
-    run_with_cache(&scratch().join("cache"), args, stdin)
-}
-
-fn run_with_cache(cache: &Path, args: &[&str], stdin: &[u8]) -> Output {
-    let mut child = hypercell(cache)
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    // Feed stdin from a thread: the program's output fills the stdout pipe while it
-    // reads, and nothing drains that pipe until `wait_with_output`.
-    let mut input = child.stdin.take().unwrap();
-    let stdin = stdin.to_vec();
-    let feeder = std::thread::spawn(move || input.write_all(&stdin));
-    let output = child.wait_with_output().unwrap();
-    feeder.join().unwrap().unwrap();
-    output
-}
-
-fn text(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes).into_owned()
-}
-
-fn write_module(name: &str, wat: &str) -> String {
-    let path = scratch().join(name);
-    std::fs::write(&path, wat).unwrap();
-    path.display().to_string()
-}
 
 #[test]
 fn the_bundled_example_says_hello() {
@@ -195,6 +117,32 @@ fn the_memory_limit_is_named_when_growth_is_refused() {
     assert_eq!(out.status.code(), Some(TRAP_STATUS));
     let out = run(&["run", "--memory", "256M", &module], b"");
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+}
+
+#[test]
+fn the_memory_limit_is_the_programs_own_as_under_wasmtime() {
+    // wasmtime with `-W max-memory-size` of 16, 32 and 64 MiB lets this loop reach 15,
+    // 31 and 63 MiB (the rest is the program's stack and data); the runtime's own
+    // memory is apart from the limit.
+    let wasm = c_program("malloc_all");
+    for (limit, reached) in [
+        ("16M", "15 MiB\n"),
+        ("32M", "31 MiB\n"),
+        ("64M", "63 MiB\n"),
+    ] {
+        let out = run(&["run", "--memory", limit, wasm.to_str().unwrap()], b"");
+        assert_eq!(text(&out.stdout), reached, "{}", text(&out.stderr));
+        assert_eq!(out.status.code(), Some(0));
+    }
+    let large = write_module(
+        "large_memory.wat",
+        r#"(module (memory 100) (func (export "_start")))"#,
+    );
+    let out = run(&["run", "--memory", "1M", &large], b"");
+    assert_eq!(
+        text(&out.stderr),
+        "error: the module's linear memory starts at 6.2 MiB, more than the memory limit of 1 MiB; raise it with --memory\n"
+    );
 }
 
 #[test]
