@@ -109,13 +109,20 @@ pub fn run(boot: &BootInfo) -> ! {
         Err(e) => fail_with(FailureKind::Instantiate, "failed to instantiate", &e),
     };
     clock::mark(Phase::Instantiated);
-    let Ok(start) = instance.get_typed_func::<(), ()>(&mut store, "_start") else {
+    // As `wasmtime run`: a reactor's `_initialize` runs first, and a module that
+    // exports it alone is done once it returns.
+    let initialize = instance.get_typed_func::<(), ()>(&mut store, "_initialize");
+    let start = instance.get_typed_func::<(), ()>(&mut store, "_start");
+    if initialize.is_err() && start.is_err() {
         fail(
             FailureKind::Instantiate,
-            b"the module exports no `_start` function of type [] -> []",
+            b"the module exports neither a `_start` nor an `_initialize` function of type [] -> []",
         )
-    };
-    match start.call(&mut store, ()) {
+    }
+    let entries = initialize.into_iter().chain(start);
+    match entries.fold(Ok(()), |done, entry| {
+        done.and_then(|()| entry.call(&mut store, ()))
+    }) {
         Ok(()) => crate::stdio::exit(0),
         Err(e) if e.is::<wasmtime::Trap>() => trap(&e),
         Err(e) => {

@@ -16,9 +16,12 @@ pub enum ConfigError {
         "invalid duration `{0}`: write a number with a unit of ms, s, m or h, such as 500ms or 10s"
     )]
     Duration(String),
-    /// An environment entry without `=`.
-    #[error("invalid environment variable `{0}`: write it as NAME=VALUE")]
+    /// An environment entry without a name.
+    #[error("invalid environment variable `{0}`: write it as NAME=VALUE or NAME")]
     EnvVar(String),
+    /// A directory to grant with more than one `::`.
+    #[error("invalid directory `{0}`: write it as HOST or HOST::GUEST, with one `::` at most")]
+    DirSpec(String),
 }
 
 /// Default limit of a program's linear memory: 4 GiB, all a 32-bit memory can
@@ -96,12 +99,17 @@ pub fn parse_duration(text: &str) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(seconds).map_err(|_| error())
 }
 
-/// Parses `NAME=VALUE`.
-pub fn parse_env_var(text: &str) -> Result<(String, String), ConfigError> {
-    match text.split_once('=') {
-        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
-        _ => Err(ConfigError::EnvVar(text.to_string())),
+/// Parses `NAME=VALUE`, or a bare `NAME`, whose value is to come from the host's
+/// environment (`None`), as `wasmtime run --env NAME` takes it.
+pub fn parse_env_var(text: &str) -> Result<(String, Option<String>), ConfigError> {
+    let (name, value) = match text.split_once('=') {
+        Some((name, value)) => (name, Some(value.to_string())),
+        None => (text, None),
+    };
+    if name.is_empty() {
+        return Err(ConfigError::EnvVar(text.to_string()));
     }
+    Ok((name.to_string(), value))
 }
 
 /// Formats a byte count for messages: `64 MiB`, `1 GiB`, `1536 KiB`.
@@ -147,9 +155,11 @@ mod tests {
 
     #[test]
     fn env_vars_and_sizes() {
-        assert_eq!(parse_env_var("A=b=c"), Ok(("A".into(), "b=c".into())));
+        assert_eq!(parse_env_var("A=b=c"), Ok(("A".into(), Some("b=c".into()))));
+        assert_eq!(parse_env_var("A="), Ok(("A".into(), Some(String::new()))));
+        assert_eq!(parse_env_var("HOSTS"), Ok(("HOSTS".into(), None)));
         assert!(parse_env_var("=x").is_err());
-        assert!(parse_env_var("NOVALUE").is_err());
+        assert!(parse_env_var("").is_err());
         assert_eq!(format_size(64 << 20), "64 MiB");
         assert_eq!(format_size(3 << 29), "1536 MiB");
         assert_eq!(format_size(30001 << 16), "1875.1 MiB");

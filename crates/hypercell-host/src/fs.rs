@@ -27,6 +27,7 @@ use hypercell_abi::FileOp;
 use hypercell_abi::wasi::{errno, fdflags, filetype as kind, lookupflags, oflags, rights};
 use hypercell_vmm::GuestMemory;
 
+use crate::config::ConfigError;
 use crate::guest_access::{in_bounds, read_guest_bytes, write_guest_bytes};
 
 /// A host directory a cell is given.
@@ -817,14 +818,17 @@ fn append_all(file: &File, mut data: &[u8], positioned: bool) -> io::Result<()> 
 
 /// Parses `HOST[::GUEST]` as `wasmtime run --dir` does: the guest name defaults to the
 /// host path.
-pub fn parse_dir(spec: &str, read_only: bool) -> Preopen {
+pub fn parse_dir(spec: &str, read_only: bool) -> Result<Preopen, ConfigError> {
     let (host, guest) = match spec.split_once("::") {
+        Some((_, guest)) if guest.contains("::") => {
+            return Err(ConfigError::DirSpec(spec.to_string()));
+        }
         Some((host, guest)) => (host, guest),
         None => (spec, spec),
     };
-    Preopen {
+    Ok(Preopen {
         host: Path::new(host).to_path_buf(),
         guest: guest.to_string(),
         read_only,
-    }
+    })
 }

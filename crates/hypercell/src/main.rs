@@ -2,8 +2,8 @@
 //! operating system.
 #![deny(unsafe_op_in_unsafe_fn)]
 
-use std::io::Write;
-use std::path::PathBuf;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
@@ -14,7 +14,7 @@ use hypercell_host::config::{
 use hypercell_host::fs::parse_dir;
 use hypercell_host::{
     CacheStatus, CellConfig, CellControl, CellError, CellExit, CellPayload, CellStats, CellStdio,
-    CompiledModule, Compiler, run_cell_with_control,
+    CompileError, CompiledModule, Compiler, run_cell_with_control,
 };
 
 mod cache_command;
@@ -49,9 +49,10 @@ struct RunArgs {
     /// Grant a host directory read-only (repeatable).
     #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
     dirs_read_only: Vec<String>,
-    /// Set an environment variable for the program (repeatable).
-    #[arg(long = "env", value_name = "NAME=VALUE", value_parser = parse_env_var)]
-    env: Vec<(String, String)>,
+    /// Set an environment variable for the program, or pass on the host's value of
+    /// NAME (repeatable).
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env_var)]
+    env: Vec<(String, Option<String>)>,
     /// Most memory the program's linear memory may grow to, as wasmtime's
     /// `-W max-memory-size`; the runtime's own memory is apart from it.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size,
@@ -67,7 +68,7 @@ struct RunArgs {
     /// Print timings, exits, memory touched and the compile-cache outcome to stderr.
     #[arg(long)]
     stats: bool,
-    /// The module to run (binary `.wasm` or text `.wat`).
+    /// The module to run (binary `.wasm` or text `.wat`), or `-` to read it from stdin.
     module: PathBuf,
     /// Arguments passed to the program.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -90,8 +91,31 @@ fn main() -> ExitCode {
 fn run(args: RunArgs, started: Instant) -> ExitCode {
     let control = CellControl::new();
     signals::forward_to(control.clone());
+    let preopens: Result<Vec<_>, _> = args
+        .dirs
+        .iter()
+        .map(|spec| parse_dir(spec, false))
+        .chain(args.dirs_read_only.iter().map(|spec| parse_dir(spec, true)))
+        .collect();
+    let preopens = match preopens {
+        Ok(preopens) => preopens,
+        Err(e) => return fail(&e),
+    };
     let compiled = Compiler::new().and_then(|compiler| {
-        let module = compiler.compile_file(&args.module)?;
+        let module = if args.module == Path::new("-") {
+            // As with `wasmtime run -`: the module is read from stdin, which the
+            // program then finds at its end.
+            let mut bytes = Vec::new();
+            std::io::stdin().read_to_end(&mut bytes).map_err(|source| {
+                CompileError::Unreadable {
+                    path: args.module.clone(),
+                    source,
+                }
+            })?;
+            compiler.compile_bytes(Path::new("standard input"), &bytes)?
+        } else {
+            compiler.compile_file(&args.module)?
+        };
         Ok((module, compiler.cpu_features()))
     });
     let (module, cpu_features) = match compiled {
@@ -104,14 +128,17 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
         memory_limit: args.memory,
         timeout: args.timeout,
         output_limit: args.max_output,
-        preopens: args
-            .dirs
-            .iter()
-            .map(|spec| parse_dir(spec, false))
-            .chain(args.dirs_read_only.iter().map(|spec| parse_dir(spec, true)))
-            .collect(),
+        preopens,
         args: program_args,
-        env: args.env,
+        // A bare NAME takes the host's value, and is left out when the host has none.
+        env: args
+            .env
+            .into_iter()
+            .filter_map(|(name, value)| {
+                let value = value.or_else(|| std::env::var(&name).ok())?;
+                Some((name, value))
+            })
+            .collect(),
     };
     let payload = CellPayload::Wasm {
         module: &module,

@@ -42,6 +42,11 @@ pub enum CompileError {
         /// The validator's reason.
         reason: String,
     },
+    /// The file is a component, not a core module.
+    #[error(
+        "`{0}` is a WebAssembly component, but cells run core modules: WASI preview1 commands, such as programs built for wasm32-wasip1"
+    )]
+    Component(PathBuf),
     /// The module imports something a cell does not provide.
     #[error(
         "`{path}` imports {kind} `{module}::{name}`, which a cell does not provide; cells provide only the WASI preview1 functions of `wasi_snapshot_preview1`, so build the program for wasm32-wasip1 or remove the import"
@@ -229,6 +234,12 @@ impl Compiler {
         self.compile(path, &bytes, indexable.then_some(&identity), start)
     }
 
+    /// Checks and compiles a module read from elsewhere (standard input), named `name`
+    /// in messages, or loads its compiled code from the cache.
+    pub fn compile_bytes(&self, name: &Path, bytes: &[u8]) -> Result<CompiledModule, CompileError> {
+        self.compile(name, bytes, None, Instant::now())
+    }
+
     /// Compiles `bytes`, the contents of `path`, through the cache; indexes them under
     /// `identity`, the file's, when given one.
     fn compile(
@@ -246,6 +257,9 @@ impl Compiler {
                 reason: e.to_string(),
             })?
         };
+        if Parser::is_component(&wasm) {
+            return Err(CompileError::Component(path.to_path_buf()));
+        }
         let Some(cache) = &self.cache else {
             return Ok(CompiledModule {
                 artifact: Artifact::in_memory(self.precompile(path, &wasm)?),
