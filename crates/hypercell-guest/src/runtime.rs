@@ -120,9 +120,7 @@ pub fn run(boot: &BootInfo) -> ! {
         )
     }
     let entries = initialize.into_iter().chain(start);
-    match entries.fold(Ok(()), |done, entry| {
-        done.and_then(|()| entry.call(&mut store, ()))
-    }) {
+    match entries.try_fold((), |(), entry| entry.call(&mut store, ())) {
         Ok(()) => crate::stdio::exit(0),
         Err(e) if e.is::<wasmtime::Trap>() => trap(&e),
         Err(e) => {
