@@ -119,7 +119,7 @@ pub fn run(boot: &BootInfo) -> ! {
             b"the module exports neither a `_start` nor an `_initialize` function of type [] -> []",
         )
     }
-    let entries = initialize.into_iter().chain(start);
+    let mut entries = initialize.into_iter().chain(start);
     match entries.try_fold((), |(), entry| entry.call(&mut store, ())) {
         Ok(()) => crate::stdio::exit(0),
         Err(e) if e.is::<wasmtime::Trap>() => trap(&e),
