@@ -473,10 +473,11 @@ impl CompileCache {
         match Header::check(&map, key, !verified) {
             Ok(header) => {
                 let touched = refresh(&file, &metadata);
-                if touched || !verified {
-                    if let Ok(metadata) = file.metadata() {
-                        self.stamp_verified(key, &metadata);
-                    }
+                if let Some(metadata) = (touched || !verified)
+                    .then(|| file.metadata().ok())
+                    .flatten()
+                {
+                    self.stamp_verified(key, &metadata);
                 }
                 Some(Found {
                     artifact: Artifact::mapped(file, map, BODY_OFFSET),
