@@ -185,7 +185,8 @@ pub struct CellStats {
     pub exits: u64,
     /// The hypercalls among those exits.
     pub hypercalls: HypercallCounts,
-    /// Guest memory the host backed, in bytes.
+    /// Guest memory the host backed, in bytes, apart from a compiled module mapped from
+    /// the compile cache (page cache shared with other cells).
     pub memory_touched: u64,
     /// The guest runtime's own start-up breakdown, when it reported one.
     pub guest: Option<GuestTimings>,
@@ -450,7 +451,11 @@ pub fn run_cell_with_control(
     let finished = Instant::now();
     let exits = vcpu.exits();
     let mapped = services.growth.as_ref().map_or(boot_mapping, |g| g.mapped);
-    let memory_touched = memory.resident_bytes(mapped);
+    // A compiled module mapped from its cache file is shared page cache, not this
+    // cell's memory (and asking about each of its pages is slow): it is left out.
+    let module_end = layout.module + module_len.next_multiple_of(4096);
+    let memory_touched =
+        memory.resident_bytes(0..layout.module) + memory.resident_bytes(module_end..mapped);
     let guest = memory
         .mem()
         .read_obj::<[u64; 5]>(GuestAddress(layout.phases))

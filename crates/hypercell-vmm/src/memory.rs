@@ -188,19 +188,30 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Bytes of guest memory below `end` that the host has actually backed (touched
-    /// by host or guest). Cost grows with `end`: pass the end of mapped memory.
-    pub fn resident_bytes(&self, end: u64) -> u64 {
-        let page = 4096usize;
-        let len = end.min(self.size) as usize;
-        let mut residency = vec![0u8; len.div_ceil(page)];
-        // SAFETY: the range is the start of this value's own mapping and `residency`
-        // has one byte per page of it, as mincore requires.
-        let rc = unsafe { libc::mincore(self.host.as_ptr().cast(), len, residency.as_mut_ptr()) };
+    /// Bytes of guest memory in `range` that the host has actually backed (touched by
+    /// host or guest). Cost grows with the range: pass only what is mapped.
+    pub fn resident_bytes(&self, range: std::ops::Range<u64>) -> u64 {
+        let page = 4096u64;
+        let start = range.start / page * page;
+        let end = range.end.min(self.size);
+        if start >= end {
+            return 0;
+        }
+        let len = (end - start) as usize;
+        let mut residency = vec![0u8; len.div_ceil(page as usize)];
+        // SAFETY: the range lies inside this value's own mapping and starts on a page;
+        // `residency` has one byte per page of it, as mincore requires.
+        let rc = unsafe {
+            libc::mincore(
+                self.host.as_ptr().add(start as usize).cast(),
+                len,
+                residency.as_mut_ptr(),
+            )
+        };
         if rc != 0 {
             return 0;
         }
-        residency.iter().filter(|&&b| b & 1 != 0).count() as u64 * page as u64
+        residency.iter().filter(|&&b| b & 1 != 0).count() as u64 * page
     }
 }
 
@@ -271,10 +282,11 @@ mod tests {
                 .write_obj(7u64, GuestAddress((16 << 20) - 4))
                 .is_err()
         );
-        assert!(memory.resident_bytes(16 << 20) >= 4096);
-        assert_eq!(memory.resident_bytes(0), 0);
+        assert!(memory.resident_bytes(0..16 << 20) >= 4096);
+        assert_eq!(memory.resident_bytes(0..0), 0);
         memory.populate(8 << 20..12 << 20);
-        assert!(memory.resident_bytes(16 << 20) >= (4 << 20) + 4096);
+        assert!(memory.resident_bytes(0..16 << 20) >= (4 << 20) + 4096);
+        assert_eq!(memory.resident_bytes(8 << 20..10 << 20), 2 << 20);
     }
 
     #[test]
