@@ -188,6 +188,9 @@ pub struct CellStats {
     /// Guest memory the host backed, in bytes, apart from a compiled module mapped from
     /// the compile cache (page cache shared with other cells).
     pub memory_touched: u64,
+    /// Bytes of linear memory the program's memories reached, part of `memory_touched`
+    /// once used.
+    pub linear_memory: u64,
     /// The guest runtime's own start-up breakdown, when it reported one.
     pub guest: Option<GuestTimings>,
 }
@@ -434,6 +437,7 @@ pub fn run_cell_with_control(
             next_slot: 1,
             boot_mapping,
             tables: reservations,
+            linear_memory: premapped,
         }),
     };
     let trap_handler = GuestAddress(layout.boot_info + offset_of!(BootInfo, trap_entry) as u64);
@@ -454,6 +458,7 @@ pub fn run_cell_with_control(
     // A compiled module mapped from its cache file is shared page cache, not this
     // cell's memory (and asking about each of its pages is slow): it is left out.
     let module_end = layout.module + module_len.next_multiple_of(4096);
+    let linear_memory = services.growth.as_ref().map_or(0, |g| g.linear_memory);
     let memory_touched =
         memory.resident_bytes(0..layout.module) + memory.resident_bytes(module_end..mapped);
     let guest = memory
@@ -496,6 +501,7 @@ pub fn run_cell_with_control(
         exits,
         hypercalls,
         memory_touched,
+        linear_memory,
         guest,
     };
     let fail = |error: CellError| CellFailure {

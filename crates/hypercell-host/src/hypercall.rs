@@ -139,6 +139,8 @@ pub struct MemoryGrowth<'a> {
     pub boot_mapping: u64,
     /// The reservation area's page tables.
     pub tables: ReservationTables,
+    /// Bytes of linear memory mapped into the reservation area so far.
+    pub linear_memory: u64,
 }
 
 /// A copied, decoded request.
@@ -347,6 +349,7 @@ impl Services<'_> {
                 // Readying covers whole 2 MiB pages, except where small pages back a
                 // memory's first, partly used one: back exactly what was mapped.
                 memory.populate(pa..end);
+                growth.linear_memory += len;
                 Ok(ready)
             }
             Err(PagingError::PoolExhausted) => Ok(-ERRNO_NOMEM),

@@ -147,7 +147,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
     let result = run_cell_with_control(&config, payload, CellStdio::inherit(), &control);
     let report_stats = |stats: Option<&CellStats>| {
         if args.stats {
-            print_stats(started, &module, stats);
+            print_stats(started, &module, stats, args.memory);
         }
     };
     match result {
@@ -191,7 +191,12 @@ fn fail(error: &dyn std::error::Error) -> ExitCode {
     ExitCode::from(FAILURE_EXIT_STATUS)
 }
 
-fn print_stats(started: Instant, module: &CompiledModule, stats: Option<&CellStats>) {
+fn print_stats(
+    started: Instant,
+    module: &CompiledModule,
+    stats: Option<&CellStats>,
+    memory_limit: u64,
+) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let cache = match module.cache {
         CacheStatus::Hit => "hit",
@@ -239,11 +244,13 @@ fn print_stats(started: Instant, module: &CompiledModule, stats: Option<&CellSta
             .map(|(call, count)| format!("{call:?} {count}"))
             .collect();
         out.push_str(&format!(
-            "  total:                    {:.3} ms\n  exits:                    {} (hypercalls: {})\n  guest memory touched:     {}\n",
+            "  total:                    {:.3} ms\n  exits:                    {} (hypercalls: {})\n  guest memory touched:     {}\n  linear memory:            {} of a {} limit; the runtime's share is the rest\n",
             ms(started.elapsed()),
             s.exits,
             if calls.is_empty() { "none".to_string() } else { calls.join(", ") },
-            format_size(s.memory_touched)
+            format_size(s.memory_touched),
+            format_size(s.linear_memory),
+            format_size(memory_limit)
         ));
     } else {
         out.push_str(&format!(

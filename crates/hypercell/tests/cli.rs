@@ -134,6 +134,16 @@ fn the_memory_limit_is_the_programs_own_as_under_wasmtime() {
         assert_eq!(text(&out.stdout), reached, "{}", text(&out.stderr));
         assert_eq!(out.status.code(), Some(0));
     }
+    // Without the flag, as under wasmtime, a memory may grow past 1 GiB.
+    let grow = write_module(
+        "grow_past_a_gib.wat",
+        r#"(module (memory 1)
+            (func (export "_start")
+              (if (i32.eq (memory.grow (i32.const 20000)) (i32.const -1)) (then unreachable))
+              (i32.store (i32.const 1310000000) (i32.const 7))))"#,
+    );
+    let out = run(&["run", &grow], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let large = write_module(
         "large_memory.wat",
         r#"(module (memory 100) (func (export "_start")))"#,
