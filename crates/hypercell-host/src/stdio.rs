@@ -198,10 +198,7 @@ pub(crate) fn write_guest_to(
     fd: BorrowedFd<'_>,
     control: &CellControl,
 ) -> io::Result<usize> {
-    let slice = memory
-        .mem()
-        .get_slice(addr, len)
-        .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
+    let slice = guest_slice(memory, addr, len)?;
     let guard = slice.ptr_guard();
     let mut done = 0;
     while done < len {
@@ -223,6 +220,18 @@ pub(crate) fn write_guest_to(
     Ok(done)
 }
 
+/// The `len` bytes of guest memory at `addr`, for a system call to read or write.
+fn guest_slice(
+    memory: &GuestMemory,
+    addr: GuestAddress,
+    len: usize,
+) -> io::Result<vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, ()>>> {
+    memory
+        .mem()
+        .get_slice(addr, len)
+        .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))
+}
+
 /// Reads at most `len` bytes from `fd` into guest memory at `addr`; 0 at the end of
 /// input. A signal interrupts it only when the cell is being stopped.
 pub(crate) fn read_guest_from(
@@ -232,10 +241,7 @@ pub(crate) fn read_guest_from(
     fd: BorrowedFd<'_>,
     control: &CellControl,
 ) -> io::Result<usize> {
-    let slice = memory
-        .mem()
-        .get_slice(addr, len)
-        .map_err(|_| io::Error::from_raw_os_error(libc::EFAULT))?;
+    let slice = guest_slice(memory, addr, len)?;
     let guard = slice.ptr_guard_mut();
     loop {
         // SAFETY: the slice covers `len` bytes of the cell's mapped memory, which lives
