@@ -23,4 +23,10 @@ pub struct OutputBuffer {
     /// guest returns it from the program's next write there and clears it, as a
     /// buffered C library reports a failed flush.
     pub errors: [u32; 2],
+    /// Nonzero while the guest is changing the buffer. The host drains output between
+    /// hypercalls (when a kick brings the vCPU out of the guest) only while it is zero,
+    /// since the guest may have been stopped halfway through a record.
+    pub writing: u32,
+    /// Reserved, zero.
+    pub reserved: u32,
 }

@@ -80,6 +80,16 @@ fn append(fd: u32, bufs: &[&[u8]], total: usize) {
     }
 }
 
+/// Marks the buffer as being changed (or no longer), so that the host, which may stop
+/// the guest anywhere to take its output, leaves a half-written record alone.
+fn set_writing(writing: bool) {
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+    // SAFETY: the header lies at the address the host gave at boot; only this thread
+    // writes the flag.
+    unsafe { core::ptr::addr_of_mut!((*header()).writing).write_volatile(u32::from(writing)) };
+    core::sync::atomic::compiler_fence(Ordering::SeqCst);
+}
+
 /// Writes the buffered output to the host now.
 pub fn flush() {
     if used() != 0 {
@@ -108,6 +118,13 @@ fn take_error(fd: u32) -> Option<i64> {
 /// the next write to the same descriptor with the host's error, as a failed flush
 /// does in a C library.
 pub fn write(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
+    set_writing(true);
+    let written = write_buffered(fd, bufs);
+    set_writing(false);
+    written
+}
+
+fn write_buffered(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
     if let Some(errno) = take_error(fd) {
         return Err(errno);
     }

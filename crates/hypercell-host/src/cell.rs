@@ -7,7 +7,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hypercell_abi::boot::BOOT_MAGIC;
 use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, RESERVATION_BASE};
-use hypercell_abi::{ABI_VERSION, BootInfo, GuestPhases};
+use hypercell_abi::{ABI_VERSION, BootInfo, CpuFeatures, GuestPhases};
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
     GuestException, GuestMemory, MemoryError, ReservationTables, Vcpu, VcpuError, VcpuEvent, Vm,
@@ -419,6 +419,9 @@ pub fn run_cell_with_control(
     mem.write_slice(boot_bytes(&boot), GuestAddress(layout.boot_info))
         .map_err(load_error)?;
     vcpu.configure(&tables, entry.0, layout.stack_top, layout.boot_info)?;
+    if cpu_features & CpuFeatures::AVX != 0 {
+        vm.enable_avx(&vcpu)?;
+    }
     let guest_loaded = Instant::now();
 
     let first_entry = Instant::now();
@@ -652,7 +655,7 @@ fn run_loop(
                 done => return Ok(done),
             },
             VcpuEvent::Kicked => {
-                if services.control.take_drain() && services.drain(memory)? {
+                if services.control.take_drain() && services.drain_between_calls(memory)? {
                     return Ok(Completion::OutputLimit);
                 }
             }

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use hypercell_abi::hypercall::{ERRNO_NOMEM, FailureKind, MAX_IOVECS, RESULT_OFFSET};
 use hypercell_abi::layout::LARGE_PAGE_SIZE;
-use hypercell_abi::{ABI_VERSION, FileOp, Hypercall, HypercallRequest};
+use hypercell_abi::{ABI_VERSION, FileOp, Hypercall, HypercallRequest, OutputBuffer};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::control::{CellControl, StopReason};
@@ -248,6 +248,28 @@ impl Services<'_> {
                 len: 64,
             })?;
         Ok(Completion::Resume)
+    }
+
+    /// Delivers the guest's buffered output between hypercalls, unless the guest was
+    /// stopped while changing the buffer (then its next hypercall or kick delivers it);
+    /// true if it went past the output limit.
+    pub fn drain_between_calls(&mut self, memory: &GuestMemory) -> Result<bool, HypercallError> {
+        let flag = self
+            .output
+            .unchecked_add(std::mem::offset_of!(OutputBuffer, writing) as u64);
+        let writing: u32 =
+            memory
+                .mem()
+                .read_obj(flag)
+                .map_err(|_| HypercallError::OutOfBounds {
+                    what: "output buffer",
+                    addr: self.output.0,
+                    len: size_of::<OutputBuffer>() as u64,
+                })?;
+        if writing != 0 {
+            return Ok(false);
+        }
+        self.drain(memory)
     }
 
     /// Delivers the guest's buffered output; true if it went past the output limit.

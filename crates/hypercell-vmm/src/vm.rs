@@ -137,6 +137,12 @@ impl Vm {
         self.map_memory(memory, slot, range)
     }
 
+    /// Turns on the AVX register state for `vcpu` (see [`Vcpu::enable_avx`]). Call it
+    /// after [`Vcpu::configure`].
+    pub fn enable_avx(&self, vcpu: &Vcpu) -> Result<(), VcpuError> {
+        vcpu.enable_avx()
+    }
+
     /// Creates the cell's one vCPU.
     pub fn create_vcpu(&self) -> Result<Vcpu, VcpuError> {
         let fd = self

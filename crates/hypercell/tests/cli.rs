@@ -182,8 +182,8 @@ fn bad_input_gets_one_clear_sentence() {
             "invalid duration `10`",
         ),
         (
-            &["run", "--env", "NOVALUE", "x.wasm"],
-            "invalid environment variable `NOVALUE`",
+            &["run", "--env", "=value", "x.wasm"],
+            "invalid environment variable `=value`",
         ),
     ];
     for (args, expected) in cases {

@@ -94,6 +94,21 @@ fn flushed_output_arrives_while_the_program_computes() {
 }
 
 #[test]
+fn output_taken_while_the_program_writes_is_exact() {
+    // A million small writes take long enough for many hand-overs to land in the middle
+    // of one; each line must arrive once, in order.
+    let wasm = c_program("count");
+    let last = 1_000_000;
+    let out = run(&["run", wasm.to_str().unwrap(), &last.to_string()], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let expected: String = (0..=last).map(|i| format!("{i}\n")).collect();
+    assert!(
+        text(&out.stdout) == expected,
+        "lines lost, repeated or out of order"
+    );
+}
+
+#[test]
 fn signals_end_the_cell_with_their_own_status_after_its_output() {
     let wasm = c_program("spin");
     for signal in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {

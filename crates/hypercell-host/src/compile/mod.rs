@@ -108,8 +108,9 @@ pub struct CompiledModule {
     pub elapsed: Duration,
 }
 
-/// CPU features compiled code may use in a cell: what the host CPU has, less AVX and
-/// its relatives (cells do not yet enable AVX state), plus RDRAND for `random_get`.
+/// CPU features compiled code may use in a cell: what the host CPU has of those
+/// Cranelift uses, AVX, AVX2 and FMA among them (the cell turns AVX state on for its
+/// vCPU), plus RDRAND for `random_get`.
 pub fn cell_cpu_features() -> u32 {
     let mut features = 0;
     let mut add = |present: bool, bit: u32| {
@@ -126,6 +127,9 @@ pub fn cell_cpu_features() -> u32 {
     add(is_x86_feature_detected!("bmi2"), CpuFeatures::BMI2);
     add(is_x86_feature_detected!("lzcnt"), CpuFeatures::LZCNT);
     add(is_x86_feature_detected!("rdrand"), CpuFeatures::RDRAND);
+    add(is_x86_feature_detected!("avx"), CpuFeatures::AVX);
+    add(is_x86_feature_detected!("avx2"), CpuFeatures::AVX2);
+    add(is_x86_feature_detected!("fma"), CpuFeatures::FMA);
     add(
         is_x86_feature_detected!("cmpxchg16b"),
         CpuFeatures::CMPXCHG16B,
