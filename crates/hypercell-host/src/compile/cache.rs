@@ -61,7 +61,7 @@ const INDEX_MAGIC: &str = "hypercell index 1";
 /// keeps its ctime, so a younger identity may not yet name one content.
 const SETTLE_TIME: Duration = Duration::from_secs(2);
 /// Hits refresh an entry's mtime, the LRU clock, at most this often.
-const TOUCH_AFTER: Duration = Duration::from_secs(60);
+const TOUCH_AFTER: Duration = Duration::from_secs(3600);
 /// Temporary files this old are removed even if their writer seems alive.
 const TEMP_MAX_AGE: Duration = Duration::from_secs(3600);
 
