@@ -9,12 +9,14 @@
 
 pub mod memory;
 pub mod paging;
+pub mod state;
 pub mod system;
 pub mod vcpu;
 pub mod vm;
 
 pub use memory::{GuestMemory, MemoryError};
 pub use paging::{PagingError, ReservationTables};
+pub use state::VcpuState;
 pub use vcpu::{GuestException, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuThread, run_ioctls};
 pub use vm::{Vm, VmError};
 pub use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};

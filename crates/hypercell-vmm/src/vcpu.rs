@@ -7,13 +7,14 @@ use std::sync::{Arc, Mutex, Once, PoisonError};
 
 use hypercell_abi::layout::{EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT};
 use kvm_bindings::{
-    CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, kvm_cpuid_entry2, kvm_fpu, kvm_regs, kvm_segment,
-    kvm_xcr, kvm_xcrs,
+    CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, Msrs, kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry,
+    kvm_regs, kvm_segment, kvm_xcr, kvm_xcrs, kvm_xsave,
 };
 use kvm_ioctls::{VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::GuestMemory;
+use crate::state::{SAVED_MSRS, VcpuState, XSAVE_WORDS};
 use crate::system::{
     SystemTables, TSS_LIMIT, TSS_SELECTOR, USER_CODE_SELECTOR, USER_DATA_SELECTOR,
 };
@@ -440,6 +441,78 @@ impl Vcpu {
         configure("XCR0", self.fd.set_xcrs(&xcrs))
     }
 
+    /// The vCPU's complete state. Call it while the vCPU is out of the guest, after an
+    /// exit or a kick.
+    pub fn save_state(&self) -> Result<VcpuState, VcpuError> {
+        let state = |e: kvm_ioctls::Error| VcpuError::State(e.into());
+        let entries: Vec<kvm_msr_entry> = SAVED_MSRS
+            .iter()
+            .map(|&index| kvm_msr_entry {
+                index,
+                ..Default::default()
+            })
+            .collect();
+        let mut msrs = Msrs::from_entries(&entries)
+            .map_err(|_| VcpuError::State(io::Error::from_raw_os_error(libc::E2BIG)))?;
+        let read = self.fd.get_msrs(&mut msrs).map_err(state)?;
+        Ok(VcpuState {
+            regs: self.fd.get_regs().map_err(state)?,
+            sregs: self.fd.get_sregs().map_err(state)?,
+            xsave: self.fd.get_xsave().map_err(state)?.region.to_vec(),
+            xcrs: self.fd.get_xcrs().map_err(state)?,
+            msrs: msrs.as_slice()[..read].to_vec(),
+            events: self.fd.get_vcpu_events().map_err(state)?,
+        })
+    }
+
+    /// Puts `state` into this vCPU, which then goes on where the saved one stopped.
+    /// The vCPU must be new: created, and not yet configured or run.
+    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        let configure = |what, r: Result<(), kvm_ioctls::Error>| {
+            r.map_err(|e| VcpuError::Configure {
+                what,
+                source: e.into(),
+            })
+        };
+        if state.xcrs.xcrs[0].value & XCR0_AVX != 0 {
+            // The CPUID that allows AVX state, before XCR0 is restored below.
+            self.enable_avx()?;
+        }
+        configure("special registers", self.fd.set_sregs(&state.sregs))?;
+        configure("registers", self.fd.set_regs(&state.regs))?;
+        configure("XCR0", self.fd.set_xcrs(&state.xcrs))?;
+        let mut xsave = kvm_xsave::default();
+        if state.xsave.len() != XSAVE_WORDS {
+            return Err(VcpuError::Configure {
+                what: "XSAVE state",
+                source: io::Error::other(format!(
+                    "{} words where KVM's region has {XSAVE_WORDS}",
+                    state.xsave.len()
+                )),
+            });
+        }
+        xsave.region.copy_from_slice(&state.xsave);
+        // SAFETY: `xsave` is a whole `kvm_xsave` with nothing past its fixed region, and
+        // KVM reads only that region (no extended XSAVE was enabled).
+        configure("XSAVE state", unsafe { self.fd.set_xsave(&xsave) })?;
+        let msrs = Msrs::from_entries(&state.msrs)
+            .map_err(|_| VcpuError::State(io::Error::from_raw_os_error(libc::E2BIG)))?;
+        let written = self.fd.set_msrs(&msrs).map_err(|e| VcpuError::Configure {
+            what: "MSRs",
+            source: e.into(),
+        })?;
+        if written != state.msrs.len() {
+            return Err(VcpuError::Configure {
+                what: "MSRs",
+                source: io::Error::other(format!(
+                    "KVM took {written} of {} registers",
+                    state.msrs.len()
+                )),
+            });
+        }
+        configure("events", self.fd.set_vcpu_events(&state.events))
+    }
+
     /// Leaves the exception stub the guest is in and resumes it at CPL 3 at `entry`, on
     /// the stack whose top is `stack`, with `args` as the first five arguments of the
     /// System V calling convention. This is how a guest exception reaches the runtime's
@@ -664,5 +737,137 @@ mod tests {
             !vcpu.handle().kick(),
             "kicks never reach a thread that let go"
         );
+    }
+
+    /// Where the vector test keeps its inputs (three vectors of four f64) and its result.
+    const VECTORS: u64 = IMAGE_BASE + 0x1000;
+    /// The request address the vector test's final hypercall carries.
+    const DONE: u32 = 0x1234;
+
+    /// `ymm2 = (ymm2 + ymm3) * ymm4`, `iterations` times, with the counter in rcx; then
+    /// the result is stored after the inputs and a hypercall reports the end.
+    fn vector_loop(iterations: u64) -> Vec<u8> {
+        let mut code = vec![0x48, 0xbb]; // mov rbx, VECTORS
+        code.extend_from_slice(&VECTORS.to_le_bytes());
+        code.extend_from_slice(&[0xc5, 0xfd, 0x10, 0x1b]); // vmovupd ymm3, [rbx]
+        code.extend_from_slice(&[0xc5, 0xfd, 0x10, 0x53, 0x20]); // vmovupd ymm2, [rbx+32]
+        code.extend_from_slice(&[0xc5, 0xfd, 0x10, 0x63, 0x40]); // vmovupd ymm4, [rbx+64]
+        code.extend_from_slice(&[0x48, 0xb9]); // mov rcx, iterations
+        code.extend_from_slice(&iterations.to_le_bytes());
+        code.extend_from_slice(&[0xc5, 0xed, 0x58, 0xd3]); // vaddpd ymm2, ymm2, ymm3
+        code.extend_from_slice(&[0xc5, 0xed, 0x59, 0xd4]); // vmulpd ymm2, ymm2, ymm4
+        code.extend_from_slice(&[0x48, 0xff, 0xc9, 0x75, 0xf3]); // dec rcx; jnz back 13
+        code.extend_from_slice(&[0xc5, 0xfd, 0x11, 0x53, 0x60]); // vmovupd [rbx+96], ymm2
+        let [lo, hi] = HYPERCALL_PORT.to_le_bytes();
+        code.extend_from_slice(&[0x66, 0xba, lo, hi, 0xb8]); // mov dx, port; mov eax, DONE
+        code.extend_from_slice(&DONE.to_le_bytes());
+        code.extend_from_slice(&[0xef, 0xeb, 0xfe]); // out dx, eax; jmp $
+        code
+    }
+
+    /// Memory holding the vector loop and its inputs, with system tables; and a VM on it.
+    fn vector_cell(iterations: u64) -> (GuestMemory, Vm, Vcpu) {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        let vm = Vm::new().unwrap();
+        vm.set_memory(&memory).unwrap();
+        let tables = write_system_region(&memory, &[]).unwrap();
+        let mem = memory.mem();
+        mem.write_slice(&vector_loop(iterations), GuestAddress(IMAGE_BASE))
+            .unwrap();
+        let inputs: [f64; 12] = [
+            1e-9,
+            2e-9,
+            3e-9,
+            4e-9, // ymm3
+            1.0,
+            2.0,
+            3.0,
+            4.0, // ymm2
+            0.999_999_9,
+            0.999_999_8,
+            0.999_999_7,
+            0.999_999_6, // ymm4
+        ];
+        for (i, value) in inputs.iter().enumerate() {
+            mem.write_obj(value.to_bits(), GuestAddress(VECTORS + 8 * i as u64))
+                .unwrap();
+        }
+        let vcpu = vm.create_vcpu().unwrap();
+        vcpu.configure(&tables, IMAGE_BASE, IMAGE_BASE + LARGE_PAGE_SIZE, 0)
+            .unwrap();
+        vm.enable_avx(&vcpu).unwrap();
+        (memory, vm, vcpu)
+    }
+
+    fn vector_result(memory: &GuestMemory) -> [u8; 32] {
+        memory.mem().read_obj(GuestAddress(VECTORS + 96)).unwrap()
+    }
+
+    #[test]
+    fn a_vcpu_paused_mid_computation_goes_on_bit_identically_in_another_vm() {
+        const ITERATIONS: u64 = 100_000_000;
+        let (reference_memory, _vm, mut reference) = vector_cell(ITERATIONS);
+        assert_eq!(
+            reference.run(&reference_memory).unwrap(),
+            VcpuEvent::Hypercall(GuestAddress(u64::from(DONE)))
+        );
+        let expected = vector_result(&reference_memory);
+
+        // Kick the vCPU until a kick lands inside the loop, with AVX state live.
+        let (memory, first_vm, mut first) = vector_cell(ITERATIONS);
+        let binding = first.bind_to_current_thread();
+        let handle = first.handle();
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let kicking = {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                    handle.kick();
+                    std::thread::sleep(std::time::Duration::from_millis(1));
+                }
+            })
+        };
+        let saved = loop {
+            match first.run(&memory).unwrap() {
+                VcpuEvent::Kicked => {
+                    let state = first.save_state().unwrap();
+                    if (1..ITERATIONS).contains(&state.regs.rcx) {
+                        break state;
+                    }
+                }
+                other => panic!("the loop ended before a kick landed in it: {other:?}"),
+            }
+        };
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        kicking.join().unwrap();
+        drop(binding);
+        drop(first);
+        drop(first_vm);
+        assert_eq!(saved.xcrs.xcrs[0].value & XCR0_AVX, XCR0_AVX);
+
+        // Through bytes, into a new VM on the same memory, and on to the end.
+        let bytes = postcard::to_allocvec(&saved).unwrap();
+        let restored: VcpuState = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(restored, saved);
+        let vm = Vm::new().unwrap();
+        vm.set_memory(&memory).unwrap();
+        let mut vcpu = vm.create_vcpu().unwrap();
+        vcpu.restore_state(&restored).unwrap();
+        assert_eq!(vcpu.save_state().unwrap().regs, saved.regs);
+        assert_eq!(
+            vcpu.run(&memory).unwrap(),
+            VcpuEvent::Hypercall(GuestAddress(u64::from(DONE)))
+        );
+        assert_eq!(vector_result(&memory), expected);
+    }
+
+    #[test]
+    fn a_state_with_a_short_xsave_region_is_refused() {
+        let (_memory, _vm, vcpu) = vector_cell(1);
+        let mut state = vcpu.save_state().unwrap();
+        state.xsave.truncate(10);
+        let (_memory, _vm, fresh) = vector_cell(1);
+        let error = fresh.restore_state(&state).unwrap_err().to_string();
+        assert!(error.contains("10 words"), "{error}");
     }
 }
