@@ -18,7 +18,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
-use crate::control::{CellControl, StopReason, Wake};
+use crate::control::{CellControl, KICK_INTERVAL, StopReason, Wake};
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK};
@@ -592,10 +592,6 @@ fn run_on_vcpu_thread<'a>(
 /// Longest time output may wait in the guest's buffer while the program computes.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// How often a stopping vCPU is kicked until it stops: a kick that lands just before
-/// a blocking call begins is not seen by it.
-const KICK_INTERVAL: Duration = Duration::from_millis(1);
-
 /// Watches a running cell until its vCPU thread finishes.
 fn supervise(
     control: &CellControl,
@@ -640,6 +636,18 @@ fn run_loop(
     // hypercall: a second exception before it means trap handling itself failed.
     let mut handed_over: Option<GuestException> = None;
     loop {
+        // A pause can stop the guest anywhere, even halfway through a record of output:
+        // what it hands over meanwhile goes through the same check as a kick's.
+        let control = services.control.clone();
+        let mut drained = Ok(false);
+        control.park_while_paused(|| {
+            if let Ok(false) = drained {
+                drained = services.drain_between_calls(memory);
+            }
+        });
+        if drained? {
+            return Ok(Completion::OutputLimit);
+        }
         if let Some(reason) = services.control.stop_requested() {
             return Ok(Completion::Stopped(reason));
         }

@@ -1,14 +1,18 @@
 //! Reaching a running cell from other threads: to stop it (its time limit passed, or
-//! the host process got a signal) or to make it hand over buffered output.
+//! the host process got a signal), to pause and resume it, or to make it hand over
+//! buffered output.
 //!
 //! The thread that started the cell supervises it; the vCPU thread looks at the
 //! requests whenever a kick brings it out of the guest or out of a blocking call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use hypercell_vmm::VcpuHandle;
+
+/// How often a vCPU that is asked to pause or stop is kicked until it does.
+pub(crate) const KICK_INTERVAL: Duration = Duration::from_millis(1);
 
 /// Why a cell was stopped from outside its program.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +35,7 @@ struct Inner {
     changed: Condvar,
     drain: AtomicBool,
     stopping: AtomicBool,
+    pausing: AtomicBool,
 }
 
 #[derive(Debug, Default)]
@@ -38,6 +43,10 @@ struct State {
     stop: Option<StopReason>,
     vcpu: Option<VcpuHandle>,
     finished: bool,
+    /// A pause was asked for and no resume since.
+    pause: bool,
+    /// The vCPU thread is parked: out of the guest and out of any blocking call.
+    parked: bool,
 }
 
 /// What [`CellControl::wait_until`] woke for.
@@ -80,6 +89,74 @@ impl CellControl {
         running
     }
 
+    /// Pauses the cell: its vCPU leaves the guest, or the blocking call it is in, and
+    /// parks until [`Self::resume`] or a stop. Returns once it is parked, true, or
+    /// false when no cell is running to pause (not yet started, or ended).
+    pub fn pause(&self) -> bool {
+        let mut state = self.state();
+        state.pause = true;
+        self.inner.pausing.store(true, Ordering::SeqCst);
+        loop {
+            if state.parked {
+                return true;
+            }
+            if state.finished || state.vcpu.is_none() {
+                return false;
+            }
+            if let Some(vcpu) = &state.vcpu {
+                vcpu.kick();
+            }
+            // A kick that lands just before a blocking call begins is not seen by it:
+            // kick again until the vCPU thread says it is parked.
+            state = self
+                .inner
+                .changed
+                .wait_timeout(state, KICK_INTERVAL)
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
+        }
+    }
+
+    /// Lets a paused cell go on.
+    pub fn resume(&self) {
+        let mut state = self.state();
+        state.pause = false;
+        self.inner.pausing.store(false, Ordering::SeqCst);
+        self.inner.changed.notify_all();
+    }
+
+    /// Whether the cell's vCPU is parked by a pause.
+    pub fn is_paused(&self) -> bool {
+        self.state().parked
+    }
+
+    /// On the vCPU thread: parks while a pause is asked for and no stop, handing over
+    /// output with `drain` whenever it is asked for meanwhile.
+    pub(crate) fn park_while_paused(&self, mut drain: impl FnMut()) {
+        if !self.inner.pausing.load(Ordering::SeqCst) {
+            return;
+        }
+        let mut state = self.state();
+        while state.pause && state.stop.is_none() {
+            if !state.parked {
+                state.parked = true;
+                self.inner.changed.notify_all();
+            }
+            if self.take_drain() {
+                drop(state);
+                drain();
+                state = self.state();
+                continue;
+            }
+            state = self
+                .inner
+                .changed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+        state.parked = false;
+    }
+
     /// The stop requested so far, if any.
     pub fn stop_requested(&self) -> Option<StopReason> {
         if !self.inner.stopping.load(Ordering::SeqCst) {
@@ -91,6 +168,8 @@ impl CellControl {
     /// Asks the vCPU to hand over its buffered output at its next kick.
     pub(crate) fn request_drain(&self) {
         self.inner.drain.store(true, Ordering::SeqCst);
+        // A parked vCPU thread waits on the condition variable, not in the guest.
+        self.inner.changed.notify_all();
         self.kick();
     }
 
@@ -157,6 +236,15 @@ mod tests {
         assert_eq!(control.wait_until(far), Wake::Stopping);
         control.finish();
         assert_eq!(control.wait_until(far), Wake::Finished);
+    }
+
+    #[test]
+    fn a_cell_that_is_not_running_cannot_be_paused() {
+        let control = CellControl::new();
+        assert!(!control.pause());
+        assert!(!control.is_paused());
+        control.resume();
+        control.park_while_paused(|| unreachable!("not paused"));
     }
 
     #[test]

@@ -379,7 +379,7 @@ impl Services<'_> {
         }
     }
 
-    /// Sleeps for `duration`, or until the cell is asked to stop.
+    /// Sleeps for `duration`, or until the cell is asked to stop; parks while paused.
     fn sleep(&self, duration: Duration) {
         // The guest picks the duration: one too long to represent never wakes.
         let wake = Instant::now().checked_add(duration);
@@ -400,6 +400,8 @@ impl Services<'_> {
             unsafe {
                 libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &request, std::ptr::null_mut())
             };
+            // A pause parks the sleeper; the sleep ends on time whatever the pause took.
+            self.control.park_while_paused(|| {});
         }
     }
 

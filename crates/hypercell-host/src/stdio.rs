@@ -190,7 +190,7 @@ pub fn drain_output(
 
 /// Writes `len` bytes of guest memory at `addr` to `fd`, whole. A signal interrupts it
 /// only when the cell is being stopped: then, or on any other failure, the error comes
-/// back and what was written so far stays written.
+/// back and what was written so far stays written. A pause parks it until resumed.
 pub(crate) fn write_guest_to(
     memory: &GuestMemory,
     addr: GuestAddress,
@@ -214,6 +214,7 @@ pub(crate) fn write_guest_to(
                 {
                     return Err(error);
                 }
+                control.park_while_paused(|| {});
             }
         }
     }
@@ -255,6 +256,7 @@ pub(crate) fn read_guest_from(
         if error.kind() != io::ErrorKind::Interrupted || control.stop_requested().is_some() {
             return Err(error);
         }
+        control.park_while_paused(|| {});
     }
 }
 

@@ -1,0 +1,202 @@
+//! Pausing and resuming a running cell from another thread: a paused cell computes
+//! nothing, even when it was blocked reading stdin, hands over the output it wrote, and
+//! goes on where it stopped; a stop reaches it while paused.
+
+mod common;
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use common::{compile, program};
+use hypercell_host::{
+    CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload, CellReport, CellStdio,
+    Compiler, StopReason, run_cell_with_control,
+};
+
+/// How long a test watches a paused cell for signs of life.
+const WATCH: Duration = Duration::from_millis(200);
+/// Longest a test waits for an event that should come at once.
+const PATIENCE: Duration = Duration::from_secs(60);
+
+fn pipe() -> (File, File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two new descriptors into the array, which are then owned here.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and nothing else owns them.
+    let [read, write] =
+        fds.map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    (File::from(read), File::from(write))
+}
+
+/// A cell running `wat` on its own thread, with stdin and stdout as pipes the test holds.
+struct Running {
+    control: CellControl,
+    stdin: Option<File>,
+    stdout: File,
+    done: mpsc::Receiver<Result<CellReport, CellFailure>>,
+}
+
+/// The tests measure this process's CPU time: they run one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn start(wat: &str) -> Running {
+    let module = compile(wat);
+    let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
+    let (stdin_read, stdin_write) = pipe();
+    let (stdout_read, stdout_write) = pipe();
+    let control = CellControl::new();
+    let (sender, done) = mpsc::channel();
+    let cell_control = control.clone();
+    thread::spawn(move || {
+        let stdio = CellStdio {
+            stdin: stdin_read.as_fd(),
+            stdout: stdout_write.as_fd(),
+            stderr: stdout_write.as_fd(),
+        };
+        let config = CellConfig {
+            timeout: Some(PATIENCE),
+            ..CellConfig::default()
+        };
+        let payload = CellPayload::Wasm {
+            module: &module,
+            cpu_features,
+        };
+        let _ = sender.send(run_cell_with_control(
+            &config,
+            payload,
+            stdio,
+            &cell_control,
+        ));
+    });
+    Running {
+        control,
+        stdin: Some(stdin_write),
+        stdout: stdout_read,
+        done,
+    }
+}
+
+impl Running {
+    /// Reads exactly `len` bytes of the program's output.
+    fn read(&mut self, len: usize) -> Vec<u8> {
+        let mut stdout = self.stdout.try_clone().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        thread::spawn(move || {
+            let mut bytes = vec![0; len];
+            stdout.read_exact(&mut bytes).unwrap();
+            let _ = sender.send(bytes);
+        });
+        receiver.recv_timeout(PATIENCE).expect("the output arrives")
+    }
+
+    /// Waits for the cell to end.
+    fn finish(self) -> Result<CellReport, CellFailure> {
+        drop(self.stdin);
+        self.done.recv_timeout(PATIENCE).expect("the cell ends")
+    }
+}
+
+/// CPU time this process used so far.
+fn cpu_time() -> Duration {
+    // SAFETY: getrusage fills the plain struct it is given.
+    let usage = unsafe {
+        let mut usage: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_SELF, &mut usage);
+        usage
+    };
+    let time = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    time(usage.ru_utime) + time(usage.ru_stime)
+}
+
+/// Writes "s", then spins through 2^33 iterations of a counter and writes "e".
+const SPIN: &str = r#"
+    (local $i i64)
+    (i32.store8 (i32.const 1024) (i32.const 115))
+    (call $emit (i32.const 1024) (i32.const 1))
+    (loop $again
+      (local.set $i (i64.add (local.get $i) (i64.const 1)))
+      (br_if $again (i64.lt_u (local.get $i) (i64.const 8589934592))))
+    (i32.store8 (i32.const 1024) (i32.const 101))
+    (call $emit (i32.const 1024) (i32.const 1))"#;
+
+#[test]
+fn a_paused_cell_computes_nothing_until_it_is_resumed() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cell = start(&program(SPIN));
+    assert_eq!(cell.read(1), b"s");
+    assert!(cell.control.pause(), "the running cell parks");
+    assert!(cell.control.is_paused());
+    let before = cpu_time();
+    thread::sleep(WATCH);
+    let used = cpu_time() - before;
+    assert!(
+        used < WATCH / 4,
+        "a paused cell used {used:?} of CPU in {WATCH:?}"
+    );
+    // Stopped rather than left to finish its 2^33 iterations: the stop reaches the
+    // paused cell and ends it.
+    assert!(cell.control.stop(StopReason::Signal(15)));
+    match cell.finish() {
+        Err(CellFailure {
+            error: CellError::Stopped(15),
+            ..
+        }) => {}
+        other => panic!("expected a stop, got {other:?}"),
+    }
+}
+
+#[test]
+fn a_resumed_cell_goes_on_where_it_stopped() {
+    // A short spin: the cell is paused in it, resumed, and finishes its output.
+    let short = SPIN.replace("8589934592", "200000000");
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cell = start(&program(&short));
+    assert_eq!(cell.read(1), b"s");
+    assert!(cell.control.pause());
+    cell.control.resume();
+    assert_eq!(cell.read(1), b"e");
+    assert_eq!(cell.finish().unwrap().exit, CellExit::Exited(0));
+}
+
+#[test]
+fn a_cell_blocked_reading_stdin_pauses_and_reads_only_once_resumed() {
+    // Writes "?", reads a byte and writes it back.
+    let echo = program(
+        r#"
+        (i32.store8 (i32.const 1024) (i32.const 63))
+        (call $emit (i32.const 1024) (i32.const 1))
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const 1))
+        (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (call $emit (i32.const 1024) (i32.const 1))"#,
+    );
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let mut cell = start(&echo);
+    assert_eq!(cell.read(1), b"?");
+    assert!(cell.control.pause(), "a cell blocked in a read parks");
+    cell.stdin.as_mut().unwrap().write_all(b"x").unwrap();
+    // The byte may be read while paused, but the program does not run to echo it.
+    let mut stdout = cell.stdout.try_clone().unwrap();
+    let (sender, receiver) = mpsc::channel();
+    thread::spawn(move || {
+        let mut byte = [0u8; 1];
+        let _ = stdout.read_exact(&mut byte).map(|()| sender.send(byte));
+    });
+    assert!(
+        receiver.recv_timeout(WATCH).is_err(),
+        "a paused cell echoed its input"
+    );
+    cell.control.resume();
+    assert_eq!(receiver.recv_timeout(PATIENCE).unwrap(), *b"x");
+    assert_eq!(cell.finish().unwrap().exit, CellExit::Exited(0));
+}
