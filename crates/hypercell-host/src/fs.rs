@@ -29,6 +29,7 @@ use hypercell_vmm::GuestMemory;
 
 use crate::config::ConfigError;
 use crate::guest_access::{in_bounds, read_guest_bytes, write_guest_bytes};
+use crate::persist::{DescriptorState, FileTableState, PersistError};
 
 /// A host directory a cell is given.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -39,6 +40,23 @@ pub struct Preopen {
     pub guest: String,
     /// Whether the program may only read in it.
     pub read_only: bool,
+}
+
+/// Why a saved descriptor table could not be restored.
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    /// A preopened directory cannot be opened.
+    #[error(transparent)]
+    Preopen(#[from] PreopenError),
+    /// A saved descriptor cannot be opened again.
+    #[error(transparent)]
+    Descriptor(#[from] PersistError),
+}
+
+/// Where the kernel says the file or directory behind `raw` is now.
+fn host_path(fd: u32, raw: i32) -> Result<PathBuf, PersistError> {
+    std::fs::read_link(format!("/proc/self/fd/{raw}"))
+        .map_err(|source| PersistError::Inspect { fd, source })
 }
 
 /// Errors setting up a cell's preopened directories.
@@ -72,9 +90,13 @@ enum Descriptor {
         /// The guest name, for preopens.
         preopen: Option<String>,
         read_only: bool,
+        /// The preopen it lives under (its own index, for a preopen).
+        root: usize,
     },
     File {
         file: File,
+        /// The preopen it lives under.
+        root: usize,
         readable: bool,
         writable: bool,
         /// Every write goes to the end. Kept here rather than as the host's
@@ -94,6 +116,9 @@ pub struct FileTable {
     /// Numbers freed by `fd_close` and `fd_renumber`, handed out again highest first,
     /// so that programs see wasmtime's numbers.
     free: BTreeSet<u32>,
+    /// Each preopen's directory and guest name, kept even when the program closes its
+    /// descriptor: saving finds every file's path under its preopen through them.
+    roots: Vec<(Dir, String)>,
 }
 
 /// Maps a host I/O error to the WASI errno wasmtime would give.
@@ -236,12 +261,18 @@ impl FileTable {
                         source,
                     }
                 })?;
+            let kept = dir.try_clone().map_err(|source| PreopenError::Open {
+                path: preopen.host.clone(),
+                source,
+            })?;
+            table.roots.push((kept, preopen.guest.clone()));
             table.descriptors.insert(
                 3 + i as u32,
                 Descriptor::Dir {
                     dir,
                     preopen: Some(preopen.guest.clone()),
                     read_only: preopen.read_only,
+                    root: i,
                 },
             );
         }
@@ -554,6 +585,7 @@ impl FileTable {
                 writable,
                 append,
                 nonblock,
+                ..
             } => {
                 let mut flags = 0;
                 if *append {
@@ -646,11 +678,16 @@ impl FileTable {
             _,
         ] = p;
         let path = guest_path(memory, path_addr, path_len)?;
-        let (dir, read_only) = match u32::try_from(dirfd)
+        let (dir, read_only, root) = match u32::try_from(dirfd)
             .ok()
             .and_then(|fd| self.descriptors.get(&fd))
         {
-            Some(Descriptor::Dir { dir, read_only, .. }) => (dir, *read_only),
+            Some(Descriptor::Dir {
+                dir,
+                read_only,
+                root,
+                ..
+            }) => (dir, *read_only, *root),
             Some(Descriptor::File { .. }) => return Err(errno::NOTDIR),
             _ => return Err(errno::BADF),
         };
@@ -696,6 +733,7 @@ impl FileTable {
                 dir: Dir::from_std_file(opened.into_std()),
                 preopen: None,
                 read_only,
+                root,
             }
         } else {
             if wants_dir {
@@ -703,6 +741,7 @@ impl FileTable {
             }
             Descriptor::File {
                 file: opened,
+                root,
                 readable,
                 writable,
                 append: flags & fdflags::APPEND != 0,
@@ -710,6 +749,150 @@ impl FileTable {
             }
         };
         self.insert(descriptor).map(u64::from)
+    }
+
+    /// The table's saved state: each descriptor by its preopen and its path there now
+    /// (asked of the kernel, so files renamed since they were opened are found), its
+    /// open mode and offset.
+    pub fn save(&self) -> Result<FileTableState, PersistError> {
+        let roots: Vec<PathBuf> = self
+            .roots
+            .iter()
+            .enumerate()
+            .map(|(index, (dir, _))| host_path(3 + index as u32, dir.as_raw_fd()))
+            .collect::<Result<_, _>>()?;
+        let unnamed = |fd: u32, root: usize| PersistError::Unnamed {
+            fd,
+            preopen: self.roots[root].1.clone(),
+        };
+        let under_root = |fd: u32, root: usize, raw: i32| -> Result<PathBuf, PersistError> {
+            host_path(fd, raw)?
+                .strip_prefix(&roots[root])
+                .map(Path::to_path_buf)
+                .map_err(|_| unnamed(fd, root))
+        };
+        let mut descriptors = Vec::with_capacity(self.descriptors.len());
+        for (&fd, descriptor) in &self.descriptors {
+            let state = match descriptor {
+                Descriptor::Stream => DescriptorState::Stream,
+                Descriptor::Dir {
+                    preopen: Some(_),
+                    root,
+                    ..
+                } => DescriptorState::Preopen { index: *root },
+                Descriptor::Dir { dir, root, .. } => DescriptorState::Dir {
+                    root: *root,
+                    path: under_root(fd, *root, dir.as_raw_fd())?,
+                },
+                Descriptor::File {
+                    file,
+                    root,
+                    readable,
+                    writable,
+                    append,
+                    nonblock,
+                } => {
+                    let inspect = |source| PersistError::Inspect { fd, source };
+                    if file.metadata().map_err(inspect)?.nlink() == 0 {
+                        return Err(unnamed(fd, *root));
+                    }
+                    // SAFETY: lseek on a descriptor this table owns; SEEK_CUR with 0
+                    // only reads the offset.
+                    let offset = unsafe { libc::lseek(file.as_raw_fd(), 0, libc::SEEK_CUR) };
+                    if offset < 0 {
+                        return Err(inspect(io::Error::last_os_error()));
+                    }
+                    DescriptorState::File {
+                        root: *root,
+                        path: under_root(fd, *root, file.as_raw_fd())?,
+                        readable: *readable,
+                        writable: *writable,
+                        append: *append,
+                        nonblock: *nonblock,
+                        offset: offset as u64,
+                    }
+                }
+            };
+            descriptors.push((fd, state));
+        }
+        Ok(FileTableState {
+            descriptors,
+            free: self.free.iter().copied().collect(),
+        })
+    }
+
+    /// Opens `preopens` and the descriptors of `state` beneath them again, each at its
+    /// saved number, mode and offset.
+    pub fn restore(state: &FileTableState, preopens: &[Preopen]) -> Result<Self, RestoreError> {
+        let opened = Self::with_preopens(preopens)?;
+        let mut table = Self {
+            descriptors: BTreeMap::new(),
+            free: state.free.iter().copied().collect(),
+            roots: opened.roots,
+        };
+        let root_dir = |roots: &[(Dir, String)], fd: u32, index: usize| match roots.get(index) {
+            Some((dir, _)) => Ok((dir.try_clone(), preopens[index].read_only)),
+            None => Err(PersistError::MissingPreopen {
+                fd,
+                index,
+                count: preopens.len(),
+            }),
+        };
+        for (fd, saved) in &state.descriptors {
+            let fd = *fd;
+            let reopen = |path: &Path| {
+                let path = path.to_path_buf();
+                move |source| PersistError::Reopen { fd, path, source }
+            };
+            let descriptor = match saved {
+                DescriptorState::Stream => Descriptor::Stream,
+                DescriptorState::Preopen { index } => {
+                    let (dir, read_only) = root_dir(&table.roots, fd, *index)?;
+                    Descriptor::Dir {
+                        dir: dir.map_err(reopen(Path::new(".")))?,
+                        preopen: Some(preopens[*index].guest.clone()),
+                        read_only,
+                        root: *index,
+                    }
+                }
+                DescriptorState::Dir { root, path } => {
+                    let (dir, read_only) = root_dir(&table.roots, fd, *root)?;
+                    let dir = dir.map_err(reopen(path))?;
+                    Descriptor::Dir {
+                        dir: dir.open_dir(path).map_err(reopen(path))?,
+                        preopen: None,
+                        read_only,
+                        root: *root,
+                    }
+                }
+                DescriptorState::File {
+                    root,
+                    path,
+                    readable,
+                    writable,
+                    append,
+                    nonblock,
+                    offset,
+                } => {
+                    let (dir, _) = root_dir(&table.roots, fd, *root)?;
+                    let dir = dir.map_err(reopen(path))?;
+                    let mut options = OpenOptions::new();
+                    options.read(*readable).write(*writable);
+                    let mut file = dir.open_with(path, &options).map_err(reopen(path))?;
+                    file.seek(SeekFrom::Start(*offset)).map_err(reopen(path))?;
+                    Descriptor::File {
+                        file,
+                        root: *root,
+                        readable: *readable,
+                        writable: *writable,
+                        append: *append,
+                        nonblock: *nonblock,
+                    }
+                }
+            };
+            table.descriptors.insert(fd, descriptor);
+        }
+        Ok(table)
     }
 
     /// The preopened directories' names by descriptor, for the guest to answer
@@ -831,4 +1014,131 @@ pub fn parse_dir(spec: &str, read_only: bool) -> Result<Preopen, ConfigError> {
         guest: guest.to_string(),
         read_only,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vm_memory::{Bytes, GuestAddress};
+
+    const PATH_AT: u64 = 0x10_0000;
+
+    /// Opens `path` under descriptor `dir` through the file call a guest makes.
+    fn open(table: &mut FileTable, memory: &GuestMemory, dir: u64, path: &str, oflags: u64) -> u64 {
+        memory
+            .mem()
+            .write_slice(path.as_bytes(), GuestAddress(PATH_AT))
+            .unwrap();
+        let base = rights::FD_READ | rights::FD_SEEK;
+        let params = [dir, 0, PATH_AT, path.len() as u64, oflags, base, 0, 0];
+        table.call(memory, FileOp::PathOpen, params).unwrap()
+    }
+
+    fn contents_from_offset(table: &mut FileTable, fd: u32) -> String {
+        let Some(Descriptor::File { file, .. }) = table.descriptors.get_mut(&fd) else {
+            panic!("descriptor {fd} is not a file");
+        };
+        let mut rest = String::new();
+        file.read_to_string(&mut rest).unwrap();
+        rest
+    }
+
+    #[test]
+    fn descriptors_are_saved_by_path_and_offset_and_open_again() {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::create_dir(root.path().join("dir")).unwrap();
+        std::fs::write(root.path().join("dir/f.txt"), "0123456789").unwrap();
+        let preopens = [Preopen {
+            host: root.path().to_path_buf(),
+            guest: "/data".into(),
+            read_only: false,
+        }];
+        let mut table = FileTable::with_preopens(&preopens).unwrap();
+        let file = open(&mut table, &memory, 3, "dir/f.txt", 0);
+        let dir = open(&mut table, &memory, 3, "dir", oflags::DIRECTORY);
+        assert_eq!((file, dir), (4, 5));
+        assert_eq!(
+            table.call(&memory, FileOp::Seek, [file, 3, 0, 0, 0, 0, 0, 0]),
+            Ok(3)
+        );
+        // The preopen's own number goes, and the file moves on the host: both are
+        // still found.
+        assert_eq!(
+            table.call(&memory, FileOp::Close, [3, 0, 0, 0, 0, 0, 0, 0]),
+            Ok(0)
+        );
+        std::fs::rename(root.path().join("dir/f.txt"), root.path().join("dir/g.txt")).unwrap();
+
+        let state = table.save().unwrap();
+        assert_eq!(state.free, vec![3]);
+        assert_eq!(
+            state.descriptors,
+            vec![
+                (0, DescriptorState::Stream),
+                (1, DescriptorState::Stream),
+                (2, DescriptorState::Stream),
+                (
+                    4,
+                    DescriptorState::File {
+                        root: 0,
+                        path: "dir/g.txt".into(),
+                        readable: true,
+                        writable: false,
+                        append: false,
+                        nonblock: false,
+                        offset: 3,
+                    }
+                ),
+                (
+                    5,
+                    DescriptorState::Dir {
+                        root: 0,
+                        path: "dir".into(),
+                    }
+                ),
+            ]
+        );
+        let mut restored = FileTable::restore(&state, &preopens).unwrap();
+        assert_eq!(restored.save().unwrap(), state);
+        assert_eq!(contents_from_offset(&mut restored, 4), "3456789");
+        assert_eq!(
+            restored.call(&memory, FileOp::Close, [3, 0, 0, 0, 0, 0, 0, 0]),
+            Err(errno::BADF),
+            "a closed number stays closed"
+        );
+        // The next descriptor opened takes the freed number, as it would have.
+        assert_eq!(open(&mut restored, &memory, 5, "g.txt", 0), 3);
+    }
+
+    #[test]
+    fn what_cannot_be_saved_or_restored_is_named() {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("gone"), "x").unwrap();
+        let preopens = [Preopen {
+            host: root.path().to_path_buf(),
+            guest: "/data".into(),
+            read_only: false,
+        }];
+        let mut table = FileTable::with_preopens(&preopens).unwrap();
+        open(&mut table, &memory, 3, "gone", 0);
+        let state = table.save().unwrap();
+        std::fs::remove_file(root.path().join("gone")).unwrap();
+        let error = table.save().unwrap_err().to_string();
+        assert!(
+            error.contains("descriptor 4") && error.contains("/data"),
+            "{error}"
+        );
+        let error = FileTable::restore(&state, &preopens)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            error.contains("`gone`") && error.contains("descriptor 4"),
+            "{error}"
+        );
+        let error = FileTable::restore(&state, &[]).err().unwrap().to_string();
+        assert!(error.contains("preopened directory number 0"), "{error}");
+    }
 }

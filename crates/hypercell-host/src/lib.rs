@@ -11,6 +11,7 @@ pub mod fs;
 mod guest_access;
 pub mod hypercall;
 pub mod layout;
+pub mod persist;
 pub mod seccomp;
 pub mod stdio;
 

@@ -1,0 +1,6 @@
+//! Saved state: plain, serialisable types apart from the live objects they describe (as
+//! Firecracker's `persist.rs` keeps them), from which a cell can be built again.
+
+pub mod files;
+
+pub use files::{DescriptorState, FileTableState, PersistError};
