@@ -16,7 +16,7 @@ pub mod vm;
 
 pub use memory::{GuestMemory, MemoryError};
 pub use paging::{PagingError, ReservationTables};
-pub use state::VcpuState;
+pub use state::{TablesState, VcpuState};
 pub use vcpu::{GuestException, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuThread, run_ioctls};
 pub use vm::{Vm, VmError};
 pub use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};

@@ -20,6 +20,7 @@ use hypercell_abi::layout::{
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::GuestMemory;
+use crate::state::TablesState;
 use crate::system::{
     PTE_ACCESSED, PTE_DIRTY, PTE_LARGE, PTE_PRESENT, PTE_USER, PTE_WRITABLE,
     RESERVATION_PDPT_OFFSET, TABLE_POOL,
@@ -111,6 +112,30 @@ fn in_reservation_area(va: u64, len: u64) -> bool {
 }
 
 impl ReservationTables {
+    /// The bookkeeping to save with the memory that holds the tables.
+    pub fn state(&self) -> TablesState {
+        TablesState {
+            next: self.next,
+            free: self.free.clone(),
+        }
+    }
+
+    /// Bookkeeping saved by [`Self::state`]; `None` when it names pages outside the
+    /// table pool (the saved state is not to be trusted).
+    pub fn from_state(state: &TablesState) -> Option<Self> {
+        let pool = SYSTEM_BASE + TABLE_POOL.start..=SYSTEM_BASE + TABLE_POOL.end;
+        let page = |addr: u64| pool.contains(&addr) && addr.is_multiple_of(PAGE_SIZE);
+        let valid = page(state.next)
+            && state
+                .free
+                .iter()
+                .all(|&free| page(free) && free < state.next);
+        valid.then(|| Self {
+            next: state.next,
+            free: state.free.clone(),
+        })
+    }
+
     /// Maps guest-virtual `va..va + len` onto guest-physical `pa..pa + len`.
     pub fn map(
         &mut self,

@@ -41,3 +41,13 @@ pub struct VcpuState {
     /// Pending exceptions and interrupt shadows.
     pub events: kvm_vcpu_events,
 }
+
+/// The reservation area's table bookkeeping (see [`crate::ReservationTables`]); the
+/// tables themselves are guest memory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TablesState {
+    /// Next never-used pool page (guest-physical).
+    pub next: u64,
+    /// Pool pages freed and not used again.
+    pub free: Vec<u64>,
+}
