@@ -18,10 +18,11 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
-use crate::control::{CellControl, KICK_INTERVAL, StopReason, Wake};
+use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, StopReason, Wake};
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK};
+use crate::persist::{CellSnapshot, MemoryImage, SnapshotError};
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
 
@@ -31,6 +32,9 @@ pub static GUEST_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_ELF"));
 /// Why a cell ended other than by its program exiting or trapping.
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
+    /// A snapshot could not be restored.
+    #[error("the snapshot cannot be restored: {0}")]
+    Snapshot(String),
     /// The cell was stopped from outside, for example on a signal to the host process.
     #[error("the program was stopped by signal {0}")]
     Stopped(i32),
@@ -258,13 +262,40 @@ pub fn run_cell_with_control(
     stdio: CellStdio<'_>,
     control: &CellControl,
 ) -> Result<CellReport, CellFailure> {
+    start_cell(config, payload, stdio, control, None)
+}
+
+/// Builds a cell from `snapshot`, taken of a cell running `payload` with `config` (and
+/// preopens that hold the same files), and runs it on from there to the end, or until
+/// it is stopped through `control`.
+pub fn restore_cell(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    snapshot: &CellSnapshot,
+    stdio: CellStdio<'_>,
+    control: &CellControl,
+) -> Result<CellReport, CellFailure> {
+    start_cell(config, payload, stdio, control, Some(snapshot))
+}
+
+fn start_cell(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    stdio: CellStdio<'_>,
+    control: &CellControl,
+    snapshot: Option<&CellSnapshot>,
+) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
     let args = string_block(config.args.iter().map(String::as_str));
     let env_entries: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let env = string_block(env_entries.iter().map(String::as_str));
     // Preopens first: a directory that cannot be opened is the user's to fix, before
     // any VM is made.
-    let files = FileTable::with_preopens(&config.preopens)?;
+    let files = match snapshot {
+        None => FileTable::with_preopens(&config.preopens)?,
+        Some(snapshot) => FileTable::restore(&snapshot.services.files, &config.preopens)
+            .map_err(|e| CellError::Snapshot(e.to_string()))?,
+    };
     let preopens = string_block(config.preopens.iter().map(|p| p.guest.as_str()));
     let (image_end, module, cpu_features, initial_memory) = match payload {
         CellPayload::Wasm {
@@ -422,6 +453,26 @@ pub fn run_cell_with_control(
     if cpu_features & CpuFeatures::AVX != 0 {
         vm.enable_avx(&vcpu)?;
     }
+    let mut growth = MemoryGrowth {
+        vm: &vm,
+        mapped: boot_mapping,
+        ready: heap_ready,
+        next_slot: 1,
+        boot_mapping,
+        tables: reservations,
+        linear_memory: premapped,
+    };
+    let (meter, denied_growth) = match snapshot {
+        None => (OutputMeter::new(config.output_limit), 0),
+        Some(snapshot) => {
+            restore_state(snapshot, &memory, &vcpu, &mut growth)?;
+            let saved = &snapshot.services;
+            (
+                OutputMeter::resumed(config.output_limit, saved.output_written),
+                saved.denied_growth,
+            )
+        }
+    };
     let guest_loaded = Instant::now();
 
     let first_entry = Instant::now();
@@ -429,23 +480,25 @@ pub fn run_cell_with_control(
         stdio,
         output: GuestAddress(layout.output),
         control: control.clone(),
-        denied_growth: 0,
-        meter: OutputMeter::new(config.output_limit),
+        denied_growth,
+        meter,
         counts: HypercallCounts::default(),
         files,
-        growth: Some(MemoryGrowth {
-            vm: &vm,
-            mapped: boot_mapping,
-            ready: heap_ready,
-            next_slot: 1,
-            boot_mapping,
-            tables: reservations,
-            linear_memory: premapped,
-        }),
+        growth: Some(growth),
     };
     let trap_handler = GuestAddress(layout.boot_info + offset_of!(BootInfo, trap_entry) as u64);
-    let (outcome, vcpu, mut services) =
-        run_on_vcpu_thread(vcpu, &memory, services, config, trap_handler);
+    let mapped_module = MappedModule {
+        region: layout.module..layout.module + module_len,
+        bytes: module,
+    };
+    let (outcome, vcpu, mut services) = run_on_vcpu_thread(
+        vcpu,
+        &memory,
+        services,
+        config,
+        trap_handler,
+        &mapped_module,
+    );
     // Whatever the program wrote before it ended reaches the user, even after a fault.
     let drained = drain_output(
         &memory,
@@ -562,6 +615,7 @@ fn run_on_vcpu_thread<'a>(
     mut services: Services<'a>,
     config: &CellConfig,
     trap_handler: GuestAddress,
+    module: &MappedModule<'_>,
 ) -> (Result<Completion, CellError>, Vcpu, Services<'a>) {
     let control = services.control.clone();
     let output = services.output;
@@ -573,7 +627,7 @@ fn run_on_vcpu_thread<'a>(
                 let binding = vcpu.bind_to_current_thread();
                 services.control.attach(vcpu.handle());
                 let outcome = match seccomp::install_vcpu_filter() {
-                    Ok(()) => run_loop(&mut vcpu, memory, &mut services, trap_handler),
+                    Ok(()) => run_loop(&mut vcpu, memory, &mut services, trap_handler, module),
                     Err(error) => Err(CellError::Seccomp(error)),
                 };
                 drop(binding);
@@ -631,6 +685,7 @@ fn run_loop(
     memory: &GuestMemory,
     services: &mut Services<'_>,
     trap_handler: GuestAddress,
+    module: &MappedModule<'_>,
 ) -> Result<Completion, CellError> {
     // The exception last handed to the runtime's trap entry, until the runtime's next
     // hypercall: a second exception before it means trap handling itself failed.
@@ -640,9 +695,14 @@ fn run_loop(
         // what it hands over meanwhile goes through the same check as a kick's.
         let control = services.control.clone();
         let mut drained = Ok(false);
-        control.park_while_paused(|| {
-            if let Ok(false) = drained {
-                drained = services.drain_between_calls(memory);
+        control.park_while_paused(|request| match request {
+            ParkRequest::Drain => {
+                if let Ok(false) = drained {
+                    drained = services.drain_between_calls(memory);
+                }
+            }
+            ParkRequest::Snapshot(reply) => {
+                let _ = reply.send(snapshot(vcpu, memory, services, module));
             }
         });
         if drained? {
@@ -696,6 +756,80 @@ fn run_loop(
             VcpuEvent::Unexpected(what) => return Err(CellError::UnexpectedExit(what)),
         }
     }
+}
+
+/// Puts a snapshot's memory, memory mappings and vCPU state into a freshly booted cell
+/// of the same layout. Everything in it is checked: it is input from outside.
+fn restore_state(
+    snapshot: &CellSnapshot,
+    memory: &GuestMemory,
+    vcpu: &Vcpu,
+    growth: &mut MemoryGrowth<'_>,
+) -> Result<(), CellError> {
+    let bad = |what: &str| CellError::Snapshot(what.to_string());
+    if snapshot.memory.size != memory.size() {
+        return Err(bad(
+            "it was taken of a cell of another memory size (another module or memory limit)",
+        ));
+    }
+    let saved = &snapshot.services.growth;
+    let aligned = |end: u64| end.is_multiple_of(LARGE_PAGE_SIZE) || end == memory.size();
+    if saved.mapped > memory.size()
+        || saved.mapped < growth.boot_mapping
+        || !aligned(saved.mapped)
+        || saved.ready > saved.mapped
+    {
+        return Err(bad("its mapped memory does not fit the cell"));
+    }
+    let tables = ReservationTables::from_state(&saved.tables)
+        .ok_or_else(|| bad("its page-table bookkeeping lies outside the table pool"))?;
+    if saved.mapped > growth.mapped {
+        growth
+            .vm
+            .map_memory(memory, growth.next_slot, growth.mapped..saved.mapped)?;
+        growth.next_slot += 1;
+        growth.mapped = saved.mapped;
+    }
+    growth.ready = saved.ready;
+    growth.linear_memory = saved.linear_memory;
+    growth.tables = tables;
+    if !snapshot.memory.restore_into(memory) {
+        return Err(bad("it holds memory outside the cell"));
+    }
+    vcpu.restore_state(&snapshot.vcpu)?;
+    Ok(())
+}
+
+/// Where the compiled module lies in guest memory, and its bytes, which a snapshot
+/// leaves out where the guest did not change them.
+struct MappedModule<'a> {
+    region: std::ops::Range<u64>,
+    bytes: &'a [u8],
+}
+
+/// A snapshot of a cell whose vCPU is parked between exits.
+fn snapshot(
+    vcpu: &Vcpu,
+    memory: &GuestMemory,
+    services: &mut Services<'_>,
+    module: &MappedModule<'_>,
+) -> Result<CellSnapshot, SnapshotError> {
+    // What the program wrote goes out first, so that the snapshot holds only what is
+    // still to come (a record half written stays in memory, for the guest to finish).
+    let _ = services.drain_between_calls(memory);
+    let vcpu = vcpu.save_state()?;
+    let services = services.save_state()?;
+    let memory = MemoryImage::capture(
+        memory,
+        services.growth.mapped,
+        module.region.clone(),
+        module.bytes,
+    );
+    Ok(CellSnapshot {
+        vcpu,
+        services,
+        memory,
+    })
 }
 
 /// The trap entry and stack the guest runtime registered, if it did and both lie in

@@ -6,10 +6,12 @@
 //! requests whenever a kick brings it out of the guest or out of a blocking call.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
 use hypercell_vmm::VcpuHandle;
+
+use crate::persist::{CellSnapshot, SnapshotError};
 
 /// How often a vCPU that is asked to pause or stop is kicked until it does.
 pub(crate) const KICK_INTERVAL: Duration = Duration::from_millis(1);
@@ -38,9 +40,22 @@ struct Inner {
     pausing: AtomicBool,
 }
 
+/// A snapshot's way back to whoever asked for it.
+type SnapshotReply = mpsc::Sender<Result<CellSnapshot, SnapshotError>>;
+
+/// What a parked vCPU thread is asked to do.
+pub(crate) enum ParkRequest {
+    /// Hand over buffered output.
+    Drain,
+    /// Take a snapshot and send it back.
+    Snapshot(SnapshotReply),
+}
+
 #[derive(Debug, Default)]
 struct State {
     stop: Option<StopReason>,
+    /// A snapshot asked for and not yet taken.
+    snapshot: Option<SnapshotReply>,
     vcpu: Option<VcpuHandle>,
     finished: bool,
     /// A pause was asked for and no resume since.
@@ -117,6 +132,22 @@ impl CellControl {
         }
     }
 
+    /// Pauses the cell and takes a snapshot of it; the cell stays paused until
+    /// [`Self::resume`].
+    pub fn snapshot(&self) -> Result<CellSnapshot, SnapshotError> {
+        if !self.pause() {
+            return Err(SnapshotError::NotRunning);
+        }
+        let (reply, answer) = mpsc::channel();
+        {
+            let mut state = self.state();
+            state.snapshot = Some(reply);
+            self.inner.changed.notify_all();
+        }
+        // The vCPU thread answers, or drops the sender when it ends first.
+        answer.recv().unwrap_or(Err(SnapshotError::NotRunning))
+    }
+
     /// Lets a paused cell go on.
     pub fn resume(&self) {
         let mut state = self.state();
@@ -130,9 +161,20 @@ impl CellControl {
         self.state().parked
     }
 
-    /// On the vCPU thread: parks while a pause is asked for and no stop, handing over
-    /// output with `drain` whenever it is asked for meanwhile.
-    pub(crate) fn park_while_paused(&self, mut drain: impl FnMut()) {
+    /// On the vCPU thread, inside a blocking call: parks while paused, handing over
+    /// nothing (output was delivered before the call) and refusing snapshots, which
+    /// cannot be taken in the middle of a host call.
+    pub(crate) fn park_in_call(&self) {
+        self.park_while_paused(|request| {
+            if let ParkRequest::Snapshot(reply) = request {
+                let _ = reply.send(Err(SnapshotError::InBlockingCall));
+            }
+        });
+    }
+
+    /// On the vCPU thread: parks while a pause is asked for and no stop, passing what
+    /// is asked of it meanwhile (output, a snapshot) to `serve`.
+    pub(crate) fn park_while_paused(&self, mut serve: impl FnMut(ParkRequest)) {
         if !self.inner.pausing.load(Ordering::SeqCst) {
             return;
         }
@@ -142,9 +184,15 @@ impl CellControl {
                 state.parked = true;
                 self.inner.changed.notify_all();
             }
+            if let Some(reply) = state.snapshot.take() {
+                drop(state);
+                serve(ParkRequest::Snapshot(reply));
+                state = self.state();
+                continue;
+            }
             if self.take_drain() {
                 drop(state);
-                drain();
+                serve(ParkRequest::Drain);
                 state = self.state();
                 continue;
             }
@@ -244,7 +292,7 @@ mod tests {
         assert!(!control.pause());
         assert!(!control.is_paused());
         control.resume();
-        control.park_while_paused(|| unreachable!("not paused"));
+        control.park_while_paused(|_| unreachable!("not paused"));
     }
 
     #[test]

@@ -14,6 +14,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use crate::control::{CellControl, StopReason};
 use crate::fs::{FileTable, errno_of};
 use crate::guest_access::{pieces, read_array, read_guest_bytes, write_guest_bytes};
+use crate::persist::{GrowthState, PersistError, ServicesState};
 use crate::stdio::{CellStdio, OutputMeter, drain_output, read_guest_from, write_guest_to};
 use hypercell_vmm::{GuestMemory, PagingError, ReservationTables, Vm};
 
@@ -250,6 +251,27 @@ impl Services<'_> {
         Ok(Completion::Resume)
     }
 
+    /// The services' saved state: descriptors, output delivered, memory grown.
+    pub fn save_state(&self) -> Result<ServicesState, PersistError> {
+        let growth = self.growth.as_ref().map(|g| GrowthState {
+            mapped: g.mapped,
+            ready: g.ready,
+            linear_memory: g.linear_memory,
+            tables: g.tables.state(),
+        });
+        Ok(ServicesState {
+            files: self.files.save()?,
+            output_written: self.meter.written(),
+            denied_growth: self.denied_growth,
+            growth: growth.unwrap_or(GrowthState {
+                mapped: 0,
+                ready: 0,
+                linear_memory: 0,
+                tables: ReservationTables::default().state(),
+            }),
+        })
+    }
+
     /// Delivers the guest's buffered output between hypercalls, unless the guest was
     /// stopped while changing the buffer (then its next hypercall or kick delivers it);
     /// true if it went past the output limit.
@@ -401,7 +423,7 @@ impl Services<'_> {
                 libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &request, std::ptr::null_mut())
             };
             // A pause parks the sleeper; the sleep ends on time whatever the pause took.
-            self.control.park_while_paused(|| {});
+            self.control.park_in_call();
         }
     }
 

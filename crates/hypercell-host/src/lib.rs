@@ -16,8 +16,8 @@ pub mod seccomp;
 pub mod stdio;
 
 pub use cell::{
-    CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, GuestTimings, run_cell,
-    run_cell_with_control,
+    CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, GuestTimings,
+    restore_cell, run_cell, run_cell_with_control,
 };
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};

@@ -65,6 +65,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_renameat2,
     libc::SYS_symlinkat,
     libc::SYS_readlinkat,
+    libc::SYS_readlink,
     libc::SYS_linkat,
     libc::SYS_utimensat,
     // Random bytes for CPUs without `rdrand`.
@@ -74,6 +75,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_munmap,
     libc::SYS_mremap,
     libc::SYS_madvise,
+    libc::SYS_mincore,
     libc::SYS_brk,
     // Returning from the kick signal, and the thread's own end.
     libc::SYS_rt_sigreturn,

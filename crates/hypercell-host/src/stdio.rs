@@ -95,6 +95,20 @@ impl OutputMeter {
         }
     }
 
+    /// A meter for `limit` that has already counted `written` bytes.
+    pub fn resumed(limit: Option<u64>, written: u64) -> Self {
+        Self {
+            written,
+            limit,
+            exceeded: limit.is_some_and(|limit| written > limit),
+        }
+    }
+
+    /// Bytes delivered so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
     /// Records a write of `len` bytes; returns how many of them fit under the limit.
     pub fn admit(&mut self, len: u64) -> u64 {
         let room = self.limit.map_or(u64::MAX, |limit| limit - self.written);
@@ -214,7 +228,7 @@ pub(crate) fn write_guest_to(
                 {
                     return Err(error);
                 }
-                control.park_while_paused(|| {});
+                control.park_in_call();
             }
         }
     }
@@ -256,7 +270,7 @@ pub(crate) fn read_guest_from(
         if error.kind() != io::ErrorKind::Interrupted || control.stop_requested().is_some() {
             return Err(error);
         }
-        control.park_while_paused(|| {});
+        control.park_in_call();
     }
 }
 

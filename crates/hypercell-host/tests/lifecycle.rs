@@ -1,6 +1,7 @@
-//! Pausing and resuming a running cell from another thread: a paused cell computes
-//! nothing, even when it was blocked reading stdin, hands over the output it wrote, and
-//! goes on where it stopped; a stop reaches it while paused.
+//! Pausing, resuming and snapshotting a running cell from another thread: a paused cell
+//! computes nothing, even when it was blocked reading stdin, hands over the output it
+//! wrote, and goes on where it stopped; a stop reaches it while paused; a snapshot goes
+//! on in a new cell exactly as the original did.
 
 mod common;
 
@@ -12,9 +13,10 @@ use std::thread;
 use std::time::Duration;
 
 use common::{compile, program};
+use hypercell_host::persist::{CellSnapshot, SnapshotError};
 use hypercell_host::{
     CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload, CellReport, CellStdio,
-    Compiler, StopReason, run_cell_with_control,
+    CompiledModule, Compiler, StopReason, restore_cell, run_cell_with_control,
 };
 
 /// How long a test watches a paused cell for signs of life.
@@ -44,7 +46,10 @@ struct Running {
 static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 fn start(wat: &str) -> Running {
-    let module = compile(wat);
+    start_compiled(compile(wat))
+}
+
+fn start_compiled(module: CompiledModule) -> Running {
     let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
     let (stdin_read, stdin_write) = pipe();
     let (stdout_read, stdout_write) = pipe();
@@ -91,6 +96,18 @@ impl Running {
             let _ = sender.send(bytes);
         });
         receiver.recv_timeout(PATIENCE).expect("the output arrives")
+    }
+
+    /// Everything the program writes until it ends.
+    fn read_to_end(&mut self) -> Vec<u8> {
+        let mut stdout = self.stdout.try_clone().unwrap();
+        let (sender, receiver) = mpsc::channel();
+        thread::spawn(move || {
+            let mut bytes = Vec::new();
+            stdout.read_to_end(&mut bytes).unwrap();
+            let _ = sender.send(bytes);
+        });
+        receiver.recv_timeout(PATIENCE).expect("the output ends")
     }
 
     /// Waits for the cell to end.
@@ -198,5 +215,111 @@ fn a_cell_blocked_reading_stdin_pauses_and_reads_only_once_resumed() {
     );
     cell.control.resume();
     assert_eq!(receiver.recv_timeout(PATIENCE).unwrap(), *b"x");
+    assert_eq!(cell.finish().unwrap().exit, CellExit::Exited(0));
+}
+
+/// Computes with live floating-point state, writing the counter every 2^20 iterations
+/// and the result at the end.
+const COMPUTE: &str = r#"
+    (local $i i64)
+    (local $x f64)
+    (local.set $x (f64.const 1))
+    (loop $again
+      (local.set $x (f64.add (f64.mul (local.get $x) (f64.const 1.0000001)) (f64.const 0.5)))
+      (local.set $i (i64.add (local.get $i) (i64.const 1)))
+      (if (i64.eqz (i64.and (local.get $i) (i64.const 1048575)))
+        (then (call $emit64 (local.get $i))))
+      (br_if $again (i64.lt_u (local.get $i) (i64.const 268435456))))
+    (call $emit64 (i64.reinterpret_f64 (local.get $x)))"#;
+
+/// Runs `module` from `snapshot` in a new cell; returns its output.
+fn restore(module: &CompiledModule, snapshot: &CellSnapshot) -> Vec<u8> {
+    let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
+    let stdin = File::open("/dev/null").unwrap();
+    let mut stdout = tempfile::tempfile().unwrap();
+    let stdio = CellStdio {
+        stdin: stdin.as_fd(),
+        stdout: stdout.as_fd(),
+        stderr: stdout.as_fd(),
+    };
+    let payload = CellPayload::Wasm {
+        module,
+        cpu_features,
+    };
+    let config = CellConfig {
+        timeout: Some(PATIENCE),
+        ..CellConfig::default()
+    };
+    let report = restore_cell(&config, payload, snapshot, stdio, &CellControl::new()).unwrap();
+    assert_eq!(report.exit, CellExit::Exited(0));
+    std::io::Seek::rewind(&mut stdout).unwrap();
+    let mut output = Vec::new();
+    stdout.read_to_end(&mut output).unwrap();
+    output
+}
+
+#[test]
+fn snapshots_taken_as_the_cell_runs_each_go_on_to_the_same_end() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let wat = program(COMPUTE);
+    let mut cell = start_compiled(compile(&wat));
+    let mut snapshots = Vec::new();
+    // Snapshots at several points: after each of the first records.
+    for _ in 0..4 {
+        cell.read(8);
+        snapshots.push(cell.control.snapshot().unwrap());
+        cell.control.resume();
+    }
+    let rest = cell.read_to_end();
+    assert_eq!(cell.finish().unwrap().exit, CellExit::Exited(0));
+    let whole: Vec<u8> = [vec![0u8; 0], rest].concat();
+    let module = compile(&wat);
+    for snapshot in &snapshots {
+        let delivered = snapshot.services.output_written as usize;
+        assert!(delivered >= 8 && delivered.is_multiple_of(8), "{delivered}");
+        let after = restore(&module, snapshot);
+        assert_eq!(after.len() + delivered, 8 * 257, "no byte lost or repeated");
+        // The records after the snapshot point, and the final result bit for bit.
+        assert_eq!(
+            after,
+            expected_tail(&whole, delivered),
+            "from byte {delivered}"
+        );
+    }
+}
+
+/// The original run's output from byte `from` on, given the part of it read after
+/// the first four records.
+fn expected_tail(after_four: &[u8], from: usize) -> Vec<u8> {
+    let counters: Vec<u8> = (1..=256u64)
+        .flat_map(|record| (record << 20).to_le_bytes())
+        .collect();
+    let result = &after_four[after_four.len() - 8..];
+    [&counters[from..], result].concat()
+}
+
+#[test]
+fn a_snapshot_of_a_cell_blocked_reading_stdin_is_refused_for_now() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let echo = program(
+        r#"
+        (i32.store8 (i32.const 1024) (i32.const 63))
+        (call $emit (i32.const 1024) (i32.const 1))
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const 1))
+        (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (call $emit (i32.const 1024) (i32.const 1))"#,
+    );
+    let mut cell = start(&echo);
+    assert_eq!(cell.read(1), b"?");
+    let error = cell.control.snapshot().unwrap_err();
+    assert!(matches!(error, SnapshotError::InBlockingCall), "{error}");
+    cell.control.resume();
+    cell.stdin.as_mut().unwrap().write_all(b"y").unwrap();
+    assert_eq!(cell.read(1), b"y");
     assert_eq!(cell.finish().unwrap().exit, CellExit::Exited(0));
 }

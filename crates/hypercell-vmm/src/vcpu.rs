@@ -37,16 +37,26 @@ mod ioctl_numbers {
         0x46,
         kvm_bindings::kvm_userspace_memory_region
     );
+    vmm_sys_util::ioctl_iowr_nr!(KVM_GET_MSRS, KVMIO, 0x88, kvm_bindings::kvm_msrs);
+    vmm_sys_util::ioctl_ior_nr!(
+        KVM_GET_VCPU_EVENTS,
+        KVMIO,
+        0x9f,
+        kvm_bindings::kvm_vcpu_events
+    );
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
+    vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
 }
 
 /// The ioctls a running cell issues: `KVM_RUN`, reading registers after an exception
 /// ([`Vcpu::run`]), sending the guest to its trap entry ([`Vcpu::enter_trap_handler`]),
-/// and mapping memory as the guest grows ([`crate::Vm::map_memory`]). A seccomp filter
-/// on the thread that runs the vCPU allows these and no other ioctl.
-pub fn run_ioctls() -> [u64; 6] {
+/// mapping memory as the guest grows ([`crate::Vm::map_memory`]), and reading the rest
+/// of its state for a snapshot ([`Vcpu::save_state`]). A seccomp filter on the thread
+/// that runs the vCPU allows these and no other ioctl.
+pub fn run_ioctls() -> [u64; 10] {
     use ioctl_numbers::{
-        KVM_GET_REGS, KVM_GET_SREGS, KVM_RUN, KVM_SET_REGS, KVM_SET_SREGS,
-        KVM_SET_USER_MEMORY_REGION,
+        KVM_GET_MSRS, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_VCPU_EVENTS, KVM_GET_XCRS,
+        KVM_GET_XSAVE, KVM_RUN, KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_USER_MEMORY_REGION,
     };
     [
         KVM_RUN(),
@@ -55,6 +65,10 @@ pub fn run_ioctls() -> [u64; 6] {
         KVM_GET_SREGS(),
         KVM_SET_SREGS(),
         KVM_SET_USER_MEMORY_REGION(),
+        KVM_GET_MSRS(),
+        KVM_GET_VCPU_EVENTS(),
+        KVM_GET_XSAVE(),
+        KVM_GET_XCRS(),
     ]
     .map(u64::from)
 }
@@ -466,7 +480,7 @@ impl Vcpu {
     }
 
     /// Puts `state` into this vCPU, which then goes on where the saved one stopped.
-    /// The vCPU must be new: created, and not yet configured or run.
+    /// The vCPU must not have run yet.
     pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
         let configure = |what, r: Result<(), kvm_ioctls::Error>| {
             r.map_err(|e| VcpuError::Configure {

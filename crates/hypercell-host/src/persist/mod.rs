@@ -2,5 +2,7 @@
 //! Firecracker's `persist.rs` keeps them), from which a cell can be built again.
 
 pub mod files;
+pub mod snapshot;
 
 pub use files::{DescriptorState, FileTableState, PersistError};
+pub use snapshot::{CellSnapshot, GrowthState, MemoryImage, ServicesState, SnapshotError};

@@ -1,0 +1,136 @@
+//! A running cell's complete state at one instant: its vCPU, its host services and the
+//! guest memory it touched, from which a new cell goes on where it stopped.
+
+use std::ops::Range;
+
+use hypercell_vmm::{GuestMemory, TablesState, VcpuState};
+use serde::{Deserialize, Serialize};
+use vm_memory::{Bytes, GuestAddress};
+
+use super::files::FileTableState;
+
+/// Why a snapshot could not be taken.
+#[derive(Debug, thiserror::Error)]
+pub enum SnapshotError {
+    /// No cell is running to take it from.
+    #[error("the cell is not running, so no snapshot can be taken")]
+    NotRunning,
+    /// The vCPU is inside a host call that cannot be taken apart yet.
+    #[error(
+        "the cell is waiting in a blocking call (a read, a write or a sleep); try again once it is computing"
+    )]
+    InBlockingCall,
+    /// Its descriptors could not be saved.
+    #[error(transparent)]
+    Files(#[from] super::files::PersistError),
+    /// Its vCPU could not be read.
+    #[error(transparent)]
+    Vcpu(#[from] hypercell_vmm::VcpuError),
+}
+
+/// Granule of the saved memory.
+const PAGE: u64 = 4096;
+
+/// A cell's complete state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CellSnapshot {
+    /// The vCPU.
+    pub vcpu: VcpuState,
+    /// The host's side of the cell.
+    pub services: ServicesState,
+    /// Guest memory.
+    pub memory: MemoryImage,
+}
+
+/// The host services' state.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ServicesState {
+    /// The descriptor table.
+    pub files: FileTableState,
+    /// Bytes of output delivered so far, against the output limit.
+    pub output_written: u64,
+    /// Most bytes of linear memory a `memory.grow` was refused.
+    pub denied_growth: u64,
+    /// Memory mapped into the VM and the reservation area's tables.
+    pub growth: GrowthState,
+}
+
+/// How much of the cell's memory is mapped and ready, and the reservation tables.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GrowthState {
+    /// End of the memory mapped into the VM.
+    pub mapped: u64,
+    /// End of the memory made ready for the guest.
+    pub ready: u64,
+    /// Bytes of linear memory mapped into the reservation area.
+    pub linear_memory: u64,
+    /// The reservation tables' bookkeeping.
+    pub tables: TablesState,
+}
+
+/// Guest memory, sparse: the size of the whole, and only the pages that hold data.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryImage {
+    /// Size of the guest memory.
+    pub size: u64,
+    /// Where the compiled module is mapped from its cache file, and its length: pages
+    /// there are saved only where the guest changed them.
+    pub module: Range<u64>,
+    /// Runs of saved pages: guest-physical address and contents.
+    pub runs: Vec<(u64, Vec<u8>)>,
+}
+
+impl MemoryImage {
+    /// Saves the pages of `memory` below `mapped` that the host backed, less those of
+    /// the mapped module (at `module`) that still equal `artifact`.
+    pub fn capture(memory: &GuestMemory, mapped: u64, module: Range<u64>, artifact: &[u8]) -> Self {
+        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut page_bytes = vec![0u8; PAGE as usize];
+        for page in (0..mapped.min(memory.size())).step_by(PAGE as usize) {
+            // A page never backed holds zeros (and one of the module that the guest
+            // changed is always backed: it is a private copy).
+            if memory.resident_bytes(page..page + PAGE) == 0 {
+                continue;
+            }
+            let in_module = module.contains(&page);
+            if memory
+                .mem()
+                .read_slice(&mut page_bytes, GuestAddress(page))
+                .is_err()
+            {
+                continue;
+            }
+            if in_module {
+                let offset = (page - module.start) as usize;
+                let original = artifact.get(offset..).unwrap_or_default();
+                let original = &original[..original.len().min(PAGE as usize)];
+                let unchanged = page_bytes[..original.len()] == *original
+                    && page_bytes[original.len()..].iter().all(|&b| b == 0);
+                if unchanged {
+                    continue;
+                }
+            }
+            match runs.last_mut() {
+                Some((start, bytes)) if *start + bytes.len() as u64 == page => {
+                    bytes.extend_from_slice(&page_bytes);
+                }
+                _ => runs.push((page, page_bytes.clone())),
+            }
+        }
+        Self {
+            size: memory.size(),
+            module,
+            runs,
+        }
+    }
+
+    /// Writes the saved pages into `memory`; false when a run lies outside it.
+    pub fn restore_into(&self, memory: &GuestMemory) -> bool {
+        self.runs.iter().all(|(start, bytes)| {
+            memory
+                .mem()
+                .write_slice(bytes, GuestAddress(*start))
+                .is_ok()
+        })
+    }
+}
