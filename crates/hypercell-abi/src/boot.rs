@@ -146,23 +146,28 @@ impl CpuFeatures {
     /// CMPXCHG16B.
     pub const CMPXCHG16B: u32 = 1 << 12;
 
+    /// Every feature by its wasmtime/`std_detect` name.
+    pub const NAMES: [(&'static str, u32); 13] = [
+        ("sse3", Self::SSE3),
+        ("ssse3", Self::SSSE3),
+        ("sse4.1", Self::SSE41),
+        ("sse4.2", Self::SSE42),
+        ("popcnt", Self::POPCNT),
+        ("bmi1", Self::BMI1),
+        ("bmi2", Self::BMI2),
+        ("lzcnt", Self::LZCNT),
+        ("avx", Self::AVX),
+        ("avx2", Self::AVX2),
+        ("fma", Self::FMA),
+        ("rdrand", Self::RDRAND),
+        ("cmpxchg16b", Self::CMPXCHG16B),
+    ];
+
     /// Maps a wasmtime/`std_detect` feature name to its bit.
     pub fn bit(name: &str) -> Option<u32> {
-        Some(match name {
-            "sse3" => Self::SSE3,
-            "ssse3" => Self::SSSE3,
-            "sse4.1" => Self::SSE41,
-            "sse4.2" => Self::SSE42,
-            "popcnt" => Self::POPCNT,
-            "bmi1" => Self::BMI1,
-            "bmi2" => Self::BMI2,
-            "lzcnt" => Self::LZCNT,
-            "avx" => Self::AVX,
-            "avx2" => Self::AVX2,
-            "fma" => Self::FMA,
-            "rdrand" => Self::RDRAND,
-            "cmpxchg16b" => Self::CMPXCHG16B,
-            _ => return None,
-        })
+        Self::NAMES
+            .iter()
+            .find(|(known, _)| *known == name)
+            .map(|&(_, bit)| bit)
     }
 }

@@ -22,7 +22,7 @@ use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, StopReason, Wake};
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK};
-use crate::persist::{CellSnapshot, MemoryImage, SnapshotError};
+use crate::persist::{CellSnapshot, MemoryImage, ModuleIdentity, SnapshotError};
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
 
@@ -465,7 +465,7 @@ fn start_cell(
     let (meter, denied_growth) = match snapshot {
         None => (OutputMeter::new(config.output_limit), 0),
         Some(snapshot) => {
-            restore_state(snapshot, &memory, &vcpu, &mut growth)?;
+            restore_state(snapshot, module, &memory, &vcpu, &mut growth)?;
             let saved = &snapshot.services;
             (
                 OutputMeter::resumed(config.output_limit, saved.output_written),
@@ -762,11 +762,15 @@ fn run_loop(
 /// of the same layout. Everything in it is checked: it is input from outside.
 fn restore_state(
     snapshot: &CellSnapshot,
+    module: &[u8],
     memory: &GuestMemory,
     vcpu: &Vcpu,
     growth: &mut MemoryGrowth<'_>,
 ) -> Result<(), CellError> {
     let bad = |what: &str| CellError::Snapshot(what.to_string());
+    if snapshot.module != ModuleIdentity::of(module) {
+        return Err(bad("it was taken of a cell running other compiled code"));
+    }
     if snapshot.memory.size != memory.size() {
         return Err(bad(
             "it was taken of a cell of another memory size (another module or memory limit)",
@@ -826,6 +830,7 @@ fn snapshot(
         module.bytes,
     );
     Ok(CellSnapshot {
+        module: ModuleIdentity::of(module.bytes),
         vcpu,
         services,
         memory,

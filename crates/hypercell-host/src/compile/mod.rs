@@ -199,6 +199,12 @@ impl Compiler {
         self.cpu_features
     }
 
+    /// The settings that shape compiled code: Hypercell and ABI version, CPU features
+    /// and the engine's compatibility hash.
+    pub fn fingerprint(&self) -> &str {
+        &self.fingerprint
+    }
+
     /// Reads, checks and compiles the module at `path` (binary or text), or loads its
     /// compiled code from the cache.
     pub fn compile_file(&self, path: &Path) -> Result<CompiledModule, CompileError> {

@@ -34,12 +34,34 @@ const PAGE: u64 = 4096;
 /// A cell's complete state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellSnapshot {
+    /// The compiled module the cell runs: a cell restored from the snapshot must run
+    /// the very same code.
+    pub module: ModuleIdentity,
     /// The vCPU.
     pub vcpu: VcpuState,
     /// The host's side of the cell.
     pub services: ServicesState,
     /// Guest memory.
     pub memory: MemoryImage,
+}
+
+/// Which compiled code a snapshot was taken of.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ModuleIdentity {
+    /// Length of the compiled artifact.
+    pub len: u64,
+    /// Its xxh3 checksum.
+    pub checksum: u64,
+}
+
+impl ModuleIdentity {
+    /// The identity of the compiled artifact `bytes`.
+    pub fn of(bytes: &[u8]) -> Self {
+        Self {
+            len: bytes.len() as u64,
+            checksum: xxhash_rust::xxh3::xxh3_64(bytes),
+        }
+    }
 }
 
 /// The host services' state.
