@@ -12,9 +12,11 @@ use hypercell_host::config::{
     DEFAULT_MEMORY_LIMIT, format_size, parse_duration, parse_env_var, parse_memory_size,
 };
 use hypercell_host::fs::parse_dir;
+use hypercell_host::persist::{SnapshotError, SnapshotFile};
 use hypercell_host::{
-    CacheStatus, CellConfig, CellControl, CellError, CellExit, CellPayload, CellStats, CellStdio,
-    CompileError, CompiledModule, Compiler, run_cell_with_control,
+    CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
+    CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler, restore_cell,
+    run_cell_with_control,
 };
 
 mod cache_command;
@@ -36,8 +38,23 @@ struct Cli {
 enum Command {
     /// Run a WebAssembly command program (WASI preview1) in a new cell.
     Run(RunArgs),
+    /// Go on running a cell from a snapshot written by `run --checkpoint`, with this
+    /// process's stdio.
+    Restore(RestoreArgs),
     /// Show where compiled code is cached, or empty the cache.
     Cache(cache_command::CacheArgs),
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// Stop the program after this much wall-clock time from the restore.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Print timings, exits and memory touched to stderr.
+    #[arg(long)]
+    stats: bool,
+    /// The snapshot file.
+    file: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -68,6 +85,10 @@ struct RunArgs {
     /// Print timings, exits, memory touched and the compile-cache outcome to stderr.
     #[arg(long)]
     stats: bool,
+    /// Write a snapshot of the running cell to FILE each time this process gets
+    /// SIGUSR1; the cell goes on. `hypercell restore FILE` runs on from it.
+    #[arg(long, value_name = "FILE")]
+    checkpoint: Option<PathBuf>,
     /// The module to run (binary `.wasm` or text `.wat`), or `-` to read it from stdin.
     module: PathBuf,
     /// Arguments passed to the program.
@@ -84,13 +105,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args, started),
+        Command::Restore(args) => restore(args, started),
         Command::Cache(args) => cache_command::run(args),
     }
 }
 
 fn run(args: RunArgs, started: Instant) -> ExitCode {
     let control = CellControl::new();
-    signals::forward_to(control.clone());
+    let checkpoint_action = signals::forward_to(control.clone());
     let preopens: Result<Vec<_>, _> = args
         .dirs
         .iter()
@@ -116,9 +138,13 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
         } else {
             compiler.compile_file(&args.module)?
         };
-        Ok((module, compiler.cpu_features()))
+        Ok((
+            module,
+            compiler.cpu_features(),
+            compiler.fingerprint().to_string(),
+        ))
     });
-    let (module, cpu_features) = match compiled {
+    let (module, cpu_features, engine) = match compiled {
         Ok(compiled) => compiled,
         Err(e) => return fail(&e),
     };
@@ -140,6 +166,19 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
             })
             .collect(),
     };
+    if let Some(path) = args.checkpoint {
+        let meta = SnapshotMeta {
+            module: args.module.clone(),
+            cpu_features,
+            engine,
+            config: config.clone(),
+        };
+        let control = control.clone();
+        *checkpoint_action
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) =
+            Some(Box::new(move || meta.checkpoint(&control, &path)));
+    }
     let payload = CellPayload::Wasm {
         module: &module,
         cpu_features,
@@ -150,6 +189,99 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
             print_stats(started, &module, stats, args.memory);
         }
     };
+    report(result, &args.module, config.memory_limit, report_stats)
+}
+
+/// What a snapshot file records beside the cell itself.
+struct SnapshotMeta {
+    module: PathBuf,
+    cpu_features: u32,
+    engine: String,
+    config: CellConfig,
+}
+
+impl SnapshotMeta {
+    /// Takes a snapshot of the cell `control` runs, writes it to `path` and lets the
+    /// cell go on; a snapshot that cannot be taken now is reported, and the cell goes
+    /// on all the same.
+    fn checkpoint(&self, control: &CellControl, path: &Path) {
+        let snapshot = match control.snapshot() {
+            Ok(snapshot) => snapshot,
+            Err(SnapshotError::NotRunning) => return,
+            Err(error) => {
+                control.resume();
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "hypercell: no checkpoint written: {error}"
+                );
+                return;
+            }
+        };
+        control.resume();
+        let file = SnapshotFile::new(
+            &self.module,
+            self.cpu_features,
+            &self.engine,
+            &self.config,
+            snapshot,
+        );
+        if let Err(error) = file.write_to(path) {
+            let _ = writeln!(
+                std::io::stderr(),
+                "hypercell: no checkpoint written: {error}"
+            );
+        }
+    }
+}
+
+fn restore(args: RestoreArgs, started: Instant) -> ExitCode {
+    let control = CellControl::new();
+    signals::forward_to(control.clone());
+    let file = match SnapshotFile::read_from(&args.file) {
+        Ok(file) => file,
+        Err(e) => return fail(&e),
+    };
+    let compiled = Compiler::new().and_then(|compiler| {
+        Ok((
+            compiler.compile_file(&file.module)?,
+            compiler.cpu_features(),
+            compiler.fingerprint().to_string(),
+        ))
+    });
+    let (module, cpu_features, engine) = match compiled {
+        Ok(compiled) => compiled,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = file.check_host(&args.file, cpu_features, &engine) {
+        return fail(&e);
+    }
+    let config = file.config(args.timeout);
+    let payload = CellPayload::Wasm {
+        module: &module,
+        cpu_features: file.cpu_features,
+    };
+    let result = restore_cell(
+        &config,
+        payload,
+        &file.snapshot,
+        CellStdio::inherit(),
+        &control,
+    );
+    let report_stats = |stats: Option<&CellStats>| {
+        if args.stats {
+            print_stats(started, &module, stats, file.memory_limit);
+        }
+    };
+    report(result, &file.module, config.memory_limit, report_stats)
+}
+
+/// The exit status and messages for how a cell ended.
+fn report(
+    result: Result<CellReport, CellFailure>,
+    module: &Path,
+    memory_limit: u64,
+    report_stats: impl Fn(Option<&CellStats>),
+) -> ExitCode {
     match result {
         Ok(report) => {
             report_stats(Some(&report.stats));
@@ -160,7 +292,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
                     let _ = writeln!(
                         std::io::stderr(),
                         "Error: failed to run main module `{}`\n\n{trap}",
-                        args.module.display()
+                        module.display()
                     );
                     ExitCode::from(TRAP_EXIT_STATUS)
                 }
@@ -171,7 +303,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
                     std::io::stderr(),
                     "note: the program was refused a linear memory of {} by the cell's memory limit of {}; raise it with --memory",
                     format_size(bytes),
-                    format_size(config.memory_limit)
+                    format_size(memory_limit)
                 );
             }
             status

@@ -1,8 +1,10 @@
 //! Ending a cell on SIGINT, SIGTERM or SIGHUP without losing its output: the signals
 //! are blocked in every thread and taken by one thread of their own, which stops the
 //! running cell; once the cell's output is delivered, the process dies of the same
-//! signal, so whoever started it sees the status it expects.
+//! signal, so whoever started it sees the status it expects. With `--checkpoint`,
+//! SIGUSR1 is taken the same way and writes a snapshot.
 
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread;
 
 use hypercell_host::{CellControl, StopReason};
@@ -18,14 +20,22 @@ fn signal_set() -> libc::sigset_t {
         for signal in SIGNALS {
             libc::sigaddset(&mut set, signal);
         }
+        libc::sigaddset(&mut set, libc::SIGUSR1);
         set
     }
 }
 
+/// What SIGUSR1 does once a cell runs with `--checkpoint`.
+pub type Checkpoint = Arc<Mutex<Option<Box<dyn Fn() + Send>>>>;
+
 /// Blocks the signals in this thread (and so in every thread it starts later) and
 /// starts the thread that takes them: a signal stops the cell `control` runs, or ends
-/// the process at once when no cell is running. Call it before starting any thread.
-pub fn forward_to(control: CellControl) {
+/// the process at once when no cell is running; SIGUSR1 runs the returned checkpoint
+/// once one is set, and otherwise ends the process as it would have. Call it first
+/// thing: a thread started before it (a compiler's) would take the signals instead.
+pub fn forward_to(control: CellControl) -> Checkpoint {
+    let checkpoint: Checkpoint = Arc::default();
+    let action = checkpoint.clone();
     let set = signal_set();
     // SAFETY: the set is initialised; blocking signals in the calling thread has no
     // other precondition.
@@ -39,12 +49,18 @@ pub fn forward_to(control: CellControl) {
                 if unsafe { libc::sigwait(&set, &mut signal) } != 0 {
                     continue;
                 }
-                if !control.stop(StopReason::Signal(signal)) {
+                if signal == libc::SIGUSR1 {
+                    match &*action.lock().unwrap_or_else(PoisonError::into_inner) {
+                        Some(checkpoint) => checkpoint(),
+                        None => die_of(signal),
+                    }
+                } else if !control.stop(StopReason::Signal(signal)) {
                     die_of(signal);
                 }
             }
         })
         .expect("the host can start a thread for signals");
+    checkpoint
 }
 
 /// Ends the process as `signal` would have, had it not been caught.

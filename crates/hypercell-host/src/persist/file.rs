@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::snapshot::CellSnapshot;
+use crate::config::CellConfig;
 
 /// First bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"HYPCSNAP";
@@ -104,6 +105,57 @@ pub enum SnapshotFileError {
 }
 
 impl SnapshotFile {
+    /// A snapshot file for `snapshot`, of a cell that ran `module` (compiled for
+    /// `cpu_features` by a compiler with settings `engine`) with `config`. Paths are
+    /// made absolute, so that the file can be restored from anywhere.
+    pub fn new(
+        module: &Path,
+        cpu_features: u32,
+        engine: &str,
+        config: &CellConfig,
+        snapshot: CellSnapshot,
+    ) -> Self {
+        let absolute =
+            |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.to_path_buf());
+        Self {
+            hypercell_version: env!("CARGO_PKG_VERSION").into(),
+            abi_version: hypercell_abi::ABI_VERSION,
+            cpu_features,
+            engine: engine.into(),
+            module: absolute(module),
+            args: config.args.clone(),
+            env: config.env.clone(),
+            preopens: config
+                .preopens
+                .iter()
+                .map(|p| (absolute(&p.host), p.guest.clone(), p.read_only))
+                .collect(),
+            memory_limit: config.memory_limit,
+            output_limit: config.output_limit,
+            snapshot,
+        }
+    }
+
+    /// The configuration to restore the cell with: the saved one, with `timeout`.
+    pub fn config(&self, timeout: Option<std::time::Duration>) -> CellConfig {
+        CellConfig {
+            memory_limit: self.memory_limit,
+            timeout,
+            output_limit: self.output_limit,
+            args: self.args.clone(),
+            env: self.env.clone(),
+            preopens: self
+                .preopens
+                .iter()
+                .map(|(host, guest, read_only)| crate::fs::Preopen {
+                    host: host.clone(),
+                    guest: guest.clone(),
+                    read_only: *read_only,
+                })
+                .collect(),
+        }
+    }
+
     /// Checks that the snapshot at `path` can run on this host, whose compiler uses
     /// `cpu_features` and has settings `engine`.
     pub fn check_host(
@@ -301,6 +353,7 @@ mod tests {
                     size: 16 << 20,
                     module: 0x40_0000..0x40_1000,
                     runs: vec![(0x40_0000, vec![1; 4096])],
+                    zero_runs: vec![(0x80_0000, 0x2000)],
                 },
             },
         }

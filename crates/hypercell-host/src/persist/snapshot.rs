@@ -100,6 +100,8 @@ pub struct MemoryImage {
     pub module: Range<u64>,
     /// Runs of saved pages: guest-physical address and contents.
     pub runs: Vec<(u64, Vec<u8>)>,
+    /// Runs of backed pages that hold only zeros: address and length.
+    pub zero_runs: Vec<(u64, u64)>,
 }
 
 impl MemoryImage {
@@ -107,6 +109,7 @@ impl MemoryImage {
     /// the mapped module (at `module`) that still equal `artifact`.
     pub fn capture(memory: &GuestMemory, mapped: u64, module: Range<u64>, artifact: &[u8]) -> Self {
         let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut zero_runs: Vec<(u64, u64)> = Vec::new();
         let mut page_bytes = vec![0u8; PAGE as usize];
         for page in (0..mapped.min(memory.size())).step_by(PAGE as usize) {
             // A page never backed holds zeros (and one of the module that the guest
@@ -132,6 +135,13 @@ impl MemoryImage {
                     continue;
                 }
             }
+            if page_bytes.iter().all(|&b| b == 0) {
+                match zero_runs.last_mut() {
+                    Some((start, len)) if *start + *len == page => *len += PAGE,
+                    _ => zero_runs.push((page, PAGE)),
+                }
+                continue;
+            }
             match runs.last_mut() {
                 Some((start, bytes)) if *start + bytes.len() as u64 == page => {
                     bytes.extend_from_slice(&page_bytes);
@@ -143,16 +153,30 @@ impl MemoryImage {
             size: memory.size(),
             module,
             runs,
+            zero_runs,
         }
     }
 
     /// Writes the saved pages into `memory`; false when a run lies outside it.
     pub fn restore_into(&self, memory: &GuestMemory) -> bool {
-        self.runs.iter().all(|(start, bytes)| {
-            memory
-                .mem()
-                .write_slice(bytes, GuestAddress(*start))
-                .is_ok()
-        })
+        let zeros = [0u8; PAGE as usize];
+        let zeroed = self.zero_runs.iter().all(|&(start, len)| {
+            let end = start.checked_add(len).filter(|&end| end <= memory.size());
+            end.is_some()
+                && (start..start + len).step_by(PAGE as usize).all(|page| {
+                    let len = PAGE.min(start + len - page) as usize;
+                    memory
+                        .mem()
+                        .write_slice(&zeros[..len], GuestAddress(page))
+                        .is_ok()
+                })
+        });
+        zeroed
+            && self.runs.iter().all(|(start, bytes)| {
+                memory
+                    .mem()
+                    .write_slice(bytes, GuestAddress(*start))
+                    .is_ok()
+            })
     }
 }
