@@ -37,6 +37,10 @@ pub const RESULT_OFFSET: u64 = core::mem::offset_of!(HypercallRequest, result) a
 /// WASI's `nomem` errno, negated in a result when memory cannot grow.
 pub const ERRNO_NOMEM: i64 = 48;
 
+/// The result of a call the host abandoned before it did anything (a blocked read or
+/// write, when a snapshot was asked for): the guest makes the same call again.
+pub const RESULT_RESTART: i64 = i64::MIN;
+
 /// A scatter/gather element: `len` bytes at guest-physical address `addr`.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

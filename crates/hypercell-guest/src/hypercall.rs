@@ -3,6 +3,7 @@
 use core::arch::asm;
 use core::sync::atomic::{AtomicPtr, Ordering};
 
+use hypercell_abi::hypercall::RESULT_RESTART;
 use hypercell_abi::layout::HYPERCALL_PORT;
 use hypercell_abi::{BootInfo, Hypercall, HypercallRequest};
 
@@ -15,18 +16,25 @@ pub fn init(boot: &BootInfo) {
     );
 }
 
-/// Performs `call` and returns the host's result (negative: a WASI errno).
+/// Performs `call` and returns the host's result (negative: a WASI errno). A call the
+/// host abandoned before doing anything (to take a snapshot) is made again.
 pub fn call(call: Hypercall, args: [u64; 6]) -> i64 {
     let request = REQUEST.load(Ordering::Relaxed);
-    // SAFETY: the host reserved the request block for this purpose in user memory and
-    // the guest is single-threaded, so nothing else aliases it. The `out` exits to the
-    // host, which reads the block and writes `result` before the vCPU resumes; the asm
-    // block is not `nomem`, so the compiler keeps the accesses on either side of it.
-    unsafe {
-        request.write_volatile(HypercallRequest::new(call, args));
-        asm!("out dx, eax", in("dx") HYPERCALL_PORT, in("eax") request as u32,
-             options(nostack, preserves_flags));
-        core::ptr::addr_of!((*request).result).read_volatile()
+    loop {
+        // SAFETY: the host reserved the request block for this purpose in user memory
+        // and the guest is single-threaded, so nothing else aliases it. The `out` exits
+        // to the host, which reads the block and writes `result` before the vCPU
+        // resumes; the asm block is not `nomem`, so the compiler keeps the accesses on
+        // either side of it.
+        let result = unsafe {
+            request.write_volatile(HypercallRequest::new(call, args));
+            asm!("out dx, eax", in("dx") HYPERCALL_PORT, in("eax") request as u32,
+                 options(nostack, preserves_flags));
+            core::ptr::addr_of!((*request).result).read_volatile()
+        };
+        if result != RESULT_RESTART {
+            return result;
+        }
     }
 }
 

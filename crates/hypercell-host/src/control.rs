@@ -161,25 +161,40 @@ impl CellControl {
         self.state().parked
     }
 
-    /// On the vCPU thread, inside a blocking call: parks while paused, handing over
-    /// nothing (output was delivered before the call) and refusing snapshots, which
-    /// cannot be taken in the middle of a host call.
-    pub(crate) fn park_in_call(&self) {
-        self.park_while_paused(|request| {
-            if let ParkRequest::Snapshot(reply) = request {
-                let _ = reply.send(Err(SnapshotError::InBlockingCall));
-            }
-        });
+    /// On the vCPU thread, inside a blocking call: parks while paused. Output was
+    /// delivered before the call, so none is handed over. When a snapshot is asked for,
+    /// a `restartable` call (a read or write that has moved nothing yet) returns true to
+    /// be abandoned, so that the snapshot is taken between exits and the guest makes
+    /// the call again; any other call refuses the snapshot.
+    pub(crate) fn park_in_call(&self, restartable: bool) -> bool {
+        self.park(
+            |request| {
+                if let ParkRequest::Snapshot(reply) = request {
+                    let _ = reply.send(Err(SnapshotError::InBlockingCall));
+                }
+            },
+            restartable,
+        )
     }
 
     /// On the vCPU thread: parks while a pause is asked for and no stop, passing what
     /// is asked of it meanwhile (output, a snapshot) to `serve`.
-    pub(crate) fn park_while_paused(&self, mut serve: impl FnMut(ParkRequest)) {
+    pub(crate) fn park_while_paused(&self, serve: impl FnMut(ParkRequest)) {
+        self.park(serve, false);
+    }
+
+    /// Parks as [`Self::park_while_paused`]; with `leave_for_snapshot`, returns true as
+    /// soon as a snapshot is asked for, leaving the request for the next park.
+    fn park(&self, mut serve: impl FnMut(ParkRequest), leave_for_snapshot: bool) -> bool {
         if !self.inner.pausing.load(Ordering::SeqCst) {
-            return;
+            return false;
         }
         let mut state = self.state();
         while state.pause && state.stop.is_none() {
+            if leave_for_snapshot && state.snapshot.is_some() {
+                state.parked = false;
+                return true;
+            }
             if !state.parked {
                 state.parked = true;
                 self.inner.changed.notify_all();
@@ -203,6 +218,7 @@ impl CellControl {
                 .unwrap_or_else(PoisonError::into_inner);
         }
         state.parked = false;
+        false
     }
 
     /// The stop requested so far, if any.

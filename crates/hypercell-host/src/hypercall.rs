@@ -6,7 +6,9 @@
 
 use std::time::{Duration, Instant};
 
-use hypercell_abi::hypercall::{ERRNO_NOMEM, FailureKind, MAX_IOVECS, RESULT_OFFSET};
+use hypercell_abi::hypercall::{
+    ERRNO_NOMEM, FailureKind, MAX_IOVECS, RESULT_OFFSET, RESULT_RESTART,
+};
 use hypercell_abi::layout::LARGE_PAGE_SIZE;
 use hypercell_abi::{ABI_VERSION, FileOp, Hypercall, HypercallRequest, OutputBuffer};
 use vm_memory::{Address, Bytes, GuestAddress};
@@ -423,7 +425,7 @@ impl Services<'_> {
                 libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &request, std::ptr::null_mut())
             };
             // A pause parks the sleeper; the sleep ends on time whatever the pause took.
-            self.control.park_in_call();
+            self.control.park_in_call(false);
         }
     }
 
@@ -486,6 +488,8 @@ impl Services<'_> {
                     }
                 }
                 Err(_) if total > 0 => break,
+                // Abandoned before anything moved, for a snapshot: the guest asks again.
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => return Ok(RESULT_RESTART),
                 Err(e) => return Ok(-i64::from(errno_of(&e))),
             }
         }

@@ -228,7 +228,9 @@ pub(crate) fn write_guest_to(
                 {
                     return Err(error);
                 }
-                control.park_in_call();
+                if control.park_in_call(done == 0) {
+                    return Err(io::ErrorKind::Interrupted.into());
+                }
             }
         }
     }
@@ -270,7 +272,9 @@ pub(crate) fn read_guest_from(
         if error.kind() != io::ErrorKind::Interrupted || control.stop_requested().is_some() {
             return Err(error);
         }
-        control.park_in_call();
+        if control.park_in_call(true) {
+            return Err(io::ErrorKind::Interrupted.into());
+        }
     }
 }
 

@@ -15,9 +15,10 @@ pub enum SnapshotError {
     /// No cell is running to take it from.
     #[error("the cell is not running, so no snapshot can be taken")]
     NotRunning,
-    /// The vCPU is inside a host call that cannot be taken apart yet.
+    /// The vCPU is inside a host call that cannot be abandoned and made again: a sleep,
+    /// or a write that has delivered part of its bytes.
     #[error(
-        "the cell is waiting in a blocking call (a read, a write or a sleep); try again once it is computing"
+        "the cell is in the middle of a sleep or of a write to a slow reader; try again in a moment"
     )]
     InBlockingCall,
     /// Its descriptors could not be saved.
