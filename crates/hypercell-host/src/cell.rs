@@ -436,9 +436,7 @@ fn start_cell(
         output_addr: layout.output,
         phases_addr: layout.phases,
         tsc_khz,
-        realtime_ns: SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_nanos() as u64),
+        realtime_ns: realtime_ns(),
         monotonic_ns: monotonic_ns(),
         stdio_kinds: stdio.kinds(),
         reserved: [0; 5],
@@ -800,8 +798,27 @@ fn restore_state(
     if !snapshot.memory.restore_into(memory) {
         return Err(bad("it holds memory outside the cell"));
     }
-    vcpu.restore_state(&snapshot.vcpu)?;
+    // The guest's clocks run on its time-stamp counter: move it on by the time since
+    // the snapshot, so that realtime is current and monotonic time keeps going. (On
+    // PVM the guest reads the host's counter natively, which has moved on by itself.)
+    let mut state = snapshot.vcpu.clone();
+    let since_ns = realtime_ns().saturating_sub(snapshot.taken_at_ns);
+    let ticks = u128::from(since_ns) * u128::from(vcpu.tsc_khz()?) / 1_000_000;
+    for msr in state.msrs.iter_mut().filter(|msr| msr.index == IA32_TSC) {
+        msr.data = msr.data.wrapping_add(ticks as u64);
+    }
+    vcpu.restore_state(&state)?;
     Ok(())
+}
+
+/// The time-stamp counter's model-specific register.
+const IA32_TSC: u32 = 0x10;
+
+/// Nanoseconds since the Unix epoch, now.
+fn realtime_ns() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Where the compiled module lies in guest memory, and its bytes, which a snapshot
@@ -831,6 +848,7 @@ fn snapshot(
     );
     Ok(CellSnapshot {
         module: ModuleIdentity::of(module.bytes),
+        taken_at_ns: realtime_ns(),
         vcpu,
         services,
         memory,

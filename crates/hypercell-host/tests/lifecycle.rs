@@ -334,3 +334,41 @@ fn a_snapshot_of_a_cell_blocked_reading_stdin_reads_again_in_the_new_cell() {
     assert_eq!(cell.finish().unwrap().exit, CellExit::Exited(0));
     assert_eq!(restore_with_stdin(&module, &snapshot, b"z"), b"z");
 }
+
+#[test]
+fn a_restored_cell_keeps_realtime_current() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    // Writes "?", waits for a byte of stdin, then writes the realtime clock.
+    let clock = program(
+        r#"
+        (i32.store8 (i32.const 1024) (i32.const 63))
+        (call $emit (i32.const 1024) (i32.const 1))
+        (i32.store (i32.const 0) (i32.const 1024))
+        (i32.store (i32.const 4) (i32.const 1))
+        (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+        (drop (call $clock_time_get (i32.const 0) (i64.const 1) (i32.const 1040)))
+        (call $emit64 (i64.load (i32.const 1040)))"#,
+    );
+    let module = compile(&clock);
+    let mut cell = start_compiled(compile(&clock));
+    assert_eq!(cell.read(1), b"?");
+    let snapshot = cell.control.snapshot().unwrap();
+    cell.control.stop(StopReason::Signal(15));
+    let _ = cell.finish();
+    // Time passes between the snapshot and the restore, as it does between processes.
+    thread::sleep(WATCH);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let output = restore_with_stdin(&module, &snapshot, b"x");
+    let realtime = u64::from_le_bytes(output[..8].try_into().unwrap());
+    // Coarse clock ticks aside, the guest's realtime is not behind the host's.
+    assert!(
+        realtime + 10_000_000 >= before,
+        "the restored cell's realtime is {} ms behind",
+        (before - realtime) / 1_000_000
+    );
+}

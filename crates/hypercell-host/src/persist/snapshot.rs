@@ -38,6 +38,9 @@ pub struct CellSnapshot {
     /// The compiled module the cell runs: a cell restored from the snapshot must run
     /// the very same code.
     pub module: ModuleIdentity,
+    /// When it was taken, in nanoseconds since the Unix epoch: a restored cell's clock
+    /// moves on by the time since, so its realtime is current.
+    pub taken_at_ns: u64,
     /// The vCPU.
     pub vcpu: VcpuState,
     /// The host's side of the cell.
