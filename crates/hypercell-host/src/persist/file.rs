@@ -327,6 +327,7 @@ mod tests {
                     len: 10,
                     checksum: 7,
                 },
+                taken_at_ns: 1,
                 vcpu: VcpuState {
                     regs: Default::default(),
                     sregs: Default::default(),
