@@ -1,0 +1,164 @@
+//! Restoring a cell from an in-memory snapshot, in-process: the time from asking for a
+//! new cell from the snapshot to its first guest instruction, and to its end, over many
+//! restores, beside booting the same program afresh. The snapshot is of a program
+//! blocked reading stdin (printed `ready`, waiting for a line), so each restored cell
+//! reads its own stdin and exits.
+//!
+//! `cargo bench -p hypercell --bench restore` (`HYPERCELL_BENCH_RUNS` sets the count,
+//! default 200). Prints a markdown table of p50 and p99.
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::fs::File;
+use std::io::{Seek, Write};
+use std::os::fd::AsFd;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use hypercell_host::persist::CellSnapshot;
+use hypercell_host::{
+    CellConfig, CellControl, CellPayload, CellReport, CellStdio, CompiledModule, Compiler,
+    restore_cell, run_cell_with_control,
+};
+use support::count_from_env;
+
+/// Prints `ready`, reads a line, exits.
+const WAITER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (data (i32.const 64) "ready\n")
+  (func (export "_start")
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 6))
+    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i32.store (i32.const 0) (i32.const 128))
+    (i32.store (i32.const 4) (i32.const 64))
+    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+
+fn stdin_with(text: &[u8]) -> File {
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(text).unwrap();
+    file.rewind().unwrap();
+    file
+}
+
+fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Takes the snapshot: runs the program until it waits for stdin.
+fn take_snapshot(module: &CompiledModule, cpu_features: u32) -> CellSnapshot {
+    let [reader, writer] = {
+        let mut fds = [0; 2];
+        // SAFETY: pipe writes two new descriptors, owned from here on.
+        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+        // SAFETY: as above.
+        fds.map(|fd| unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+    };
+    let null = File::options().write(true).open("/dev/null").unwrap();
+    let control = CellControl::new();
+    let (snapshot_sender, snapshot) = mpsc::channel();
+    std::thread::scope(|scope| {
+        let control_for_snapshot = control.clone();
+        scope.spawn(move || {
+            // Wait until the cell runs, then until it is blocked reading.
+            while !control_for_snapshot.pause() {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            control_for_snapshot.resume();
+            let taken = loop {
+                std::thread::sleep(Duration::from_millis(20));
+                if let Ok(snapshot) = control_for_snapshot.snapshot() {
+                    break snapshot;
+                }
+                control_for_snapshot.resume();
+            };
+            snapshot_sender.send(taken).unwrap();
+            control_for_snapshot.stop(hypercell_host::StopReason::Signal(15));
+        });
+        let stdio = CellStdio {
+            stdin: reader.as_fd(),
+            stdout: null.as_fd(),
+            stderr: null.as_fd(),
+        };
+        let payload = CellPayload::Wasm {
+            module,
+            cpu_features,
+        };
+        let _ = run_cell_with_control(&CellConfig::default(), payload, stdio, &control);
+    });
+    drop(writer);
+    snapshot.recv().unwrap()
+}
+
+fn main() {
+    let runs = count_from_env("HYPERCELL_BENCH_RUNS", 200);
+    let work = tempfile::tempdir().unwrap();
+    let compiler = Compiler::with_cache_dir(Some(work.path().join("cache"))).unwrap();
+    let path = work.path().join("waiter.wat");
+    std::fs::write(&path, WAITER).unwrap();
+    let module = compiler.compile_file(&path).unwrap();
+    let cpu_features = compiler.cpu_features();
+    let snapshot = take_snapshot(&module, cpu_features);
+    let null = File::options().write(true).open("/dev/null").unwrap();
+    let payload = CellPayload::Wasm {
+        module: &module,
+        cpu_features,
+    };
+    let mut restored = (Vec::new(), Vec::new());
+    let mut booted = (Vec::new(), Vec::new());
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let record = |times: &mut (Vec<f64>, Vec<f64>), report: CellReport, started: Instant| {
+        times
+            .0
+            .push(ms(report.stats.first_entry - report.stats.started));
+        times.1.push(ms(started.elapsed()));
+    };
+    for _ in 0..runs {
+        let stdin = stdin_with(b"go\n");
+        let stdio = CellStdio {
+            stdin: stdin.as_fd(),
+            stdout: null.as_fd(),
+            stderr: null.as_fd(),
+        };
+        let started = Instant::now();
+        let report = restore_cell(
+            &CellConfig::default(),
+            payload,
+            &snapshot,
+            stdio,
+            &CellControl::new(),
+        )
+        .unwrap();
+        record(&mut restored, report, started);
+        let stdin = stdin_with(b"go\n");
+        let stdio = CellStdio {
+            stdin: stdin.as_fd(),
+            stdout: null.as_fd(),
+            stderr: null.as_fd(),
+        };
+        let started = Instant::now();
+        let report =
+            run_cell_with_control(&CellConfig::default(), payload, stdio, &CellControl::new())
+                .unwrap();
+        record(&mut booted, report, started);
+    }
+    println!("## Restore from an in-memory snapshot, in-process ({runs} each, interleaved)\n");
+    println!("| | to first instruction p50 (ms) | p99 (ms) | to exit p50 (ms) | p99 (ms) |");
+    println!("|---|---:|---:|---:|---:|");
+    for (name, (first, total)) in [
+        ("restored from the snapshot", restored),
+        ("booted afresh", booted),
+    ] {
+        println!(
+            "| {name} | {:.3} | {:.3} | {:.3} | {:.3} |",
+            percentile(first.clone(), 0.5),
+            percentile(first, 0.99),
+            percentile(total.clone(), 0.5),
+            percentile(total, 0.99)
+        );
+    }
+}
