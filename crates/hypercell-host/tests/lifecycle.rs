@@ -19,6 +19,17 @@ use hypercell_host::{
     CompiledModule, Compiler, StopReason, restore_cell, run_cell_with_control,
 };
 
+/// Writes "?", then reads a byte of stdin into address 1024.
+const PROMPT_AND_READ: &str = r#"
+    (i32.store8 (i32.const 1024) (i32.const 63))
+    (call $emit (i32.const 1024) (i32.const 1))
+    (i32.store (i32.const 0) (i32.const 1024))
+    (i32.store (i32.const 4) (i32.const 1))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))"#;
+
+/// Writes back the byte read.
+const ECHO_BYTE: &str = "(call $emit (i32.const 1024) (i32.const 1))";
+
 /// How long a test watches a paused cell for signs of life.
 const WATCH: Duration = Duration::from_millis(200);
 /// Longest a test waits for an event that should come at once.
@@ -186,15 +197,7 @@ fn a_resumed_cell_goes_on_where_it_stopped() {
 #[test]
 fn a_cell_blocked_reading_stdin_pauses_and_reads_only_once_resumed() {
     // Writes "?", reads a byte and writes it back.
-    let echo = program(
-        r#"
-        (i32.store8 (i32.const 1024) (i32.const 63))
-        (call $emit (i32.const 1024) (i32.const 1))
-        (i32.store (i32.const 0) (i32.const 1024))
-        (i32.store (i32.const 4) (i32.const 1))
-        (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-        (call $emit (i32.const 1024) (i32.const 1))"#,
-    );
+    let echo = program(&format!("{PROMPT_AND_READ}{ECHO_BYTE}"));
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -312,15 +315,7 @@ fn a_snapshot_of_a_cell_blocked_reading_stdin_reads_again_in_the_new_cell() {
     let _serial = SERIAL
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    let echo = program(
-        r#"
-        (i32.store8 (i32.const 1024) (i32.const 63))
-        (call $emit (i32.const 1024) (i32.const 1))
-        (i32.store (i32.const 0) (i32.const 1024))
-        (i32.store (i32.const 4) (i32.const 1))
-        (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-        (call $emit (i32.const 1024) (i32.const 1))"#,
-    );
+    let echo = program(&format!("{PROMPT_AND_READ}{ECHO_BYTE}"));
     let module = compile(&echo);
     let mut cell = start_compiled(compile(&echo));
     assert_eq!(cell.read(1), b"?");
@@ -341,16 +336,11 @@ fn a_restored_cell_keeps_realtime_current() {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     // Writes "?", waits for a byte of stdin, then writes the realtime clock.
-    let clock = program(
-        r#"
-        (i32.store8 (i32.const 1024) (i32.const 63))
-        (call $emit (i32.const 1024) (i32.const 1))
-        (i32.store (i32.const 0) (i32.const 1024))
-        (i32.store (i32.const 4) (i32.const 1))
-        (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-        (drop (call $clock_time_get (i32.const 0) (i64.const 1) (i32.const 1040)))
-        (call $emit64 (i64.load (i32.const 1040)))"#,
-    );
+    let clock = program(&format!(
+        "{PROMPT_AND_READ}{}",
+        r#"(drop (call $clock_time_get (i32.const 0) (i64.const 1) (i32.const 1040)))
+            (call $emit64 (i64.load (i32.const 1040)))"#
+    ));
     let module = compile(&clock);
     let mut cell = start_compiled(compile(&clock));
     assert_eq!(cell.read(1), b"?");

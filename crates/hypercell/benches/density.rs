@@ -11,25 +11,11 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{count_from_env, find_wasmtime, wasmtime_compile};
+use support::{WAITER as IDLE, count_from_env, find_wasmtime, wasmtime_compile};
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-
-const IDLE: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 64) "ready\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 6))
-    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-    ;; block until stdin closes
-    (i32.store (i32.const 0) (i32.const 128))
-    (i32.store (i32.const 4) (i32.const 64))
-    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
 
 /// `Key:   1234 kB` from a /proc file, in KiB.
 fn proc_kib(text: &str, key: &str) -> u64 {

@@ -21,27 +21,22 @@ use hypercell_host::{
     CellConfig, CellControl, CellPayload, CellReport, CellStdio, CompiledModule, Compiler,
     restore_cell, run_cell_with_control,
 };
-use support::count_from_env;
-
-/// Prints `ready`, reads a line, exits.
-const WAITER: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
-  (memory (export "memory") 1)
-  (data (i32.const 64) "ready\n")
-  (func (export "_start")
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 6))
-    (drop (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (i32.store (i32.const 0) (i32.const 128))
-    (i32.store (i32.const 4) (i32.const 64))
-    (drop (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))))"#;
+use support::{WAITER, count_from_env};
 
 fn stdin_with(text: &[u8]) -> File {
     let mut file = tempfile::tempfile().unwrap();
     file.write_all(text).unwrap();
     file.rewind().unwrap();
     file
+}
+
+/// `stdin` with output thrown away.
+fn stdio_over<'a>(stdin: &'a File, null: &'a File) -> CellStdio<'a> {
+    CellStdio {
+        stdin: stdin.as_fd(),
+        stdout: null.as_fd(),
+        stderr: null.as_fd(),
+    }
 }
 
 fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
@@ -119,31 +114,27 @@ fn main() {
     };
     for _ in 0..runs {
         let stdin = stdin_with(b"go\n");
-        let stdio = CellStdio {
-            stdin: stdin.as_fd(),
-            stdout: null.as_fd(),
-            stderr: null.as_fd(),
-        };
         let started = Instant::now();
+        let config = CellConfig::default();
+        let control = CellControl::new();
         let report = restore_cell(
-            &CellConfig::default(),
+            &config,
             payload,
             &snapshot,
-            stdio,
-            &CellControl::new(),
+            stdio_over(&stdin, &null),
+            &control,
         )
         .unwrap();
         record(&mut restored, report, started);
         let stdin = stdin_with(b"go\n");
-        let stdio = CellStdio {
-            stdin: stdin.as_fd(),
-            stdout: null.as_fd(),
-            stderr: null.as_fd(),
-        };
         let started = Instant::now();
-        let report =
-            run_cell_with_control(&CellConfig::default(), payload, stdio, &CellControl::new())
-                .unwrap();
+        let report = run_cell_with_control(
+            &config,
+            payload,
+            stdio_over(&stdin, &null),
+            &CellControl::new(),
+        )
+        .unwrap();
         record(&mut booted, report, started);
     }
     println!("## Restore from an in-memory snapshot, in-process ({runs} each, interleaved)\n");

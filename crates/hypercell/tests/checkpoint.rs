@@ -38,27 +38,22 @@ fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
     receiver
 }
 
-#[test]
-fn a_checkpoint_goes_on_in_a_new_process_with_no_byte_lost_or_repeated() {
-    let wasm = c_program("progress");
-    let data = data_dir();
-    let snapshot = data.path().join("../checkpoint.snap");
-    let snapshot = std::path::absolute(&snapshot).unwrap();
-    let dir = format!("{}::data", data.path().display());
-    let mut child = hypercell(&scratch().join("cache"))
+/// Starts `progress` with `data` preopened and checkpointing to `snapshot`.
+fn run_checkpointed(data: &Path, snapshot: &Path, stderr: Stdio) -> Child {
+    let dir = format!("{}::data", data.display());
+    hypercell(&scratch().join("cache"))
         .args(["run", "--dir", &dir, "--checkpoint"])
-        .arg(&snapshot)
-        .arg(&wasm)
+        .arg(snapshot)
+        .arg(c_program("progress"))
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stderr(stderr)
         .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
-    let mut original = Vec::new();
-    for _ in 0..5 {
-        original.push(lines.recv_timeout(PATIENCE).unwrap());
-    }
+        .unwrap()
+}
+
+/// Sends SIGUSR1 to `child` and waits for the snapshot file it writes.
+fn checkpoint(child: &Child, snapshot: &Path) {
     // SAFETY: kill sends a signal to the child this test started and still owns.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
     let deadline = Instant::now() + PATIENCE;
@@ -66,6 +61,19 @@ fn a_checkpoint_goes_on_in_a_new_process_with_no_byte_lost_or_repeated() {
         assert!(Instant::now() < deadline, "no snapshot was written");
         std::thread::sleep(Duration::from_millis(10));
     }
+}
+
+#[test]
+fn a_checkpoint_goes_on_in_a_new_process_with_no_byte_lost_or_repeated() {
+    let data = data_dir();
+    let snapshot = std::path::absolute(data.path().join("../checkpoint.snap")).unwrap();
+    let mut child = run_checkpointed(data.path(), &snapshot, Stdio::piped());
+    let lines = lines_of(&mut child);
+    let mut original = Vec::new();
+    for _ in 0..5 {
+        original.push(lines.recv_timeout(PATIENCE).unwrap());
+    }
+    checkpoint(&child, &snapshot);
     original.extend(lines.iter());
     let status = child.wait().unwrap();
     assert!(status.success());
@@ -111,27 +119,12 @@ fn broken_snapshots_and_missing_directories_get_one_sentence() {
     );
 
     // A snapshot whose preopened directory is gone.
-    let wasm = c_program("progress");
     let data = data_dir();
     let snapshot = scratch_dir.path().join("moved.snap");
-    let dir = format!("{}::data", data.path().display());
-    let mut child = hypercell(&scratch().join("cache"))
-        .args(["run", "--dir", &dir, "--checkpoint"])
-        .arg(&snapshot)
-        .arg(&wasm)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = run_checkpointed(data.path(), &snapshot, Stdio::null());
     let lines = lines_of(&mut child);
     lines.recv_timeout(PATIENCE).unwrap();
-    // SAFETY: kill sends a signal to the child this test started and still owns.
-    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
-    let deadline = Instant::now() + PATIENCE;
-    while !snapshot.exists() {
-        assert!(Instant::now() < deadline, "no snapshot was written");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    checkpoint(&child, &snapshot);
     child.kill().unwrap();
     child.wait().unwrap();
     let gone = data.path().to_path_buf();
