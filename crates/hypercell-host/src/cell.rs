@@ -262,7 +262,11 @@ pub fn run_cell_with_control(
     stdio: CellStdio<'_>,
     control: &CellControl,
 ) -> Result<CellReport, CellFailure> {
-    start_cell(config, payload, stdio, control, None)
+    control.begin();
+    let result = start_cell(config, payload, stdio, control, None);
+    // However the cell ended, even before its vCPU ran: nobody waits on it any more.
+    control.finish();
+    result
 }
 
 /// Builds a cell from `snapshot`, taken of a cell running `payload` with `config` (and
@@ -275,7 +279,10 @@ pub fn restore_cell(
     stdio: CellStdio<'_>,
     control: &CellControl,
 ) -> Result<CellReport, CellFailure> {
-    start_cell(config, payload, stdio, control, Some(snapshot))
+    control.begin();
+    let result = start_cell(config, payload, stdio, control, Some(snapshot));
+    control.finish();
+    result
 }
 
 fn start_cell(

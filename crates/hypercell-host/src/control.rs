@@ -57,6 +57,8 @@ struct State {
     /// A snapshot asked for and not yet taken.
     snapshot: Option<SnapshotReply>,
     vcpu: Option<VcpuHandle>,
+    /// A cell has begun with this control (it may not run its vCPU yet).
+    begun: bool,
     finished: bool,
     /// A pause was asked for and no resume since.
     pause: bool,
@@ -115,7 +117,7 @@ impl CellControl {
             if state.parked {
                 return true;
             }
-            if state.finished || state.vcpu.is_none() {
+            if state.finished || !state.begun {
                 return false;
             }
             if let Some(vcpu) = &state.vcpu {
@@ -247,6 +249,12 @@ impl CellControl {
         if let Some(vcpu) = &self.state().vcpu {
             vcpu.kick();
         }
+    }
+
+    /// Records that a cell begins with this control: from now on a pause waits for its
+    /// vCPU to park, even before the vCPU first runs.
+    pub(crate) fn begin(&self) {
+        self.state().begun = true;
     }
 
     /// Records the handle of the cell's vCPU, so that requests reach it.

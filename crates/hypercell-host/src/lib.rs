@@ -12,6 +12,7 @@ mod guest_access;
 pub mod hypercall;
 pub mod layout;
 pub mod persist;
+mod running;
 pub mod seccomp;
 pub mod stdio;
 
@@ -22,4 +23,5 @@ pub use cell::{
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
 pub use control::{CellControl, StopReason};
+pub use running::{Cell, OwnedStdio};
 pub use stdio::CellStdio;

@@ -15,9 +15,11 @@ use std::time::Duration;
 use common::{compile, program};
 use hypercell_host::persist::CellSnapshot;
 use hypercell_host::{
-    CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload, CellReport, CellStdio,
-    CompiledModule, Compiler, StopReason, restore_cell, run_cell_with_control,
+    Cell, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload, CellReport,
+    CellStdio, CompiledModule, Compiler, OwnedStdio, StopReason, restore_cell,
+    run_cell_with_control,
 };
+use std::sync::Arc;
 
 /// Writes "?", then reads a byte of stdin into address 1024.
 const PROMPT_AND_READ: &str = r#"
@@ -361,4 +363,84 @@ fn a_restored_cell_keeps_realtime_current() {
         "the restored cell's realtime is {} ms behind",
         (before - realtime) / 1_000_000
     );
+}
+
+/// Stdio for a [`Cell`]: no input, output to a file the test can read afterwards.
+fn owned_stdio(stdout: &File) -> OwnedStdio {
+    OwnedStdio {
+        stdin: File::open("/dev/null").unwrap().into(),
+        stdout: stdout.try_clone().unwrap().into(),
+        stderr: File::options()
+            .write(true)
+            .open("/dev/null")
+            .unwrap()
+            .into(),
+    }
+}
+
+#[test]
+fn cell_objects_run_side_by_side_and_are_paused_killed_restored_or_dropped() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
+    let long = Arc::new(compile(&program(SPIN)));
+    let short = Arc::new(compile(&program(COMPUTE)));
+    let config = CellConfig {
+        timeout: Some(PATIENCE),
+        ..CellConfig::default()
+    };
+    let spin_out = tempfile::tempfile().unwrap();
+    let spinner = Cell::start(
+        config.clone(),
+        long.clone(),
+        cpu_features,
+        owned_stdio(&spin_out),
+    );
+    let compute_out = tempfile::tempfile().unwrap();
+    let computer = Cell::start(
+        config.clone(),
+        short.clone(),
+        cpu_features,
+        owned_stdio(&compute_out),
+    );
+    let dropped = Cell::start(
+        config.clone(),
+        long.clone(),
+        cpu_features,
+        owned_stdio(&tempfile::tempfile().unwrap()),
+    );
+    assert!(spinner.pause());
+    let snapshot = computer.snapshot().unwrap();
+    computer.resume();
+    assert_eq!(computer.wait().unwrap().exit, CellExit::Exited(0));
+    // The snapshot runs on as a new cell object to the same result.
+    let restored_out = tempfile::tempfile().unwrap();
+    let restored = Cell::restore(
+        config,
+        short,
+        cpu_features,
+        owned_stdio(&restored_out),
+        snapshot.clone(),
+    );
+    assert_eq!(restored.wait().unwrap().exit, CellExit::Exited(0));
+    let read = |mut file: &File| {
+        let mut bytes = Vec::new();
+        std::io::Seek::rewind(&mut file).unwrap();
+        file.read_to_end(&mut bytes).unwrap();
+        bytes
+    };
+    let whole = read(&compute_out);
+    let delivered = snapshot.services.output_written as usize;
+    assert_eq!(read(&restored_out), whole[delivered..]);
+    spinner.kill();
+    match spinner.wait() {
+        Err(CellFailure {
+            error: CellError::Stopped(9),
+            ..
+        }) => {}
+        other => panic!("expected a killed cell, got {other:?}"),
+    }
+    // Dropping a running cell stops it and waits for it.
+    drop(dropped);
 }
