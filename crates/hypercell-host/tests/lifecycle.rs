@@ -444,3 +444,92 @@ fn cell_objects_run_side_by_side_and_are_paused_killed_restored_or_dropped() {
     // Dropping a running cell stops it and waits for it.
     drop(dropped);
 }
+
+/// Snapshots are input from outside: a real one with bytes changed anywhere (its
+/// registers, page tables, bookkeeping, memory) either is refused with one sentence or
+/// runs as a cell that ends, by exiting, trapping, faulting or its time limit; the host
+/// goes on either way.
+#[test]
+fn changed_snapshots_are_refused_or_end_their_own_cell() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let wat = program(COMPUTE);
+    let module = compile(&wat);
+    let mut cell = start_compiled(compile(&wat));
+    cell.read(8);
+    let snapshot = cell.control.snapshot().unwrap();
+    cell.control.stop(StopReason::Signal(15));
+    let _ = cell.finish();
+    let bytes = postcard::to_allocvec(&snapshot).unwrap();
+    let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
+    let null = File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let config = CellConfig {
+        timeout: Some(Duration::from_millis(200)),
+        ..CellConfig::default()
+    };
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let (mut refused, mut ran) = (0, 0);
+    for _ in 0..60 {
+        // Half the cases change bytes anywhere (mostly memory, which the cell then
+        // runs on); the others change one of the fields a restore must check.
+        let hostile = if next() % 2 == 0 {
+            let mut changed = bytes.clone();
+            for _ in 0..1 + next() % 4 {
+                let at = (next() % changed.len() as u64) as usize;
+                changed[at] = next() as u8;
+            }
+            match postcard::from_bytes::<CellSnapshot>(&changed) {
+                Ok(hostile) => hostile,
+                Err(_) => {
+                    refused += 1;
+                    continue;
+                }
+            }
+        } else {
+            let mut hostile = snapshot.clone();
+            let value = next();
+            match value % 6 {
+                0 => hostile.services.growth.mapped = next(),
+                1 => hostile.services.growth.tables.next = next(),
+                2 => hostile.memory.runs[0].0 = next(),
+                3 => hostile.vcpu.xsave.truncate((next() % 1024) as usize),
+                4 => hostile.memory.size = next(),
+                _ => hostile.memory.zero_runs.push((next(), next())),
+            }
+            hostile
+        };
+        let stdio = CellStdio {
+            stdin: null.as_fd(),
+            stdout: null.as_fd(),
+            stderr: null.as_fd(),
+        };
+        let payload = CellPayload::Wasm {
+            module: &module,
+            cpu_features,
+        };
+        match restore_cell(&config, payload, &hostile, stdio, &CellControl::new()) {
+            Ok(_) => ran += 1,
+            Err(failure) => {
+                let message = failure.error.to_string();
+                assert!(!message.contains('\n'), "{message}");
+                if matches!(failure.error, CellError::Snapshot(_)) {
+                    refused += 1;
+                } else {
+                    ran += 1;
+                }
+            }
+        }
+    }
+    assert!(refused > 0 && ran > 0, "refused {refused}, ran {ran}");
+}
