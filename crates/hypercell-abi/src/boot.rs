@@ -62,8 +62,11 @@ pub struct BootInfo {
     pub monotonic_ns: u64,
     /// [`StdioKind`] of stdin, stdout and stderr.
     pub stdio_kinds: [u8; 3],
+    /// Nonzero when the host takes a template of this cell: the runtime makes the
+    /// [`crate::Hypercall::Ready`] call after instantiating the module.
+    pub template_stop: u8,
     /// Reserved, zero.
-    pub reserved: [u8; 5],
+    pub reserved: [u8; 4],
     /// Where the host sends the vCPU when the guest raises a CPU exception: the
     /// runtime's trap entry, called with the faulting instruction's address, the frame
     /// pointer, whether a faulting address follows, that address and the vector. Zero

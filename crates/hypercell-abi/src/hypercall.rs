@@ -104,6 +104,12 @@ pub enum Hypercall {
     /// The runtime's trap entry found that the exception it was sent for is not a wasm
     /// trap: the host ends the cell and reports that exception. Never returns.
     Unhandled = 12,
+    /// The runtime instantiated the module and is about to run it. Made only when
+    /// [`crate::BootInfo::template_stop`] is set: the host takes a template of the cell
+    /// here. When the call returns (in a cell started from the template) the guest reads
+    /// its identity again (arguments, environment, preopens, stdio kinds), which the host
+    /// rewrote. No arguments; result 0.
+    Ready = 13,
 }
 
 /// The file calls of [`Hypercall::File`], with their parameters.
@@ -213,6 +219,7 @@ impl Hypercall {
             10 => Self::File,
             11 => Self::MapMemory,
             12 => Self::Unhandled,
+            13 => Self::Ready,
             _ => return None,
         })
     }
@@ -264,11 +271,12 @@ mod tests {
             Hypercall::File,
             Hypercall::MapMemory,
             Hypercall::Unhandled,
+            Hypercall::Ready,
         ] {
             assert_eq!(Hypercall::from_number(call as u32), Some(call));
         }
         assert_eq!(Hypercall::from_number(0), None);
-        assert_eq!(Hypercall::from_number(13), None);
+        assert_eq!(Hypercall::from_number(14), None);
         for number in 1..=25 {
             assert_eq!(
                 FileOp::from_number(number).map(|op| op as u64),

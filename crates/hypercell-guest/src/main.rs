@@ -55,5 +55,5 @@ extern "C" fn guest_main(boot_ptr: *mut BootInfo) -> ! {
     platform::init(&boot);
     heap::init(&boot);
     virtual_memory::init(&boot);
-    runtime::run(&boot)
+    runtime::run(&boot, boot_ptr)
 }

@@ -64,7 +64,7 @@ fn fail_with(kind: FailureKind, what: &str, error: &wasmtime::Error) -> ! {
     fail(kind, message.as_bytes())
 }
 
-pub fn run(boot: &BootInfo) -> ! {
+pub fn run(boot: &BootInfo, boot_ptr: *const BootInfo) -> ! {
     let mut config = Config::new();
     hypercell_engine::configure(&mut config);
     // SAFETY: the answers come from the host, which checked each feature on the real
@@ -109,6 +109,16 @@ pub fn run(boot: &BootInfo) -> ! {
         Err(e) => fail_with(FailureKind::Instantiate, "failed to instantiate", &e),
     };
     clock::mark(Phase::Instantiated);
+    if boot.template_stop != 0 {
+        // The host takes the template here; in every cell started from it the call
+        // returns with this cell's own identity in the boot block, read afresh.
+        crate::hypercall::call(Hypercall::Ready, [0; 6]);
+        // SAFETY: as in `guest_main`: the host keeps a `BootInfo` at this address.
+        let fresh = unsafe { boot_ptr.read_volatile() };
+        crate::stdio::init(&fresh);
+        crate::files::init(&fresh);
+        store.data_mut().reidentify(&fresh);
+    }
     // As `wasmtime run`: a reactor's `_initialize` runs first, and a module that
     // exports it alone is done once it returns.
     let initialize = instance.get_typed_func::<(), ()>(&mut store, "_initialize");

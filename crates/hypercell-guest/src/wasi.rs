@@ -91,6 +91,13 @@ impl CellState {
             env: StringBlock::new(boot.env_addr, boot.env_len, boot.envc),
         }
     }
+
+    /// Takes the arguments and environment of `boot`, for a cell started from a
+    /// template, whose host wrote its own.
+    pub fn reidentify(&mut self, boot: &BootInfo) {
+        self.args = StringBlock::new(boot.args_addr, boot.args_len, boot.argc);
+        self.env = StringBlock::new(boot.env_addr, boot.env_len, boot.envc);
+    }
 }
 
 /// The program's linear memory, with wasmtime's rules for WASI pointers: one outside

@@ -21,7 +21,7 @@ use crate::config::{CellConfig, format_size};
 use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, StopReason, Wake};
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
-use crate::layout::{CellLayout, MAX_WASM_STACK};
+use crate::layout::{CellLayout, MAX_WASM_STACK, identity_capacity};
 use crate::persist::{CellSnapshot, MemoryImage, ModuleIdentity, SnapshotError};
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
@@ -125,6 +125,8 @@ pub enum CellExit {
     Exited(i32),
     /// It trapped; the runtime's report, with the wasm backtrace.
     Trapped(String),
+    /// It became a template before its program ran (see [`CellReport::template`]).
+    Template,
 }
 
 /// Where the guest runtime's time went, from its own time-stamp counter readings.
@@ -208,6 +210,8 @@ pub struct CellReport {
     pub denied_growth: Option<u64>,
     /// Timings and counters.
     pub stats: CellStats,
+    /// The template the cell became, when it was started to make one.
+    pub template: Option<Box<CellSnapshot>>,
 }
 
 /// A cell that failed, with what it measured before it did.
@@ -262,8 +266,71 @@ pub fn run_cell_with_control(
     stdio: CellStdio<'_>,
     control: &CellControl,
 ) -> Result<CellReport, CellFailure> {
+    begin(config, payload, stdio, control, Start::Boot)
+}
+
+/// Boots a cell for `payload` and stops it once the module is instantiated, before
+/// its program runs: the cell's state there is a template, from which
+/// [`start_from_template`] starts cells with identities of their own.
+pub fn create_template(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    stdio: CellStdio<'_>,
+) -> Result<CellSnapshot, CellFailure> {
+    let report = begin(config, payload, stdio, &CellControl::new(), Start::Template)?;
+    match report.template {
+        Some(template) => Ok(*template),
+        None => Err(CellFailure {
+            error: CellError::Runtime(format!(
+                "the program ended ({:?}) before it could be made a template",
+                report.exit
+            )),
+            stats: Some(Box::new(report.stats)),
+        }),
+    }
+}
+
+/// Starts a cell from `template` (made by [`create_template`] for `payload`) with the
+/// arguments, environment, preopens and stdio of `config` and `stdio`, and runs its
+/// program to the end, or until it is stopped through `control`.
+pub fn start_from_template(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    template: &CellSnapshot,
+    stdio: CellStdio<'_>,
+    control: &CellControl,
+) -> Result<CellReport, CellFailure> {
+    begin(
+        config,
+        payload,
+        stdio,
+        control,
+        Start::FromTemplate(template),
+    )
+}
+
+/// How a cell starts.
+#[derive(Clone, Copy)]
+enum Start<'s> {
+    /// Booted afresh.
+    Boot,
+    /// Booted, and stopped as a template before its program runs.
+    Template,
+    /// From a snapshot, going on where it stopped.
+    Restore(&'s CellSnapshot),
+    /// From a template, with an identity of its own.
+    FromTemplate(&'s CellSnapshot),
+}
+
+fn begin(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    stdio: CellStdio<'_>,
+    control: &CellControl,
+    start: Start<'_>,
+) -> Result<CellReport, CellFailure> {
     control.begin();
-    let result = start_cell(config, payload, stdio, control, None);
+    let result = start_cell(config, payload, stdio, control, start);
     // However the cell ended, even before its vCPU ran: nobody waits on it any more.
     control.finish();
     result
@@ -279,10 +346,7 @@ pub fn restore_cell(
     stdio: CellStdio<'_>,
     control: &CellControl,
 ) -> Result<CellReport, CellFailure> {
-    control.begin();
-    let result = start_cell(config, payload, stdio, control, Some(snapshot));
-    control.finish();
-    result
+    begin(config, payload, stdio, control, Start::Restore(snapshot))
 }
 
 fn start_cell(
@@ -290,15 +354,20 @@ fn start_cell(
     payload: CellPayload<'_>,
     stdio: CellStdio<'_>,
     control: &CellControl,
-    snapshot: Option<&CellSnapshot>,
+    start: Start<'_>,
 ) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
+    let (snapshot, fresh_identity) = match start {
+        Start::Boot | Start::Template => (None, true),
+        Start::Restore(snapshot) => (Some(snapshot), false),
+        Start::FromTemplate(template) => (Some(template), true),
+    };
     let args = string_block(config.args.iter().map(String::as_str));
     let env_entries: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
     let env = string_block(env_entries.iter().map(String::as_str));
     // Preopens first: a directory that cannot be opened is the user's to fix, before
     // any VM is made.
-    let files = match snapshot {
+    let files = match snapshot.filter(|_| !fresh_identity) {
         None => FileTable::with_preopens(&config.preopens)?,
         Some(snapshot) => FileTable::restore(&snapshot.services.files, &config.preopens)
             .map_err(|e| CellError::Snapshot(e.to_string()))?,
@@ -324,6 +393,20 @@ fn start_cell(
         }
         .into());
     }
+    let identity_len = (args.len() + env.len() + preopens.len()) as u64;
+    // Cells of one snapshot keep its layout: its identity region, whatever their own.
+    let identity = match snapshot {
+        Some(snapshot) if identity_len > snapshot.identity_capacity => {
+            return Err(CellError::Snapshot(format!(
+                "the arguments, environment and directory names take {}, more than the {} the template has room for",
+                format_size(identity_len),
+                format_size(snapshot.identity_capacity)
+            ))
+            .into());
+        }
+        Some(snapshot) => snapshot.identity_capacity,
+        None => identity_capacity(identity_len),
+    };
     let planned = CellLayout::plan_with_preopens(
         config.memory_limit,
         image_end,
@@ -331,6 +414,7 @@ fn start_cell(
         env.len() as u64,
         preopens.len() as u64,
         module_len,
+        identity,
     );
     // Raw machine code has no runtime and no linear memory: its limit is the cell's
     // whole memory.
@@ -446,7 +530,8 @@ fn start_cell(
         realtime_ns: realtime_ns(),
         monotonic_ns: monotonic_ns(),
         stdio_kinds: stdio.kinds(),
-        reserved: [0; 5],
+        template_stop: u8::from(matches!(start, Start::Template)),
+        reserved: [0; 4],
         trap_entry: 0,
         trap_stack: 0,
         premapped_memory: premapped,
@@ -469,6 +554,41 @@ fn start_cell(
     };
     let (meter, denied_growth) = match snapshot {
         None => (OutputMeter::new(config.output_limit), 0),
+        Some(snapshot) if fresh_identity => {
+            restore_state(snapshot, module, &memory, &vcpu, &mut growth)?;
+            // The template's memory holds its own identity: this cell's goes over it,
+            // for the runtime to read when its `Ready` call returns.
+            let identity = [
+                (layout.args, &args[..]),
+                (layout.env, &env[..]),
+                (layout.preopens, &preopens[..]),
+            ];
+            for (at, block) in identity {
+                mem.write_slice(block, GuestAddress(at))
+                    .map_err(load_error)?;
+            }
+            let fields = [
+                (offset_of!(BootInfo, args_addr), boot.args_addr),
+                (offset_of!(BootInfo, env_addr), boot.env_addr),
+                (offset_of!(BootInfo, preopens_addr), boot.preopens_addr),
+                (offset_of!(BootInfo, args_len), boot.args_len),
+                (offset_of!(BootInfo, argc), boot.argc),
+                (offset_of!(BootInfo, env_len), boot.env_len),
+                (offset_of!(BootInfo, envc), boot.envc),
+                (offset_of!(BootInfo, preopens_len), boot.preopens_len),
+                (offset_of!(BootInfo, preopen_count), boot.preopen_count),
+            ];
+            for (offset, value) in fields {
+                mem.write_obj(value, GuestAddress(layout.boot_info + offset as u64))
+                    .map_err(load_error)?;
+            }
+            mem.write_slice(
+                &boot.stdio_kinds,
+                GuestAddress(layout.boot_info + offset_of!(BootInfo, stdio_kinds) as u64),
+            )
+            .map_err(load_error)?;
+            (OutputMeter::new(config.output_limit), 0)
+        }
         Some(snapshot) => {
             restore_state(snapshot, module, &memory, &vcpu, &mut growth)?;
             let saved = &snapshot.services;
@@ -490,11 +610,13 @@ fn start_cell(
         counts: HypercallCounts::default(),
         files,
         growth: Some(growth),
+        template_stop: matches!(start, Start::Template),
     };
     let trap_handler = GuestAddress(layout.boot_info + offset_of!(BootInfo, trap_entry) as u64);
     let mapped_module = MappedModule {
         region: layout.module..layout.module + module_len,
         bytes: module,
+        identity_capacity: layout.identity_capacity,
     };
     let (outcome, vcpu, mut services) = run_on_vcpu_thread(
         vcpu,
@@ -570,7 +692,12 @@ fn start_cell(
         stats: Some(Box::new(stats.clone())),
     };
     let output_limit = || CellError::OutputLimit(format_size(config.output_limit.unwrap_or(0)));
+    let mut template = None;
     let exit = match outcome {
+        Ok(Completion::Template(snapshot)) => {
+            template = Some(snapshot);
+            CellExit::Template
+        }
         Ok(Completion::Exit(code)) => CellExit::Exited(code),
         Ok(Completion::Trap(report)) => CellExit::Trapped(report),
         Ok(Completion::Fail(FailureKind::OutOfMemory, _)) => {
@@ -594,7 +721,7 @@ fn start_cell(
             return Err(fail(CellError::Stopped(signal)));
         }
         Ok(Completion::OutputLimit) => return Err(fail(output_limit())),
-        Ok(Completion::Resume | Completion::Unhandled) => {
+        Ok(Completion::Resume | Completion::Unhandled | Completion::TemplateReady) => {
             unreachable!("the run loop only returns final completions")
         }
         Err(error) => return Err(fail(error)),
@@ -605,6 +732,7 @@ fn start_cell(
             exit,
             denied_growth,
             stats,
+            template,
         }),
         Err(error) => Err(fail(error.into())),
     }
@@ -719,6 +847,11 @@ fn run_loop(
         match vcpu.run(memory)? {
             VcpuEvent::Hypercall(addr) => match services.handle(memory, addr)? {
                 Completion::Resume => handed_over = None,
+                Completion::TemplateReady => {
+                    let template = snapshot(vcpu, memory, services, module)
+                        .map_err(|e| CellError::Runtime(e.to_string()))?;
+                    return Ok(Completion::Template(Box::new(template)));
+                }
                 Completion::Unhandled => {
                     return Err(handed_over.map_or(
                         CellError::Hypercall(HypercallError::NoException),
@@ -833,6 +966,8 @@ fn realtime_ns() -> u64 {
 struct MappedModule<'a> {
     region: std::ops::Range<u64>,
     bytes: &'a [u8],
+    /// The cell's identity region, which the snapshot records.
+    identity_capacity: u64,
 }
 
 /// A snapshot of a cell whose vCPU is parked between exits.
@@ -856,6 +991,7 @@ fn snapshot(
     Ok(CellSnapshot {
         module: ModuleIdentity::of(module.bytes),
         taken_at_ns: realtime_ns(),
+        identity_capacity: module.identity_capacity,
         vcpu,
         services,
         memory,

@@ -16,7 +16,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use crate::control::{CellControl, StopReason};
 use crate::fs::{FileTable, errno_of};
 use crate::guest_access::{pieces, read_array, read_guest_bytes, write_guest_bytes};
-use crate::persist::{GrowthState, PersistError, ServicesState};
+use crate::persist::{CellSnapshot, GrowthState, PersistError, ServicesState};
 use crate::stdio::{CellStdio, OutputMeter, drain_output, read_guest_from, write_guest_to};
 use hypercell_vmm::{GuestMemory, PagingError, ReservationTables, Vm};
 
@@ -65,7 +65,7 @@ pub enum HypercallError {
 }
 
 /// What the cell does after a hypercall.
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, PartialEq)]
 pub enum Completion {
     /// Resume the guest.
     Resume,
@@ -82,6 +82,10 @@ pub enum Completion {
     Unhandled,
     /// The program reached its output limit.
     OutputLimit,
+    /// The runtime is ready to run the program, and the cell is to become a template.
+    TemplateReady,
+    /// The cell became this template.
+    Template(Box<CellSnapshot>),
 }
 
 /// How many times the guest made each hypercall.
@@ -126,6 +130,8 @@ pub struct Services<'a> {
     pub counts: HypercallCounts,
     /// The program's open files and directories.
     pub files: FileTable,
+    /// Whether the cell stops as a template when its runtime is ready.
+    pub template_stop: bool,
 }
 
 /// The part of a cell's memory its VM maps, grown on the guest's request.
@@ -224,6 +230,8 @@ impl Services<'_> {
                 }
             }
             Hypercall::Unhandled => return Ok(Completion::Unhandled),
+            Hypercall::Ready if self.template_stop => return Ok(Completion::TemplateReady),
+            Hypercall::Ready => 0,
             Hypercall::File => {
                 let op =
                     FileOp::from_number(args[0]).ok_or(HypercallError::UnknownFileOp(args[0]))?;

@@ -50,6 +50,8 @@ pub struct CellLayout {
     pub heap_end: u64,
     /// The most a linear memory may grow to.
     pub wasm_memory_limit: u64,
+    /// Bytes of the region that holds the arguments, environment and preopen names.
+    pub identity_capacity: u64,
 }
 
 fn align_up(value: u64, align: u64) -> u64 {
@@ -73,6 +75,7 @@ impl CellLayout {
             env_len,
             0,
             module_len,
+            identity_capacity(args_len + env_len),
         )
     }
 
@@ -88,14 +91,24 @@ impl CellLayout {
         env_len: u64,
         preopens_len: u64,
         module_len: u64,
+        identity_capacity: u64,
     ) -> Option<Self> {
+        if args_len
+            .saturating_add(env_len)
+            .saturating_add(preopens_len)
+            > identity_capacity
+        {
+            return None;
+        }
         let boot_info = align_up(image_end.max(IMAGE_BASE), PAGE_SIZE);
         let request = boot_info + align_up(size_of::<BootInfo>() as u64, 64);
         let phases = request + size_of::<HypercallRequest>() as u64;
         let args = phases + size_of::<GuestPhases>() as u64;
         let env = args + args_len;
         let preopens = env + env_len;
-        let output = align_up(preopens + preopens_len, PAGE_SIZE);
+        // The identity (arguments, environment, preopens) has a region of its own size,
+        // so that cells of one template, whatever their arguments, share one layout.
+        let output = align_up(args + identity_capacity, PAGE_SIZE);
         let module = align_up(
             output + size_of::<OutputBuffer>() as u64 + OUTPUT_CAPACITY,
             64 << 10,
@@ -120,6 +133,7 @@ impl CellLayout {
             heap_start,
             heap_end,
             wasm_memory_limit,
+            identity_capacity,
         })
     }
 
@@ -153,6 +167,12 @@ impl CellLayout {
     pub fn memory_size(&self) -> u64 {
         self.heap_end
     }
+}
+
+/// Room for a cell's arguments, environment and preopen names: at least 256 KiB, so
+/// that cells started from a template can have other, longer ones.
+pub fn identity_capacity(needed: u64) -> u64 {
+    needed.max(256 << 10).next_multiple_of(64 << 10)
 }
 
 /// Heap kept for the runtime's own allocations: a base, and as much again as the

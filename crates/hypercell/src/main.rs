@@ -11,12 +11,12 @@ use clap::{Parser, Subcommand};
 use hypercell_host::config::{
     DEFAULT_MEMORY_LIMIT, format_size, parse_duration, parse_env_var, parse_memory_size,
 };
-use hypercell_host::fs::parse_dir;
+use hypercell_host::fs::{Preopen, parse_dir};
 use hypercell_host::persist::{SnapshotError, SnapshotFile};
 use hypercell_host::{
     CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
-    CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler, restore_cell,
-    run_cell_with_control,
+    CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler, ConfigError,
+    create_template, restore_cell, run_cell_with_control, start_from_template,
 };
 
 mod cache_command;
@@ -41,8 +41,31 @@ enum Command {
     /// Go on running a cell from a snapshot written by `run --checkpoint`, with this
     /// process's stdio.
     Restore(RestoreArgs),
+    /// Make templates: cells stopped at a chosen point, to start cells from.
+    #[command(subcommand)]
+    Template(TemplateCommand),
     /// Show where compiled code is cached, or empty the cache.
     Cache(cache_command::CacheArgs),
+}
+
+#[derive(Subcommand)]
+enum TemplateCommand {
+    /// Run MODULE with the run flags up to a point and keep the cell there as a
+    /// template; `hypercell run TEMPLATE ARGS...` starts cells from it.
+    Create(TemplateCreateArgs),
+}
+
+#[derive(clap::Args)]
+struct TemplateCreateArgs {
+    /// Where to write the template.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+    /// Where the cell stops: `start`, once the module is instantiated and before its
+    /// program runs.
+    #[arg(long, value_name = "POINT", default_value = "start")]
+    at: String,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -89,7 +112,8 @@ struct RunArgs {
     /// SIGUSR1; the cell goes on. `hypercell restore FILE` runs on from it.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
-    /// The module to run (binary `.wasm` or text `.wat`), or `-` to read it from stdin.
+    /// The module to run (binary `.wasm` or text `.wat`), `-` to read it from stdin, or
+    /// a template made by `hypercell template create`.
     module: PathBuf,
     /// Arguments passed to the program.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -106,23 +130,60 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args, started),
         Command::Restore(args) => restore(args, started),
+        Command::Template(TemplateCommand::Create(args)) => create_template_file(args),
         Command::Cache(args) => cache_command::run(args),
     }
+}
+
+/// The preopens `args` asks for.
+fn preopens(args: &RunArgs) -> Result<Vec<Preopen>, ConfigError> {
+    args.dirs
+        .iter()
+        .map(|spec| parse_dir(spec, false))
+        .chain(args.dirs_read_only.iter().map(|spec| parse_dir(spec, true)))
+        .collect()
+}
+
+/// The cell `args` asks for, with `preopens`.
+fn cell_config(args: &RunArgs, preopens: Vec<Preopen>) -> CellConfig {
+    let mut program_args = vec![args.module.display().to_string()];
+    program_args.extend(args.args.iter().cloned());
+    CellConfig {
+        memory_limit: args.memory,
+        timeout: args.timeout,
+        output_limit: args.max_output,
+        preopens,
+        args: program_args,
+        // A bare NAME takes the host's value, and is left out when the host has none.
+        env: args
+            .env
+            .iter()
+            .filter_map(|(name, value)| {
+                let value = value.clone().or_else(|| std::env::var(name).ok())?;
+                Some((name.clone(), value))
+            })
+            .collect(),
+    }
+}
+
+/// Whether `path` is a snapshot file (a template, to run from).
+fn is_snapshot(path: &Path) -> bool {
+    let mut magic = [0u8; 8];
+    std::fs::File::open(path)
+        .and_then(|mut file| file.read_exact(&mut magic))
+        .is_ok_and(|()| magic == hypercell_host::persist::file::MAGIC)
 }
 
 fn run(args: RunArgs, started: Instant) -> ExitCode {
     let control = CellControl::new();
     let checkpoint_action = signals::forward_to(control.clone());
-    let preopens: Result<Vec<_>, _> = args
-        .dirs
-        .iter()
-        .map(|spec| parse_dir(spec, false))
-        .chain(args.dirs_read_only.iter().map(|spec| parse_dir(spec, true)))
-        .collect();
-    let preopens = match preopens {
+    let preopens = match preopens(&args) {
         Ok(preopens) => preopens,
         Err(e) => return fail(&e),
     };
+    if is_snapshot(&args.module) {
+        return run_template(&args, preopens, &control, started);
+    }
     let compiled = Compiler::new().and_then(|compiler| {
         let module = if args.module == Path::new("-") {
             // As with `wasmtime run -`: the module is read from stdin, which the
@@ -148,24 +209,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
         Ok(compiled) => compiled,
         Err(e) => return fail(&e),
     };
-    let mut program_args = vec![args.module.display().to_string()];
-    program_args.extend(args.args);
-    let config = CellConfig {
-        memory_limit: args.memory,
-        timeout: args.timeout,
-        output_limit: args.max_output,
-        preopens,
-        args: program_args,
-        // A bare NAME takes the host's value, and is left out when the host has none.
-        env: args
-            .env
-            .into_iter()
-            .filter_map(|(name, value)| {
-                let value = value.or_else(|| std::env::var(&name).ok())?;
-                Some((name, value))
-            })
-            .collect(),
-    };
+    let config = cell_config(&args, preopens);
     if let Some(path) = args.checkpoint {
         let meta = SnapshotMeta {
             module: args.module.clone(),
@@ -234,6 +278,98 @@ impl SnapshotMeta {
     }
 }
 
+/// `hypercell run TEMPLATE ARGS...`: a cell from a template, with its own arguments,
+/// environment, directories and stdio.
+fn run_template(
+    args: &RunArgs,
+    preopens: Vec<Preopen>,
+    control: &CellControl,
+    started: Instant,
+) -> ExitCode {
+    let file = match SnapshotFile::read_from(&args.module) {
+        Ok(file) => file,
+        Err(e) => return fail(&e),
+    };
+    if !file.template {
+        return fail_with(&format!(
+            "`{}` is a checkpoint, not a template; run it on with `hypercell restore`",
+            args.module.display()
+        ));
+    }
+    let (module, cpu_features, engine) = match compile(&file.module) {
+        Ok(compiled) => compiled,
+        Err(e) => return fail(&e),
+    };
+    if let Err(e) = file.check_host(&args.module, cpu_features, &engine) {
+        return fail(&e);
+    }
+    let mut config = cell_config(args, preopens);
+    // The template fixed the memory limit, and the program's name is its module's.
+    config.memory_limit = file.memory_limit;
+    config.args[0] = file.module.display().to_string();
+    let payload = CellPayload::Wasm {
+        module: &module,
+        cpu_features: file.cpu_features,
+    };
+    let result = start_from_template(
+        &config,
+        payload,
+        &file.snapshot,
+        CellStdio::inherit(),
+        control,
+    );
+    let report_stats = |stats: Option<&CellStats>| {
+        if args.stats {
+            print_stats(started, &module, stats, file.memory_limit);
+        }
+    };
+    report(result, &file.module, config.memory_limit, report_stats)
+}
+
+/// Compiles the module at `path` (or finds its code in the cache), with the compiler's
+/// CPU features and settings.
+fn compile(path: &Path) -> Result<(CompiledModule, u32, String), CompileError> {
+    let compiler = Compiler::new()?;
+    Ok((
+        compiler.compile_file(path)?,
+        compiler.cpu_features(),
+        compiler.fingerprint().to_string(),
+    ))
+}
+
+/// `hypercell template create`.
+fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
+    if args.at != "start" {
+        return fail_with(&format!(
+            "templates can stop at `start` only so far, not at `{}`",
+            args.at
+        ));
+    }
+    let preopens = match preopens(&args.run) {
+        Ok(preopens) => preopens,
+        Err(e) => return fail(&e),
+    };
+    let (module, cpu_features, engine) = match compile(&args.run.module) {
+        Ok(compiled) => compiled,
+        Err(e) => return fail(&e),
+    };
+    let config = cell_config(&args.run, preopens);
+    let payload = CellPayload::Wasm {
+        module: &module,
+        cpu_features,
+    };
+    let template = match create_template(&config, payload, CellStdio::inherit()) {
+        Ok(template) => template,
+        Err(failure) => return fail(&failure.error),
+    };
+    let file =
+        SnapshotFile::new(&args.run.module, cpu_features, &engine, &config, template).as_template();
+    match file.write_to(&args.output) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(&e),
+    }
+}
+
 fn restore(args: RestoreArgs, started: Instant) -> ExitCode {
     let control = CellControl::new();
     signals::forward_to(control.clone());
@@ -288,6 +424,7 @@ fn report(
             let failed = report.exit != CellExit::Exited(0);
             let status = match report.exit {
                 CellExit::Exited(code) => ExitCode::from(code as u8),
+                CellExit::Template => ExitCode::SUCCESS,
                 CellExit::Trapped(trap) => {
                     let _ = writeln!(
                         std::io::stderr(),
@@ -319,7 +456,11 @@ fn report(
 }
 
 fn fail(error: &dyn std::error::Error) -> ExitCode {
-    let _ = writeln!(std::io::stderr(), "error: {error}");
+    fail_with(&error.to_string())
+}
+
+fn fail_with(message: &str) -> ExitCode {
+    let _ = writeln!(std::io::stderr(), "error: {message}");
     ExitCode::from(FAILURE_EXIT_STATUS)
 }
 

@@ -46,6 +46,9 @@ pub struct SnapshotFile {
     pub memory_limit: u64,
     /// The output limit, if any.
     pub output_limit: Option<u64>,
+    /// Whether it is a template (cells start from it with identities of their own)
+    /// rather than a checkpoint (restored to go on as the same cell).
+    pub template: bool,
     /// The cell.
     pub snapshot: CellSnapshot,
 }
@@ -132,7 +135,16 @@ impl SnapshotFile {
                 .collect(),
             memory_limit: config.memory_limit,
             output_limit: config.output_limit,
+            template: false,
             snapshot,
+        }
+    }
+
+    /// The same snapshot, marked as a template.
+    pub fn as_template(self) -> Self {
+        Self {
+            template: true,
+            ..self
         }
     }
 
@@ -322,12 +334,14 @@ mod tests {
             preopens: vec![("/tmp".into(), "/data".into(), false)],
             memory_limit: 64 << 20,
             output_limit: None,
+            template: false,
             snapshot: CellSnapshot {
                 module: ModuleIdentity {
                     len: 10,
                     checksum: 7,
                 },
                 taken_at_ns: 1,
+                identity_capacity: 256 << 10,
                 vcpu: VcpuState {
                     regs: Default::default(),
                     sregs: Default::default(),

@@ -38,6 +38,9 @@ pub struct CellSnapshot {
     /// The compiled module the cell runs: a cell restored from the snapshot must run
     /// the very same code.
     pub module: ModuleIdentity,
+    /// Bytes of the cell's identity region (arguments, environment, preopen names):
+    /// cells started from the snapshot keep its layout, so theirs must fit.
+    pub identity_capacity: u64,
     /// When it was taken, in nanoseconds since the Unix epoch: a restored cell's clock
     /// moves on by the time since, so its realtime is current.
     pub taken_at_ns: u64,

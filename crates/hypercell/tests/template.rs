@@ -1,0 +1,117 @@
+//! `hypercell template create` and `hypercell run TEMPLATE`: cells started from one
+//! template each have their own arguments, environment, directories, random bytes and
+//! current time, and the template file stays as it was.
+
+#[path = "support/binary.rs"]
+mod binary;
+
+use binary::*;
+
+/// The lines of `hypercell run` on `args`.
+fn run_lines(args: &[&str]) -> Vec<String> {
+    let out = run(args, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout).lines().map(String::from).collect()
+}
+
+fn value<'a>(lines: &'a [String], key: &str) -> &'a str {
+    lines
+        .iter()
+        .find_map(|line| line.strip_prefix(key))
+        .unwrap_or_else(|| panic!("no `{key}` in {lines:?}"))
+}
+
+#[test]
+fn cells_from_one_template_each_have_their_own_identity() {
+    let wasm = c_program("identity");
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("identity.tmpl");
+    for (name, line) in [("a", "from a\n"), ("b", "from b\n")] {
+        std::fs::create_dir(dir.path().join(name)).unwrap();
+        std::fs::write(dir.path().join(name).join("hello.txt"), line).unwrap();
+    }
+    let out = run(
+        &[
+            "template",
+            "create",
+            "--env",
+            "MADE=then",
+            wasm.to_str().unwrap(),
+            "-o",
+            template.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let before = std::fs::read(&template).unwrap();
+
+    let tmpl = template.to_str().unwrap();
+    let a_dir = format!("{}::d", dir.path().join("a").display());
+    let b_dir = format!("{}::d", dir.path().join("b").display());
+    let first = run_lines(&[
+        "run",
+        "--env",
+        "WHO=first",
+        "--dir",
+        &a_dir,
+        tmpl,
+        "one",
+        "two",
+    ]);
+    let second = run_lines(&["run", "--dir", &b_dir, tmpl, "three"]);
+    assert_eq!(first[..3], ["arg one", "arg two", "env WHO=first"]);
+    assert_eq!(second[0], "arg three");
+    assert!(
+        second[1].starts_with("random "),
+        "no environment: {second:?}"
+    );
+    assert_eq!(value(&first, "file "), "from a");
+    assert_eq!(value(&second, "file "), "from b");
+    assert_ne!(value(&first, "random "), value(&second, "random "));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let time: u64 = value(&second, "time ").parse().unwrap();
+    assert!(time + 5 >= now, "the cell's time {time} is behind {now}");
+    assert_eq!(
+        std::fs::read(&template).unwrap(),
+        before,
+        "the template is unchanged"
+    );
+}
+
+#[test]
+fn checkpoints_templates_and_stop_points_are_told_apart() {
+    let dir = tempfile::tempdir().unwrap();
+    let wasm = c_program("identity");
+    let out = run(
+        &[
+            "template",
+            "create",
+            "--at",
+            "first-read",
+            wasm.to_str().unwrap(),
+            "-o",
+            dir.path().join("t").to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("`start` only"),
+        "{}",
+        text(&out.stderr)
+    );
+    // A snapshot that is not a template is refused by `run`.
+    let junk = dir.path().join("junk");
+    std::fs::write(&junk, b"HYPCSNAP and not much else").unwrap();
+    let out = run(&["run", junk.to_str().unwrap()], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+}
