@@ -22,7 +22,7 @@ use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, StopReason, Wake};
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK, identity_capacity};
-use crate::persist::{CellSnapshot, MemoryImage, ModuleIdentity, SnapshotError};
+use crate::persist::{CellSnapshot, MemoryImage, ModuleIdentity, SnapshotError, TemplatePoint};
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
 
@@ -32,6 +32,9 @@ pub static GUEST_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_ELF"));
 /// Why a cell ended other than by its program exiting or trapping.
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
+    /// The program ended before the point where its template was to be taken.
+    #[error("the program ended ({0}) before it reached the point where the template is taken")]
+    NoTemplate(String),
     /// A snapshot could not be restored.
     #[error("the snapshot cannot be restored: {0}")]
     Snapshot(String),
@@ -276,15 +279,19 @@ pub fn create_template(
     config: &CellConfig,
     payload: CellPayload<'_>,
     stdio: CellStdio<'_>,
+    point: TemplatePoint,
 ) -> Result<CellSnapshot, CellFailure> {
-    let report = begin(config, payload, stdio, &CellControl::new(), Start::Template)?;
+    let report = begin(
+        config,
+        payload,
+        stdio,
+        &CellControl::new(),
+        Start::Template(point),
+    )?;
     match report.template {
         Some(template) => Ok(*template),
         None => Err(CellFailure {
-            error: CellError::Runtime(format!(
-                "the program ended ({:?}) before it could be made a template",
-                report.exit
-            )),
+            error: CellError::NoTemplate(format!("{:?}", report.exit)),
             stats: Some(Box::new(report.stats)),
         }),
     }
@@ -314,8 +321,8 @@ pub fn start_from_template(
 enum Start<'s> {
     /// Booted afresh.
     Boot,
-    /// Booted, and stopped as a template before its program runs.
-    Template,
+    /// Booted, and stopped as a template at the point given.
+    Template(TemplatePoint),
     /// From a snapshot, going on where it stopped.
     Restore(&'s CellSnapshot),
     /// From a template, with an identity of its own.
@@ -358,9 +365,14 @@ fn start_cell(
 ) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
     let (snapshot, fresh_identity) = match start {
-        Start::Boot | Start::Template => (None, true),
+        Start::Boot | Start::Template(_) => (None, true),
         Start::Restore(snapshot) => (Some(snapshot), false),
-        Start::FromTemplate(template) => (Some(template), true),
+        // A template stopped at start has not read its identity yet; one stopped later
+        // has, and its cells go on with it.
+        Start::FromTemplate(template) => (
+            Some(template),
+            template.template == Some(TemplatePoint::Start),
+        ),
     };
     let args = string_block(config.args.iter().map(String::as_str));
     let env_entries: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -530,7 +542,7 @@ fn start_cell(
         realtime_ns: realtime_ns(),
         monotonic_ns: monotonic_ns(),
         stdio_kinds: stdio.kinds(),
-        template_stop: u8::from(matches!(start, Start::Template)),
+        template_stop: u8::from(matches!(start, Start::Template(TemplatePoint::Start))),
         reserved: [0; 4],
         trap_entry: 0,
         trap_stack: 0,
@@ -592,8 +604,14 @@ fn start_cell(
         Some(snapshot) => {
             restore_state(snapshot, module, &memory, &vcpu, &mut growth)?;
             let saved = &snapshot.services;
+            // A cell from a template starts its own output; a restored one goes on.
+            let written = if snapshot.template.is_some() {
+                0
+            } else {
+                saved.output_written
+            };
             (
-                OutputMeter::resumed(config.output_limit, saved.output_written),
+                OutputMeter::resumed(config.output_limit, written),
                 saved.denied_growth,
             )
         }
@@ -610,7 +628,10 @@ fn start_cell(
         counts: HypercallCounts::default(),
         files,
         growth: Some(growth),
-        template_stop: matches!(start, Start::Template),
+        template_stop: match start {
+            Start::Template(point) => Some(point),
+            _ => None,
+        },
     };
     let trap_handler = GuestAddress(layout.boot_info + offset_of!(BootInfo, trap_entry) as u64);
     let mapped_module = MappedModule {
@@ -980,6 +1001,7 @@ fn snapshot(
     // What the program wrote goes out first, so that the snapshot holds only what is
     // still to come (a record half written stays in memory, for the guest to finish).
     let _ = services.drain_between_calls(memory);
+    let template = services.template_stop;
     let vcpu = vcpu.save_state()?;
     let services = services.save_state()?;
     let memory = MemoryImage::capture(
@@ -990,6 +1012,7 @@ fn snapshot(
     );
     Ok(CellSnapshot {
         module: ModuleIdentity::of(module.bytes),
+        template,
         taken_at_ns: realtime_ns(),
         identity_capacity: module.identity_capacity,
         vcpu,

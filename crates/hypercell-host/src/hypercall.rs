@@ -16,7 +16,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use crate::control::{CellControl, StopReason};
 use crate::fs::{FileTable, errno_of};
 use crate::guest_access::{pieces, read_array, read_guest_bytes, write_guest_bytes};
-use crate::persist::{CellSnapshot, GrowthState, PersistError, ServicesState};
+use crate::persist::{CellSnapshot, GrowthState, PersistError, ServicesState, TemplatePoint};
 use crate::stdio::{CellStdio, OutputMeter, drain_output, read_guest_from, write_guest_to};
 use hypercell_vmm::{GuestMemory, PagingError, ReservationTables, Vm};
 
@@ -130,8 +130,8 @@ pub struct Services<'a> {
     pub counts: HypercallCounts,
     /// The program's open files and directories.
     pub files: FileTable,
-    /// Whether the cell stops as a template when its runtime is ready.
-    pub template_stop: bool,
+    /// Where the cell stops to become a template, if it does.
+    pub template_stop: Option<TemplatePoint>,
 }
 
 /// The part of a cell's memory its VM maps, grown on the guest's request.
@@ -199,6 +199,19 @@ impl Services<'_> {
                 }
                 written
             }
+            Hypercall::Read if self.template_stop == Some(TemplatePoint::FirstRead) => {
+                // The template is taken before the read: each cell from it makes the
+                // read again, of its own stdin.
+                memory
+                    .mem()
+                    .write_obj(RESULT_RESTART, addr.unchecked_add(RESULT_OFFSET))
+                    .map_err(|_| HypercallError::OutOfBounds {
+                        what: "request",
+                        addr: addr.0,
+                        len: 64,
+                    })?;
+                return Ok(Completion::TemplateReady);
+            }
             Hypercall::Read => self.transfer(memory, args, Direction::Read)?,
             Hypercall::Exit => {
                 self.denied_growth = args[1];
@@ -230,7 +243,9 @@ impl Services<'_> {
                 }
             }
             Hypercall::Unhandled => return Ok(Completion::Unhandled),
-            Hypercall::Ready if self.template_stop => return Ok(Completion::TemplateReady),
+            Hypercall::Ready if self.template_stop == Some(TemplatePoint::Start) => {
+                return Ok(Completion::TemplateReady);
+            }
             Hypercall::Ready => 0,
             Hypercall::File => {
                 let op =

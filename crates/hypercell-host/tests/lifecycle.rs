@@ -502,7 +502,7 @@ fn changed_snapshots_are_refused_or_end_their_own_cell() {
             match value % 6 {
                 0 => hostile.services.growth.mapped = next(),
                 1 => hostile.services.growth.tables.next = next(),
-                2 => hostile.memory.runs[0].0 = next(),
+                2 => hostile.memory.runs[0].addr = next(),
                 3 => hostile.vcpu.xsave.truncate((next() % 1024) as usize),
                 4 => hostile.memory.size = next(),
                 _ => hostile.memory.zero_runs.push((next(), next())),

@@ -12,7 +12,7 @@ use hypercell_host::config::{
     DEFAULT_MEMORY_LIMIT, format_size, parse_duration, parse_env_var, parse_memory_size,
 };
 use hypercell_host::fs::{Preopen, parse_dir};
-use hypercell_host::persist::{SnapshotError, SnapshotFile};
+use hypercell_host::persist::{SnapshotError, SnapshotFile, TemplatePoint};
 use hypercell_host::{
     CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
     CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler, ConfigError,
@@ -61,7 +61,8 @@ struct TemplateCreateArgs {
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
     /// Where the cell stops: `start`, once the module is instantiated and before its
-    /// program runs.
+    /// program runs; `first-read`, when the program first reads stdin (an interpreter
+    /// that has loaded itself and waits for a script).
     #[arg(long, value_name = "POINT", default_value = "start")]
     at: String,
     #[command(flatten)]
@@ -290,9 +291,19 @@ fn run_template(
         Ok(file) => file,
         Err(e) => return fail(&e),
     };
-    if !file.template {
+    let Some(point) = file.snapshot.template else {
         return fail_with(&format!(
             "`{}` is a checkpoint, not a template; run it on with `hypercell restore`",
+            args.module.display()
+        ));
+    };
+    let identity_given = !args.args.is_empty()
+        || !args.env.is_empty()
+        || !args.dirs.is_empty()
+        || !args.dirs_read_only.is_empty();
+    if point == TemplatePoint::FirstRead && identity_given {
+        return fail_with(&format!(
+            "the program in `{}` has already read its arguments, environment and directories; a cell from it takes only its own stdin, so pass no ARGS, --env or --dir",
             args.module.display()
         ));
     }
@@ -303,10 +314,17 @@ fn run_template(
     if let Err(e) = file.check_host(&args.module, cpu_features, &engine) {
         return fail(&e);
     }
-    let mut config = cell_config(args, preopens);
-    // The template fixed the memory limit, and the program's name is its module's.
-    config.memory_limit = file.memory_limit;
-    config.args[0] = file.module.display().to_string();
+    let config = match point {
+        TemplatePoint::Start => {
+            let mut config = cell_config(args, preopens);
+            // The template fixed the memory limit, and the program's name is its
+            // module's.
+            config.memory_limit = file.memory_limit;
+            config.args[0] = file.module.display().to_string();
+            config
+        }
+        TemplatePoint::FirstRead => file.config(args.timeout),
+    };
     let payload = CellPayload::Wasm {
         module: &module,
         cpu_features: file.cpu_features,
@@ -339,12 +357,15 @@ fn compile(path: &Path) -> Result<(CompiledModule, u32, String), CompileError> {
 
 /// `hypercell template create`.
 fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
-    if args.at != "start" {
-        return fail_with(&format!(
-            "templates can stop at `start` only so far, not at `{}`",
-            args.at
-        ));
-    }
+    let point = match args.at.as_str() {
+        "start" => TemplatePoint::Start,
+        "first-read" => TemplatePoint::FirstRead,
+        other => {
+            return fail_with(&format!(
+                "templates stop at `start` or `first-read` so far, not at `{other}`"
+            ));
+        }
+    };
     let preopens = match preopens(&args.run) {
         Ok(preopens) => preopens,
         Err(e) => return fail(&e),
@@ -358,12 +379,11 @@ fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
         module: &module,
         cpu_features,
     };
-    let template = match create_template(&config, payload, CellStdio::inherit()) {
+    let template = match create_template(&config, payload, CellStdio::inherit(), point) {
         Ok(template) => template,
         Err(failure) => return fail(&failure.error),
     };
-    let file =
-        SnapshotFile::new(&args.run.module, cpu_features, &engine, &config, template).as_template();
+    let file = SnapshotFile::new(&args.run.module, cpu_features, &engine, &config, template);
     match file.write_to(&args.output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),

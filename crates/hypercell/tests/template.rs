@@ -90,7 +90,7 @@ fn checkpoints_templates_and_stop_points_are_told_apart() {
             "template",
             "create",
             "--at",
-            "first-read",
+            "init:setup",
             wasm.to_str().unwrap(),
             "-o",
             dir.path().join("t").to_str().unwrap(),
@@ -99,7 +99,7 @@ fn checkpoints_templates_and_stop_points_are_told_apart() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("`start` only"),
+        text(&out.stderr).contains("not at `init:setup`"),
         "{}",
         text(&out.stderr)
     );
@@ -111,6 +111,43 @@ fn checkpoints_templates_and_stop_points_are_told_apart() {
     assert_eq!(
         text(&out.stderr).lines().count(),
         1,
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_first_read_template_starts_cells_that_read_their_own_stdin() {
+    let wasm = c_program("upcase");
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("upcase.tmpl");
+    let tmpl = template.to_str().unwrap();
+    // The prompt is written while the template is made; the program then waits for
+    // stdin, and that is where the template is taken.
+    let out = run(
+        &[
+            "template",
+            "create",
+            "--at",
+            "first-read",
+            wasm.to_str().unwrap(),
+            "-o",
+            tmpl,
+        ],
+        b"",
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "ready> ");
+    for input in ["first cell\n", "second cell, longer input\n"] {
+        let out = run(&["run", tmpl], input.as_bytes());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stdout), input.to_uppercase(), "no prompt again");
+        assert_eq!(text(&out.stderr), format!("{} bytes\n", input.len()));
+    }
+    let out = run(&["run", tmpl, "an argument"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already read its arguments"),
         "{}",
         text(&out.stderr)
     );

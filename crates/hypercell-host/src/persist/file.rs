@@ -46,9 +46,6 @@ pub struct SnapshotFile {
     pub memory_limit: u64,
     /// The output limit, if any.
     pub output_limit: Option<u64>,
-    /// Whether it is a template (cells start from it with identities of their own)
-    /// rather than a checkpoint (restored to go on as the same cell).
-    pub template: bool,
     /// The cell.
     pub snapshot: CellSnapshot,
 }
@@ -135,16 +132,7 @@ impl SnapshotFile {
                 .collect(),
             memory_limit: config.memory_limit,
             output_limit: config.output_limit,
-            template: false,
             snapshot,
-        }
-    }
-
-    /// The same snapshot, marked as a template.
-    pub fn as_template(self) -> Self {
-        Self {
-            template: true,
-            ..self
         }
     }
 
@@ -317,7 +305,9 @@ impl SnapshotFile {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::persist::{FileTableState, GrowthState, MemoryImage, ModuleIdentity, ServicesState};
+    use crate::persist::{
+        FileTableState, GrowthState, MemoryImage, ModuleIdentity, PageRun, ServicesState,
+    };
     use hypercell_vmm::state::XSAVE_WORDS;
     use hypercell_vmm::{TablesState, VcpuState};
     use proptest::prelude::*;
@@ -334,12 +324,12 @@ mod tests {
             preopens: vec![("/tmp".into(), "/data".into(), false)],
             memory_limit: 64 << 20,
             output_limit: None,
-            template: false,
             snapshot: CellSnapshot {
                 module: ModuleIdentity {
                     len: 10,
                     checksum: 7,
                 },
+                template: None,
                 taken_at_ns: 1,
                 identity_capacity: 256 << 10,
                 vcpu: VcpuState {
@@ -367,7 +357,10 @@ mod tests {
                 memory: MemoryImage {
                     size: 16 << 20,
                     module: 0x40_0000..0x40_1000,
-                    runs: vec![(0x40_0000, vec![1; 4096])],
+                    runs: vec![PageRun {
+                        addr: 0x40_0000,
+                        bytes: vec![1; 4096],
+                    }],
                     zero_runs: vec![(0x80_0000, 0x2000)],
                 },
             },

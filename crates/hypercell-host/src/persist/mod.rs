@@ -8,5 +8,6 @@ pub mod snapshot;
 pub use file::{SnapshotFile, SnapshotFileError};
 pub use files::{DescriptorState, FileTableState, PersistError};
 pub use snapshot::{
-    CellSnapshot, GrowthState, MemoryImage, ModuleIdentity, ServicesState, SnapshotError,
+    CellSnapshot, GrowthState, MemoryImage, ModuleIdentity, PageRun, ServicesState, SnapshotError,
+    TemplatePoint,
 };

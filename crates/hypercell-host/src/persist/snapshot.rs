@@ -32,9 +32,22 @@ pub enum SnapshotError {
 /// Granule of the saved memory.
 const PAGE: u64 = 4096;
 
+/// Where a template's cell was stopped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TemplatePoint {
+    /// Once the module was instantiated, before its program ran: cells from the
+    /// template read their own arguments, environment and preopens.
+    Start,
+    /// When the program first read stdin: it has read its arguments and environment
+    /// and loaded what it loads; cells from the template read their own stdin.
+    FirstRead,
+}
+
 /// A cell's complete state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellSnapshot {
+    /// Where the cell was stopped, when the snapshot is a template.
+    pub template: Option<TemplatePoint>,
     /// The compiled module the cell runs: a cell restored from the snapshot must run
     /// the very same code.
     pub module: ModuleIdentity,
@@ -97,6 +110,16 @@ pub struct GrowthState {
     pub tables: TablesState,
 }
 
+/// Pages saved back to back from a guest-physical address.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PageRun {
+    /// Where the run starts.
+    pub addr: u64,
+    /// Its contents, encoded as one byte string (not byte by byte).
+    #[serde(with = "serde_bytes")]
+    pub bytes: Vec<u8>,
+}
+
 /// Guest memory, sparse: the size of the whole, and only the pages that hold data.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemoryImage {
@@ -106,7 +129,7 @@ pub struct MemoryImage {
     /// there are saved only where the guest changed them.
     pub module: Range<u64>,
     /// Runs of saved pages: guest-physical address and contents.
-    pub runs: Vec<(u64, Vec<u8>)>,
+    pub runs: Vec<PageRun>,
     /// Runs of backed pages that hold only zeros: address and length.
     pub zero_runs: Vec<(u64, u64)>,
 }
@@ -115,7 +138,7 @@ impl MemoryImage {
     /// Saves the pages of `memory` below `mapped` that the host backed, less those of
     /// the mapped module (at `module`) that still equal `artifact`.
     pub fn capture(memory: &GuestMemory, mapped: u64, module: Range<u64>, artifact: &[u8]) -> Self {
-        let mut runs: Vec<(u64, Vec<u8>)> = Vec::new();
+        let mut runs: Vec<PageRun> = Vec::new();
         let mut zero_runs: Vec<(u64, u64)> = Vec::new();
         let mut page_bytes = vec![0u8; PAGE as usize];
         for page in (0..mapped.min(memory.size())).step_by(PAGE as usize) {
@@ -150,10 +173,13 @@ impl MemoryImage {
                 continue;
             }
             match runs.last_mut() {
-                Some((start, bytes)) if *start + bytes.len() as u64 == page => {
-                    bytes.extend_from_slice(&page_bytes);
+                Some(run) if run.addr + run.bytes.len() as u64 == page => {
+                    run.bytes.extend_from_slice(&page_bytes);
                 }
-                _ => runs.push((page, page_bytes.clone())),
+                _ => runs.push(PageRun {
+                    addr: page,
+                    bytes: page_bytes.clone(),
+                }),
             }
         }
         Self {
@@ -179,10 +205,10 @@ impl MemoryImage {
                 })
         });
         zeroed
-            && self.runs.iter().all(|(start, bytes)| {
+            && self.runs.iter().all(|run| {
                 memory
                     .mem()
-                    .write_slice(bytes, GuestAddress(*start))
+                    .write_slice(&run.bytes, GuestAddress(run.addr))
                     .is_ok()
             })
     }
