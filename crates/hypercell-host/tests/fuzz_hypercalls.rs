@@ -316,7 +316,7 @@ impl Fixture {
                 read_only: false,
             }])
             .unwrap(),
-            template_stop: false,
+            template_stop: None,
         };
         if case.number != Hypercall::File as u32 {
             return services.handle(&self.memory, GuestAddress(case.request_at));
