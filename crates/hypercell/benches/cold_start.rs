@@ -406,7 +406,11 @@ fn template(hypercell: &Path, module: &Path, point: &str, work: &Path) -> PathBu
         .stdout(Stdio::null())
         .status()
         .expect("hypercell makes a template");
-    assert!(made.success(), "no {point} template of {}", module.display());
+    assert!(
+        made.success(),
+        "no {point} template of {}",
+        module.display()
+    );
     path
 }
 
