@@ -191,11 +191,19 @@ impl GuestMemory {
     /// Bytes of guest memory in `range` that the host has actually backed (touched by
     /// host or guest). Cost grows with the range: pass only what is mapped.
     pub fn resident_bytes(&self, range: std::ops::Range<u64>) -> u64 {
+        let pages = self.resident_pages(range);
+        pages.iter().filter(|&&resident| resident).count() as u64 * 4096
+    }
+
+    /// For each 4 KiB page from the one holding `range.start` to `range.end`, whether
+    /// the host has backed it: one `mincore` for the whole range. Empty when the kernel
+    /// cannot say.
+    pub fn resident_pages(&self, range: std::ops::Range<u64>) -> Vec<bool> {
         let page = 4096u64;
         let start = range.start / page * page;
         let end = range.end.min(self.size);
         if start >= end {
-            return 0;
+            return Vec::new();
         }
         let len = (end - start) as usize;
         let mut residency = vec![0u8; len.div_ceil(page as usize)];
@@ -209,9 +217,9 @@ impl GuestMemory {
             )
         };
         if rc != 0 {
-            return 0;
+            return Vec::new();
         }
-        residency.iter().filter(|&&b| b & 1 != 0).count() as u64 * page
+        residency.iter().map(|&b| b & 1 != 0).collect()
     }
 }
 

@@ -141,12 +141,11 @@ impl MemoryImage {
         let mut runs: Vec<PageRun> = Vec::new();
         let mut zero_runs: Vec<(u64, u64)> = Vec::new();
         let mut page_bytes = vec![0u8; PAGE as usize];
-        for page in (0..mapped.min(memory.size())).step_by(PAGE as usize) {
-            // A page never backed holds zeros (and one of the module that the guest
-            // changed is always backed: it is a private copy).
-            if memory.resident_bytes(page..page + PAGE) == 0 {
-                continue;
-            }
+        // A page never backed holds zeros (and one of the module that the guest changed
+        // is always backed: it is a private copy).
+        let resident = memory.resident_pages(0..mapped.min(memory.size()));
+        for (index, _) in resident.iter().enumerate().filter(|&(_, &backed)| backed) {
+            let page = index as u64 * PAGE;
             let in_module = module.contains(&page);
             if memory
                 .mem()
