@@ -844,10 +844,10 @@ fn run_loop(
     // The exception last handed to the runtime's trap entry, until the runtime's next
     // hypercall: a second exception before it means trap handling itself failed.
     let mut handed_over: Option<GuestException> = None;
+    let control = services.control.clone();
     loop {
         // A pause can stop the guest anywhere, even halfway through a record of output:
         // what it hands over meanwhile goes through the same check as a kick's.
-        let control = services.control.clone();
         let mut drained = Ok(false);
         control.park_while_paused(|request| match request {
             ParkRequest::Drain => {

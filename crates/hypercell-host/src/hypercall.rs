@@ -202,14 +202,7 @@ impl Services<'_> {
             Hypercall::Read if self.template_stop == Some(TemplatePoint::FirstRead) => {
                 // The template is taken before the read: each cell from it makes the
                 // read again, of its own stdin.
-                memory
-                    .mem()
-                    .write_obj(RESULT_RESTART, addr.unchecked_add(RESULT_OFFSET))
-                    .map_err(|_| HypercallError::OutOfBounds {
-                        what: "request",
-                        addr: addr.0,
-                        len: 64,
-                    })?;
+                write_result(memory, addr, RESULT_RESTART)?;
                 return Ok(Completion::TemplateReady);
             }
             Hypercall::Read => self.transfer(memory, args, Direction::Read)?,
@@ -265,14 +258,7 @@ impl Services<'_> {
         if let Some(reason) = self.control.stop_requested() {
             return Ok(Completion::Stopped(reason));
         }
-        memory
-            .mem()
-            .write_obj(result, addr.unchecked_add(RESULT_OFFSET))
-            .map_err(|_| HypercallError::OutOfBounds {
-                what: "request",
-                addr: addr.0,
-                len: 64,
-            })?;
+        write_result(memory, addr, result)?;
         Ok(Completion::Resume)
     }
 
@@ -533,6 +519,22 @@ impl Direction {
             Direction::Read => "read from",
         }
     }
+}
+
+/// Writes `result` into the request at `addr`, for the guest to read when it resumes.
+fn write_result(
+    memory: &GuestMemory,
+    addr: GuestAddress,
+    result: i64,
+) -> Result<(), HypercallError> {
+    memory
+        .mem()
+        .write_obj(result, addr.unchecked_add(RESULT_OFFSET))
+        .map_err(|_| HypercallError::OutOfBounds {
+            what: "request",
+            addr: addr.0,
+            len: 64,
+        })
 }
 
 /// Reads a UTF-8 report the guest wrote (lossily; at most 64 KiB).

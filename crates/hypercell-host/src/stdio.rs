@@ -222,16 +222,7 @@ pub(crate) fn write_guest_to(
         match n {
             n if n > 0 => done += n as usize,
             0 => return Err(io::Error::from_raw_os_error(libc::EIO)),
-            _ => {
-                let error = io::Error::last_os_error();
-                if error.kind() != io::ErrorKind::Interrupted || control.stop_requested().is_some()
-                {
-                    return Err(error);
-                }
-                if control.park_in_call(done == 0) {
-                    return Err(io::ErrorKind::Interrupted.into());
-                }
-            }
+            _ => retry_after(io::Error::last_os_error(), control, done == 0)?,
         }
     }
     Ok(done)
@@ -268,14 +259,21 @@ pub(crate) fn read_guest_from(
         if n >= 0 {
             return Ok(n as usize);
         }
-        let error = io::Error::last_os_error();
-        if error.kind() != io::ErrorKind::Interrupted || control.stop_requested().is_some() {
-            return Err(error);
-        }
-        if control.park_in_call(true) {
-            return Err(io::ErrorKind::Interrupted.into());
-        }
+        retry_after(io::Error::last_os_error(), control, true)?;
     }
+}
+
+/// After a read or write of stdio failed with `error`: `Ok` to make it again (a kick
+/// that only asked for output, or a pause now over), else the error to give up with:
+/// any failure but a signal, a stop, or a snapshot that abandons a `restartable` call.
+fn retry_after(error: io::Error, control: &CellControl, restartable: bool) -> io::Result<()> {
+    if error.kind() != io::ErrorKind::Interrupted || control.stop_requested().is_some() {
+        return Err(error);
+    }
+    if control.park_in_call(restartable) {
+        return Err(io::ErrorKind::Interrupted.into());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

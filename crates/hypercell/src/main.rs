@@ -397,14 +397,7 @@ fn restore(args: RestoreArgs, started: Instant) -> ExitCode {
         Ok(file) => file,
         Err(e) => return fail(&e),
     };
-    let compiled = Compiler::new().and_then(|compiler| {
-        Ok((
-            compiler.compile_file(&file.module)?,
-            compiler.cpu_features(),
-            compiler.fingerprint().to_string(),
-        ))
-    });
-    let (module, cpu_features, engine) = match compiled {
+    let (module, cpu_features, engine) = match compile(&file.module) {
         Ok(compiled) => compiled,
         Err(e) => return fail(&e),
     };
