@@ -815,7 +815,7 @@ fn supervise(
             Wake::Finished => return,
             Wake::Stopping => {
                 control.kick();
-                if control.wait_until(Instant::now() + KICK_INTERVAL) == Wake::Finished {
+                if control.wait_for_finish(Instant::now() + KICK_INTERVAL) {
                     return;
                 }
             }

@@ -271,12 +271,23 @@ impl CellControl {
 
     /// Waits until the vCPU thread finishes, a stop is requested, or `deadline`.
     pub(crate) fn wait_until(&self, deadline: Instant) -> Wake {
+        self.wait(deadline, true)
+    }
+
+    /// Waits until the vCPU thread finishes or `deadline`, a stop asked for or not;
+    /// true if it finished. What a supervisor waits on between the kicks of a stop, so
+    /// that it does not kick without pause.
+    pub(crate) fn wait_for_finish(&self, deadline: Instant) -> bool {
+        self.wait(deadline, false) == Wake::Finished
+    }
+
+    fn wait(&self, deadline: Instant, stop_wakes: bool) -> Wake {
         let mut state = self.state();
         loop {
             if state.finished {
                 return Wake::Finished;
             }
-            if state.stop.is_some() {
+            if stop_wakes && state.stop.is_some() {
                 return Wake::Stopping;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -317,6 +328,19 @@ mod tests {
         assert!(!control.is_paused());
         control.resume();
         control.park_while_paused(|_| unreachable!("not paused"));
+    }
+
+    #[test]
+    fn waiting_for_a_stopping_cell_to_finish_takes_the_time_given() {
+        // A supervisor kicks a stopping vCPU once per interval, not without pause:
+        // a stop already asked for does not end the wait.
+        let control = CellControl::new();
+        control.stop(StopReason::Timeout);
+        let started = Instant::now();
+        assert!(!control.wait_for_finish(started + Duration::from_millis(20)));
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        control.finish();
+        assert!(control.wait_for_finish(Instant::now() + Duration::from_secs(60)));
     }
 
     #[test]
