@@ -2,6 +2,7 @@
 
 use std::io::Cursor;
 use std::mem::offset_of;
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hypercell_abi::boot::BOOT_MAGIC;
@@ -11,7 +12,7 @@ use hypercell_abi::{ABI_VERSION, BootInfo, CpuFeatures, GuestPhases};
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
     GuestException, GuestMemory, MemoryError, ReservationTables, Vcpu, VcpuError, VcpuEvent, Vm,
-    VmError,
+    VmError, VmPool,
 };
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
@@ -316,6 +317,17 @@ pub fn start_from_template(
     )
 }
 
+/// VMs made ahead for this process's cells (see [`keep_vms_ready`]).
+static VM_POOL: OnceLock<VmPool> = OnceLock::new();
+
+/// Keeps `count` VMs made ahead, by a thread of their own, for the cells this process
+/// starts from now on, so that each starts without waiting on the kernel to make its
+/// VM (about 0.4 ms here): for processes that start many cells. The first call decides
+/// the count; the pool lives as long as the process.
+pub fn keep_vms_ready(count: usize) -> &'static VmPool {
+    VM_POOL.get_or_init(|| VmPool::new(count))
+}
+
 /// How a cell starts.
 #[derive(Clone, Copy)]
 enum Start<'s> {
@@ -385,17 +397,24 @@ fn start_cell(
             .map_err(|e| CellError::Snapshot(e.to_string()))?,
     };
     let preopens = string_block(config.preopens.iter().map(|p| p.guest.as_str()));
-    let (image_end, module, cpu_features, initial_memory) = match payload {
+    let (image_end, module, module_identity, cpu_features, initial_memory) = match payload {
         CellPayload::Wasm {
             module,
             cpu_features,
         } => (
             image_end()?,
             module.artifact.bytes(),
+            ModuleIdentity::of_artifact(&module.artifact),
             cpu_features,
             module.initial_memory,
         ),
-        CellPayload::MachineCode(code) => (IMAGE_BASE + code.len() as u64, &[][..], 0, 0),
+        CellPayload::MachineCode(code) => (
+            IMAGE_BASE + code.len() as u64,
+            &[][..],
+            ModuleIdentity::of(&[]),
+            0,
+            0,
+        ),
     };
     let module_len = module.len() as u64;
     if initial_memory > config.memory_limit {
@@ -437,7 +456,10 @@ fn start_cell(
         }
     }
     .ok_or_else(|| CellError::MemoryLimit(format_size(config.memory_limit)))?;
-    let vm = Vm::new()?;
+    let (vm, made_vcpu) = match VM_POOL.get().and_then(VmPool::take) {
+        Some((vm, vcpu)) => (vm, Some(vcpu)),
+        None => (Vm::new()?, None),
+    };
     // Mapping memory costs less before the vCPU exists.
     let memory = GuestMemory::new(layout.memory_size())?;
     let boot_mapping = layout.boot_mapping();
@@ -459,50 +481,38 @@ fn start_cell(
     let heap_ready = (heap_start + LARGE_PAGE_SIZE).min(boot_mapping);
     // A memory smaller than its last 2 MiB page is backed by small pages there, so an
     // idle cell holds what its program can reach rather than a whole huge page.
+    // A restored cell's memory all comes from its snapshot, into fresh memory: none of
+    // the boot below is written, and nothing is populated ahead of the guest.
+    let booting = snapshot.is_none();
     let partial = premapped % LARGE_PAGE_SIZE;
-    if partial != 0 {
-        let last = premapped_backing + premapped - partial;
-        memory.use_small_pages(last..last + LARGE_PAGE_SIZE);
+    if booting {
+        if partial != 0 {
+            let last = premapped_backing + premapped - partial;
+            memory.use_small_pages(last..last + LARGE_PAGE_SIZE);
+        }
+        memory.populate(premapped_backing..premapped_backing + premapped);
+        memory.populate(heap_start..heap_ready);
     }
-    memory.populate(premapped_backing..premapped_backing + premapped);
-    memory.populate(heap_start..heap_ready);
-    let vcpu = vm.create_vcpu()?;
+    let vcpu = match made_vcpu {
+        Some(vcpu) => vcpu,
+        None => vm.create_vcpu()?,
+    };
     let vm_created = Instant::now();
-    let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
     let mut reservations = ReservationTables::default();
-    if premapped > 0 {
-        reservations
-            .map(&memory, RESERVATION_BASE, premapped_backing, premapped)
-            .map_err(load_error)?;
-    }
+    let tables = if booting {
+        let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
+        if premapped > 0 {
+            reservations
+                .map(&memory, RESERVATION_BASE, premapped_backing, premapped)
+                .map_err(load_error)?;
+        }
+        Some(tables)
+    } else {
+        None
+    };
     let memory_ready = Instant::now();
 
     let mem = memory.mem();
-    let entry = match payload {
-        CellPayload::Wasm { .. } => {
-            Elf::load(
-                mem,
-                None,
-                &mut Cursor::new(GUEST_ELF),
-                Some(GuestAddress(0)),
-            )
-            .map_err(load_error)?
-            .kernel_load
-        }
-        CellPayload::MachineCode(code) => {
-            mem.write_slice(code, GuestAddress(IMAGE_BASE))
-                .map_err(load_error)?;
-            GuestAddress(IMAGE_BASE)
-        }
-    };
-    mem.write_slice(&args, GuestAddress(layout.args))
-        .map_err(load_error)?;
-    mem.write_slice(&env, GuestAddress(layout.env))
-        .map_err(load_error)?;
-    mem.write_slice(&preopens, GuestAddress(layout.preopens))
-        .map_err(load_error)?;
-    mem.write_obj(OUTPUT_CAPACITY, GuestAddress(layout.output + 8))
-        .map_err(load_error)?;
     match payload {
         CellPayload::Wasm {
             module: compiled, ..
@@ -549,11 +559,40 @@ fn start_cell(
         premapped_memory: premapped,
         premapped_backing,
     };
-    mem.write_slice(boot_bytes(&boot), GuestAddress(layout.boot_info))
-        .map_err(load_error)?;
-    vcpu.configure(&tables, entry.0, layout.stack_top, layout.boot_info)?;
-    if cpu_features & CpuFeatures::AVX != 0 {
-        vm.enable_avx(&vcpu)?;
+    if let Some(tables) = tables {
+        let entry = match payload {
+            CellPayload::Wasm { .. } => {
+                Elf::load(
+                    mem,
+                    None,
+                    &mut Cursor::new(GUEST_ELF),
+                    Some(GuestAddress(0)),
+                )
+                .map_err(load_error)?
+                .kernel_load
+            }
+            CellPayload::MachineCode(code) => {
+                mem.write_slice(code, GuestAddress(IMAGE_BASE))
+                    .map_err(load_error)?;
+                GuestAddress(IMAGE_BASE)
+            }
+        };
+        let blocks = [
+            (layout.args, &args[..]),
+            (layout.env, &env[..]),
+            (layout.preopens, &preopens[..]),
+            (layout.boot_info, boot_bytes(&boot)),
+        ];
+        for (at, block) in blocks {
+            mem.write_slice(block, GuestAddress(at))
+                .map_err(load_error)?;
+        }
+        mem.write_obj(OUTPUT_CAPACITY, GuestAddress(layout.output + 8))
+            .map_err(load_error)?;
+        vcpu.configure(&tables, entry.0, layout.stack_top, layout.boot_info)?;
+        if cpu_features & CpuFeatures::AVX != 0 {
+            vm.enable_avx(&vcpu)?;
+        }
     }
     let mut growth = MemoryGrowth {
         vm: &vm,
@@ -567,7 +606,7 @@ fn start_cell(
     let (meter, denied_growth) = match snapshot {
         None => (OutputMeter::new(config.output_limit), 0),
         Some(snapshot) if fresh_identity => {
-            restore_state(snapshot, module, &memory, &vcpu, &mut growth)?;
+            restore_state(snapshot, module_identity, &memory, &vcpu, &mut growth)?;
             // The template's memory holds its own identity: this cell's goes over it,
             // for the runtime to read when its `Ready` call returns.
             let identity = [
@@ -602,7 +641,7 @@ fn start_cell(
             (OutputMeter::new(config.output_limit), 0)
         }
         Some(snapshot) => {
-            restore_state(snapshot, module, &memory, &vcpu, &mut growth)?;
+            restore_state(snapshot, module_identity, &memory, &vcpu, &mut growth)?;
             let saved = &snapshot.services;
             // A cell from a template starts its own output; a restored one goes on.
             let written = if snapshot.template.is_some() {
@@ -637,7 +676,9 @@ fn start_cell(
     let mapped_module = MappedModule {
         region: layout.module..layout.module + module_len,
         bytes: module,
+        identity: module_identity,
         identity_capacity: layout.identity_capacity,
+        base: snapshot.map(|snapshot| &snapshot.memory),
     };
     let (outcome, vcpu, mut services) = run_on_vcpu_thread(
         vcpu,
@@ -921,13 +962,13 @@ fn run_loop(
 /// of the same layout. Everything in it is checked: it is input from outside.
 fn restore_state(
     snapshot: &CellSnapshot,
-    module: &[u8],
+    module: ModuleIdentity,
     memory: &GuestMemory,
     vcpu: &Vcpu,
     growth: &mut MemoryGrowth<'_>,
 ) -> Result<(), CellError> {
     let bad = |what: &str| CellError::Snapshot(what.to_string());
-    if snapshot.module != ModuleIdentity::of(module) {
+    if snapshot.module != module {
         return Err(bad("it was taken of a cell running other compiled code"));
     }
     if snapshot.memory.size != memory.size() {
@@ -956,9 +997,10 @@ fn restore_state(
     growth.ready = saved.ready;
     growth.linear_memory = saved.linear_memory;
     growth.tables = tables;
-    if !snapshot.memory.restore_into(memory) {
-        return Err(bad("it holds memory outside the cell"));
-    }
+    snapshot
+        .memory
+        .restore_into(memory)
+        .map_err(|e| bad(&e.to_string()))?;
     // The guest's clocks run on its time-stamp counter: move it on by the time since
     // the snapshot, so that realtime is current and monotonic time keeps going. (On
     // PVM the guest reads the host's counter natively, which has moved on by itself.)
@@ -987,8 +1029,13 @@ fn realtime_ns() -> u64 {
 struct MappedModule<'a> {
     region: std::ops::Range<u64>,
     bytes: &'a [u8],
+    /// What names the compiled code.
+    identity: ModuleIdentity,
     /// The cell's identity region, which the snapshot records.
     identity_capacity: u64,
+    /// The memory image the cell was restored from, if it was: its pages are the
+    /// cell's wherever the cell did not write.
+    base: Option<&'a MemoryImage>,
 }
 
 /// A snapshot of a cell whose vCPU is parked between exits.
@@ -1009,9 +1056,10 @@ fn snapshot(
         services.growth.mapped,
         module.region.clone(),
         module.bytes,
+        module.base,
     );
     Ok(CellSnapshot {
-        module: ModuleIdentity::of(module.bytes),
+        module: module.identity,
         template,
         taken_at_ns: realtime_ns(),
         identity_capacity: module.identity_capacity,

@@ -6,12 +6,21 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 
-use crate::cell::{CellFailure, CellPayload, CellReport, restore_cell, run_cell_with_control};
+use crate::cell::{
+    CellFailure, CellPayload, CellReport, restore_cell, run_cell_with_control, start_from_template,
+};
 use crate::compile::CompiledModule;
 use crate::config::CellConfig;
 use crate::control::{CellControl, StopReason};
 use crate::persist::{CellSnapshot, SnapshotError};
 use crate::stdio::CellStdio;
+
+/// Where a [`Cell`] starts from.
+enum Origin {
+    Boot,
+    Snapshot(Box<CellSnapshot>),
+    Template(Arc<CellSnapshot>),
+}
 
 /// The descriptors a [`Cell`] owns as its stdin, stdout and stderr.
 #[derive(Debug)]
@@ -40,7 +49,7 @@ impl Cell {
         cpu_features: u32,
         stdio: OwnedStdio,
     ) -> Self {
-        Self::spawn(config, module, cpu_features, stdio, None)
+        Self::spawn(config, module, cpu_features, stdio, Origin::Boot)
     }
 
     /// Builds a cell from `snapshot` (taken of a cell running `module` with `config`)
@@ -52,7 +61,32 @@ impl Cell {
         stdio: OwnedStdio,
         snapshot: CellSnapshot,
     ) -> Self {
-        Self::spawn(config, module, cpu_features, stdio, Some(snapshot))
+        Self::spawn(
+            config,
+            module,
+            cpu_features,
+            stdio,
+            Origin::Snapshot(Box::new(snapshot)),
+        )
+    }
+
+    /// Starts a cell from `template` (made for `module`) with the identity of `config`
+    /// and runs it on a thread of its own. Cells of one template share it, and, where
+    /// it was loaded from a file, its memory, until they write.
+    pub fn from_template(
+        config: CellConfig,
+        module: Arc<CompiledModule>,
+        cpu_features: u32,
+        stdio: OwnedStdio,
+        template: Arc<CellSnapshot>,
+    ) -> Self {
+        Self::spawn(
+            config,
+            module,
+            cpu_features,
+            stdio,
+            Origin::Template(template),
+        )
     }
 
     fn spawn(
@@ -60,7 +94,7 @@ impl Cell {
         module: Arc<CompiledModule>,
         cpu_features: u32,
         stdio: OwnedStdio,
-        snapshot: Option<CellSnapshot>,
+        origin: Origin,
     ) -> Self {
         let control = CellControl::new();
         // Begun before the thread starts, so that a pause asked for at once waits for
@@ -79,10 +113,15 @@ impl Cell {
                     module: &module,
                     cpu_features,
                 };
-                match &snapshot {
-                    None => run_cell_with_control(&config, payload, borrowed, &cell_control),
-                    Some(snapshot) => {
+                match &origin {
+                    Origin::Boot => {
+                        run_cell_with_control(&config, payload, borrowed, &cell_control)
+                    }
+                    Origin::Snapshot(snapshot) => {
                         restore_cell(&config, payload, snapshot, borrowed, &cell_control)
+                    }
+                    Origin::Template(template) => {
+                        start_from_template(&config, payload, template, borrowed, &cell_control)
                     }
                 }
             })

@@ -13,7 +13,7 @@ use std::thread;
 use std::time::Duration;
 
 use common::{compile, program};
-use hypercell_host::persist::CellSnapshot;
+use hypercell_host::persist::{CellSnapshot, PageRun, SavedPages};
 use hypercell_host::{
     Cell, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload, CellReport,
     CellStdio, CompiledModule, Compiler, OwnedStdio, StopReason, restore_cell,
@@ -481,8 +481,9 @@ fn changed_snapshots_are_refused_or_end_their_own_cell() {
     };
     let (mut refused, mut ran) = (0, 0);
     for _ in 0..60 {
-        // Half the cases change bytes anywhere (mostly memory, which the cell then
-        // runs on); the others change one of the fields a restore must check.
+        // Half the cases change bytes of the state (its registers, page-table
+        // bookkeeping, descriptors); the others change its memory or one of the fields
+        // a restore must check.
         let hostile = if next() % 2 == 0 {
             let mut changed = bytes.clone();
             for _ in 0..1 + next() % 4 {
@@ -490,7 +491,10 @@ fn changed_snapshots_are_refused_or_end_their_own_cell() {
                 changed[at] = next() as u8;
             }
             match postcard::from_bytes::<CellSnapshot>(&changed) {
-                Ok(hostile) => hostile,
+                Ok(mut hostile) => {
+                    hostile.memory.pages = snapshot.memory.pages.clone();
+                    hostile
+                }
                 Err(_) => {
                     refused += 1;
                     continue;
@@ -499,13 +503,25 @@ fn changed_snapshots_are_refused_or_end_their_own_cell() {
         } else {
             let mut hostile = snapshot.clone();
             let value = next();
-            match value % 6 {
+            match value % 7 {
                 0 => hostile.services.growth.mapped = next(),
                 1 => hostile.services.growth.tables.next = next(),
                 2 => hostile.memory.runs[0].addr = next(),
                 3 => hostile.vcpu.xsave.truncate((next() % 1024) as usize),
                 4 => hostile.memory.size = next(),
-                _ => hostile.memory.zero_runs.push((next(), next())),
+                5 => hostile.memory.runs.push(PageRun {
+                    addr: next() & !0xfff,
+                    len: (next() % 64 + 1) * 4096,
+                }),
+                _ => {
+                    let SavedPages::InMemory(pages) = &mut hostile.memory.pages else {
+                        unreachable!("a snapshot taken in this process holds its pages")
+                    };
+                    for _ in 0..1 + next() % 64 {
+                        let at = (next() % pages.len() as u64) as usize;
+                        pages[at] = next() as u8;
+                    }
+                }
             }
             hostile
         };

@@ -4,7 +4,8 @@
 //! [`memory`] allocates its huge-page-backed guest memory, [`system`] writes the page
 //! tables, GDT, TSS and IDT the host owns, [`paging`] maps linear memories into the
 //! reservation area, [`vm`] creates the partition, and [`vcpu`]
-//! runs it and turns each KVM exit into a typed [`vcpu::VcpuEvent`].
+//! runs it and turns each KVM exit into a typed [`vcpu::VcpuEvent`]; [`vm_pool`] makes
+//! VMs ahead of need.
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod memory;
@@ -13,6 +14,7 @@ pub mod state;
 pub mod system;
 pub mod vcpu;
 pub mod vm;
+pub mod vm_pool;
 
 pub use memory::{GuestMemory, MemoryError};
 pub use paging::{PagingError, ReservationTables};
@@ -20,3 +22,4 @@ pub use state::{TablesState, VcpuState};
 pub use vcpu::{GuestException, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuThread, run_ioctls};
 pub use vm::{Vm, VmError};
 pub use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
+pub use vm_pool::{FreshVm, VmPool};

@@ -412,6 +412,27 @@ impl Vcpu {
                 source: e.into(),
             })
         };
+        self.set_avx_cpuid()?;
+        let mut sregs = self
+            .fd
+            .get_sregs()
+            .map_err(|e| VcpuError::State(e.into()))?;
+        sregs.cr4 |= CR4_OSXSAVE;
+        configure("special registers", self.fd.set_sregs(&sregs))?;
+        let mut xcrs = kvm_xcrs {
+            nr_xcrs: 1,
+            ..Default::default()
+        };
+        xcrs.xcrs[0] = kvm_xcr {
+            xcr: 0,
+            reserved: 0,
+            value: XCR0_X87 | XCR0_SSE | XCR0_AVX,
+        };
+        configure("XCR0", self.fd.set_xcrs(&xcrs))
+    }
+
+    /// Gives the vCPU the host's CPUID leaves that describe AVX and its XSAVE layout.
+    fn set_avx_cpuid(&self) -> Result<(), VcpuError> {
         let entries: Vec<kvm_cpuid_entry2> = AVX_CPUID_LEAVES
             .iter()
             .map(|&(function, index)| {
@@ -436,23 +457,12 @@ impl Vcpu {
             what: "CPUID",
             source: io::Error::from_raw_os_error(libc::E2BIG),
         })?;
-        configure("CPUID", self.fd.set_cpuid2(&cpuid))?;
-        let mut sregs = self
-            .fd
-            .get_sregs()
-            .map_err(|e| VcpuError::State(e.into()))?;
-        sregs.cr4 |= CR4_OSXSAVE;
-        configure("special registers", self.fd.set_sregs(&sregs))?;
-        let mut xcrs = kvm_xcrs {
-            nr_xcrs: 1,
-            ..Default::default()
-        };
-        xcrs.xcrs[0] = kvm_xcr {
-            xcr: 0,
-            reserved: 0,
-            value: XCR0_X87 | XCR0_SSE | XCR0_AVX,
-        };
-        configure("XCR0", self.fd.set_xcrs(&xcrs))
+        self.fd
+            .set_cpuid2(&cpuid)
+            .map_err(|e| VcpuError::Configure {
+                what: "CPUID",
+                source: e.into(),
+            })
     }
 
     /// The vCPU's complete state. Call it while the vCPU is out of the guest, after an
@@ -490,7 +500,7 @@ impl Vcpu {
         };
         if state.xcrs.xcrs[0].value & XCR0_AVX != 0 {
             // The CPUID that allows AVX state, before XCR0 is restored below.
-            self.enable_avx()?;
+            self.set_avx_cpuid()?;
         }
         configure("special registers", self.fd.set_sregs(&state.sregs))?;
         configure("registers", self.fd.set_regs(&state.regs))?;

@@ -8,7 +8,11 @@ use std::os::fd::{AsFd, BorrowedFd};
 use memmap2::Mmap;
 
 /// A wasmtime artifact the guest runtime loads.
-pub struct Artifact(Backing);
+pub struct Artifact {
+    backing: Backing,
+    /// xxh3 of the bytes: with their length, what names this compiled code in snapshots.
+    checksum: u64,
+}
 
 enum Backing {
     /// Compiled now and not stored in a cache.
@@ -24,19 +28,30 @@ enum Backing {
 impl Artifact {
     /// An artifact held in memory.
     pub(super) fn in_memory(bytes: Vec<u8>) -> Self {
-        Self(Backing::Memory(bytes))
+        Self {
+            checksum: xxhash_rust::xxh3::xxh3_64(&bytes),
+            backing: Backing::Memory(bytes),
+        }
     }
 
     /// The artifact at `offset` (a multiple of 4 KiB) to the end of `map`, a mapping of
-    /// all of `file`.
-    pub(super) fn mapped(file: File, map: Mmap, offset: usize) -> Self {
+    /// all of `file`, whose xxh3 checksum is `checksum`.
+    pub(super) fn mapped(file: File, map: Mmap, offset: usize, checksum: u64) -> Self {
         debug_assert!(offset.is_multiple_of(4096) && offset <= map.len());
-        Self(Backing::Mapped { file, map, offset })
+        Self {
+            backing: Backing::Mapped { file, map, offset },
+            checksum,
+        }
+    }
+
+    /// The bytes' xxh3 checksum.
+    pub fn checksum(&self) -> u64 {
+        self.checksum
     }
 
     /// The artifact's bytes.
     pub fn bytes(&self) -> &[u8] {
-        match &self.0 {
+        match &self.backing {
             Backing::Memory(bytes) => bytes,
             Backing::Mapped { map, offset, .. } => &map[*offset..],
         }
@@ -46,7 +61,7 @@ impl Artifact {
     /// which they start in it, so that its pages can be mapped instead of copied; `None`
     /// when the bytes are only in memory (no cache, or one that cannot be written).
     pub fn file_backing(&self) -> Option<(BorrowedFd<'_>, u64)> {
-        match &self.0 {
+        match &self.backing {
             Backing::Memory(_) => None,
             Backing::Mapped { file, offset, .. } => Some((file.as_fd(), *offset as u64)),
         }

@@ -1,27 +1,42 @@
-//! The snapshot file: a fixed header (magic, format version, body length, checksum)
-//! and a postcard body holding where the snapshot comes from (Hypercell and ABI version,
-//! CPU features, compiler, module and configuration) and the [`CellSnapshot`].
+//! The snapshot file: a fixed header (magic, format version, the body's length and
+//! checksum, the memory image's offset, length and checksum), a postcard body holding
+//! where the snapshot comes from (Hypercell and ABI version, CPU features, compiler,
+//! module and configuration) and the [`CellSnapshot`] less its pages, and then, from the
+//! next page boundary, the memory image: guest memory as a sparse file, each saved page
+//! at its guest-physical address and holes elsewhere, so that cells can map it.
 //!
 //! Loading treats the file as hostile: every length is checked before it is used, the
 //! checksum before the body is decoded, and each problem is one sentence naming it.
 //! `docs/snapshot.md` describes the format and the compatibility rules.
 
 use std::io::{self, Write};
+use std::ops::Range;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use xxhash_rust::xxh3::Xxh3Default;
 
 use serde::{Deserialize, Serialize};
 
-use super::snapshot::CellSnapshot;
+use super::snapshot::{CellSnapshot, PageRun, SavedPages};
 use crate::config::CellConfig;
 
 /// First bytes of every snapshot file.
 pub const MAGIC: [u8; 8] = *b"HYPCSNAP";
 /// Version of the layout below; a file of another version is refused.
-pub const FORMAT_VERSION: u32 = 1;
-/// Bytes before the body: magic, format version, reserved, body length, checksum.
-pub const HEADER_LEN: usize = 32;
-/// The largest body a file may declare: far more than any cell's touched memory.
-pub const MAX_BODY: u64 = 64 << 30;
+pub const FORMAT_VERSION: u32 = 2;
+/// Bytes before the body: magic, format version, reserved, body length and checksum,
+/// memory image offset, length and checksum, reserved.
+pub const HEADER_LEN: usize = 64;
+/// The largest body a file may declare: its memory is in the image, so the body is
+/// state and descriptions only.
+pub const MAX_BODY: u64 = 1 << 30;
+/// The largest memory image a file may declare: a cell's whole memory.
+pub const MAX_MEMORY_IMAGE: u64 = hypercell_abi::layout::MAX_MEMORY_SIZE;
+/// Alignment of the memory image in the file: a page, so that it can be mapped.
+const IMAGE_ALIGN: u64 = 4096;
 
 /// Where a snapshot comes from, with the snapshot itself.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -210,19 +225,43 @@ impl SnapshotFile {
             path: path.to_path_buf(),
             source,
         };
+        let memory = &self.snapshot.memory;
+        let runs = memory
+            .runs
+            .iter()
+            .map(|run| {
+                memory.run_bytes(run).ok_or_else(|| {
+                    io::Error::other("the snapshot's saved pages are not all at hand")
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()
+            .map_err(io_error)?;
         let body = postcard::to_allocvec(self).map_err(|e| io_error(io::Error::other(e)))?;
+        let memory_offset = memory_offset(body.len() as u64);
+        let mut memory_sum = Xxh3Default::new();
+        runs.iter().for_each(|run| memory_sum.update(run));
         let mut header = Vec::with_capacity(HEADER_LEN);
         header.extend_from_slice(&MAGIC);
         header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
         header.extend_from_slice(&0u32.to_le_bytes());
         header.extend_from_slice(&(body.len() as u64).to_le_bytes());
         header.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
+        header.extend_from_slice(&memory_offset.to_le_bytes());
+        header.extend_from_slice(&memory.image_len().to_le_bytes());
+        header.extend_from_slice(&memory_sum.digest().to_le_bytes());
+        header.extend_from_slice(&0u64.to_le_bytes());
+        debug_assert_eq!(header.len(), HEADER_LEN);
         let mut name = path.as_os_str().to_owned();
         name.push(format!(".{}.tmp", std::process::id()));
         let temp = PathBuf::from(name);
         let written = std::fs::File::create(&temp).and_then(|mut file| {
             file.write_all(&header)?;
             file.write_all(&body)?;
+            // Pages that were not saved stay holes: they read as zeros and take no disk.
+            file.set_len(memory_offset + memory.image_len())?;
+            for (run, bytes) in memory.runs.iter().zip(&runs) {
+                file.write_all_at(bytes, memory_offset + run.addr)?;
+            }
             file.sync_all()
         });
         if let Err(error) = written.and_then(|()| std::fs::rename(&temp, path)) {
@@ -232,18 +271,51 @@ impl SnapshotFile {
         Ok(())
     }
 
-    /// Reads the snapshot file at `path`.
+    /// Reads the snapshot file at `path`. Its memory image stays in the file, mapped
+    /// privately into each cell restored from it: the file must not be changed while
+    /// such cells run.
     pub fn read_from(path: &Path) -> Result<Self, SnapshotFileError> {
-        let bytes = std::fs::read(path).map_err(|source| SnapshotFileError::Io {
+        let io_error = |source| SnapshotFileError::Io {
             what: "read",
             path: path.to_path_buf(),
             source,
-        })?;
-        Self::decode(path, &bytes)
+        };
+        let file = std::fs::File::open(path).map_err(io_error)?;
+        // SAFETY: the mapping is read-only and private to this function; a file changed
+        // under it changes only the bytes read, which are all checked.
+        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io_error)?;
+        let data = |image: Range<u64>| data_extents(&file, image);
+        let (mut snapshot, memory_offset) = Self::decode_checked(path, &map, data)?;
+        snapshot.snapshot.memory.pages = SavedPages::File {
+            file: Arc::new(file),
+            offset: memory_offset,
+        };
+        Ok(snapshot)
     }
 
-    /// Decodes the contents `bytes` of snapshot file `path`.
+    /// Decodes the contents `bytes` of snapshot file `path`, with its memory in memory.
     pub fn decode(path: &Path, bytes: &[u8]) -> Result<Self, SnapshotFileError> {
+        let whole = |image: Range<u64>| vec![image];
+        let (mut snapshot, memory_offset) = Self::decode_checked(path, bytes, whole)?;
+        let memory = &mut snapshot.snapshot.memory;
+        let mut pages = Vec::with_capacity(memory.saved_len() as usize);
+        for run in &memory.runs {
+            let at = (memory_offset + run.addr) as usize;
+            pages.extend_from_slice(&bytes[at..at + run.len as usize]);
+        }
+        memory.pages = SavedPages::InMemory(pages);
+        Ok(snapshot)
+    }
+
+    /// Checks and decodes the contents `bytes` of snapshot file `path`; returns the
+    /// snapshot without its pages, and where its memory image starts in `bytes`.
+    /// `data` gives the parts of a range of the file that may hold data (not holes):
+    /// those outside the saved pages must hold zeros.
+    fn decode_checked(
+        path: &Path,
+        bytes: &[u8],
+        data: impl Fn(Range<u64>) -> Vec<Range<u64>>,
+    ) -> Result<(Self, u64), SnapshotFileError> {
         let path = || path.to_path_buf();
         let truncated = |needed: u64| SnapshotFileError::Truncated {
             path: path(),
@@ -270,26 +342,41 @@ impl SnapshotFile {
             path: path(),
             reason,
         };
-        if u32_at(12) != 0 {
-            return Err(damaged("its reserved header field is not zero".into()));
+        if u32_at(12) != 0 || u64_at(56) != 0 {
+            return Err(damaged("its reserved header fields are not zero".into()));
         }
         let body_len = u64_at(16);
-        if body_len > MAX_BODY {
+        let memory_len = u64_at(40);
+        if body_len > MAX_BODY || memory_len > MAX_MEMORY_IMAGE {
             return Err(damaged(format!(
-                "its header declares a body of {body_len} bytes"
+                "its header declares a body of {body_len} bytes and a memory image of {memory_len}"
             )));
         }
-        let needed = HEADER_LEN as u64 + body_len;
-        if (bytes.len() as u64) < needed {
+        let offset = memory_offset(body_len);
+        if u64_at(32) != offset {
+            return Err(damaged(format!(
+                "its header places the memory image at byte {}, where it starts at {offset}",
+                u64_at(32)
+            )));
+        }
+        let needed = offset + memory_len;
+        let len = bytes.len() as u64;
+        if len < needed {
             return Err(truncated(needed));
         }
-        if bytes.len() as u64 > needed {
+        if len > needed {
             return Err(damaged(format!(
-                "{} bytes follow its body",
-                bytes.len() as u64 - needed
+                "{} bytes follow its memory image",
+                len - needed
             )));
         }
-        let body = &bytes[HEADER_LEN..];
+        let body_end = HEADER_LEN + body_len as usize;
+        let body = &bytes[HEADER_LEN..body_end];
+        if bytes[body_end..offset as usize].iter().any(|&b| b != 0) {
+            return Err(damaged(
+                "the padding before its memory image is not zeros".into(),
+            ));
+        }
         if xxhash_rust::xxh3::xxh3_64(body) != u64_at(24) {
             return Err(damaged("its contents do not match its checksum".into()));
         }
@@ -298,15 +385,102 @@ impl SnapshotFile {
         if !rest.is_empty() {
             return Err(damaged("its body has bytes after the snapshot".into()));
         }
-        Ok(file)
+        let memory = &file.snapshot.memory;
+        memory.check_runs().map_err(|e| damaged(e.to_string()))?;
+        if memory.image_len() != memory_len {
+            return Err(damaged(format!(
+                "its memory image is {memory_len} bytes long, where its pages end at {}",
+                memory.image_len()
+            )));
+        }
+        let mut memory_sum = Xxh3Default::new();
+        for run in &memory.runs {
+            let at = (offset + run.addr) as usize;
+            memory_sum.update(&bytes[at..at + run.len as usize]);
+        }
+        if memory_sum.digest() != u64_at(48) {
+            return Err(damaged("its memory does not match its checksum".into()));
+        }
+        // Bytes between the saved pages are not checksummed: they must be zeros (and are
+        // holes, unless the file was copied without them).
+        for extent in data(offset..needed) {
+            for gap in gaps(&memory.runs, extent.start - offset..extent.end - offset) {
+                let gap = &bytes[(offset + gap.start) as usize..(offset + gap.end) as usize];
+                if gap.iter().any(|&b| b != 0) {
+                    return Err(damaged(
+                        "its memory image holds data outside its saved pages".into(),
+                    ));
+                }
+            }
+        }
+        Ok((file, offset))
     }
+}
+
+/// The parts of `range` that no run of `runs` (in order, apart) covers.
+fn gaps(runs: &[PageRun], range: Range<u64>) -> Vec<Range<u64>> {
+    let mut gaps = Vec::new();
+    let mut at = range.start;
+    for run in runs {
+        let (start, end) = (run.addr, run.addr + run.len);
+        if end <= at {
+            continue;
+        }
+        if start >= range.end {
+            break;
+        }
+        if start > at {
+            gaps.push(at..start);
+        }
+        at = end;
+    }
+    if at < range.end {
+        gaps.push(at..range.end);
+    }
+    gaps
+}
+
+/// The parts of `range` of `file` that hold data rather than holes, as
+/// `SEEK_DATA`/`SEEK_HOLE` report them; all of it where the filesystem cannot say.
+fn data_extents(file: &std::fs::File, range: Range<u64>) -> Vec<Range<u64>> {
+    let seek = |offset: u64, whence: libc::c_int| {
+        // SAFETY: lseek only moves this descriptor's offset, which nothing else uses
+        // (the file is read through a mapping).
+        let at = unsafe { libc::lseek(file.as_raw_fd(), offset as libc::off_t, whence) };
+        u64::try_from(at).ok()
+    };
+    let mut extents = Vec::new();
+    let mut at = range.start;
+    while at < range.end {
+        let Some(start) = seek(at, libc::SEEK_DATA) else {
+            // ENXIO: no data after `at`. Anything else: the filesystem cannot say.
+            if std::io::Error::last_os_error().raw_os_error() != Some(libc::ENXIO) {
+                extents.push(at..range.end);
+            }
+            break;
+        };
+        if start >= range.end {
+            break;
+        }
+        let end = seek(start, libc::SEEK_HOLE).map_or(range.end, |end| end.min(range.end));
+        extents.push(start.max(at)..end.max(start + 1).min(range.end));
+        at = end.max(start + 1);
+    }
+    extents
+}
+
+/// Where the memory image starts in a file whose body is `body_len` bytes: on the first
+/// page boundary after it, so that the image can be mapped.
+fn memory_offset(body_len: u64) -> u64 {
+    (HEADER_LEN as u64 + body_len).next_multiple_of(IMAGE_ALIGN)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::persist::{
-        FileTableState, GrowthState, MemoryImage, ModuleIdentity, PageRun, ServicesState,
+        FileTableState, GrowthState, MemoryImage, ModuleIdentity, PageRun, SavedPages,
+        ServicesState,
     };
     use hypercell_vmm::state::XSAVE_WORDS;
     use hypercell_vmm::{TablesState, VcpuState};
@@ -356,12 +530,18 @@ mod tests {
                 },
                 memory: MemoryImage {
                     size: 16 << 20,
-                    module: 0x40_0000..0x40_1000,
-                    runs: vec![PageRun {
-                        addr: 0x40_0000,
-                        bytes: vec![1; 4096],
-                    }],
-                    zero_runs: vec![(0x80_0000, 0x2000)],
+                    module: 0x4000..0x5000,
+                    runs: vec![
+                        PageRun {
+                            addr: 0x1000,
+                            len: 0x2000,
+                        },
+                        PageRun {
+                            addr: 0x4000,
+                            len: 0x1000,
+                        },
+                    ],
+                    pages: SavedPages::InMemory((0..0x3000).map(|i| (i % 251) as u8).collect()),
                 },
             },
         }
@@ -387,6 +567,38 @@ mod tests {
         assert_eq!(SnapshotFile::read_from(&path).unwrap(), sample());
         let missing = SnapshotFile::read_from(&dir.path().join("none")).unwrap_err();
         assert!(matches!(missing, SnapshotFileError::Io { .. }));
+    }
+
+    #[test]
+    fn memory_between_saved_pages_is_a_hole_and_must_read_as_zeros() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("s.snap");
+        sample().write_to(&path).unwrap();
+        let mut bytes = std::fs::read(&path).unwrap();
+        let offset = u64::from_le_bytes(bytes[32..40].try_into().unwrap());
+        let file = std::fs::File::open(&path).unwrap();
+        let data = data_extents(&file, offset..bytes.len() as u64);
+        assert!(
+            data.iter()
+                .all(|extent| !extent.contains(&(offset + 0x3000))),
+            "the unsaved page between the runs is a hole: {data:x?}"
+        );
+        // A copy made without holes reads the same.
+        let dense = dir.path().join("dense.snap");
+        std::fs::write(&dense, &bytes).unwrap();
+        assert_eq!(SnapshotFile::read_from(&dense).unwrap(), sample());
+        // Data where no page was saved is refused, from a file as from bytes.
+        bytes[offset as usize + 0x3100] = 1;
+        std::fs::write(&dense, &bytes).unwrap();
+        for error in [
+            SnapshotFile::read_from(&dense).unwrap_err(),
+            SnapshotFile::decode(Path::new("s.snap"), &bytes).unwrap_err(),
+        ] {
+            assert!(
+                error.to_string().contains("outside its saved pages"),
+                "{error}"
+            );
+        }
     }
 
     #[test]
@@ -424,9 +636,9 @@ mod tests {
             "{foreign}"
         );
         let mut newer = bytes.clone();
-        newer[8] = 2;
+        newer[8] = 3;
         let error = decode(&newer).unwrap_err().to_string();
-        assert!(error.contains("format version 2"), "{error}");
+        assert!(error.contains("format version 3"), "{error}");
 
         let file = sample();
         let here = hypercell_abi::CpuFeatures::SSE3;

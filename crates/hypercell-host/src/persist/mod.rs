@@ -8,6 +8,6 @@ pub mod snapshot;
 pub use file::{SnapshotFile, SnapshotFileError};
 pub use files::{DescriptorState, FileTableState, PersistError};
 pub use snapshot::{
-    CellSnapshot, GrowthState, MemoryImage, ModuleIdentity, PageRun, ServicesState, SnapshotError,
-    TemplatePoint,
+    CellSnapshot, GrowthState, ImageError, MemoryImage, ModuleIdentity, PageRun, SavedPages,
+    ServicesState, SnapshotError, TemplatePoint,
 };

@@ -1,7 +1,10 @@
 //! A running cell's complete state at one instant: its vCPU, its host services and the
 //! guest memory it touched, from which a new cell goes on where it stopped.
 
+use std::fs::File;
 use std::ops::Range;
+use std::os::fd::AsFd;
+use std::sync::Arc;
 
 use hypercell_vmm::{GuestMemory, TablesState, VcpuState};
 use serde::{Deserialize, Serialize};
@@ -75,6 +78,14 @@ pub struct ModuleIdentity {
 }
 
 impl ModuleIdentity {
+    /// The identity of `artifact`.
+    pub fn of_artifact(artifact: &crate::compile::Artifact) -> Self {
+        Self {
+            len: artifact.bytes().len() as u64,
+            checksum: artifact.checksum(),
+        }
+    }
+
     /// The identity of the compiled artifact `bytes`.
     pub fn of(bytes: &[u8]) -> Self {
         Self {
@@ -111,42 +122,114 @@ pub struct GrowthState {
 }
 
 /// Pages saved back to back from a guest-physical address.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PageRun {
-    /// Where the run starts.
+    /// Where the run starts (page-aligned).
     pub addr: u64,
-    /// Its contents, encoded as one byte string (not byte by byte).
-    #[serde(with = "serde_bytes")]
-    pub bytes: Vec<u8>,
+    /// Its length in bytes (whole pages).
+    pub len: u64,
+}
+
+/// Where the contents of a snapshot's saved pages are.
+#[derive(Clone, Debug)]
+pub enum SavedPages {
+    /// In memory: the runs' contents back to back, as a snapshot taken in this process
+    /// holds them.
+    InMemory(Vec<u8>),
+    /// In a snapshot file, as an image of guest memory: the page at guest-physical
+    /// address A lies at `offset + A`, and pages that were not saved are holes. Cells
+    /// restored from it map it privately, so that they share its page cache until they
+    /// write.
+    File {
+        /// The file, open.
+        file: Arc<File>,
+        /// Where guest-physical address 0 lies in it (page-aligned).
+        offset: u64,
+    },
+}
+
+impl Default for SavedPages {
+    fn default() -> Self {
+        Self::InMemory(Vec::new())
+    }
 }
 
 /// Guest memory, sparse: the size of the whole, and only the pages that hold data.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct MemoryImage {
     /// Size of the guest memory.
     pub size: u64,
     /// Where the compiled module is mapped from its cache file, and its length: pages
     /// there are saved only where the guest changed them.
     pub module: Range<u64>,
-    /// Runs of saved pages: guest-physical address and contents.
+    /// Runs of saved pages, in address order, apart from one another; every other page
+    /// holds zeros (or, in the module's range, the module).
     pub runs: Vec<PageRun>,
-    /// Runs of backed pages that hold only zeros: address and length.
-    pub zero_runs: Vec<(u64, u64)>,
+    /// Their contents (kept apart from the serialised description: the snapshot file
+    /// stores them as a page-aligned memory image).
+    #[serde(skip)]
+    pub pages: SavedPages,
+}
+
+impl PartialEq for MemoryImage {
+    fn eq(&self, other: &Self) -> bool {
+        let contents = |image: &Self| {
+            image
+                .runs
+                .iter()
+                .map(|run| image.run_bytes(run))
+                .collect::<Option<Vec<_>>>()
+        };
+        self.size == other.size
+            && self.module == other.module
+            && self.runs == other.runs
+            && contents(self) == contents(other)
+    }
+}
+
+/// Why a memory image does not fit the cell it is restored into.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    /// A run is misaligned, out of order, or outside the memory.
+    #[error("its saved memory has a run of pages outside the cell or out of order")]
+    BadRun,
+    /// The runs describe more bytes than it holds.
+    #[error("its saved memory describes more pages than it holds")]
+    MissingPages,
+    /// Its pages could not be mapped.
+    #[error(transparent)]
+    Map(#[from] hypercell_vmm::MemoryError),
 }
 
 impl MemoryImage {
-    /// Saves the pages of `memory` below `mapped` that the host backed, less those of
-    /// the mapped module (at `module`) that still equal `artifact`.
-    pub fn capture(memory: &GuestMemory, mapped: u64, module: Range<u64>, artifact: &[u8]) -> Self {
+    /// Saves the pages of `memory` below `mapped` that hold data, less those of the
+    /// mapped module (at `module`) that still equal `artifact`. Candidates are the
+    /// pages the host backed, and those of `base`, the image the cell was restored
+    /// from (whose file pages may have left the page cache).
+    pub fn capture(
+        memory: &GuestMemory,
+        mapped: u64,
+        module: Range<u64>,
+        artifact: &[u8],
+        base: Option<&MemoryImage>,
+    ) -> Self {
         let mut runs: Vec<PageRun> = Vec::new();
-        let mut zero_runs: Vec<(u64, u64)> = Vec::new();
+        let mut bytes = Vec::new();
         let mut page_bytes = vec![0u8; PAGE as usize];
+        let end = mapped.min(memory.size());
         // A page never backed holds zeros (and one of the module that the guest changed
         // is always backed: it is a private copy).
-        let resident = memory.resident_pages(0..mapped.min(memory.size()));
-        for (index, _) in resident.iter().enumerate().filter(|&(_, &backed)| backed) {
+        let mut candidates = memory.resident_pages(0..end);
+        for run in base.map_or(&[][..], |base| &base.runs) {
+            let pages = run.addr / PAGE..(run.addr + run.len).min(end) / PAGE;
+            for index in pages {
+                if let Some(candidate) = candidates.get_mut(index as usize) {
+                    *candidate = true;
+                }
+            }
+        }
+        for (index, _) in candidates.iter().enumerate().filter(|&(_, &c)| c) {
             let page = index as u64 * PAGE;
-            let in_module = module.contains(&page);
             if memory
                 .mem()
                 .read_slice(&mut page_bytes, GuestAddress(page))
@@ -154,7 +237,7 @@ impl MemoryImage {
             {
                 continue;
             }
-            if in_module {
+            if module.contains(&page) {
                 let offset = (page - module.start) as usize;
                 let original = artifact.get(offset..).unwrap_or_default();
                 let original = &original[..original.len().min(PAGE as usize)];
@@ -163,21 +246,15 @@ impl MemoryImage {
                 if unchanged {
                     continue;
                 }
-            }
-            if page_bytes.iter().all(|&b| b == 0) {
-                match zero_runs.last_mut() {
-                    Some((start, len)) if *start + *len == page => *len += PAGE,
-                    _ => zero_runs.push((page, PAGE)),
-                }
+            } else if page_bytes.iter().all(|&b| b == 0) {
                 continue;
             }
+            bytes.extend_from_slice(&page_bytes);
             match runs.last_mut() {
-                Some(run) if run.addr + run.bytes.len() as u64 == page => {
-                    run.bytes.extend_from_slice(&page_bytes);
-                }
+                Some(run) if run.addr + run.len == page => run.len += PAGE,
                 _ => runs.push(PageRun {
                     addr: page,
-                    bytes: page_bytes.clone(),
+                    len: PAGE,
                 }),
             }
         }
@@ -185,30 +262,114 @@ impl MemoryImage {
             size: memory.size(),
             module,
             runs,
-            zero_runs,
+            pages: SavedPages::InMemory(bytes),
         }
     }
 
-    /// Writes the saved pages into `memory`; false when a run lies outside it.
-    pub fn restore_into(&self, memory: &GuestMemory) -> bool {
-        let zeros = [0u8; PAGE as usize];
-        let zeroed = self.zero_runs.iter().all(|&(start, len)| {
-            let end = start.checked_add(len).filter(|&end| end <= memory.size());
-            end.is_some()
-                && (start..start + len).step_by(PAGE as usize).all(|page| {
-                    let len = PAGE.min(start + len - page) as usize;
+    /// Bytes of saved pages.
+    pub fn saved_len(&self) -> u64 {
+        self.runs.iter().map(|run| run.len).sum()
+    }
+
+    /// End of the highest saved page: the length of the memory image in a file.
+    pub fn image_len(&self) -> u64 {
+        self.runs.last().map_or(0, |run| run.addr + run.len)
+    }
+
+    /// Checks that the runs are page-aligned, in order, apart and inside the memory.
+    pub fn check_runs(&self) -> Result<(), ImageError> {
+        let mut floor = 0;
+        for run in &self.runs {
+            let end = run.addr.checked_add(run.len).ok_or(ImageError::BadRun)?;
+            if run.len == 0
+                || !run.addr.is_multiple_of(PAGE)
+                || !run.len.is_multiple_of(PAGE)
+                || run.addr < floor
+                || end > self.size
+            {
+                return Err(ImageError::BadRun);
+            }
+            floor = end;
+        }
+        Ok(())
+    }
+
+    /// The contents of `run`, one of this image's, when they are at hand in memory or
+    /// readable from the file.
+    pub fn run_bytes(&self, run: &PageRun) -> Option<Vec<u8>> {
+        match &self.pages {
+            SavedPages::InMemory(bytes) => {
+                let index = self.runs.iter().position(|r| r == run)?;
+                let start = self.runs[..index].iter().map(|r| r.len).sum::<u64>() as usize;
+                bytes
+                    .get(start..start + run.len as usize)
+                    .map(<[u8]>::to_vec)
+            }
+            SavedPages::File { file, offset } => {
+                let mut buffer = vec![0; run.len as usize];
+                std::os::unix::fs::FileExt::read_exact_at(
+                    &**file,
+                    &mut buffer,
+                    offset.checked_add(run.addr)?,
+                )
+                .ok()?;
+                Some(buffer)
+            }
+        }
+    }
+
+    /// Puts the saved pages into `memory`, fresh (all zeros) apart from the module,
+    /// which is mapped at `self.module` already. Pages in a file are mapped privately
+    /// (shared until the cell writes them); pages in memory are copied.
+    pub fn restore_into(&self, memory: &GuestMemory) -> Result<(), ImageError> {
+        if self.size != memory.size() {
+            return Err(ImageError::BadRun);
+        }
+        self.check_runs()?;
+        match &self.pages {
+            SavedPages::InMemory(bytes) => {
+                if self.saved_len() != bytes.len() as u64 {
+                    return Err(ImageError::MissingPages);
+                }
+                let mut at = 0;
+                for run in &self.runs {
+                    let contents = &bytes[at..at + run.len as usize];
                     memory
                         .mem()
-                        .write_slice(&zeros[..len], GuestAddress(page))
-                        .is_ok()
-                })
-        });
-        zeroed
-            && self.runs.iter().all(|run| {
-                memory
-                    .mem()
-                    .write_slice(&run.bytes, GuestAddress(run.addr))
-                    .is_ok()
-            })
+                        .write_slice(contents, GuestAddress(run.addr))
+                        .map_err(|_| ImageError::BadRun)?;
+                    at += run.len as usize;
+                }
+                Ok(())
+            }
+            SavedPages::File { file, offset } => {
+                let module =
+                    self.module.start / PAGE * PAGE..self.module.end.next_multiple_of(PAGE);
+                // The image is mapped whole around the module (one mapping each side,
+                // holes reading as zeros), and over the module only where the guest
+                // changed it.
+                let image = 0..self.image_len();
+                let pieces = [
+                    image.start..image.end.min(module.start),
+                    image.start.max(module.end)..image.end,
+                ];
+                for piece in pieces.into_iter().filter(|p| p.start < p.end) {
+                    memory.map_file(
+                        piece.start,
+                        piece.end - piece.start,
+                        file.as_fd(),
+                        offset + piece.start,
+                    )?;
+                }
+                for run in self
+                    .runs
+                    .iter()
+                    .filter(|run| run.addr < module.end && run.addr + run.len > module.start)
+                {
+                    memory.map_file(run.addr, run.len, file.as_fd(), offset + run.addr)?;
+                }
+                Ok(())
+            }
+        }
     }
 }
