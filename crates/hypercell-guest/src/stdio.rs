@@ -214,15 +214,22 @@ pub fn read(bufs: &mut [&mut [u8]]) -> Result<usize, i64> {
         return host_read(&iovecs);
     }
     if input.start == input.end && wanted > 0 {
-        if input.data.is_empty() {
-            input.data = alloc::vec![0; INPUT_CAPACITY];
-        }
+        // Not zeroed: the host writes the bytes that are then read, and a cell touches
+        // only the pages its input reaches (zeroing would copy 1 MiB of a template's
+        // memory into every cell).
+        input.data.clear();
+        input.data.reserve_exact(INPUT_CAPACITY);
         let iovec = [IoVec {
             addr: input.data.as_mut_ptr() as u64,
             len: INPUT_CAPACITY as u64,
         }];
         input.start = 0;
-        input.end = host_read(&iovec)?;
+        input.end = 0;
+        let read = host_read(&iovec)?.min(INPUT_CAPACITY);
+        // SAFETY: the host wrote `read` bytes at the start of the buffer's capacity,
+        // as a read system call would.
+        unsafe { input.data.set_len(read) };
+        input.end = read;
     }
     let mut copied = 0;
     for buf in bufs.iter_mut() {

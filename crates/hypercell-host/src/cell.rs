@@ -602,6 +602,12 @@ fn start_cell(
         boot_mapping,
         tables: reservations,
         linear_memory: premapped,
+        populate_from: snapshot.map_or(0, |snapshot| {
+            snapshot
+                .memory
+                .image_len()
+                .next_multiple_of(LARGE_PAGE_SIZE)
+        }),
     };
     let (meter, denied_growth) = match snapshot {
         None => (OutputMeter::new(config.output_limit), 0),

@@ -150,6 +150,11 @@ pub struct MemoryGrowth<'a> {
     pub tables: ReservationTables,
     /// Bytes of linear memory mapped into the reservation area so far.
     pub linear_memory: u64,
+    /// Memory below this is not backed ahead of the guest when it grows: in a cell
+    /// restored from a snapshot, the end of its memory image rounded up to 2 MiB. The
+    /// image is mapped from its file in 4 KiB pages up to there, so backing it ahead
+    /// would copy every page of the step, where the guest may touch a few.
+    pub populate_from: u64,
 }
 
 /// A copied, decoded request.
@@ -216,7 +221,12 @@ impl Services<'_> {
             }
             Hypercall::Fail => {
                 self.denied_growth = args[3];
-                let message = read_text(memory, args[0], args[1])?;
+                // The message comes from the guest, whose runtime may be damaged: the
+                // user gets it as one line.
+                let message = read_text(memory, args[0], args[1])?
+                    .split_whitespace()
+                    .collect::<Vec<_>>()
+                    .join(" ");
                 return Ok(Completion::Fail(FailureKind::from_raw(args[2]), message));
             }
             Hypercall::Sleep => {
@@ -352,7 +362,7 @@ impl Services<'_> {
             growth.mapped = end;
             growth.next_slot += 1;
         }
-        memory.populate(growth.ready..ready);
+        memory.populate(growth.ready.max(growth.populate_from)..ready);
         growth.ready = ready;
         ready as i64
     }

@@ -308,6 +308,7 @@ impl Fixture {
                 boot_mapping: BOOT_MAPPING,
                 tables: ReservationTables::default(),
                 linear_memory: 0,
+                populate_from: 0,
             }),
             counts: Default::default(),
             files: FileTable::with_preopens(&[Preopen {

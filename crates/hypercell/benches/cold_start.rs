@@ -350,6 +350,16 @@ fn rows(hypercell: &Path, manifest: &Path, work: &Path) -> Vec<Row> {
             template: None,
         },
         Row {
+            name: "Yosys 0.70 `--version`, from a `start` template".into(),
+            wasm: programs.join("yosys.wasm"),
+            args: strings(&["--version"]),
+            stdin: None,
+            template: Some((
+                template(hypercell, &programs.join("yosys.wasm"), "start", work),
+                strings(&["--version"]),
+            )),
+        },
+        Row {
             name: "CPython 3.12 `-c` (26.3 MB)".into(),
             wasm: programs.join("python.wasm"),
             args: strings(&["-c", "print(6*7)"]),
