@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use common::compile;
+use common::{compile, pipe};
 use hypercell_host::persist::{SnapshotFile, TemplatePoint};
 use hypercell_host::{
     Cell, CellConfig, CellExit, CellPayload, CellStdio, Compiler, OwnedStdio, create_template,
@@ -67,16 +67,6 @@ const PATTERNS: &str = r#"
 
 const CELLS: u64 = 1000;
 const ALIVE_AT_ONCE: u64 = 100;
-
-fn pipe() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two new descriptors into `fds`, owned from here on.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: as above.
-    let [reader, writer] =
-        fds.map(|fd| unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    (reader, writer)
-}
 
 fn file_hash(path: &std::path::Path) -> u64 {
     xxhash_rust::xxh3::xxh3_64(&std::fs::read(path).unwrap())

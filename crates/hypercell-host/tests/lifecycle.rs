@@ -7,12 +7,12 @@ mod common;
 
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use common::{compile, program};
+use common::{compile, pipe, program};
 use hypercell_host::persist::{CellSnapshot, PageRun, SavedPages};
 use hypercell_host::{
     Cell, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload, CellReport,
@@ -36,16 +36,6 @@ const ECHO_BYTE: &str = "(call $emit (i32.const 1024) (i32.const 1))";
 const WATCH: Duration = Duration::from_millis(200);
 /// Longest a test waits for an event that should come at once.
 const PATIENCE: Duration = Duration::from_secs(60);
-
-fn pipe() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two new descriptors into the array, which are then owned here.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: both descriptors were just created and nothing else owns them.
-    let [read, write] =
-        fds.map(|fd| unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
-    (File::from(read), File::from(write))
-}
 
 /// A cell running `wat` on its own thread, with stdin and stdout as pipes the test holds.
 struct Running {

@@ -20,11 +20,11 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{WAITER as IDLE, count_from_env, find_wasmtime, wasmtime_compile};
+use support::{WAITER as IDLE, count_from_env, find_wasmtime, pipe, wasmtime_compile};
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
-use std::os::fd::{FromRawFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -213,15 +213,6 @@ fn in_one_process(count: usize, template: &Path, cache: &Path) {
         per(ours),
         per(system - ours)
     );
-}
-
-fn pipe() -> (File, File) {
-    let mut fds = [0; 2];
-    // SAFETY: pipe writes two new descriptors into `fds`, owned from here on.
-    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-    // SAFETY: as above.
-    let [reader, writer] = fds.map(|fd| unsafe { <File as FromRawFd>::from_raw_fd(fd) });
-    (reader, writer)
 }
 
 /// Each cell holds a handful of descriptors (its VM, vCPU and stdio): lift the soft

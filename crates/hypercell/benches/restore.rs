@@ -48,13 +48,7 @@ fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
 
 /// Takes the snapshot: runs the program until it waits for stdin.
 fn take_snapshot(module: &CompiledModule, cpu_features: u32) -> CellSnapshot {
-    let [reader, writer] = {
-        let mut fds = [0; 2];
-        // SAFETY: pipe writes two new descriptors, owned from here on.
-        assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
-        // SAFETY: as above.
-        fds.map(|fd| unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-    };
+    let (reader, writer) = support::pipe();
     let null = File::options().write(true).open("/dev/null").unwrap();
     let control = CellControl::new();
     let (snapshot_sender, snapshot) = mpsc::channel();

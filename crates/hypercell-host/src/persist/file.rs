@@ -226,16 +226,11 @@ impl SnapshotFile {
             source,
         };
         let memory = &self.snapshot.memory;
-        let runs = memory
-            .runs
-            .iter()
-            .map(|run| {
-                memory.run_bytes(run).ok_or_else(|| {
-                    io::Error::other("the snapshot's saved pages are not all at hand")
-                })
-            })
-            .collect::<io::Result<Vec<_>>>()
-            .map_err(io_error)?;
+        let runs = memory.run_contents().ok_or_else(|| {
+            io_error(io::Error::other(
+                "the snapshot's saved pages are not all at hand",
+            ))
+        })?;
         let body = postcard::to_allocvec(self).map_err(|e| io_error(io::Error::other(e)))?;
         let memory_offset = memory_offset(body.len() as u64);
         let mut memory_sum = Xxh3Default::new();

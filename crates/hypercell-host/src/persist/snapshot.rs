@@ -173,17 +173,10 @@ pub struct MemoryImage {
 
 impl PartialEq for MemoryImage {
     fn eq(&self, other: &Self) -> bool {
-        let contents = |image: &Self| {
-            image
-                .runs
-                .iter()
-                .map(|run| image.run_bytes(run))
-                .collect::<Option<Vec<_>>>()
-        };
         self.size == other.size
             && self.module == other.module
             && self.runs == other.runs
-            && contents(self) == contents(other)
+            && self.run_contents() == other.run_contents()
     }
 }
 
@@ -294,28 +287,30 @@ impl MemoryImage {
         Ok(())
     }
 
-    /// The contents of `run`, one of this image's, when they are at hand in memory or
+    /// The contents of every run, in order, when they are all at hand in memory or
     /// readable from the file.
-    pub fn run_bytes(&self, run: &PageRun) -> Option<Vec<u8>> {
-        match &self.pages {
-            SavedPages::InMemory(bytes) => {
-                let index = self.runs.iter().position(|r| r == run)?;
-                let start = self.runs[..index].iter().map(|r| r.len).sum::<u64>() as usize;
-                bytes
-                    .get(start..start + run.len as usize)
-                    .map(<[u8]>::to_vec)
-            }
-            SavedPages::File { file, offset } => {
-                let mut buffer = vec![0; run.len as usize];
-                std::os::unix::fs::FileExt::read_exact_at(
-                    &**file,
-                    &mut buffer,
-                    offset.checked_add(run.addr)?,
-                )
-                .ok()?;
-                Some(buffer)
-            }
-        }
+    pub fn run_contents(&self) -> Option<Vec<Vec<u8>>> {
+        let mut at = 0usize;
+        self.runs
+            .iter()
+            .map(|run| match &self.pages {
+                SavedPages::InMemory(bytes) => {
+                    let contents = bytes.get(at..at + run.len as usize)?.to_vec();
+                    at += run.len as usize;
+                    Some(contents)
+                }
+                SavedPages::File { file, offset } => {
+                    let mut buffer = vec![0; run.len as usize];
+                    std::os::unix::fs::FileExt::read_exact_at(
+                        &**file,
+                        &mut buffer,
+                        offset.checked_add(run.addr)?,
+                    )
+                    .ok()?;
+                    Some(buffer)
+                }
+            })
+            .collect()
     }
 
     /// Puts the saved pages into `memory`, fresh (all zeros) apart from the module,

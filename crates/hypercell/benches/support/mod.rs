@@ -88,3 +88,14 @@ pub fn hypercell_run(hypercell: &Path, cache: &Path) -> Command {
     command.env("XDG_CACHE_HOME", cache).arg("run");
     command
 }
+
+/// A pipe: its read end and its write end.
+pub fn pipe() -> (std::fs::File, std::fs::File) {
+    let mut fds = [0; 2];
+    // SAFETY: pipe writes two new descriptors into the array, which are then owned here.
+    assert_eq!(unsafe { libc::pipe(fds.as_mut_ptr()) }, 0);
+    // SAFETY: both descriptors were just created and nothing else owns them.
+    let [read, write] =
+        fds.map(|fd| unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
+    (read, write)
+}
