@@ -120,6 +120,9 @@ pub enum CellError {
     /// Loading the guest failed.
     #[error("could not load the guest runtime into the cell: {0}")]
     Load(String),
+    /// A partition could not be put back to its template.
+    #[error("the cell could not be put back to its template: {0}")]
+    Reset(String),
 }
 
 /// How the program ended.
@@ -349,7 +352,7 @@ fn begin(
     start: Start<'_>,
 ) -> Result<CellReport, CellFailure> {
     control.begin();
-    let result = start_cell(config, payload, stdio, control, start);
+    let result = start_cell(config, payload, stdio, control, start, None);
     // However the cell ended, even before its vCPU ran: nobody waits on it any more.
     control.finish();
     result
@@ -368,14 +371,115 @@ pub fn restore_cell(
     begin(config, payload, stdio, control, Start::Restore(snapshot))
 }
 
+/// Runs a cell from `template` in the partition `kept` holds, which has been put
+/// back to the template in place, or in a new one when it holds none; `kept` holds
+/// the partition afterwards whenever the cell's vCPU ran.
+pub(crate) fn run_in_partition(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    template: &CellSnapshot,
+    stdio: CellStdio<'_>,
+    control: &CellControl,
+    kept: &mut Option<Partition>,
+) -> Result<CellReport, CellFailure> {
+    control.begin();
+    let result = start_cell(
+        config,
+        payload,
+        stdio,
+        control,
+        Start::FromTemplate(template),
+        Some(kept),
+    );
+    control.finish();
+    result
+}
+
+/// A cell's VM, vCPU and memory, kept after a run to be put back to its template in
+/// place (see [`crate::ReusableCell`]).
+pub(crate) struct Partition {
+    vm: Vm,
+    vcpu: Vcpu,
+    memory: GuestMemory,
+    /// End of memory slot 0.
+    boot_mapping: u64,
+    /// The first KVM memory slot not in use.
+    next_slot: u32,
+}
+
+/// Written ranges this close together are dropped with one call, clean pages between
+/// them included: each call costs KVM a flush of its mappings, which costs more than
+/// the guest's faulting a few clean pages back in.
+const DISCARD_GAP: u64 = 16 * 4096;
+
+/// What putting a partition back to its template did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ResetReport {
+    /// 4 KiB pages the last run had made its own (written by the guest or the host),
+    /// dropped so that they read as the template's again.
+    pub pages: u64,
+    /// The ranges they lay in.
+    pub ranges: usize,
+    /// Memory slots the last run added, removed.
+    pub slots: u32,
+    /// Whether the run changed the page tables or system structures, so that KVM had to
+    /// drop what it derived from them.
+    pub system: bool,
+}
+
+impl Partition {
+    /// Puts the partition back to `template`, which it was started from: every page
+    /// the last run wrote is dropped (reading as the template's file, or zeros, again),
+    /// memory slots the run added are removed, and the vCPU gets the template's state.
+    pub(crate) fn reset_to(&mut self, template: &CellSnapshot) -> Result<ResetReport, CellError> {
+        let written = self
+            .memory
+            .written_ranges(0..self.memory.size())
+            .map_err(|e| CellError::Reset(format!("its written pages cannot be listed: {e}")))?;
+        let mut report = ResetReport {
+            ranges: written.len(),
+            ..ResetReport::default()
+        };
+        let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(written.len());
+        for range in written {
+            report.pages += (range.end - range.start) / 4096;
+            report.system |= range.start < IMAGE_BASE;
+            match merged.last_mut() {
+                Some(last) if range.start - last.end <= DISCARD_GAP => last.end = range.end,
+                _ => merged.push(range),
+            }
+        }
+        self.memory.discard_all(&merged);
+        let template_slots = 1 + u32::from(template.services.growth.mapped > self.boot_mapping);
+        for slot in template_slots..self.next_slot {
+            self.vm.remove_memory(slot)?;
+            report.slots += 1;
+        }
+        self.next_slot = template_slots;
+        // KVM shadows the guest's page tables and does not see the host change them;
+        // deleting a slot drops every shadow.
+        if report.system && report.slots == 0 {
+            self.vm
+                .drop_shadow_tables(&self.memory, 0, 0..self.boot_mapping)?;
+        }
+        // The time-stamp counter stays: it has run on from the template's restore with
+        // real time, as a new cell's would be moved on.
+        self.vcpu.reset_state(&template.vcpu)?;
+        Ok(report)
+    }
+}
+
 fn start_cell(
     config: &CellConfig,
     payload: CellPayload<'_>,
     stdio: CellStdio<'_>,
     control: &CellControl,
     start: Start<'_>,
+    mut reuse: Option<&mut Option<Partition>>,
 ) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
+    let kept = reuse.as_mut().and_then(|kept| kept.take());
+    let in_place = kept.is_some();
     let (snapshot, fresh_identity) = match start {
         Start::Boot | Start::Template(_) => (None, true),
         Start::Restore(snapshot) => (Some(snapshot), false),
@@ -456,14 +560,20 @@ fn start_cell(
         }
     }
     .ok_or_else(|| CellError::MemoryLimit(format_size(config.memory_limit)))?;
-    let (vm, made_vcpu) = match VM_POOL.get().and_then(VmPool::take) {
-        Some((vm, vcpu)) => (vm, Some(vcpu)),
-        None => (Vm::new()?, None),
-    };
-    // Mapping memory costs less before the vCPU exists.
-    let memory = GuestMemory::new(layout.memory_size())?;
     let boot_mapping = layout.boot_mapping();
-    vm.map_memory(&memory, 0, 0..boot_mapping)?;
+    let (vm, made_vcpu, memory) = match kept {
+        Some(kept) => (kept.vm, Some(kept.vcpu), kept.memory),
+        None => {
+            let (vm, made_vcpu) = match VM_POOL.get().and_then(VmPool::take) {
+                Some((vm, vcpu)) => (vm, Some(vcpu)),
+                None => (Vm::new()?, None),
+            };
+            // Mapping memory costs less before the vCPU exists.
+            let memory = GuestMemory::new(layout.memory_size())?;
+            vm.map_memory(&memory, 0, 0..boot_mapping)?;
+            (vm, made_vcpu, memory)
+        }
+    };
     // The runtime's first allocations land in the heap's first 2 MiB: back it now (see
     // `Services::grow_memory`).
     // The first linear memory's initial pages come first in the heap, mapped before
@@ -612,7 +722,14 @@ fn start_cell(
     let (meter, denied_growth) = match snapshot {
         None => (OutputMeter::new(config.output_limit), 0),
         Some(snapshot) if fresh_identity => {
-            restore_state(snapshot, module_identity, &memory, &vcpu, &mut growth)?;
+            restore_state(
+                snapshot,
+                module_identity,
+                &memory,
+                &vcpu,
+                &mut growth,
+                in_place,
+            )?;
             // The template's memory holds its own identity: this cell's goes over it,
             // for the runtime to read when its `Ready` call returns.
             let identity = [
@@ -647,7 +764,14 @@ fn start_cell(
             (OutputMeter::new(config.output_limit), 0)
         }
         Some(snapshot) => {
-            restore_state(snapshot, module_identity, &memory, &vcpu, &mut growth)?;
+            restore_state(
+                snapshot,
+                module_identity,
+                &memory,
+                &vcpu,
+                &mut growth,
+                in_place,
+            )?;
             let saved = &snapshot.services;
             // A cell from a template starts its own output; a restored one goes on.
             let written = if snapshot.template.is_some() {
@@ -737,10 +861,24 @@ fn start_cell(
     let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
     let output_exceeded = services.meter.exceeded();
     let hypercalls = services.counts;
-    // The VM goes before the memory it maps.
-    drop(vcpu);
-    drop(vm);
-    drop(memory);
+    let next_slot = services.growth.as_ref().map_or(1, |g| g.next_slot);
+    match reuse {
+        Some(kept) => {
+            *kept = Some(Partition {
+                vm,
+                vcpu,
+                memory,
+                boot_mapping,
+                next_slot,
+            });
+        }
+        None => {
+            // The VM goes before the memory it maps.
+            drop(vcpu);
+            drop(vm);
+            drop(memory);
+        }
+    }
     let stats = CellStats {
         started,
         vm_created,
@@ -964,14 +1102,17 @@ fn run_loop(
     }
 }
 
-/// Puts a snapshot's memory, memory mappings and vCPU state into a freshly booted cell
-/// of the same layout. Everything in it is checked: it is input from outside.
+/// Puts a snapshot's memory, memory mappings and vCPU state into a fresh cell of the
+/// same layout, or, `in_place`, only its bookkeeping into a partition already put back
+/// to it (see [`Partition::reset_to`]). Everything in it is checked: it is input from
+/// outside.
 fn restore_state(
     snapshot: &CellSnapshot,
     module: ModuleIdentity,
     memory: &GuestMemory,
     vcpu: &Vcpu,
     growth: &mut MemoryGrowth<'_>,
+    in_place: bool,
 ) -> Result<(), CellError> {
     let bad = |what: &str| CellError::Snapshot(what.to_string());
     if snapshot.module != module {
@@ -994,30 +1135,40 @@ fn restore_state(
     let tables = ReservationTables::from_state(&saved.tables)
         .ok_or_else(|| bad("its page-table bookkeeping lies outside the table pool"))?;
     if saved.mapped > growth.mapped {
-        growth
-            .vm
-            .map_memory(memory, growth.next_slot, growth.mapped..saved.mapped)?;
+        if !in_place {
+            growth
+                .vm
+                .map_memory(memory, growth.next_slot, growth.mapped..saved.mapped)?;
+        }
         growth.next_slot += 1;
         growth.mapped = saved.mapped;
     }
     growth.ready = saved.ready;
     growth.linear_memory = saved.linear_memory;
     growth.tables = tables;
+    if in_place {
+        return Ok(());
+    }
     snapshot
         .memory
         .restore_into(memory)
         .map_err(|e| bad(&e.to_string()))?;
-    // The guest's clocks run on its time-stamp counter: move it on by the time since
-    // the snapshot, so that realtime is current and monotonic time keeps going. (On
-    // PVM the guest reads the host's counter natively, which has moved on by itself.)
+    vcpu.restore_state(&state_now(snapshot, vcpu.tsc_khz()?))?;
+    Ok(())
+}
+
+/// The vCPU state of `snapshot`, with its time-stamp counter moved on by the time
+/// since the snapshot was taken: the guest's clocks run on it, so realtime is current
+/// and monotonic time keeps going. (On PVM the guest reads the host's counter
+/// natively, which has moved on by itself.)
+fn state_now(snapshot: &CellSnapshot, tsc_khz: u32) -> hypercell_vmm::VcpuState {
     let mut state = snapshot.vcpu.clone();
     let since_ns = realtime_ns().saturating_sub(snapshot.taken_at_ns);
-    let ticks = u128::from(since_ns) * u128::from(vcpu.tsc_khz()?) / 1_000_000;
+    let ticks = u128::from(since_ns) * u128::from(tsc_khz) / 1_000_000;
     for msr in state.msrs.iter_mut().filter(|msr| msr.index == IA32_TSC) {
         msr.data = msr.data.wrapping_add(ticks as u64);
     }
-    vcpu.restore_state(&state)?;
-    Ok(())
+    state
 }
 
 /// The time-stamp counter's model-specific register.

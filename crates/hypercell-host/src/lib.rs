@@ -12,17 +12,19 @@ mod guest_access;
 pub mod hypercall;
 pub mod layout;
 pub mod persist;
+mod reusable;
 mod running;
 pub mod seccomp;
 pub mod stdio;
 
 pub use cell::{
     CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, GuestTimings,
-    create_template, keep_vms_ready, restore_cell, run_cell, run_cell_with_control,
+    ResetReport, create_template, keep_vms_ready, restore_cell, run_cell, run_cell_with_control,
     start_from_template,
 };
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
 pub use control::{CellControl, StopReason};
+pub use reusable::ReusableCell;
 pub use running::{Cell, OwnedStdio};
 pub use stdio::CellStdio;

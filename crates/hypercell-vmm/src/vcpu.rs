@@ -492,33 +492,41 @@ impl Vcpu {
     /// Puts `state` into this vCPU, which then goes on where the saved one stopped.
     /// The vCPU must not have run yet.
     pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        if state.xcrs.xcrs[0].value & XCR0_AVX != 0 {
+            // The CPUID that allows AVX state, before XCR0 is restored below.
+            self.set_avx_cpuid()?;
+        }
+        self.put_state(state)
+    }
+
+    /// Puts `state`, which this vCPU was restored to before, back into it after it ran:
+    /// the general, special and vector registers. The rest of the saved state (XCR0,
+    /// the MSRs) is out of a CPL 3 guest's reach and still as restored, and the time-
+    /// stamp counter has moved on with real time as it would have; each ioctl left out
+    /// saves about 5 µs on PVM.
+    pub fn reset_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
         let configure = |what, r: Result<(), kvm_ioctls::Error>| {
             r.map_err(|e| VcpuError::Configure {
                 what,
                 source: e.into(),
             })
         };
-        if state.xcrs.xcrs[0].value & XCR0_AVX != 0 {
-            // The CPUID that allows AVX state, before XCR0 is restored below.
-            self.set_avx_cpuid()?;
-        }
+        configure("special registers", self.fd.set_sregs(&state.sregs))?;
+        configure("registers", self.fd.set_regs(&state.regs))?;
+        self.set_xsave(state)
+    }
+
+    fn put_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        let configure = |what, r: Result<(), kvm_ioctls::Error>| {
+            r.map_err(|e| VcpuError::Configure {
+                what,
+                source: e.into(),
+            })
+        };
         configure("special registers", self.fd.set_sregs(&state.sregs))?;
         configure("registers", self.fd.set_regs(&state.regs))?;
         configure("XCR0", self.fd.set_xcrs(&state.xcrs))?;
-        let mut xsave = kvm_xsave::default();
-        if state.xsave.len() != XSAVE_WORDS {
-            return Err(VcpuError::Configure {
-                what: "XSAVE state",
-                source: io::Error::other(format!(
-                    "{} words where KVM's region has {XSAVE_WORDS}",
-                    state.xsave.len()
-                )),
-            });
-        }
-        xsave.region.copy_from_slice(&state.xsave);
-        // SAFETY: `xsave` is a whole `kvm_xsave` with nothing past its fixed region, and
-        // KVM reads only that region (no extended XSAVE was enabled).
-        configure("XSAVE state", unsafe { self.fd.set_xsave(&xsave) })?;
+        self.set_xsave(state)?;
         let msrs = Msrs::from_entries(&state.msrs)
             .map_err(|_| VcpuError::State(io::Error::from_raw_os_error(libc::E2BIG)))?;
         let written = self.fd.set_msrs(&msrs).map_err(|e| VcpuError::Configure {
@@ -535,6 +543,26 @@ impl Vcpu {
             });
         }
         configure("events", self.fd.set_vcpu_events(&state.events))
+    }
+
+    fn set_xsave(&self, state: &VcpuState) -> Result<(), VcpuError> {
+        let mut xsave = kvm_xsave::default();
+        if state.xsave.len() != XSAVE_WORDS {
+            return Err(VcpuError::Configure {
+                what: "XSAVE state",
+                source: io::Error::other(format!(
+                    "{} words where KVM's region has {XSAVE_WORDS}",
+                    state.xsave.len()
+                )),
+            });
+        }
+        xsave.region.copy_from_slice(&state.xsave);
+        // SAFETY: `xsave` is a whole `kvm_xsave` with nothing past its fixed region, and
+        // KVM reads only that region (no extended XSAVE was enabled).
+        unsafe { self.fd.set_xsave(&xsave) }.map_err(|e| VcpuError::Configure {
+            what: "XSAVE state",
+            source: e.into(),
+        })
     }
 
     /// Leaves the exception stub the guest is in and resumes it at CPL 3 at `entry`, on

@@ -114,6 +114,16 @@ impl Vm {
         unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| VmError::SetMemory(e.into()))
     }
 
+    /// Deletes memory slot `slot`: the guest no longer sees the memory it mapped.
+    pub fn remove_memory(&self, slot: u32) -> Result<(), VmError> {
+        let delete = kvm_userspace_memory_region {
+            slot,
+            ..Default::default()
+        };
+        // SAFETY: a slot of size zero maps nothing; KVM only deletes the slot.
+        unsafe { self.fd.set_user_memory_region(delete) }.map_err(|e| VmError::SetMemory(e.into()))
+    }
+
     /// Makes KVM forget every translation it cached from the guest's page tables, by
     /// deleting memory slot `slot` (which maps `range`) and creating it again: x86 KVM
     /// drops all its shadow page tables when a slot goes away. Needed before the host

@@ -1,0 +1,176 @@
+//! A partition put back to its template in place runs each cell as fresh as a new one:
+//! one reusable cell runs many cells from a template that write memory, grow it, trap,
+//! and run past their time limit, and each finds only the template's state.
+
+mod common;
+
+use std::io::{Read, Seek, Write};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{compile, pipe};
+use hypercell_host::persist::{SnapshotFile, TemplatePoint};
+use hypercell_host::{
+    CellConfig, CellControl, CellError, CellExit, CellPayload, CellStdio, Compiler, ReusableCell,
+    create_template,
+};
+
+/// Fills 128 KiB with 0x5a and reads an 8-byte id from stdin (where the template
+/// stops). Then it checks that the 128 KiB still hold 0x5a (else exit 3) and that the
+/// memory has its initial 4 pages (else exit 5), fills the 128 KiB with the id, and by
+/// the id's low bits: grows memory by 40 pages and checks the new last page is zero
+/// (else exit 6) before writing the id there; writes `w` to stdout; traps; or spins
+/// forever. Otherwise it exits 0.
+const WRITER: &str = r#"
+(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 4)
+  (data (i32.const 32) "w")
+  (func $read8 (result i64)
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 8))
+    (i64.store (i32.const 16) (i64.const 0))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i64.load (i32.const 16)))
+  (func $fill (param $v i64)
+    (local $at i32)
+    (local.set $at (i32.const 65536))
+    (loop $next
+      (i64.store (local.get $at) (local.get $v))
+      (local.set $at (i32.add (local.get $at) (i32.const 8)))
+      (br_if $next (i32.lt_u (local.get $at) (i32.const 196608)))))
+  (func $holds (param $v i64) (result i32)
+    (local $at i32)
+    (local.set $at (i32.const 65536))
+    (loop $next
+      (if (i64.ne (i64.load (local.get $at)) (local.get $v))
+        (then (return (i32.const 0))))
+      (local.set $at (i32.add (local.get $at) (i32.const 8)))
+      (br_if $next (i32.lt_u (local.get $at) (i32.const 196608))))
+    (i32.const 1))
+  (func (export "_start")
+    (local $id i64)
+    (local $last i32)
+    (call $fill (i64.const 0x5a5a5a5a5a5a5a5a))
+    (local.set $id (call $read8))
+    (if (i32.eqz (call $holds (i64.const 0x5a5a5a5a5a5a5a5a)))
+      (then (call $proc_exit (i32.const 3))))
+    (if (i32.ne (memory.size) (i32.const 4))
+      (then (call $proc_exit (i32.const 5))))
+    (call $fill (local.get $id))
+    (if (i64.eq (i64.and (local.get $id) (i64.const 3)) (i64.const 0))
+      (then
+        (drop (memory.grow (i32.const 40)))
+        (local.set $last (i32.mul (i32.const 43) (i32.const 65536)))
+        (if (i64.ne (i64.load (local.get $last)) (i64.const 0))
+          (then (call $proc_exit (i32.const 6))))
+        (i64.store (local.get $last) (local.get $id))))
+    (i32.store (i32.const 40) (i32.const 32))
+    (i32.store (i32.const 44) (i32.const 1))
+    (drop (call $fd_write (i32.const 1) (i32.const 40) (i32.const 1) (i32.const 48)))
+    (if (i64.eq (i64.and (local.get $id) (i64.const 7)) (i64.const 5))
+      (then unreachable))
+    (if (i64.eq (i64.and (local.get $id) (i64.const 15)) (i64.const 7))
+      (then (loop $forever (br $forever))))
+    (call $proc_exit (i32.const 0))))
+"#;
+
+#[test]
+fn a_reused_partition_runs_every_cell_from_the_template_alone() {
+    let module = Arc::new(compile(WRITER));
+    let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
+    let null = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let (template_stdin, _keep_open) = pipe();
+    let config = CellConfig {
+        timeout: Some(Duration::from_millis(200)),
+        ..CellConfig::default()
+    };
+    let made = create_template(
+        &config,
+        CellPayload::Wasm {
+            module: &module,
+            cpu_features,
+        },
+        CellStdio {
+            stdin: template_stdin.as_fd(),
+            stdout: null.as_fd(),
+            stderr: null.as_fd(),
+        },
+        TemplatePoint::FirstRead,
+    )
+    .unwrap();
+
+    let in_memory = Arc::new(made.clone());
+    let refused = ReusableCell::new(in_memory, Arc::clone(&module), cpu_features)
+        .err()
+        .expect("a template held only in memory cannot be gone back to");
+    assert!(matches!(refused, CellError::Reset(_)), "{refused}");
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("writer.snap");
+    SnapshotFile::new(
+        std::path::Path::new("writer.wat"),
+        cpu_features,
+        "",
+        &config,
+        made,
+    )
+    .write_to(&path)
+    .unwrap();
+    let template = Arc::new(SnapshotFile::read_from(&path).unwrap().snapshot);
+    let mut cell = ReusableCell::new(template, Arc::clone(&module), cpu_features).unwrap();
+
+    let mut grew = 0;
+    for run in 1..=48u64 {
+        let id = 0x7e00_0000_0000_0000u64 | run;
+        let mut stdin = tempfile::tempfile().unwrap();
+        stdin.write_all(&id.to_le_bytes()).unwrap();
+        stdin.rewind().unwrap();
+        let mut stdout = tempfile::tempfile().unwrap();
+        let stdio = CellStdio {
+            stdin: stdin.as_fd(),
+            stdout: stdout.as_fd(),
+            stderr: null.as_fd(),
+        };
+        let result = cell.run(&config, stdio, &CellControl::new());
+        match (id & 7, id & 15, result) {
+            (5, _, Ok(report)) => assert!(
+                matches!(report.exit, CellExit::Trapped(_)),
+                "run {run}: {:?}",
+                report.exit
+            ),
+            (_, 7, Err(failure)) => assert!(
+                matches!(failure.error, CellError::Timeout(_)),
+                "run {run}: {}",
+                failure.error
+            ),
+            (_, _, Ok(report)) => {
+                assert_eq!(report.exit, CellExit::Exited(0), "run {run}")
+            }
+            (_, _, Err(failure)) => panic!("run {run} failed: {}", failure.error),
+        }
+        let mut said = Vec::new();
+        stdout.rewind().unwrap();
+        stdout.read_to_end(&mut said).unwrap();
+        assert_eq!(said, b"w", "run {run} wrote its own output only");
+
+        let reset = cell.reset().unwrap();
+        assert!(reset.pages >= 32, "run {run} wrote its 128 KiB: {reset:?}");
+        if id & 3 == 0 {
+            grew += 1;
+            assert!(
+                reset.slots > 0 || reset.system,
+                "run {run} grew its memory: {reset:?}"
+            );
+        }
+        let again = cell.reset().unwrap();
+        assert_eq!(again.pages, 0, "nothing is left after run {run}: {again:?}");
+    }
+    assert_eq!(grew, 12);
+}
