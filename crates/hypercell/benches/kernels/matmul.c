@@ -1,8 +1,10 @@
-// Dense matrix multiply in f64: C = A * B, 512 x 512, three times.
+// Dense matrix multiply in f64: C = A * B, 512 x 512 (-DSIZE=N for smaller), three times.
 #include <stdio.h>
 #include <stdlib.h>
 
+#ifndef SIZE
 #define SIZE 512
+#endif
 
 int main(void) {
     double *a = malloc(sizeof(double) * SIZE * SIZE);

@@ -1,4 +1,4 @@
-// N-body simulation in f64 (five Jovian planets), 5M steps.
+// N-body simulation in f64 (five Jovian planets), 5M steps (-DSTEPS=N for fewer).
 #include <math.h>
 #include <stdio.h>
 
@@ -6,6 +6,10 @@
 #define SOLAR_MASS (4 * PI * PI)
 #define DAYS_PER_YEAR 365.24
 #define N 5
+
+#ifndef STEPS
+#define STEPS 5000000
+#endif
 
 struct body { double x, y, z, vx, vy, vz, mass; };
 
@@ -64,7 +68,7 @@ int main(void) {
     }
     bodies[0].vx = -px / SOLAR_MASS; bodies[0].vy = -py / SOLAR_MASS; bodies[0].vz = -pz / SOLAR_MASS;
     printf("nbody %.9f\n", energy());
-    for (int i = 0; i < 5000000; i++) advance(0.01);
+    for (int i = 0; i < STEPS; i++) advance(0.01);
     printf("nbody %.9f\n", energy());
     return 0;
 }
