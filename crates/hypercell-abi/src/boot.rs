@@ -62,8 +62,9 @@ pub struct BootInfo {
     pub monotonic_ns: u64,
     /// [`StdioKind`] of stdin, stdout and stderr.
     pub stdio_kinds: [u8; 3],
-    /// Nonzero when the host takes a template of this cell: the runtime makes the
-    /// [`crate::Hypercall::Ready`] call after instantiating the module.
+    /// Where the host takes a template of this cell, if it does: 0 for none,
+    /// [`TEMPLATE_STOP_START`] or [`TEMPLATE_STOP_INIT`]. The runtime then makes the
+    /// [`crate::Hypercall::Ready`] call at that point.
     pub template_stop: u8,
     /// Reserved, zero.
     pub reserved: [u8; 4],
@@ -82,7 +83,21 @@ pub struct BootInfo {
     /// Guest-physical start of the 2 MiB pages behind `premapped_memory`; the heap
     /// starts after them.
     pub premapped_backing: u64,
+    /// With [`TEMPLATE_STOP_INIT`]: the name of the export to run before the template
+    /// is taken, `init_export_len` bytes of UTF-8 (not NUL-terminated).
+    pub init_export_addr: u64,
+    /// Length of that name.
+    pub init_export_len: u64,
 }
+
+/// [`BootInfo::template_stop`]: the template is taken once the module is instantiated,
+/// before its program runs.
+pub const TEMPLATE_STOP_START: u8 = 1;
+
+/// [`BootInfo::template_stop`]: the runtime runs the export named by
+/// [`BootInfo::init_export_addr`] (after `_initialize`, if the module has one), then
+/// the template is taken; cells from it go on to `_start`.
+pub const TEMPLATE_STOP_INIT: u8 = 2;
 
 /// Time-stamp counter readings the guest runtime takes as it starts a program, for the
 /// host's start-up breakdown. Zero until reached. The host treats them as untrusted

@@ -104,11 +104,13 @@ pub enum Hypercall {
     /// The runtime's trap entry found that the exception it was sent for is not a wasm
     /// trap: the host ends the cell and reports that exception. Never returns.
     Unhandled = 12,
-    /// The runtime instantiated the module and is about to run it. Made only when
+    /// The runtime instantiated the module (and, for [`crate::boot::TEMPLATE_STOP_INIT`],
+    /// ran the initialisation export) and is about to run it. Made only when
     /// [`crate::BootInfo::template_stop`] is set: the host takes a template of the cell
-    /// here. When the call returns (in a cell started from the template) the guest reads
-    /// its identity again (arguments, environment, preopens, stdio kinds), which the host
-    /// rewrote. No arguments; result 0.
+    /// here. When the call returns in a cell started from a `start` template, the guest
+    /// reads its identity again (arguments, environment, preopens, stdio kinds), which
+    /// the host rewrote; from an `init` template it keeps the identity the export saw.
+    /// No arguments; result 0.
     Ready = 13,
 }
 

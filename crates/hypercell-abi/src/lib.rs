@@ -13,10 +13,12 @@ pub mod layout;
 pub mod output;
 pub mod wasi;
 
-pub use boot::{BootInfo, CpuFeatures, GuestPhases, StdioKind};
+pub use boot::{
+    BootInfo, CpuFeatures, GuestPhases, StdioKind, TEMPLATE_STOP_INIT, TEMPLATE_STOP_START,
+};
 pub use hypercall::{FileOp, Hypercall, HypercallRequest, IoVec};
 pub use output::{OUTPUT_RECORD_HEADER, OutputBuffer};
 
 /// Version of the ABI described by this crate; the host refuses requests that carry
 /// another version.
-pub const ABI_VERSION: u32 = 5;
+pub const ABI_VERSION: u32 = 6;

@@ -7,7 +7,7 @@ use core::sync::atomic::{AtomicU64, Ordering};
 use alloc::format;
 use alloc::sync::Arc;
 use hypercell_abi::hypercall::FailureKind;
-use hypercell_abi::{BootInfo, Hypercall};
+use hypercell_abi::{BootInfo, Hypercall, TEMPLATE_STOP_INIT, TEMPLATE_STOP_START};
 use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store};
 
 use crate::clock::{self, Phase};
@@ -109,39 +109,79 @@ pub fn run(boot: &BootInfo, boot_ptr: *const BootInfo) -> ! {
         Err(e) => fail_with(FailureKind::Instantiate, "failed to instantiate", &e),
     };
     clock::mark(Phase::Instantiated);
-    if boot.template_stop != 0 {
-        // The host takes the template here; in every cell started from it the call
-        // returns with this cell's own identity in the boot block, read afresh.
-        crate::hypercall::call(Hypercall::Ready, [0; 6]);
-        // SAFETY: as in `guest_main`: the host keeps a `BootInfo` at this address.
-        let fresh = unsafe { boot_ptr.read_volatile() };
-        crate::stdio::init(&fresh);
-        crate::files::init(&fresh);
-        store.data_mut().reidentify(&fresh);
-    }
     // As `wasmtime run`: a reactor's `_initialize` runs first, and a module that
     // exports it alone is done once it returns.
-    let initialize = instance.get_typed_func::<(), ()>(&mut store, "_initialize");
+    let mut initialize = instance
+        .get_typed_func::<(), ()>(&mut store, "_initialize")
+        .ok();
     let start = instance.get_typed_func::<(), ()>(&mut store, "_start");
-    if initialize.is_err() && start.is_err() {
+    if initialize.is_none() && start.is_err() {
         fail(
             FailureKind::Instantiate,
             b"the module exports neither a `_start` nor an `_initialize` function of type [] -> []",
         )
     }
+    match boot.template_stop {
+        TEMPLATE_STOP_START => {
+            // The host takes the template here; in every cell started from it the
+            // call returns with this cell's own identity in the boot block, read
+            // afresh.
+            crate::hypercall::call(Hypercall::Ready, [0; 6]);
+            // SAFETY: as in `guest_main`: the host keeps a `BootInfo` at this address.
+            let fresh = unsafe { boot_ptr.read_volatile() };
+            crate::stdio::init(&fresh);
+            crate::files::init(&fresh);
+            store.data_mut().reidentify(&fresh);
+        }
+        TEMPLATE_STOP_INIT => {
+            // As Wizer: `_initialize`, then the initialisation export, then the
+            // template; cells from it go on to `_start` with what these left.
+            if let Some(Err(e)) = initialize.take().map(|f| f.call(&mut store, ())) {
+                finish_with(e);
+            }
+            // SAFETY: the host wrote the export's name there, inside the cell's own
+            // identity region, which nothing else writes while the cell boots.
+            let name = unsafe {
+                core::slice::from_raw_parts(
+                    boot.init_export_addr as *const u8,
+                    boot.init_export_len as usize,
+                )
+            };
+            let name = core::str::from_utf8(name).unwrap_or("");
+            let Ok(init) = instance.get_typed_func::<(), ()>(&mut store, name) else {
+                let mut message = FixedBuffer::<512>::new();
+                let _ = write!(
+                    message,
+                    "the module exports no function `{name}` of type [] -> [] to initialise it with"
+                );
+                fail(FailureKind::Instantiate, message.as_bytes())
+            };
+            if let Err(e) = init.call(&mut store, ()) {
+                finish_with(e);
+            }
+            crate::hypercall::call(Hypercall::Ready, [0; 6]);
+        }
+        _ => {}
+    }
     let mut entries = initialize.into_iter().chain(start);
     match entries.try_fold((), |(), entry| entry.call(&mut store, ())) {
         Ok(()) => crate::stdio::exit(0),
-        Err(e) if e.is::<wasmtime::Trap>() => trap(&e),
-        Err(e) => {
-            clock::mark(Phase::Finished);
-            fail_with(
-                FailureKind::CallError,
-                "a WASI call refused its arguments",
-                &e,
-            )
-        }
+        Err(e) => finish_with(e),
     }
+}
+
+/// Ends the cell after a wasm call failed with `error`: a trap, an exit (which WASI's
+/// `proc_exit` raises as an error) or a refused WASI call.
+fn finish_with(error: wasmtime::Error) -> ! {
+    if error.is::<wasmtime::Trap>() {
+        trap(&error)
+    }
+    clock::mark(Phase::Finished);
+    fail_with(
+        FailureKind::CallError,
+        "a WASI call refused its arguments",
+        &error,
+    )
 }
 
 /// Reports a trap (with its wasm backtrace) and ends the cell.

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use hypercell_abi::boot::BOOT_MAGIC;
 use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, RESERVATION_BASE};
-use hypercell_abi::{ABI_VERSION, BootInfo, CpuFeatures, GuestPhases};
+use hypercell_abi::{
+    ABI_VERSION, BootInfo, CpuFeatures, GuestPhases, TEMPLATE_STOP_INIT, TEMPLATE_STOP_START,
+};
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
     GuestException, GuestMemory, MemoryError, ReservationTables, Vcpu, VcpuError, VcpuEvent, Vm,
@@ -285,12 +287,35 @@ pub fn create_template(
     stdio: CellStdio<'_>,
     point: TemplatePoint,
 ) -> Result<CellSnapshot, CellFailure> {
+    take_template(config, payload, stdio, point, "")
+}
+
+/// Boots a cell for `payload`, runs its `_initialize` (if it has one) and then the
+/// export `export`, a function of no parameters and no results, and stops it there, as
+/// Wizer does: the cell's state then is a template whose cells go on to `_start` with
+/// what the export left in memory, and with its arguments, environment and preopens.
+pub fn create_init_template(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    stdio: CellStdio<'_>,
+    export: &str,
+) -> Result<CellSnapshot, CellFailure> {
+    take_template(config, payload, stdio, TemplatePoint::Init, export)
+}
+
+fn take_template(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    stdio: CellStdio<'_>,
+    point: TemplatePoint,
+    export: &str,
+) -> Result<CellSnapshot, CellFailure> {
     let report = begin(
         config,
         payload,
         stdio,
         &CellControl::new(),
-        Start::Template(point),
+        Start::Template(point, export),
     )?;
     match report.template {
         Some(template) => Ok(*template),
@@ -336,8 +361,9 @@ pub fn keep_vms_ready(count: usize) -> &'static VmPool {
 enum Start<'s> {
     /// Booted afresh.
     Boot,
-    /// Booted, and stopped as a template at the point given.
-    Template(TemplatePoint),
+    /// Booted, and stopped as a template at the point given (after running the export
+    /// named, for [`TemplatePoint::Init`]).
+    Template(TemplatePoint, &'s str),
     /// From a snapshot, going on where it stopped.
     Restore(&'s CellSnapshot),
     /// From a template, with an identity of its own.
@@ -481,7 +507,7 @@ fn start_cell(
     let kept = reuse.as_mut().and_then(|kept| kept.take());
     let in_place = kept.is_some();
     let (snapshot, fresh_identity) = match start {
-        Start::Boot | Start::Template(_) => (None, true),
+        Start::Boot | Start::Template(..) => (None, true),
         Start::Restore(snapshot) => (Some(snapshot), false),
         // A template stopped at start has not read its identity yet; one stopped later
         // has, and its cells go on with it.
@@ -501,6 +527,11 @@ fn start_cell(
             .map_err(|e| CellError::Snapshot(e.to_string()))?,
     };
     let preopens = string_block(config.preopens.iter().map(|p| p.guest.as_str()));
+    // The initialisation export's name follows the preopen names.
+    let init_export = match start {
+        Start::Template(TemplatePoint::Init, export) => export.as_bytes(),
+        _ => &[],
+    };
     let (image_end, module, module_identity, cpu_features, initial_memory) = match payload {
         CellPayload::Wasm {
             module,
@@ -528,7 +559,7 @@ fn start_cell(
         }
         .into());
     }
-    let identity_len = (args.len() + env.len() + preopens.len()) as u64;
+    let identity_len = (args.len() + env.len() + preopens.len() + init_export.len()) as u64;
     // Cells of one snapshot keep its layout: its identity region, whatever their own.
     let identity = match snapshot {
         Some(snapshot) if identity_len > snapshot.identity_capacity => {
@@ -547,7 +578,7 @@ fn start_cell(
         image_end,
         args.len() as u64,
         env.len() as u64,
-        preopens.len() as u64,
+        (preopens.len() + init_export.len()) as u64,
         module_len,
         identity,
     );
@@ -662,12 +693,18 @@ fn start_cell(
         realtime_ns: realtime_ns(),
         monotonic_ns: monotonic_ns(),
         stdio_kinds: stdio.kinds(),
-        template_stop: u8::from(matches!(start, Start::Template(TemplatePoint::Start))),
+        template_stop: match start {
+            Start::Template(TemplatePoint::Start, _) => TEMPLATE_STOP_START,
+            Start::Template(TemplatePoint::Init, _) => TEMPLATE_STOP_INIT,
+            _ => 0,
+        },
         reserved: [0; 4],
         trap_entry: 0,
         trap_stack: 0,
         premapped_memory: premapped,
         premapped_backing,
+        init_export_addr: layout.preopens + preopens.len() as u64,
+        init_export_len: init_export.len() as u64,
     };
     if let Some(tables) = tables {
         let entry = match payload {
@@ -691,6 +728,7 @@ fn start_cell(
             (layout.args, &args[..]),
             (layout.env, &env[..]),
             (layout.preopens, &preopens[..]),
+            (boot.init_export_addr, init_export),
             (layout.boot_info, boot_bytes(&boot)),
         ];
         for (at, block) in blocks {
@@ -798,7 +836,7 @@ fn start_cell(
         files,
         growth: Some(growth),
         template_stop: match start {
-            Start::Template(point) => Some(point),
+            Start::Template(point, _) => Some(point),
             _ => None,
         },
     };

@@ -246,7 +246,12 @@ impl Services<'_> {
                 }
             }
             Hypercall::Unhandled => return Ok(Completion::Unhandled),
-            Hypercall::Ready if self.template_stop == Some(TemplatePoint::Start) => {
+            Hypercall::Ready
+                if matches!(
+                    self.template_stop,
+                    Some(TemplatePoint::Start | TemplatePoint::Init)
+                ) =>
+            {
                 return Ok(Completion::TemplateReady);
             }
             Hypercall::Ready => 0,

@@ -16,7 +16,8 @@ use hypercell_host::persist::{SnapshotError, SnapshotFile, TemplatePoint};
 use hypercell_host::{
     CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
     CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler, ConfigError,
-    create_template, restore_cell, run_cell_with_control, start_from_template,
+    create_init_template, create_template, restore_cell, run_cell_with_control,
+    start_from_template,
 };
 
 mod cache_command;
@@ -61,8 +62,9 @@ struct TemplateCreateArgs {
     #[arg(short = 'o', long = "output", value_name = "FILE")]
     output: PathBuf,
     /// Where the cell stops: `start`, once the module is instantiated and before its
-    /// program runs; `first-read`, when the program first reads stdin (an interpreter
-    /// that has loaded itself and waits for a script).
+    /// program runs; `init:EXPORT`, after running the export EXPORT (a function of no
+    /// parameters and no results), as Wizer does; `first-read`, when the program first
+    /// reads stdin (an interpreter that has loaded itself and waits for a script).
     #[arg(long, value_name = "POINT", default_value = "start")]
     at: String,
     #[command(flatten)]
@@ -301,7 +303,7 @@ fn run_template(
         || !args.env.is_empty()
         || !args.dirs.is_empty()
         || !args.dirs_read_only.is_empty();
-    if point == TemplatePoint::FirstRead && identity_given {
+    if point != TemplatePoint::Start && identity_given {
         return fail_with(&format!(
             "the program in `{}` has already read its arguments, environment and directories; a cell from it takes only its own stdin, so pass no ARGS, --env or --dir",
             args.module.display()
@@ -323,7 +325,7 @@ fn run_template(
             config.args[0] = file.module.display().to_string();
             config
         }
-        TemplatePoint::FirstRead => file.config(args.timeout),
+        TemplatePoint::FirstRead | TemplatePoint::Init => file.config(args.timeout),
     };
     let payload = CellPayload::Wasm {
         module: &module,
@@ -357,12 +359,14 @@ fn compile(path: &Path) -> Result<(CompiledModule, u32, String), CompileError> {
 
 /// `hypercell template create`.
 fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
-    let point = match args.at.as_str() {
-        "start" => TemplatePoint::Start,
-        "first-read" => TemplatePoint::FirstRead,
-        other => {
+    let (point, export) = match args.at.split_once(':') {
+        None if args.at == "start" => (TemplatePoint::Start, ""),
+        None if args.at == "first-read" => (TemplatePoint::FirstRead, ""),
+        Some(("init", export)) if !export.is_empty() => (TemplatePoint::Init, export),
+        _ => {
             return fail_with(&format!(
-                "templates stop at `start` or `first-read` so far, not at `{other}`"
+                "--at takes `start`, `init:EXPORT` or `first-read`, not `{}`",
+                args.at
             ));
         }
     };
@@ -379,7 +383,11 @@ fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
         module: &module,
         cpu_features,
     };
-    let template = match create_template(&config, payload, CellStdio::inherit(), point) {
+    let made = match point {
+        TemplatePoint::Init => create_init_template(&config, payload, CellStdio::inherit(), export),
+        _ => create_template(&config, payload, CellStdio::inherit(), point),
+    };
+    let template = match made {
         Ok(template) => template,
         Err(failure) => return fail(&failure.error),
     };

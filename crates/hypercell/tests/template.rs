@@ -90,7 +90,7 @@ fn checkpoints_templates_and_stop_points_are_told_apart() {
             "template",
             "create",
             "--at",
-            "init:setup",
+            "init:",
             wasm.to_str().unwrap(),
             "-o",
             dir.path().join("t").to_str().unwrap(),
@@ -99,7 +99,7 @@ fn checkpoints_templates_and_stop_points_are_told_apart() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(
-        text(&out.stderr).contains("not at `init:setup`"),
+        text(&out.stderr).contains("not `init:`"),
         "{}",
         text(&out.stderr)
     );
@@ -148,6 +148,62 @@ fn a_first_read_template_starts_cells_that_read_their_own_stdin() {
     assert_eq!(out.status.code(), Some(1));
     assert!(
         text(&out.stderr).contains("already read its arguments"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn an_init_template_starts_cells_from_the_state_its_export_left() {
+    let wasm = c_program("preinit");
+    let dir = tempfile::tempdir().unwrap();
+    let template = dir.path().join("preinit.tmpl");
+    let tmpl = template.to_str().unwrap();
+    let create = |at: &str| {
+        run(
+            &[
+                "template",
+                "create",
+                "--at",
+                at,
+                wasm.to_str().unwrap(),
+                "-o",
+                tmpl,
+            ],
+            b"",
+        )
+    };
+    let out = create("init:init");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "", "main does not run in the template");
+    // The table is the export's: its sum is 2654435761 times the sum of 0..16384, mod 2^32.
+    let sum = (0..16384u32).fold(0u32, |s, i| s.wrapping_add(i.wrapping_mul(2654435761)));
+    for input in ["first\n", "second\n"] {
+        let out = run(&["run", tmpl], input.as_bytes());
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(
+            text(&out.stdout),
+            format!("initialised 1\ntable {sum}\nstdin {input}"),
+            "the export ran once, in the template"
+        );
+    }
+    let out = run(&["run", tmpl, "an argument"], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("already read its arguments"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = create("init:setup");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).lines().count(),
+        1,
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        text(&out.stderr).contains("no function `setup`"),
         "{}",
         text(&out.stderr)
     );

@@ -44,6 +44,9 @@ pub enum TemplatePoint {
     /// When the program first read stdin: it has read its arguments and environment
     /// and loaded what it loads; cells from the template read their own stdin.
     FirstRead,
+    /// After an initialisation export ran, as Wizer does: cells from the template go
+    /// on to `_start` with what it left, and with the identity it saw.
+    Init,
 }
 
 /// A cell's complete state.
