@@ -634,7 +634,7 @@ fn start_cell(
         memory.populate(premapped_backing..premapped_backing + premapped);
         memory.populate(heap_start..heap_ready);
     }
-    let vcpu = match made_vcpu {
+    let mut vcpu = match made_vcpu {
         Some(vcpu) => vcpu,
         None => vm.create_vcpu()?,
     };
@@ -764,7 +764,7 @@ fn start_cell(
                 snapshot,
                 module_identity,
                 &memory,
-                &vcpu,
+                &mut vcpu,
                 &mut growth,
                 in_place,
             )?;
@@ -806,7 +806,7 @@ fn start_cell(
                 snapshot,
                 module_identity,
                 &memory,
-                &vcpu,
+                &mut vcpu,
                 &mut growth,
                 in_place,
             )?;
@@ -1148,7 +1148,7 @@ fn restore_state(
     snapshot: &CellSnapshot,
     module: ModuleIdentity,
     memory: &GuestMemory,
-    vcpu: &Vcpu,
+    vcpu: &mut Vcpu,
     growth: &mut MemoryGrowth<'_>,
     in_place: bool,
 ) -> Result<(), CellError> {

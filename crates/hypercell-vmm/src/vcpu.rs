@@ -10,7 +10,7 @@ use kvm_bindings::{
     CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, Msrs, kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry,
     kvm_regs, kvm_segment, kvm_xcr, kvm_xcrs, kvm_xsave,
 };
-use kvm_ioctls::{VcpuExit, VcpuFd};
+use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
 
 use crate::GuestMemory;
@@ -280,14 +280,22 @@ pub struct Vcpu {
     fd: VcpuFd,
     exits: u64,
     thread: Arc<Mutex<Option<libc::pthread_t>>>,
+    /// Whether KVM takes general and special registers through `kvm_run`'s sync area
+    /// at the next `KVM_RUN` (`KVM_CAP_SYNC_REGS`), saving an ioctl for each.
+    sync_regs: bool,
+    /// Whether registers put in the sync area await the next `KVM_RUN`: until then
+    /// they, not KVM's, are the vCPU's.
+    regs_in_sync_area: bool,
 }
 
 impl Vcpu {
-    pub(crate) fn new(fd: VcpuFd) -> Self {
+    pub(crate) fn new(fd: VcpuFd, sync_regs: bool) -> Self {
         Self {
             fd,
             exits: 0,
             thread: Arc::new(Mutex::new(None)),
+            sync_regs,
+            regs_in_sync_area: false,
         }
     }
 
@@ -479,9 +487,18 @@ impl Vcpu {
         let mut msrs = Msrs::from_entries(&entries)
             .map_err(|_| VcpuError::State(io::Error::from_raw_os_error(libc::E2BIG)))?;
         let read = self.fd.get_msrs(&mut msrs).map_err(state)?;
+        let (regs, sregs) = if self.regs_in_sync_area {
+            let sync = self.fd.sync_regs();
+            (sync.regs, sync.sregs)
+        } else {
+            (
+                self.fd.get_regs().map_err(state)?,
+                self.fd.get_sregs().map_err(state)?,
+            )
+        };
         Ok(VcpuState {
-            regs: self.fd.get_regs().map_err(state)?,
-            sregs: self.fd.get_sregs().map_err(state)?,
+            regs,
+            sregs,
             xsave: self.fd.get_xsave().map_err(state)?.region.to_vec(),
             xcrs: self.fd.get_xcrs().map_err(state)?,
             msrs: msrs.as_slice()[..read].to_vec(),
@@ -491,7 +508,7 @@ impl Vcpu {
 
     /// Puts `state` into this vCPU, which then goes on where the saved one stopped.
     /// The vCPU must not have run yet.
-    pub fn restore_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+    pub fn restore_state(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
         if state.xcrs.xcrs[0].value & XCR0_AVX != 0 {
             // The CPUID that allows AVX state, before XCR0 is restored below.
             self.set_avx_cpuid()?;
@@ -502,29 +519,45 @@ impl Vcpu {
     /// Puts `state`, which this vCPU was restored to before, back into it after it ran:
     /// the general, special and vector registers. The rest of the saved state (XCR0,
     /// the MSRs) is out of a CPL 3 guest's reach and still as restored, and the time-
-    /// stamp counter has moved on with real time as it would have; each ioctl left out
-    /// saves about 5 µs on PVM.
-    pub fn reset_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
-        let configure = |what, r: Result<(), kvm_ioctls::Error>| {
-            r.map_err(|e| VcpuError::Configure {
-                what,
-                source: e.into(),
-            })
-        };
-        configure("special registers", self.fd.set_sregs(&state.sregs))?;
-        configure("registers", self.fd.set_regs(&state.regs))?;
+    /// stamp counter has moved on with real time as it would have. Each ioctl costs
+    /// about 5 µs on PVM: where KVM has the sync area, the general and special
+    /// registers go there for the next `KVM_RUN` to take, and only XSAVE is an ioctl.
+    pub fn reset_state(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
+        self.put_registers(state)?;
         self.set_xsave(state)
     }
 
-    fn put_state(&self, state: &VcpuState) -> Result<(), VcpuError> {
+    /// The general and special registers of `state`, through the sync area where KVM
+    /// has it.
+    fn put_registers(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
+        if self.sync_regs {
+            let sync = self.fd.sync_regs_mut();
+            sync.regs = state.regs;
+            sync.sregs = state.sregs;
+            self.fd.set_sync_dirty_reg(SyncReg::Register);
+            self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+            self.regs_in_sync_area = true;
+        } else {
+            let configure = |what, r: Result<(), kvm_ioctls::Error>| {
+                r.map_err(|e| VcpuError::Configure {
+                    what,
+                    source: e.into(),
+                })
+            };
+            configure("special registers", self.fd.set_sregs(&state.sregs))?;
+            configure("registers", self.fd.set_regs(&state.regs))?;
+        }
+        Ok(())
+    }
+
+    fn put_state(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
         let configure = |what, r: Result<(), kvm_ioctls::Error>| {
             r.map_err(|e| VcpuError::Configure {
                 what,
                 source: e.into(),
             })
         };
-        configure("special registers", self.fd.set_sregs(&state.sregs))?;
-        configure("registers", self.fd.set_regs(&state.regs))?;
+        self.put_registers(state)?;
         configure("XCR0", self.fd.set_xcrs(&state.xcrs))?;
         self.set_xsave(state)?;
         let msrs = Msrs::from_entries(&state.msrs)
@@ -612,6 +645,8 @@ impl Vcpu {
 
     /// Runs the guest until its next exit.
     pub fn run(&mut self, memory: &GuestMemory) -> Result<VcpuEvent, VcpuError> {
+        // KVM takes registers waiting in the sync area as it enters the guest.
+        let regs_were_waiting = std::mem::take(&mut self.regs_in_sync_area);
         let exit = self.fd.run();
         self.exits += 1;
         let port = match exit {
@@ -629,6 +664,11 @@ impl Vcpu {
             Ok(VcpuExit::InternalError) => return Ok(VcpuEvent::InternalError),
             Ok(other) => return Ok(VcpuEvent::Unexpected(format!("{other:?}"))),
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
+                // A kick that came first returns before the guest is entered, the
+                // registers still waiting; KVM clears the bits once it took them.
+                if regs_were_waiting {
+                    self.regs_in_sync_area = self.fd.get_kvm_run().kvm_dirty_regs != 0;
+                }
                 // The kick that interrupted this run is consumed; the next enters.
                 self.fd.set_kvm_immediate_exit(0);
                 return Ok(VcpuEvent::Kicked);
@@ -918,7 +958,7 @@ mod tests {
         let (_memory, _vm, vcpu) = vector_cell(1);
         let mut state = vcpu.save_state().unwrap();
         state.xsave.truncate(10);
-        let (_memory, _vm, fresh) = vector_cell(1);
+        let (_memory, _vm, mut fresh) = vector_cell(1);
         let error = fresh.restore_state(&state).unwrap_err().to_string();
         assert!(error.contains("10 words"), "{error}");
     }

@@ -7,8 +7,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use hypercell_abi::layout::PAGE_SIZE;
-use kvm_bindings::kvm_userspace_memory_region;
-use kvm_ioctls::{Kvm, VmFd};
+use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, kvm_userspace_memory_region};
+use kvm_ioctls::{Cap, Kvm, VmFd};
 
 use crate::{GuestMemory, Vcpu, VcpuError};
 
@@ -159,7 +159,9 @@ impl Vm {
             .fd
             .create_vcpu(0)
             .map_err(|e| VcpuError::Create(e.into()))?;
-        Ok(Vcpu::new(fd))
+        let both = u64::from(KVM_SYNC_X86_REGS | KVM_SYNC_X86_SREGS);
+        let synced = self.fd.check_extension_int(Cap::SyncRegs) as u64 & both == both;
+        Ok(Vcpu::new(fd, synced))
     }
 }
 
