@@ -38,7 +38,8 @@ pub const RESULT_OFFSET: u64 = core::mem::offset_of!(HypercallRequest, result) a
 pub const ERRNO_NOMEM: i64 = 48;
 
 /// The result of a call the host abandoned before it did anything (a blocked read or
-/// write, when a snapshot was asked for): the guest makes the same call again.
+/// write, when a snapshot was asked for): the guest makes the same call again (a sleep:
+/// for the time it has left).
 pub const RESULT_RESTART: i64 = i64::MIN;
 
 /// A scatter/gather element: `len` bytes at guest-physical address `addr`.
@@ -76,7 +77,8 @@ pub enum Hypercall {
     /// The runtime could not run the program: guest address and length of a UTF-8
     /// message, and a [`FailureKind`]. Never returns.
     Fail = 6,
-    /// Block for `nanoseconds`. Result 0.
+    /// Block for `nanoseconds`. Result 0, or [`RESULT_RESTART`] when the host abandoned
+    /// the sleep for a snapshot: the guest asks again for the time it has left.
     Sleep = 7,
     /// Fill `len` bytes at a guest address with random bytes (for CPUs without
     /// `rdrand`). Result 0.

@@ -4,6 +4,7 @@ use core::arch::x86_64::_rdtsc;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use hypercell_abi::BootInfo;
+use hypercell_abi::hypercall::RESULT_RESTART;
 
 static TSC_AT_BOOT: AtomicU64 = AtomicU64::new(0);
 static TSC_KHZ: AtomicU64 = AtomicU64::new(1);
@@ -79,18 +80,25 @@ pub fn resolution(id: u32) -> Option<u64> {
 }
 
 /// Waits `ns` nanoseconds: short waits spin (an exit costs more), longer ones ask the
-/// host to sleep.
+/// host to sleep. A sleep the host abandons for a snapshot is asked for again with the
+/// time left, by this clock, which in a restored cell has moved on by the time since.
 pub fn sleep(ns: u64) {
     const SPIN_LIMIT_NS: u64 = 200_000;
-    if ns == 0 {
-        return;
-    }
-    if ns <= SPIN_LIMIT_NS {
-        let end = elapsed_ns() + ns;
-        while elapsed_ns() < end {
-            core::hint::spin_loop();
+    let end = elapsed_ns().saturating_add(ns);
+    loop {
+        let left = end.saturating_sub(elapsed_ns());
+        if left == 0 {
+            return;
         }
-    } else {
-        crate::hypercall::call(hypercell_abi::Hypercall::Sleep, [ns, 0, 0, 0, 0, 0]);
+        if left <= SPIN_LIMIT_NS {
+            while elapsed_ns() < end {
+                core::hint::spin_loop();
+            }
+            return;
+        }
+        let asked = [left, 0, 0, 0, 0, 0];
+        if crate::hypercall::call_once(hypercell_abi::Hypercall::Sleep, asked) != RESULT_RESTART {
+            return;
+        }
     }
 }

@@ -19,22 +19,27 @@ pub fn init(boot: &BootInfo) {
 /// Performs `call` and returns the host's result (negative: a WASI errno). A call the
 /// host abandoned before doing anything (to take a snapshot) is made again.
 pub fn call(call: Hypercall, args: [u64; 6]) -> i64 {
-    let request = REQUEST.load(Ordering::Relaxed);
     loop {
-        // SAFETY: the host reserved the request block for this purpose in user memory
-        // and the guest is single-threaded, so nothing else aliases it. The `out` exits
-        // to the host, which reads the block and writes `result` before the vCPU
-        // resumes; the asm block is not `nomem`, so the compiler keeps the accesses on
-        // either side of it.
-        let result = unsafe {
-            request.write_volatile(HypercallRequest::new(call, args));
-            asm!("out dx, eax", in("dx") HYPERCALL_PORT, in("eax") request as u32,
-                 options(nostack, preserves_flags));
-            core::ptr::addr_of!((*request).result).read_volatile()
-        };
+        let result = call_once(call, args);
         if result != RESULT_RESTART {
             return result;
         }
+    }
+}
+
+/// Performs `call` once: [`RESULT_RESTART`] when the host abandoned it, for a caller
+/// that makes it again with other arguments (a sleep, with the time left).
+pub fn call_once(call: Hypercall, args: [u64; 6]) -> i64 {
+    let request = REQUEST.load(Ordering::Relaxed);
+    // SAFETY: the host reserved the request block for this purpose in user memory and
+    // the guest is single-threaded, so nothing else aliases it. The `out` exits to the
+    // host, which reads the block and writes `result` before the vCPU resumes; the asm
+    // block is not `nomem`, so the compiler keeps the accesses on either side of it.
+    unsafe {
+        request.write_volatile(HypercallRequest::new(call, args));
+        asm!("out dx, eax", in("dx") HYPERCALL_PORT, in("eax") request as u32,
+             options(nostack, preserves_flags));
+        core::ptr::addr_of!((*request).result).read_volatile()
     }
 }
 

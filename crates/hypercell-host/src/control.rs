@@ -165,9 +165,9 @@ impl CellControl {
 
     /// On the vCPU thread, inside a blocking call: parks while paused. Output was
     /// delivered before the call, so none is handed over. When a snapshot is asked for,
-    /// a `restartable` call (a read or write that has moved nothing yet) returns true to
-    /// be abandoned, so that the snapshot is taken between exits and the guest makes
-    /// the call again; any other call refuses the snapshot.
+    /// a `restartable` call (a read or write that has moved nothing yet, a sleep)
+    /// returns true to be abandoned, so that the snapshot is taken between exits and the
+    /// guest makes the call again; any other call refuses the snapshot.
     pub(crate) fn park_in_call(&self, restartable: bool) -> bool {
         self.park(
             |request| {

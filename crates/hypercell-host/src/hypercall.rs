@@ -229,10 +229,7 @@ impl Services<'_> {
                     .join(" ");
                 return Ok(Completion::Fail(FailureKind::from_raw(args[2]), message));
             }
-            Hypercall::Sleep => {
-                self.sleep(Duration::from_nanos(args[0]));
-                0
-            }
+            Hypercall::Sleep => self.sleep(Duration::from_nanos(args[0])),
             Hypercall::Random => {
                 fill_random(memory, args[0], args[1])?;
                 0
@@ -428,7 +425,9 @@ impl Services<'_> {
     }
 
     /// Sleeps for `duration`, or until the cell is asked to stop; parks while paused.
-    fn sleep(&self, duration: Duration) {
+    /// A snapshot asked for meanwhile abandons the sleep ([`RESULT_RESTART`]): the
+    /// guest asks again for the time left by its own clock.
+    fn sleep(&self, duration: Duration) -> i64 {
         // The guest picks the duration: one too long to represent never wakes.
         let wake = Instant::now().checked_add(duration);
         while self.control.stop_requested().is_none() {
@@ -437,7 +436,7 @@ impl Services<'_> {
                 None => Duration::from_secs(u32::MAX.into()),
             };
             if left.is_zero() {
-                return;
+                return 0;
             }
             let request = libc::timespec {
                 tv_sec: left.as_secs().min(i64::MAX as u64) as libc::time_t,
@@ -449,8 +448,11 @@ impl Services<'_> {
                 libc::clock_nanosleep(libc::CLOCK_MONOTONIC, 0, &request, std::ptr::null_mut())
             };
             // A pause parks the sleeper; the sleep ends on time whatever the pause took.
-            self.control.park_in_call(false);
+            if self.control.park_in_call(true) {
+                return RESULT_RESTART;
+            }
         }
+        0
     }
 
     /// Moves data between a stdio descriptor and the guest buffers of an iovec list;

@@ -539,3 +539,51 @@ fn changed_snapshots_are_refused_or_end_their_own_cell() {
     }
     assert!(refused > 0 && ran > 0, "refused {refused}, ran {ran}");
 }
+
+/// Writes "s", sleeps 400 ms through `poll_oneoff` on the monotonic clock, writes "d".
+const SLEEP_THEN_SAY: &str = r#"
+    (i32.store8 (i32.const 1024) (i32.const 115))
+    (call $emit (i32.const 1024) (i32.const 1))
+    (i64.store (i32.const 2048) (i64.const 7))
+    (i32.store8 (i32.const 2056) (i32.const 0))
+    (i32.store (i32.const 2064) (i32.const 1))
+    (i64.store (i32.const 2072) (i64.const 400000000))
+    (i64.store (i32.const 2080) (i64.const 0))
+    (i32.store16 (i32.const 2088) (i32.const 0))
+    (drop (call $poll_oneoff (i32.const 2048) (i32.const 2112) (i32.const 1) (i32.const 2176)))
+    (i32.store8 (i32.const 1024) (i32.const 100))
+    (call $emit (i32.const 1024) (i32.const 1))"#;
+
+#[test]
+fn a_sleeping_cell_is_snapshotted_and_sleeps_out_its_time_in_both_cells() {
+    let _serial = SERIAL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let sleeper = program(SLEEP_THEN_SAY);
+    let mut cell = start_compiled(compile(&sleeper));
+    assert_eq!(cell.read(1), b"s");
+    let asleep = std::time::Instant::now();
+    // Snapshots through the sleep: the sleep is abandoned for each and asked for again
+    // for the time left, so none is refused and the sleep ends on time.
+    let mut snapshots = Vec::new();
+    for _ in 0..5 {
+        snapshots.push(
+            cell.control
+                .snapshot()
+                .expect("a sleeping cell is snapshotted"),
+        );
+        cell.control.resume();
+        thread::sleep(Duration::from_millis(40));
+    }
+    assert_eq!(cell.read(1), b"d");
+    assert!(
+        asleep.elapsed() >= Duration::from_millis(380),
+        "the snapshots did not cut the sleep short: {:?}",
+        asleep.elapsed()
+    );
+    assert_eq!(cell.finish().unwrap().exit, CellExit::Exited(0));
+    // A cell restored from the last snapshot sleeps what was left by its clock, which
+    // moved on by the time since, and goes on.
+    let module = compile(&sleeper);
+    assert_eq!(restore(&module, snapshots.last().unwrap()), b"d");
+}
