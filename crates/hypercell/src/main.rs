@@ -12,7 +12,7 @@ use hypercell_host::config::{
     DEFAULT_MEMORY_LIMIT, format_size, parse_duration, parse_env_var, parse_memory_size,
 };
 use hypercell_host::fs::{Preopen, parse_dir};
-use hypercell_host::persist::{SnapshotError, SnapshotFile, TemplatePoint};
+use hypercell_host::persist::{SnapshotError, SnapshotFile, SnapshotFileError, TemplatePoint};
 use hypercell_host::{
     CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
     CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler, ConfigError,
@@ -21,6 +21,8 @@ use hypercell_host::{
 };
 
 mod cache_command;
+mod client;
+mod daemon_commands;
 mod signals;
 
 /// Exit status of `wasmtime run` when the program traps (128 + SIGABRT).
@@ -47,6 +49,31 @@ enum Command {
     Template(TemplateCommand),
     /// Show where compiled code is cached, or empty the cache.
     Cache(cache_command::CacheArgs),
+    /// Run the daemon: many cells in one process, with their records, logs and events,
+    /// managed through an HTTP API on a Unix socket.
+    Daemon(daemon_commands::DaemonArgs),
+    /// List the daemon's cells.
+    Ps(daemon_commands::PsArgs),
+    /// Create a cell in the daemon from a module or template (not started); prints its id.
+    Create(daemon_commands::CreateArgs),
+    /// Start cells in the daemon.
+    Start(daemon_commands::CellsArgs),
+    /// Stop cells in the daemon: close their stdin, then kill them after a grace period.
+    Stop(daemon_commands::StopArgs),
+    /// Kill cells in the daemon.
+    Kill(daemon_commands::CellsArgs),
+    /// Pause cells in the daemon.
+    Pause(daemon_commands::CellsArgs),
+    /// Resume paused cells in the daemon.
+    Resume(daemon_commands::CellsArgs),
+    /// Print a cell's stdout and stderr, or follow them.
+    Logs(daemon_commands::LogsArgs),
+    /// Print cells' records as JSON.
+    Inspect(daemon_commands::CellsArgs),
+    /// Remove cells from the daemon, with their logs.
+    Rm(daemon_commands::RmArgs),
+    /// Print every change of the daemon's cells as it happens, one JSON line each.
+    Events(daemon_commands::EventsArgs),
 }
 
 #[derive(Subcommand)]
@@ -135,6 +162,18 @@ fn main() -> ExitCode {
         Command::Restore(args) => restore(args, started),
         Command::Template(TemplateCommand::Create(args)) => create_template_file(args),
         Command::Cache(args) => cache_command::run(args),
+        Command::Daemon(args) => daemon_commands::daemon(args),
+        Command::Ps(args) => daemon_commands::ps(args),
+        Command::Create(args) => daemon_commands::create(args),
+        Command::Start(args) => daemon_commands::act(daemon_commands::Action::Start, args),
+        Command::Stop(args) => daemon_commands::stop(args),
+        Command::Kill(args) => daemon_commands::act(daemon_commands::Action::Kill, args),
+        Command::Pause(args) => daemon_commands::act(daemon_commands::Action::Pause, args),
+        Command::Resume(args) => daemon_commands::act(daemon_commands::Action::Resume, args),
+        Command::Logs(args) => daemon_commands::logs(args),
+        Command::Inspect(args) => daemon_commands::inspect(args),
+        Command::Rm(args) => daemon_commands::rm(args),
+        Command::Events(args) => daemon_commands::events(args),
     }
 }
 
@@ -169,14 +208,6 @@ fn cell_config(args: &RunArgs, preopens: Vec<Preopen>) -> CellConfig {
     }
 }
 
-/// Whether `path` is a snapshot file (a template, to run from).
-fn is_snapshot(path: &Path) -> bool {
-    let mut magic = [0u8; 8];
-    std::fs::File::open(path)
-        .and_then(|mut file| file.read_exact(&mut magic))
-        .is_ok_and(|()| magic == hypercell_host::persist::file::MAGIC)
-}
-
 fn run(args: RunArgs, started: Instant) -> ExitCode {
     let control = CellControl::new();
     let checkpoint_action = signals::forward_to(control.clone());
@@ -184,7 +215,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
         Ok(preopens) => preopens,
         Err(e) => return fail(&e),
     };
-    if is_snapshot(&args.module) {
+    if SnapshotFile::is_snapshot(&args.module) {
         return run_template(&args, preopens, &control, started);
     }
     let compiled = Compiler::new().and_then(|compiler| {
@@ -293,22 +324,21 @@ fn run_template(
         Ok(file) => file,
         Err(e) => return fail(&e),
     };
-    let Some(point) = file.snapshot.template else {
-        return fail_with(&format!(
-            "`{}` is a checkpoint, not a template; run it on with `hypercell restore`",
-            args.module.display()
-        ));
-    };
     let identity_given = !args.args.is_empty()
         || !args.env.is_empty()
         || !args.dirs.is_empty()
         || !args.dirs_read_only.is_empty();
-    if point != TemplatePoint::Start && identity_given {
-        return fail_with(&format!(
-            "the program in `{}` has already read its arguments, environment and directories; a cell from it takes only its own stdin, so pass no ARGS, --env or --dir",
-            args.module.display()
-        ));
-    }
+    let config =
+        match file.template_config(&args.module, cell_config(args, preopens), identity_given) {
+            Ok(config) => config,
+            Err(e @ SnapshotFileError::NotTemplate(_)) => {
+                return fail_with(&format!("{e}; run it on with `hypercell restore`"));
+            }
+            Err(e @ SnapshotFileError::IdentityRead(_)) => {
+                return fail_with(&format!("{e}, so pass no ARGS, --env or --dir"));
+            }
+            Err(e) => return fail(&e),
+        };
     let (module, cpu_features, engine) = match compile(&file.module) {
         Ok(compiled) => compiled,
         Err(e) => return fail(&e),
@@ -316,17 +346,6 @@ fn run_template(
     if let Err(e) = file.check_host(&args.module, cpu_features, &engine) {
         return fail(&e);
     }
-    let config = match point {
-        TemplatePoint::Start => {
-            let mut config = cell_config(args, preopens);
-            // The template fixed the memory limit, and the program's name is its
-            // module's.
-            config.memory_limit = file.memory_limit;
-            config.args[0] = file.module.display().to_string();
-            config
-        }
-        TemplatePoint::FirstRead | TemplatePoint::Init => file.config(args.timeout),
-    };
     let payload = CellPayload::Wasm {
         module: &module,
         cpu_features: file.cpu_features,

@@ -117,9 +117,26 @@ pub enum SnapshotFileError {
         /// What is wrong.
         reason: String,
     },
+    /// A cell from a template that has read its identity was given another.
+    #[error(
+        "the program in `{0}` has already read its arguments, environment and directories; a cell from it takes only its own stdin"
+    )]
+    IdentityRead(PathBuf),
+    /// A checkpoint was given where a template was expected.
+    #[error("`{0}` is a checkpoint, not a template")]
+    NotTemplate(PathBuf),
 }
 
 impl SnapshotFile {
+    /// Whether the file at `path` starts with the snapshot magic: a template or a
+    /// checkpoint rather than a module.
+    pub fn is_snapshot(path: &Path) -> bool {
+        let mut magic = [0u8; 8];
+        std::fs::File::open(path)
+            .and_then(|mut file| std::io::Read::read_exact(&mut file, &mut magic))
+            .is_ok_and(|()| magic == MAGIC)
+    }
+
     /// A snapshot file for `snapshot`, of a cell that ran `module` (compiled for
     /// `cpu_features` by a compiler with settings `engine`) with `config`. Paths are
     /// made absolute, so that the file can be restored from anywhere.
@@ -168,6 +185,35 @@ impl SnapshotFile {
                     read_only: *read_only,
                 })
                 .collect(),
+        }
+    }
+
+    /// The configuration of a cell started from this template (read from `path`) with
+    /// `requested`. From a `start` template the cell takes the requested identity, under
+    /// the template's memory limit and with its module's name as the program's; from a
+    /// template that has read its identity, the template's, and only the requested time
+    /// limit (`identity_given` says whether arguments, environment or directories were
+    /// asked for, which such a template refuses).
+    pub fn template_config(
+        &self,
+        path: &Path,
+        requested: CellConfig,
+        identity_given: bool,
+    ) -> Result<CellConfig, SnapshotFileError> {
+        match self.snapshot.template {
+            None => Err(SnapshotFileError::NotTemplate(path.to_path_buf())),
+            Some(crate::persist::TemplatePoint::Start) => {
+                let mut config = requested;
+                config.memory_limit = self.memory_limit;
+                let name = self.module.display().to_string();
+                match config.args.first_mut() {
+                    Some(first) => *first = name,
+                    None => config.args.push(name),
+                }
+                Ok(config)
+            }
+            Some(_) if identity_given => Err(SnapshotFileError::IdentityRead(path.to_path_buf())),
+            Some(_) => Ok(self.config(requested.timeout)),
         }
     }
 

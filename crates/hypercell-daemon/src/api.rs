@@ -1,0 +1,368 @@
+//! The HTTP API under `/v1`: JSON in and out, resources in Cloud Hypervisor's and
+//! Firecracker's style (`PUT /v1/cells/{cell}/pause`), every error a JSON body with one
+//! sentence and the status that fits it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use futures_util::stream;
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::logs::Stream;
+use crate::record::{CellRecord, CellSpec};
+use crate::registry::{DaemonError, Registry};
+
+/// Largest request body the API takes (a cell spec, or a write to stdin).
+pub const BODY_LIMIT: usize = 1 << 20;
+
+/// How long a stop waits for a cell to end on its own before killing it, unless the
+/// request says (`grace_ms`).
+const DEFAULT_GRACE: Duration = Duration::from_secs(10);
+
+/// How long a kill waits for the cell's end to be recorded.
+const KILL_PATIENCE: Duration = Duration::from_secs(30);
+
+/// An error answer: a status and one sentence.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+    }
+}
+
+impl From<DaemonError> for ApiError {
+    fn from(error: DaemonError) -> Self {
+        let status = match &error {
+            DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
+            DaemonError::WrongState { .. } | DaemonError::NameTaken(_) => StatusCode::CONFLICT,
+            DaemonError::BadRequest { .. } | DaemonError::Start { .. } => StatusCode::BAD_REQUEST,
+            DaemonError::Store(_) | DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        Self::new(status, error.to_string())
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(rejection: JsonRejection) -> Self {
+        let status = rejection.status();
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("the request body is larger than the API takes ({BODY_LIMIT} bytes)")
+            }
+            _ => format!(
+                "the request body is not a valid cell spec: {}",
+                rejection.body_text()
+            ),
+        };
+        Self::new(status, message)
+    }
+}
+
+impl From<BytesRejection> for ApiError {
+    fn from(rejection: BytesRejection) -> Self {
+        let status = rejection.status();
+        let message = match status {
+            StatusCode::PAYLOAD_TOO_LARGE => {
+                format!("the request body is larger than the API takes ({BODY_LIMIT} bytes)")
+            }
+            _ => format!("the request body cannot be read: {}", rejection.body_text()),
+        };
+        Self::new(status, message)
+    }
+}
+
+type Answer<T> = Result<T, ApiError>;
+
+/// The API's routes over `registry`.
+pub fn router(registry: Arc<Registry>) -> Router {
+    Router::new()
+        .route("/v1/ping", get(ping))
+        .route("/v1/cells", get(list).post(create))
+        .route("/v1/cells/{cell}", get(inspect).delete(remove))
+        .route("/v1/cells/{cell}/start", put(start))
+        .route("/v1/cells/{cell}/stop", put(stop))
+        .route("/v1/cells/{cell}/kill", put(kill))
+        .route("/v1/cells/{cell}/pause", put(pause))
+        .route("/v1/cells/{cell}/resume", put(resume))
+        .route("/v1/cells/{cell}/stdin", post(stdin))
+        .route("/v1/cells/{cell}/logs", get(logs))
+        .route("/v1/events", get(events))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(registry)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "no such API path: the API is under /v1 (cells, events, ping)",
+    )
+}
+
+async fn ping() -> axum::Json<serde_json::Value> {
+    axum::Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+}
+
+async fn list(State(registry): State<Arc<Registry>>) -> axum::Json<Vec<CellRecord>> {
+    axum::Json(registry.list())
+}
+
+async fn create(
+    State(registry): State<Arc<Registry>>,
+    spec: Result<axum::Json<CellSpec>, JsonRejection>,
+) -> Answer<(StatusCode, axum::Json<CellRecord>)> {
+    let axum::Json(spec) = spec?;
+    let record = blocking(move || registry.create(spec)).await?;
+    Ok((StatusCode::CREATED, axum::Json(record)))
+}
+
+async fn inspect(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+) -> Answer<axum::Json<CellRecord>> {
+    Ok(axum::Json(registry.inspect(&cell)?))
+}
+
+async fn start(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+) -> Answer<axum::Json<CellRecord>> {
+    Ok(axum::Json(blocking(move || registry.start(&cell)).await?))
+}
+
+async fn pause(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+) -> Answer<axum::Json<CellRecord>> {
+    Ok(axum::Json(blocking(move || registry.pause(&cell)).await?))
+}
+
+async fn resume(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+) -> Answer<axum::Json<CellRecord>> {
+    Ok(axum::Json(registry.resume(&cell)?))
+}
+
+#[derive(Deserialize)]
+struct StopQuery {
+    grace_ms: Option<u64>,
+}
+
+async fn stop(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+    Query(query): Query<StopQuery>,
+) -> Answer<axum::Json<CellRecord>> {
+    let grace = query.grace_ms.map_or(DEFAULT_GRACE, Duration::from_millis);
+    let (id, end) = registry.ask_to_end(&cell, false)?;
+    if let Some(mut end) = end
+        && tokio::time::timeout(grace, end.wait_for(|state| !state.is_live()))
+            .await
+            .is_err()
+    {
+        end_now(&registry, &id).await?;
+    }
+    Ok(axum::Json(registry.inspect(&id)?))
+}
+
+async fn kill(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+) -> Answer<axum::Json<CellRecord>> {
+    let record = registry.inspect(&cell)?;
+    if !record.state.is_live() {
+        return Err(DaemonError::WrongState {
+            name: record.name,
+            state: record.state.as_str(),
+            action: "kill",
+            needed: "running or paused",
+        }
+        .into());
+    }
+    end_now(&registry, &record.id).await?;
+    Ok(axum::Json(registry.inspect(&record.id)?))
+}
+
+/// Kills the cell `id` and waits for its end to be recorded.
+async fn end_now(registry: &Registry, id: &str) -> Answer<()> {
+    if let (_, Some(mut end)) = registry.ask_to_end(id, true)? {
+        tokio::time::timeout(KILL_PATIENCE, end.wait_for(|state| !state.is_live()))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("cell `{id}` did not end within {KILL_PATIENCE:?} of being killed"),
+                )
+            })?
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "the cell's waiter went away",
+                )
+            })?;
+    }
+    Ok(())
+}
+
+#[derive(Deserialize)]
+struct RemoveQuery {
+    #[serde(default)]
+    force: bool,
+}
+
+async fn remove(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+    Query(query): Query<RemoveQuery>,
+) -> Answer<StatusCode> {
+    if query.force {
+        let record = registry.inspect(&cell)?;
+        if record.state.is_live() {
+            end_now(&registry, &record.id).await?;
+        }
+    }
+    registry.remove(&cell)?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct StdinQuery {
+    #[serde(default)]
+    close: bool,
+}
+
+async fn stdin(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+    Query(query): Query<StdinQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<StatusCode> {
+    let body = body?;
+    blocking(move || registry.write_stdin(&cell, &body, query.close)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+#[derive(Deserialize)]
+struct LogsQuery {
+    stream: Option<Stream>,
+    #[serde(default)]
+    follow: bool,
+    #[serde(default)]
+    from: u64,
+}
+
+async fn logs(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+    Query(query): Query<LogsQuery>,
+) -> Answer<Response> {
+    let (_, logs) = registry.logs(&cell)?;
+    let log = std::sync::Arc::clone(logs.stream(query.stream.unwrap_or(Stream::Stdout)));
+    let follow = query.follow;
+    let watch = log.watch();
+    let body = stream::unfold(
+        (log, query.from, watch),
+        move |(log, from, mut watch)| async move {
+            loop {
+                match log.read_from(from, 64 * 1024) {
+                    Ok((bytes, next)) if !bytes.is_empty() => {
+                        return Some((Ok(Bytes::from(bytes)), (log, next, watch)));
+                    }
+                    Ok(_) if !follow || log.mark().closed => return None,
+                    Ok(_) => {
+                        if watch.changed().await.is_err() {
+                            return None;
+                        }
+                    }
+                    Err(error) => return Some((Err(error), (log, u64::MAX, watch))),
+                }
+            }
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/octet-stream")
+        .body(Body::from_stream(body))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    /// Replays the recorded events after this sequence number first.
+    since: Option<u64>,
+}
+
+async fn events(
+    State(registry): State<Arc<Registry>>,
+    Query(query): Query<EventsQuery>,
+) -> Answer<Response> {
+    // Subscribed before the replay is read, so that nothing falls between them.
+    let live = registry.subscribe();
+    let replay = match query.since {
+        Some(since) => registry.events_after(since)?,
+        None => Vec::new(),
+    };
+    let last = replay.last().map_or(0, |event| event.seq);
+    let replayed = stream::iter(replay.into_iter().map(line));
+    let following = stream::unfold(
+        (live, registry.closing()),
+        move |(mut live, mut closing)| async move {
+            loop {
+                let received = tokio::select! {
+                    received = live.recv() => received,
+                    _ = closing.wait_for(|closing| *closing) => return None,
+                };
+                match received {
+                    Ok(event) if event.seq <= last => {}
+                    Ok(event) => return Some((line(event), (live, closing))),
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
+            }
+        },
+    );
+    Response::builder()
+        .header(header::CONTENT_TYPE, "application/x-ndjson")
+        .body(Body::from_stream(futures_util::StreamExt::chain(
+            replayed, following,
+        )))
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+fn line(event: crate::record::Event) -> Result<Bytes, std::io::Error> {
+    let mut bytes = serde_json::to_vec(&event).map_err(std::io::Error::other)?;
+    bytes.push(b'\n');
+    Ok(Bytes::from(bytes))
+}
+
+/// Runs `work`, which may block (compiling, writing to a pipe), off the async threads.
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, DaemonError> + Send + 'static,
+) -> Answer<T> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
+        .map_err(ApiError::from)
+}

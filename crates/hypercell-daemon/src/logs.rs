@@ -1,0 +1,218 @@
+//! A cell's stdout and stderr, kept in files under the cell's directory with a size cap
+//! and one rotation, read whole or followed as they grow. A stream's bytes are
+//! numbered from the first it ever wrote, so a follower keeps its place across a
+//! rotation.
+
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use tokio::io::AsyncReadExt;
+use tokio::sync::watch;
+
+/// Which output stream.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Stream {
+    /// The program's stdout.
+    Stdout,
+    /// The program's stderr.
+    Stderr,
+}
+
+impl Stream {
+    fn file_name(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout.log",
+            Self::Stderr => "stderr.log",
+        }
+    }
+}
+
+/// Where a stream stands: bytes ever written, and whether its writer is gone.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LogMark {
+    /// Bytes the stream has ever written.
+    pub written: u64,
+    /// Whether nothing more will come (the cell ended and its pipe is drained).
+    pub closed: bool,
+}
+
+struct LogFiles {
+    file: File,
+    /// Stream offset of the current file's first byte.
+    base: u64,
+    /// Stream offset of the rotated file's first byte, if there is one.
+    rotated_base: Option<u64>,
+}
+
+/// One stream of one cell.
+pub struct StreamLog {
+    path: PathBuf,
+    cap: u64,
+    files: Mutex<LogFiles>,
+    mark: watch::Sender<LogMark>,
+}
+
+impl StreamLog {
+    /// The log of `stream` in `dir`, keeping at most `cap` bytes in each of its two
+    /// files; a log already there is taken up where it ends (a cell started again).
+    pub fn open(dir: &Path, stream: Stream, cap: u64) -> std::io::Result<Self> {
+        let path = dir.join(stream.file_name());
+        let rotated = rotated_path(&path);
+        let file = File::options()
+            .create(true)
+            .append(true)
+            .read(true)
+            .open(&path)?;
+        let current = file.metadata()?.len();
+        let old = std::fs::metadata(&rotated).map(|m| m.len()).ok();
+        let base = old.unwrap_or(0);
+        Ok(Self {
+            path,
+            cap: cap.max(1),
+            files: Mutex::new(LogFiles {
+                file,
+                base,
+                rotated_base: old.map(|_| 0),
+            }),
+            mark: watch::Sender::new(LogMark {
+                written: base + current,
+                closed: false,
+            }),
+        })
+    }
+
+    /// Appends `bytes`, rotating first if they would take the file past its cap.
+    pub fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
+        let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let written = self.mark.borrow().written;
+        if written - files.base + bytes.len() as u64 > self.cap && written > files.base {
+            std::fs::rename(&self.path, rotated_path(&self.path))?;
+            // The path was renamed away: this makes a new, empty file.
+            files.file = File::options()
+                .create(true)
+                .append(true)
+                .read(true)
+                .open(&self.path)?;
+            files.rotated_base = Some(files.base);
+            files.base = written;
+        }
+        files.file.write_all(bytes)?;
+        self.mark
+            .send_modify(|mark| mark.written += bytes.len() as u64);
+        Ok(())
+    }
+
+    /// Marks the stream as ended.
+    pub fn close(&self) {
+        self.mark.send_modify(|mark| mark.closed = true);
+    }
+
+    /// Where the stream stands.
+    pub fn mark(&self) -> LogMark {
+        *self.mark.borrow()
+    }
+
+    /// A receiver told of every append and of the end.
+    pub fn watch(&self) -> watch::Receiver<LogMark> {
+        self.mark.subscribe()
+    }
+
+    /// The oldest stream offset still kept.
+    pub fn oldest(&self) -> u64 {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        files.rotated_base.unwrap_or(files.base)
+    }
+
+    /// Up to `max` bytes from stream offset `from` (moved up to the oldest kept byte),
+    /// and the offset after them.
+    pub fn read_from(&self, from: u64, max: usize) -> std::io::Result<(Vec<u8>, u64)> {
+        let files = self.files.lock().unwrap_or_else(|e| e.into_inner());
+        let written = self.mark.borrow().written;
+        let from = from.max(files.rotated_base.unwrap_or(files.base));
+        if from >= written {
+            return Ok((Vec::new(), written));
+        }
+        let (mut file, start, end) = if from < files.base {
+            let base = files.rotated_base.unwrap_or(0);
+            (
+                File::open(rotated_path(&self.path))?,
+                from - base,
+                files.base,
+            )
+        } else {
+            (files.file.try_clone()?, from - files.base, written)
+        };
+        let len = ((end - from) as usize).min(max);
+        let mut bytes = vec![0; len];
+        file.seek(SeekFrom::Start(start))?;
+        file.read_exact(&mut bytes)?;
+        Ok((bytes, from + len as u64))
+    }
+}
+
+fn rotated_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".1");
+    PathBuf::from(name)
+}
+
+/// Copies what the cell writes into the read end `pipe` to `log` until the cell's end
+/// closes it; then marks the log closed.
+pub async fn capture(pipe: OwnedFd, log: std::sync::Arc<StreamLog>) {
+    let receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
+        Ok(receiver) => receiver,
+        Err(error) => {
+            tracing::warn!("cannot read a cell's output pipe: {error}");
+            log.close();
+            return;
+        }
+    };
+    let mut receiver = receiver;
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        match receiver.read(&mut chunk).await {
+            Ok(0) => break,
+            Ok(n) => {
+                if let Err(error) = log.append(&chunk[..n]) {
+                    tracing::warn!("cannot keep a cell's output: {error}");
+                }
+            }
+            Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(error) => {
+                tracing::warn!("reading a cell's output failed: {error}");
+                break;
+            }
+        }
+    }
+    log.close();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_log_rotates_at_its_cap_and_keeps_its_offsets() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = StreamLog::open(dir.path(), Stream::Stdout, 10).unwrap();
+        log.append(b"0123456").unwrap();
+        log.append(b"789abc").unwrap();
+        log.append(b"defghij").unwrap();
+        // Written: 20 bytes; the current file holds "defghij" (13..20), the rotated one
+        // "789abc" (7..13); "0123456" is gone.
+        assert_eq!(log.mark().written, 20);
+        assert_eq!(log.oldest(), 7);
+        assert_eq!(log.read_from(0, 100).unwrap(), (b"789abc".to_vec(), 13));
+        assert_eq!(log.read_from(13, 100).unwrap(), (b"defghij".to_vec(), 20));
+        assert_eq!(log.read_from(15, 3).unwrap(), (b"fgh".to_vec(), 18));
+        assert_eq!(log.read_from(20, 3).unwrap(), (Vec::new(), 20));
+        drop(log);
+        let again = StreamLog::open(dir.path(), Stream::Stdout, 10).unwrap();
+        assert_eq!(again.mark().written, 13, "taken up where the files end");
+        assert_eq!(again.read_from(0, 100).unwrap(), (b"789abc".to_vec(), 6));
+    }
+}

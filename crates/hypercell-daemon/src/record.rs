@@ -1,0 +1,149 @@
+//! What the daemon keeps about a cell, and what the API says: the spec a client asked
+//! for, the cell's record and state, and the events that change it. These are plain
+//! serialisable types, apart from the live cells that hold threads and descriptors.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A directory granted to a cell.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirSpec {
+    /// The directory on the daemon's host (absolute).
+    pub host: String,
+    /// Its name inside the program; the host path when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guest: Option<String>,
+    /// Whether the program may only read it.
+    #[serde(default)]
+    pub read_only: bool,
+}
+
+/// What a client asks for when it creates a cell.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CellSpec {
+    /// A name for the cell, unique in the daemon; one is made up when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// The module (`.wasm` or `.wat`) or template to run, a path on the daemon's host.
+    pub module: String,
+    /// Arguments after the program's name.
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment, as `NAME=VALUE`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Directories granted to the program.
+    #[serde(default)]
+    pub dirs: Vec<DirSpec>,
+    /// Most bytes the program's linear memory may grow to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// Wall-clock limit in milliseconds, from the start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// Most bytes the program may write to stdout and stderr together.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_output: Option<u64>,
+    /// Whether the program's stdin is a pipe the API writes to; otherwise it is
+    /// empty (`/dev/null`).
+    #[serde(default)]
+    pub stdin: bool,
+    /// Labels, for the operator's own use.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Where a cell is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CellState {
+    /// Made, not started.
+    Created,
+    /// Running.
+    Running,
+    /// Paused: its vCPU computes nothing until resumed.
+    Paused,
+    /// Its program exited (see `exit_code`).
+    Exited,
+    /// It trapped, faulted, ran past a limit, or could not start (see `error`).
+    Failed,
+    /// It was killed, or stopped after its grace period.
+    Killed,
+    /// It was running when the daemon went away, and was not brought back.
+    Lost,
+}
+
+impl CellState {
+    /// Whether the cell has a live partition (running or paused).
+    pub fn is_live(self) -> bool {
+        matches!(self, Self::Running | Self::Paused)
+    }
+
+    /// The state's name, as the API spells it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Running => "running",
+            Self::Paused => "paused",
+            Self::Exited => "exited",
+            Self::Failed => "failed",
+            Self::Killed => "killed",
+            Self::Lost => "lost",
+        }
+    }
+}
+
+/// Everything the daemon records of a cell.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CellRecord {
+    /// The cell's id: 12 hex digits.
+    pub id: String,
+    /// Its unique name.
+    pub name: String,
+    /// What it was created with.
+    pub spec: CellSpec,
+    /// Where it is in its life.
+    pub state: CellState,
+    /// When it was created, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+    /// When it last started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_ms: Option<u64>,
+    /// When it last ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_ms: Option<u64>,
+    /// The program's exit status, once it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// Why it failed, in one sentence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// A change of a cell's state, as `GET /v1/events` streams it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    /// Its place in the daemon's sequence of events, from 1.
+    pub seq: u64,
+    /// When, in milliseconds since the Unix epoch.
+    pub time_ms: u64,
+    /// The cell's id.
+    pub cell: String,
+    /// The cell's name.
+    pub name: String,
+    /// What happened: `create`, `start`, `pause`, `resume`, `exit`, `fail`, `kill`,
+    /// `lose` or `remove`.
+    pub action: String,
+    /// The state the cell is in afterwards.
+    pub state: CellState,
+}
+
+/// Milliseconds since the Unix epoch, now.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}

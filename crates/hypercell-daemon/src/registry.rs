@@ -1,0 +1,767 @@
+//! The cells a daemon hosts: their records (kept in the [`Store`]), the live ones'
+//! controls and stdin, their logs, and the events their changes send. Every operation
+//! of the API is a method here; the API only translates HTTP.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fs::File;
+use std::io::Write;
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use hypercell_host::config::DEFAULT_MEMORY_LIMIT;
+use hypercell_host::fs::Preopen;
+use hypercell_host::persist::SnapshotFile;
+use hypercell_host::{
+    Cell, CellConfig, CellControl, CellError, CellExit, CellFailure, CellReport, Compiler,
+    OwnedStdio, StopReason,
+};
+use tokio::sync::{broadcast, watch};
+
+use crate::logs::{Stream, StreamLog, capture};
+use crate::record::{CellRecord, CellSpec, CellState, Event, now_ms};
+use crate::store::{Store, StoreError};
+
+/// Bytes kept of each output stream of a cell, in each of its two files.
+pub const DEFAULT_LOG_CAP: u64 = 16 << 20;
+
+/// Why an operation on the daemon's cells failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    /// No cell has that id, id prefix or name.
+    #[error("no cell has the id or name `{0}`")]
+    NotFound(String),
+    /// The cell is not in a state the operation applies to.
+    #[error("cell `{name}` is {state}; {action} needs a cell that is {needed}")]
+    WrongState {
+        /// The cell's name.
+        name: String,
+        /// Its state.
+        state: &'static str,
+        /// The operation.
+        action: &'static str,
+        /// The states it applies to.
+        needed: &'static str,
+    },
+    /// A field of the request is wrong.
+    #[error("`{field}`: {message}")]
+    BadRequest {
+        /// The field.
+        field: &'static str,
+        /// What is wrong with it, in one sentence.
+        message: String,
+    },
+    /// The name is another cell's.
+    #[error("a cell named `{0}` exists already; choose another name")]
+    NameTaken(String),
+    /// The cell could not start; its record says so too.
+    #[error("cell `{name}` could not start: {reason}")]
+    Start {
+        /// The cell's name.
+        name: String,
+        /// Why.
+        reason: String,
+    },
+    /// The records could not be kept.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// The host failed at something it should not.
+    #[error("the daemon failed: {0}")]
+    Internal(String),
+}
+
+fn internal(error: impl std::fmt::Display) -> DaemonError {
+    DaemonError::Internal(error.to_string())
+}
+
+/// A cell's two output streams.
+pub struct CellLogs {
+    /// Its stdout.
+    pub stdout: Arc<StreamLog>,
+    /// Its stderr.
+    pub stderr: Arc<StreamLog>,
+}
+
+impl CellLogs {
+    /// One of the two.
+    pub fn stream(&self, stream: Stream) -> &Arc<StreamLog> {
+        match stream {
+            Stream::Stdout => &self.stdout,
+            Stream::Stderr => &self.stderr,
+        }
+    }
+}
+
+/// A cell with a partition.
+struct Live {
+    control: CellControl,
+    /// The write end of its stdin, while open.
+    stdin: Option<File>,
+    /// Its state, for those waiting for its end.
+    state: watch::Sender<CellState>,
+    /// Whether a kill was asked for: its end is then a kill, not a failure.
+    killed: bool,
+}
+
+struct Inner {
+    cells: BTreeMap<String, CellRecord>,
+    live: HashMap<String, Live>,
+    logs: HashMap<String, Arc<CellLogs>>,
+    next_event: u64,
+}
+
+/// The cells of one daemon.
+pub struct Registry {
+    state_dir: PathBuf,
+    store: Store,
+    compiler: Compiler,
+    log_cap: u64,
+    inner: Mutex<Inner>,
+    events: broadcast::Sender<Event>,
+    /// Becomes true as the daemon shuts down: event streams end.
+    closing: watch::Sender<bool>,
+    runtime: tokio::runtime::Handle,
+}
+
+impl Registry {
+    /// The registry kept under `state_dir`: its database, compile cache and logs.
+    /// Cells the records show as running were lost with the daemon that ran them: they
+    /// are marked `lost`, their logs kept. Call it inside the tokio runtime that is to
+    /// read the cells' output.
+    pub fn open(state_dir: &Path, log_cap: u64) -> Result<Arc<Self>, DaemonError> {
+        std::fs::create_dir_all(state_dir.join("cells")).map_err(|e| {
+            internal(format!(
+                "cannot make the state directory `{}`: {e}",
+                state_dir.display()
+            ))
+        })?;
+        let store = Store::open(&state_dir.join("hypercell.redb"))?;
+        let compiler = Compiler::with_cache_dir(Some(state_dir.join("cache"))).map_err(internal)?;
+        let next_event = store.last_event()? + 1;
+        let cells = store
+            .cells()?
+            .into_iter()
+            .map(|record| (record.id.clone(), record))
+            .collect();
+        let registry = Arc::new(Self {
+            state_dir: state_dir.to_path_buf(),
+            store,
+            compiler,
+            log_cap,
+            inner: Mutex::new(Inner {
+                cells,
+                live: HashMap::new(),
+                logs: HashMap::new(),
+                next_event,
+            }),
+            events: broadcast::channel(1024).0,
+            closing: watch::Sender::new(false),
+            runtime: tokio::runtime::Handle::current(),
+        });
+        let lost: Vec<String> = registry
+            .lock()
+            .cells
+            .values()
+            .filter(|record| record.state.is_live())
+            .map(|record| record.id.clone())
+            .collect();
+        for id in lost {
+            registry.change(&id, "lose", |record| {
+                record.state = CellState::Lost;
+                record.error = Some("the daemon that ran it went away".into());
+            })?;
+        }
+        Ok(registry)
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Every cell's record, oldest first.
+    pub fn list(&self) -> Vec<CellRecord> {
+        let mut cells: Vec<CellRecord> = self.lock().cells.values().cloned().collect();
+        cells.sort_by(|a, b| (a.created_ms, &a.id).cmp(&(b.created_ms, &b.id)));
+        cells
+    }
+
+    /// The record of the cell `reference` names (id, unique id prefix or name).
+    pub fn inspect(&self, reference: &str) -> Result<CellRecord, DaemonError> {
+        let inner = self.lock();
+        let id = resolve(&inner, reference)?;
+        Ok(inner.cells[&id].clone())
+    }
+
+    /// Receives every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Sees the daemon begin to shut down.
+    pub fn closing(&self) -> watch::Receiver<bool> {
+        self.closing.subscribe()
+    }
+
+    /// Ends the event streams, as the daemon shuts down.
+    pub fn close(&self) {
+        self.closing.send_replace(true);
+    }
+
+    /// The events after `after`, from the records.
+    pub fn events_after(&self, after: u64) -> Result<Vec<Event>, DaemonError> {
+        Ok(self.store.events_after(after)?)
+    }
+
+    /// Creates a cell from `spec`, not started.
+    pub fn create(&self, spec: CellSpec) -> Result<CellRecord, DaemonError> {
+        check_spec(&spec)?;
+        let id = new_id();
+        let name = match &spec.name {
+            Some(name) => name.clone(),
+            None => format!(
+                "{}-{}",
+                Path::new(&spec.module)
+                    .file_stem()
+                    .and_then(|s| s.to_str())
+                    .filter(|s| valid_name(s))
+                    .unwrap_or("cell"),
+                &id[..6]
+            ),
+        };
+        let record = CellRecord {
+            id: id.clone(),
+            name: name.clone(),
+            spec,
+            state: CellState::Created,
+            created_ms: now_ms(),
+            started_ms: None,
+            finished_ms: None,
+            exit_code: None,
+            error: None,
+        };
+        let mut inner = self.lock();
+        if inner.cells.values().any(|other| other.name == name) {
+            return Err(DaemonError::NameTaken(name));
+        }
+        inner.cells.insert(id.clone(), record);
+        drop(inner);
+        self.change(&id, "create", |_| {})
+    }
+
+    /// Starts the cell `reference` names (again, if it ran before). Compiles its module
+    /// first: call it where blocking is allowed.
+    pub fn start(self: &Arc<Self>, reference: &str) -> Result<CellRecord, DaemonError> {
+        let record = {
+            let inner = self.lock();
+            let id = resolve(&inner, reference)?;
+            let record = inner.cells[&id].clone();
+            if record.state.is_live() || inner.live.contains_key(&id) {
+                return Err(wrong_state(&record, "start", "not running"));
+            }
+            record
+        };
+        match self.launch(&record) {
+            Ok(()) => self.change(&record.id, "start", |record| {
+                record.state = CellState::Running;
+                record.started_ms = Some(now_ms());
+                record.finished_ms = None;
+                record.exit_code = None;
+                record.error = None;
+            }),
+            Err(reason) => {
+                self.change(&record.id, "fail", |record| {
+                    record.state = CellState::Failed;
+                    record.error = Some(reason.clone());
+                    record.finished_ms = Some(now_ms());
+                })?;
+                Err(DaemonError::Start {
+                    name: record.name,
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Makes and starts the partition of `record`'s cell; the reason in one sentence
+    /// when it cannot.
+    fn launch(self: &Arc<Self>, record: &CellRecord) -> Result<(), String> {
+        let spec = &record.spec;
+        let module_path = Path::new(&spec.module);
+        let config = cell_config(spec);
+        let template = if SnapshotFile::is_snapshot(module_path) {
+            let file = SnapshotFile::read_from(module_path).map_err(|e| e.to_string())?;
+            let identity_given =
+                !spec.args.is_empty() || !spec.env.is_empty() || !spec.dirs.is_empty();
+            let config = file
+                .template_config(module_path, config.clone(), identity_given)
+                .map_err(|e| e.to_string())?;
+            Some((file, config))
+        } else {
+            None
+        };
+        let source = template
+            .as_ref()
+            .map_or(module_path, |(file, _)| file.module.as_path());
+        let module = self
+            .compiler
+            .compile_file(source)
+            .map_err(|e| e.to_string())?;
+        let cpu_features = self.compiler.cpu_features();
+        if let Some((file, _)) = &template {
+            file.check_host(module_path, cpu_features, self.compiler.fingerprint())
+                .map_err(|e| e.to_string())?;
+        }
+
+        let dir = self.state_dir.join("cells").join(&record.id);
+        std::fs::create_dir_all(&dir).map_err(|e| format!("cannot make its log directory: {e}"))?;
+        let open_log = |stream| {
+            StreamLog::open(&dir, stream, self.log_cap)
+                .map(Arc::new)
+                .map_err(|e| format!("cannot open its log: {e}"))
+        };
+        let logs = Arc::new(CellLogs {
+            stdout: open_log(Stream::Stdout)?,
+            stderr: open_log(Stream::Stderr)?,
+        });
+        let (stdin, stdin_writer) = if spec.stdin {
+            let (read, write) = pipe().map_err(|e| format!("cannot make its stdin: {e}"))?;
+            (read, Some(File::from(write)))
+        } else {
+            let null =
+                File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+            (OwnedFd::from(null), None)
+        };
+        let (stdout_read, stdout) = pipe().map_err(|e| format!("cannot make its stdout: {e}"))?;
+        let (stderr_read, stderr) = pipe().map_err(|e| format!("cannot make its stderr: {e}"))?;
+        let stdio = OwnedStdio {
+            stdin,
+            stdout,
+            stderr,
+        };
+        self.runtime
+            .spawn(capture(stdout_read, Arc::clone(&logs.stdout)));
+        self.runtime
+            .spawn(capture(stderr_read, Arc::clone(&logs.stderr)));
+
+        let module = Arc::new(module);
+        let cell = match template {
+            Some((file, config)) => {
+                Cell::from_template(config, module, cpu_features, stdio, Arc::new(file.snapshot))
+            }
+            None => Cell::start(config, module, cpu_features, stdio),
+        };
+        let (state, _) = watch::channel(CellState::Running);
+        let mut inner = self.lock();
+        inner.live.insert(
+            record.id.clone(),
+            Live {
+                control: cell.control().clone(),
+                stdin: stdin_writer,
+                state,
+                killed: false,
+            },
+        );
+        inner.logs.insert(record.id.clone(), logs);
+        drop(inner);
+        let registry = Arc::clone(self);
+        let id = record.id.clone();
+        std::thread::Builder::new()
+            .name("hypercell-wait".into())
+            .spawn(move || {
+                let result = cell.wait();
+                registry.finish(&id, result);
+            })
+            .map_err(|e| format!("cannot start a thread to wait on it: {e}"))?;
+        Ok(())
+    }
+
+    /// Records how the cell `id` ended.
+    fn finish(&self, id: &str, result: Result<CellReport, CellFailure>) {
+        let killed = self.lock().live.get(id).is_some_and(|live| live.killed);
+        let outcome = self.change(id, "exit", |record| {
+            record.finished_ms = Some(now_ms());
+            match &result {
+                Ok(report) => match &report.exit {
+                    CellExit::Exited(code) => {
+                        record.state = CellState::Exited;
+                        record.exit_code = Some(*code);
+                    }
+                    CellExit::Trapped(report) => {
+                        record.state = CellState::Failed;
+                        record.error = Some(format!(
+                            "the program trapped: {}",
+                            report.lines().next().unwrap_or_default()
+                        ));
+                    }
+                    CellExit::Template => {
+                        record.state = CellState::Failed;
+                        record.error = Some("the cell stopped as a template".into());
+                    }
+                },
+                Err(failure) if killed || matches!(failure.error, CellError::Stopped(_)) => {
+                    record.state = CellState::Killed;
+                }
+                Err(failure) => {
+                    record.state = CellState::Failed;
+                    record.error = Some(failure.error.to_string());
+                }
+            }
+        });
+        if let Err(error) = outcome {
+            tracing::error!("cannot record the end of cell {id}: {error}");
+        }
+        let mut inner = self.lock();
+        let state = inner.cells.get(id).map_or(CellState::Lost, |r| r.state);
+        let live = inner.live.remove(id);
+        drop(inner);
+        if let Some(live) = live {
+            let _ = live.state.send(state);
+        }
+    }
+
+    /// Changes the record of cell `id` with `change`, saves it with an event of
+    /// `action`, and tells the subscribers.
+    fn change(
+        &self,
+        id: &str,
+        action: &str,
+        change: impl FnOnce(&mut CellRecord),
+    ) -> Result<CellRecord, DaemonError> {
+        let mut inner = self.lock();
+        let seq = inner.next_event;
+        let record = inner
+            .cells
+            .get_mut(id)
+            .ok_or_else(|| DaemonError::NotFound(id.to_string()))?;
+        change(record);
+        let record = record.clone();
+        let event = Event {
+            seq,
+            time_ms: now_ms(),
+            cell: record.id.clone(),
+            name: record.name.clone(),
+            action: match (action, record.state) {
+                ("exit", CellState::Failed) => "fail".into(),
+                ("exit", CellState::Killed) => "kill".into(),
+                _ => action.into(),
+            },
+            state: record.state,
+        };
+        self.store.save(&record, Some(&event))?;
+        inner.next_event += 1;
+        drop(inner);
+        let _ = self.events.send(event);
+        Ok(record)
+    }
+
+    /// Pauses the running cell `reference` names.
+    pub fn pause(&self, reference: &str) -> Result<CellRecord, DaemonError> {
+        let (id, control) = self.live_control(reference, "pause", CellState::Running)?;
+        if !control.pause() {
+            let record = self.inspect(&id)?;
+            return Err(wrong_state(&record, "pause", "running"));
+        }
+        self.change(&id, "pause", |record| record.state = CellState::Paused)
+    }
+
+    /// Lets the paused cell `reference` names go on.
+    pub fn resume(&self, reference: &str) -> Result<CellRecord, DaemonError> {
+        let (id, control) = self.live_control(reference, "resume", CellState::Paused)?;
+        control.resume();
+        self.change(&id, "resume", |record| record.state = CellState::Running)
+    }
+
+    fn live_control(
+        &self,
+        reference: &str,
+        action: &'static str,
+        needed: CellState,
+    ) -> Result<(String, CellControl), DaemonError> {
+        let inner = self.lock();
+        let id = resolve(&inner, reference)?;
+        let record = &inner.cells[&id];
+        match inner.live.get(&id) {
+            Some(live) if record.state == needed => Ok((id, live.control.clone())),
+            _ => Err(wrong_state(record, action, needed.as_str())),
+        }
+    }
+
+    /// Asks the live cell `reference` names to end: with `kill`, at once; without,
+    /// its stdin is closed, for a program that ends at the end of its input. Returns
+    /// the cell's id and a receiver that sees its end, or `None` if it is not live.
+    pub fn ask_to_end(
+        &self,
+        reference: &str,
+        kill: bool,
+    ) -> Result<(String, Option<watch::Receiver<CellState>>), DaemonError> {
+        let mut inner = self.lock();
+        let id = resolve(&inner, reference)?;
+        let Some(live) = inner.live.get_mut(&id) else {
+            return Ok((id, None));
+        };
+        if kill {
+            live.killed = true;
+            live.control.stop(StopReason::Signal(libc::SIGKILL));
+        } else {
+            live.stdin = None;
+            // A paused cell cannot read the end of its input.
+            live.control.resume();
+        }
+        Ok((id, Some(live.state.subscribe())))
+    }
+
+    /// Writes `bytes` to the stdin of the cell `reference` names; with `close`, closes
+    /// it afterwards. Blocks while the cell's pipe is full.
+    pub fn write_stdin(
+        &self,
+        reference: &str,
+        bytes: &[u8],
+        close: bool,
+    ) -> Result<(), DaemonError> {
+        let (id, mut stdin) = {
+            let mut inner = self.lock();
+            let id = resolve(&inner, reference)?;
+            let record = inner.cells[&id].clone();
+            let open = inner
+                .live
+                .get_mut(&id)
+                .and_then(|live| live.stdin.as_mut())
+                .map(|stdin| stdin.try_clone());
+            match open {
+                Some(Ok(stdin)) => (id, stdin),
+                Some(Err(error)) => return Err(internal(error)),
+                None if !record.spec.stdin => {
+                    return Err(DaemonError::BadRequest {
+                        field: "stdin",
+                        message: format!(
+                            "cell `{}` was created without stdin; create it with `\"stdin\": true`",
+                            record.name
+                        ),
+                    });
+                }
+                None => {
+                    return Err(wrong_state(
+                        &record,
+                        "writing stdin",
+                        "running with stdin open",
+                    ));
+                }
+            }
+        };
+        if let Err(error) = stdin.write_all(bytes) {
+            return Err(DaemonError::BadRequest {
+                field: "stdin",
+                message: format!("the cell no longer reads its stdin: {error}"),
+            });
+        }
+        if close && let Some(live) = self.lock().live.get_mut(&id) {
+            live.stdin = None;
+        }
+        Ok(())
+    }
+
+    /// The logs of the cell `reference` names: its id and its streams (opened from
+    /// its files for a cell this daemon has not run).
+    pub fn logs(&self, reference: &str) -> Result<(String, Arc<CellLogs>), DaemonError> {
+        let mut inner = self.lock();
+        let id = resolve(&inner, reference)?;
+        if let Some(logs) = inner.logs.get(&id) {
+            return Ok((id, Arc::clone(logs)));
+        }
+        let dir = self.state_dir.join("cells").join(&id);
+        std::fs::create_dir_all(&dir).map_err(internal)?;
+        let open = |stream| {
+            let log = StreamLog::open(&dir, stream, self.log_cap).map_err(internal)?;
+            log.close();
+            Ok::<_, DaemonError>(Arc::new(log))
+        };
+        let logs = Arc::new(CellLogs {
+            stdout: open(Stream::Stdout)?,
+            stderr: open(Stream::Stderr)?,
+        });
+        inner.logs.insert(id.clone(), Arc::clone(&logs));
+        Ok((id, logs))
+    }
+
+    /// Removes the cell `reference` names, which must not be live, with its logs.
+    pub fn remove(&self, reference: &str) -> Result<CellRecord, DaemonError> {
+        let mut inner = self.lock();
+        let id = resolve(&inner, reference)?;
+        let record = inner.cells[&id].clone();
+        if inner.live.contains_key(&id) {
+            return Err(wrong_state(
+                &record,
+                "removing",
+                "not running (stop it, or remove it with force)",
+            ));
+        }
+        let event = Event {
+            seq: inner.next_event,
+            time_ms: now_ms(),
+            cell: record.id.clone(),
+            name: record.name.clone(),
+            action: "remove".into(),
+            state: record.state,
+        };
+        self.store.remove(&record, &event)?;
+        inner.next_event += 1;
+        inner.cells.remove(&id);
+        inner.logs.remove(&id);
+        drop(inner);
+        let _ = std::fs::remove_dir_all(self.state_dir.join("cells").join(&id));
+        let _ = self.events.send(event);
+        Ok(record)
+    }
+
+    /// Kills every live cell and waits up to `grace` for their ends to be recorded,
+    /// as the daemon shuts down.
+    pub async fn kill_all(&self, grace: Duration) {
+        let ids: Vec<String> = self.lock().live.keys().cloned().collect();
+        let mut waiting = Vec::new();
+        for id in ids {
+            if let Ok((_, Some(end))) = self.ask_to_end(&id, true) {
+                waiting.push(end);
+            }
+        }
+        let _ = tokio::time::timeout(grace, async {
+            for end in &mut waiting {
+                let _ = end.wait_for(|state| !state.is_live()).await;
+            }
+        })
+        .await;
+    }
+}
+
+fn wrong_state(record: &CellRecord, action: &'static str, needed: &'static str) -> DaemonError {
+    DaemonError::WrongState {
+        name: record.name.clone(),
+        state: record.state.as_str(),
+        action,
+        needed,
+    }
+}
+
+/// The id of the cell `reference` names: an id, a name, or a prefix of one id only.
+fn resolve(inner: &Inner, reference: &str) -> Result<String, DaemonError> {
+    if inner.cells.contains_key(reference) {
+        return Ok(reference.to_string());
+    }
+    if let Some(record) = inner.cells.values().find(|r| r.name == reference) {
+        return Ok(record.id.clone());
+    }
+    let mut matching = inner
+        .cells
+        .keys()
+        .filter(|id| !reference.is_empty() && id.starts_with(reference));
+    match (matching.next(), matching.next()) {
+        (Some(id), None) => Ok(id.clone()),
+        _ => Err(DaemonError::NotFound(reference.to_string())),
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    name.len() <= 64
+        && chars.next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+}
+
+fn check_spec(spec: &CellSpec) -> Result<(), DaemonError> {
+    let bad = |field, message: String| Err(DaemonError::BadRequest { field, message });
+    if let Some(name) = &spec.name
+        && !valid_name(name)
+    {
+        return bad(
+            "name",
+            format!(
+                "`{name}` is not a name: use up to 64 letters, digits, `_`, `.` and `-`, starting with a letter or digit"
+            ),
+        );
+    }
+    let module = Path::new(&spec.module);
+    if !module.is_absolute() {
+        return bad(
+            "module",
+            format!("`{}` is not an absolute path", spec.module),
+        );
+    }
+    if !module.is_file() {
+        return bad(
+            "module",
+            format!("`{}` is not a file the daemon can read", spec.module),
+        );
+    }
+    if let Some(entry) = spec
+        .env
+        .iter()
+        .find(|e| e.split_once('=').is_none_or(|(n, _)| n.is_empty()))
+    {
+        return bad("env", format!("`{entry}` is not NAME=VALUE"));
+    }
+    for dir in &spec.dirs {
+        let host = Path::new(&dir.host);
+        if !host.is_absolute() || !host.is_dir() {
+            return bad(
+                "dirs",
+                format!("`{}` is not an absolute path to a directory", dir.host),
+            );
+        }
+    }
+    if spec.memory == Some(0) {
+        return bad("memory", "a cell needs some memory".into());
+    }
+    Ok(())
+}
+
+fn cell_config(spec: &CellSpec) -> CellConfig {
+    let mut args = vec![spec.module.clone()];
+    args.extend(spec.args.iter().cloned());
+    CellConfig {
+        memory_limit: spec.memory.unwrap_or(DEFAULT_MEMORY_LIMIT),
+        timeout: spec.timeout_ms.map(Duration::from_millis),
+        output_limit: spec.max_output,
+        args,
+        env: spec
+            .env
+            .iter()
+            .filter_map(|entry| entry.split_once('='))
+            .map(|(name, value)| (name.to_string(), value.to_string()))
+            .collect(),
+        preopens: spec
+            .dirs
+            .iter()
+            .map(|dir| Preopen {
+                host: PathBuf::from(&dir.host),
+                guest: dir.guest.clone().unwrap_or_else(|| dir.host.clone()),
+                read_only: dir.read_only,
+            })
+            .collect(),
+    }
+}
+
+/// 12 random hex digits.
+fn new_id() -> String {
+    let mut bytes = [0u8; 6];
+    // SAFETY: getrandom writes at most `bytes.len()` bytes into the buffer it is given.
+    let got = unsafe { libc::getrandom(bytes.as_mut_ptr().cast(), bytes.len(), 0) };
+    if got != bytes.len() as isize {
+        // The clock, if the kernel has no randomness to give: ids need only be unique.
+        bytes.copy_from_slice(&now_ms().to_le_bytes()[..6]);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A pipe: read end, write end.
+fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just made and are owned by nobody else.
+    Ok(unsafe {
+        use std::os::fd::FromRawFd;
+        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
+    })
+}

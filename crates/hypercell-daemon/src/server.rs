@@ -1,0 +1,124 @@
+//! The daemon's process: the API on a Unix socket that only its user may use, until
+//! SIGTERM or SIGINT, then every live cell killed and its end recorded.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use std::future::IntoFuture;
+
+use tokio::net::UnixListener;
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::registry::{DEFAULT_LOG_CAP, DaemonError, Registry};
+
+/// How long the daemon waits, as it shuts down, for killed cells' ends to be recorded.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Where and how the daemon runs.
+#[derive(Clone, Debug)]
+pub struct DaemonOptions {
+    /// The API's Unix socket.
+    pub socket: PathBuf,
+    /// Where the records, logs and compile cache live.
+    pub state: PathBuf,
+}
+
+/// Why the daemon could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    /// The socket could not be made.
+    #[error("cannot serve the API on `{path}`: {source}")]
+    Socket {
+        /// The socket's path.
+        path: PathBuf,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// Another daemon answers on the socket.
+    #[error("another daemon is serving on `{0}`; stop it or choose another --socket")]
+    InUse(PathBuf),
+    /// The registry could not be opened.
+    #[error(transparent)]
+    Registry(#[from] DaemonError),
+}
+
+/// The default socket: `$XDG_RUNTIME_DIR/hypercell/api.sock`, or
+/// `/run/hypercell/api.sock` for root.
+pub fn default_socket() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/hypercell/api.sock");
+    }
+    let runtime = std::env::var_os("XDG_RUNTIME_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(std::env::temp_dir);
+    runtime.join("hypercell").join("api.sock")
+}
+
+/// The default state directory: `$XDG_STATE_HOME/hypercell` (or
+/// `~/.local/state/hypercell`), or `/var/lib/hypercell` for root.
+pub fn default_state() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/var/lib/hypercell");
+    }
+    std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".local/state")))
+        .unwrap_or_else(std::env::temp_dir)
+        .join("hypercell")
+}
+
+/// Runs the daemon until SIGTERM or SIGINT; `ready` is called once the socket accepts.
+pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), ServeError> {
+    let socket_error = |source| ServeError::Socket {
+        path: options.socket.clone(),
+        source,
+    };
+    if let Some(dir) = options.socket.parent() {
+        std::fs::create_dir_all(dir).map_err(socket_error)?;
+    }
+    if options.socket.exists() {
+        if tokio::net::UnixStream::connect(&options.socket)
+            .await
+            .is_ok()
+        {
+            return Err(ServeError::InUse(options.socket.clone()));
+        }
+        // Left by a daemon that died: nobody answers on it.
+        std::fs::remove_file(&options.socket).map_err(socket_error)?;
+    }
+    let registry = Registry::open(&options.state, DEFAULT_LOG_CAP)?;
+    let listener = UnixListener::bind(&options.socket).map_err(socket_error)?;
+    std::fs::set_permissions(&options.socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(socket_error)?;
+    let mut terminate = signal(SignalKind::terminate()).map_err(socket_error)?;
+    let mut interrupt = signal(SignalKind::interrupt()).map_err(socket_error)?;
+    ready();
+    let app = crate::api::router(std::sync::Arc::clone(&registry));
+    let (stopping, stop) = tokio::sync::watch::channel(false);
+    let mut stop = stop;
+    let server = axum::serve(listener, app).with_graceful_shutdown(async move {
+        let _ = stop.wait_for(|stop| *stop).await;
+    });
+    let mut server = std::pin::pin!(server.into_future());
+    let served = tokio::select! {
+        served = &mut server => served,
+        _ = async {
+            tokio::select! {
+                _ = terminate.recv() => {}
+                _ = interrupt.recv() => {}
+            }
+        } => {
+            // Cells first, so that their log followers end; then event streams; then
+            // the connections drain.
+            registry.kill_all(SHUTDOWN_GRACE).await;
+            registry.close();
+            let _ = stopping.send(true);
+            tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.unwrap_or(Ok(()))
+        }
+    };
+    let _ = std::fs::remove_file(&options.socket);
+    served.map_err(socket_error)
+}

@@ -1,0 +1,479 @@
+//! `hypercell daemon` and the verbs that drive a running daemon, as docker's and
+//! podman's do: `ps`, `create`, `start`, `stop`, `kill`, `pause`, `resume`, `logs`,
+//! `inspect`, `rm`.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use http_body_util::BodyExt;
+use hyper::Method;
+use hypercell_daemon::{CellRecord, CellSpec, DaemonOptions, DirSpec};
+use hypercell_host::config::{parse_duration, parse_env_var, parse_memory_size};
+
+use crate::client::{Client, ClientError, refusal};
+
+/// Arguments of `hypercell daemon`.
+#[derive(clap::Args)]
+pub struct DaemonArgs {
+    /// The API's Unix socket [default: $XDG_RUNTIME_DIR/hypercell/api.sock, or
+    /// /run/hypercell/api.sock as root].
+    #[arg(long, value_name = "PATH")]
+    socket: Option<PathBuf>,
+    /// Where records, logs and compiled code are kept [default:
+    /// $XDG_STATE_HOME/hypercell, or /var/lib/hypercell as root].
+    #[arg(long, value_name = "DIR")]
+    state: Option<PathBuf>,
+}
+
+/// Where a client verb finds the daemon.
+#[derive(clap::Args)]
+pub struct HostArg {
+    /// The daemon: unix:PATH [default: $HYPERCELL_HOST, else the daemon's default
+    /// socket].
+    #[arg(long, value_name = "ADDRESS")]
+    host: Option<String>,
+}
+
+/// How listings are printed.
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum Format {
+    /// A table for people.
+    Table,
+    /// JSON, for scripts.
+    Json,
+}
+
+/// Arguments of `hypercell ps`.
+#[derive(clap::Args)]
+pub struct PsArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// Print a table or JSON.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+/// Arguments of `hypercell create`.
+#[derive(clap::Args)]
+pub struct CreateArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// A name for the cell, unique in the daemon.
+    #[arg(long)]
+    name: Option<String>,
+    /// Keep the program's stdin open, to be written through the API (`POST
+    /// /v1/cells/{cell}/stdin`); otherwise it is empty.
+    #[arg(short = 'i', long)]
+    interactive: bool,
+    /// Grant a host directory: HOST, or HOST::GUEST (repeatable).
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
+    /// Grant a host directory read-only (repeatable).
+    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
+    dirs_read_only: Vec<String>,
+    /// Set an environment variable, or pass on this shell's value of NAME (repeatable).
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env_var)]
+    env: Vec<(String, Option<String>)>,
+    /// Most memory the program may grow to, such as 64M or 2G.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
+    memory: Option<u64>,
+    /// Stop the program after this much wall-clock time from its start.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    timeout: Option<Duration>,
+    /// Stop the program once it has written this much to stdout and stderr.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
+    max_output: Option<u64>,
+    /// Label the cell, as KEY=VALUE (repeatable).
+    #[arg(long = "label", value_name = "KEY=VALUE")]
+    labels: Vec<String>,
+    /// The module or template to run.
+    module: PathBuf,
+    /// Arguments passed to the program.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
+}
+
+/// Arguments of the verbs that act on cells.
+#[derive(clap::Args)]
+pub struct CellsArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// Cells, by id, id prefix or name.
+    #[arg(required = true, value_name = "CELL")]
+    cells: Vec<String>,
+}
+
+/// Arguments of `hypercell stop`.
+#[derive(clap::Args)]
+pub struct StopArgs {
+    /// Seconds to wait for the cell to end once its stdin is closed, before killing it.
+    #[arg(
+        short = 't',
+        long = "time",
+        value_name = "SECONDS",
+        default_value_t = 10
+    )]
+    time: u64,
+    #[command(flatten)]
+    cells: CellsArgs,
+}
+
+/// Arguments of `hypercell rm`.
+#[derive(clap::Args)]
+pub struct RmArgs {
+    /// Kill a running cell first.
+    #[arg(short = 'f', long)]
+    force: bool,
+    #[command(flatten)]
+    cells: CellsArgs,
+}
+
+/// Arguments of `hypercell logs`.
+#[derive(clap::Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// Keep printing output as the cell writes it, until it ends.
+    #[arg(short = 'f', long)]
+    follow: bool,
+    /// The cell.
+    cell: String,
+}
+
+/// Arguments of `hypercell events`.
+#[derive(clap::Args)]
+pub struct EventsArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// Print the recorded events after this sequence number first.
+    #[arg(long, value_name = "SEQ")]
+    since: Option<u64>,
+}
+
+/// The actions on cells that take no arguments of their own.
+#[derive(Clone, Copy)]
+pub enum Action {
+    /// `start`.
+    Start,
+    /// `kill`.
+    Kill,
+    /// `pause`.
+    Pause,
+    /// `resume`.
+    Resume,
+}
+
+/// Runs `hypercell daemon`.
+pub fn daemon(args: DaemonArgs) -> ExitCode {
+    let options = DaemonOptions {
+        socket: args.socket.unwrap_or_else(hypercell_daemon::default_socket),
+        state: args.state.unwrap_or_else(hypercell_daemon::default_state),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return crate::fail(&e),
+    };
+    let socket = options.socket.clone();
+    let served = runtime.block_on(hypercell_daemon::serve(options, || {
+        tracing::info!("serving the API on {}", socket.display());
+        let _ = writeln!(
+            std::io::stderr(),
+            "hypercell daemon: serving on {}",
+            socket.display()
+        );
+    }));
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::fail(&e),
+    }
+}
+
+fn client(host: &HostArg) -> Result<Client, ClientError> {
+    Client::new(host.host.as_deref())
+}
+
+fn finish(result: Result<(), ClientError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => crate::fail(&e),
+    }
+}
+
+/// Runs `hypercell ps`.
+pub fn ps(args: PsArgs) -> ExitCode {
+    finish((|| {
+        let client = client(&args.host)?;
+        let body = client.call(Method::GET, "/v1/cells", None)?;
+        let cells: Vec<CellRecord> =
+            serde_json::from_slice(&body).map_err(|e| ClientError::Http(e.to_string()))?;
+        let mut out = std::io::stdout().lock();
+        match args.format {
+            Format::Json => {
+                let _ = writeln!(out, "{}", String::from_utf8_lossy(&body));
+            }
+            Format::Table => {
+                let now = hypercell_daemon::record::now_ms();
+                let _ = writeln!(
+                    out,
+                    "{:<12}  {:<24}  {:<10}  {:<22}  {:<12}  MODULE",
+                    "CELL ID", "NAME", "STATE", "STATUS", "CREATED"
+                );
+                for cell in cells {
+                    let _ = writeln!(
+                        out,
+                        "{:<12}  {:<24}  {:<10}  {:<22}  {:<12}  {}",
+                        cell.id,
+                        cell.name,
+                        cell.state.as_str(),
+                        status(&cell),
+                        format!("{} ago", age(now.saturating_sub(cell.created_ms))),
+                        cell.spec.module
+                    );
+                }
+            }
+        }
+        Ok(())
+    })())
+}
+
+/// A short word on how the cell ended or runs.
+fn status(cell: &CellRecord) -> String {
+    match (cell.exit_code, &cell.error) {
+        (Some(code), _) => format!("exit {code}"),
+        (None, Some(error)) => error.chars().take(22).collect(),
+        (None, None) => String::new(),
+    }
+}
+
+fn age(ms: u64) -> String {
+    match ms / 1000 {
+        s if s < 60 => format!("{s}s"),
+        s if s < 3600 => format!("{}m", s / 60),
+        s if s < 86400 => format!("{}h", s / 3600),
+        s => format!("{}d", s / 86400),
+    }
+}
+
+/// Runs `hypercell create`: prints the new cell's id.
+pub fn create(args: CreateArgs) -> ExitCode {
+    finish((|| {
+        let absolute = |path: &str| {
+            std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+        };
+        let dir = |spec: &String, read_only: bool| {
+            let (host, guest) = match spec.split_once("::") {
+                Some((host, guest)) => (host, Some(guest.to_string())),
+                None => (spec.as_str(), None),
+            };
+            DirSpec {
+                host: absolute(host),
+                guest: guest.or_else(|| Some(host.to_string())),
+                read_only,
+            }
+        };
+        let mut labels = std::collections::BTreeMap::new();
+        for label in &args.labels {
+            let Some((key, value)) = label.split_once('=') else {
+                return Err(ClientError::Refused(format!(
+                    "--label `{label}` is not KEY=VALUE"
+                )));
+            };
+            labels.insert(key.to_string(), value.to_string());
+        }
+        let spec = CellSpec {
+            name: args.name.clone(),
+            module: absolute(&args.module.display().to_string()),
+            args: args.args.clone(),
+            env: args
+                .env
+                .iter()
+                .filter_map(|(name, value)| {
+                    let value = value.clone().or_else(|| std::env::var(name).ok())?;
+                    Some(format!("{name}={value}"))
+                })
+                .collect(),
+            dirs: args
+                .dirs
+                .iter()
+                .map(|d| dir(d, false))
+                .chain(args.dirs_read_only.iter().map(|d| dir(d, true)))
+                .collect(),
+            memory: args.memory,
+            timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
+            max_output: args.max_output,
+            labels,
+            stdin: args.interactive,
+        };
+        let client = client(&args.host)?;
+        let body = serde_json::to_vec(&spec).map_err(|e| ClientError::Http(e.to_string()))?;
+        let answer = client.call(Method::POST, "/v1/cells", Some(body))?;
+        let record: CellRecord =
+            serde_json::from_slice(&answer).map_err(|e| ClientError::Http(e.to_string()))?;
+        let _ = writeln!(std::io::stdout(), "{}", record.id);
+        Ok(())
+    })())
+}
+
+/// Runs `start`, `kill`, `pause` or `resume` on each cell, printing each reference as
+/// it succeeds.
+pub fn act(action: Action, args: CellsArgs) -> ExitCode {
+    let verb = match action {
+        Action::Start => "start",
+        Action::Kill => "kill",
+        Action::Pause => "pause",
+        Action::Resume => "resume",
+    };
+    on_each(&args, |client, cell| {
+        client
+            .call(
+                Method::PUT,
+                &format!("/v1/cells/{}/{verb}", path_part(cell)),
+                None,
+            )
+            .map(drop)
+    })
+}
+
+/// Runs `hypercell stop`.
+pub fn stop(args: StopArgs) -> ExitCode {
+    let grace = args.time.saturating_mul(1000);
+    on_each(&args.cells, |client, cell| {
+        client
+            .call(
+                Method::PUT,
+                &format!("/v1/cells/{}/stop?grace_ms={grace}", path_part(cell)),
+                None,
+            )
+            .map(drop)
+    })
+}
+
+/// Runs `hypercell rm`.
+pub fn rm(args: RmArgs) -> ExitCode {
+    let force = args.force;
+    on_each(&args.cells, |client, cell| {
+        client
+            .call(
+                Method::DELETE,
+                &format!("/v1/cells/{}?force={force}", path_part(cell)),
+                None,
+            )
+            .map(drop)
+    })
+}
+
+/// Runs `hypercell inspect`: the cells' records as a JSON array.
+pub fn inspect(args: CellsArgs) -> ExitCode {
+    finish((|| {
+        let client = client(&args.host)?;
+        let mut records = Vec::new();
+        for cell in &args.cells {
+            let body = client.call(Method::GET, &format!("/v1/cells/{}", path_part(cell)), None)?;
+            let record: serde_json::Value =
+                serde_json::from_slice(&body).map_err(|e| ClientError::Http(e.to_string()))?;
+            records.push(record);
+        }
+        let text =
+            serde_json::to_string_pretty(&records).map_err(|e| ClientError::Http(e.to_string()))?;
+        let _ = writeln!(std::io::stdout(), "{text}");
+        Ok(())
+    })())
+}
+
+/// Runs `hypercell logs`: stdout to stdout and stderr to stderr, followed together.
+pub fn logs(args: LogsArgs) -> ExitCode {
+    finish((|| {
+        let client = client(&args.host)?;
+        let path = |stream: &str| {
+            format!(
+                "/v1/cells/{}/logs?stream={stream}&follow={}",
+                path_part(&args.cell),
+                args.follow
+            )
+        };
+        let copy = |stream: &'static str| {
+            let path = path(stream);
+            let client = &client;
+            async move {
+                let mut response = client.send(Method::GET, &path, None).await?;
+                let status = response.status();
+                let mut failure = Vec::new();
+                while let Some(frame) = response.body_mut().frame().await {
+                    let frame = frame.map_err(|e| ClientError::Http(e.to_string()))?;
+                    if let Some(data) = frame.data_ref() {
+                        if !status.is_success() {
+                            failure.extend_from_slice(data);
+                        } else if stream == "stdout" {
+                            let mut out = std::io::stdout().lock();
+                            let _ = out.write_all(data);
+                            let _ = out.flush();
+                        } else {
+                            let _ = std::io::stderr().write_all(data);
+                        }
+                    }
+                }
+                if status.is_success() {
+                    Ok(())
+                } else {
+                    Err(refusal(status, &failure))
+                }
+            }
+        };
+        let (out, err) = client.block_on(async { tokio::join!(copy("stdout"), copy("stderr")) });
+        out.and(err)
+    })())
+}
+
+/// Runs `hypercell events`: every change of every cell, one JSON line each, until the
+/// daemon goes away.
+pub fn events(args: EventsArgs) -> ExitCode {
+    finish((|| {
+        let client = client(&args.host)?;
+        let path = match args.since {
+            Some(since) => format!("/v1/events?since={since}"),
+            None => "/v1/events".to_string(),
+        };
+        client.stream(Method::GET, &path, None, |chunk| {
+            let mut out = std::io::stdout().lock();
+            let _ = out.write_all(chunk);
+            let _ = out.flush();
+        })
+    })())
+}
+
+/// Runs `request` for each cell of `args`, printing each reference that succeeded and
+/// failing with the first refusal's sentence after trying them all.
+fn on_each(
+    args: &CellsArgs,
+    request: impl Fn(&Client, &str) -> Result<(), ClientError>,
+) -> ExitCode {
+    let client = match client(&args.host) {
+        Ok(client) => client,
+        Err(e) => return crate::fail(&e),
+    };
+    let mut status = ExitCode::SUCCESS;
+    for cell in &args.cells {
+        match request(&client, cell) {
+            Ok(()) => {
+                let _ = writeln!(std::io::stdout(), "{cell}");
+            }
+            Err(e) => status = crate::fail(&e),
+        }
+    }
+    status
+}
+
+/// `cell` made safe as one part of a URL path.
+fn path_part(cell: &str) -> String {
+    cell.bytes()
+        .map(|b| match b {
+            b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

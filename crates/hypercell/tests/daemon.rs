@@ -1,0 +1,287 @@
+//! `hypercell daemon` driven by the real CLI over its Unix socket: create, start, logs,
+//! pause (output stops), resume, stop, kill, rm and events; clear sentences for bad
+//! requests; and what the daemon reports after SIGTERM and after SIGKILL.
+
+#[path = "support/binary.rs"]
+mod binary;
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
+use std::process::Child;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use binary::*;
+
+const PATIENCE: Duration = Duration::from_secs(60);
+
+/// A daemon on a socket and state directory of its own.
+struct Daemon {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    /// Starts the daemon and waits until it says it serves.
+    fn start(dir: &Path) -> Self {
+        let socket = dir.join("api.sock");
+        let mut child = hypercell(&scratch().join("cache"))
+            .args(["daemon", "--socket"])
+            .arg(&socket)
+            .arg("--state")
+            .arg(dir.join("state"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(child.stderr.take().unwrap());
+        let first = lines
+            .recv_timeout(PATIENCE)
+            .expect("the daemon says it serves");
+        assert!(first.contains("serving on"), "{first}");
+        Self { child, socket }
+    }
+
+    /// `hypercell ARGS` against this daemon.
+    fn cli(&self, args: &[&str]) -> Output {
+        hypercell(&scratch().join("cache"))
+            .env("HYPERCELL_HOST", format!("unix:{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    }
+
+    /// `hypercell ARGS`, which must succeed; its stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let out = self.cli(args);
+        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
+        text(&out.stdout)
+    }
+
+    /// `hypercell ARGS` as a child whose stdout lines arrive on a channel.
+    fn follow(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
+        let mut child = hypercell(&scratch().join("cache"))
+            .env("HYPERCELL_HOST", format!("unix:{}", self.socket.display()))
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let lines = lines_of(child.stdout.take().unwrap());
+        (child, lines)
+    }
+
+    /// The record of `cell`.
+    fn inspect(&self, cell: &str) -> serde_json::Value {
+        let records: serde_json::Value =
+            serde_json::from_str(&self.ok(&["inspect", cell])).unwrap();
+        records[0].clone()
+    }
+
+    fn signal(&mut self, signal: i32) {
+        // SAFETY: kill sends a signal to the child this test started and still owns.
+        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines() {
+            let Ok(line) = line else { break };
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// The next line that satisfies `wanted`.
+fn wait_for(lines: &mpsc::Receiver<String>, wanted: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = lines.recv_timeout(left).expect("the awaited line arrives");
+        if wanted(&line) {
+            return line;
+        }
+    }
+}
+
+fn tick_number(line: &str) -> Option<u64> {
+    line.strip_prefix("tick ")?.parse().ok()
+}
+
+#[test]
+fn cells_are_created_run_paused_stopped_and_removed_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let mode = std::fs::metadata(&daemon.socket)
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(
+        mode & 0o777,
+        0o600,
+        "only the daemon's user may use the socket"
+    );
+    let (mut events, event_lines) = daemon.follow(&["events"]);
+
+    let ticker = c_program("ticker");
+    let id = daemon.ok(&["create", "--name", "ticker", ticker.to_str().unwrap()]);
+    let id = id.trim();
+    assert_eq!(id.len(), 12, "{id}");
+    assert_eq!(daemon.inspect("ticker")["state"], "created");
+    assert_eq!(
+        daemon.inspect(&id[..5])["id"],
+        id,
+        "an id prefix names the cell"
+    );
+    daemon.ok(&["start", "ticker"]);
+    let (mut follower, output) = daemon.follow(&["logs", "-f", "ticker"]);
+    wait_for(&output, |line| tick_number(line).is_some_and(|n| n >= 3));
+
+    // Paused, it writes nothing; resumed, it goes on from where it was.
+    daemon.ok(&["pause", "ticker"]);
+    assert_eq!(daemon.inspect("ticker")["state"], "paused");
+    let paused_at = daemon.ok(&["logs", "ticker"]).len();
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        daemon.ok(&["logs", "ticker"]).len(),
+        paused_at,
+        "no output while paused"
+    );
+    let last = text(
+        daemon
+            .ok(&["logs", "ticker"])
+            .lines()
+            .last()
+            .unwrap()
+            .as_bytes(),
+    );
+    let last = tick_number(&last).unwrap();
+    daemon.ok(&["resume", "ticker"]);
+    wait_for(&output, |line| tick_number(line) == Some(last + 2));
+
+    let table = daemon.ok(&["ps"]);
+    assert!(
+        table
+            .lines()
+            .any(|l| l.contains("ticker") && l.contains("running")),
+        "{table}"
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["ps", "--format", "json"])).unwrap();
+    assert_eq!(listed[0]["name"], "ticker");
+
+    // The ticker does not read stdin: stop closes it, waits, then kills.
+    daemon.ok(&["stop", "-t", "0", "ticker"]);
+    assert_eq!(daemon.inspect("ticker")["state"], "killed");
+    assert!(
+        follower.wait().unwrap().success(),
+        "logs -f ends with the cell"
+    );
+
+    // Bad requests get one sentence each.
+    let out = daemon.cli(&["start", "nosuch"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: no cell has the id or name `nosuch`"
+    );
+    let out = daemon.cli(&["create", "--name", "ticker", ticker.to_str().unwrap()]);
+    assert!(
+        text(&out.stderr).contains("exists already"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = daemon.cli(&["create", "/no/such/module.wasm"]);
+    assert!(
+        text(&out.stderr).contains("`module`: `/no/such/module.wasm` is not a file"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = daemon.cli(&["pause", "ticker"]);
+    assert!(
+        text(&out.stderr).contains("cell `ticker` is killed; pause needs a cell that is running"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A program that ends by itself; its output stays readable after it ended.
+    let count = c_program("count");
+    daemon.ok(&["create", "--name", "count", count.to_str().unwrap(), "3"]);
+    daemon.ok(&["start", "count"]);
+    let (_, counted) = daemon.follow(&["logs", "-f", "count"]);
+    wait_for(&counted, |line| line == "3");
+    let deadline = Instant::now() + PATIENCE;
+    while daemon.inspect("count")["state"] != "exited" {
+        assert!(Instant::now() < deadline, "count ends");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(daemon.inspect("count")["exit_code"], 0);
+    assert_eq!(daemon.ok(&["logs", "count"]), "0\n1\n2\n3\n");
+
+    daemon.ok(&["rm", "ticker", "count"]);
+    assert_eq!(daemon.ok(&["ps", "--format", "json"]).trim(), "[]");
+
+    let actions: Vec<String> = [
+        "create", "start", "pause", "resume", "kill", "create", "start", "exit", "remove", "remove",
+    ]
+    .iter()
+    .map(|action| {
+        let line = wait_for(&event_lines, |_| true);
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(event["action"], *action, "{line}");
+        event["name"].as_str().unwrap().to_string()
+    })
+    .collect();
+    assert_eq!(actions[..5], ["ticker"; 5]);
+    let _ = events.kill();
+}
+
+#[test]
+fn the_daemon_keeps_its_records_across_sigterm_and_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let ticker = c_program("ticker");
+    let mut daemon = Daemon::start(dir.path());
+    daemon.ok(&["create", "--name", "first", ticker.to_str().unwrap()]);
+    daemon.ok(&["start", "first"]);
+    let (_, output) = daemon.follow(&["logs", "-f", "first"]);
+    wait_for(&output, |line| tick_number(line).is_some());
+
+    // SIGTERM: the running cell is killed and its end recorded before the daemon goes.
+    daemon.signal(libc::SIGTERM);
+    assert!(!daemon.socket.exists(), "the socket is removed");
+    let mut daemon = Daemon::start(dir.path());
+    assert_eq!(daemon.inspect("first")["state"], "killed");
+    assert!(
+        daemon.ok(&["logs", "first"]).starts_with("tick 0\n"),
+        "logs are kept"
+    );
+
+    // SIGKILL: nothing is recorded at the end; the next daemon finds the cell lost.
+    daemon.ok(&["start", "first"]);
+    daemon.ok(&["create", "--name", "second", ticker.to_str().unwrap()]);
+    daemon.signal(libc::SIGKILL);
+    let daemon = Daemon::start(dir.path());
+    let first = daemon.inspect("first");
+    assert_eq!(first["state"], "lost");
+    assert_eq!(first["error"], "the daemon that ran it went away");
+    assert_eq!(daemon.inspect("second")["state"], "created");
+    let (_, replay) = daemon.follow(&["events", "--since", "0"]);
+    let line = wait_for(&replay, |line| line.contains("\"lose\""));
+    assert!(line.contains("\"first\""), "{line}");
+}
