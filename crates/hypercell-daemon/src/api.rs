@@ -56,7 +56,9 @@ impl From<DaemonError> for ApiError {
     fn from(error: DaemonError) -> Self {
         let status = match &error {
             DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
-            DaemonError::WrongState { .. } | DaemonError::NameTaken(_) => StatusCode::CONFLICT,
+            DaemonError::WrongState { .. }
+            | DaemonError::NameTaken(_)
+            | DaemonError::Conflict(_) => StatusCode::CONFLICT,
             DaemonError::BadRequest { .. } | DaemonError::Start { .. } => StatusCode::BAD_REQUEST,
             DaemonError::Store(_) | DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
@@ -71,10 +73,7 @@ impl From<JsonRejection> for ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => {
                 format!("the request body is larger than the API takes ({BODY_LIMIT} bytes)")
             }
-            _ => format!(
-                "the request body is not a valid cell spec: {}",
-                rejection.body_text()
-            ),
+            _ => format!("the request body is not valid: {}", rejection.body_text()),
         };
         Self::new(status, message)
     }
@@ -95,6 +94,38 @@ impl From<BytesRejection> for ApiError {
 
 type Answer<T> = Result<T, ApiError>;
 
+/// The API's routes over `registry`, answering only requests that carry `token` as a
+/// bearer token, for a listener others can reach.
+pub fn router_with_token(registry: Arc<Registry>, token: String) -> Router {
+    let token = Arc::new(token);
+    router(registry).layer(axum::middleware::from_fn(
+        move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let token = Arc::clone(&token);
+            async move {
+                let given = request
+                    .headers()
+                    .get(header::AUTHORIZATION)
+                    .and_then(|value| value.to_str().ok())
+                    .and_then(|value| value.strip_prefix("Bearer "));
+                if given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
+                    next.run(request).await
+                } else {
+                    ApiError::new(
+                        StatusCode::UNAUTHORIZED,
+                        "this API needs the daemon's token: send `Authorization: Bearer TOKEN`",
+                    )
+                    .into_response()
+                }
+            }
+        },
+    ))
+}
+
+/// Whether `a` and `b` are equal, in time that does not depend on where they differ.
+fn same_secret(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+}
+
 /// The API's routes over `registry`.
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
@@ -106,6 +137,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/cells/{cell}/kill", put(kill))
         .route("/v1/cells/{cell}/pause", put(pause))
         .route("/v1/cells/{cell}/resume", put(resume))
+        .route("/v1/cells/{cell}/snapshot", put(snapshot))
         .route("/v1/cells/{cell}/stdin", post(stdin))
         .route("/v1/cells/{cell}/logs", get(logs))
         .route("/v1/events", get(events))
@@ -164,6 +196,25 @@ async fn resume(
     Path(cell): Path<String>,
 ) -> Answer<axum::Json<CellRecord>> {
     Ok(axum::Json(registry.resume(&cell)?))
+}
+
+/// Where `PUT /v1/cells/{cell}/snapshot` writes.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SnapshotRequest {
+    path: String,
+}
+
+async fn snapshot(
+    State(registry): State<Arc<Registry>>,
+    Path(cell): Path<String>,
+    request: Result<axum::Json<SnapshotRequest>, JsonRejection>,
+) -> Answer<axum::Json<CellRecord>> {
+    let axum::Json(request) = request?;
+    let path = std::path::PathBuf::from(request.path);
+    Ok(axum::Json(
+        blocking(move || registry.snapshot(&cell, &path)).await?,
+    ))
 }
 
 #[derive(Deserialize)]

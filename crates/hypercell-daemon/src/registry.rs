@@ -55,6 +55,9 @@ pub enum DaemonError {
     /// The name is another cell's.
     #[error("a cell named `{0}` exists already; choose another name")]
     NameTaken(String),
+    /// The cell cannot do it now, for a reason of its own (one sentence).
+    #[error("{0}")]
+    Conflict(String),
     /// The cell could not start; its record says so too.
     #[error("cell `{name}` could not start: {reason}")]
     Start {
@@ -96,6 +99,9 @@ impl CellLogs {
 /// A cell with a partition.
 struct Live {
     control: CellControl,
+    /// What the cell runs with, and the module its code comes from, for snapshots.
+    config: CellConfig,
+    module: PathBuf,
     /// The write end of its stdin, while open.
     stdin: Option<File>,
     /// Its state, for those waiting for its end.
@@ -114,6 +120,8 @@ struct Inner {
 /// The cells of one daemon.
 pub struct Registry {
     state_dir: PathBuf,
+    /// Directories under which cells may be granted directories.
+    allowed_dirs: Vec<PathBuf>,
     store: Store,
     compiler: Compiler,
     log_cap: u64,
@@ -129,7 +137,18 @@ impl Registry {
     /// Cells the records show as running were lost with the daemon that ran them: they
     /// are marked `lost`, their logs kept. Call it inside the tokio runtime that is to
     /// read the cells' output.
-    pub fn open(state_dir: &Path, log_cap: u64) -> Result<Arc<Self>, DaemonError> {
+    pub fn open(
+        state_dir: &Path,
+        allowed_dirs: &[PathBuf],
+        log_cap: u64,
+    ) -> Result<Arc<Self>, DaemonError> {
+        let allowed_dirs = allowed_dirs
+            .iter()
+            .map(|dir| {
+                dir.canonicalize()
+                    .map_err(|e| internal(format!("cannot grant cells `{}`: {e}", dir.display())))
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         std::fs::create_dir_all(state_dir.join("cells")).map_err(|e| {
             internal(format!(
                 "cannot make the state directory `{}`: {e}",
@@ -146,6 +165,7 @@ impl Registry {
             .collect();
         let registry = Arc::new(Self {
             state_dir: state_dir.to_path_buf(),
+            allowed_dirs,
             store,
             compiler,
             log_cap,
@@ -216,6 +236,20 @@ impl Registry {
     /// Creates a cell from `spec`, not started.
     pub fn create(&self, spec: CellSpec) -> Result<CellRecord, DaemonError> {
         check_spec(&spec)?;
+        for dir in &spec.dirs {
+            let inside = Path::new(&dir.host)
+                .canonicalize()
+                .is_ok_and(|dir| self.allowed_dirs.iter().any(|root| dir.starts_with(root)));
+            if !inside {
+                return Err(DaemonError::BadRequest {
+                    field: "dirs",
+                    message: format!(
+                        "`{}` is not inside a directory this daemon may grant to cells",
+                        dir.host
+                    ),
+                });
+            }
+        }
         let id = new_id();
         let name = match &spec.name {
             Some(name) => name.clone(),
@@ -293,9 +327,19 @@ impl Registry {
             let file = SnapshotFile::read_from(module_path).map_err(|e| e.to_string())?;
             let identity_given =
                 !spec.args.is_empty() || !spec.env.is_empty() || !spec.dirs.is_empty();
-            let config = file
-                .template_config(module_path, config.clone(), identity_given)
-                .map_err(|e| e.to_string())?;
+            let config = match file.snapshot.template {
+                // A checkpoint goes on with the identity it had.
+                None if identity_given => {
+                    return Err(format!(
+                        "`{}` is a checkpoint, which goes on with its own arguments, environment and directories; give none",
+                        spec.module
+                    ));
+                }
+                None => file.config(config.timeout),
+                Some(_) => file
+                    .template_config(module_path, config.clone(), identity_given)
+                    .map_err(|e| e.to_string())?,
+            };
             Some((file, config))
         } else {
             None
@@ -345,11 +389,26 @@ impl Registry {
             .spawn(capture(stderr_read, Arc::clone(&logs.stderr)));
 
         let module = Arc::new(module);
-        let cell = match template {
-            Some((file, config)) => {
-                Cell::from_template(config, module, cpu_features, stdio, Arc::new(file.snapshot))
-            }
-            None => Cell::start(config, module, cpu_features, stdio),
+        let source = source.to_path_buf();
+        let (cell, config) = match template {
+            Some((file, config)) if file.snapshot.template.is_none() => (
+                Cell::restore(config.clone(), module, cpu_features, stdio, file.snapshot),
+                config,
+            ),
+            Some((file, config)) => (
+                Cell::from_template(
+                    config.clone(),
+                    module,
+                    cpu_features,
+                    stdio,
+                    Arc::new(file.snapshot),
+                ),
+                config,
+            ),
+            None => (
+                Cell::start(config.clone(), module, cpu_features, stdio),
+                config,
+            ),
         };
         let (state, _) = watch::channel(CellState::Running);
         let mut inner = self.lock();
@@ -357,6 +416,8 @@ impl Registry {
             record.id.clone(),
             Live {
                 control: cell.control().clone(),
+                config,
+                module: source,
                 stdin: stdin_writer,
                 state,
                 killed: false,
@@ -485,6 +546,60 @@ impl Registry {
             Some(live) if record.state == needed => Ok((id, live.control.clone())),
             _ => Err(wrong_state(record, action, needed.as_str())),
         }
+    }
+
+    /// Writes a snapshot of the live cell `reference` names to `path` (absolute): a
+    /// checkpoint that a cell created from it goes on from. A running cell is paused
+    /// for the snapshot and goes on after it; a paused one stays paused. Blocks while
+    /// the file is written.
+    pub fn snapshot(&self, reference: &str, path: &Path) -> Result<CellRecord, DaemonError> {
+        if !path.is_absolute() {
+            return Err(DaemonError::BadRequest {
+                field: "path",
+                message: format!("`{}` is not an absolute path", path.display()),
+            });
+        }
+        let (id, control, config, module, paused) = {
+            let inner = self.lock();
+            let id = resolve(&inner, reference)?;
+            let record = &inner.cells[&id];
+            let Some(live) = inner.live.get(&id) else {
+                return Err(wrong_state(record, "snapshot", "running or paused"));
+            };
+            (
+                id.clone(),
+                live.control.clone(),
+                live.config.clone(),
+                live.module.clone(),
+                record.state == CellState::Paused,
+            )
+        };
+        let taken = control.snapshot();
+        if !paused {
+            control.resume();
+        }
+        let snapshot = taken.map_err(|e| {
+            let name = self
+                .lock()
+                .cells
+                .get(&id)
+                .map(|r| r.name.clone())
+                .unwrap_or_default();
+            DaemonError::Conflict(format!("cell `{name}` cannot be snapshotted now: {e}"))
+        })?;
+        SnapshotFile::new(
+            &module,
+            self.compiler.cpu_features(),
+            self.compiler.fingerprint(),
+            &config,
+            snapshot,
+        )
+        .write_to(path)
+        .map_err(|e| DaemonError::BadRequest {
+            field: "path",
+            message: e.to_string(),
+        })?;
+        self.change(&id, "snapshot", |_| {})
     }
 
     /// Asks the live cell `reference` names to end: with `kill`, at once; without,

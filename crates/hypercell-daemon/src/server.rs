@@ -22,6 +22,11 @@ pub struct DaemonOptions {
     pub socket: PathBuf,
     /// Where the records, logs and compile cache live.
     pub state: PathBuf,
+    /// A TCP address to serve the API on as well, and the file holding the bearer token
+    /// that requests there must carry.
+    pub listen: Option<(std::net::SocketAddr, PathBuf)>,
+    /// Directories under which cells may be granted directories.
+    pub allowed_dirs: Vec<PathBuf>,
 }
 
 /// Why the daemon could not run.
@@ -41,6 +46,38 @@ pub enum ServeError {
     /// The registry could not be opened.
     #[error(transparent)]
     Registry(#[from] DaemonError),
+    /// The TCP listener could not be made.
+    #[error("cannot serve the API on {addr}: {source}")]
+    Listen {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The token file is missing, unreadable or empty.
+    #[error("cannot use `{path}` as the API's token: {reason}")]
+    Token {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// The bearer token in `path`: its first line, which must not be empty.
+fn read_token(path: &Path) -> Result<String, ServeError> {
+    let failed = |reason: String| ServeError::Token {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| failed(e.to_string()))?;
+    let token = text.lines().next().unwrap_or("").trim().to_string();
+    if token.len() < 16 {
+        return Err(failed(
+            "it holds no token of at least 16 characters on its first line".into(),
+        ));
+    }
+    Ok(token)
 }
 
 /// The default socket: `$XDG_RUNTIME_DIR/hypercell/api.sock`, or
@@ -89,7 +126,20 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
         // Left by a daemon that died: nobody answers on it.
         std::fs::remove_file(&options.socket).map_err(socket_error)?;
     }
-    let registry = Registry::open(&options.state, DEFAULT_LOG_CAP)?;
+    let tcp = match &options.listen {
+        Some((addr, token_file)) => {
+            let token = read_token(token_file)?;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .map_err(|source| ServeError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+            Some((listener, token))
+        }
+        None => None,
+    };
+    let registry = Registry::open(&options.state, &options.allowed_dirs, DEFAULT_LOG_CAP)?;
     let listener = UnixListener::bind(&options.socket).map_err(socket_error)?;
     std::fs::set_permissions(&options.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(socket_error)?;
@@ -103,6 +153,17 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
         let _ = stop.wait_for(|stop| *stop).await;
     });
     let mut server = std::pin::pin!(server.into_future());
+    let tcp_server = tcp.map(|(listener, token)| {
+        let app = crate::api::router_with_token(std::sync::Arc::clone(&registry), token);
+        let mut stop = stopping.subscribe();
+        tokio::spawn(
+            axum::serve(listener, app)
+                .with_graceful_shutdown(async move {
+                    let _ = stop.wait_for(|stop| *stop).await;
+                })
+                .into_future(),
+        )
+    });
     let served = tokio::select! {
         served = &mut server => served,
         _ = async {
@@ -116,6 +177,9 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
             registry.kill_all(SHUTDOWN_GRACE).await;
             registry.close();
             let _ = stopping.send(true);
+            if let Some(tcp_server) = tcp_server {
+                let _ = tokio::time::timeout(SHUTDOWN_GRACE, tcp_server).await;
+            }
             tokio::time::timeout(SHUTDOWN_GRACE, &mut server).await.unwrap_or(Ok(()))
         }
     };

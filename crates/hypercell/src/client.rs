@@ -1,7 +1,7 @@
 //! Talking to a running daemon over its Unix socket: one HTTP/1.1 request per call, the
 //! answer whole, or streamed as it comes (logs, events).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
@@ -12,13 +12,16 @@ use hyper_util::rt::TokioIo;
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     /// `--host` names something this client cannot reach.
-    #[error("`{0}` is not a daemon address: use unix:PATH (or a socket's path)")]
+    #[error("`{0}` is not a daemon address: use unix:PATH, a socket's path or http://ADDR")]
     Host(String),
-    /// Nothing answers on the socket.
-    #[error("cannot reach the daemon at `{path}`: {source}; start one with `hypercell daemon`")]
+    /// No token for a TCP daemon.
+    #[error("a daemon at an http:// address needs its token: {0}")]
+    Token(String),
+    /// Nothing answers at the address.
+    #[error("cannot reach the daemon at `{address}`: {source}; start one with `hypercell daemon`")]
     Unreachable {
-        /// The socket.
-        path: PathBuf,
+        /// The socket or address.
+        address: String,
         /// The OS error.
         source: std::io::Error,
     },
@@ -30,30 +33,59 @@ pub enum ClientError {
     Refused(String),
 }
 
+/// Where the daemon is.
+enum Address {
+    /// Its Unix socket.
+    Unix(PathBuf),
+    /// Its TCP listener, and the token it wants.
+    Tcp(String, String),
+}
+
 /// A client of one daemon.
 pub struct Client {
-    socket: PathBuf,
+    address: Address,
     runtime: tokio::runtime::Runtime,
 }
 
 impl Client {
-    /// A client of the daemon at `host` (`unix:PATH` or a path), else at
-    /// `HYPERCELL_HOST`, else at the default socket.
-    pub fn new(host: Option<&str>) -> Result<Self, ClientError> {
+    /// A client of the daemon at `host` (`unix:PATH`, a path, or `http://ADDR` with the
+    /// token in `token_file` or `HYPERCELL_TOKEN`), else at `HYPERCELL_HOST`, else at
+    /// the default socket.
+    pub fn new(host: Option<&str>, token_file: Option<&Path>) -> Result<Self, ClientError> {
         let host = host
             .map(str::to_string)
             .or_else(|| std::env::var("HYPERCELL_HOST").ok());
-        let socket = match host.as_deref() {
-            None => hypercell_daemon::default_socket(),
-            Some(host) if host.starts_with("unix:") => PathBuf::from(&host[5..]),
+        let address = match host.as_deref() {
+            None => Address::Unix(hypercell_daemon::default_socket()),
+            Some(host) if host.starts_with("unix:") => Address::Unix(PathBuf::from(&host[5..])),
+            Some(host) if host.starts_with("http://") => {
+                let token = match token_file {
+                    Some(file) => std::fs::read_to_string(file)
+                        .map_err(|e| ClientError::Token(format!("`{}`: {e}", file.display())))?
+                        .lines()
+                        .next()
+                        .unwrap_or("")
+                        .trim()
+                        .to_string(),
+                    None => std::env::var("HYPERCELL_TOKEN").map_err(|_| {
+                        ClientError::Token(
+                            "give --token-file, or the token in HYPERCELL_TOKEN".into(),
+                        )
+                    })?,
+                };
+                Address::Tcp(
+                    host["http://".len()..].trim_end_matches('/').to_string(),
+                    token,
+                )
+            }
             Some(host) if host.contains("://") => return Err(ClientError::Host(host.into())),
-            Some(host) => PathBuf::from(host),
+            Some(host) => Address::Unix(PathBuf::from(host)),
         };
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ClientError::Http(e.to_string()))?;
-        Ok(Self { socket, runtime })
+        Ok(Self { address, runtime })
     }
 
     /// Sends a request and returns the answer's body; an error answer becomes
@@ -112,21 +144,30 @@ impl Client {
         path: &str,
         body: Option<Vec<u8>>,
     ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
-        let stream = tokio::net::UnixStream::connect(&self.socket)
-            .await
-            .map_err(|source| ClientError::Unreachable {
-                path: self.socket.clone(),
-                source,
-            })?;
-        let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
-            .await
-            .map_err(|e| ClientError::Http(e.to_string()))?;
-        tokio::spawn(connection);
+        let unreachable =
+            |address: String| move |source| ClientError::Unreachable { address, source };
+        let (mut sender, token) = match &self.address {
+            Address::Unix(socket) => {
+                let stream = tokio::net::UnixStream::connect(socket)
+                    .await
+                    .map_err(unreachable(socket.display().to_string()))?;
+                (handshake(stream).await?, None)
+            }
+            Address::Tcp(addr, token) => {
+                let stream = tokio::net::TcpStream::connect(addr)
+                    .await
+                    .map_err(unreachable(addr.clone()))?;
+                (handshake(stream).await?, Some(token))
+            }
+        };
         let json = body.is_some();
         let mut request = Request::builder()
             .method(method)
             .uri(path)
             .header(hyper::header::HOST, "hypercell");
+        if let Some(token) = token {
+            request = request.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
+        }
         if json {
             request = request.header(hyper::header::CONTENT_TYPE, "application/json");
         }
@@ -138,6 +179,20 @@ impl Client {
             .await
             .map_err(|e| ClientError::Http(e.to_string()))
     }
+}
+
+/// An HTTP/1.1 connection over `stream`, driven on the runtime.
+async fn handshake<S>(
+    stream: S,
+) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + Unpin + 'static,
+{
+    let (sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|e| ClientError::Http(e.to_string()))?;
+    tokio::spawn(connection);
+    Ok(sender)
 }
 
 /// The daemon's sentence from an error answer's body.

@@ -25,15 +25,31 @@ pub struct DaemonArgs {
     /// $XDG_STATE_HOME/hypercell, or /var/lib/hypercell as root].
     #[arg(long, value_name = "DIR")]
     state: Option<PathBuf>,
+    /// Serve the API on this TCP address too (such as 127.0.0.1:7878); requests there
+    /// must carry the token of --token-file.
+    #[arg(long, value_name = "ADDR", requires = "token_file")]
+    listen: Option<std::net::SocketAddr>,
+    /// A file whose first line is the bearer token TCP requests must carry (at least 16
+    /// characters).
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// A directory under which cells may be granted directories (repeatable); without
+    /// one, cells get none.
+    #[arg(long = "allow-dir", value_name = "DIR")]
+    allow_dirs: Vec<PathBuf>,
 }
 
 /// Where a client verb finds the daemon.
 #[derive(clap::Args)]
 pub struct HostArg {
-    /// The daemon: unix:PATH [default: $HYPERCELL_HOST, else the daemon's default
-    /// socket].
+    /// The daemon: unix:PATH or http://ADDR [default: $HYPERCELL_HOST, else the
+    /// daemon's default socket].
     #[arg(long, value_name = "ADDRESS")]
     host: Option<String>,
+    /// For http://ADDR: a file whose first line is the daemon's token [default:
+    /// $HYPERCELL_TOKEN holds the token itself].
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
 }
 
 /// How listings are printed.
@@ -130,6 +146,19 @@ pub struct RmArgs {
     cells: CellsArgs,
 }
 
+/// Arguments of `hypercell snapshot`.
+#[derive(clap::Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// The cell.
+    cell: String,
+    /// Where the daemon writes the checkpoint; `hypercell create FILE` makes a cell that
+    /// goes on from it.
+    #[arg(short = 'o', long = "output", value_name = "FILE")]
+    output: PathBuf,
+}
+
 /// Arguments of `hypercell logs`.
 #[derive(clap::Args)]
 pub struct LogsArgs {
@@ -170,6 +199,8 @@ pub fn daemon(args: DaemonArgs) -> ExitCode {
     let options = DaemonOptions {
         socket: args.socket.unwrap_or_else(hypercell_daemon::default_socket),
         state: args.state.unwrap_or_else(hypercell_daemon::default_state),
+        listen: args.listen.zip(args.token_file),
+        allowed_dirs: args.allow_dirs,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -194,7 +225,7 @@ pub fn daemon(args: DaemonArgs) -> ExitCode {
 }
 
 fn client(host: &HostArg) -> Result<Client, ClientError> {
-    Client::new(host.host.as_deref())
+    Client::new(host.host.as_deref(), host.token_file.as_deref())
 }
 
 fn finish(result: Result<(), ClientError>) -> ExitCode {
@@ -337,6 +368,23 @@ pub fn act(action: Action, args: CellsArgs) -> ExitCode {
             )
             .map(drop)
     })
+}
+
+/// Runs `hypercell snapshot`: prints the file written.
+pub fn snapshot(args: SnapshotArgs) -> ExitCode {
+    finish((|| {
+        let client = client(&args.host)?;
+        let path = std::path::absolute(&args.output).unwrap_or(args.output.clone());
+        let body = serde_json::to_vec(&serde_json::json!({ "path": path }))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        client.call(
+            Method::PUT,
+            &format!("/v1/cells/{}/snapshot", path_part(&args.cell)),
+            Some(body),
+        )?;
+        let _ = writeln!(std::io::stdout(), "{}", path.display());
+        Ok(())
+    })())
 }
 
 /// Runs `hypercell stop`.

@@ -64,6 +64,8 @@ enum Command {
     Kill(daemon_commands::CellsArgs),
     /// Pause cells in the daemon.
     Pause(daemon_commands::CellsArgs),
+    /// Write a checkpoint of a cell in the daemon, which goes on (or stays paused).
+    Snapshot(daemon_commands::SnapshotArgs),
     /// Resume paused cells in the daemon.
     Resume(daemon_commands::CellsArgs),
     /// Print a cell's stdout and stderr, or follow them.
@@ -169,6 +171,7 @@ fn main() -> ExitCode {
         Command::Stop(args) => daemon_commands::stop(args),
         Command::Kill(args) => daemon_commands::act(daemon_commands::Action::Kill, args),
         Command::Pause(args) => daemon_commands::act(daemon_commands::Action::Pause, args),
+        Command::Snapshot(args) => daemon_commands::snapshot(args),
         Command::Resume(args) => daemon_commands::act(daemon_commands::Action::Resume, args),
         Command::Logs(args) => daemon_commands::logs(args),
         Command::Inspect(args) => daemon_commands::inspect(args),

@@ -24,12 +24,18 @@ struct Daemon {
 impl Daemon {
     /// Starts the daemon and waits until it says it serves.
     fn start(dir: &Path) -> Self {
+        Self::start_with(dir, &[])
+    }
+
+    /// Starts the daemon with `extra` flags and waits until it says it serves.
+    fn start_with(dir: &Path, extra: &[&str]) -> Self {
         let socket = dir.join("api.sock");
         let mut child = hypercell(&scratch().join("cache"))
             .args(["daemon", "--socket"])
             .arg(&socket)
             .arg("--state")
             .arg(dir.join("state"))
+            .args(extra)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -284,4 +290,163 @@ fn the_daemon_keeps_its_records_across_sigterm_and_sigkill() {
     let (_, replay) = daemon.follow(&["events", "--since", "0"]);
     let line = wait_for(&replay, |line| line.contains("\"lose\""));
     assert!(line.contains("\"first\""), "{line}");
+}
+
+#[test]
+fn a_snapshot_taken_through_the_daemon_goes_on_in_a_new_cell() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let ticker = c_program("ticker");
+    daemon.ok(&["create", "--name", "original", ticker.to_str().unwrap()]);
+    daemon.ok(&["start", "original"]);
+    let (_, output) = daemon.follow(&["logs", "-f", "original"]);
+    wait_for(&output, |line| tick_number(line).is_some_and(|n| n >= 3));
+    let checkpoint = dir.path().join("ticker.ckpt");
+    let written = daemon.ok(&["snapshot", "original", "-o", checkpoint.to_str().unwrap()]);
+    assert_eq!(written.trim(), checkpoint.to_str().unwrap());
+    // The original goes on after its snapshot.
+    let after = wait_for(&output, |line| tick_number(line).is_some());
+    wait_for(&output, |line| tick_number(line) > tick_number(&after));
+    daemon.ok(&["kill", "original"]);
+
+    // A checkpoint goes on with its own identity: a new one is refused at the start.
+    daemon.ok(&[
+        "create",
+        "--name",
+        "with-args",
+        checkpoint.to_str().unwrap(),
+        "an argument",
+    ]);
+    let out = daemon.cli(&["start", "with-args"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("goes on with its own arguments, environment and directories"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(daemon.inspect("with-args")["state"], "failed");
+    daemon.ok(&["create", "--name", "restored", checkpoint.to_str().unwrap()]);
+    daemon.ok(&["start", "restored"]);
+    let (_, restored) = daemon.follow(&["logs", "-f", "restored"]);
+    let first = tick_number(&wait_for(&restored, |_| true)).expect("a tick");
+    assert!(
+        first >= 3,
+        "the restored cell goes on from its snapshot, at tick {first}"
+    );
+    let second = tick_number(&wait_for(&restored, |_| true)).expect("a tick");
+    assert_eq!(second, first + 1);
+    daemon.ok(&["rm", "-f", "restored", "original", "with-args"]);
+
+    let out = daemon.cli(&["snapshot", "restored", "-o", "/tmp/x"]);
+    assert!(
+        text(&out.stderr).contains("no cell has the id or name"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn tcp_needs_the_token_bodies_are_bounded_and_directories_stay_inside_their_roots() {
+    let dir = tempfile::tempdir().unwrap();
+    let allowed = dir.path().join("allowed");
+    std::fs::create_dir_all(allowed.join("sub")).unwrap();
+    std::fs::create_dir_all(dir.path().join("other")).unwrap();
+    let token = dir.path().join("token");
+    std::fs::write(&token, "s3cret-token-0123456789\n").unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let address = format!("127.0.0.1:{port}");
+
+    // No token, or one too short: no daemon.
+    let out = hypercell(&scratch().join("cache"))
+        .args(["daemon", "--listen", &address])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    let short = dir.path().join("short");
+    std::fs::write(&short, "abc\n").unwrap();
+    let out = hypercell(&scratch().join("cache"))
+        .args(["daemon", "--socket"])
+        .arg(dir.path().join("s.sock"))
+        .args(["--state"])
+        .arg(dir.path().join("s"))
+        .args(["--listen", &address, "--token-file"])
+        .arg(&short)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("as the API's token"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &[
+            "--listen",
+            &address,
+            "--token-file",
+            token.to_str().unwrap(),
+            "--allow-dir",
+            allowed.to_str().unwrap(),
+        ],
+    );
+    let over_tcp = |secret: &str| {
+        hypercell(&scratch().join("cache"))
+            .env("HYPERCELL_TOKEN", secret)
+            .args([
+                "ps",
+                "--format",
+                "json",
+                "--host",
+                &format!("http://{address}"),
+            ])
+            .output()
+            .unwrap()
+    };
+    let refused = over_tcp("wrong-token-0123456789");
+    assert_eq!(refused.status.code(), Some(1));
+    assert_eq!(
+        text(&refused.stderr).trim(),
+        "error: this API needs the daemon's token: send `Authorization: Bearer TOKEN`"
+    );
+    let out = over_tcp("s3cret-token-0123456789");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout).trim(), "[]");
+
+    // A body over the limit: 413, with a sentence.
+    let mut stream = std::os::unix::net::UnixStream::connect(&daemon.socket).unwrap();
+    let body = vec![b' '; 2 << 20];
+    write!(
+        stream,
+        "POST /v1/cells HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    let _ = stream.write_all(&body);
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut stream, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("larger than the API takes"), "{answer}");
+
+    // Directories: only under --allow-dir roots.
+    let program = c_program("count");
+    let inside = format!("{}::data", allowed.join("sub").display());
+    daemon.ok(&["create", "--dir", &inside, program.to_str().unwrap()]);
+    for outside in [
+        dir.path().join("other").display().to_string(),
+        format!("{}/..", allowed.display()),
+    ] {
+        let out = daemon.cli(&["create", "--dir", &outside, program.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            text(&out.stderr).contains("is not inside a directory this daemon may grant"),
+            "{}",
+            text(&out.stderr)
+        );
+    }
 }
