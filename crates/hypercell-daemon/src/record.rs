@@ -51,9 +51,24 @@ pub struct CellSpec {
     /// empty (`/dev/null`).
     #[serde(default)]
     pub stdin: bool,
+    /// What becomes of the cell, while it runs, when the daemon goes away.
+    #[serde(default)]
+    pub restart: RestartPolicy,
     /// Labels, for the operator's own use.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+}
+
+/// What becomes of a running cell when its daemon goes away.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RestartPolicy {
+    /// It is killed when the daemon shuts down, and `lost` after a crash.
+    #[default]
+    No,
+    /// It is checkpointed when the daemon shuts down, and the next daemon restores it
+    /// from its last checkpoint (after a crash too, if it has one).
+    Checkpoint,
 }
 
 /// Where a cell is in its life.

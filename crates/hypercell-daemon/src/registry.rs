@@ -20,7 +20,7 @@ use hypercell_host::{
 use tokio::sync::{broadcast, watch};
 
 use crate::logs::{Stream, StreamLog, capture};
-use crate::record::{CellRecord, CellSpec, CellState, Event, now_ms};
+use crate::record::{CellRecord, CellSpec, CellState, Event, RestartPolicy, now_ms};
 use crate::store::{Store, StoreError};
 
 /// Bytes kept of each output stream of a cell, in each of its two files.
@@ -108,6 +108,9 @@ struct Live {
     state: watch::Sender<CellState>,
     /// Whether a kill was asked for: its end is then a kill, not a failure.
     killed: bool,
+    /// Whether it was checkpointed as the daemon shuts down: its record stays live,
+    /// for the next daemon to restore it.
+    checkpointed: bool,
 }
 
 struct Inner {
@@ -183,7 +186,7 @@ impl Registry {
             .lock()
             .cells
             .values()
-            .filter(|record| record.state.is_live())
+            .filter(|record| record.state.is_live() && !registry.restorable(record))
             .map(|record| record.id.clone())
             .collect();
         for id in lost {
@@ -193,6 +196,49 @@ impl Registry {
             })?;
         }
         Ok(registry)
+    }
+
+    /// The file a cell's last checkpoint is kept in.
+    fn checkpoint_path(&self, id: &str) -> PathBuf {
+        self.state_dir
+            .join("cells")
+            .join(id)
+            .join("checkpoint.snap")
+    }
+
+    /// Whether a cell the records show as live is to be restored from its checkpoint.
+    fn restorable(&self, record: &CellRecord) -> bool {
+        record.spec.restart == RestartPolicy::Checkpoint
+            && self.checkpoint_path(&record.id).is_file()
+    }
+
+    /// Restores, from their last checkpoints, the cells that were running when the last
+    /// daemon went away and whose policy asks for it; a cell that cannot be restored is
+    /// marked `lost` with the reason. Compiles: call it where blocking is allowed.
+    pub fn restore_checkpointed(self: &Arc<Self>) -> Result<(), DaemonError> {
+        let waiting: Vec<CellRecord> = self
+            .lock()
+            .cells
+            .values()
+            .filter(|record| record.state.is_live())
+            .cloned()
+            .collect();
+        for record in waiting {
+            let checkpoint = self.checkpoint_path(&record.id);
+            match self.launch(&record, Some(&checkpoint)) {
+                Ok(()) => self.change(&record.id, "restore", |record| {
+                    record.state = CellState::Running;
+                    record.started_ms = Some(now_ms());
+                })?,
+                Err(reason) => self.change(&record.id, "lose", |record| {
+                    record.state = CellState::Lost;
+                    record.error = Some(format!(
+                        "it could not be restored from its checkpoint: {reason}"
+                    ));
+                })?,
+            };
+        }
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -295,7 +341,7 @@ impl Registry {
             }
             record
         };
-        match self.launch(&record) {
+        match self.launch(&record, None) {
             Ok(()) => self.change(&record.id, "start", |record| {
                 record.state = CellState::Running;
                 record.started_ms = Some(now_ms());
@@ -317,16 +363,20 @@ impl Registry {
         }
     }
 
-    /// Makes and starts the partition of `record`'s cell; the reason in one sentence
-    /// when it cannot.
-    fn launch(self: &Arc<Self>, record: &CellRecord) -> Result<(), String> {
+    /// Makes and starts the partition of `record`'s cell, from the checkpoint
+    /// `checkpoint` if given; the reason in one sentence when it cannot.
+    fn launch(
+        self: &Arc<Self>,
+        record: &CellRecord,
+        checkpoint: Option<&Path>,
+    ) -> Result<(), String> {
         let spec = &record.spec;
-        let module_path = Path::new(&spec.module);
+        let module_path = checkpoint.unwrap_or(Path::new(&spec.module));
         let config = cell_config(spec);
         let template = if SnapshotFile::is_snapshot(module_path) {
             let file = SnapshotFile::read_from(module_path).map_err(|e| e.to_string())?;
-            let identity_given =
-                !spec.args.is_empty() || !spec.env.is_empty() || !spec.dirs.is_empty();
+            let identity_given = checkpoint.is_none()
+                && (!spec.args.is_empty() || !spec.env.is_empty() || !spec.dirs.is_empty());
             let config = match file.snapshot.template {
                 // A checkpoint goes on with the identity it had.
                 None if identity_given => {
@@ -421,6 +471,7 @@ impl Registry {
                 stdin: stdin_writer,
                 state,
                 killed: false,
+                checkpointed: false,
             },
         );
         inner.logs.insert(record.id.clone(), logs);
@@ -439,8 +490,15 @@ impl Registry {
 
     /// Records how the cell `id` ended.
     fn finish(&self, id: &str, result: Result<CellReport, CellFailure>) {
-        let killed = self.lock().live.get(id).is_some_and(|live| live.killed);
+        let (killed, checkpointed) = self
+            .lock()
+            .live
+            .get(id)
+            .map_or((false, false), |live| (live.killed, live.checkpointed));
         let outcome = self.change(id, "exit", |record| {
+            if checkpointed {
+                return;
+            }
             record.finished_ms = Some(now_ms());
             match &result {
                 Ok(report) => match &report.exit {
@@ -505,6 +563,7 @@ impl Registry {
             action: match (action, record.state) {
                 ("exit", CellState::Failed) => "fail".into(),
                 ("exit", CellState::Killed) => "kill".into(),
+                ("exit", state) if state.is_live() => "checkpoint".into(),
                 _ => action.into(),
             },
             state: record.state,
@@ -559,15 +618,26 @@ impl Registry {
                 message: format!("`{}` is not an absolute path", path.display()),
             });
         }
-        let (id, control, config, module, paused) = {
+        let id = resolve(&self.lock(), reference)?;
+        self.write_checkpoint(&id, path, true)?;
+        self.change(&id, "snapshot", |_| {})
+    }
+
+    /// Writes a checkpoint of the live cell `id` to `path`. With `go_on`, a running
+    /// cell goes on afterwards; without, it stays paused, so that nothing it does
+    /// after the checkpoint is seen (its output would be written twice once a cell
+    /// goes on from the checkpoint).
+    fn write_checkpoint(&self, id: &str, path: &Path, go_on: bool) -> Result<(), DaemonError> {
+        let (control, config, module, paused) = {
             let inner = self.lock();
-            let id = resolve(&inner, reference)?;
-            let record = &inner.cells[&id];
-            let Some(live) = inner.live.get(&id) else {
+            let record = inner
+                .cells
+                .get(id)
+                .ok_or_else(|| DaemonError::NotFound(id.to_string()))?;
+            let Some(live) = inner.live.get(id) else {
                 return Err(wrong_state(record, "snapshot", "running or paused"));
             };
             (
-                id.clone(),
                 live.control.clone(),
                 live.config.clone(),
                 live.module.clone(),
@@ -575,14 +645,14 @@ impl Registry {
             )
         };
         let taken = control.snapshot();
-        if !paused {
+        if go_on && !paused {
             control.resume();
         }
         let snapshot = taken.map_err(|e| {
             let name = self
                 .lock()
                 .cells
-                .get(&id)
+                .get(id)
                 .map(|r| r.name.clone())
                 .unwrap_or_default();
             DaemonError::Conflict(format!("cell `{name}` cannot be snapshotted now: {e}"))
@@ -598,8 +668,7 @@ impl Registry {
         .map_err(|e| DaemonError::BadRequest {
             field: "path",
             message: e.to_string(),
-        })?;
-        self.change(&id, "snapshot", |_| {})
+        })
     }
 
     /// Asks the live cell `reference` names to end: with `kill`, at once; without,
@@ -729,12 +798,36 @@ impl Registry {
         Ok(record)
     }
 
-    /// Kills every live cell and waits up to `grace` for their ends to be recorded,
-    /// as the daemon shuts down.
-    pub async fn kill_all(&self, grace: Duration) {
+    /// Ends every live cell as the daemon shuts down: cells whose policy asks for it
+    /// are checkpointed (their records stay live, for the next daemon to restore them),
+    /// the rest killed; waits up to `grace` for their ends to be recorded.
+    pub async fn shut_down(self: &Arc<Self>, grace: Duration) {
         let ids: Vec<String> = self.lock().live.keys().cloned().collect();
         let mut waiting = Vec::new();
         for id in ids {
+            let wants_checkpoint = self
+                .lock()
+                .cells
+                .get(&id)
+                .is_some_and(|record| record.spec.restart == RestartPolicy::Checkpoint);
+            if wants_checkpoint {
+                let registry = Arc::clone(self);
+                let cell = id.clone();
+                let saved = tokio::task::spawn_blocking(move || {
+                    let path = registry.checkpoint_path(&cell);
+                    registry.write_checkpoint(&cell, &path, false)
+                })
+                .await;
+                match saved {
+                    Ok(Ok(())) => {
+                        if let Some(live) = self.lock().live.get_mut(&id) {
+                            live.checkpointed = true;
+                        }
+                    }
+                    Ok(Err(error)) => tracing::warn!("cannot checkpoint cell {id}: {error}"),
+                    Err(error) => tracing::warn!("cannot checkpoint cell {id}: {error}"),
+                }
+            }
             if let Ok((_, Some(end))) = self.ask_to_end(&id, true) {
                 waiting.push(end);
             }

@@ -145,6 +145,10 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
         .map_err(socket_error)?;
     let mut terminate = signal(SignalKind::terminate()).map_err(socket_error)?;
     let mut interrupt = signal(SignalKind::interrupt()).map_err(socket_error)?;
+    let restoring = std::sync::Arc::clone(&registry);
+    tokio::task::spawn_blocking(move || restoring.restore_checkpointed())
+        .await
+        .map_err(|e| DaemonError::Internal(e.to_string()))??;
     ready();
     let app = crate::api::router(std::sync::Arc::clone(&registry));
     let (stopping, stop) = tokio::sync::watch::channel(false);
@@ -174,7 +178,7 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
         } => {
             // Cells first, so that their log followers end; then event streams; then
             // the connections drain.
-            registry.kill_all(SHUTDOWN_GRACE).await;
+            registry.shut_down(SHUTDOWN_GRACE).await;
             registry.close();
             let _ = stopping.send(true);
             if let Some(tcp_server) = tcp_server {

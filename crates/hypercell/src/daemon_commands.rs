@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::Method;
+use hypercell_daemon::record::RestartPolicy;
 use hypercell_daemon::{CellRecord, CellSpec, DaemonOptions, DirSpec};
 use hypercell_host::config::{parse_duration, parse_env_var, parse_memory_size};
 
@@ -104,6 +105,11 @@ pub struct CreateArgs {
     /// Label the cell, as KEY=VALUE (repeatable).
     #[arg(long = "label", value_name = "KEY=VALUE")]
     labels: Vec<String>,
+    /// What becomes of the cell, while it runs, when the daemon goes away: `no` (killed,
+    /// or lost after a crash) or `checkpoint` (checkpointed at shutdown and restored by
+    /// the next daemon from its last checkpoint).
+    #[arg(long, value_name = "POLICY", default_value = "no", value_parser = parse_restart)]
+    restart: RestartPolicy,
     /// The module or template to run.
     module: PathBuf,
     /// Arguments passed to the program.
@@ -224,6 +230,16 @@ pub fn daemon(args: DaemonArgs) -> ExitCode {
     }
 }
 
+fn parse_restart(policy: &str) -> Result<RestartPolicy, String> {
+    match policy {
+        "no" => Ok(RestartPolicy::No),
+        "checkpoint" => Ok(RestartPolicy::Checkpoint),
+        other => Err(format!(
+            "`{other}` is not a restart policy: use `no` or `checkpoint`"
+        )),
+    }
+}
+
 fn client(host: &HostArg) -> Result<Client, ClientError> {
     Client::new(host.host.as_deref(), host.token_file.as_deref())
 }
@@ -339,6 +355,7 @@ pub fn create(args: CreateArgs) -> ExitCode {
             max_output: args.max_output,
             labels,
             stdin: args.interactive,
+            restart: args.restart,
         };
         let client = client(&args.host)?;
         let body = serde_json::to_vec(&spec).map_err(|e| ClientError::Http(e.to_string()))?;

@@ -293,6 +293,45 @@ fn the_daemon_keeps_its_records_across_sigterm_and_sigkill() {
 }
 
 #[test]
+fn a_cell_with_the_checkpoint_policy_outlives_its_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let ticker = c_program("ticker");
+    let mut daemon = Daemon::start(dir.path());
+    daemon.ok(&[
+        "create",
+        "--name",
+        "durable",
+        "--restart",
+        "checkpoint",
+        ticker.to_str().unwrap(),
+    ]);
+    daemon.ok(&["start", "durable"]);
+    let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
+    wait_for(&output, |line| tick_number(line).is_some_and(|n| n >= 3));
+
+    // SIGTERM checkpoints it; the next daemon restores it, and its output goes on in
+    // the same log with no tick repeated or skipped.
+    daemon.signal(libc::SIGTERM);
+    let daemon = Daemon::start(dir.path());
+    assert_eq!(daemon.inspect("durable")["state"], "running");
+    // Every tick from the first, across the restore, one by one, to three past what
+    // the log held when the new daemon came up.
+    let held = daemon.ok(&["logs", "durable"]).lines().count() as u64;
+    let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
+    for expected in 0..held + 3 {
+        let line = wait_for(&output, |_| true);
+        assert_eq!(tick_number(&line), Some(expected), "{line:?}");
+    }
+    let out = daemon.cli(&["create", "--restart", "sometimes", ticker.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is not a restart policy"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn a_snapshot_taken_through_the_daemon_goes_on_in_a_new_cell() {
     let dir = tempfile::tempdir().unwrap();
     let daemon = Daemon::start(dir.path());
