@@ -7,17 +7,16 @@ use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
-use axum::extract::rejection::{BytesRejection, JsonRejection};
+use axum::extract::rejection::{BytesRejection, JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use futures_util::stream;
 use serde::Deserialize;
-use serde_json::json;
 
 use crate::logs::Stream;
-use crate::record::{CellRecord, CellSpec};
+use crate::record::{CellRecord, CellSpec, CellState, DirSpec, Event, RestartPolicy};
 use crate::registry::{DaemonError, Registry};
 
 /// Largest request body the API takes (a cell spec, or a write to stdin).
@@ -48,7 +47,13 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, axum::Json(json!({ "error": self.message }))).into_response()
+        (
+            self.status,
+            axum::Json(ErrorBody {
+                error: self.message,
+            }),
+        )
+            .into_response()
     }
 }
 
@@ -69,13 +74,40 @@ impl From<DaemonError> for ApiError {
 impl From<JsonRejection> for ApiError {
     fn from(rejection: JsonRejection) -> Self {
         let status = rejection.status();
-        let message = match status {
-            StatusCode::PAYLOAD_TOO_LARGE => {
-                format!("the request body is larger than the API takes ({BODY_LIMIT} bytes)")
-            }
-            _ => format!("the request body is not valid: {}", rejection.body_text()),
-        };
-        Self::new(status, message)
+        match status {
+            StatusCode::PAYLOAD_TOO_LARGE => Self::new(
+                status,
+                format!("the request body is larger than the API takes ({BODY_LIMIT} bytes)"),
+            ),
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => Self::new(
+                status,
+                "the request body must be sent as `Content-Type: application/json`",
+            ),
+            // A body that is not JSON, or not of the expected shape, is a bad request;
+            // serde's message names the field.
+            _ => Self::new(
+                StatusCode::BAD_REQUEST,
+                format!("the request body is not valid: {}", rejection.body_text()),
+            ),
+        }
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(rejection: QueryRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("the query is not valid: {}", rejection.body_text()),
+        )
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(rejection: PathRejection) -> Self {
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            format!("the path is not valid: {}", rejection.body_text()),
+        )
     }
 }
 
@@ -130,6 +162,7 @@ fn same_secret(a: &[u8], b: &[u8]) -> bool {
 pub fn router(registry: Arc<Registry>) -> Router {
     Router::new()
         .route("/v1/ping", get(ping))
+        .route("/v1/openapi.json", get(openapi))
         .route("/v1/cells", get(list).post(create))
         .route("/v1/cells/{cell}", get(inspect).delete(remove))
         .route("/v1/cells/{cell}/start", put(start))
@@ -153,14 +186,30 @@ async fn not_found() -> ApiError {
     )
 }
 
-async fn ping() -> axum::Json<serde_json::Value> {
-    axum::Json(json!({ "version": env!("CARGO_PKG_VERSION") }))
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], openapi_json()).into_response()
 }
 
+#[utoipa::path(get, path = "/v1/ping", tag = "daemon",
+    responses((status = 200, description = "The daemon's version", body = Version)))]
+async fn ping() -> axum::Json<Version> {
+    axum::Json(Version {
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+#[utoipa::path(get, path = "/v1/cells", tag = "cells",
+    responses((status = 200, description = "Every cell's record, oldest first", body = Vec<CellRecord>)))]
 async fn list(State(registry): State<Arc<Registry>>) -> axum::Json<Vec<CellRecord>> {
     axum::Json(registry.list())
 }
 
+#[utoipa::path(post, path = "/v1/cells", tag = "cells", request_body = CellSpec,
+    responses((status = 415, description = "The body is not sent as application/json", body = ErrorBody), 
+        (status = 201, description = "The new cell, not started", body = CellRecord),
+        (status = 400, description = "A field is wrong; the sentence names it", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB", body = ErrorBody)))]
 async fn create(
     State(registry): State<Arc<Registry>>,
     spec: Result<axum::Json<CellSpec>, JsonRejection>,
@@ -170,46 +219,121 @@ async fn create(
     Ok((StatusCode::CREATED, axum::Json(record)))
 }
 
+#[utoipa::path(get, path = "/v1/cells/{cell}", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
+    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "The cell's record", body = CellRecord), (status = 404, description = "No such cell", body = ErrorBody)))]
 async fn inspect(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
+    cell: Result<Path<String>, PathRejection>,
 ) -> Answer<axum::Json<CellRecord>> {
+    let Path(cell) = cell?;
     Ok(axum::Json(registry.inspect(&cell)?))
 }
 
+#[utoipa::path(put, path = "/v1/cells/{cell}/start", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
+    responses(
+        (status = 200, description = "The cell, running", body = CellRecord),
+        (status = 400, description = "It could not start (its record says why too)", body = ErrorBody),
+        (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "It is running already", body = ErrorBody)))]
 async fn start(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
+    cell: Result<Path<String>, PathRejection>,
 ) -> Answer<axum::Json<CellRecord>> {
+    let Path(cell) = cell?;
     Ok(axum::Json(blocking(move || registry.start(&cell)).await?))
 }
 
+#[utoipa::path(put, path = "/v1/cells/{cell}/pause", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
+    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "The cell, paused", body = CellRecord), (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "It is not running", body = ErrorBody)))]
 async fn pause(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
+    cell: Result<Path<String>, PathRejection>,
 ) -> Answer<axum::Json<CellRecord>> {
+    let Path(cell) = cell?;
     Ok(axum::Json(blocking(move || registry.pause(&cell)).await?))
 }
 
+#[utoipa::path(put, path = "/v1/cells/{cell}/resume", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
+    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "The cell, running", body = CellRecord), (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "It is not paused", body = ErrorBody)))]
 async fn resume(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
+    cell: Result<Path<String>, PathRejection>,
 ) -> Answer<axum::Json<CellRecord>> {
+    let Path(cell) = cell?;
     Ok(axum::Json(registry.resume(&cell)?))
 }
 
 /// Where `PUT /v1/cells/{cell}/snapshot` writes.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
-struct SnapshotRequest {
-    path: String,
+pub struct SnapshotRequest {
+    /// An absolute path on the daemon's host.
+    pub path: String,
 }
 
+/// Every error's body.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong, in one sentence.
+    pub error: String,
+}
+
+/// `GET /v1/ping`'s answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct Version {
+    /// The daemon's version.
+    pub version: String,
+}
+
+/// The API's OpenAPI document, made from the routes' annotations.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "hypercelld",
+        description = "Hypercell's daemon: cells in one process, managed over HTTP."
+    ),
+    paths(
+        ping, list, create, inspect, start, pause, resume, snapshot, stop, kill, remove, stdin,
+        logs, events
+    ),
+    components(schemas(
+        Stream,
+        CellSpec,
+        CellRecord,
+        CellState,
+        DirSpec,
+        RestartPolicy,
+        Event,
+        ErrorBody,
+        SnapshotRequest,
+        Version
+    ))
+)]
+pub struct ApiDoc;
+
+/// The OpenAPI document as pretty JSON, as committed in `docs/openapi.json`.
+pub fn openapi_json() -> String {
+    let mut json = <ApiDoc as utoipa::OpenApi>::openapi()
+        .to_pretty_json()
+        .expect("the document is JSON");
+    json.push('\n');
+    json
+}
+
+#[utoipa::path(put, path = "/v1/cells/{cell}/snapshot", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
+    request_body = SnapshotRequest,
+    responses((status = 415, description = "The body is not sent as application/json", body = ErrorBody), (status = 200, description = "The checkpoint is written; a running cell goes on", body = CellRecord),
+        (status = 400, description = "The path is not absolute or cannot be written", body = ErrorBody),
+        (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "The cell is not live, or cannot be snapshotted now", body = ErrorBody)))]
 async fn snapshot(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
+    cell: Result<Path<String>, PathRejection>,
     request: Result<axum::Json<SnapshotRequest>, JsonRejection>,
 ) -> Answer<axum::Json<CellRecord>> {
+    let Path(cell) = cell?;
     let axum::Json(request) = request?;
     let path = std::path::PathBuf::from(request.path);
     Ok(axum::Json(
@@ -222,11 +346,16 @@ struct StopQuery {
     grace_ms: Option<u64>,
 }
 
+#[utoipa::path(put, path = "/v1/cells/{cell}/stop", tag = "cells",
+    params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name"), ("grace_ms" = Option<u64>, Query, description = "How long to wait after closing stdin before killing (10 s)")),
+    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "The cell, ended", body = CellRecord), (status = 404, description = "No such cell", body = ErrorBody)))]
 async fn stop(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
-    Query(query): Query<StopQuery>,
+    cell: Result<Path<String>, PathRejection>,
+    query: Result<Query<StopQuery>, QueryRejection>,
 ) -> Answer<axum::Json<CellRecord>> {
+    let Path(cell) = cell?;
+    let Query(query) = query?;
     let grace = query.grace_ms.map_or(DEFAULT_GRACE, Duration::from_millis);
     let (id, end) = registry.ask_to_end(&cell, false)?;
     if let Some(mut end) = end
@@ -239,10 +368,14 @@ async fn stop(
     Ok(axum::Json(registry.inspect(&id)?))
 }
 
+#[utoipa::path(put, path = "/v1/cells/{cell}/kill", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
+    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "The cell, killed", body = CellRecord), (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "It is not live", body = ErrorBody)))]
 async fn kill(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
+    cell: Result<Path<String>, PathRejection>,
 ) -> Answer<axum::Json<CellRecord>> {
+    let Path(cell) = cell?;
     let record = registry.inspect(&cell)?;
     if !record.state.is_live() {
         return Err(DaemonError::WrongState {
@@ -284,11 +417,17 @@ struct RemoveQuery {
     force: bool,
 }
 
+#[utoipa::path(delete, path = "/v1/cells/{cell}", tag = "cells",
+    params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name"), ("force" = Option<bool>, Query, description = "Kill a live cell first")),
+    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 204, description = "Removed, with its logs"), (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "It is live and `force` was not given", body = ErrorBody)))]
 async fn remove(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
-    Query(query): Query<RemoveQuery>,
+    cell: Result<Path<String>, PathRejection>,
+    query: Result<Query<RemoveQuery>, QueryRejection>,
 ) -> Answer<StatusCode> {
+    let Path(cell) = cell?;
+    let Query(query) = query?;
     if query.force {
         let record = registry.inspect(&cell)?;
         if record.state.is_live() {
@@ -305,12 +444,22 @@ struct StdinQuery {
     close: bool,
 }
 
+#[utoipa::path(post, path = "/v1/cells/{cell}/stdin", tag = "cells",
+    params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name"), ("close" = Option<bool>, Query, description = "Close stdin after the write")),
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 204, description = "Written"),
+        (status = 400, description = "The cell has no stdin, or no longer reads it", body = ErrorBody),
+        (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "It is not running with stdin open", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB", body = ErrorBody)))]
 async fn stdin(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
-    Query(query): Query<StdinQuery>,
+    cell: Result<Path<String>, PathRejection>,
+    query: Result<Query<StdinQuery>, QueryRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Answer<StatusCode> {
+    let Path(cell) = cell?;
+    let Query(query) = query?;
     let body = body?;
     blocking(move || registry.write_stdin(&cell, &body, query.close)).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -325,11 +474,19 @@ struct LogsQuery {
     from: u64,
 }
 
+#[utoipa::path(get, path = "/v1/cells/{cell}/logs", tag = "cells",
+    params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name"),
+        ("stream" = Option<Stream>, Query, description = "`stdout` (the default) or `stderr`"),
+        ("follow" = Option<bool>, Query, description = "Keep sending output until the cell ends"),
+        ("from" = Option<u64>, Query, description = "The first byte, counted from the stream's start")),
+    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "The output", content_type = "application/octet-stream", body = Vec<u8>), (status = 404, description = "No such cell", body = ErrorBody)))]
 async fn logs(
     State(registry): State<Arc<Registry>>,
-    Path(cell): Path<String>,
-    Query(query): Query<LogsQuery>,
+    cell: Result<Path<String>, PathRejection>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
 ) -> Answer<Response> {
+    let Path(cell) = cell?;
+    let Query(query) = query?;
     let (_, logs) = registry.logs(&cell)?;
     let log = std::sync::Arc::clone(logs.stream(query.stream.unwrap_or(Stream::Stdout)));
     let follow = query.follow;
@@ -365,10 +522,14 @@ struct EventsQuery {
     since: Option<u64>,
 }
 
+#[utoipa::path(get, path = "/v1/events", tag = "daemon",
+    params(("since" = Option<u64>, Query, description = "Send the recorded events after this sequence number first")),
+    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "Events as they happen, one JSON object a line", content_type = "application/x-ndjson", body = Event)))]
 async fn events(
     State(registry): State<Arc<Registry>>,
-    Query(query): Query<EventsQuery>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Answer<Response> {
+    let Query(query) = query?;
     // Subscribed before the replay is read, so that nothing falls between them.
     let live = registry.subscribe();
     let replay = match query.since {
@@ -416,4 +577,23 @@ async fn blocking<T: Send + 'static>(
         .await
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(ApiError::from)
+}
+
+#[cfg(test)]
+mod tests {
+    /// The committed document is the one the code makes; `HYPERCELL_BLESS=1` rewrites
+    /// it after a deliberate change of the API.
+    #[test]
+    fn the_committed_openapi_document_matches_the_code() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/openapi.json");
+        let made = super::openapi_json();
+        if std::env::var_os("HYPERCELL_BLESS").is_some() {
+            std::fs::write(&path, &made).unwrap();
+        }
+        let committed = std::fs::read_to_string(&path).unwrap_or_default();
+        assert!(
+            committed == made,
+            "docs/openapi.json differs from the API the code serves; run `HYPERCELL_BLESS=1 cargo test -p hypercell-daemon openapi` and commit it"
+        );
+    }
 }

@@ -13,7 +13,7 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
 
 /// Which output stream.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Stream {
     /// The program's stdout.

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 /// A directory granted to a cell.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DirSpec {
     /// The directory on the daemon's host (absolute).
@@ -21,7 +21,7 @@ pub struct DirSpec {
 }
 
 /// What a client asks for when it creates a cell.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CellSpec {
     /// A name for the cell, unique in the daemon; one is made up when absent.
@@ -60,7 +60,7 @@ pub struct CellSpec {
 }
 
 /// What becomes of a running cell when its daemon goes away.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum RestartPolicy {
     /// It is killed when the daemon shuts down, and `lost` after a crash.
@@ -72,7 +72,7 @@ pub enum RestartPolicy {
 }
 
 /// Where a cell is in its life.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum CellState {
     /// Made, not started.
@@ -112,7 +112,7 @@ impl CellState {
 }
 
 /// Everything the daemon records of a cell.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CellRecord {
     /// The cell's id: 12 hex digits.
     pub id: String,
@@ -139,7 +139,7 @@ pub struct CellRecord {
 }
 
 /// A change of a cell's state, as `GET /v1/events` streams it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Event {
     /// Its place in the daemon's sequence of events, from 1.
     pub seq: u64,
