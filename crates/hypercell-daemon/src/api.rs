@@ -16,7 +16,9 @@ use futures_util::stream;
 use serde::Deserialize;
 
 use crate::logs::Stream;
-use crate::record::{CellRecord, CellSpec, CellState, DirSpec, Event, RestartPolicy};
+use crate::record::{
+    CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirSpec, Event, RestartPolicy,
+};
 use crate::registry::{DaemonError, Registry};
 
 /// Largest request body the API takes (a cell spec, or a write to stdin).
@@ -171,6 +173,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/cells/{cell}/pause", put(pause))
         .route("/v1/cells/{cell}/resume", put(resume))
         .route("/v1/cells/{cell}/snapshot", put(snapshot))
+        .route("/v1/cells/{cell}/stats", get(stats))
         .route("/v1/cells/{cell}/stdin", post(stdin))
         .route("/v1/cells/{cell}/logs", get(logs))
         .route("/v1/events", get(events))
@@ -227,6 +230,19 @@ async fn inspect(
 ) -> Answer<axum::Json<CellRecord>> {
     let Path(cell) = cell?;
     Ok(axum::Json(registry.inspect(&cell)?))
+}
+
+#[utoipa::path(get, path = "/v1/cells/{cell}/stats", tag = "cells",
+    params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
+    responses((status = 200, description = "Its state, and what its run did so far (live) or in all (ended)", body = CellStatsView),
+        (status = 400, description = "A path or query parameter is not valid", body = ErrorBody),
+        (status = 404, description = "No such cell", body = ErrorBody)))]
+async fn stats(
+    State(registry): State<Arc<Registry>>,
+    cell: Result<Path<String>, PathRejection>,
+) -> Answer<axum::Json<CellStatsView>> {
+    let Path(cell) = cell?;
+    Ok(axum::Json(registry.stats(&cell)?))
 }
 
 #[utoipa::path(put, path = "/v1/cells/{cell}/start", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
@@ -295,11 +311,13 @@ pub struct Version {
         description = "Hypercell's daemon: cells in one process, managed over HTTP."
     ),
     paths(
-        ping, list, create, inspect, start, pause, resume, snapshot, stop, kill, remove, stdin,
-        logs, events
+        ping, list, create, inspect, stats, start, pause, resume, snapshot, stop, kill, remove,
+        stdin, logs, events
     ),
     components(schemas(
         Stream,
+        CellStatsView,
+        CellUsage,
         CellSpec,
         CellRecord,
         CellState,

@@ -136,6 +136,40 @@ pub struct CellRecord {
     /// Why it failed, in one sentence.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// What its last run did, once it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<CellUsage>,
+}
+
+/// What a cell's run did: so far while it runs, in all once it ended.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CellUsage {
+    /// VM exits taken.
+    pub exits: u64,
+    /// The hypercalls among them, by name.
+    pub hypercalls: BTreeMap<String, u64>,
+    /// CPU time of its vCPU thread, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_time_ms: Option<u64>,
+    /// Bytes of memory the cell touched (known once the run ended).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_touched: Option<u64>,
+}
+
+/// `GET /v1/cells/{cell}/stats`: a cell's state and what it did.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct CellStatsView {
+    /// The cell's id.
+    pub id: String,
+    /// Its name.
+    pub name: String,
+    /// Its state.
+    pub state: CellState,
+    /// How long its current run has lasted, or its last one lasted, in milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uptime_ms: Option<u64>,
+    /// What the run did.
+    pub usage: CellUsage,
 }
 
 /// A change of a cell's state, as `GET /v1/events` streams it.

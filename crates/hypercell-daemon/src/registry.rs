@@ -14,13 +14,15 @@ use hypercell_host::config::DEFAULT_MEMORY_LIMIT;
 use hypercell_host::fs::Preopen;
 use hypercell_host::persist::SnapshotFile;
 use hypercell_host::{
-    Cell, CellConfig, CellControl, CellError, CellExit, CellFailure, CellReport, Compiler,
-    OwnedStdio, StopReason,
+    Cell, CellActivity, CellConfig, CellControl, CellError, CellExit, CellFailure, CellReport,
+    Compiler, OwnedStdio, StopReason,
 };
 use tokio::sync::{broadcast, watch};
 
 use crate::logs::{Stream, StreamLog, capture};
-use crate::record::{CellRecord, CellSpec, CellState, Event, RestartPolicy, now_ms};
+use crate::record::{
+    CellRecord, CellSpec, CellState, CellStatsView, CellUsage, Event, RestartPolicy, now_ms,
+};
 use crate::store::{Store, StoreError};
 
 /// Bytes kept of each output stream of a cell, in each of its two files.
@@ -319,6 +321,7 @@ impl Registry {
             finished_ms: None,
             exit_code: None,
             error: None,
+            usage: None,
         };
         let mut inner = self.lock();
         if inner.cells.values().any(|other| other.name == name) {
@@ -348,6 +351,7 @@ impl Registry {
                 record.finished_ms = None;
                 record.exit_code = None;
                 record.error = None;
+                record.usage = None;
             }),
             Err(reason) => {
                 self.change(&record.id, "fail", |record| {
@@ -490,15 +494,24 @@ impl Registry {
 
     /// Records how the cell `id` ended.
     fn finish(&self, id: &str, result: Result<CellReport, CellFailure>) {
-        let (killed, checkpointed) = self
+        let (killed, checkpointed, activity) = self
             .lock()
             .live
             .get(id)
-            .map_or((false, false), |live| (live.killed, live.checkpointed));
+            .map_or((false, false, CellActivity::default()), |live| {
+                (live.killed, live.checkpointed, live.control.activity())
+            });
+        let stats = match &result {
+            Ok(report) => Some(&report.stats),
+            Err(failure) => failure.stats.as_deref(),
+        };
+        let mut usage = usage_of(&activity);
+        usage.memory_touched = stats.map(|stats| stats.memory_touched);
         let outcome = self.change(id, "exit", |record| {
             if checkpointed {
                 return;
             }
+            record.usage = Some(usage);
             record.finished_ms = Some(now_ms());
             match &result {
                 Ok(report) => match &report.exit {
@@ -573,6 +586,34 @@ impl Registry {
         drop(inner);
         let _ = self.events.send(event);
         Ok(record)
+    }
+
+    /// The state of the cell `reference` names and what its run has done: so far, for a
+    /// live cell; in all, for one whose run ended.
+    pub fn stats(&self, reference: &str) -> Result<CellStatsView, DaemonError> {
+        let inner = self.lock();
+        let id = resolve(&inner, reference)?;
+        let record = &inner.cells[&id];
+        let live = inner.live.get(&id);
+        let usage = match (live, &record.usage) {
+            (Some(live), _) => usage_of(&live.control.activity()),
+            (None, Some(usage)) => usage.clone(),
+            (None, None) => CellUsage::default(),
+        };
+        let uptime_ms = record.started_ms.map(|started| {
+            record
+                .finished_ms
+                .filter(|_| live.is_none())
+                .unwrap_or_else(now_ms)
+                .saturating_sub(started)
+        });
+        Ok(CellStatsView {
+            id: record.id.clone(),
+            name: record.name.clone(),
+            state: record.state,
+            uptime_ms,
+            usage,
+        })
     }
 
     /// Pauses the running cell `reference` names.
@@ -838,6 +879,20 @@ impl Registry {
             }
         })
         .await;
+    }
+}
+
+/// A cell's activity as the API reports it.
+fn usage_of(activity: &CellActivity) -> CellUsage {
+    CellUsage {
+        exits: activity.exits,
+        hypercalls: activity
+            .hypercalls
+            .made()
+            .map(|(call, count)| (format!("{call:?}").to_lowercase(), count))
+            .collect(),
+        cpu_time_ms: activity.cpu_time.map(|time| time.as_millis() as u64),
+        memory_touched: None,
     }
 }
 

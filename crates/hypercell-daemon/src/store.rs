@@ -130,6 +130,7 @@ mod tests {
             finished_ms: None,
             exit_code: None,
             error: None,
+            usage: None,
         }
     }
 

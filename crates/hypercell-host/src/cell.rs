@@ -832,7 +832,6 @@ fn start_cell(
         control: control.clone(),
         denied_growth,
         meter,
-        counts: HypercallCounts::default(),
         files,
         growth: Some(growth),
         template_stop: match start {
@@ -866,7 +865,8 @@ fn start_cell(
     );
 
     let finished = Instant::now();
-    let exits = vcpu.exits();
+    let activity = control.activity();
+    let exits = activity.exits;
     let mapped = services.growth.as_ref().map_or(boot_mapping, |g| g.mapped);
     // A compiled module mapped from its cache file is shared page cache, not this
     // cell's memory (and asking about each of its pages is slow): it is left out.
@@ -898,7 +898,7 @@ fn start_cell(
         );
     let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
     let output_exceeded = services.meter.exceeded();
-    let hypercalls = services.counts;
+    let hypercalls = activity.hypercalls;
     let next_slot = services.growth.as_ref().map_or(1, |g| g.next_slot);
     match reuse {
         Some(kept) => {
@@ -1008,6 +1008,7 @@ fn run_on_vcpu_thread<'a>(
                     Err(error) => Err(CellError::Seccomp(error)),
                 };
                 drop(binding);
+                services.control.detach();
                 services.control.finish();
                 (outcome, vcpu, services)
             })
@@ -1088,7 +1089,9 @@ fn run_loop(
         if let Some(reason) = services.control.stop_requested() {
             return Ok(Completion::Stopped(reason));
         }
-        match vcpu.run(memory)? {
+        let event = vcpu.run(memory)?;
+        control.count_exit();
+        match event {
             VcpuEvent::Hypercall(addr) => match services.handle(memory, addr)? {
                 Completion::Resume => handed_over = None,
                 Completion::TemplateReady => {

@@ -5,12 +5,14 @@
 //! The thread that started the cell supervises it; the vCPU thread looks at the
 //! requests whenever a kick brings it out of the guest or out of a blocking call.
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError, mpsc};
 use std::time::{Duration, Instant};
 
+use hypercell_abi::Hypercall;
 use hypercell_vmm::VcpuHandle;
 
+use crate::hypercall::HypercallCounts;
 use crate::persist::{CellSnapshot, SnapshotError};
 
 /// How often a vCPU that is asked to pause or stop is kicked until it does.
@@ -38,6 +40,25 @@ struct Inner {
     drain: AtomicBool,
     stopping: AtomicBool,
     pausing: AtomicBool,
+    /// VM exits taken so far.
+    exits: AtomicU64,
+    /// Hypercalls made so far, by call number.
+    hypercalls: [AtomicU64; HYPERCALL_NUMBERS],
+}
+
+/// Hypercall numbers counted apart.
+const HYPERCALL_NUMBERS: usize = 16;
+
+/// What a cell has done so far, read from any thread while it runs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CellActivity {
+    /// VM exits taken.
+    pub exits: u64,
+    /// The hypercalls among them.
+    pub hypercalls: HypercallCounts,
+    /// CPU time of the vCPU thread (the guest's computing and the hypercalls it
+    /// served), once the vCPU has started.
+    pub cpu_time: Option<Duration>,
 }
 
 /// A snapshot's way back to whoever asked for it.
@@ -64,6 +85,21 @@ struct State {
     pause: bool,
     /// The vCPU thread is parked: out of the guest and out of any blocking call.
     parked: bool,
+    /// The vCPU thread's CPU-time clock, while it runs.
+    vcpu_clock: Option<libc::clockid_t>,
+    /// The vCPU thread's CPU time when it finished.
+    vcpu_time: Option<Duration>,
+}
+
+/// The time on `clock`, if it can be read.
+fn clock_time(clock: libc::clockid_t) -> Option<Duration> {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into the struct it is given.
+    (unsafe { libc::clock_gettime(clock, &mut now) } == 0)
+        .then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
 /// What [`CellControl::wait_until`] woke for.
@@ -257,9 +293,54 @@ impl CellControl {
         self.state().begun = true;
     }
 
-    /// Records the handle of the cell's vCPU, so that requests reach it.
+    /// Records the handle of the cell's vCPU, so that requests reach it. Called on the
+    /// vCPU thread, whose CPU-time clock it also records.
     pub(crate) fn attach(&self, vcpu: VcpuHandle) {
-        self.state().vcpu = Some(vcpu);
+        let mut clock: libc::clockid_t = 0;
+        // SAFETY: pthread_getcpuclockid writes one clock id for the calling thread,
+        // which is alive.
+        let known = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0;
+        let mut state = self.state();
+        state.vcpu = Some(vcpu);
+        state.vcpu_clock = known.then_some(clock);
+    }
+
+    /// On the vCPU thread, as it ends: keeps its CPU time, as its clock goes with it.
+    pub(crate) fn detach(&self) {
+        let time = clock_time(libc::CLOCK_THREAD_CPUTIME_ID);
+        let mut state = self.state();
+        state.vcpu_clock = None;
+        state.vcpu_time = time;
+    }
+
+    /// Counts an exit from the guest.
+    pub(crate) fn count_exit(&self) {
+        self.inner.exits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a hypercall.
+    pub(crate) fn count_hypercall(&self, call: Hypercall) {
+        if let Some(count) = self.inner.hypercalls.get(call as usize) {
+            count.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// What the cell has done so far.
+    pub fn activity(&self) -> CellActivity {
+        let mut hypercalls = [0u64; HYPERCALL_NUMBERS];
+        for (count, atomic) in hypercalls.iter_mut().zip(&self.inner.hypercalls) {
+            *count = atomic.load(Ordering::Relaxed);
+        }
+        let state = self.state();
+        // The clock is read under the lock that `detach` takes, so its thread has not
+        // ended yet.
+        let cpu_time = state.vcpu_clock.and_then(clock_time).or(state.vcpu_time);
+        drop(state);
+        CellActivity {
+            exits: self.inner.exits.load(Ordering::Relaxed),
+            hypercalls: HypercallCounts::from_counts(hypercalls),
+            cpu_time,
+        }
     }
 
     /// Records that the vCPU thread has finished.

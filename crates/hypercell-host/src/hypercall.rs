@@ -106,8 +106,8 @@ impl HypercallCounts {
         })
     }
 
-    fn record(&mut self, call: Hypercall) {
-        self.0[call as usize] += 1;
+    pub(crate) fn from_counts(counts: [u64; 16]) -> Self {
+        Self(counts)
     }
 }
 
@@ -126,8 +126,6 @@ pub struct Services<'a> {
     /// Mapping more memory as the guest grows; `None` answers every request for
     /// memory with `ENOMEM`.
     pub growth: Option<MemoryGrowth<'a>>,
-    /// Hypercalls served so far, by call.
-    pub counts: HypercallCounts,
     /// The program's open files and directories.
     pub files: FileTable,
     /// Where the cell stops to become a template, if it does.
@@ -194,7 +192,7 @@ impl Services<'_> {
             return Ok(Completion::OutputLimit);
         }
         let Request { call, args } = decode(&raw)?;
-        self.counts.record(call);
+        self.control.count_hypercall(call);
         let result = match call {
             Hypercall::Flush => 0,
             Hypercall::Write => {

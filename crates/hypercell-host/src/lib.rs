@@ -24,7 +24,7 @@ pub use cell::{
 };
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
-pub use control::{CellControl, StopReason};
+pub use control::{CellActivity, CellControl, StopReason};
 pub use reusable::ReusableCell;
 pub use running::{Cell, OwnedStdio};
 pub use stdio::CellStdio;

@@ -310,7 +310,6 @@ impl Fixture {
                 linear_memory: 0,
                 populate_from: 0,
             }),
-            counts: Default::default(),
             files: FileTable::with_preopens(&[Preopen {
                 host: self.scratch.path().to_path_buf(),
                 guest: "/".into(),

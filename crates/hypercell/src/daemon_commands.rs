@@ -127,6 +127,16 @@ pub struct CellsArgs {
     cells: Vec<String>,
 }
 
+/// Arguments of `hypercell stats`.
+#[derive(clap::Args)]
+pub struct StatsArgs {
+    /// Print a table or JSON.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+    #[command(flatten)]
+    cells: CellsArgs,
+}
+
 /// Arguments of `hypercell stop`.
 #[derive(clap::Args)]
 pub struct StopArgs {
@@ -430,6 +440,64 @@ pub fn rm(args: RmArgs) -> ExitCode {
             )
             .map(drop)
     })
+}
+
+/// Runs `hypercell stats`: each cell's state, run time, CPU time, exits and hypercalls.
+pub fn stats(args: StatsArgs) -> ExitCode {
+    finish((|| {
+        let client = client(&args.cells.host)?;
+        let mut views = Vec::new();
+        for cell in &args.cells.cells {
+            let body = client.call(
+                Method::GET,
+                &format!("/v1/cells/{}/stats", path_part(cell)),
+                None,
+            )?;
+            let view: hypercell_daemon::record::CellStatsView =
+                serde_json::from_slice(&body).map_err(|e| ClientError::Http(e.to_string()))?;
+            views.push(view);
+        }
+        let mut out = std::io::stdout().lock();
+        match args.format {
+            Format::Json => {
+                let text = serde_json::to_string_pretty(&views)
+                    .map_err(|e| ClientError::Http(e.to_string()))?;
+                let _ = writeln!(out, "{text}");
+            }
+            Format::Table => {
+                let _ = writeln!(
+                    out,
+                    "{:<24}  {:<8}  {:>10}  {:>10}  {:>8}  {:>12}  HYPERCALLS",
+                    "NAME", "STATE", "UPTIME", "CPU", "EXITS", "MEMORY"
+                );
+                for view in views {
+                    let ms = |ms: Option<u64>| {
+                        ms.map_or("-".into(), |ms| format!("{:.3}s", ms as f64 / 1000.0))
+                    };
+                    let calls: Vec<String> = view
+                        .usage
+                        .hypercalls
+                        .iter()
+                        .map(|(call, count)| format!("{call} {count}"))
+                        .collect();
+                    let _ = writeln!(
+                        out,
+                        "{:<24}  {:<8}  {:>10}  {:>10}  {:>8}  {:>12}  {}",
+                        view.name,
+                        view.state.as_str(),
+                        ms(view.uptime_ms),
+                        ms(view.usage.cpu_time_ms),
+                        view.usage.exits,
+                        view.usage
+                            .memory_touched
+                            .map_or("-".into(), hypercell_host::config::format_size),
+                        calls.join(", ")
+                    );
+                }
+            }
+        }
+        Ok(())
+    })())
 }
 
 /// Runs `hypercell inspect`: the cells' records as a JSON array.

@@ -72,6 +72,8 @@ enum Command {
     Logs(daemon_commands::LogsArgs),
     /// Print cells' records as JSON.
     Inspect(daemon_commands::CellsArgs),
+    /// Print cells' state, run time, CPU time, exits and hypercalls.
+    Stats(daemon_commands::StatsArgs),
     /// Remove cells from the daemon, with their logs.
     Rm(daemon_commands::RmArgs),
     /// Print every change of the daemon's cells as it happens, one JSON line each.
@@ -175,6 +177,7 @@ fn main() -> ExitCode {
         Command::Resume(args) => daemon_commands::act(daemon_commands::Action::Resume, args),
         Command::Logs(args) => daemon_commands::logs(args),
         Command::Inspect(args) => daemon_commands::inspect(args),
+        Command::Stats(args) => daemon_commands::stats(args),
         Command::Rm(args) => daemon_commands::rm(args),
         Command::Events(args) => daemon_commands::events(args),
     }

@@ -181,6 +181,21 @@ fn cells_are_created_run_paused_stopped_and_removed_through_the_daemon() {
     daemon.ok(&["resume", "ticker"]);
     wait_for(&output, |line| tick_number(line) == Some(last + 2));
 
+    // Stats while it runs: it has slept (one exit a tick) and written.
+    let stats: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["stats", "--format", "json", "ticker"])).unwrap();
+    let usage = &stats[0]["usage"];
+    assert_eq!(stats[0]["state"], "running");
+    assert!(usage["exits"].as_u64().unwrap() >= 3, "{stats}");
+    assert!(
+        usage["hypercalls"]["sleep"].as_u64().unwrap() >= 3,
+        "{stats}"
+    );
+    assert!(usage["cpu_time_ms"].is_u64(), "{stats}");
+    assert!(stats[0]["uptime_ms"].as_u64().unwrap() > 0, "{stats}");
+    let table = daemon.ok(&["stats", "ticker"]);
+    assert!(table.contains("sleep"), "{table}");
+
     let table = daemon.ok(&["ps"]);
     assert!(
         table
@@ -238,6 +253,12 @@ fn cells_are_created_run_paused_stopped_and_removed_through_the_daemon() {
         std::thread::sleep(Duration::from_millis(10));
     }
     assert_eq!(daemon.inspect("count")["exit_code"], 0);
+    let ended: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["stats", "--format", "json", "count"])).unwrap();
+    assert!(
+        ended[0]["usage"]["memory_touched"].as_u64().unwrap() > 0,
+        "an ended run knows what it touched: {ended}"
+    );
     assert_eq!(daemon.ok(&["logs", "count"]), "0\n1\n2\n3\n");
 
     daemon.ok(&["rm", "ticker", "count"]);
