@@ -521,10 +521,7 @@ impl Registry {
                     }
                     CellExit::Trapped(report) => {
                         record.state = CellState::Failed;
-                        record.error = Some(format!(
-                            "the program trapped: {}",
-                            report.lines().next().unwrap_or_default()
-                        ));
+                        record.error = Some(format!("the program trapped: {}", trap_cause(report)));
                     }
                     CellExit::Template => {
                         record.state = CellState::Failed;
@@ -880,6 +877,19 @@ impl Registry {
         })
         .await;
     }
+}
+
+/// The cause in a wasm trap report (its backtrace left to the logs): the last line
+/// under "Caused by:", without wasmtime's "wasm trap: " prefix.
+fn trap_cause(report: &str) -> &str {
+    let cause = report
+        .split("Caused by:")
+        .nth(1)
+        .and_then(|causes| causes.lines().map(str::trim).rfind(|line| !line.is_empty()))
+        .or_else(|| report.lines().next())
+        .unwrap_or("");
+    let cause = cause.trim_start_matches(|c: char| c.is_ascii_digit() || c == ':' || c == ' ');
+    cause.strip_prefix("wasm trap: ").unwrap_or(cause)
 }
 
 /// A cell's activity as the API reports it.

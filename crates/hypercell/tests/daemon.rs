@@ -510,3 +510,91 @@ fn tcp_needs_the_token_bodies_are_bounded_and_directories_stay_inside_their_root
         );
     }
 }
+
+#[test]
+fn hostile_cells_end_alone_beside_a_running_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let ticker = c_program("ticker");
+    daemon.ok(&["create", "--name", "steady", ticker.to_str().unwrap()]);
+    daemon.ok(&["start", "steady"]);
+    let (_, steady) = daemon.follow(&["logs", "-f", "steady"]);
+    wait_for(&steady, |line| tick_number(line).is_some());
+
+    let recursion = dir.path().join("recursion.wat");
+    std::fs::write(
+        &recursion,
+        r#"(module (func $f (call $f)) (func (export "_start") (call $f)))"#,
+    )
+    .unwrap();
+    let wild = dir.path().join("wild.wat");
+    std::fs::write(
+        &wild,
+        r#"(module (memory 1) (func (export "_start") (drop (i32.load (i32.const 70000)))))"#,
+    )
+    .unwrap();
+    let crash = c_program("crash");
+    let spin = c_program("spin");
+    let yes = c_program("yes");
+    let malloc_all = c_program("malloc_all");
+    let hostile: [(&str, Vec<&str>, &str); 6] = [
+        (
+            "aborts",
+            vec![crash.to_str().unwrap()],
+            "trapped: wasm `unreachable` instruction executed",
+        ),
+        (
+            "recurses",
+            vec![recursion.to_str().unwrap()],
+            "trapped: call stack exhausted",
+        ),
+        (
+            "strays",
+            vec![wild.to_str().unwrap()],
+            "trapped: out of bounds memory access",
+        ),
+        (
+            "spins",
+            vec!["--timeout", "300ms", spin.to_str().unwrap()],
+            "time limit",
+        ),
+        (
+            "floods",
+            vec!["--max-output", "64K", yes.to_str().unwrap()],
+            "output limit",
+        ),
+        (
+            "hoards",
+            vec!["--memory", "16M", malloc_all.to_str().unwrap()],
+            "",
+        ),
+    ];
+    for (name, args, _) in &hostile {
+        let mut create = vec!["create", "--name", name];
+        create.extend(args);
+        daemon.ok(&create);
+        daemon.ok(&["start", name]);
+    }
+    for (name, _, reason) in &hostile {
+        let deadline = Instant::now() + PATIENCE;
+        let record = loop {
+            let record = daemon.inspect(name);
+            if record["state"] != "running" {
+                break record;
+            }
+            assert!(Instant::now() < deadline, "{name} ends");
+            std::thread::sleep(Duration::from_millis(10));
+        };
+        if reason.is_empty() {
+            assert_eq!(record["state"], "exited", "{name}: {record}");
+        } else {
+            assert_eq!(record["state"], "failed", "{name}: {record}");
+            let error = record["error"].as_str().unwrap();
+            assert!(error.contains(reason), "{name}: {error}");
+        }
+    }
+    // The steady cell ticked on through all of it, and still does.
+    let before = tick_number(&wait_for(&steady, |line| tick_number(line).is_some())).unwrap();
+    wait_for(&steady, |line| tick_number(line) == Some(before + 3));
+    assert_eq!(daemon.inspect("steady")["state"], "running");
+}
