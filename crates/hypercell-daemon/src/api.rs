@@ -207,7 +207,15 @@ async fn list(State(registry): State<Arc<Registry>>) -> axum::Json<Vec<CellRecor
     axum::Json(registry.list())
 }
 
+#[derive(Deserialize)]
+struct CreateQuery {
+    /// Start the cell too, as `docker run` does.
+    #[serde(default)]
+    start: bool,
+}
+
 #[utoipa::path(post, path = "/v1/cells", tag = "cells", request_body = CellSpec,
+    params(("start" = Option<bool>, Query, description = "Start the cell too (one request, one transaction)")),
     responses((status = 415, description = "The body is not sent as application/json", body = ErrorBody), 
         (status = 201, description = "The new cell, not started", body = CellRecord),
         (status = 400, description = "A field is wrong; the sentence names it", body = ErrorBody),
@@ -215,10 +223,16 @@ async fn list(State(registry): State<Arc<Registry>>) -> axum::Json<Vec<CellRecor
         (status = 413, description = "The body is over 1 MiB", body = ErrorBody)))]
 async fn create(
     State(registry): State<Arc<Registry>>,
+    query: Result<Query<CreateQuery>, QueryRejection>,
     spec: Result<axum::Json<CellSpec>, JsonRejection>,
 ) -> Answer<(StatusCode, axum::Json<CellRecord>)> {
+    let Query(query) = query?;
     let axum::Json(spec) = spec?;
-    let record = blocking(move || registry.create(spec)).await?;
+    let record = if query.start {
+        blocking(move || registry.run(spec)).await?
+    } else {
+        blocking(move || registry.create(spec)).await?
+    };
     Ok((StatusCode::CREATED, axum::Json(record)))
 }
 

@@ -6,6 +6,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod api;
+pub mod loaded;
 pub mod logs;
 pub mod record;
 pub mod registry;

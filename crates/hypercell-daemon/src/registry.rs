@@ -12,13 +12,14 @@ use std::time::Duration;
 
 use hypercell_host::config::DEFAULT_MEMORY_LIMIT;
 use hypercell_host::fs::Preopen;
-use hypercell_host::persist::SnapshotFile;
+use hypercell_host::persist::{CellSnapshot, SnapshotFile};
 use hypercell_host::{
     Cell, CellActivity, CellConfig, CellControl, CellError, CellExit, CellFailure, CellReport,
-    Compiler, OwnedStdio, StopReason,
+    CompiledModule, Compiler, OwnedStdio, StopReason,
 };
 use tokio::sync::{broadcast, watch};
 
+use crate::loaded::Loaded;
 use crate::logs::{Stream, StreamLog, capture};
 use crate::record::{
     CellRecord, CellSpec, CellState, CellStatsView, CellUsage, Event, RestartPolicy, now_ms,
@@ -98,6 +99,12 @@ impl CellLogs {
     }
 }
 
+/// A snapshot file, and its cell state as the cells of a template share it.
+struct LoadedSnapshot {
+    file: SnapshotFile,
+    shared: Arc<CellSnapshot>,
+}
+
 /// A cell with a partition.
 struct Live {
     control: CellControl,
@@ -125,6 +132,11 @@ struct Inner {
 /// The cells of one daemon.
 pub struct Registry {
     state_dir: PathBuf,
+    /// Snapshot files (templates, checkpoints) as loaded, with a template's cell
+    /// state shared by its cells.
+    snapshots: Loaded<LoadedSnapshot>,
+    /// Compiled modules, by source path.
+    modules: Loaded<CompiledModule>,
     /// Directories under which cells may be granted directories.
     allowed_dirs: Vec<PathBuf>,
     store: Store,
@@ -170,6 +182,8 @@ impl Registry {
             .collect();
         let registry = Arc::new(Self {
             state_dir: state_dir.to_path_buf(),
+            snapshots: Loaded::default(),
+            modules: Loaded::default(),
             allowed_dirs,
             store,
             compiler,
@@ -227,11 +241,8 @@ impl Registry {
             .collect();
         for record in waiting {
             let checkpoint = self.checkpoint_path(&record.id);
-            match self.launch(&record, Some(&checkpoint)) {
-                Ok(()) => self.change(&record.id, "restore", |record| {
-                    record.state = CellState::Running;
-                    record.started_ms = Some(now_ms());
-                })?,
+            match self.launch(&record, Some(&checkpoint), &[], "restore") {
+                Ok(record) => record,
                 Err(reason) => self.change(&record.id, "lose", |record| {
                     record.state = CellState::Lost;
                     record.error = Some(format!(
@@ -283,6 +294,34 @@ impl Registry {
 
     /// Creates a cell from `spec`, not started.
     pub fn create(&self, spec: CellSpec) -> Result<CellRecord, DaemonError> {
+        let id = self.add(spec)?;
+        self.change(&id, "create", |_| {})
+    }
+
+    /// Creates a cell from `spec` and starts it, recording both in one transaction, as
+    /// `docker run` does. Compiles its module first: call it where blocking is allowed.
+    pub fn run(self: &Arc<Self>, spec: CellSpec) -> Result<CellRecord, DaemonError> {
+        let id = self.add(spec)?;
+        let record = self.lock().cells[&id].clone();
+        let created = [("create", CellState::Created)];
+        match self.launch(&record, None, &created, "start") {
+            Ok(record) => Ok(record),
+            Err(reason) => {
+                self.change_after(&id, &created, "fail", |record| {
+                    record.state = CellState::Failed;
+                    record.error = Some(reason.clone());
+                    record.finished_ms = Some(now_ms());
+                })?;
+                Err(DaemonError::Start {
+                    name: record.name,
+                    reason,
+                })
+            }
+        }
+    }
+
+    /// Checks `spec` and adds a cell for it, not yet recorded; its id.
+    fn add(&self, spec: CellSpec) -> Result<String, DaemonError> {
         check_spec(&spec)?;
         for dir in &spec.dirs {
             let inside = Path::new(&dir.host)
@@ -328,8 +367,7 @@ impl Registry {
             return Err(DaemonError::NameTaken(name));
         }
         inner.cells.insert(id.clone(), record);
-        drop(inner);
-        self.change(&id, "create", |_| {})
+        Ok(id)
     }
 
     /// Starts the cell `reference` names (again, if it ran before). Compiles its module
@@ -344,15 +382,8 @@ impl Registry {
             }
             record
         };
-        match self.launch(&record, None) {
-            Ok(()) => self.change(&record.id, "start", |record| {
-                record.state = CellState::Running;
-                record.started_ms = Some(now_ms());
-                record.finished_ms = None;
-                record.exit_code = None;
-                record.error = None;
-                record.usage = None;
-            }),
+        match self.launch(&record, None, &[], "start") {
+            Ok(record) => Ok(record),
             Err(reason) => {
                 self.change(&record.id, "fail", |record| {
                     record.state = CellState::Failed;
@@ -368,20 +399,31 @@ impl Registry {
     }
 
     /// Makes and starts the partition of `record`'s cell, from the checkpoint
-    /// `checkpoint` if given; the reason in one sentence when it cannot.
+    /// `checkpoint` if given, and records it running with an event of `action` (after
+    /// those of `earlier`); the reason in one sentence when it cannot.
     fn launch(
         self: &Arc<Self>,
         record: &CellRecord,
         checkpoint: Option<&Path>,
-    ) -> Result<(), String> {
+        earlier: &[(&str, CellState)],
+        action: &str,
+    ) -> Result<CellRecord, String> {
         let spec = &record.spec;
         let module_path = checkpoint.unwrap_or(Path::new(&spec.module));
         let config = cell_config(spec);
         let template = if SnapshotFile::is_snapshot(module_path) {
-            let file = SnapshotFile::read_from(module_path).map_err(|e| e.to_string())?;
+            let file = self
+                .snapshots
+                .get_or_load(module_path, || {
+                    SnapshotFile::read_from(module_path).map(|file| LoadedSnapshot {
+                        shared: Arc::new(file.snapshot.clone()),
+                        file,
+                    })
+                })
+                .map_err(|e| e.to_string())?;
             let identity_given = checkpoint.is_none()
                 && (!spec.args.is_empty() || !spec.env.is_empty() || !spec.dirs.is_empty());
-            let config = match file.snapshot.template {
+            let config = match file.file.snapshot.template {
                 // A checkpoint goes on with the identity it had.
                 None if identity_given => {
                     return Err(format!(
@@ -389,8 +431,9 @@ impl Registry {
                         spec.module
                     ));
                 }
-                None => file.config(config.timeout),
+                None => file.file.config(config.timeout),
                 Some(_) => file
+                    .file
                     .template_config(module_path, config.clone(), identity_given)
                     .map_err(|e| e.to_string())?,
             };
@@ -400,14 +443,15 @@ impl Registry {
         };
         let source = template
             .as_ref()
-            .map_or(module_path, |(file, _)| file.module.as_path());
+            .map_or(module_path, |(file, _)| file.file.module.as_path());
         let module = self
-            .compiler
-            .compile_file(source)
+            .modules
+            .get_or_load(source, || self.compiler.compile_file(source))
             .map_err(|e| e.to_string())?;
         let cpu_features = self.compiler.cpu_features();
         if let Some((file, _)) = &template {
-            file.check_host(module_path, cpu_features, self.compiler.fingerprint())
+            file.file
+                .check_host(module_path, cpu_features, self.compiler.fingerprint())
                 .map_err(|e| e.to_string())?;
         }
 
@@ -442,11 +486,16 @@ impl Registry {
         self.runtime
             .spawn(capture(stderr_read, Arc::clone(&logs.stderr)));
 
-        let module = Arc::new(module);
         let source = source.to_path_buf();
         let (cell, config) = match template {
-            Some((file, config)) if file.snapshot.template.is_none() => (
-                Cell::restore(config.clone(), module, cpu_features, stdio, file.snapshot),
+            Some((file, config)) if file.file.snapshot.template.is_none() => (
+                Cell::restore(
+                    config.clone(),
+                    module,
+                    cpu_features,
+                    stdio,
+                    file.file.snapshot.clone(),
+                ),
                 config,
             ),
             Some((file, config)) => (
@@ -455,7 +504,7 @@ impl Registry {
                     module,
                     cpu_features,
                     stdio,
-                    Arc::new(file.snapshot),
+                    Arc::clone(&file.shared),
                 ),
                 config,
             ),
@@ -480,6 +529,18 @@ impl Registry {
         );
         inner.logs.insert(record.id.clone(), logs);
         drop(inner);
+        // Recorded running before anything waits on its end, so that the end, however
+        // soon, is recorded after.
+        let running = self
+            .change_after(&record.id, earlier, action, |record| {
+                record.state = CellState::Running;
+                record.started_ms = Some(now_ms());
+                record.finished_ms = None;
+                record.exit_code = None;
+                record.error = None;
+                record.usage = None;
+            })
+            .map_err(|e| e.to_string());
         let registry = Arc::clone(self);
         let id = record.id.clone();
         std::thread::Builder::new()
@@ -489,7 +550,7 @@ impl Registry {
                 registry.finish(&id, result);
             })
             .map_err(|e| format!("cannot start a thread to wait on it: {e}"))?;
-        Ok(())
+        running
     }
 
     /// Records how the cell `id` ended.
@@ -557,31 +618,52 @@ impl Registry {
         action: &str,
         change: impl FnOnce(&mut CellRecord),
     ) -> Result<CellRecord, DaemonError> {
+        self.change_after(id, &[], action, change)
+    }
+
+    /// [`Self::change`], recording first the events of `earlier` (an action and the
+    /// state it left), all in one transaction.
+    fn change_after(
+        &self,
+        id: &str,
+        earlier: &[(&str, CellState)],
+        action: &str,
+        change: impl FnOnce(&mut CellRecord),
+    ) -> Result<CellRecord, DaemonError> {
         let mut inner = self.lock();
-        let seq = inner.next_event;
+        let first = inner.next_event;
         let record = inner
             .cells
             .get_mut(id)
             .ok_or_else(|| DaemonError::NotFound(id.to_string()))?;
         change(record);
         let record = record.clone();
-        let event = Event {
-            seq,
-            time_ms: now_ms(),
-            cell: record.id.clone(),
-            name: record.name.clone(),
-            action: match (action, record.state) {
-                ("exit", CellState::Failed) => "fail".into(),
-                ("exit", CellState::Killed) => "kill".into(),
-                ("exit", state) if state.is_live() => "checkpoint".into(),
-                _ => action.into(),
-            },
-            state: record.state,
+        let action = match (action, record.state) {
+            ("exit", CellState::Failed) => "fail",
+            ("exit", CellState::Killed) => "kill",
+            ("exit", state) if state.is_live() => "checkpoint",
+            _ => action,
         };
-        self.store.save(&record, Some(&event))?;
-        inner.next_event += 1;
+        let events: Vec<Event> = earlier
+            .iter()
+            .copied()
+            .chain([(action, record.state)])
+            .zip(first..)
+            .map(|((action, state), seq)| Event {
+                seq,
+                time_ms: now_ms(),
+                cell: record.id.clone(),
+                name: record.name.clone(),
+                action: action.into(),
+                state,
+            })
+            .collect();
+        self.store.save(&record, &events)?;
+        inner.next_event += events.len() as u64;
         drop(inner);
-        let _ = self.events.send(event);
+        for event in events {
+            let _ = self.events.send(event);
+        }
         Ok(record)
     }
 

@@ -12,6 +12,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 use crate::registry::{DEFAULT_LOG_CAP, DaemonError, Registry};
 
+/// VMs the daemon keeps made ahead of the cells it starts.
+const VMS_MADE_AHEAD: usize = 4;
+
 /// How long the daemon waits, as it shuts down, for killed cells' ends to be recorded.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
@@ -140,6 +143,8 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
         None => None,
     };
     let registry = Registry::open(&options.state, &options.allowed_dirs, DEFAULT_LOG_CAP)?;
+    // Cells start without waiting on the kernel to make their VMs.
+    hypercell_host::keep_vms_ready(VMS_MADE_AHEAD);
     let listener = UnixListener::bind(&options.socket).map_err(socket_error)?;
     std::fs::set_permissions(&options.socket, std::fs::Permissions::from_mode(0o600))
         .map_err(socket_error)?;

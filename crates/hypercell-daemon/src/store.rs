@@ -50,8 +50,8 @@ impl Store {
         Ok(cells)
     }
 
-    /// Saves `record` (a new cell, or a change) and `event` together.
-    pub fn save(&self, record: &CellRecord, event: Option<&Event>) -> Result<(), StoreError> {
+    /// Saves `record` (a new cell, or a change) and `events` together.
+    pub fn save(&self, record: &CellRecord, events: &[Event]) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(record).map_err(failed)?;
         let txn = self.db.begin_write().map_err(failed)?;
         {
@@ -59,7 +59,7 @@ impl Store {
                 .map_err(failed)?
                 .insert(record.id.as_str(), bytes.as_slice())
                 .map_err(failed)?;
-            if let Some(event) = event {
+            for event in events {
                 Self::append(&txn, event)?;
             }
         }
@@ -153,8 +153,8 @@ mod tests {
         let b = record("bbbb", "second");
         {
             let store = Store::open(&path).unwrap();
-            store.save(&a, Some(&event(1, &a, "create"))).unwrap();
-            store.save(&b, Some(&event(2, &b, "create"))).unwrap();
+            store.save(&a, &[event(1, &a, "create")]).unwrap();
+            store.save(&b, &[event(2, &b, "create")]).unwrap();
             store.remove(&a, &event(3, &a, "remove")).unwrap();
         }
         let store = Store::open(&path).unwrap();

@@ -80,6 +80,9 @@ pub struct CreateArgs {
     /// A name for the cell, unique in the daemon.
     #[arg(long)]
     name: Option<String>,
+    /// Start the cell too, in the same request, as `docker run` does.
+    #[arg(long)]
+    start: bool,
     /// Keep the program's stdin open, to be written through the API (`POST
     /// /v1/cells/{cell}/stdin`); otherwise it is empty.
     #[arg(short = 'i', long)]
@@ -369,7 +372,12 @@ pub fn create(args: CreateArgs) -> ExitCode {
         };
         let client = client(&args.host)?;
         let body = serde_json::to_vec(&spec).map_err(|e| ClientError::Http(e.to_string()))?;
-        let answer = client.call(Method::POST, "/v1/cells", Some(body))?;
+        let path = if args.start {
+            "/v1/cells?start=true"
+        } else {
+            "/v1/cells"
+        };
+        let answer = client.call(Method::POST, path, Some(body))?;
         let record: CellRecord =
             serde_json::from_slice(&answer).map_err(|e| ClientError::Http(e.to_string()))?;
         let _ = writeln!(std::io::stdout(), "{}", record.id);
