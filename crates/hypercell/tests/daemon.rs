@@ -244,7 +244,14 @@ fn cells_are_created_run_paused_stopped_and_removed_through_the_daemon() {
     // A program that ends by itself; its output stays readable after it ended.
     let count = c_program("count");
     // Created and started in one request, as `docker run`.
-    daemon.ok(&["create", "--start", "--name", "count", count.to_str().unwrap(), "3"]);
+    daemon.ok(&[
+        "create",
+        "--start",
+        "--name",
+        "count",
+        count.to_str().unwrap(),
+        "3",
+    ]);
     let (_, counted) = daemon.follow(&["logs", "-f", "count"]);
     wait_for(&counted, |line| line == "3");
     let deadline = Instant::now() + PATIENCE;

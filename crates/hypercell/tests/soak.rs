@@ -1,0 +1,143 @@
+//! Churn: clients create, start, stop and remove cells in parallel for a bounded time
+//! against one daemon; no request may fail, and the daemon's descriptors and threads
+//! must come back to where they were. `HYPERCELL_SOAK_SECONDS` (default 20) and
+//! `HYPERCELL_SOAK_CLIENTS` (default 8) size it; the note of the session that added it
+//! records a 10-minute run.
+
+#[path = "support/binary.rs"]
+mod binary;
+
+use std::io::{BufRead, BufReader};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use binary::*;
+
+fn count_from_env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// The daemon's open descriptors and threads.
+fn footprint(pid: u32) -> (usize, u64) {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .unwrap()
+        .count();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let threads = status
+        .lines()
+        .find_map(|line| line.strip_prefix("Threads:"))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap();
+    (fds, threads)
+}
+
+#[test]
+fn parallel_churn_leaves_the_daemon_as_it_found_it() {
+    let seconds = count_from_env("HYPERCELL_SOAK_SECONDS", 20);
+    let clients = count_from_env("HYPERCELL_SOAK_CLIENTS", 8);
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("api.sock");
+    let mut daemon = hypercell(&scratch().join("cache"))
+        .args(["daemon", "--socket"])
+        .arg(&socket)
+        .arg("--state")
+        .arg(dir.path().join("state"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(daemon.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.contains("serving on"), "{first}");
+    let host = format!("unix:{}", socket.display());
+    let cli = |args: &[&str]| {
+        hypercell(&scratch().join("cache"))
+            .env("HYPERCELL_HOST", &host)
+            .args(args)
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let ticker = c_program("ticker");
+    let count = c_program("count");
+    // One cell run through first, so that compiling and the first VMs are behind us.
+    let warm = cli(&[
+        "create",
+        "--start",
+        "--name",
+        "warm",
+        count.to_str().unwrap(),
+        "1",
+    ]);
+    assert!(warm.status.success(), "{}", text(&warm.stderr));
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text(&cli(&["inspect", "warm"]).stdout).contains("\"exited\"") {
+        assert!(Instant::now() < deadline, "the first cell ends");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(cli(&["rm", "warm"]).status.success());
+    let before = footprint(daemon.id());
+
+    let until = Instant::now() + Duration::from_secs(seconds);
+    let cycles = Arc::new(AtomicU64::new(0));
+    std::thread::scope(|scope| {
+        for client in 0..clients {
+            let cycles = Arc::clone(&cycles);
+            let (cli, ticker, count) = (&cli, &ticker, &count);
+            scope.spawn(move || {
+                let mut round = 0;
+                while Instant::now() < until {
+                    let name = format!("c{client}-{round}");
+                    round += 1;
+                    // Alternately a cell that runs until stopped and one that ends.
+                    let program = if round % 2 == 0 { ticker } else { count };
+                    let steps: [&[&str]; 3] = [
+                        &[
+                            "create",
+                            "--start",
+                            "--name",
+                            &name,
+                            program.to_str().unwrap(),
+                            "50",
+                        ],
+                        &["stop", "-t", "0", &name],
+                        &["rm", "-f", &name],
+                    ];
+                    for step in steps {
+                        let out = cli(step);
+                        assert!(
+                            out.status.success(),
+                            "client {client}, {step:?}: {}",
+                            text(&out.stderr)
+                        );
+                    }
+                    cycles.fetch_add(1, Ordering::Relaxed);
+                }
+            });
+        }
+    });
+    let listed = cli(&["ps", "--format", "json"]);
+    assert_eq!(text(&listed.stdout).trim(), "[]", "every cell was removed");
+    // The waiters and log readers of the last cells end just after their cells.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut after = footprint(daemon.id());
+    while after != before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+        after = footprint(daemon.id());
+    }
+    println!(
+        "{} cycles by {clients} clients in {seconds} s; descriptors and threads before {before:?}, after {after:?}",
+        cycles.load(Ordering::Relaxed)
+    );
+    let _ = daemon.kill();
+    let _ = daemon.wait();
+    assert_eq!(
+        after, before,
+        "descriptors and threads back to where they were"
+    );
+}
