@@ -40,6 +40,17 @@ fn footprint(pid: u32) -> (usize, usize) {
     (fds, threads)
 }
 
+/// The daemon's resident memory, reported (an allocator keeps what it freed, so it is
+/// not asserted).
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 #[test]
 fn parallel_churn_leaves_the_daemon_as_it_found_it() {
     let seconds = count_from_env("HYPERCELL_SOAK_SECONDS", 20);
@@ -96,7 +107,18 @@ fn parallel_churn_leaves_the_daemon_as_it_found_it() {
     ]);
     assert!(warm.status.success(), "{}", text(&warm.stderr));
     assert!(cli(&["rm", "-f", "warm"]).status.success());
-    let before = footprint(daemon.id());
+    // The warm cells' output readers end just after them: the baseline is taken once
+    // the count holds still.
+    let mut before = footprint(daemon.id());
+    loop {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = footprint(daemon.id());
+        if now == before {
+            break;
+        }
+        before = now;
+    }
+    let rss_before = rss_kib(daemon.id());
 
     let until = Instant::now() + Duration::from_secs(seconds);
     let cycles = Arc::new(AtomicU64::new(0));
@@ -146,8 +168,10 @@ fn parallel_churn_leaves_the_daemon_as_it_found_it() {
         after = footprint(daemon.id());
     }
     println!(
-        "{} cycles by {clients} clients in {seconds} s; descriptors and threads before {before:?}, after {after:?}",
-        cycles.load(Ordering::Relaxed)
+        "{} cycles by {clients} clients in {seconds} s; descriptors and cell threads before {before:?}, after {after:?}; daemon RSS before {} KiB, after {} KiB",
+        cycles.load(Ordering::Relaxed),
+        rss_before,
+        rss_kib(daemon.id()),
     );
     let _ = daemon.kill();
     let _ = daemon.wait();
