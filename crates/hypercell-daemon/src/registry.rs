@@ -24,7 +24,7 @@ use crate::logs::{Stream, StreamLog, capture};
 use crate::record::{
     CellRecord, CellSpec, CellState, CellStatsView, CellUsage, Event, RestartPolicy, now_ms,
 };
-use crate::store::{Store, StoreError};
+use crate::store::{DEFAULT_EVENTS_KEPT, Store, StoreError};
 
 /// Bytes kept of each output stream of a cell, in each of its two files.
 pub const DEFAULT_LOG_CAP: u64 = 16 << 20;
@@ -172,7 +172,7 @@ impl Registry {
                 state_dir.display()
             ))
         })?;
-        let store = Store::open(&state_dir.join("hypercell.redb"))?;
+        let store = Store::open(&state_dir.join("hypercell.redb"), DEFAULT_EVENTS_KEPT)?;
         let compiler = Compiler::with_cache_dir(Some(state_dir.join("cache"))).map_err(internal)?;
         let next_event = store.last_event()? + 1;
         let cells = store

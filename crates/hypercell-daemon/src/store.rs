@@ -20,14 +20,20 @@ fn failed(error: impl std::fmt::Display) -> StoreError {
     StoreError(error.to_string())
 }
 
+/// Events the daemon keeps by default: the newest, some tens of MB of them.
+pub const DEFAULT_EVENTS_KEPT: u64 = 100_000;
+
 /// The daemon's database.
 pub struct Store {
     db: Database,
+    /// How many of the newest events are kept; older ones go as new ones come.
+    events_kept: u64,
 }
 
 impl Store {
-    /// Opens the database at `path`, creating it if needed.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    /// Opens the database at `path`, creating it if needed, keeping the newest
+    /// `events_kept` events.
+    pub fn open(path: &Path, events_kept: u64) -> Result<Self, StoreError> {
         let db = Database::create(path).map_err(failed)?;
         let txn = db.begin_write().map_err(failed)?;
         {
@@ -35,7 +41,10 @@ impl Store {
             txn.open_table(EVENTS).map_err(failed)?;
         }
         txn.commit().map_err(failed)?;
-        Ok(Self { db })
+        Ok(Self {
+            db,
+            events_kept: events_kept.max(1),
+        })
     }
 
     /// Every cell record.
@@ -60,7 +69,7 @@ impl Store {
                 .insert(record.id.as_str(), bytes.as_slice())
                 .map_err(failed)?;
             for event in events {
-                Self::append(&txn, event)?;
+                self.append(&txn, event)?;
             }
         }
         txn.commit().map_err(failed)
@@ -74,17 +83,20 @@ impl Store {
                 .map_err(failed)?
                 .remove(record.id.as_str())
                 .map_err(failed)?;
-            Self::append(&txn, event)?;
+            self.append(&txn, event)?;
         }
         txn.commit().map_err(failed)
     }
 
-    fn append(txn: &redb::WriteTransaction, event: &Event) -> Result<(), StoreError> {
+    /// Records `event` and lets the one that falls out of the kept window go, so the
+    /// table stays the same size however long the daemon runs.
+    fn append(&self, txn: &redb::WriteTransaction, event: &Event) -> Result<(), StoreError> {
         let bytes = serde_json::to_vec(event).map_err(failed)?;
-        txn.open_table(EVENTS)
-            .map_err(failed)?
-            .insert(event.seq, bytes.as_slice())
-            .map_err(failed)?;
+        let mut table = txn.open_table(EVENTS).map_err(failed)?;
+        table.insert(event.seq, bytes.as_slice()).map_err(failed)?;
+        if let Some(old) = event.seq.checked_sub(self.events_kept) {
+            table.remove(old).map_err(failed)?;
+        }
         Ok(())
     }
 
@@ -152,12 +164,12 @@ mod tests {
         let a = record("aaaa", "first");
         let b = record("bbbb", "second");
         {
-            let store = Store::open(&path).unwrap();
+            let store = Store::open(&path, 100).unwrap();
             store.save(&a, &[event(1, &a, "create")]).unwrap();
             store.save(&b, &[event(2, &b, "create")]).unwrap();
             store.remove(&a, &event(3, &a, "remove")).unwrap();
         }
-        let store = Store::open(&path).unwrap();
+        let store = Store::open(&path, 100).unwrap();
         assert_eq!(store.cells().unwrap(), vec![b]);
         assert_eq!(store.last_event().unwrap(), 3);
         let after = store.events_after(1).unwrap();
@@ -165,5 +177,23 @@ mod tests {
             after.iter().map(|e| e.action.as_str()).collect::<Vec<_>>(),
             ["create", "remove"]
         );
+    }
+
+    #[test]
+    fn only_the_newest_events_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), 3).unwrap();
+        let cell = record("cccc", "kept");
+        for seq in 1..=10 {
+            store.save(&cell, &[event(seq, &cell, "pause")]).unwrap();
+        }
+        let kept: Vec<u64> = store
+            .events_after(0)
+            .unwrap()
+            .iter()
+            .map(|e| e.seq)
+            .collect();
+        assert_eq!(kept, [8, 9, 10]);
+        assert_eq!(store.last_event().unwrap(), 10);
     }
 }
