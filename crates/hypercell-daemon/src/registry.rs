@@ -303,21 +303,28 @@ impl Registry {
     pub fn run(self: &Arc<Self>, spec: CellSpec) -> Result<CellRecord, DaemonError> {
         let id = self.add(spec)?;
         let record = self.lock().cells[&id].clone();
-        let created = [("create", CellState::Created)];
-        match self.launch(&record, None, &created, "start") {
-            Ok(record) => Ok(record),
-            Err(reason) => {
-                self.change_after(&id, &created, "fail", |record| {
+        self.start_or_fail(&record, &[("create", CellState::Created)])
+    }
+
+    /// Starts `record`'s cell, recording the events of `earlier` first; a cell that
+    /// cannot start is recorded as failed, with the reason.
+    fn start_or_fail(
+        self: &Arc<Self>,
+        record: &CellRecord,
+        earlier: &[(&str, CellState)],
+    ) -> Result<CellRecord, DaemonError> {
+        self.launch(record, None, earlier, "start")
+            .or_else(|reason| {
+                self.change_after(&record.id, earlier, "fail", |record| {
                     record.state = CellState::Failed;
                     record.error = Some(reason.clone());
                     record.finished_ms = Some(now_ms());
                 })?;
                 Err(DaemonError::Start {
-                    name: record.name,
+                    name: record.name.clone(),
                     reason,
                 })
-            }
-        }
+            })
     }
 
     /// Checks `spec` and adds a cell for it, not yet recorded; its id.
@@ -382,20 +389,7 @@ impl Registry {
             }
             record
         };
-        match self.launch(&record, None, &[], "start") {
-            Ok(record) => Ok(record),
-            Err(reason) => {
-                self.change(&record.id, "fail", |record| {
-                    record.state = CellState::Failed;
-                    record.error = Some(reason.clone());
-                    record.finished_ms = Some(now_ms());
-                })?;
-                Err(DaemonError::Start {
-                    name: record.name,
-                    reason,
-                })
-            }
-        }
+        self.start_or_fail(&record, &[])
     }
 
     /// Makes and starts the partition of `record`'s cell, from the checkpoint

@@ -757,17 +757,19 @@ fn start_cell(
                 .next_multiple_of(LARGE_PAGE_SIZE)
         }),
     };
+    if let Some(snapshot) = snapshot {
+        restore_state(
+            snapshot,
+            module_identity,
+            &memory,
+            &mut vcpu,
+            &mut growth,
+            in_place,
+        )?;
+    }
     let (meter, denied_growth) = match snapshot {
         None => (OutputMeter::new(config.output_limit), 0),
-        Some(snapshot) if fresh_identity => {
-            restore_state(
-                snapshot,
-                module_identity,
-                &memory,
-                &mut vcpu,
-                &mut growth,
-                in_place,
-            )?;
+        Some(_) if fresh_identity => {
             // The template's memory holds its own identity: this cell's goes over it,
             // for the runtime to read when its `Ready` call returns.
             let identity = [
@@ -802,14 +804,6 @@ fn start_cell(
             (OutputMeter::new(config.output_limit), 0)
         }
         Some(snapshot) => {
-            restore_state(
-                snapshot,
-                module_identity,
-                &memory,
-                &mut vcpu,
-                &mut growth,
-                in_place,
-            )?;
             let saved = &snapshot.services;
             // A cell from a template starts its own output; a restored one goes on.
             let written = if snapshot.template.is_some() {

@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use common::{compile, pipe};
+use common::{PATTERN_FUNCTIONS, compile, pipe};
 use hypercell_host::persist::{SnapshotFile, TemplatePoint};
 use hypercell_host::{
     Cell, CellConfig, CellExit, CellPayload, CellStdio, Compiler, OwnedStdio, create_template,
@@ -20,36 +20,11 @@ use hypercell_host::{
 /// stops), checks the 128 KiB still hold 0x5a, fills them with the pattern, says `w`,
 /// waits for another 8 bytes, and checks that the 128 KiB hold its pattern. Exit 3 or 4
 /// says which check failed.
-const PATTERNS: &str = r#"
+fn patterns() -> String {
+    format!(
+        r#"
 (module
-  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
-  (memory (export "memory") 4)
-  (data (i32.const 32) "w")
-  (func $read8 (result i64)
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 8))
-    (i64.store (i32.const 16) (i64.const 0))
-    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (i64.load (i32.const 16)))
-  (func $fill (param $v i64)
-    (local $at i32)
-    (local.set $at (i32.const 65536))
-    (loop $next
-      (i64.store (local.get $at) (local.get $v))
-      (local.set $at (i32.add (local.get $at) (i32.const 8)))
-      (br_if $next (i32.lt_u (local.get $at) (i32.const 196608)))))
-  (func $holds (param $v i64) (result i32)
-    (local $at i32)
-    (local.set $at (i32.const 65536))
-    (loop $next
-      (if (i64.ne (i64.load (local.get $at)) (local.get $v))
-        (then (return (i32.const 0))))
-      (local.set $at (i32.add (local.get $at) (i32.const 8)))
-      (br_if $next (i32.lt_u (local.get $at) (i32.const 196608))))
-    (i32.const 1))
-  (func (export "_start")
+{PATTERN_FUNCTIONS}  (func (export "_start")
     (local $id i64)
     (call $fill (i64.const 0x5a5a5a5a5a5a5a5a))
     (local.set $id (call $read8))
@@ -63,7 +38,9 @@ const PATTERNS: &str = r#"
     (if (i32.eqz (call $holds (local.get $id)))
       (then (call $proc_exit (i32.const 4))))
     (call $proc_exit (i32.const 0))))
-"#;
+"#
+    )
+}
 
 const CELLS: u64 = 1000;
 const ALIVE_AT_ONCE: u64 = 100;
@@ -74,7 +51,7 @@ fn file_hash(path: &std::path::Path) -> u64 {
 
 #[test]
 fn a_thousand_cells_from_one_template_never_see_one_another() {
-    let module = Arc::new(compile(PATTERNS));
+    let module = Arc::new(compile(&patterns()));
     let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
     let null = File::options().write(true).open("/dev/null").unwrap();
     let (template_stdin, _keep_open) = pipe();

@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{compile, pipe};
+use common::{PATTERN_FUNCTIONS, compile, pipe};
 use hypercell_host::persist::{SnapshotFile, TemplatePoint};
 use hypercell_host::{
     CellConfig, CellControl, CellError, CellExit, CellPayload, CellStdio, Compiler, ReusableCell,
@@ -22,36 +22,11 @@ use hypercell_host::{
 /// the id's low bits: grows memory by 40 pages and checks the new last page is zero
 /// (else exit 6) before writing the id there; writes `w` to stdout; traps; or spins
 /// forever. Otherwise it exits 0.
-const WRITER: &str = r#"
+fn writer() -> String {
+    format!(
+        r#"
 (module
-  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
-  (memory (export "memory") 4)
-  (data (i32.const 32) "w")
-  (func $read8 (result i64)
-    (i32.store (i32.const 0) (i32.const 16))
-    (i32.store (i32.const 4) (i32.const 8))
-    (i64.store (i32.const 16) (i64.const 0))
-    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
-    (i64.load (i32.const 16)))
-  (func $fill (param $v i64)
-    (local $at i32)
-    (local.set $at (i32.const 65536))
-    (loop $next
-      (i64.store (local.get $at) (local.get $v))
-      (local.set $at (i32.add (local.get $at) (i32.const 8)))
-      (br_if $next (i32.lt_u (local.get $at) (i32.const 196608)))))
-  (func $holds (param $v i64) (result i32)
-    (local $at i32)
-    (local.set $at (i32.const 65536))
-    (loop $next
-      (if (i64.ne (i64.load (local.get $at)) (local.get $v))
-        (then (return (i32.const 0))))
-      (local.set $at (i32.add (local.get $at) (i32.const 8)))
-      (br_if $next (i32.lt_u (local.get $at) (i32.const 196608))))
-    (i32.const 1))
-  (func (export "_start")
+{PATTERN_FUNCTIONS}  (func (export "_start")
     (local $id i64)
     (local $last i32)
     (call $fill (i64.const 0x5a5a5a5a5a5a5a5a))
@@ -76,11 +51,13 @@ const WRITER: &str = r#"
     (if (i64.eq (i64.and (local.get $id) (i64.const 15)) (i64.const 7))
       (then (loop $forever (br $forever))))
     (call $proc_exit (i32.const 0))))
-"#;
+"#
+    )
+}
 
 #[test]
 fn a_reused_partition_runs_every_cell_from_the_template_alone() {
-    let module = Arc::new(compile(WRITER));
+    let module = Arc::new(compile(&writer()));
     let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
     let null = std::fs::File::options()
         .write(true)

@@ -13,35 +13,18 @@
 mod client;
 #[path = "support/mod.rs"]
 mod support;
+// The tests' own daemon, which the benchmark starts the same way.
+#[path = "../tests/support/binary.rs"]
+mod binary;
+#[path = "../tests/support/daemon.rs"]
+mod daemon;
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Instant;
 
 use hyper::Method;
-use support::{WAITER, count_from_env};
-
-fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * p).round() as usize]
-}
-
-/// `Key:   1234 kB` from a /proc file, in KiB.
-fn proc_kib(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find(|line| line.starts_with(key))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or(0)
-}
-
-fn available_kib() -> u64 {
-    proc_kib(
-        &std::fs::read_to_string("/proc/meminfo").unwrap(),
-        "MemAvailable:",
-    )
-}
+use support::{WAITER, available_kib, count_from_env, percentile, proc_kib};
 
 fn main() {
     let runs = count_from_env("HYPERCELL_BENCH_RUNS", 200);
@@ -63,21 +46,9 @@ fn main() {
         .unwrap();
     assert!(made.success(), "the template is made");
 
-    let socket = work.path().join("api.sock");
-    let mut daemon = Command::new(hypercell)
-        .args(["daemon", "--socket"])
-        .arg(&socket)
-        .arg("--state")
-        .arg(work.path().join("state"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(daemon.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert!(first.contains("serving on"), "{first}");
-    let client = client::Client::new(Some(&format!("unix:{}", socket.display())), None).unwrap();
+    let mut daemon = daemon::Daemon::start(work.path());
+    let host = format!("unix:{}", daemon.socket.display());
+    let client = client::Client::new(Some(&host), None).unwrap();
     let spec = |name: &str| {
         serde_json::to_vec(&serde_json::json!({
             "name": name,
@@ -141,7 +112,7 @@ fn main() {
     }
 
     // Idle cells alive at once.
-    let pid = daemon.id();
+    let pid = daemon.child.id();
     let daemon_kib = || {
         proc_kib(
             &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap(),
@@ -197,7 +168,5 @@ fn main() {
         println!("\nStopped at {alive} cells: {reason}");
     }
     // SIGTERM: the daemon kills its cells and records their ends.
-    // SAFETY: kill sends a signal to the child this benchmark started and still owns.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let _ = daemon.wait();
+    daemon.signal(libc::SIGTERM);
 }

@@ -20,7 +20,9 @@
 #[path = "support/mod.rs"]
 mod support;
 
-use support::{WAITER as IDLE, count_from_env, find_wasmtime, pipe, wasmtime_compile};
+use support::{
+    WAITER as IDLE, available_kib, count_from_env, find_wasmtime, pipe, proc_kib, wasmtime_compile,
+};
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -31,22 +33,6 @@ use std::sync::Arc;
 use hypercell_host::persist::SnapshotFile;
 use hypercell_host::{Cell, Compiler, OwnedStdio};
 use std::process::{Child, Command, Stdio};
-
-/// `Key:   1234 kB` from a /proc file, in KiB.
-fn proc_kib(text: &str, key: &str) -> u64 {
-    text.lines()
-        .find(|line| line.starts_with(key))
-        .and_then(|line| line.split_whitespace().nth(1))
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
-}
-
-fn available_kib() -> u64 {
-    proc_kib(
-        &std::fs::read_to_string("/proc/meminfo").unwrap(),
-        "MemAvailable:",
-    )
-}
 
 struct Density {
     rss_mib: f64,

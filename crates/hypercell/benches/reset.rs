@@ -12,17 +12,15 @@
 mod support;
 
 use std::fs::File;
-use std::io::{Seek, Write};
-use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hypercell_host::persist::{SnapshotFile, TemplatePoint};
 use hypercell_host::{
-    CellConfig, CellControl, CellExit, CellPayload, CellStdio, Compiler, ReusableCell,
-    create_template, keep_vms_ready, start_from_template,
+    CellConfig, CellControl, CellExit, CellPayload, Compiler, ReusableCell, create_template,
+    keep_vms_ready, start_from_template,
 };
-use support::count_from_env;
+use support::{count_from_env, percentile, stdin_with, stdio_over};
 
 /// Writes 128 pages of 64 KiB (8 MiB), reads an 8-byte count from stdin (where the
 /// template stops), then writes one byte to each of that many 4 KiB pages, spread over
@@ -55,27 +53,6 @@ const DIRTIER: &str = r#"
     (call $proc_exit (i32.const 0))))
 "#;
 
-fn stdin_with(count: u64) -> File {
-    let mut file = tempfile::tempfile().unwrap();
-    file.write_all(&count.to_le_bytes()).unwrap();
-    file.rewind().unwrap();
-    file
-}
-
-/// `stdin` with output thrown away.
-fn stdio<'a>(stdin: &'a File, null: &'a File) -> CellStdio<'a> {
-    CellStdio {
-        stdin: stdin.as_fd(),
-        stdout: null.as_fd(),
-        stderr: null.as_fd(),
-    }
-}
-
-fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * p).round() as usize]
-}
-
 fn main() {
     let runs = count_from_env("HYPERCELL_BENCH_RUNS", 200);
     let work = tempfile::tempdir().unwrap();
@@ -94,7 +71,7 @@ fn main() {
     let template = create_template(
         &config,
         payload,
-        stdio(&waiting, &null),
+        stdio_over(&waiting, &null),
         TemplatePoint::FirstRead,
     )
     .expect("the template is made");
@@ -124,9 +101,9 @@ fn main() {
             ReusableCell::new(Arc::clone(&template), Arc::clone(&module), cpu_features).unwrap();
         let (mut resets, mut pages, mut fresh) = (Vec::new(), Vec::new(), Vec::new());
         for _ in 0..runs {
-            let stdin = stdin_with(written);
+            let stdin = stdin_with(&written.to_le_bytes());
             let report = cell
-                .run(&config, stdio(&stdin, &null), &CellControl::new())
+                .run(&config, stdio_over(&stdin, &null), &CellControl::new())
                 .expect("the run ends");
             assert_eq!(report.exit, CellExit::Exited(0));
             let started = Instant::now();
@@ -134,12 +111,12 @@ fn main() {
             resets.push(ms(started.elapsed()));
             pages.push(reset.pages as f64);
 
-            let stdin = stdin_with(written);
+            let stdin = stdin_with(&written.to_le_bytes());
             let report = start_from_template(
                 &config,
                 payload,
                 &template,
-                stdio(&stdin, &null),
+                stdio_over(&stdin, &null),
                 &CellControl::new(),
             )
             .expect("the new cell ends");

@@ -13,7 +13,6 @@
 mod support;
 
 use std::fs::File;
-use std::io::{Seek, Write};
 use std::os::fd::AsFd;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -23,28 +22,7 @@ use hypercell_host::{
     CellConfig, CellControl, CellPayload, CellReport, CellStdio, CompiledModule, Compiler,
     keep_vms_ready, restore_cell, run_cell_with_control,
 };
-use support::{WAITER, count_from_env};
-
-fn stdin_with(text: &[u8]) -> File {
-    let mut file = tempfile::tempfile().unwrap();
-    file.write_all(text).unwrap();
-    file.rewind().unwrap();
-    file
-}
-
-/// `stdin` with output thrown away.
-fn stdio_over<'a>(stdin: &'a File, null: &'a File) -> CellStdio<'a> {
-    CellStdio {
-        stdin: stdin.as_fd(),
-        stdout: null.as_fd(),
-        stderr: null.as_fd(),
-    }
-}
-
-fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
-    values.sort_by(f64::total_cmp);
-    values[((values.len() - 1) as f64 * p).round() as usize]
-}
+use support::{WAITER, count_from_env, percentile, stdin_with, stdio_over};
 
 /// Takes the snapshot: runs the program until it waits for stdin.
 fn take_snapshot(module: &CompiledModule, cpu_features: u32) -> CellSnapshot {

@@ -12,6 +12,7 @@ use hyper::Method;
 use hypercell_daemon::record::RestartPolicy;
 use hypercell_daemon::{CellRecord, CellSpec, DaemonOptions, DirSpec};
 use hypercell_host::config::{parse_duration, parse_env_var, parse_memory_size};
+use hypercell_host::fs::parse_dir;
 
 use crate::client::{Client, ClientError, refusal};
 
@@ -326,15 +327,13 @@ pub fn create(args: CreateArgs) -> ExitCode {
             std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
         };
         let dir = |spec: &String, read_only: bool| {
-            let (host, guest) = match spec.split_once("::") {
-                Some((host, guest)) => (host, Some(guest.to_string())),
-                None => (spec.as_str(), None),
-            };
-            DirSpec {
-                host: absolute(host),
-                guest: guest.or_else(|| Some(host.to_string())),
+            let preopen =
+                parse_dir(spec, read_only).map_err(|e| ClientError::Refused(e.to_string()))?;
+            Ok(DirSpec {
+                host: absolute(&preopen.host.display().to_string()),
+                guest: Some(preopen.guest),
                 read_only,
-            }
+            })
         };
         let mut labels = std::collections::BTreeMap::new();
         for label in &args.labels {
@@ -349,20 +348,16 @@ pub fn create(args: CreateArgs) -> ExitCode {
             name: args.name.clone(),
             module: absolute(&args.module.display().to_string()),
             args: args.args.clone(),
-            env: args
-                .env
-                .iter()
-                .filter_map(|(name, value)| {
-                    let value = value.clone().or_else(|| std::env::var(name).ok())?;
-                    Some(format!("{name}={value}"))
-                })
+            env: crate::program_env(&args.env)
+                .into_iter()
+                .map(|(name, value)| format!("{name}={value}"))
                 .collect(),
             dirs: args
                 .dirs
                 .iter()
                 .map(|d| dir(d, false))
                 .chain(args.dirs_read_only.iter().map(|d| dir(d, true)))
-                .collect(),
+                .collect::<Result<_, _>>()?,
             memory: args.memory,
             timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
             max_output: args.max_output,

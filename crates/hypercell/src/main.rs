@@ -192,6 +192,17 @@ fn preopens(args: &RunArgs) -> Result<Vec<Preopen>, ConfigError> {
         .collect()
 }
 
+/// The program's environment from `--env` flags: a bare NAME takes this process's
+/// value, and is left out when it has none.
+fn program_env(env: &[(String, Option<String>)]) -> Vec<(String, String)> {
+    env.iter()
+        .filter_map(|(name, value)| {
+            let value = value.clone().or_else(|| std::env::var(name).ok())?;
+            Some((name.clone(), value))
+        })
+        .collect()
+}
+
 /// The cell `args` asks for, with `preopens`.
 fn cell_config(args: &RunArgs, preopens: Vec<Preopen>) -> CellConfig {
     let mut program_args = vec![args.module.display().to_string()];
@@ -202,15 +213,7 @@ fn cell_config(args: &RunArgs, preopens: Vec<Preopen>) -> CellConfig {
         output_limit: args.max_output,
         preopens,
         args: program_args,
-        // A bare NAME takes the host's value, and is left out when the host has none.
-        env: args
-            .env
-            .iter()
-            .filter_map(|(name, value)| {
-                let value = value.clone().or_else(|| std::env::var(name).ok())?;
-                Some((name.clone(), value))
-            })
-            .collect(),
+        env: program_env(&args.env),
     }
 }
 

@@ -6,10 +6,11 @@
 
 #[path = "support/binary.rs"]
 mod binary;
-
-use std::io::{BufRead, BufReader};
+#[path = "support/daemon.rs"]
+mod daemon;
 
 use binary::*;
+use daemon::Daemon;
 
 #[test]
 fn schemathesis_finds_no_server_error_and_no_schema_violation() {
@@ -21,21 +22,15 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         .local_addr()
         .unwrap()
         .port();
-    let mut daemon = hypercell(&scratch().join("cache"))
-        .args(["daemon", "--socket"])
-        .arg(dir.path().join("api.sock"))
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .args(["--listen", &format!("127.0.0.1:{port}"), "--token-file"])
-        .arg(&token)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(daemon.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert!(first.contains("serving on"), "{first}");
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--token-file",
+            token.to_str().unwrap(),
+        ],
+    );
 
     let fuzzed = Command::new("python3")
         // It keeps a cache where it runs.
@@ -63,8 +58,7 @@ fn schemathesis_finds_no_server_error_and_no_schema_violation() {
         ])
         .output()
         .expect("schemathesis is needed for this test: run scripts/setup");
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     let report = text(&fuzzed.stdout);
     assert!(
         fuzzed.status.success(),

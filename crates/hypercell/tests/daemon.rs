@@ -4,127 +4,14 @@
 
 #[path = "support/binary.rs"]
 mod binary;
+#[path = "support/daemon.rs"]
+mod daemon;
 
-use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::process::Child;
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use binary::*;
-
-const PATIENCE: Duration = Duration::from_secs(60);
-
-/// A daemon on a socket and state directory of its own.
-struct Daemon {
-    child: Child,
-    socket: PathBuf,
-}
-
-impl Daemon {
-    /// Starts the daemon and waits until it says it serves.
-    fn start(dir: &Path) -> Self {
-        Self::start_with(dir, &[])
-    }
-
-    /// Starts the daemon with `extra` flags and waits until it says it serves.
-    fn start_with(dir: &Path, extra: &[&str]) -> Self {
-        let socket = dir.join("api.sock");
-        let mut child = hypercell(&scratch().join("cache"))
-            .args(["daemon", "--socket"])
-            .arg(&socket)
-            .arg("--state")
-            .arg(dir.join("state"))
-            .args(extra)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let lines = lines_of(child.stderr.take().unwrap());
-        let first = lines
-            .recv_timeout(PATIENCE)
-            .expect("the daemon says it serves");
-        assert!(first.contains("serving on"), "{first}");
-        Self { child, socket }
-    }
-
-    /// `hypercell ARGS` against this daemon.
-    fn cli(&self, args: &[&str]) -> Output {
-        hypercell(&scratch().join("cache"))
-            .env("HYPERCELL_HOST", format!("unix:{}", self.socket.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    }
-
-    /// `hypercell ARGS`, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.cli(args);
-        assert!(out.status.success(), "{args:?}: {}", text(&out.stderr));
-        text(&out.stdout)
-    }
-
-    /// `hypercell ARGS` as a child whose stdout lines arrive on a channel.
-    fn follow(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
-        let mut child = hypercell(&scratch().join("cache"))
-            .env("HYPERCELL_HOST", format!("unix:{}", self.socket.display()))
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let lines = lines_of(child.stdout.take().unwrap());
-        (child, lines)
-    }
-
-    /// The record of `cell`.
-    fn inspect(&self, cell: &str) -> serde_json::Value {
-        let records: serde_json::Value =
-            serde_json::from_str(&self.ok(&["inspect", cell])).unwrap();
-        records[0].clone()
-    }
-
-    fn signal(&mut self, signal: i32) {
-        // SAFETY: kill sends a signal to the child this test started and still owns.
-        assert_eq!(unsafe { libc::kill(self.child.id() as i32, signal) }, 0);
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Daemon {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
-/// The next line that satisfies `wanted`.
-fn wait_for(lines: &mpsc::Receiver<String>, wanted: impl Fn(&str) -> bool) -> String {
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let line = lines.recv_timeout(left).expect("the awaited line arrives");
-        if wanted(&line) {
-            return line;
-        }
-    }
-}
+use daemon::{Daemon, PATIENCE, wait_for};
 
 fn tick_number(line: &str) -> Option<u64> {
     line.strip_prefix("tick ")?.parse().ok()

@@ -7,13 +7,15 @@
 
 #[path = "support/binary.rs"]
 mod binary;
+#[path = "support/daemon.rs"]
+mod daemon;
 
-use std::io::{BufRead, BufReader};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use binary::*;
+use daemon::Daemon;
 
 fn count_from_env(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -56,29 +58,8 @@ fn parallel_churn_leaves_the_daemon_as_it_found_it() {
     let seconds = count_from_env("HYPERCELL_SOAK_SECONDS", 20);
     let clients = count_from_env("HYPERCELL_SOAK_CLIENTS", 8);
     let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("api.sock");
-    let mut daemon = hypercell(&scratch().join("cache"))
-        .args(["daemon", "--socket"])
-        .arg(&socket)
-        .arg("--state")
-        .arg(dir.path().join("state"))
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut first = String::new();
-    BufReader::new(daemon.stderr.take().unwrap())
-        .read_line(&mut first)
-        .unwrap();
-    assert!(first.contains("serving on"), "{first}");
-    let host = format!("unix:{}", socket.display());
-    let cli = |args: &[&str]| {
-        hypercell(&scratch().join("cache"))
-            .env("HYPERCELL_HOST", &host)
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap()
-    };
+    let daemon = Daemon::start(dir.path());
+    let cli = |args: &[&str]| daemon.cli(args);
     let ticker = c_program("ticker");
     let count = c_program("count");
     // One cell run through first, so that compiling and the first VMs are behind us.
@@ -109,16 +90,16 @@ fn parallel_churn_leaves_the_daemon_as_it_found_it() {
     assert!(cli(&["rm", "-f", "warm"]).status.success());
     // The warm cells' output readers end just after them: the baseline is taken once
     // the count holds still.
-    let mut before = footprint(daemon.id());
+    let mut before = footprint(daemon.child.id());
     loop {
         std::thread::sleep(Duration::from_millis(100));
-        let now = footprint(daemon.id());
+        let now = footprint(daemon.child.id());
         if now == before {
             break;
         }
         before = now;
     }
-    let rss_before = rss_kib(daemon.id());
+    let rss_before = rss_kib(daemon.child.id());
 
     let until = Instant::now() + Duration::from_secs(seconds);
     let cycles = Arc::new(AtomicU64::new(0));
@@ -162,19 +143,18 @@ fn parallel_churn_leaves_the_daemon_as_it_found_it() {
     assert_eq!(text(&listed.stdout).trim(), "[]", "every cell was removed");
     // The waiters and log readers of the last cells end just after their cells.
     let deadline = Instant::now() + Duration::from_secs(30);
-    let mut after = footprint(daemon.id());
+    let mut after = footprint(daemon.child.id());
     while after != before && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(50));
-        after = footprint(daemon.id());
+        after = footprint(daemon.child.id());
     }
     println!(
         "{} cycles by {clients} clients in {seconds} s; descriptors and cell threads before {before:?}, after {after:?}; daemon RSS before {} KiB, after {} KiB",
         cycles.load(Ordering::Relaxed),
         rss_before,
-        rss_kib(daemon.id()),
+        rss_kib(daemon.child.id()),
     );
-    let _ = daemon.kill();
-    let _ = daemon.wait();
+    drop(daemon);
     assert_eq!(
         after, before,
         "descriptors and threads back to where they were"

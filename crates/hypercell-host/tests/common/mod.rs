@@ -143,3 +143,37 @@ pub fn pipe() -> (std::fs::File, std::fs::File) {
         fds.map(|fd| unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     (std::fs::File::from(read), std::fs::File::from(write))
 }
+
+/// The imports, memory and functions of the programs that fill memory with patterns
+/// (`tests/isolation.rs`, `tests/reuse.rs`): 4 pages of memory and `w` at 32;
+/// `$read8` reads 8 bytes of stdin; `$fill` writes a value over the 128 KiB from
+/// 64 KiB; `$holds` says whether they all hold it.
+pub const PATTERN_FUNCTIONS: &str = r#"
+  (import "wasi_snapshot_preview1" "fd_read" (func $fd_read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "fd_write" (func $fd_write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $proc_exit (param i32)))
+  (memory (export "memory") 4)
+  (data (i32.const 32) "w")
+  (func $read8 (result i64)
+    (i32.store (i32.const 0) (i32.const 16))
+    (i32.store (i32.const 4) (i32.const 8))
+    (i64.store (i32.const 16) (i64.const 0))
+    (drop (call $fd_read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+    (i64.load (i32.const 16)))
+  (func $fill (param $v i64)
+    (local $at i32)
+    (local.set $at (i32.const 65536))
+    (loop $next
+      (i64.store (local.get $at) (local.get $v))
+      (local.set $at (i32.add (local.get $at) (i32.const 8)))
+      (br_if $next (i32.lt_u (local.get $at) (i32.const 196608)))))
+  (func $holds (param $v i64) (result i32)
+    (local $at i32)
+    (local.set $at (i32.const 65536))
+    (loop $next
+      (if (i64.ne (i64.load (local.get $at)) (local.get $v))
+        (then (return (i32.const 0))))
+      (local.set $at (i32.add (local.get $at) (i32.const 8)))
+      (br_if $next (i32.lt_u (local.get $at) (i32.const 196608))))
+    (i32.const 1))
+"#;

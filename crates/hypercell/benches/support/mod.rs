@@ -3,8 +3,13 @@
 // Every benchmark compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
+use std::fs::File;
+use std::io::{Seek, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+
+use hypercell_host::CellStdio;
 
 /// A program that prints `ready` and then waits for stdin (a line, or its end).
 pub const WAITER: &str = r#"(module
@@ -98,4 +103,44 @@ pub fn pipe() -> (std::fs::File, std::fs::File) {
     let [read, write] =
         fds.map(|fd| unsafe { <std::fs::File as std::os::fd::FromRawFd>::from_raw_fd(fd) });
     (read, write)
+}
+
+/// A file holding `bytes`, read from its start: a cell's stdin.
+pub fn stdin_with(bytes: &[u8]) -> File {
+    let mut file = tempfile::tempfile().unwrap();
+    file.write_all(bytes).unwrap();
+    file.rewind().unwrap();
+    file
+}
+
+/// `stdin` with output thrown away into `null`.
+pub fn stdio_over<'a>(stdin: &'a File, null: &'a File) -> CellStdio<'a> {
+    CellStdio {
+        stdin: stdin.as_fd(),
+        stdout: null.as_fd(),
+        stderr: null.as_fd(),
+    }
+}
+
+/// The value below which a fraction `p` of `values` (not empty) lie.
+pub fn percentile(mut values: Vec<f64>, p: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * p).round() as usize]
+}
+
+/// `Key:   1234 kB` from a /proc file, in KiB.
+pub fn proc_kib(text: &str, key: &str) -> u64 {
+    text.lines()
+        .find(|line| line.starts_with(key))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no {key} in:\n{text}"))
+}
+
+/// The system's available memory, in KiB.
+pub fn available_kib() -> u64 {
+    proc_kib(
+        &std::fs::read_to_string("/proc/meminfo").unwrap(),
+        "MemAvailable:",
+    )
 }
