@@ -292,7 +292,7 @@ async fn resume(
     cell: Result<Path<String>, PathRejection>,
 ) -> Answer<axum::Json<CellRecord>> {
     let Path(cell) = cell?;
-    Ok(axum::Json(registry.resume(&cell)?))
+    Ok(axum::Json(blocking(move || registry.resume(&cell)).await?))
 }
 
 /// Where `PUT /v1/cells/{cell}/snapshot` writes.
@@ -389,7 +389,8 @@ async fn stop(
     let Path(cell) = cell?;
     let Query(query) = query?;
     let grace = query.grace_ms.map_or(DEFAULT_GRACE, Duration::from_millis);
-    let (id, end) = registry.ask_to_end(&cell, false)?;
+    let asking = Arc::clone(&registry);
+    let (id, end) = blocking(move || asking.ask_to_end(&cell, false)).await?;
     if let Some(mut end) = end
         && tokio::time::timeout(grace, end.wait_for(|state| !state.is_live()))
             .await
@@ -423,8 +424,9 @@ async fn kill(
 }
 
 /// Kills the cell `id` and waits for its end to be recorded.
-async fn end_now(registry: &Registry, id: &str) -> Answer<()> {
-    if let (_, Some(mut end)) = registry.ask_to_end(id, true)? {
+async fn end_now(registry: &Arc<Registry>, id: &str) -> Answer<()> {
+    let (asking, cell) = (Arc::clone(registry), id.to_string());
+    if let (_, Some(mut end)) = blocking(move || asking.ask_to_end(&cell, true)).await? {
         tokio::time::timeout(KILL_PATIENCE, end.wait_for(|state| !state.is_live()))
             .await
             .map_err(|_| {
@@ -601,7 +603,8 @@ fn line(event: crate::record::Event) -> Result<Bytes, std::io::Error> {
     Ok(Bytes::from(bytes))
 }
 
-/// Runs `work`, which may block (compiling, writing to a pipe), off the async threads.
+/// Runs `work`, which may block (compiling, writing to a pipe, waking a parked cell or
+/// waiting for one to be parked), off the async threads.
 async fn blocking<T: Send + 'static>(
     work: impl FnOnce() -> Result<T, DaemonError> + Send + 'static,
 ) -> Answer<T> {

@@ -41,7 +41,8 @@ pub struct LogMark {
 }
 
 struct LogFiles {
-    file: File,
+    /// The current file, while open: a parked cell's logs hold no descriptor.
+    file: Option<File>,
     /// Stream offset of the current file's first byte.
     base: u64,
     /// Stream offset of the rotated file's first byte, if there is one.
@@ -74,7 +75,7 @@ impl StreamLog {
             path,
             cap: cap.max(1),
             files: Mutex::new(LogFiles {
-                file,
+                file: Some(file),
                 base,
                 rotated_base: old.map(|_| 0),
             }),
@@ -92,18 +93,30 @@ impl StreamLog {
         if written - files.base + bytes.len() as u64 > self.cap && written > files.base {
             std::fs::rename(&self.path, rotated_path(&self.path))?;
             // The path was renamed away: this makes a new, empty file.
-            files.file = File::options()
-                .create(true)
-                .append(true)
-                .read(true)
-                .open(&self.path)?;
+            files.file = None;
             files.rotated_base = Some(files.base);
             files.base = written;
         }
-        files.file.write_all(bytes)?;
+        let file = match &mut files.file {
+            Some(file) => file,
+            None => files.file.insert(
+                File::options()
+                    .create(true)
+                    .append(true)
+                    .read(true)
+                    .open(&self.path)?,
+            ),
+        };
+        file.write_all(bytes)?;
         self.mark
             .send_modify(|mark| mark.written += bytes.len() as u64);
         Ok(())
+    }
+
+    /// Closes the current file until the next append, so that an idle cell's log
+    /// holds no descriptor.
+    pub fn release(&self) {
+        self.files.lock().unwrap_or_else(|e| e.into_inner()).file = None;
     }
 
     /// Marks the stream as ended.
@@ -144,7 +157,11 @@ impl StreamLog {
                 files.base,
             )
         } else {
-            (files.file.try_clone()?, from - files.base, written)
+            let file = match &files.file {
+                Some(file) => file.try_clone()?,
+                None => File::open(&self.path)?,
+            };
+            (file, from - files.base, written)
         };
         let len = ((end - from) as usize).min(max);
         let mut bytes = vec![0; len];
@@ -161,13 +178,24 @@ fn rotated_path(path: &Path) -> PathBuf {
 }
 
 /// Copies what the cell writes into the read end `pipe` to `log` until the cell's end
-/// closes it; then marks the log closed.
-pub async fn capture(pipe: OwnedFd, log: std::sync::Arc<StreamLog>) {
+/// closes it; then marks the log closed, unless `keep_open` says the cell goes on
+/// (it was parked, and a new pipe will follow).
+pub async fn capture(
+    pipe: OwnedFd,
+    log: std::sync::Arc<StreamLog>,
+    keep_open: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) {
+    copy_out(pipe, &log).await;
+    if !keep_open.load(std::sync::atomic::Ordering::SeqCst) {
+        log.close();
+    }
+}
+
+async fn copy_out(pipe: OwnedFd, log: &StreamLog) {
     let receiver = match tokio::net::unix::pipe::Receiver::from_owned_fd(pipe) {
         Ok(receiver) => receiver,
         Err(error) => {
             tracing::warn!("cannot read a cell's output pipe: {error}");
-            log.close();
             return;
         }
     };
@@ -188,7 +216,6 @@ pub async fn capture(pipe: OwnedFd, log: std::sync::Arc<StreamLog>) {
             }
         }
     }
-    log.close();
 }
 
 #[cfg(test)]
@@ -210,6 +237,11 @@ mod tests {
         assert_eq!(log.read_from(13, 100).unwrap(), (b"defghij".to_vec(), 20));
         assert_eq!(log.read_from(15, 3).unwrap(), (b"fgh".to_vec(), 18));
         assert_eq!(log.read_from(20, 3).unwrap(), (Vec::new(), 20));
+        // Released, it reads and appends as before, opening its file again.
+        log.release();
+        assert_eq!(log.read_from(13, 100).unwrap(), (b"defghij".to_vec(), 20));
+        log.append(b"").unwrap();
+        assert_eq!(log.read_from(15, 3).unwrap(), (b"fgh".to_vec(), 18));
         drop(log);
         let again = StreamLog::open(dir.path(), Stream::Stdout, 10).unwrap();
         assert_eq!(again.mark().written, 13, "taken up where the files end");

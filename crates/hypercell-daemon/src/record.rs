@@ -139,6 +139,10 @@ pub struct CellRecord {
     /// What its last run did, once it ended.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<CellUsage>,
+    /// While the cell is parked (it waited for input long enough that the daemon
+    /// released its VM, until input or a request wakes it), since when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_ms: Option<u64>,
 }
 
 /// What a cell's run did: so far while it runs, in all once it ended.
@@ -156,6 +160,21 @@ pub struct CellUsage {
     pub memory_touched: Option<u64>,
 }
 
+impl CellUsage {
+    /// Adds what a later part of the same run did.
+    pub fn add(&mut self, later: CellUsage) {
+        self.exits += later.exits;
+        for (call, count) in later.hypercalls {
+            *self.hypercalls.entry(call).or_default() += count;
+        }
+        self.cpu_time_ms = match (self.cpu_time_ms, later.cpu_time_ms) {
+            (Some(earlier), Some(later)) => Some(earlier + later),
+            (earlier, later) => earlier.or(later),
+        };
+        self.memory_touched = later.memory_touched.or(self.memory_touched);
+    }
+}
+
 /// `GET /v1/cells/{cell}/stats`: a cell's state and what it did.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CellStatsView {
@@ -168,6 +187,9 @@ pub struct CellStatsView {
     /// How long its current run has lasted, or its last one lasted, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime_ms: Option<u64>,
+    /// Bytes of memory pages a parked cell keeps: what it changed over its template.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parked_bytes: Option<u64>,
     /// What the run did.
     pub usage: CellUsage,
 }

@@ -7,7 +7,8 @@ use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use hypercell_host::config::DEFAULT_MEMORY_LIMIT;
@@ -25,6 +26,10 @@ use crate::record::{
     CellRecord, CellSpec, CellState, CellStatsView, CellUsage, Event, RestartPolicy, now_ms,
 };
 use crate::store::{DEFAULT_EVENTS_KEPT, Store, StoreError};
+
+mod park;
+
+use park::Parked;
 
 /// Bytes kept of each output stream of a cell, in each of its two files.
 pub const DEFAULT_LOG_CAP: u64 = 16 << 20;
@@ -99,6 +104,14 @@ impl CellLogs {
     }
 }
 
+/// A new partition's stdio, and the daemon's ends of it.
+struct Plumbing {
+    stdio: OwnedStdio,
+    stdin: Option<Arc<File>>,
+    captures: Vec<tokio::task::JoinHandle<()>>,
+    parking: Arc<AtomicBool>,
+}
+
 /// A snapshot file, and its cell state as the cells of a template share it.
 struct LoadedSnapshot {
     file: SnapshotFile,
@@ -110,9 +123,21 @@ struct Live {
     control: CellControl,
     /// What the cell runs with, and the module its code comes from, for snapshots.
     config: CellConfig,
+    compiled: Arc<CompiledModule>,
     module: PathBuf,
-    /// The write end of its stdin, while open.
-    stdin: Option<File>,
+    /// What it started from, which a snapshot of its changes goes over.
+    base: Option<Arc<CellSnapshot>>,
+    /// What it did before it was last parked.
+    earlier: CellUsage,
+    /// The write end of its stdin, while open; clones are made only under the
+    /// registry's lock, by writers.
+    stdin: Option<Arc<File>>,
+    /// The tasks copying its output into its logs.
+    captures: Vec<tokio::task::JoinHandle<()>>,
+    /// Set as it is parked: the end of its output pipes does not end its logs.
+    parking: Arc<AtomicBool>,
+    /// Its changes, once taken to park it: its end parks it rather than ending it.
+    parked: Option<CellSnapshot>,
     /// Its state, for those waiting for its end.
     state: watch::Sender<CellState>,
     /// Whether a kill was asked for: its end is then a kill, not a failure.
@@ -122,9 +147,20 @@ struct Live {
     checkpointed: bool,
 }
 
+impl Live {
+    /// What the cell has done, in this partition and before it was parked.
+    fn usage(&self) -> CellUsage {
+        let mut usage = self.earlier.clone();
+        usage.add(usage_of(&self.control.activity()));
+        usage
+    }
+}
+
 struct Inner {
     cells: BTreeMap<String, CellRecord>,
     live: HashMap<String, Live>,
+    /// Cells whose VMs were released while they waited for input.
+    parked: HashMap<String, Parked>,
     logs: HashMap<String, Arc<CellLogs>>,
     next_event: u64,
 }
@@ -143,6 +179,11 @@ pub struct Registry {
     compiler: Compiler,
     log_cap: u64,
     inner: Mutex<Inner>,
+    /// Held while records are saved, taken before the lock on `inner` is let go, so
+    /// that saves keep the order of the changes.
+    saving: Mutex<()>,
+    /// Signalled when a cell being parked is parked.
+    settled: Condvar,
     events: broadcast::Sender<Event>,
     /// Becomes true as the daemon shuts down: event streams end.
     closing: watch::Sender<bool>,
@@ -152,12 +193,14 @@ pub struct Registry {
 impl Registry {
     /// The registry kept under `state_dir`: its database, compile cache and logs.
     /// Cells the records show as running were lost with the daemon that ran them: they
-    /// are marked `lost`, their logs kept. Call it inside the tokio runtime that is to
-    /// read the cells' output.
+    /// are marked `lost`, their logs kept. With `park_after`, a cell that waits that
+    /// long for input is parked. Call it inside the tokio runtime that is to read the
+    /// cells' output.
     pub fn open(
         state_dir: &Path,
         allowed_dirs: &[PathBuf],
         log_cap: u64,
+        park_after: Option<Duration>,
     ) -> Result<Arc<Self>, DaemonError> {
         let allowed_dirs = allowed_dirs
             .iter()
@@ -178,7 +221,10 @@ impl Registry {
         let cells = store
             .cells()?
             .into_iter()
-            .map(|record| (record.id.clone(), record))
+            .map(|mut record| {
+                record.parked_ms = None;
+                (record.id.clone(), record)
+            })
             .collect();
         let registry = Arc::new(Self {
             state_dir: state_dir.to_path_buf(),
@@ -191,9 +237,12 @@ impl Registry {
             inner: Mutex::new(Inner {
                 cells,
                 live: HashMap::new(),
+                parked: HashMap::new(),
                 logs: HashMap::new(),
                 next_event,
             }),
+            saving: Mutex::new(()),
+            settled: Condvar::new(),
             events: broadcast::channel(1024).0,
             closing: watch::Sender::new(false),
             runtime: tokio::runtime::Handle::current(),
@@ -210,6 +259,9 @@ impl Registry {
                 record.state = CellState::Lost;
                 record.error = Some("the daemon that ran it went away".into());
             })?;
+        }
+        if let Some(after) = park_after {
+            park::watch_idle(&registry, after).map_err(internal)?;
         }
         Ok(registry)
     }
@@ -368,6 +420,7 @@ impl Registry {
             exit_code: None,
             error: None,
             usage: None,
+            parked_ms: None,
         };
         let mut inner = self.lock();
         if inner.cells.values().any(|other| other.name == name) {
@@ -460,28 +513,11 @@ impl Registry {
             stdout: open_log(Stream::Stdout)?,
             stderr: open_log(Stream::Stderr)?,
         });
-        let (stdin, stdin_writer) = if spec.stdin {
-            let (read, write) = pipe().map_err(|e| format!("cannot make its stdin: {e}"))?;
-            (read, Some(File::from(write)))
-        } else {
-            let null =
-                File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
-            (OwnedFd::from(null), None)
-        };
-        let (stdout_read, stdout) = pipe().map_err(|e| format!("cannot make its stdout: {e}"))?;
-        let (stderr_read, stderr) = pipe().map_err(|e| format!("cannot make its stderr: {e}"))?;
-        let stdio = OwnedStdio {
-            stdin,
-            stdout,
-            stderr,
-        };
-        self.runtime
-            .spawn(capture(stdout_read, Arc::clone(&logs.stdout)));
-        self.runtime
-            .spawn(capture(stderr_read, Arc::clone(&logs.stderr)));
-
+        let plumbing = self.plumb(&logs, spec.stdin)?;
+        let stdio = plumbing.stdio;
+        let compiled = Arc::clone(&module);
         let source = source.to_path_buf();
-        let (cell, config) = match template {
+        let (cell, config, base) = match template {
             Some((file, config)) if file.file.snapshot.template.is_none() => (
                 Cell::restore(
                     config.clone(),
@@ -491,6 +527,7 @@ impl Registry {
                     file.file.snapshot.clone(),
                 ),
                 config,
+                Some(Arc::clone(&file.shared)),
             ),
             Some((file, config)) => (
                 Cell::from_template(
@@ -501,22 +538,29 @@ impl Registry {
                     Arc::clone(&file.shared),
                 ),
                 config,
+                Some(Arc::clone(&file.shared)),
             ),
             None => (
                 Cell::start(config.clone(), module, cpu_features, stdio),
                 config,
+                None,
             ),
         };
-        let (state, _) = watch::channel(CellState::Running);
         let mut inner = self.lock();
         inner.live.insert(
             record.id.clone(),
             Live {
                 control: cell.control().clone(),
                 config,
+                compiled,
                 module: source,
-                stdin: stdin_writer,
-                state,
+                base,
+                earlier: CellUsage::default(),
+                stdin: plumbing.stdin,
+                captures: plumbing.captures,
+                parking: plumbing.parking,
+                parked: None,
+                state: watch::channel(CellState::Running).0,
                 killed: false,
                 checkpointed: false,
             },
@@ -535,32 +579,79 @@ impl Registry {
                 record.usage = None;
             })
             .map_err(|e| e.to_string());
+        self.watch_end(&record.id, cell)?;
+        running
+    }
+
+    /// Stdio for a cell whose output goes to `logs`: a pipe the API writes to as its
+    /// stdin (else `/dev/null`), and pipes copied into the logs as its stdout and stderr.
+    fn plumb(&self, logs: &CellLogs, stdin: bool) -> Result<Plumbing, String> {
+        let (stdin, stdin_writer) = if stdin {
+            let (read, write) = pipe().map_err(|e| format!("cannot make its stdin: {e}"))?;
+            (read, Some(Arc::new(File::from(write))))
+        } else {
+            let null =
+                File::open("/dev/null").map_err(|e| format!("cannot open /dev/null: {e}"))?;
+            (OwnedFd::from(null), None)
+        };
+        let (stdout_read, stdout) = pipe().map_err(|e| format!("cannot make its stdout: {e}"))?;
+        let (stderr_read, stderr) = pipe().map_err(|e| format!("cannot make its stderr: {e}"))?;
+        let parking = Arc::new(AtomicBool::new(false));
+        let captures = vec![
+            self.runtime.spawn(capture(
+                stdout_read,
+                Arc::clone(&logs.stdout),
+                Arc::clone(&parking),
+            )),
+            self.runtime.spawn(capture(
+                stderr_read,
+                Arc::clone(&logs.stderr),
+                Arc::clone(&parking),
+            )),
+        ];
+        Ok(Plumbing {
+            stdio: OwnedStdio {
+                stdin,
+                stdout,
+                stderr,
+            },
+            stdin: stdin_writer,
+            captures,
+            parking,
+        })
+    }
+
+    /// Waits, on a thread of its own, for the end of `cell`, the cell `id`'s partition,
+    /// and records it.
+    fn watch_end(self: &Arc<Self>, id: &str, cell: Cell) -> Result<(), String> {
         let registry = Arc::clone(self);
-        let id = record.id.clone();
+        let id = id.to_string();
         std::thread::Builder::new()
             .name("hypercell-wait".into())
             .spawn(move || {
                 let result = cell.wait();
                 registry.finish(&id, result);
             })
-            .map_err(|e| format!("cannot start a thread to wait on it: {e}"))?;
-        running
+            .map(drop)
+            .map_err(|e| format!("cannot start a thread to wait on it: {e}"))
     }
 
     /// Records how the cell `id` ended.
     fn finish(&self, id: &str, result: Result<CellReport, CellFailure>) {
-        let (killed, checkpointed, activity) = self
+        if self.finish_parking(id) {
+            return;
+        }
+        let (killed, checkpointed, mut usage) = self
             .lock()
             .live
             .get(id)
-            .map_or((false, false, CellActivity::default()), |live| {
-                (live.killed, live.checkpointed, live.control.activity())
+            .map_or((false, false, CellUsage::default()), |live| {
+                (live.killed, live.checkpointed, live.usage())
             });
         let stats = match &result {
             Ok(report) => Some(&report.stats),
             Err(failure) => failure.stats.as_deref(),
         };
-        let mut usage = usage_of(&activity);
         usage.memory_touched = stats.map(|stats| stats.memory_touched);
         let outcome = self.change(id, "exit", |record| {
             if checkpointed {
@@ -652,12 +743,15 @@ impl Registry {
                 state,
             })
             .collect();
-        self.store.save(&record, &events)?;
         inner.next_event += events.len() as u64;
+        // Saved in the order of the changes, without holding up the cells meanwhile.
+        let saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         drop(inner);
+        self.store.save(&record, &events)?;
         for event in events {
             let _ = self.events.send(event);
         }
+        drop(saving);
         Ok(record)
     }
 
@@ -668,15 +762,17 @@ impl Registry {
         let id = resolve(&inner, reference)?;
         let record = &inner.cells[&id];
         let live = inner.live.get(&id);
-        let usage = match (live, &record.usage) {
-            (Some(live), _) => usage_of(&live.control.activity()),
-            (None, Some(usage)) => usage.clone(),
-            (None, None) => CellUsage::default(),
+        let parked = inner.parked.get(&id);
+        let usage = match (live, parked, &record.usage) {
+            (Some(live), _, _) => live.usage(),
+            (None, Some(parked), _) => parked.earlier.clone(),
+            (None, None, Some(usage)) => usage.clone(),
+            (None, None, None) => CellUsage::default(),
         };
         let uptime_ms = record.started_ms.map(|started| {
             record
                 .finished_ms
-                .filter(|_| live.is_none())
+                .filter(|_| live.is_none() && parked.is_none())
                 .unwrap_or_else(now_ms)
                 .saturating_sub(started)
         });
@@ -685,12 +781,13 @@ impl Registry {
             name: record.name.clone(),
             state: record.state,
             uptime_ms,
+            parked_bytes: parked.map(Parked::bytes),
             usage,
         })
     }
 
     /// Pauses the running cell `reference` names.
-    pub fn pause(&self, reference: &str) -> Result<CellRecord, DaemonError> {
+    pub fn pause(self: &Arc<Self>, reference: &str) -> Result<CellRecord, DaemonError> {
         let (id, control) = self.live_control(reference, "pause", CellState::Running)?;
         if !control.pause() {
             let record = self.inspect(&id)?;
@@ -700,19 +797,19 @@ impl Registry {
     }
 
     /// Lets the paused cell `reference` names go on.
-    pub fn resume(&self, reference: &str) -> Result<CellRecord, DaemonError> {
+    pub fn resume(self: &Arc<Self>, reference: &str) -> Result<CellRecord, DaemonError> {
         let (id, control) = self.live_control(reference, "resume", CellState::Paused)?;
         control.resume();
         self.change(&id, "resume", |record| record.state = CellState::Running)
     }
 
     fn live_control(
-        &self,
+        self: &Arc<Self>,
         reference: &str,
         action: &'static str,
         needed: CellState,
     ) -> Result<(String, CellControl), DaemonError> {
-        let inner = self.lock();
+        let inner = self.awake(reference)?;
         let id = resolve(&inner, reference)?;
         let record = &inner.cells[&id];
         match inner.live.get(&id) {
@@ -725,14 +822,18 @@ impl Registry {
     /// checkpoint that a cell created from it goes on from. A running cell is paused
     /// for the snapshot and goes on after it; a paused one stays paused. Blocks while
     /// the file is written.
-    pub fn snapshot(&self, reference: &str, path: &Path) -> Result<CellRecord, DaemonError> {
+    pub fn snapshot(
+        self: &Arc<Self>,
+        reference: &str,
+        path: &Path,
+    ) -> Result<CellRecord, DaemonError> {
         if !path.is_absolute() {
             return Err(DaemonError::BadRequest {
                 field: "path",
                 message: format!("`{}` is not an absolute path", path.display()),
             });
         }
-        let id = resolve(&self.lock(), reference)?;
+        let id = resolve(&*self.awake(reference)?, reference)?;
         self.write_checkpoint(&id, path, true)?;
         self.change(&id, "snapshot", |_| {})
     }
@@ -789,12 +890,20 @@ impl Registry {
     /// its stdin is closed, for a program that ends at the end of its input. Returns
     /// the cell's id and a receiver that sees its end, or `None` if it is not live.
     pub fn ask_to_end(
-        &self,
+        self: &Arc<Self>,
         reference: &str,
         kill: bool,
     ) -> Result<(String, Option<watch::Receiver<CellState>>), DaemonError> {
-        let mut inner = self.lock();
+        let mut inner = self.settle(reference)?;
         let id = resolve(&inner, reference)?;
+        if kill && let Some(parked) = inner.parked.remove(&id) {
+            drop(inner);
+            return self.end_parked(&id, parked).map(|end| (id, Some(end)));
+        }
+        if inner.parked.contains_key(&id) {
+            drop(inner);
+            inner = self.awake(&id)?;
+        }
         let Some(live) = inner.live.get_mut(&id) else {
             return Ok((id, None));
         };
@@ -812,23 +921,22 @@ impl Registry {
     /// Writes `bytes` to the stdin of the cell `reference` names; with `close`, closes
     /// it afterwards. Blocks while the cell's pipe is full.
     pub fn write_stdin(
-        &self,
+        self: &Arc<Self>,
         reference: &str,
         bytes: &[u8],
         close: bool,
     ) -> Result<(), DaemonError> {
-        let (id, mut stdin) = {
-            let mut inner = self.lock();
+        let (id, stdin) = {
+            let inner = self.awake(reference)?;
             let id = resolve(&inner, reference)?;
             let record = inner.cells[&id].clone();
             let open = inner
                 .live
-                .get_mut(&id)
-                .and_then(|live| live.stdin.as_mut())
-                .map(|stdin| stdin.try_clone());
+                .get(&id)
+                .and_then(|live| live.stdin.as_ref())
+                .map(Arc::clone);
             match open {
-                Some(Ok(stdin)) => (id, stdin),
-                Some(Err(error)) => return Err(internal(error)),
+                Some(stdin) => (id, stdin),
                 None if !record.spec.stdin => {
                     return Err(DaemonError::BadRequest {
                         field: "stdin",
@@ -847,7 +955,7 @@ impl Registry {
                 }
             }
         };
-        if let Err(error) = stdin.write_all(bytes) {
+        if let Err(error) = (&*stdin).write_all(bytes) {
             return Err(DaemonError::BadRequest {
                 field: "stdin",
                 message: format!("the cell no longer reads its stdin: {error}"),
@@ -887,7 +995,7 @@ impl Registry {
         let mut inner = self.lock();
         let id = resolve(&inner, reference)?;
         let record = inner.cells[&id].clone();
-        if inner.live.contains_key(&id) {
+        if inner.live.contains_key(&id) || inner.parked.contains_key(&id) {
             return Err(wrong_state(
                 &record,
                 "removing",
@@ -902,13 +1010,15 @@ impl Registry {
             action: "remove".into(),
             state: record.state,
         };
+        let saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         self.store.remove(&record, &event)?;
         inner.next_event += 1;
         inner.cells.remove(&id);
         inner.logs.remove(&id);
         drop(inner);
-        let _ = std::fs::remove_dir_all(self.state_dir.join("cells").join(&id));
         let _ = self.events.send(event);
+        drop(saving);
+        let _ = std::fs::remove_dir_all(self.state_dir.join("cells").join(&id));
         Ok(record)
     }
 
@@ -916,7 +1026,15 @@ impl Registry {
     /// are checkpointed (their records stay live, for the next daemon to restore them),
     /// the rest killed; waits up to `grace` for their ends to be recorded.
     pub async fn shut_down(self: &Arc<Self>, grace: Duration) {
-        let ids: Vec<String> = self.lock().live.keys().cloned().collect();
+        let ids: Vec<String> = {
+            let inner = self.lock();
+            inner
+                .live
+                .keys()
+                .chain(inner.parked.keys())
+                .cloned()
+                .collect()
+        };
         let mut waiting = Vec::new();
         for id in ids {
             let wants_checkpoint = self
@@ -928,6 +1046,7 @@ impl Registry {
                 let registry = Arc::clone(self);
                 let cell = id.clone();
                 let saved = tokio::task::spawn_blocking(move || {
+                    drop(registry.awake(&cell)?);
                     let path = registry.checkpoint_path(&cell);
                     registry.write_checkpoint(&cell, &path, false)
                 })
@@ -942,7 +1061,9 @@ impl Registry {
                     Err(error) => tracing::warn!("cannot checkpoint cell {id}: {error}"),
                 }
             }
-            if let Ok((_, Some(end))) = self.ask_to_end(&id, true) {
+            let registry = Arc::clone(self);
+            let asked = tokio::task::spawn_blocking(move || registry.ask_to_end(&id, true)).await;
+            if let Ok(Ok((_, Some(end)))) = asked {
                 waiting.push(end);
             }
         }

@@ -30,6 +30,8 @@ pub struct DaemonOptions {
     pub listen: Option<(std::net::SocketAddr, PathBuf)>,
     /// Directories under which cells may be granted directories.
     pub allowed_dirs: Vec<PathBuf>,
+    /// How long a cell waits for input before its VM is released, if ever.
+    pub park_after: Option<Duration>,
 }
 
 /// Why the daemon could not run.
@@ -142,7 +144,12 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
         }
         None => None,
     };
-    let registry = Registry::open(&options.state, &options.allowed_dirs, DEFAULT_LOG_CAP)?;
+    let registry = Registry::open(
+        &options.state,
+        &options.allowed_dirs,
+        DEFAULT_LOG_CAP,
+        options.park_after,
+    )?;
     // Cells start without waiting on the kernel to make their VMs.
     hypercell_host::keep_vms_ready(VMS_MADE_AHEAD);
     let listener = UnixListener::bind(&options.socket).map_err(socket_error)?;

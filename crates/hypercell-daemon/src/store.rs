@@ -143,6 +143,7 @@ mod tests {
             exit_code: None,
             error: None,
             usage: None,
+            parked_ms: None,
         }
     }
 

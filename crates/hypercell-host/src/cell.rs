@@ -21,7 +21,7 @@ use vm_memory::{Bytes, GuestAddress};
 
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
-use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, StopReason, Wake};
+use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, SnapshotScope, StopReason, Wake};
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::layout::{CellLayout, MAX_WASM_STACK, identity_capacity};
@@ -345,6 +345,27 @@ pub fn start_from_template(
     )
 }
 
+/// Builds a cell from `changes`, a snapshot of what a cell running `payload` changed
+/// since it started from `base` (a snapshot or template; `None` for a booted cell), taken
+/// with [`CellControl::snapshot_changes`], and runs it on from there to the end, or
+/// until it is stopped through `control`.
+pub fn resume_cell(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    base: Option<&CellSnapshot>,
+    changes: &CellSnapshot,
+    stdio: CellStdio<'_>,
+    control: &CellControl,
+) -> Result<CellReport, CellFailure> {
+    begin(
+        config,
+        payload,
+        stdio,
+        control,
+        Start::Resume { base, changes },
+    )
+}
+
 /// VMs made ahead for this process's cells (see [`keep_vms_ready`]).
 static VM_POOL: OnceLock<VmPool> = OnceLock::new();
 
@@ -368,6 +389,11 @@ enum Start<'s> {
     Restore(&'s CellSnapshot),
     /// From a template, with an identity of its own.
     FromTemplate(&'s CellSnapshot),
+    /// From the changes a cell made over `base`, going on where it stopped.
+    Resume {
+        base: Option<&'s CellSnapshot>,
+        changes: &'s CellSnapshot,
+    },
 }
 
 fn begin(
@@ -506,9 +532,16 @@ fn start_cell(
     let started = Instant::now();
     let kept = reuse.as_mut().and_then(|kept| kept.take());
     let in_place = kept.is_some();
+    let base = match start {
+        Start::Resume { base, .. } => base,
+        _ => None,
+    };
     let (snapshot, fresh_identity) = match start {
         Start::Boot | Start::Template(..) => (None, true),
-        Start::Restore(snapshot) => (Some(snapshot), false),
+        Start::Restore(snapshot)
+        | Start::Resume {
+            changes: snapshot, ..
+        } => (Some(snapshot), false),
         // A template stopped at start has not read its identity yet; one stopped later
         // has, and its cells go on with it.
         Start::FromTemplate(template) => (
@@ -750,16 +783,22 @@ fn start_cell(
         boot_mapping,
         tables: reservations,
         linear_memory: premapped,
-        populate_from: snapshot.map_or(0, |snapshot| {
-            snapshot
-                .memory
-                .image_len()
-                .next_multiple_of(LARGE_PAGE_SIZE)
-        }),
+        populate_from: snapshot
+            .into_iter()
+            .chain(base)
+            .map(|snapshot| {
+                snapshot
+                    .memory
+                    .image_len()
+                    .next_multiple_of(LARGE_PAGE_SIZE)
+            })
+            .max()
+            .unwrap_or(0),
     };
     if let Some(snapshot) = snapshot {
         restore_state(
             snapshot,
+            base.map(|base| &base.memory),
             module_identity,
             &memory,
             &mut vcpu,
@@ -839,7 +878,7 @@ fn start_cell(
         bytes: module,
         identity: module_identity,
         identity_capacity: layout.identity_capacity,
-        base: snapshot.map(|snapshot| &snapshot.memory),
+        base: base.or(snapshot).map(|snapshot| &snapshot.memory),
     };
     let (outcome, vcpu, mut services) = run_on_vcpu_thread(
         vcpu,
@@ -1073,8 +1112,8 @@ fn run_loop(
                     drained = services.drain_between_calls(memory);
                 }
             }
-            ParkRequest::Snapshot(reply) => {
-                let _ = reply.send(snapshot(vcpu, memory, services, module));
+            ParkRequest::Snapshot(reply, scope) => {
+                let _ = reply.send(snapshot(vcpu, memory, services, module, scope));
             }
         });
         if drained? {
@@ -1089,7 +1128,7 @@ fn run_loop(
             VcpuEvent::Hypercall(addr) => match services.handle(memory, addr)? {
                 Completion::Resume => handed_over = None,
                 Completion::TemplateReady => {
-                    let template = snapshot(vcpu, memory, services, module)
+                    let template = snapshot(vcpu, memory, services, module, SnapshotScope::Whole)
                         .map_err(|e| CellError::Runtime(e.to_string()))?;
                     return Ok(Completion::Template(Box::new(template)));
                 }
@@ -1138,11 +1177,12 @@ fn run_loop(
 }
 
 /// Puts a snapshot's memory, memory mappings and vCPU state into a fresh cell of the
-/// same layout, or, `in_place`, only its bookkeeping into a partition already put back
-/// to it (see [`Partition::reset_to`]). Everything in it is checked: it is input from
-/// outside.
+/// same layout (its memory over `base`'s, when it holds only the changes made since
+/// that), or, `in_place`, only its bookkeeping into a partition already put back to it
+/// (see [`Partition::reset_to`]). Everything in it is checked: it is input from outside.
 fn restore_state(
     snapshot: &CellSnapshot,
+    base: Option<&MemoryImage>,
     module: ModuleIdentity,
     memory: &GuestMemory,
     vcpu: &mut Vcpu,
@@ -1183,6 +1223,10 @@ fn restore_state(
     growth.tables = tables;
     if in_place {
         return Ok(());
+    }
+    if let Some(base) = base {
+        base.restore_into(memory)
+            .map_err(|e| bad(&format!("its base: {e}")))?;
     }
     snapshot
         .memory
@@ -1236,6 +1280,7 @@ fn snapshot(
     memory: &GuestMemory,
     services: &mut Services<'_>,
     module: &MappedModule<'_>,
+    scope: SnapshotScope,
 ) -> Result<CellSnapshot, SnapshotError> {
     // What the program wrote goes out first, so that the snapshot holds only what is
     // still to come (a record half written stays in memory, for the guest to finish).
@@ -1243,13 +1288,22 @@ fn snapshot(
     let template = services.template_stop;
     let vcpu = vcpu.save_state()?;
     let services = services.save_state()?;
-    let memory = MemoryImage::capture(
-        memory,
-        services.growth.mapped,
-        module.region.clone(),
-        module.bytes,
-        module.base,
-    );
+    let memory = match scope {
+        SnapshotScope::Whole => MemoryImage::capture(
+            memory,
+            services.growth.mapped,
+            module.region.clone(),
+            module.bytes,
+            module.base,
+        ),
+        SnapshotScope::Changes => MemoryImage::capture_written(
+            memory,
+            services.growth.mapped,
+            module.region.clone(),
+            module.base,
+        )
+        .map_err(SnapshotError::Scan)?,
+    };
     Ok(CellSnapshot {
         module: module.identity,
         template,

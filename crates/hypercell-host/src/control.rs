@@ -44,6 +44,10 @@ struct Inner {
     exits: AtomicU64,
     /// Hypercalls made so far, by call number.
     hypercalls: [AtomicU64; HYPERCALL_NUMBERS],
+    /// When the vCPU thread began to wait for stdin, in nanoseconds on
+    /// [`Inner::epoch`]'s clock plus one; 0 while it is not waiting.
+    input_wait: AtomicU64,
+    epoch: std::sync::OnceLock<Instant>,
 }
 
 /// Hypercall numbers counted apart.
@@ -64,19 +68,29 @@ pub struct CellActivity {
 /// A snapshot's way back to whoever asked for it.
 type SnapshotReply = mpsc::Sender<Result<CellSnapshot, SnapshotError>>;
 
+/// Which memory a snapshot saves.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SnapshotScope {
+    /// Every page that holds data: the snapshot stands alone.
+    Whole,
+    /// The pages the cell made its own since it started: the snapshot goes on top of
+    /// what the cell started from.
+    Changes,
+}
+
 /// What a parked vCPU thread is asked to do.
 pub(crate) enum ParkRequest {
     /// Hand over buffered output.
     Drain,
     /// Take a snapshot and send it back.
-    Snapshot(SnapshotReply),
+    Snapshot(SnapshotReply, SnapshotScope),
 }
 
 #[derive(Debug, Default)]
 struct State {
     stop: Option<StopReason>,
     /// A snapshot asked for and not yet taken.
-    snapshot: Option<SnapshotReply>,
+    snapshot: Option<(SnapshotReply, SnapshotScope)>,
     vcpu: Option<VcpuHandle>,
     /// A cell has begun with this control (it may not run its vCPU yet).
     begun: bool,
@@ -173,13 +187,26 @@ impl CellControl {
     /// Pauses the cell and takes a snapshot of it; the cell stays paused until
     /// [`Self::resume`].
     pub fn snapshot(&self) -> Result<CellSnapshot, SnapshotError> {
+        self.take_snapshot(SnapshotScope::Whole)
+    }
+
+    /// Pauses the cell and takes a snapshot of what it changed since it started: its
+    /// vCPU and services, and only the memory pages it made its own. A cell restored
+    /// from it over the snapshot or template the cell started from (see
+    /// [`crate::Cell::resume_changes`]) goes on where it stopped. Costs what the cell
+    /// wrote, not its size. The cell stays paused until [`Self::resume`].
+    pub fn snapshot_changes(&self) -> Result<CellSnapshot, SnapshotError> {
+        self.take_snapshot(SnapshotScope::Changes)
+    }
+
+    fn take_snapshot(&self, scope: SnapshotScope) -> Result<CellSnapshot, SnapshotError> {
         if !self.pause() {
             return Err(SnapshotError::NotRunning);
         }
         let (reply, answer) = mpsc::channel();
         {
             let mut state = self.state();
-            state.snapshot = Some(reply);
+            state.snapshot = Some((reply, scope));
             self.inner.changed.notify_all();
         }
         // The vCPU thread answers, or drops the sender when it ends first.
@@ -207,7 +234,7 @@ impl CellControl {
     pub(crate) fn park_in_call(&self, restartable: bool) -> bool {
         self.park(
             |request| {
-                if let ParkRequest::Snapshot(reply) = request {
+                if let ParkRequest::Snapshot(reply, _) = request {
                     let _ = reply.send(Err(SnapshotError::InBlockingCall));
                 }
             },
@@ -237,9 +264,9 @@ impl CellControl {
                 state.parked = true;
                 self.inner.changed.notify_all();
             }
-            if let Some(reply) = state.snapshot.take() {
+            if let Some((reply, scope)) = state.snapshot.take() {
                 drop(state);
-                serve(ParkRequest::Snapshot(reply));
+                serve(ParkRequest::Snapshot(reply, scope));
                 state = self.state();
                 continue;
             }
@@ -257,6 +284,29 @@ impl CellControl {
         }
         state.parked = false;
         false
+    }
+
+    /// How long the cell has waited for its stdin without a byte, when its vCPU thread
+    /// is blocked reading it (paused or not).
+    pub fn waiting_for_input(&self) -> Option<Duration> {
+        let since = self.inner.input_wait.load(Ordering::SeqCst);
+        let epoch = self.inner.epoch.get()?;
+        (since != 0).then(|| {
+            epoch
+                .elapsed()
+                .saturating_sub(Duration::from_nanos(since - 1))
+        })
+    }
+
+    /// On the vCPU thread: records that it begins (`true`) or ends a wait for stdin.
+    pub(crate) fn wait_for_input(&self, waiting: bool) {
+        let since = if waiting {
+            let epoch = self.inner.epoch.get_or_init(Instant::now);
+            epoch.elapsed().as_nanos() as u64 + 1
+        } else {
+            0
+        };
+        self.inner.input_wait.store(since, Ordering::SeqCst);
     }
 
     /// The stop requested so far, if any.

@@ -7,7 +7,8 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::cell::{
-    CellFailure, CellPayload, CellReport, restore_cell, run_cell_with_control, start_from_template,
+    CellFailure, CellPayload, CellReport, restore_cell, resume_cell, run_cell_with_control,
+    start_from_template,
 };
 use crate::compile::CompiledModule;
 use crate::config::CellConfig;
@@ -20,6 +21,10 @@ enum Origin {
     Boot,
     Snapshot(Box<CellSnapshot>),
     Template(Arc<CellSnapshot>),
+    Changes {
+        base: Option<Arc<CellSnapshot>>,
+        changes: Box<CellSnapshot>,
+    },
 }
 
 /// The descriptors a [`Cell`] owns as its stdin, stdout and stderr.
@@ -89,6 +94,29 @@ impl Cell {
         )
     }
 
+    /// Builds a cell from `changes`, taken with [`CellControl::snapshot_changes`] of a
+    /// cell running `module` with `config` that started from `base` (a template or
+    /// snapshot; `None` if it booted), and runs it on from there on a thread of its own.
+    pub fn resume_changes(
+        config: CellConfig,
+        module: Arc<CompiledModule>,
+        cpu_features: u32,
+        stdio: OwnedStdio,
+        base: Option<Arc<CellSnapshot>>,
+        changes: CellSnapshot,
+    ) -> Self {
+        Self::spawn(
+            config,
+            module,
+            cpu_features,
+            stdio,
+            Origin::Changes {
+                base,
+                changes: Box::new(changes),
+            },
+        )
+    }
+
     fn spawn(
         config: CellConfig,
         module: Arc<CompiledModule>,
@@ -123,6 +151,14 @@ impl Cell {
                     Origin::Template(template) => {
                         start_from_template(&config, payload, template, borrowed, &cell_control)
                     }
+                    Origin::Changes { base, changes } => resume_cell(
+                        &config,
+                        payload,
+                        base.as_deref(),
+                        changes,
+                        borrowed,
+                        &cell_control,
+                    ),
                 }
             })
             .expect("the host can start a thread for a cell");

@@ -1,7 +1,8 @@
 //! The seccomp filter on a cell's vCPU thread.
 //!
 //! While a guest runs, the thread that runs it needs only a handful of system calls:
-//! the KVM ioctls of the run loop, reading and writing the program's stdio, the
+//! the KVM ioctls of the run loop, listing the pages it wrote (for a snapshot of its
+//! changes), reading and writing the program's stdio, the
 //! `*at` file calls that serve its preopened directories, sleeping, random bytes,
 //! memory management for its own allocations, and returning from the kick signal.
 //! Everything else is refused with `EPERM`, so a bug in the host's hypercall handling
@@ -90,6 +91,7 @@ fn build() -> Result<BpfProgram, SeccompError> {
         ALLOWED.iter().map(|&call| (call, Vec::new())).collect();
     let ioctls = hypercell_vmm::run_ioctls()
         .into_iter()
+        .chain([hypercell_vmm::memory::PAGEMAP_SCAN])
         .map(|request| {
             SeccompRule::new(vec![
                 SeccompCondition::new(1, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, request)

@@ -251,16 +251,21 @@ pub(crate) fn read_guest_from(
 ) -> io::Result<usize> {
     let slice = guest_slice(memory, addr, len)?;
     let guard = slice.ptr_guard_mut();
-    loop {
+    control.wait_for_input(true);
+    let read = loop {
         // SAFETY: the slice covers `len` bytes of the cell's mapped memory, which lives
         // while `memory` is borrowed, and the guest is not running while its vCPU
         // thread serves this call.
         let n = unsafe { libc::read(fd.as_raw_fd(), guard.as_ptr().cast(), len) };
         if n >= 0 {
-            return Ok(n as usize);
+            break Ok(n as usize);
         }
-        retry_after(io::Error::last_os_error(), control, true)?;
-    }
+        if let Err(error) = retry_after(io::Error::last_os_error(), control, true) {
+            break Err(error);
+        }
+    };
+    control.wait_for_input(false);
+    read
 }
 
 /// After a read or write of stdio failed with `error`: `Ok` to make it again (a kick

@@ -357,7 +357,9 @@ struct PageRegion {
 }
 
 /// `_IOWR('f', 16, struct pm_scan_arg)`.
-const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
+/// The `PAGEMAP_SCAN` ioctl of `/proc/self/pagemap`: it only reads this process's own
+/// page tables, so a confined vCPU thread may make it, to list a cell's written pages.
+pub const PAGEMAP_SCAN: libc::c_ulong = 0xc060_6610;
 const PAGE_IS_FILE: u64 = 1 << 2;
 const PAGE_IS_PRESENT: u64 = 1 << 3;
 const PAGE_IS_SWAPPED: u64 = 1 << 4;

@@ -1,11 +1,14 @@
 //! The daemon under load, through its real API on its Unix socket: the latency of
-//! creating and starting a cell from a template (p50 and p99), and idle cells (started
+//! creating and starting a cell from a template (p50 and p99); idle cells (started
 //! from a template, blocked on stdin) alive at once in one daemon, with the system
-//! memory, daemon memory and descriptors each costs.
+//! memory, daemon memory and descriptors each costs; the same for parked cells (in a
+//! second daemon that parks them); and the latency of waking a parked cell with input,
+//! against writing to a live one.
 //!
 //! `cargo bench -p hypercell --bench daemon` (`HYPERCELL_BENCH_RUNS` sets the
-//! create+start count, default 200; `HYPERCELL_BENCH_IDLE_CELLS` the idle cells,
-//! default 1000). Prints markdown tables.
+//! create+start and wake counts, default 200; `HYPERCELL_BENCH_IDLE_CELLS` the live
+//! idle cells, default 1000; `HYPERCELL_BENCH_PARKED_CELLS` the parked ones, default
+//! 10,000). Prints markdown tables.
 
 // The CLI's own client, of which the benchmark uses a part.
 #[allow(dead_code)]
@@ -29,6 +32,7 @@ use support::{WAITER, available_kib, count_from_env, percentile, proc_kib};
 fn main() {
     let runs = count_from_env("HYPERCELL_BENCH_RUNS", 200);
     let idle = count_from_env("HYPERCELL_BENCH_IDLE_CELLS", 1000);
+    let parked = count_from_env("HYPERCELL_BENCH_PARKED_CELLS", 10_000);
     let hypercell = Path::new(env!("CARGO_BIN_EXE_hypercell"));
     let work = tempfile::tempdir().unwrap();
     let module = work.path().join("waiter.wat");
@@ -46,7 +50,7 @@ fn main() {
         .unwrap();
     assert!(made.success(), "the template is made");
 
-    let mut daemon = daemon::Daemon::start(work.path());
+    let mut daemon = daemon::Daemon::start_with(work.path(), &["--park-after", "off"]);
     let host = format!("unix:{}", daemon.socket.display());
     let client = client::Client::new(Some(&host), None).unwrap();
     let spec = |name: &str| {
@@ -112,34 +116,91 @@ fn main() {
     }
 
     // Idle cells alive at once.
+    let live = idle_cells(&daemon, &client, &spec, idle, false);
+    print_idle(
+        "Idle cells from one template in one daemon (blocked on stdin, VMs live)",
+        &live,
+    );
+    let live_writes = writes(&client, live.alive.min(runs));
+
+    // The same, parked.
+    let parked_dir = work.path().join("parked");
+    std::fs::create_dir(&parked_dir).unwrap();
+    let mut parking = daemon::Daemon::start_with(&parked_dir, &["--park-after", "50ms"]);
+    let parking_client =
+        client::Client::new(Some(&format!("unix:{}", parking.socket.display())), None).unwrap();
+    let parked = idle_cells(&parking, &parking_client, &spec, parked, true);
+    print_idle(
+        "Idle cells from one template in one daemon, parked (`--park-after 50ms`)",
+        &parked,
+    );
+    let wakes = writes(&parking_client, parked.alive.min(runs));
+    println!(
+        "\nWriting a byte to an idle cell's stdin (`POST /v1/cells/NAME/stdin`), {} cells\n",
+        wakes.len()
+    );
+    println!("| cell | p50 (ms) | p99 (ms) |");
+    println!("|---|---:|---:|");
+    for (what, times) in [
+        ("live (its VM waits in `read`)", live_writes),
+        ("parked (woken: restored over its template)", wakes),
+    ] {
+        println!(
+            "| {what} | {:.3} | {:.3} |",
+            percentile(times.clone(), 0.5),
+            percentile(times, 0.99)
+        );
+    }
+    parking.signal(libc::SIGTERM);
+    // SIGTERM: the daemon kills its cells and records their ends.
+    daemon.signal(libc::SIGTERM);
+}
+
+/// What a daemon's idle cells cost.
+struct Idle {
+    alive: usize,
+    system_mib: f64,
+    daemon_mib: f64,
+    descriptors: f64,
+    threads: f64,
+    per_second: f64,
+    parked_kib: Option<f64>,
+    stopped_by: Option<String>,
+}
+
+/// Creates and starts `count` idle cells named `idle0`... in `daemon`, waits for them
+/// all to be parked if `parked`, and measures what they cost.
+fn idle_cells(
+    daemon: &daemon::Daemon,
+    client: &client::Client,
+    spec: &dyn Fn(&str) -> Vec<u8>,
+    count: usize,
+    parked: bool,
+) -> Idle {
     let pid = daemon.child.id();
-    let daemon_kib = || {
+    let status = |field: &str| {
         proc_kib(
             &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap(),
-            "VmRSS:",
+            field,
         )
     };
     let descriptors = || {
         std::fs::read_dir(format!("/proc/{pid}/fd"))
             .unwrap()
-            .count()
+            .count() as u64
     };
-    let threads = || {
-        proc_kib(
-            &std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap(),
-            "Threads:",
-        )
-    };
-    let (before_available, before_rss, before_fds, before_threads) =
-        (available_kib(), daemon_kib(), descriptors(), threads());
+    let (before_available, before_rss, before_fds, before_threads) = (
+        available_kib(),
+        status("VmRSS:"),
+        descriptors(),
+        status("Threads:"),
+    );
     let began = Instant::now();
     let mut alive = 0;
     let mut stopped_by = None;
-    for cell in 0..idle {
+    for cell in 0..count {
         let name = format!("idle{cell}");
-        let made = client
-            .call(Method::POST, "/v1/cells", Some(spec(&name)))
-            .and_then(|_| client.call(Method::PUT, &format!("/v1/cells/{name}/start"), None));
+        let made = client.call(Method::POST, "/v1/cells?start=true", Some(spec(&name)));
         if let Err(error) = made {
             stopped_by = Some(error.to_string());
             break;
@@ -147,26 +208,75 @@ fn main() {
         alive += 1;
     }
     let seconds = began.elapsed().as_secs_f64();
-    let per =
-        |before: u64, after: u64| before.abs_diff(after) as f64 / 1024.0 / alive.max(1) as f64;
-    let (after_available, after_rss, after_fds, after_threads) =
-        (available_kib(), daemon_kib(), descriptors(), threads());
-    println!("\nIdle cells from one template in one daemon (blocked on stdin)\n");
-    println!(
-        "| cells alive | system memory per cell (MiB) | daemon RSS per cell (MiB) | descriptors per cell | threads per cell | cells started per second |"
-    );
-    println!("|---:|---:|---:|---:|---:|---:|");
-    println!(
-        "| {alive} | {:.3} | {:.3} | {:.1} | {:.1} | {:.0} |",
-        per(after_available, before_available),
-        per(after_rss, before_rss),
-        (after_fds - before_fds) as f64 / alive.max(1) as f64,
-        (after_threads - before_threads) as f64 / alive.max(1) as f64,
-        alive as f64 / seconds
-    );
-    if let Some(reason) = stopped_by {
-        println!("\nStopped at {alive} cells: {reason}");
+    let mut parked_kib = None;
+    if parked {
+        loop {
+            let listed = client.call(Method::GET, "/v1/cells", None).unwrap();
+            let cells: Vec<serde_json::Value> = serde_json::from_slice(&listed).unwrap();
+            if cells.iter().all(|cell| cell.get("parked_ms").is_some()) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+        let stats = client
+            .call(Method::GET, "/v1/cells/idle0/stats", None)
+            .unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&stats).unwrap();
+        parked_kib = stats["parked_bytes"]
+            .as_u64()
+            .map(|bytes| bytes as f64 / 1024.0);
     }
-    // SIGTERM: the daemon kills its cells and records their ends.
-    daemon.signal(libc::SIGTERM);
+    let per = |before: u64, after: u64| before.abs_diff(after) as f64 / alive.max(1) as f64;
+    Idle {
+        alive,
+        system_mib: per(available_kib(), before_available) / 1024.0,
+        daemon_mib: per(status("VmRSS:"), before_rss) / 1024.0,
+        descriptors: per(descriptors(), before_fds),
+        threads: per(status("Threads:"), before_threads),
+        per_second: alive as f64 / seconds,
+        parked_kib,
+        stopped_by,
+    }
+}
+
+fn print_idle(title: &str, idle: &Idle) {
+    println!("\n{title}\n");
+    println!(
+        "| cells alive | system memory per cell (MiB) | daemon RSS per cell (MiB) | descriptors per cell | threads per cell | cells started per second | memory pages kept per parked cell (KiB) |"
+    );
+    println!("|---:|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| {} | {:.3} | {:.3} | {:.2} | {:.2} | {:.0} | {} |",
+        idle.alive,
+        idle.system_mib,
+        idle.daemon_mib,
+        idle.descriptors,
+        idle.threads,
+        idle.per_second,
+        idle.parked_kib
+            .map_or("-".into(), |kib| format!("{kib:.0}"))
+    );
+    if let Some(reason) = &idle.stopped_by {
+        println!("\nStopped at {} cells: {reason}", idle.alive);
+    }
+}
+
+/// Times writing a byte to the stdin of each of the first `count` idle cells, one
+/// every 10 ms, so that each is timed on its own rather than beside the end of the
+/// cell before it (which the byte lets exit).
+fn writes(client: &client::Client, count: usize) -> Vec<f64> {
+    (0..count)
+        .map(|cell| {
+            std::thread::sleep(std::time::Duration::from_millis(10));
+            let began = Instant::now();
+            client
+                .call(
+                    Method::POST,
+                    &format!("/v1/cells/idle{cell}/stdin"),
+                    Some(b"x".to_vec()),
+                )
+                .unwrap();
+            began.elapsed().as_secs_f64() * 1e3
+        })
+        .collect()
 }

@@ -39,6 +39,24 @@ pub struct DaemonArgs {
     /// one, cells get none.
     #[arg(long = "allow-dir", value_name = "DIR")]
     allow_dirs: Vec<PathBuf>,
+    /// Park a cell that has waited this long for stdin: its VM is released and what it
+    /// changed over its template kept, until input or a request wakes it; `off` never
+    /// parks.
+    #[arg(long, value_name = "DURATION|off", default_value = "10s", value_parser = parse_park_after)]
+    park_after: ParkAfter,
+}
+
+/// `--park-after`: a duration, or never.
+#[derive(Clone, Copy)]
+struct ParkAfter(Option<std::time::Duration>);
+
+fn parse_park_after(text: &str) -> Result<ParkAfter, String> {
+    if text == "off" {
+        return Ok(ParkAfter(None));
+    }
+    parse_duration(text)
+        .map(|after| ParkAfter(Some(after)))
+        .map_err(|e| e.to_string())
 }
 
 /// Where a client verb finds the daemon.
@@ -221,6 +239,7 @@ pub fn daemon(args: DaemonArgs) -> ExitCode {
         state: args.state.unwrap_or_else(hypercell_daemon::default_state),
         listen: args.listen.zip(args.token_file),
         allowed_dirs: args.allow_dirs,
+        park_after: args.park_after.0,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -304,10 +323,14 @@ pub fn ps(args: PsArgs) -> ExitCode {
 
 /// A short word on how the cell ended or runs.
 fn status(cell: &CellRecord) -> String {
-    match (cell.exit_code, &cell.error) {
-        (Some(code), _) => format!("exit {code}"),
-        (None, Some(error)) => error.chars().take(22).collect(),
-        (None, None) => String::new(),
+    match (cell.exit_code, &cell.error, cell.parked_ms) {
+        (Some(code), _, _) => format!("exit {code}"),
+        (None, Some(error), _) => error.chars().take(22).collect(),
+        (None, None, Some(since)) => format!(
+            "parked {}",
+            age(hypercell_daemon::record::now_ms().saturating_sub(since))
+        ),
+        (None, None, None) => String::new(),
     }
 }
 
@@ -491,9 +514,12 @@ pub fn stats(args: StatsArgs) -> ExitCode {
                         ms(view.uptime_ms),
                         ms(view.usage.cpu_time_ms),
                         view.usage.exits,
-                        view.usage
-                            .memory_touched
-                            .map_or("-".into(), hypercell_host::config::format_size),
+                        match (view.parked_bytes, view.usage.memory_touched) {
+                            (Some(kept), _) =>
+                                format!("{} parked", hypercell_host::config::format_size(kept)),
+                            (None, Some(touched)) => hypercell_host::config::format_size(touched),
+                            (None, None) => "-".into(),
+                        },
                         calls.join(", ")
                     );
                 }

@@ -30,7 +30,8 @@ fn cells_are_created_run_paused_stopped_and_removed_through_the_daemon() {
         0o600,
         "only the daemon's user may use the socket"
     );
-    let (mut events, event_lines) = daemon.follow(&["events"]);
+    // From the first event, however soon the client connects.
+    let (mut events, event_lines) = daemon.follow(&["events", "--since", "0"]);
 
     let ticker = c_program("ticker");
     let id = daemon.ok(&["create", "--name", "ticker", ticker.to_str().unwrap()]);

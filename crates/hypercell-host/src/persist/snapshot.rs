@@ -30,6 +30,9 @@ pub enum SnapshotError {
     /// Its vCPU could not be read.
     #[error(transparent)]
     Vcpu(#[from] hypercell_vmm::VcpuError),
+    /// The pages it wrote could not be listed.
+    #[error("the pages the cell wrote cannot be listed: {0}")]
+    Scan(std::io::Error),
 }
 
 /// Granule of the saved memory.
@@ -260,6 +263,63 @@ impl MemoryImage {
             runs,
             pages: SavedPages::InMemory(bytes),
         }
+    }
+
+    /// Saves the pages of `memory` below `mapped` that the cell made its own since it
+    /// started from `base` (or, without one, booted): pages written by the guest, the
+    /// host or KVM, over the base's file pages or over zeros, as one `PAGEMAP_SCAN`
+    /// finds them. The image holds only what differs from the base: a cell restored
+    /// from the base and then from it goes on as this one would. All-zero pages are
+    /// left out where the base holds zeros too.
+    pub fn capture_written(
+        memory: &GuestMemory,
+        mapped: u64,
+        module: Range<u64>,
+        base: Option<&MemoryImage>,
+    ) -> std::io::Result<Self> {
+        let end = mapped.min(memory.size());
+        let written = memory.written_ranges(0..end)?;
+        let base_holds = |page: u64| {
+            module.contains(&page)
+                || base.is_some_and(|base| {
+                    base.module.contains(&page)
+                        || base
+                            .runs
+                            .iter()
+                            .any(|run| (run.addr..run.addr + run.len).contains(&page))
+                })
+        };
+        let mut runs: Vec<PageRun> = Vec::new();
+        let mut bytes = Vec::new();
+        let mut page_bytes = vec![0u8; PAGE as usize];
+        for range in written {
+            for page in (range.start..range.end).step_by(PAGE as usize) {
+                if memory
+                    .mem()
+                    .read_slice(&mut page_bytes, GuestAddress(page))
+                    .is_err()
+                {
+                    continue;
+                }
+                if page_bytes.iter().all(|&b| b == 0) && !base_holds(page) {
+                    continue;
+                }
+                bytes.extend_from_slice(&page_bytes);
+                match runs.last_mut() {
+                    Some(run) if run.addr + run.len == page => run.len += PAGE,
+                    _ => runs.push(PageRun {
+                        addr: page,
+                        len: PAGE,
+                    }),
+                }
+            }
+        }
+        Ok(Self {
+            size: memory.size(),
+            module,
+            runs,
+            pages: SavedPages::InMemory(bytes),
+        })
     }
 
     /// Bytes of saved pages.
