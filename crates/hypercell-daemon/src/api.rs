@@ -49,13 +49,19 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (
+        let mut response = (
             self.status,
             axum::Json(ErrorBody {
                 error: self.message,
             }),
         )
-            .into_response()
+            .into_response();
+        if self.status == StatusCode::SERVICE_UNAVAILABLE {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, 1.into());
+        }
+        response
     }
 }
 
@@ -67,6 +73,7 @@ impl From<DaemonError> for ApiError {
             | DaemonError::NameTaken(_)
             | DaemonError::Conflict(_) => StatusCode::CONFLICT,
             DaemonError::BadRequest { .. } | DaemonError::Start { .. } => StatusCode::BAD_REQUEST,
+            DaemonError::Busy(_) => StatusCode::SERVICE_UNAVAILABLE,
             DaemonError::Store(_) | DaemonError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, error.to_string())
@@ -220,7 +227,7 @@ struct CreateQuery {
         (status = 201, description = "The new cell, not started", body = CellRecord),
         (status = 400, description = "A field is wrong; the sentence names it", body = ErrorBody),
         (status = 409, description = "The name is taken", body = ErrorBody),
-        (status = 413, description = "The body is over 1 MiB", body = ErrorBody)))]
+        (status = 413, description = "The body is over 1 MiB", body = ErrorBody), (status = 503, description = "As many cells have live partitions as the daemon's limit of open files allows; try again after `Retry-After` seconds", body = ErrorBody)))]
 async fn create(
     State(registry): State<Arc<Registry>>,
     query: Result<Query<CreateQuery>, QueryRejection>,
@@ -264,7 +271,7 @@ async fn stats(
         (status = 200, description = "The cell, running", body = CellRecord),
         (status = 400, description = "It could not start (its record says why too)", body = ErrorBody),
         (status = 404, description = "No such cell", body = ErrorBody),
-        (status = 409, description = "It is running already", body = ErrorBody)))]
+        (status = 409, description = "It is running already", body = ErrorBody), (status = 503, description = "As many cells have live partitions as the daemon's limit of open files allows; try again after `Retry-After` seconds", body = ErrorBody)))]
 async fn start(
     State(registry): State<Arc<Registry>>,
     cell: Result<Path<String>, PathRejection>,
@@ -275,7 +282,7 @@ async fn start(
 
 #[utoipa::path(put, path = "/v1/cells/{cell}/pause", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
     responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "The cell, paused", body = CellRecord), (status = 404, description = "No such cell", body = ErrorBody),
-        (status = 409, description = "It is not running", body = ErrorBody)))]
+        (status = 409, description = "It is not running", body = ErrorBody), (status = 503, description = "As many cells have live partitions as the daemon's limit of open files allows; try again after `Retry-After` seconds", body = ErrorBody)))]
 async fn pause(
     State(registry): State<Arc<Registry>>,
     cell: Result<Path<String>, PathRejection>,
@@ -359,7 +366,7 @@ pub fn openapi_json() -> String {
     responses((status = 415, description = "The body is not sent as application/json", body = ErrorBody), (status = 200, description = "The checkpoint is written; a running cell goes on", body = CellRecord),
         (status = 400, description = "The path is not absolute or cannot be written", body = ErrorBody),
         (status = 404, description = "No such cell", body = ErrorBody),
-        (status = 409, description = "The cell is not live, or cannot be snapshotted now", body = ErrorBody)))]
+        (status = 409, description = "The cell is not live, or cannot be snapshotted now", body = ErrorBody), (status = 503, description = "As many cells have live partitions as the daemon's limit of open files allows; try again after `Retry-After` seconds", body = ErrorBody)))]
 async fn snapshot(
     State(registry): State<Arc<Registry>>,
     cell: Result<Path<String>, PathRejection>,
@@ -380,7 +387,7 @@ struct StopQuery {
 
 #[utoipa::path(put, path = "/v1/cells/{cell}/stop", tag = "cells",
     params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name"), ("grace_ms" = Option<u64>, Query, description = "How long to wait after closing stdin before killing (10 s)")),
-    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "The cell, ended", body = CellRecord), (status = 404, description = "No such cell", body = ErrorBody)))]
+    responses((status = 400, description = "A path or query parameter is not valid", body = ErrorBody), (status = 200, description = "The cell, ended", body = CellRecord), (status = 404, description = "No such cell", body = ErrorBody), (status = 503, description = "As many cells have live partitions as the daemon's limit of open files allows; try again after `Retry-After` seconds", body = ErrorBody)))]
 async fn stop(
     State(registry): State<Arc<Registry>>,
     cell: Result<Path<String>, PathRejection>,
@@ -485,7 +492,7 @@ struct StdinQuery {
         (status = 400, description = "The cell has no stdin, or no longer reads it", body = ErrorBody),
         (status = 404, description = "No such cell", body = ErrorBody),
         (status = 409, description = "It is not running with stdin open", body = ErrorBody),
-        (status = 413, description = "The body is over 1 MiB", body = ErrorBody)))]
+        (status = 413, description = "The body is over 1 MiB", body = ErrorBody), (status = 503, description = "As many cells have live partitions as the daemon's limit of open files allows; try again after `Retry-After` seconds", body = ErrorBody)))]
 async fn stdin(
     State(registry): State<Arc<Registry>>,
     cell: Result<Path<String>, PathRejection>,

@@ -74,6 +74,10 @@ pub enum DaemonError {
         /// Why.
         reason: String,
     },
+    /// The daemon holds as many live partitions as it can: the request may succeed
+    /// later, once cells are parked or end.
+    #[error("{0}")]
+    Busy(String),
     /// The records could not be kept.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -179,6 +183,8 @@ pub struct Registry {
     compiler: Compiler,
     log_cap: u64,
     inner: Mutex<Inner>,
+    /// Most cells with live partitions at once, by the limit of open files.
+    max_live: usize,
     /// Held while records are saved, taken before the lock on `inner` is let go, so
     /// that saves keep the order of the changes.
     saving: Mutex<()>,
@@ -241,6 +247,7 @@ impl Registry {
                 logs: HashMap::new(),
                 next_event,
             }),
+            max_live: max_live_partitions(),
             saving: Mutex::new(()),
             settled: Condvar::new(),
             events: broadcast::channel(1024).0,
@@ -264,6 +271,18 @@ impl Registry {
             park::watch_idle(&registry, after).map_err(internal)?;
         }
         Ok(registry)
+    }
+
+    /// Refuses a new live partition when the daemon holds as many as its limit of open
+    /// files allows, rather than let the cell fail for want of a descriptor.
+    fn check_room(&self, inner: &Inner) -> Result<(), DaemonError> {
+        let live = inner.live.len();
+        if live < self.max_live {
+            return Ok(());
+        }
+        Err(DaemonError::Busy(format!(
+            "the daemon holds {live} cells with live partitions, as many as its limit of open files allows; try again once idle cells are parked or cells end"
+        )))
     }
 
     /// The file a cell's last checkpoint is kept in.
@@ -353,6 +372,7 @@ impl Registry {
     /// Creates a cell from `spec` and starts it, recording both in one transaction, as
     /// `docker run` does. Compiles its module first: call it where blocking is allowed.
     pub fn run(self: &Arc<Self>, spec: CellSpec) -> Result<CellRecord, DaemonError> {
+        self.check_room(&self.lock())?;
         let id = self.add(spec)?;
         let record = self.lock().cells[&id].clone();
         self.start_or_fail(&record, &[("create", CellState::Created)])
@@ -440,6 +460,7 @@ impl Registry {
             if record.state.is_live() || inner.live.contains_key(&id) {
                 return Err(wrong_state(&record, "start", "not running"));
             }
+            self.check_room(&inner)?;
             record
         };
         self.start_or_fail(&record, &[])
@@ -1208,6 +1229,26 @@ fn cell_config(spec: &CellSpec) -> CellConfig {
             })
             .collect(),
     }
+}
+
+/// Descriptors a live partition holds: its VM and vCPU, its three pipes' two ends and
+/// its two log files (`benches/daemon.rs` counts them).
+const DESCRIPTORS_PER_CELL: u64 = 10;
+
+/// Descriptors kept for the daemon's own use: its database, sockets, clients and
+/// compile cache.
+const DESCRIPTORS_KEPT: u64 = 256;
+
+/// How many live partitions this process's limit of open files leaves room for.
+fn max_live_partitions() -> usize {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes one rlimit into the struct it is given.
+    let known = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } == 0;
+    let open_files = if known { limit.rlim_cur } else { 1024 };
+    (open_files.saturating_sub(DESCRIPTORS_KEPT) / DESCRIPTORS_PER_CELL).max(1) as usize
 }
 
 /// 12 random hex digits.

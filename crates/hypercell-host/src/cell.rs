@@ -1066,9 +1066,7 @@ fn supervise(
 ) {
     let deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
     loop {
-        let now = Instant::now();
-        let tick = now + DRAIN_INTERVAL;
-        match control.wait_until(deadline.map_or(tick, |d| d.min(tick))) {
+        match control.wait_for_tick(Instant::now() + DRAIN_INTERVAL, deadline) {
             Wake::Finished => return,
             Wake::Stopping => {
                 control.kick();

@@ -116,7 +116,7 @@ fn clock_time(clock: libc::clockid_t) -> Option<Duration> {
         .then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
-/// What [`CellControl::wait_until`] woke for.
+/// What [`CellControl::wait_for_tick`] woke for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Wake {
     /// The vCPU thread finished.
@@ -299,14 +299,17 @@ impl CellControl {
     }
 
     /// On the vCPU thread: records that it begins (`true`) or ends a wait for stdin.
+    /// The end wakes the supervisor, which does not look at an idle cell's output.
     pub(crate) fn wait_for_input(&self, waiting: bool) {
-        let since = if waiting {
+        if waiting {
             let epoch = self.inner.epoch.get_or_init(Instant::now);
-            epoch.elapsed().as_nanos() as u64 + 1
+            let since = epoch.elapsed().as_nanos() as u64 + 1;
+            self.inner.input_wait.store(since, Ordering::SeqCst);
         } else {
-            0
-        };
-        self.inner.input_wait.store(since, Ordering::SeqCst);
+            let _state = self.state();
+            self.inner.input_wait.store(0, Ordering::SeqCst);
+            self.inner.changed.notify_all();
+        }
     }
 
     /// The stop requested so far, if any.
@@ -400,30 +403,60 @@ impl CellControl {
         self.inner.changed.notify_all();
     }
 
-    /// Waits until the vCPU thread finishes, a stop is requested, or `deadline`.
-    pub(crate) fn wait_until(&self, deadline: Instant) -> Wake {
-        self.wait(deadline, true)
+    /// What a supervisor waits on between its looks at the cell's output: until the
+    /// vCPU thread finishes, a stop is requested, or `tick` (or `deadline`, if
+    /// sooner), except that while the
+    /// vCPU thread waits for input, which it does with no output pending, the wait
+    /// goes on past `tick` until the input comes. An idle cell then costs its
+    /// supervisor no wake-ups.
+    pub(crate) fn wait_for_tick(&self, tick: Instant, deadline: Option<Instant>) -> Wake {
+        let mut state = self.state();
+        loop {
+            if state.finished {
+                return Wake::Finished;
+            }
+            if state.stop.is_some() {
+                return Wake::Stopping;
+            }
+            let idle = self.inner.input_wait.load(Ordering::SeqCst) != 0;
+            let until = if idle {
+                deadline
+            } else {
+                Some(deadline.map_or(tick, |deadline| deadline.min(tick)))
+            };
+            state = match until {
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    if left.is_zero() {
+                        return Wake::Timeout;
+                    }
+                    self.inner
+                        .changed
+                        .wait_timeout(state, left)
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .0
+                }
+                None => self
+                    .inner
+                    .changed
+                    .wait(state)
+                    .unwrap_or_else(PoisonError::into_inner),
+            };
+        }
     }
 
     /// Waits until the vCPU thread finishes or `deadline`, a stop asked for or not;
     /// true if it finished. What a supervisor waits on between the kicks of a stop, so
     /// that it does not kick without pause.
     pub(crate) fn wait_for_finish(&self, deadline: Instant) -> bool {
-        self.wait(deadline, false) == Wake::Finished
-    }
-
-    fn wait(&self, deadline: Instant, stop_wakes: bool) -> Wake {
         let mut state = self.state();
         loop {
             if state.finished {
-                return Wake::Finished;
-            }
-            if stop_wakes && state.stop.is_some() {
-                return Wake::Stopping;
+                return true;
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
-                return Wake::Timeout;
+                return false;
             }
             state = self
                 .inner
@@ -447,9 +480,9 @@ mod tests {
         control.stop(StopReason::Timeout);
         assert_eq!(control.stop_requested(), Some(StopReason::Signal(15)));
         let far = Instant::now() + Duration::from_secs(60);
-        assert_eq!(control.wait_until(far), Wake::Stopping);
+        assert_eq!(control.wait_for_tick(far, None), Wake::Stopping);
         control.finish();
-        assert_eq!(control.wait_until(far), Wake::Finished);
+        assert_eq!(control.wait_for_tick(far, None), Wake::Finished);
     }
 
     #[test]
@@ -478,7 +511,7 @@ mod tests {
     fn waiting_times_out_and_drains_are_taken_once() {
         let control = CellControl::new();
         let soon = Instant::now() + Duration::from_millis(5);
-        assert_eq!(control.wait_until(soon), Wake::Timeout);
+        assert_eq!(control.wait_for_tick(soon, None), Wake::Timeout);
         assert_eq!(control.stop_requested(), None);
         control.request_drain();
         assert!(control.take_drain());

@@ -122,6 +122,9 @@ fn main() {
         &live,
     );
     let live_writes = writes(&client, live.alive.min(runs));
+    // Its VMs would slow the next daemon's: the kernel's cost of making a VM grows
+    // with the VMs alive.
+    daemon.signal(libc::SIGTERM);
 
     // The same, parked.
     let parked_dir = work.path().join("parked");
@@ -152,8 +155,6 @@ fn main() {
         );
     }
     parking.signal(libc::SIGTERM);
-    // SIGTERM: the daemon kills its cells and records their ends.
-    daemon.signal(libc::SIGTERM);
 }
 
 /// What a daemon's idle cells cost.
@@ -165,6 +166,8 @@ struct Idle {
     threads: f64,
     per_second: f64,
     parked_kib: Option<f64>,
+    /// Requests answered 503 (too many live partitions) and asked again.
+    busy: usize,
     stopped_by: Option<String>,
 }
 
@@ -197,10 +200,20 @@ fn idle_cells(
     );
     let began = Instant::now();
     let mut alive = 0;
+    let mut busy = 0;
     let mut stopped_by = None;
     for cell in 0..count {
         let name = format!("idle{cell}");
-        let made = client.call(Method::POST, "/v1/cells?start=true", Some(spec(&name)));
+        // A busy daemon (503) is asked again, as its Retry-After says.
+        let made = loop {
+            match client.call(Method::POST, "/v1/cells?start=true", Some(spec(&name))) {
+                Err(client::ClientError::Busy(_)) => {
+                    busy += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                made => break made,
+            }
+        };
         if let Err(error) = made {
             stopped_by = Some(error.to_string());
             break;
@@ -235,6 +248,7 @@ fn idle_cells(
         threads: per(status("Threads:"), before_threads),
         per_second: alive as f64 / seconds,
         parked_kib,
+        busy,
         stopped_by,
     }
 }
@@ -256,6 +270,12 @@ fn print_idle(title: &str, idle: &Idle) {
         idle.parked_kib
             .map_or("-".into(), |kib| format!("{kib:.0}"))
     );
+    if idle.busy > 0 {
+        println!(
+            "\n{} requests were answered 503 (as many live partitions as the daemon's open-file limit allows) and asked again.",
+            idle.busy
+        );
+    }
     if let Some(reason) = &idle.stopped_by {
         println!("\nStopped at {} cells: {reason}", idle.alive);
     }

@@ -31,6 +31,10 @@ pub enum ClientError {
     /// The daemon refused the request, with its sentence.
     #[error("{0}")]
     Refused(String),
+    /// The daemon is too busy for the request now (503), with its sentence: it may
+    /// succeed later.
+    #[error("{0}")]
+    Busy(String),
 }
 
 /// Where the daemon is.
@@ -201,5 +205,9 @@ pub fn refusal(status: StatusCode, body: &[u8]) -> ClientError {
         .ok()
         .and_then(|value| value.get("error")?.as_str().map(str::to_string))
         .unwrap_or_else(|| format!("the daemon answered {status}"));
-    ClientError::Refused(sentence)
+    if status == StatusCode::SERVICE_UNAVAILABLE {
+        ClientError::Busy(sentence)
+    } else {
+        ClientError::Refused(sentence)
+    }
 }

@@ -172,3 +172,87 @@ fn idle_cells_are_parked_and_woken_by_input_with_all_their_memory() {
     let line = wait_for(&output, |_| true);
     assert_eq!(line, expected[2].note("delta"));
 }
+
+#[test]
+fn a_daemon_out_of_descriptors_answers_busy_and_parking_makes_room() {
+    let dir = tempfile::tempdir().unwrap();
+    let notes = c_program("notes");
+    // Room for 256 descriptors of its own and four live cells of ten each.
+    let daemon = Daemon::start_limited(dir.path(), &["--park-after", "off"], Some(256 + 45));
+    for cell in 0..4 {
+        daemon.ok(&[
+            "create",
+            "-i",
+            "--start",
+            "--name",
+            &format!("c{cell}"),
+            notes.to_str().unwrap(),
+        ]);
+    }
+    let out = daemon.cli(&[
+        "create",
+        "-i",
+        "--start",
+        "--name",
+        "c4",
+        notes.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("as many as its limit of open files allows; try again"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(
+        daemon.cli(&["inspect", "c4"]).status.code() == Some(1),
+        "nothing is recorded of a refused create-and-start"
+    );
+    daemon.ok(&["create", "-i", "--name", "c4", notes.to_str().unwrap()]);
+    let out = daemon.cli(&["start", "c4"]);
+    assert!(
+        text(&out.stderr).contains("try again"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        daemon.inspect("c4")["state"],
+        "created",
+        "a refused start leaves the cell as it was"
+    );
+    drop(daemon);
+
+    // With parking, the idle ones make room.
+    let parking = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start_limited(parking.path(), &["--park-after", "100ms"], Some(256 + 45));
+    for cell in 0..12 {
+        let name = format!("p{cell}");
+        let deadline = Instant::now() + PATIENCE;
+        loop {
+            let out = daemon.cli(&[
+                "create",
+                "-i",
+                "--start",
+                "--name",
+                &name,
+                notes.to_str().unwrap(),
+            ]);
+            if out.status.success() {
+                break;
+            }
+            assert!(
+                text(&out.stderr).contains("try again"),
+                "{}",
+                text(&out.stderr)
+            );
+            assert!(Instant::now() < deadline, "room is made for {name}");
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+    }
+    for cell in 0..12 {
+        wait_parked(&daemon, &format!("p{cell}"));
+    }
+    write_stdin(&daemon, "p0", "one\n");
+    let (_, output) = daemon.follow(&["logs", "-f", "p0"]);
+    wait_for(&output, |line| line == "ready");
+    assert_eq!(wait_for(&output, |_| true), Notes::new().note("one"));
+}

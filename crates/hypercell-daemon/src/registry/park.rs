@@ -37,6 +37,9 @@ impl Parked {
     }
 }
 
+/// Threads that park cells at once.
+const PARKERS: usize = 4;
+
 /// Parks, from a thread of its own, every cell of `registry` that has waited `after`
 /// for input, looking a few times per `after`, until the registry closes or goes.
 pub(super) fn watch_idle(registry: &Arc<Registry>, after: Duration) -> std::io::Result<()> {
@@ -53,9 +56,20 @@ pub(super) fn watch_idle(registry: &Arc<Registry>, after: Duration) -> std::io::
                 if *registry.closing.borrow() {
                     return;
                 }
-                for id in registry.idle_cells(after) {
-                    registry.park(&id);
-                }
+                // Parking waits mostly on the cells' vCPU threads: several at once
+                // keep up with cells started quickly.
+                let idle = registry.idle_cells(after);
+                let share = idle.len().div_ceil(PARKERS).max(1);
+                std::thread::scope(|scope| {
+                    for ids in idle.chunks(share) {
+                        let registry = &registry;
+                        scope.spawn(move || {
+                            for id in ids {
+                                registry.park(id);
+                            }
+                        });
+                    }
+                });
             }
         })
         .map(drop)
@@ -215,6 +229,9 @@ impl Registry {
     ) -> Result<MutexGuard<'_, Inner>, DaemonError> {
         let mut inner = self.settle(reference)?;
         let id = resolve(&inner, reference)?;
+        if inner.parked.contains_key(&id) {
+            self.check_room(&inner)?;
+        }
         if let Some(parked) = inner.parked.remove(&id) {
             self.wake(&mut inner, &id, parked)?;
         }

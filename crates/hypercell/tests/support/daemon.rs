@@ -29,8 +29,32 @@ impl Daemon {
 
     /// Starts the daemon with `extra` flags and waits until it says it serves.
     pub fn start_with(dir: &Path, extra: &[&str]) -> Self {
+        Self::start_limited(dir, extra, None)
+    }
+
+    /// Starts the daemon with `extra` flags and, if given, a limit of open files, and
+    /// waits until it says it serves.
+    pub fn start_limited(dir: &Path, extra: &[&str], open_files: Option<u64>) -> Self {
+        use std::os::unix::process::CommandExt;
         let socket = dir.join("api.sock");
-        let mut child = hypercell(&scratch().join("cache"))
+        let mut command = hypercell(&scratch().join("cache"));
+        if let Some(open_files) = open_files {
+            // SAFETY: the closure runs in the forked child before exec and only calls
+            // setrlimit, which is async-signal-safe, on a struct it owns.
+            unsafe {
+                command.pre_exec(move || {
+                    let limit = libc::rlimit {
+                        rlim_cur: open_files,
+                        rlim_max: open_files,
+                    };
+                    if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                    Ok(())
+                });
+            }
+        }
+        let mut child = command
             .args(["daemon", "--socket"])
             .arg(&socket)
             .arg("--state")
