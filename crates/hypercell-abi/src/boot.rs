@@ -66,8 +66,8 @@ pub struct BootInfo {
     /// [`TEMPLATE_STOP_START`] or [`TEMPLATE_STOP_INIT`]. The runtime then makes the
     /// [`crate::Hypercall::Ready`] call at that point.
     pub template_stop: u8,
-    /// Reserved, zero.
-    pub reserved: [u8; 4],
+    /// The [`crate::Components`] the cell is given, as bits.
+    pub components: u32,
     /// Where the host sends the vCPU when the guest raises a CPU exception: the
     /// runtime's trap entry, called with the faulting instruction's address, the frame
     /// pointer, whether a faulting address follows, that address and the vector. Zero

@@ -8,6 +8,7 @@
 pub mod errno {
     #![allow(missing_docs)]
     pub const AGAIN: u16 = 6;
+    pub const NOTCAPABLE: u16 = 76;
     pub const ACCES: u16 = 2;
     pub const BADF: u16 = 8;
     pub const EXIST: u16 = 20;
@@ -161,74 +162,168 @@ pub enum WasiType {
     I64,
 }
 
+use crate::components::{Components, Needs};
+use Needs::{Component, Descriptor, Nothing, Poll};
 use WasiType::{I32, I64};
 
-/// A WASI preview1 function: name, parameter types, and whether it returns an errno
-/// (`i32`); only `proc_exit` returns nothing.
-pub type WasiFunction = (&'static str, &'static [WasiType], bool);
+/// A WASI preview1 function: name, parameter types, whether it returns an errno
+/// (`i32`; only `proc_exit` returns nothing), and what it needs of a cell's components.
+pub type WasiFunction = (&'static str, &'static [WasiType], bool, Needs);
 
 /// Every preview1 function, sorted by name.
 pub const WASI_PREVIEW1_FUNCTIONS: &[WasiFunction] = &[
-    ("args_get", &[I32, I32], true),
-    ("args_sizes_get", &[I32, I32], true),
-    ("clock_res_get", &[I32, I32], true),
-    ("clock_time_get", &[I32, I64, I32], true),
-    ("environ_get", &[I32, I32], true),
-    ("environ_sizes_get", &[I32, I32], true),
-    ("fd_advise", &[I32, I64, I64, I32], true),
-    ("fd_allocate", &[I32, I64, I64], true),
-    ("fd_close", &[I32], true),
-    ("fd_datasync", &[I32], true),
-    ("fd_fdstat_get", &[I32, I32], true),
-    ("fd_fdstat_set_flags", &[I32, I32], true),
-    ("fd_fdstat_set_rights", &[I32, I64, I64], true),
-    ("fd_filestat_get", &[I32, I32], true),
-    ("fd_filestat_set_size", &[I32, I64], true),
-    ("fd_filestat_set_times", &[I32, I64, I64, I32], true),
-    ("fd_pread", &[I32, I32, I32, I64, I32], true),
-    ("fd_prestat_dir_name", &[I32, I32, I32], true),
-    ("fd_prestat_get", &[I32, I32], true),
-    ("fd_pwrite", &[I32, I32, I32, I64, I32], true),
-    ("fd_read", &[I32, I32, I32, I32], true),
-    ("fd_readdir", &[I32, I32, I32, I64, I32], true),
-    ("fd_renumber", &[I32, I32], true),
-    ("fd_seek", &[I32, I64, I32, I32], true),
-    ("fd_sync", &[I32], true),
-    ("fd_tell", &[I32, I32], true),
-    ("fd_write", &[I32, I32, I32, I32], true),
-    ("path_create_directory", &[I32, I32, I32], true),
-    ("path_filestat_get", &[I32, I32, I32, I32, I32], true),
+    ("args_get", &[I32, I32], true, Component(Components::ARGS)),
+    (
+        "args_sizes_get",
+        &[I32, I32],
+        true,
+        Component(Components::ARGS),
+    ),
+    (
+        "clock_res_get",
+        &[I32, I32],
+        true,
+        Component(Components::CLOCKS),
+    ),
+    (
+        "clock_time_get",
+        &[I32, I64, I32],
+        true,
+        Component(Components::CLOCKS),
+    ),
+    ("environ_get", &[I32, I32], true, Component(Components::ENV)),
+    (
+        "environ_sizes_get",
+        &[I32, I32],
+        true,
+        Component(Components::ENV),
+    ),
+    ("fd_advise", &[I32, I64, I64, I32], true, Descriptor),
+    ("fd_allocate", &[I32, I64, I64], true, Descriptor),
+    ("fd_close", &[I32], true, Descriptor),
+    ("fd_datasync", &[I32], true, Descriptor),
+    ("fd_fdstat_get", &[I32, I32], true, Descriptor),
+    ("fd_fdstat_set_flags", &[I32, I32], true, Descriptor),
+    ("fd_fdstat_set_rights", &[I32, I64, I64], true, Descriptor),
+    ("fd_filestat_get", &[I32, I32], true, Descriptor),
+    ("fd_filestat_set_size", &[I32, I64], true, Descriptor),
+    (
+        "fd_filestat_set_times",
+        &[I32, I64, I64, I32],
+        true,
+        Descriptor,
+    ),
+    ("fd_pread", &[I32, I32, I32, I64, I32], true, Descriptor),
+    ("fd_prestat_dir_name", &[I32, I32, I32], true, Nothing),
+    ("fd_prestat_get", &[I32, I32], true, Nothing),
+    ("fd_pwrite", &[I32, I32, I32, I64, I32], true, Descriptor),
+    ("fd_read", &[I32, I32, I32, I32], true, Descriptor),
+    ("fd_readdir", &[I32, I32, I32, I64, I32], true, Descriptor),
+    ("fd_renumber", &[I32, I32], true, Descriptor),
+    ("fd_seek", &[I32, I64, I32, I32], true, Descriptor),
+    ("fd_sync", &[I32], true, Descriptor),
+    ("fd_tell", &[I32, I32], true, Descriptor),
+    ("fd_write", &[I32, I32, I32, I32], true, Descriptor),
+    (
+        "path_create_directory",
+        &[I32, I32, I32],
+        true,
+        Component(Components::FS),
+    ),
+    (
+        "path_filestat_get",
+        &[I32, I32, I32, I32, I32],
+        true,
+        Component(Components::FS),
+    ),
     (
         "path_filestat_set_times",
         &[I32, I32, I32, I32, I64, I64, I32],
         true,
+        Component(Components::FS),
     ),
-    ("path_link", &[I32, I32, I32, I32, I32, I32, I32], true),
+    (
+        "path_link",
+        &[I32, I32, I32, I32, I32, I32, I32],
+        true,
+        Component(Components::FS),
+    ),
     (
         "path_open",
         &[I32, I32, I32, I32, I32, I64, I64, I32, I32],
         true,
+        Component(Components::FS),
     ),
-    ("path_readlink", &[I32, I32, I32, I32, I32, I32], true),
-    ("path_remove_directory", &[I32, I32, I32], true),
-    ("path_rename", &[I32, I32, I32, I32, I32, I32], true),
-    ("path_symlink", &[I32, I32, I32, I32, I32], true),
-    ("path_unlink_file", &[I32, I32, I32], true),
-    ("poll_oneoff", &[I32, I32, I32, I32], true),
-    ("proc_exit", &[I32], false),
-    ("proc_raise", &[I32], true),
-    ("random_get", &[I32, I32], true),
-    ("sched_yield", &[], true),
-    ("sock_accept", &[I32, I32, I32], true),
-    ("sock_recv", &[I32, I32, I32, I32, I32, I32], true),
-    ("sock_send", &[I32, I32, I32, I32, I32], true),
-    ("sock_shutdown", &[I32, I32], true),
+    (
+        "path_readlink",
+        &[I32, I32, I32, I32, I32, I32],
+        true,
+        Component(Components::FS),
+    ),
+    (
+        "path_remove_directory",
+        &[I32, I32, I32],
+        true,
+        Component(Components::FS),
+    ),
+    (
+        "path_rename",
+        &[I32, I32, I32, I32, I32, I32],
+        true,
+        Component(Components::FS),
+    ),
+    (
+        "path_symlink",
+        &[I32, I32, I32, I32, I32],
+        true,
+        Component(Components::FS),
+    ),
+    (
+        "path_unlink_file",
+        &[I32, I32, I32],
+        true,
+        Component(Components::FS),
+    ),
+    ("poll_oneoff", &[I32, I32, I32, I32], true, Poll),
+    ("proc_exit", &[I32], false, Nothing),
+    ("proc_raise", &[I32], true, Nothing),
+    (
+        "random_get",
+        &[I32, I32],
+        true,
+        Component(Components::RANDOM),
+    ),
+    ("sched_yield", &[], true, Nothing),
+    (
+        "sock_accept",
+        &[I32, I32, I32],
+        true,
+        Component(Components::NET),
+    ),
+    (
+        "sock_recv",
+        &[I32, I32, I32, I32, I32, I32],
+        true,
+        Component(Components::NET),
+    ),
+    (
+        "sock_send",
+        &[I32, I32, I32, I32, I32],
+        true,
+        Component(Components::NET),
+    ),
+    (
+        "sock_shutdown",
+        &[I32, I32],
+        true,
+        Component(Components::NET),
+    ),
 ];
 
 /// Looks up a preview1 function by name.
 pub fn wasi_function(name: &str) -> Option<&'static WasiFunction> {
     WASI_PREVIEW1_FUNCTIONS
-        .binary_search_by(|(n, _, _)| (*n).cmp(name))
+        .binary_search_by(|(n, ..)| (*n).cmp(name))
         .ok()
         .map(|i| &WASI_PREVIEW1_FUNCTIONS[i])
 }

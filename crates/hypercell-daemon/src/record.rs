@@ -54,6 +54,14 @@ pub struct CellSpec {
     /// What becomes of the cell, while it runs, when the daemon goes away.
     #[serde(default)]
     pub restart: RestartPolicy,
+    /// The host components the program is given, of `stdio`, `args`, `env`, `clocks`,
+    /// `random` and `fs` (its `dirs`); a call into another answers `notcapable`. All
+    /// when absent; a template's cells have the template's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<String>>,
+    /// Refuse a module that imports a function of a component not given.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub components_strict: bool,
     /// Labels, for the operator's own use.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,

@@ -11,7 +11,8 @@ use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use hypercell_host::config::DEFAULT_MEMORY_LIMIT;
+use hypercell_host::compile::check_components;
+use hypercell_host::config::{Components, DEFAULT_MEMORY_LIMIT, component_names};
 use hypercell_host::fs::Preopen;
 use hypercell_host::persist::{CellSnapshot, SnapshotFile};
 use hypercell_host::{
@@ -402,6 +403,7 @@ impl Registry {
     /// Checks `spec` and adds a cell for it, not yet recorded; its id.
     fn add(&self, spec: CellSpec) -> Result<String, DaemonError> {
         check_spec(&spec)?;
+        check_components_of(&spec)?;
         for dir in &spec.dirs {
             let inside = Path::new(&dir.host)
                 .canonicalize()
@@ -1202,13 +1204,73 @@ fn check_spec(spec: &CellSpec) -> Result<(), DaemonError> {
     if spec.memory == Some(0) {
         return bad("memory", "a cell needs some memory".into());
     }
+    let components = spec_components(spec)?;
+    if !spec.dirs.is_empty() && !components.contains(Components::FS) {
+        return bad(
+            "components",
+            "directories are granted, but not the `fs` component that serves them".into(),
+        );
+    }
     Ok(())
+}
+
+/// The components `spec` names (all when it names none).
+fn spec_components(spec: &CellSpec) -> Result<Components, DaemonError> {
+    let Some(names) = &spec.components else {
+        return Ok(Components::ALL);
+    };
+    names.iter().try_fold(Components::NONE, |all, name| {
+        Components::named(name)
+            .map(|component| all.union(component))
+            .ok_or_else(|| DaemonError::BadRequest {
+                field: "components",
+                message: format!(
+                    "`{name}` is not a component: choose from stdio, args, env, clocks, random and fs"
+                ),
+            })
+    })
+}
+
+/// With `components_strict`: refuses a module that imports a function of a component
+/// the cell is not given. A template's cells have its components, which `spec` may
+/// only repeat.
+fn check_components_of(spec: &CellSpec) -> Result<(), DaemonError> {
+    let bad = |message: String| DaemonError::BadRequest {
+        field: "components",
+        message,
+    };
+    let mut components = spec_components(spec)?;
+    let mut module = PathBuf::from(&spec.module);
+    if SnapshotFile::is_snapshot(&module) {
+        let file = SnapshotFile::read_from(&module).map_err(|e| DaemonError::BadRequest {
+            field: "module",
+            message: e.to_string(),
+        })?;
+        let made_with = Components(file.components).known();
+        if spec.components.is_some() && components != made_with {
+            return Err(bad(format!(
+                "`{}` was made with the components {}, which its cells keep",
+                spec.module,
+                component_names(made_with)
+            )));
+        }
+        components = made_with;
+        module = file.module;
+    }
+    if !spec.components_strict {
+        return Ok(());
+    }
+    let bytes = std::fs::read(&module)
+        .map_err(|e| bad(format!("cannot read `{}`: {e}", module.display())))?;
+    check_components(&module, &bytes, components).map_err(|e| bad(e.to_string()))
 }
 
 fn cell_config(spec: &CellSpec) -> CellConfig {
     let mut args = vec![spec.module.clone()];
     args.extend(spec.args.iter().cloned());
     CellConfig {
+        // Checked when the cell was created.
+        components: spec_components(spec).unwrap_or(Components::ALL),
         memory_limit: spec.memory.unwrap_or(DEFAULT_MEMORY_LIMIT),
         timeout: spec.timeout_ms.map(Duration::from_millis),
         output_limit: spec.max_output,

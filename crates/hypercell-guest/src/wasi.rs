@@ -4,14 +4,16 @@
 //! goes through [`crate::stdio`], wherever `fd_renumber` has moved it; calls on other
 //! descriptors go to the host's file table through [`crate::files`], which answers
 //! `badf` for a number that is not open (or that holds stdio, for calls stdio does not
-//! take), as wasmtime does.
+//! take), as wasmtime does. A call into a component the cell was not given answers
+//! `notcapable` (the table in `hypercell_abi::wasi` says which each call needs).
 
 use core::ops::Range;
+use core::sync::atomic::{AtomicU32, Ordering};
 
 use alloc::vec::Vec;
 use hypercell_abi::wasi::WASI_PREVIEW1 as WASI;
 use hypercell_abi::wasi::{filetype, rights};
-use hypercell_abi::{BootInfo, FileOp};
+use hypercell_abi::{BootInfo, Components, FileOp, Needs};
 use wasmtime::{Caller, Extern, Linker};
 
 use crate::files::{self, Linear};
@@ -28,6 +30,7 @@ mod errno {
     pub const INVAL: i32 = abi::INVAL as i32;
     pub const NAMETOOLONG: i32 = abi::NAMETOOLONG as i32;
     pub const NOSYS: i32 = abi::NOSYS as i32;
+    pub const NOTCAPABLE: i32 = abi::NOTCAPABLE as i32;
     pub const NOTDIR: i32 = abi::NOTDIR as i32;
     pub const NOTSOCK: i32 = abi::NOTSOCK as i32;
     pub const NOTSUP: i32 = abi::NOTSUP as i32;
@@ -83,8 +86,39 @@ impl StringBlock {
     }
 }
 
+/// The components the cell is given, as [`BootInfo::components`] says.
+static GRANTED: AtomicU32 = AtomicU32::new(0);
+
+fn granted() -> Components {
+    Components(GRANTED.load(Ordering::Relaxed))
+}
+
+/// What a call with these needs, whose first parameter is `first`, may do: `Ok`, or
+/// `notcapable` when the cell lacks the component. Components no cell can be given
+/// (sockets) are left to the call's own answer, as wasmtime's.
+fn check(needs: Needs, first: i64) -> Result<(), Errno> {
+    let needed = match needs {
+        Needs::Nothing | Needs::Poll => return Ok(()),
+        Needs::Component(component) => component,
+        Needs::Descriptor if files::stream(first as i32).is_some() => Components::STDIO,
+        Needs::Descriptor => Components::FS,
+    };
+    if needed.known() == Components::NONE || granted().contains(needed) {
+        Ok(())
+    } else {
+        Err(errno::NOTCAPABLE)
+    }
+}
+
+/// What the preview1 function `name` needs (every function this module defines is in
+/// the table).
+fn needs_of(name: &str) -> Needs {
+    hypercell_abi::wasi::wasi_function(name).map_or(Needs::Nothing, |function| function.3)
+}
+
 impl CellState {
     pub fn new(boot: &BootInfo, limiter: GrowthLimiter) -> Self {
+        GRANTED.store(boot.components, Ordering::Relaxed);
         Self {
             limiter,
             args: StringBlock::new(boot.args_addr, boot.args_len, boot.argc),
@@ -95,6 +129,7 @@ impl CellState {
     /// Takes the arguments and environment of `boot`, for a cell started from a
     /// template, whose host wrote its own.
     pub fn reidentify(&mut self, boot: &BootInfo) {
+        GRANTED.store(boot.components, Ordering::Relaxed);
         self.args = StringBlock::new(boot.args_addr, boot.args_len, boot.argc);
         self.env = StringBlock::new(boot.env_addr, boot.env_len, boot.envc);
     }
@@ -446,6 +481,7 @@ fn poll_oneoff(
         let word = u32::from_le_bytes(sub[16..20].try_into().expect("4 bytes"));
         match kind {
             EVENTTYPE_CLOCK => {
+                check(Needs::Component(Components::CLOCKS), 0)?;
                 let timeout = u64::from_le_bytes(sub[24..32].try_into().expect("8 bytes"));
                 let flags = u16::from_le_bytes(sub[40..42].try_into().expect("2 bytes"));
                 match clock::now(word) {
@@ -461,6 +497,14 @@ fn poll_oneoff(
                 }
             }
             EVENTTYPE_FD_READ | EVENTTYPE_FD_WRITE => {
+                if let Err(error) = check(Needs::Descriptor, i64::from(word as i32)) {
+                    ready.push(Event {
+                        userdata,
+                        error,
+                        kind,
+                    });
+                    continue;
+                }
                 let Some(stream) = files::stream(word as i32) else {
                     // Files are always ready, reported as wasmtime does (one byte). A
                     // descriptor that is not open fails the whole call, as under
@@ -520,7 +564,11 @@ fn poll_oneoff(
 /// parameters.
 macro_rules! wasi {
     ($linker:ident, $name:literal, |$mem:ident, $state:ident $(, $p:ident: $t:ty)*| $body:expr) => {
-        $linker.func_wrap(WASI, $name, |mut caller: Caller<'_, CellState>, $($p: $t),*| {
+        let needs = needs_of($name);
+        $linker.func_wrap(WASI, $name, move |mut caller: Caller<'_, CellState>, $($p: $t),*| {
+            if let Err(errno) = check(needs, first_param!($($p),*)) {
+                return Ok(errno);
+            }
             with_mem(&mut caller, |$mem, $state| {
                 let _ = &$state;
                 $body
@@ -532,11 +580,26 @@ macro_rules! wasi {
 /// Defines a WASI function that touches no memory and answers from its parameters.
 macro_rules! wasi_errno {
     ($linker:ident, $name:literal, |$($p:ident: $t:ty),*| $body:expr) => {
-        $linker.func_wrap(WASI, $name, |$($p: $t),*| -> i32 {
+        let needs = needs_of($name);
+        $linker.func_wrap(WASI, $name, move |$($p: $t),*| -> i32 {
             // A closure, so that the body may `return` early.
-            let body = || -> Result<(), Errno> { $body };
+            let body = || -> Result<(), Errno> {
+                check(needs, first_param!($($p),*))?;
+                $body
+            };
             body().err().unwrap_or(0)
         })?;
+    };
+}
+
+/// The first of a call's parameters, widened (0 for none): the descriptor, for the
+/// calls on one.
+macro_rules! first_param {
+    () => {
+        0i64
+    };
+    ($first:ident $(, $rest:ident)*) => {
+        $first as i64
     };
 }
 
@@ -564,6 +627,9 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         WASI,
         "clock_res_get",
         |mut caller: Caller<'_, CellState>, id: i32, out: i32| {
+            if let Err(errno) = check(Needs::Component(Components::CLOCKS), 0) {
+                return Ok(errno);
+            }
             check_clock(id)?;
             with_mem(&mut caller, |mem, _| clock_res_get(mem, id, out))
         },
@@ -572,6 +638,9 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         WASI,
         "clock_time_get",
         |mut caller: Caller<'_, CellState>, id: i32, _precision: i64, out: i32| {
+            if let Err(errno) = check(Needs::Component(Components::CLOCKS), 0) {
+                return Ok(errno);
+            }
             check_clock(id)?;
             with_mem(&mut caller, |mem, _| clock_time_get(mem, id, out))
         },
@@ -665,6 +734,9 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, CellState>, fd: i32, offset: i64, whence: i32, out: i32| {
             if !(0..=2).contains(&whence) {
                 wasmtime::bail!("invalid enum value Whence");
+            }
+            if let Err(errno) = check(Needs::Descriptor, fd.into()) {
+                return Ok(errno);
             }
             with_mem(&mut caller, |mem, _| {
                 if files::stream(fd).is_some() {
@@ -821,6 +893,9 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             WASI,
             name,
             move |mut caller: Caller<'_, CellState>, fd: i32, path: i32, len: i32| {
+                if let Err(errno) = check(Needs::Component(Components::FS), 0) {
+                    return Ok(errno);
+                }
                 with_mem(&mut caller, |mem, _| {
                     let path = mem.addr(path, len as u32)?;
                     files::call(

@@ -9,7 +9,8 @@ use hypercell_abi::boot::BOOT_MAGIC;
 use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, RESERVATION_BASE};
 use hypercell_abi::{
-    ABI_VERSION, BootInfo, CpuFeatures, GuestPhases, TEMPLATE_STOP_INIT, TEMPLATE_STOP_START,
+    ABI_VERSION, BootInfo, Components, CpuFeatures, GuestPhases, TEMPLATE_STOP_INIT,
+    TEMPLATE_STOP_START,
 };
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
@@ -125,6 +126,9 @@ pub enum CellError {
     /// A partition could not be put back to its template.
     #[error("the cell could not be put back to its template: {0}")]
     Reset(String),
+    /// Directories are granted without the component that serves them.
+    #[error("directories are granted to the cell, but not the `fs` component that serves them")]
+    FsNotGiven,
 }
 
 /// How the program ended.
@@ -530,6 +534,9 @@ fn start_cell(
     mut reuse: Option<&mut Option<Partition>>,
 ) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
+    if !config.preopens.is_empty() && !config.components.contains(Components::FS) {
+        return Err(CellError::FsNotGiven.into());
+    }
     let kept = reuse.as_mut().and_then(|kept| kept.take());
     let in_place = kept.is_some();
     let base = match start {
@@ -731,7 +738,7 @@ fn start_cell(
             Start::Template(TemplatePoint::Init, _) => TEMPLATE_STOP_INIT,
             _ => 0,
         },
-        reserved: [0; 4],
+        components: config.components.0,
         trap_entry: 0,
         trap_stack: 0,
         premapped_memory: premapped,
@@ -768,7 +775,12 @@ fn start_cell(
             mem.write_slice(block, GuestAddress(at))
                 .map_err(load_error)?;
         }
-        mem.write_obj(OUTPUT_CAPACITY, GuestAddress(layout.output + 8))
+        let capacity = if config.components.contains(Components::STDIO) {
+            OUTPUT_CAPACITY
+        } else {
+            0
+        };
+        mem.write_obj(capacity, GuestAddress(layout.output + 8))
             .map_err(load_error)?;
         vcpu.configure(&tables, entry.0, layout.stack_top, layout.boot_info)?;
         if cpu_features & CpuFeatures::AVX != 0 {
@@ -820,6 +832,11 @@ fn start_cell(
                 mem.write_slice(block, GuestAddress(at))
                     .map_err(load_error)?;
             }
+            mem.write_obj(
+                boot.components,
+                GuestAddress(layout.boot_info + offset_of!(BootInfo, components) as u64),
+            )
+            .map_err(load_error)?;
             let fields = [
                 (offset_of!(BootInfo, args_addr), boot.args_addr),
                 (offset_of!(BootInfo, env_addr), boot.env_addr),
@@ -871,6 +888,7 @@ fn start_cell(
             Start::Template(point, _) => Some(point),
             _ => None,
         },
+        components: config.components,
     };
     let trap_handler = GuestAddress(layout.boot_info + offset_of!(BootInfo, trap_entry) as u64);
     let mapped_module = MappedModule {
@@ -892,6 +910,7 @@ fn start_cell(
     let drained = drain_output(
         &memory,
         services.output,
+        services.output_capacity(),
         &services.stdio,
         &mut services.meter,
         control,

@@ -3,6 +3,8 @@
 
 use std::time::Duration;
 
+pub use hypercell_abi::Components;
+
 /// Errors parsing cell settings.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum ConfigError {
@@ -22,6 +24,9 @@ pub enum ConfigError {
     /// A directory to grant with more than one `::`.
     #[error("invalid directory `{0}`: write it as HOST or HOST::GUEST, with one `::` at most")]
     DirSpec(String),
+    /// A component that does not exist.
+    #[error("`{0}` is not a component: choose from stdio, args, env, clocks, random and fs")]
+    Component(String),
 }
 
 /// Default limit of a program's linear memory: 4 GiB, all a 32-bit memory can
@@ -46,6 +51,9 @@ pub struct CellConfig {
     pub env: Vec<(String, String)>,
     /// Host directories the program may use, as descriptors 3, 4, ...
     pub preopens: Vec<crate::fs::Preopen>,
+    /// The host components the program is given; a call into another answers
+    /// `notcapable`.
+    pub components: Components,
 }
 
 impl Default for CellConfig {
@@ -57,7 +65,57 @@ impl Default for CellConfig {
             args: Vec::new(),
             env: Vec::new(),
             preopens: Vec::new(),
+            components: Components::ALL,
         }
+    }
+}
+
+/// Components as `--components` lists them: names separated by commas, and `strict`
+/// among them to refuse a module that imports a function of a component not given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ComponentChoice {
+    /// The components given.
+    pub components: Components,
+    /// Whether a module importing from another is refused.
+    pub strict: bool,
+}
+
+/// Parses a list such as `stdio,clocks,strict` (`all` gives every component; an empty
+/// list none).
+pub fn parse_components(text: &str) -> Result<ComponentChoice, ConfigError> {
+    let mut choice = ComponentChoice {
+        components: Components::NONE,
+        strict: false,
+    };
+    for name in text
+        .split(',')
+        .map(str::trim)
+        .filter(|name| !name.is_empty())
+    {
+        match name {
+            "strict" => choice.strict = true,
+            "all" => choice.components = Components::ALL,
+            name => {
+                let component =
+                    Components::named(name).ok_or_else(|| ConfigError::Component(name.into()))?;
+                choice.components = choice.components.union(component);
+            }
+        }
+    }
+    Ok(choice)
+}
+
+/// The names of `components`, comma-separated (`none` for none).
+pub fn component_names(components: Components) -> String {
+    let names: Vec<&str> = Components::NAMES
+        .iter()
+        .filter(|&&(_, component)| components.contains(component))
+        .map(|&(name, _)| name)
+        .collect();
+    if names.is_empty() {
+        "none".into()
+    } else {
+        names.join(",")
     }
 }
 
@@ -165,5 +223,26 @@ mod tests {
         assert_eq!(format_size(30001 << 16), "1875.1 MiB");
         assert_eq!(format_size(3 << 10), "3 KiB");
         assert_eq!(format_size(100), "100 bytes");
+    }
+
+    #[test]
+    fn component_lists() {
+        let choice = parse_components("stdio, clocks,strict").unwrap();
+        assert_eq!(
+            choice.components,
+            Components::STDIO.union(Components::CLOCKS)
+        );
+        assert!(choice.strict);
+        assert_eq!(parse_components("all").unwrap().components, Components::ALL);
+        assert_eq!(parse_components("").unwrap().components, Components::NONE);
+        assert_eq!(
+            parse_components("stdio,net"),
+            Err(ConfigError::Component("net".into()))
+        );
+        assert_eq!(
+            component_names(Components::ALL),
+            "stdio,args,env,clocks,random,fs"
+        );
+        assert_eq!(component_names(Components::NONE), "none");
     }
 }

@@ -10,14 +10,17 @@ use hypercell_abi::hypercall::{
     ERRNO_NOMEM, FailureKind, MAX_IOVECS, RESULT_OFFSET, RESULT_RESTART,
 };
 use hypercell_abi::layout::LARGE_PAGE_SIZE;
-use hypercell_abi::{ABI_VERSION, FileOp, Hypercall, HypercallRequest, OutputBuffer};
+use hypercell_abi::wasi::errno;
+use hypercell_abi::{ABI_VERSION, Components, FileOp, Hypercall, HypercallRequest, OutputBuffer};
 use vm_memory::{Address, Bytes, GuestAddress};
 
 use crate::control::{CellControl, StopReason};
 use crate::fs::{FileTable, errno_of};
 use crate::guest_access::{pieces, read_array, read_guest_bytes, write_guest_bytes};
 use crate::persist::{CellSnapshot, GrowthState, PersistError, ServicesState, TemplatePoint};
-use crate::stdio::{CellStdio, OutputMeter, drain_output, read_guest_from, write_guest_to};
+use crate::stdio::{
+    CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output, read_guest_from, write_guest_to,
+};
 use hypercell_vmm::{GuestMemory, PagingError, ReservationTables, Vm};
 
 /// Ways a guest can break the hypercall ABI.
@@ -130,6 +133,9 @@ pub struct Services<'a> {
     pub files: FileTable,
     /// Where the cell stops to become a template, if it does.
     pub template_stop: Option<TemplatePoint>,
+    /// The components the cell is given: the guest answers calls into others with
+    /// `notcapable` itself, and the host refuses their hypercalls, whatever the guest.
+    pub components: Components,
 }
 
 /// The part of a cell's memory its VM maps, grown on the guest's request.
@@ -195,6 +201,12 @@ impl Services<'_> {
         self.control.count_hypercall(call);
         let result = match call {
             Hypercall::Flush => 0,
+            Hypercall::Write | Hypercall::Read if !self.components.contains(Components::STDIO) => {
+                -i64::from(errno::NOTCAPABLE)
+            }
+            Hypercall::File if !self.components.contains(Components::FS) => {
+                -i64::from(errno::NOTCAPABLE)
+            }
             Hypercall::Write => {
                 let written = self.transfer(memory, args, Direction::Write)?;
                 if self.meter.exceeded() {
@@ -320,11 +332,22 @@ impl Services<'_> {
         drain_output(
             memory,
             self.output,
+            self.output_capacity(),
             &self.stdio,
             &mut self.meter,
             &self.control,
         )?;
         Ok(self.meter.exceeded())
+    }
+
+    /// Bytes of the output buffer the guest may fill: none without stdio, so that a
+    /// guest without it that writes records anyway ends its cell.
+    pub fn output_capacity(&self) -> u64 {
+        if self.components.contains(Components::STDIO) {
+            OUTPUT_CAPACITY
+        } else {
+            0
+        }
     }
 
     /// Makes guest memory up to at least `requested` ready; returns the new end of

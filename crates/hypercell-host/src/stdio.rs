@@ -134,6 +134,7 @@ impl OutputMeter {
 pub fn drain_output(
     memory: &GuestMemory,
     output: GuestAddress,
+    capacity: u64,
     stdio: &CellStdio<'_>,
     meter: &mut OutputMeter,
     control: &CellControl,
@@ -144,9 +145,9 @@ pub fn drain_output(
     if used == 0 {
         return Ok(0);
     }
-    if used > OUTPUT_CAPACITY {
+    if used > capacity {
         return Err(HypercallError::OutputBuffer(format!(
-            "{used} bytes used of a {OUTPUT_CAPACITY}-byte buffer"
+            "{used} bytes used of a {capacity}-byte buffer"
         )));
     }
     let data = output.unchecked_add(size_of::<OutputBuffer>() as u64);

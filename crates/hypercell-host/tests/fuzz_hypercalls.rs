@@ -16,9 +16,10 @@
 use std::fs::File;
 use std::os::fd::AsFd;
 
-use hypercell_abi::hypercall::MAX_IOVECS;
+use hypercell_abi::hypercall::{MAX_IOVECS, RESULT_OFFSET};
 use hypercell_abi::layout::RESERVATION_BASE;
-use hypercell_abi::{ABI_VERSION, Hypercall, HypercallRequest, OutputBuffer};
+use hypercell_abi::wasi::errno;
+use hypercell_abi::{ABI_VERSION, Components, Hypercall, HypercallRequest, OutputBuffer};
 use hypercell_host::fs::{FileTable, Preopen};
 use hypercell_host::hypercall::{Completion, HypercallError, MemoryGrowth, Services};
 use hypercell_host::stdio::{OUTPUT_CAPACITY, OutputMeter};
@@ -248,7 +249,7 @@ impl Fixture {
         }
     }
 
-    fn handle(&self, case: &Case) -> Result<Completion, HypercallError> {
+    fn handle(&self, case: &Case, components: Components) -> Result<Completion, HypercallError> {
         let mem = self.memory.mem();
         // The guest's side: a request, an iovec list where `args[1]` points (when
         // that is inside memory), and an output buffer.
@@ -317,6 +318,7 @@ impl Fixture {
             }])
             .unwrap(),
             template_stop: None,
+            components,
         };
         if case.number != Hypercall::File as u32 {
             return services.handle(&self.memory, GuestAddress(case.request_at));
@@ -345,7 +347,7 @@ proptest! {
     #[test]
     fn any_request_gets_a_result_or_a_typed_error(case in case()) {
         let fixture = Fixture::new();
-        match fixture.handle(&case) {
+        match fixture.handle(&case, Components::ALL) {
             Ok(Completion::Resume) => {
                 // A resumed request was valid: a known call of this ABI version, at an
                 // address inside the cell, with its result written back.
@@ -365,6 +367,42 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: cases(), failure_persistence: None, ..ProptestConfig::default() })]
+
+    /// Whatever a guest without the `fs` and `stdio` components asks of files and
+    /// stdio, the host answers `notcapable` and touches nothing.
+    #[test]
+    fn a_cell_without_files_or_stdio_gets_notcapable_from_the_host(
+        case in case_calling(prop_oneof![
+            Just(Hypercall::File as u32),
+            Just(Hypercall::Read as u32),
+            Just(Hypercall::Write as u32),
+        ])
+    ) {
+        let fixture = Fixture::new();
+        let listing = || {
+            let mut names: Vec<_> = std::fs::read_dir(fixture.scratch.path())
+                .unwrap()
+                .map(|entry| entry.unwrap().file_name())
+                .collect();
+            names.sort();
+            names
+        };
+        let before = listing();
+        let outcome = fixture.handle(&case, Components::NONE);
+        if let Ok(Completion::Resume) = outcome {
+            let result: i64 = fixture
+                .memory
+                .mem()
+                .read_obj(GuestAddress(case.request_at + RESULT_OFFSET))
+                .unwrap();
+            prop_assert_eq!(result, -i64::from(errno::NOTCAPABLE));
+        }
+        prop_assert_eq!(listing(), before);
+    }
+}
+
 /// The generator is no use unless requests get past decoding: of the cases drawn for
 /// each of these calls, some must succeed (file calls one at a time, so that the result
 /// in the request block is that call's).
@@ -380,7 +418,7 @@ fn the_generator_reaches_file_growth_and_mapping_calls() {
             let mut case = strategy.new_tree(&mut runner).unwrap().current();
             case.file_calls.truncate(1);
             let fixture = Fixture::new();
-            if let Ok(Completion::Resume) = fixture.handle(&case) {
+            if let Ok(Completion::Resume) = fixture.handle(&case, Components::ALL) {
                 let result: i64 = fixture
                     .memory
                     .mem()
@@ -413,7 +451,7 @@ fn decoding_regressions() {
         file_calls: vec![(1, [0; 8])],
     };
     assert!(matches!(
-        fixture.handle(&base),
+        fixture.handle(&base, Components::ALL),
         Err(HypercallError::OutOfBounds { what: "buffer", .. })
     ));
     let huge_count = Case {
@@ -421,7 +459,7 @@ fn decoding_regressions() {
         ..base.clone()
     };
     assert!(matches!(
-        fixture.handle(&huge_count),
+        fixture.handle(&huge_count, Components::ALL),
         Err(HypercallError::TooManyIovecs(_))
     ));
     let at_end = Case {
@@ -429,7 +467,7 @@ fn decoding_regressions() {
         ..base
     };
     assert!(matches!(
-        fixture.handle(&at_end),
+        fixture.handle(&at_end, Components::ALL),
         Err(HypercallError::OutOfBounds {
             what: "request",
             ..

@@ -11,7 +11,9 @@ use http_body_util::BodyExt;
 use hyper::Method;
 use hypercell_daemon::record::RestartPolicy;
 use hypercell_daemon::{CellRecord, CellSpec, DaemonOptions, DirSpec};
-use hypercell_host::config::{parse_duration, parse_env_var, parse_memory_size};
+use hypercell_host::config::{
+    ComponentChoice, Components, parse_components, parse_duration, parse_env_var, parse_memory_size,
+};
 use hypercell_host::fs::parse_dir;
 
 use crate::client::{Client, ClientError, refusal};
@@ -132,6 +134,11 @@ pub struct CreateArgs {
     /// the next daemon from its last checkpoint).
     #[arg(long, value_name = "POLICY", default_value = "no", value_parser = parse_restart)]
     restart: RestartPolicy,
+    /// Give the program only these host components, comma-separated, of stdio, args,
+    /// env, clocks, random and fs; with `strict` in the list, a module importing a
+    /// function of another is refused [default: all].
+    #[arg(long, value_name = "LIST", value_parser = parse_components)]
+    components: Option<ComponentChoice>,
     /// The module or template to run.
     module: PathBuf,
     /// Arguments passed to the program.
@@ -387,6 +394,14 @@ pub fn create(args: CreateArgs) -> ExitCode {
             labels,
             stdin: args.interactive,
             restart: args.restart,
+            components: args.components.map(|choice| {
+                Components::NAMES
+                    .iter()
+                    .filter(|&&(_, component)| choice.components.contains(component))
+                    .map(|&(name, _)| name.to_string())
+                    .collect()
+            }),
+            components_strict: args.components.is_some_and(|choice| choice.strict),
         };
         let client = client(&args.host)?;
         let body = serde_json::to_vec(&spec).map_err(|e| ClientError::Http(e.to_string()))?;

@@ -8,8 +8,10 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use hypercell_host::compile::check_components;
 use hypercell_host::config::{
-    DEFAULT_MEMORY_LIMIT, format_size, parse_duration, parse_env_var, parse_memory_size,
+    ComponentChoice, Components, DEFAULT_MEMORY_LIMIT, component_names, format_size,
+    parse_components, parse_duration, parse_env_var, parse_memory_size,
 };
 use hypercell_host::fs::{Preopen, parse_dir};
 use hypercell_host::persist::{SnapshotError, SnapshotFile, SnapshotFileError, TemplatePoint};
@@ -139,6 +141,12 @@ struct RunArgs {
     /// Stop the program once it has written this much to stdout and stderr, such as 10M.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
     max_output: Option<u64>,
+    /// Give the program only these host components, comma-separated, of stdio, args,
+    /// env, clocks, random and fs (its --dir directories); a call into another answers
+    /// `notcapable`. With `strict` in the list, a module importing a function of a
+    /// component not given is refused [default: all].
+    #[arg(long, value_name = "LIST", value_parser = parse_components)]
+    components: Option<ComponentChoice>,
     /// Print timings, exits, memory touched and the compile-cache outcome to stderr.
     #[arg(long)]
     stats: bool,
@@ -214,6 +222,22 @@ fn cell_config(args: &RunArgs, preopens: Vec<Preopen>) -> CellConfig {
         preopens,
         args: program_args,
         env: program_env(&args.env),
+        components: args
+            .components
+            .map_or(Components::ALL, |choice| choice.components),
+    }
+}
+
+/// With `--components ...,strict`: refuses a module (`bytes`, read from `path`) that
+/// imports a function of a component not given.
+fn check_strict(args: &RunArgs, path: &Path, bytes: &[u8]) -> Result<(), String> {
+    match args.components {
+        Some(choice) if choice.strict => {
+            check_components(path, bytes, choice.components).map_err(|e| {
+                format!("{e}; give the cell that component in --components, or drop `strict`")
+            })
+        }
+        _ => Ok(()),
     }
 }
 
@@ -227,6 +251,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
     if SnapshotFile::is_snapshot(&args.module) {
         return run_template(&args, preopens, &control, started);
     }
+    let mut strict = Ok(());
     let compiled = Compiler::new().and_then(|compiler| {
         let module = if args.module == Path::new("-") {
             // As with `wasmtime run -`: the module is read from stdin, which the
@@ -238,8 +263,17 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
                     source,
                 }
             })?;
+            strict = check_strict(&args, Path::new("standard input"), &bytes);
             compiler.compile_bytes(Path::new("standard input"), &bytes)?
         } else {
+            if args.components.is_some_and(|choice| choice.strict) {
+                let bytes =
+                    std::fs::read(&args.module).map_err(|source| CompileError::Unreadable {
+                        path: args.module.clone(),
+                        source,
+                    })?;
+                strict = check_strict(&args, &args.module, &bytes);
+            }
             compiler.compile_file(&args.module)?
         };
         Ok((
@@ -252,6 +286,9 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
         Ok(compiled) => compiled,
         Err(e) => return fail(&e),
     };
+    if let Err(refusal) = strict {
+        return fail_with(&refusal);
+    }
     let config = cell_config(&args, preopens);
     if let Some(path) = args.checkpoint {
         let meta = SnapshotMeta {
@@ -273,7 +310,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
     let result = run_cell_with_control(&config, payload, CellStdio::inherit(), &control);
     let report_stats = |stats: Option<&CellStats>| {
         if args.stats {
-            print_stats(started, &module, stats, args.memory);
+            print_stats(started, &module, stats, args.memory, config.components);
         }
     };
     report(result, &args.module, config.memory_limit, report_stats)
@@ -337,6 +374,17 @@ fn run_template(
         || !args.env.is_empty()
         || !args.dirs.is_empty()
         || !args.dirs_read_only.is_empty();
+    let template_components = Components(file.components).known();
+    if let Some(choice) = args.components
+        && choice.components != template_components
+    {
+        return fail_with(&format!(
+            "`{}` was made with the components {}, which its cells keep; make the template with --components {} instead",
+            args.module.display(),
+            component_names(template_components),
+            component_names(choice.components)
+        ));
+    }
     let config =
         match file.template_config(&args.module, cell_config(args, preopens), identity_given) {
             Ok(config) => config,
@@ -368,7 +416,13 @@ fn run_template(
     );
     let report_stats = |stats: Option<&CellStats>| {
         if args.stats {
-            print_stats(started, &module, stats, file.memory_limit);
+            print_stats(
+                started,
+                &module,
+                stats,
+                file.memory_limit,
+                config.components,
+            );
         }
     };
     report(result, &file.module, config.memory_limit, report_stats)
@@ -402,6 +456,14 @@ fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
         Ok(preopens) => preopens,
         Err(e) => return fail(&e),
     };
+    if args.run.components.is_some_and(|choice| choice.strict) {
+        let strict = std::fs::read(&args.run.module)
+            .map_err(|e| format!("cannot read module `{}`: {e}", args.run.module.display()))
+            .and_then(|bytes| check_strict(&args.run, &args.run.module, &bytes));
+        if let Err(refusal) = strict {
+            return fail_with(&refusal);
+        }
+    }
     let (module, cpu_features, engine) = match compile(&args.run.module) {
         Ok(compiled) => compiled,
         Err(e) => return fail(&e),
@@ -454,7 +516,13 @@ fn restore(args: RestoreArgs, started: Instant) -> ExitCode {
     );
     let report_stats = |stats: Option<&CellStats>| {
         if args.stats {
-            print_stats(started, &module, stats, file.memory_limit);
+            print_stats(
+                started,
+                &module,
+                stats,
+                file.memory_limit,
+                config.components,
+            );
         }
     };
     report(result, &file.module, config.memory_limit, report_stats)
@@ -518,6 +586,7 @@ fn print_stats(
     module: &CompiledModule,
     stats: Option<&CellStats>,
     memory_limit: u64,
+    components: Components,
 ) {
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     let cache = match module.cache {
@@ -526,8 +595,9 @@ fn print_stats(
     };
     let mut out = String::new();
     out.push_str(&format!(
-        "hypercell stats:\n  compile cache:            {cache} ({:.3} ms)\n",
-        ms(module.elapsed)
+        "hypercell stats:\n  compile cache:            {cache} ({:.3} ms)\n  components:               {}\n",
+        ms(module.elapsed),
+        component_names(components)
     ));
     if let Some(s) = stats {
         let setup = [

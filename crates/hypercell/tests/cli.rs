@@ -422,3 +422,97 @@ fn a_symlink_swapped_in_during_opens_never_leads_outside() {
     assert_eq!(out.status.code(), Some(0), "{stdout} {}", text(&out.stderr));
     assert!(swaps > 10, "only {swaps} swaps happened during the run");
 }
+
+#[test]
+fn components_limit_what_a_program_may_call() {
+    let wasm = c_program("greet");
+    let wasm = wasm.to_str().unwrap();
+    // Given what it uses, it runs as before.
+    let out = run(
+        &[
+            "run",
+            "--components",
+            "stdio,args,env",
+            "--env",
+            "WHO=cell",
+            wasm,
+            "3",
+        ],
+        b"",
+    );
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("hello, cell"));
+    // Without stdio it runs to its end and writes nothing anywhere.
+    let out = run(&["run", "--components", "args,env", wasm], b"");
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!((out.stdout.len(), out.stderr.len()), (0, 0));
+    // Without env, wasi-libc's getenv gets `notcapable` and the program exits as
+    // wasi-libc does when the environment cannot be read.
+    let out = run(&["run", "--components", "stdio,args", wasm], b"");
+    assert_eq!(out.status.code(), Some(71), "{}", text(&out.stderr));
+    // Strict: refused before it runs, the import named.
+    let out = run(&["run", "--components", "stdio,args,strict", wasm], b"");
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        text(&out.stderr).trim(),
+        format!(
+            "error: `{wasm}` imports `wasi_snapshot_preview1::environ_get`, which needs the `env` component, and the cell is not given it; give the cell that component in --components, or drop `strict`"
+        )
+    );
+    let dir = scratch().to_str().unwrap();
+    let out = run(&["run", "--components", "stdio", "--dir", dir, wasm], b"");
+    assert!(
+        text(&out.stderr)
+            .contains("directories are granted to the cell, but not the `fs` component"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(&["run", "--components", "stdio,sockets", wasm], b"");
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("`sockets` is not a component"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &["run", "--components", "stdio,args,env", "--stats", wasm],
+        b"",
+    );
+    assert!(
+        text(&out.stderr).contains("components:               stdio,args,env\n"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A template keeps the components it was made with.
+    let template = scratch().join("greet-components.tmpl");
+    let made = run(
+        &[
+            "template",
+            "create",
+            "--components",
+            "stdio,args,env",
+            wasm,
+            "-o",
+            template.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let out = run(&["run", template.to_str().unwrap()], b"");
+    assert!(
+        text(&out.stdout).contains("hello, nobody"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = run(
+        &["run", "--components", "all", template.to_str().unwrap()],
+        b"",
+    );
+    assert!(
+        text(&out.stderr)
+            .contains("was made with the components stdio,args,env, which its cells keep"),
+        "{}",
+        text(&out.stderr)
+    );
+}

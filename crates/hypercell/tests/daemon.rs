@@ -493,3 +493,61 @@ fn hostile_cells_end_alone_beside_a_running_one() {
     wait_for(&steady, |line| tick_number(line) == Some(before + 3));
     assert_eq!(daemon.inspect("steady")["state"], "running");
 }
+
+#[test]
+fn cells_get_only_the_components_their_spec_names() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let daemon = Daemon::start_with(dir.path(), &["--allow-dir", data.to_str().unwrap()]);
+    let greet = c_program("greet");
+    let greet = greet.to_str().unwrap();
+    let out = daemon.cli(&["create", "--components", "stdio,args,strict", greet]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains(
+            &format!(
+                "`components`: `{greet}` imports `wasi_snapshot_preview1::environ_get`, which needs the `env` component"
+            )
+        ),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = daemon.cli(&[
+        "create",
+        "--components",
+        "stdio,args,env",
+        "--dir",
+        data.to_str().unwrap(),
+        greet,
+    ]);
+    assert!(
+        text(&out.stderr)
+            .contains("`components`: directories are granted, but not the `fs` component"),
+        "{}",
+        text(&out.stderr)
+    );
+    daemon.ok(&[
+        "create",
+        "--start",
+        "--name",
+        "quiet",
+        "--components",
+        "args,env",
+        greet,
+    ]);
+    let (_, ended) = daemon.follow(&["events", "--since", "0"]);
+    wait_for(&ended, |line| {
+        line.contains("\"quiet\"") && line.contains("\"exit\"")
+    });
+    let quiet = daemon.inspect("quiet");
+    assert_eq!(
+        (&quiet["state"], &quiet["exit_code"]),
+        (&"exited".into(), &0.into())
+    );
+    assert_eq!(
+        quiet["spec"]["components"],
+        serde_json::json!(["args", "env"])
+    );
+    assert_eq!(daemon.ok(&["logs", "quiet"]), "", "no stdio, no output");
+}

@@ -11,8 +11,8 @@ use std::io::{self, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use hypercell_abi::CpuFeatures;
 use hypercell_abi::wasi::{WASI_PREVIEW1, WasiType, wasi_function};
+use hypercell_abi::{Components, CpuFeatures};
 use hypercell_engine::CRANELIFT_CPU_FLAGS;
 use wasmparser::{CompositeInnerType, FuncType, Parser, Payload, TypeRef, ValType};
 
@@ -74,6 +74,19 @@ pub enum CompileError {
         found: String,
         /// WASI's signature.
         expected: String,
+    },
+    /// With strict components: the module imports a function of a component the cell
+    /// is not given.
+    #[error(
+        "`{path}` imports `wasi_snapshot_preview1::{name}`, which needs {needs}, and the cell is not given it"
+    )]
+    Ungranted {
+        /// The module's path.
+        path: PathBuf,
+        /// Import field name.
+        name: String,
+        /// The components that would serve it, in words.
+        needs: String,
     },
     /// The compiler could not be configured.
     #[error("could not set up the compiler: {0}")]
@@ -323,6 +336,62 @@ impl Compiler {
                     .unwrap_or_default(),
             })
     }
+}
+
+/// Checks that a cell given only `granted` can serve every WASI function the module
+/// `bytes` (binary or text, read from `path`) imports: one that only a missing
+/// component serves is refused, named.
+pub fn check_components(
+    path: &Path,
+    bytes: &[u8],
+    granted: Components,
+) -> Result<(), CompileError> {
+    let wasm = if bytes.starts_with(b"\0asm") {
+        std::borrow::Cow::Borrowed(bytes)
+    } else {
+        wat::parse_bytes(bytes).map_err(|e| CompileError::Invalid {
+            path: path.to_path_buf(),
+            reason: e.to_string(),
+        })?
+    };
+    for payload in Parser::new(0).parse_all(&wasm) {
+        match payload {
+            Ok(Payload::ImportSection(reader)) => {
+                for import in reader.into_imports().flatten() {
+                    let Some(function) = (import.module == WASI_PREVIEW1)
+                        .then(|| wasi_function(import.name))
+                        .flatten()
+                    else {
+                        continue;
+                    };
+                    let needs = function.3.any_of();
+                    if needs != Components::NONE && !needs.intersects(granted) {
+                        return Err(CompileError::Ungranted {
+                            path: path.to_path_buf(),
+                            name: import.name.to_string(),
+                            needs: describe_needs(needs),
+                        });
+                    }
+                }
+            }
+            Ok(Payload::CodeSectionStart { .. }) | Err(_) => break,
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// `needs`, in words: "the `fs` component", "the `stdio` or `fs` component".
+fn describe_needs(needs: Components) -> String {
+    if needs == Components::NET {
+        return "the `net` component, which Hypercell does not offer yet".into();
+    }
+    let names: Vec<String> = Components::NAMES
+        .iter()
+        .filter(|&&(_, component)| needs.contains(component))
+        .map(|(name, _)| format!("`{name}`"))
+        .collect();
+    format!("the {} component", names.join(" or "))
 }
 
 /// Initial bytes of the first memory `wasm` defines, rounded up to 4 KiB; 0 when it

@@ -61,6 +61,9 @@ pub struct SnapshotFile {
     pub memory_limit: u64,
     /// The output limit, if any.
     pub output_limit: Option<u64>,
+    /// The components the cell was given (bits of [`crate::config::Components`]):
+    /// cells from the snapshot get the same.
+    pub components: u32,
     /// The cell.
     pub snapshot: CellSnapshot,
 }
@@ -164,6 +167,7 @@ impl SnapshotFile {
                 .collect(),
             memory_limit: config.memory_limit,
             output_limit: config.output_limit,
+            components: config.components.0,
             snapshot,
         }
     }
@@ -185,12 +189,14 @@ impl SnapshotFile {
                     read_only: *read_only,
                 })
                 .collect(),
+            components: crate::config::Components(self.components).known(),
         }
     }
 
     /// The configuration of a cell started from this template (read from `path`) with
     /// `requested`. From a `start` template the cell takes the requested identity, under
-    /// the template's memory limit and with its module's name as the program's; from a
+    /// the template's memory limit and components and with its module's name as the
+    /// program's; from a
     /// template that has read its identity, the template's, and only the requested time
     /// limit (`identity_given` says whether arguments, environment or directories were
     /// asked for, which such a template refuses).
@@ -205,6 +211,7 @@ impl SnapshotFile {
             Some(crate::persist::TemplatePoint::Start) => {
                 let mut config = requested;
                 config.memory_limit = self.memory_limit;
+                config.components = crate::config::Components(self.components).known();
                 let name = self.module.display().to_string();
                 match config.args.first_mut() {
                     Some(first) => *first = name,
@@ -539,6 +546,7 @@ mod tests {
             preopens: vec![("/tmp".into(), "/data".into(), false)],
             memory_limit: 64 << 20,
             output_limit: None,
+            components: hypercell_abi::Components::ALL.0,
             snapshot: CellSnapshot {
                 module: ModuleIdentity {
                     len: 10,
