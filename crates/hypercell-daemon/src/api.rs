@@ -18,6 +18,7 @@ use serde::Deserialize;
 use crate::logs::Stream;
 use crate::record::{
     CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirSpec, Event, RestartPolicy,
+    TemplateRecord, TemplateSpec,
 };
 use crate::registry::{DaemonError, Registry};
 
@@ -68,7 +69,7 @@ impl IntoResponse for ApiError {
 impl From<DaemonError> for ApiError {
     fn from(error: DaemonError) -> Self {
         let status = match &error {
-            DaemonError::NotFound(_) => StatusCode::NOT_FOUND,
+            DaemonError::NotFound(_) | DaemonError::NoTemplate(_) => StatusCode::NOT_FOUND,
             DaemonError::WrongState { .. }
             | DaemonError::NameTaken(_)
             | DaemonError::Conflict(_) => StatusCode::CONFLICT,
@@ -184,6 +185,11 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/cells/{cell}/stdin", post(stdin))
         .route("/v1/cells/{cell}/logs", get(logs))
         .route("/v1/events", get(events))
+        .route("/v1/templates", get(templates).post(create_template))
+        .route(
+            "/v1/templates/{template}",
+            get(template).delete(remove_template),
+        )
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(registry)
@@ -192,7 +198,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such API path: the API is under /v1 (cells, events, ping)",
+        "no such API path: the API is under /v1 (cells, templates, events, ping)",
     )
 }
 
@@ -241,6 +247,57 @@ async fn create(
         blocking(move || registry.create(spec)).await?
     };
     Ok((StatusCode::CREATED, axum::Json(record)))
+}
+
+#[utoipa::path(get, path = "/v1/templates", tag = "templates",
+    responses((status = 200, description = "Every template, by name", body = Vec<TemplateRecord>)))]
+async fn templates(
+    State(registry): State<Arc<Registry>>,
+) -> Answer<axum::Json<Vec<TemplateRecord>>> {
+    Ok(axum::Json(registry.templates()?))
+}
+
+#[utoipa::path(post, path = "/v1/templates", tag = "templates", request_body = TemplateSpec,
+    responses((status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 201, description = "The new template", body = TemplateRecord),
+        (status = 400, description = "A field is wrong, or the module could not be made a template; the sentence says which", body = ErrorBody),
+        (status = 409, description = "The name is taken", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB", body = ErrorBody)))]
+async fn create_template(
+    State(registry): State<Arc<Registry>>,
+    spec: Result<axum::Json<TemplateSpec>, JsonRejection>,
+) -> Answer<(StatusCode, axum::Json<TemplateRecord>)> {
+    let axum::Json(spec) = spec?;
+    let record = blocking(move || registry.create_template(spec)).await?;
+    Ok((StatusCode::CREATED, axum::Json(record)))
+}
+
+#[utoipa::path(get, path = "/v1/templates/{template}", tag = "templates",
+    params(("template" = String, Path, description = "The template's name")),
+    responses((status = 400, description = "A path parameter is not valid", body = ErrorBody),
+        (status = 200, description = "The template's record", body = TemplateRecord),
+        (status = 404, description = "No such template", body = ErrorBody)))]
+async fn template(
+    State(registry): State<Arc<Registry>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer<axum::Json<TemplateRecord>> {
+    let Path(name) = name?;
+    Ok(axum::Json(registry.template(&name)?))
+}
+
+#[utoipa::path(delete, path = "/v1/templates/{template}", tag = "templates",
+    params(("template" = String, Path, description = "The template's name")),
+    responses((status = 400, description = "A path parameter is not valid", body = ErrorBody),
+        (status = 200, description = "The removed template's record; cells running from it go on", body = TemplateRecord),
+        (status = 404, description = "No such template", body = ErrorBody)))]
+async fn remove_template(
+    State(registry): State<Arc<Registry>>,
+    name: Result<Path<String>, PathRejection>,
+) -> Answer<axum::Json<TemplateRecord>> {
+    let Path(name) = name?;
+    Ok(axum::Json(
+        blocking(move || registry.remove_template(&name)).await?,
+    ))
 }
 
 #[utoipa::path(get, path = "/v1/cells/{cell}", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
@@ -332,8 +389,25 @@ pub struct Version {
         description = "Hypercell's daemon: cells in one process, managed over HTTP."
     ),
     paths(
-        ping, list, create, inspect, stats, start, pause, resume, snapshot, stop, kill, remove,
-        stdin, logs, events
+        ping,
+        list,
+        create,
+        inspect,
+        stats,
+        start,
+        pause,
+        resume,
+        snapshot,
+        stop,
+        kill,
+        remove,
+        stdin,
+        logs,
+        events,
+        templates,
+        create_template,
+        template,
+        remove_template
     ),
     components(schemas(
         Stream,
@@ -347,6 +421,8 @@ pub struct Version {
         Event,
         ErrorBody,
         SnapshotRequest,
+        TemplateSpec,
+        TemplateRecord,
         Version
     ))
 )]

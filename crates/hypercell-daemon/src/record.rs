@@ -220,6 +220,52 @@ pub struct Event {
     pub state: CellState,
 }
 
+/// What a client asks for when it makes a template (`POST /v1/templates`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    /// The template's name, unique in the daemon; cells name it as their `module`.
+    pub name: String,
+    /// The module (`.wasm` or `.wat`) to make it of, a path on the daemon's host.
+    pub module: String,
+    /// Where the cell stops: `start` (default), `first-read` or `init:EXPORT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub at: Option<String>,
+    /// Arguments after the program's name (a `start` template's cells bring their own).
+    #[serde(default)]
+    pub args: Vec<String>,
+    /// Environment, as `NAME=VALUE`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// Directories granted to the program.
+    #[serde(default)]
+    pub dirs: Vec<DirSpec>,
+    /// Most bytes the program's linear memory may grow to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory: Option<u64>,
+    /// The host components its cells are given (all when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub components: Option<Vec<String>>,
+    /// Refuse a module that imports a function of a component not given.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub components_strict: bool,
+}
+
+/// A template the daemon keeps.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct TemplateRecord {
+    /// Its name.
+    pub name: String,
+    /// What it was made with.
+    pub spec: TemplateSpec,
+    /// Its file, under the daemon's state directory: what a cell's `module` may name.
+    pub path: String,
+    /// The file's size in bytes.
+    pub bytes: u64,
+    /// When it was made, in milliseconds since the Unix epoch.
+    pub created_ms: u64,
+}
+
 /// Milliseconds since the Unix epoch, now.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now()

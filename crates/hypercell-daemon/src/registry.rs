@@ -29,6 +29,7 @@ use crate::record::{
 use crate::store::{DEFAULT_EVENTS_KEPT, Store, StoreError};
 
 mod park;
+mod templates;
 
 use park::Parked;
 
@@ -41,6 +42,9 @@ pub enum DaemonError {
     /// No cell has that id, id prefix or name.
     #[error("no cell has the id or name `{0}`")]
     NotFound(String),
+    /// No template has that name.
+    #[error("no template is named `{0}`")]
+    NoTemplate(String),
     /// The cell is not in a state the operation applies to.
     #[error("cell `{name}` is {state}; {action} needs a cell that is {needed}")]
     WrongState {
@@ -186,6 +190,8 @@ pub struct Registry {
     inner: Mutex<Inner>,
     /// Most cells with live partitions at once, by the limit of open files.
     max_live: usize,
+    /// Held while a template is made, so that two cannot take one name.
+    making_template: Mutex<()>,
     /// Held while records are saved, taken before the lock on `inner` is let go, so
     /// that saves keep the order of the changes.
     saving: Mutex<()>,
@@ -249,6 +255,7 @@ impl Registry {
                 next_event,
             }),
             max_live: max_live_partitions(),
+            making_template: Mutex::new(()),
             saving: Mutex::new(()),
             settled: Condvar::new(),
             events: broadcast::channel(1024).0,
@@ -401,23 +408,13 @@ impl Registry {
     }
 
     /// Checks `spec` and adds a cell for it, not yet recorded; its id.
-    fn add(&self, spec: CellSpec) -> Result<String, DaemonError> {
+    fn add(&self, mut spec: CellSpec) -> Result<String, DaemonError> {
+        if let Some(path) = self.template_path(&spec.module) {
+            spec.module = path;
+        }
         check_spec(&spec)?;
         check_components_of(&spec)?;
-        for dir in &spec.dirs {
-            let inside = Path::new(&dir.host)
-                .canonicalize()
-                .is_ok_and(|dir| self.allowed_dirs.iter().any(|root| dir.starts_with(root)));
-            if !inside {
-                return Err(DaemonError::BadRequest {
-                    field: "dirs",
-                    message: format!(
-                        "`{}` is not inside a directory this daemon may grant to cells",
-                        dir.host
-                    ),
-                });
-            }
-        }
+        self.check_dirs(&spec.dirs)?;
         let id = new_id();
         let name = match &spec.name {
             Some(name) => name.clone(),
@@ -450,6 +447,25 @@ impl Registry {
         }
         inner.cells.insert(id.clone(), record);
         Ok(id)
+    }
+
+    /// Refuses directories outside the daemon's `--allow-dir` roots.
+    fn check_dirs(&self, dirs: &[crate::record::DirSpec]) -> Result<(), DaemonError> {
+        for dir in dirs {
+            let inside = Path::new(&dir.host)
+                .canonicalize()
+                .is_ok_and(|dir| self.allowed_dirs.iter().any(|root| dir.starts_with(root)));
+            if !inside {
+                return Err(DaemonError::BadRequest {
+                    field: "dirs",
+                    message: format!(
+                        "`{}` is not inside a directory this daemon may grant to cells",
+                        dir.host
+                    ),
+                });
+            }
+        }
+        Ok(())
     }
 
     /// Starts the cell `reference` names (again, if it ran before). Compiles its module
@@ -1176,7 +1192,10 @@ fn check_spec(spec: &CellSpec) -> Result<(), DaemonError> {
     if !module.is_absolute() {
         return bad(
             "module",
-            format!("`{}` is not an absolute path", spec.module),
+            format!(
+                "`{}` is neither an absolute path nor a template's name",
+                spec.module
+            ),
         );
     }
     if !module.is_file() {

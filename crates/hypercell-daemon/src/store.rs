@@ -1,15 +1,16 @@
-//! The daemon's records, in an embedded ACID database (redb): cells by id and the
-//! sequence of events. Every change is one committed transaction, so the
+//! The daemon's records, in an embedded ACID database (redb): cells by id, the
+//! sequence of events, and templates by name. Every change is one committed transaction, so the
 //! database is consistent whenever the daemon dies.
 
 use std::path::Path;
 
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
-use crate::record::{CellRecord, Event};
+use crate::record::{CellRecord, Event, TemplateRecord};
 
 const CELLS: TableDefinition<&str, &[u8]> = TableDefinition::new("cells");
 const EVENTS: TableDefinition<u64, &[u8]> = TableDefinition::new("events");
+const TEMPLATES: TableDefinition<&str, &[u8]> = TableDefinition::new("templates");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +40,7 @@ impl Store {
         {
             txn.open_table(CELLS).map_err(failed)?;
             txn.open_table(EVENTS).map_err(failed)?;
+            txn.open_table(TEMPLATES).map_err(failed)?;
         }
         txn.commit().map_err(failed)?;
         Ok(Self {
@@ -57,6 +59,39 @@ impl Store {
             cells.push(serde_json::from_slice(value.value()).map_err(failed)?);
         }
         Ok(cells)
+    }
+
+    /// Every template record.
+    pub fn templates(&self) -> Result<Vec<TemplateRecord>, StoreError> {
+        let txn = self.db.begin_read().map_err(failed)?;
+        let table = txn.open_table(TEMPLATES).map_err(failed)?;
+        let mut templates = Vec::new();
+        for entry in table.iter().map_err(failed)? {
+            let (_, value) = entry.map_err(failed)?;
+            templates.push(serde_json::from_slice(value.value()).map_err(failed)?);
+        }
+        Ok(templates)
+    }
+
+    /// Saves a template's record.
+    pub fn save_template(&self, record: &TemplateRecord) -> Result<(), StoreError> {
+        let bytes = serde_json::to_vec(record).map_err(failed)?;
+        let txn = self.db.begin_write().map_err(failed)?;
+        txn.open_table(TEMPLATES)
+            .map_err(failed)?
+            .insert(record.name.as_str(), bytes.as_slice())
+            .map_err(failed)?;
+        txn.commit().map_err(failed)
+    }
+
+    /// Removes the record of the template `name`.
+    pub fn remove_template(&self, name: &str) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(failed)?;
+        txn.open_table(TEMPLATES)
+            .map_err(failed)?
+            .remove(name)
+            .map_err(failed)?;
+        txn.commit().map_err(failed)
     }
 
     /// Saves `record` (a new cell, or a change) and `events` together.

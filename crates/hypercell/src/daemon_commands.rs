@@ -3,13 +3,13 @@
 //! `inspect`, `rm`.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::Method;
-use hypercell_daemon::record::RestartPolicy;
+use hypercell_daemon::record::{RestartPolicy, TemplateRecord, TemplateSpec};
 use hypercell_daemon::{CellRecord, CellSpec, DaemonOptions, DirSpec};
 use hypercell_host::config::{
     ComponentChoice, Components, parse_components, parse_duration, parse_env_var, parse_memory_size,
@@ -353,18 +353,6 @@ fn age(ms: u64) -> String {
 /// Runs `hypercell create`: prints the new cell's id.
 pub fn create(args: CreateArgs) -> ExitCode {
     finish((|| {
-        let absolute = |path: &str| {
-            std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
-        };
-        let dir = |spec: &String, read_only: bool| {
-            let preopen =
-                parse_dir(spec, read_only).map_err(|e| ClientError::Refused(e.to_string()))?;
-            Ok(DirSpec {
-                host: absolute(&preopen.host.display().to_string()),
-                guest: Some(preopen.guest),
-                read_only,
-            })
-        };
         let mut labels = std::collections::BTreeMap::new();
         for label in &args.labels {
             let Some((key, value)) = label.split_once('=') else {
@@ -376,31 +364,20 @@ pub fn create(args: CreateArgs) -> ExitCode {
         }
         let spec = CellSpec {
             name: args.name.clone(),
-            module: absolute(&args.module.display().to_string()),
+            module: module_or_template(&args.module),
             args: args.args.clone(),
             env: crate::program_env(&args.env)
                 .into_iter()
                 .map(|(name, value)| format!("{name}={value}"))
                 .collect(),
-            dirs: args
-                .dirs
-                .iter()
-                .map(|d| dir(d, false))
-                .chain(args.dirs_read_only.iter().map(|d| dir(d, true)))
-                .collect::<Result<_, _>>()?,
+            dirs: dir_specs(&args.dirs, &args.dirs_read_only)?,
             memory: args.memory,
             timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
             max_output: args.max_output,
             labels,
             stdin: args.interactive,
             restart: args.restart,
-            components: args.components.map(|choice| {
-                Components::NAMES
-                    .iter()
-                    .filter(|&&(_, component)| choice.components.contains(component))
-                    .map(|&(name, _)| name.to_string())
-                    .collect()
-            }),
+            components: args.components.map(component_list),
             components_strict: args.components.is_some_and(|choice| choice.strict),
         };
         let client = client(&args.host)?;
@@ -416,6 +393,140 @@ pub fn create(args: CreateArgs) -> ExitCode {
         let _ = writeln!(std::io::stdout(), "{}", record.id);
         Ok(())
     })())
+}
+
+/// `path` made absolute for the daemon, which does not share our working directory.
+fn absolute(path: &str) -> String {
+    std::path::absolute(path).map_or_else(|_| path.to_string(), |p| p.display().to_string())
+}
+
+/// A cell's module as the daemon takes it: a path made absolute, or, for a bare name
+/// that is no file here, a template's name.
+fn module_or_template(module: &Path) -> String {
+    let text = module.display().to_string();
+    if !text.contains('/') && !module.exists() {
+        text
+    } else {
+        absolute(&text)
+    }
+}
+
+/// `--dir` and `--dir-ro` flags as the API's directories.
+pub fn dir_specs(dirs: &[String], read_only: &[String]) -> Result<Vec<DirSpec>, ClientError> {
+    let dir = |spec: &String, read_only: bool| {
+        let preopen =
+            parse_dir(spec, read_only).map_err(|e| ClientError::Refused(e.to_string()))?;
+        Ok(DirSpec {
+            host: absolute(&preopen.host.display().to_string()),
+            guest: Some(preopen.guest),
+            read_only,
+        })
+    };
+    dirs.iter()
+        .map(|d| dir(d, false))
+        .chain(read_only.iter().map(|d| dir(d, true)))
+        .collect()
+}
+
+/// A `--components` choice as the API's list.
+pub fn component_list(choice: ComponentChoice) -> Vec<String> {
+    Components::NAMES
+        .iter()
+        .filter(|&&(_, component)| choice.components.contains(component))
+        .map(|&(name, _)| name.to_string())
+        .collect()
+}
+
+/// Runs `hypercell template create --name NAME`: the daemon makes the template.
+pub fn template_create(host: &HostArg, mut spec: TemplateSpec) -> ExitCode {
+    finish((|| {
+        spec.module = absolute(&spec.module);
+        let client = client(host)?;
+        let body = serde_json::to_vec(&spec).map_err(|e| ClientError::Http(e.to_string()))?;
+        let answer = client.call(Method::POST, "/v1/templates", Some(body))?;
+        let record: TemplateRecord =
+            serde_json::from_slice(&answer).map_err(|e| ClientError::Http(e.to_string()))?;
+        let _ = writeln!(std::io::stdout(), "{}", record.name);
+        Ok(())
+    })())
+}
+
+/// Arguments of `hypercell template ls`.
+#[derive(clap::Args)]
+pub struct TemplateLsArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// Print a table or JSON.
+    #[arg(long, value_enum, default_value = "table")]
+    format: Format,
+}
+
+/// Runs `hypercell template ls`.
+pub fn template_ls(args: TemplateLsArgs) -> ExitCode {
+    finish((|| {
+        let client = client(&args.host)?;
+        let body = client.call(Method::GET, "/v1/templates", None)?;
+        let templates: Vec<TemplateRecord> =
+            serde_json::from_slice(&body).map_err(|e| ClientError::Http(e.to_string()))?;
+        let mut out = std::io::stdout().lock();
+        match args.format {
+            Format::Json => {
+                let _ = writeln!(out, "{}", String::from_utf8_lossy(&body));
+            }
+            Format::Table => {
+                let now = hypercell_daemon::record::now_ms();
+                let _ = writeln!(
+                    out,
+                    "{:<24}  {:<12}  {:>10}  {:<12}  MODULE",
+                    "NAME", "AT", "SIZE", "CREATED"
+                );
+                for template in templates {
+                    let _ = writeln!(
+                        out,
+                        "{:<24}  {:<12}  {:>10}  {:<12}  {}",
+                        template.name,
+                        template.spec.at.as_deref().unwrap_or("start"),
+                        hypercell_host::config::format_size(template.bytes),
+                        format!("{} ago", age(now.saturating_sub(template.created_ms))),
+                        template.spec.module
+                    );
+                }
+            }
+        }
+        Ok(())
+    })())
+}
+
+/// Arguments of `hypercell template rm`.
+#[derive(clap::Args)]
+pub struct TemplateRmArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// Templates, by name.
+    #[arg(required = true, value_name = "TEMPLATE")]
+    names: Vec<String>,
+}
+
+/// Runs `hypercell template rm`, printing each name as it is removed.
+pub fn template_rm(args: TemplateRmArgs) -> ExitCode {
+    let client = match client(&args.host) {
+        Ok(client) => client,
+        Err(e) => return crate::fail(&e),
+    };
+    let mut status = ExitCode::SUCCESS;
+    for name in &args.names {
+        match client.call(
+            Method::DELETE,
+            &format!("/v1/templates/{}", path_part(name)),
+            None,
+        ) {
+            Ok(_) => {
+                let _ = writeln!(std::io::stdout(), "{name}");
+            }
+            Err(e) => status = crate::fail(&e),
+        }
+    }
+    status
 }
 
 /// Runs `start`, `kill`, `pause` or `resume` on each cell, printing each reference as

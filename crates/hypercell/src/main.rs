@@ -85,15 +85,30 @@ enum Command {
 #[derive(Subcommand)]
 enum TemplateCommand {
     /// Run MODULE with the run flags up to a point and keep the cell there as a
-    /// template; `hypercell run TEMPLATE ARGS...` starts cells from it.
-    Create(TemplateCreateArgs),
+    /// template: in a file (`-o FILE`; `hypercell run FILE ARGS...` starts cells from
+    /// it), or in the daemon (`--name NAME`; `hypercell create NAME` starts cells).
+    Create(Box<TemplateCreateArgs>),
+    /// List the daemon's templates.
+    Ls(daemon_commands::TemplateLsArgs),
+    /// Remove templates from the daemon.
+    Rm(daemon_commands::TemplateRmArgs),
 }
 
 #[derive(clap::Args)]
 struct TemplateCreateArgs {
     /// Where to write the template.
-    #[arg(short = 'o', long = "output", value_name = "FILE")]
-    output: PathBuf,
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_name = "FILE",
+        required_unless_present = "name"
+    )]
+    output: Option<PathBuf>,
+    /// Have the daemon make and keep the template under this name, instead of a file.
+    #[arg(long, value_name = "NAME", conflicts_with_all = ["output", "checkpoint", "stats", "timeout", "max_output"])]
+    name: Option<String>,
+    #[command(flatten)]
+    host: daemon_commands::HostArg,
     /// Where the cell stops: `start`, once the module is instantiated and before its
     /// program runs; `init:EXPORT`, after running the export EXPORT (a function of no
     /// parameters and no results), as Wizer does; `first-read`, when the program first
@@ -172,7 +187,12 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Run(args) => run(args, started),
         Command::Restore(args) => restore(args, started),
-        Command::Template(TemplateCommand::Create(args)) => create_template_file(args),
+        Command::Template(TemplateCommand::Create(args)) => match args.name.clone() {
+            Some(name) => create_template_in_daemon(*args, name),
+            None => create_template_file(*args),
+        },
+        Command::Template(TemplateCommand::Ls(args)) => daemon_commands::template_ls(args),
+        Command::Template(TemplateCommand::Rm(args)) => daemon_commands::template_rm(args),
         Command::Cache(args) => cache_command::run(args),
         Command::Daemon(args) => daemon_commands::daemon(args),
         Command::Ps(args) => daemon_commands::ps(args),
@@ -440,6 +460,30 @@ fn compile(path: &Path) -> Result<(CompiledModule, u32, String), CompileError> {
 }
 
 /// `hypercell template create`.
+/// `hypercell template create --name NAME`: the daemon makes the template.
+fn create_template_in_daemon(args: TemplateCreateArgs, name: String) -> ExitCode {
+    let run = &args.run;
+    let dirs = match daemon_commands::dir_specs(&run.dirs, &run.dirs_read_only) {
+        Ok(dirs) => dirs,
+        Err(e) => return fail(&e),
+    };
+    let spec = hypercell_daemon::record::TemplateSpec {
+        name,
+        module: run.module.display().to_string(),
+        at: Some(args.at.clone()),
+        args: run.args.clone(),
+        env: program_env(&run.env)
+            .into_iter()
+            .map(|(name, value)| format!("{name}={value}"))
+            .collect(),
+        dirs,
+        memory: (run.memory != DEFAULT_MEMORY_LIMIT).then_some(run.memory),
+        components: run.components.map(daemon_commands::component_list),
+        components_strict: run.components.is_some_and(|choice| choice.strict),
+    };
+    daemon_commands::template_create(&args.host, spec)
+}
+
 fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
     let (point, export) = match args.at.split_once(':') {
         None if args.at == "start" => (TemplatePoint::Start, ""),
@@ -482,7 +526,10 @@ fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
         Err(failure) => return fail(&failure.error),
     };
     let file = SnapshotFile::new(&args.run.module, cpu_features, &engine, &config, template);
-    match file.write_to(&args.output) {
+    let Some(output) = &args.output else {
+        return fail_with("a template needs -o FILE, or --name NAME to keep it in the daemon");
+    };
+    match file.write_to(output) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => fail(&e),
     }

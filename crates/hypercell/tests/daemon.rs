@@ -551,3 +551,67 @@ fn cells_get_only_the_components_their_spec_names() {
     );
     assert_eq!(daemon.ok(&["logs", "quiet"]), "", "no stdio, no output");
 }
+
+#[test]
+fn templates_are_made_listed_used_and_removed_through_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let greet = c_program("greet");
+    let greet = greet.to_str().unwrap();
+    assert_eq!(
+        daemon
+            .ok(&["template", "create", "--name", "greeter", greet])
+            .trim(),
+        "greeter"
+    );
+    let out = daemon.cli(&["template", "create", "--name", "greeter", greet]);
+    assert!(
+        text(&out.stderr).contains("a template named `greeter` exists already"),
+        "{}",
+        text(&out.stderr)
+    );
+    let listed: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["template", "ls", "--format", "json"])).unwrap();
+    assert_eq!(listed[0]["name"], "greeter");
+    assert!(listed[0]["bytes"].as_u64().unwrap() > 0);
+    let table = daemon.ok(&["template", "ls"]);
+    assert!(table.lines().any(|l| l.starts_with("greeter")), "{table}");
+
+    // A cell names the template; it brings its own arguments and environment.
+    daemon.ok(&[
+        "create", "--start", "--name", "g1", "--env", "WHO=cell", "greeter", "5",
+    ]);
+    let (_, events) = daemon.follow(&["events", "--since", "0"]);
+    wait_for(&events, |line| {
+        line.contains("\"g1\"") && line.contains("\"exit\"")
+    });
+    assert_eq!(daemon.inspect("g1")["exit_code"], 5);
+    assert!(daemon.ok(&["logs", "g1"]).contains("hello, cell"));
+    assert!(
+        daemon.inspect("g1")["spec"]["module"]
+            .as_str()
+            .unwrap()
+            .ends_with("templates/greeter.tmpl")
+    );
+
+    assert_eq!(daemon.ok(&["template", "rm", "greeter"]).trim(), "greeter");
+    let out = daemon.cli(&["template", "rm", "greeter"]);
+    assert_eq!(
+        text(&out.stderr).trim(),
+        "error: no template is named `greeter`"
+    );
+    let out = daemon.cli(&["create", "greeter"]);
+    assert!(
+        text(&out.stderr).contains("`greeter` is neither an absolute path nor a template's name"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = daemon.cli(&[
+        "template", "create", "--name", "bad", "--at", "later", greet,
+    ]);
+    assert!(
+        text(&out.stderr).contains("`at`: `later` is not a stop point"),
+        "{}",
+        text(&out.stderr)
+    );
+}
