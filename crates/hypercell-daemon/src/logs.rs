@@ -171,6 +171,32 @@ impl StreamLog {
     }
 }
 
+/// Cuts the log of `stream` in `dir` back to its first `written` bytes, as a cell
+/// restored from a checkpoint taken there writes the rest again. Call it before the
+/// log is opened.
+pub fn truncate(dir: &Path, stream: Stream, written: u64) -> std::io::Result<()> {
+    let path = dir.join(stream.file_name());
+    let rotated = rotated_path(&path);
+    let current = std::fs::metadata(&path).map_or(0, |m| m.len());
+    let old = std::fs::metadata(&rotated).map(|m| m.len()).ok();
+    let base = old.unwrap_or(0);
+    if written >= base + current {
+        return Ok(());
+    }
+    if written >= base {
+        return File::options()
+            .write(true)
+            .open(&path)?
+            .set_len(written - base);
+    }
+    // The cut falls in the rotated file: it becomes the current one.
+    File::options()
+        .write(true)
+        .open(&rotated)?
+        .set_len(written)?;
+    std::fs::rename(&rotated, &path)
+}
+
 fn rotated_path(path: &Path) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(".1");
@@ -246,5 +272,18 @@ mod tests {
         let again = StreamLog::open(dir.path(), Stream::Stdout, 10).unwrap();
         assert_eq!(again.mark().written, 13, "taken up where the files end");
         assert_eq!(again.read_from(0, 100).unwrap(), (b"789abc".to_vec(), 6));
+        drop(again);
+        // Cut back within the current file, then into the rotated one.
+        truncate(dir.path(), Stream::Stdout, 9).unwrap();
+        let cut = StreamLog::open(dir.path(), Stream::Stdout, 10).unwrap();
+        assert_eq!(cut.read_from(0, 100).unwrap(), (b"789abc".to_vec(), 6));
+        assert_eq!(cut.read_from(6, 100).unwrap(), (b"def".to_vec(), 9));
+        drop(cut);
+        truncate(dir.path(), Stream::Stdout, 4).unwrap();
+        let cut = StreamLog::open(dir.path(), Stream::Stdout, 10).unwrap();
+        assert_eq!(cut.mark().written, 4);
+        assert_eq!(cut.read_from(0, 100).unwrap(), (b"789a".to_vec(), 4));
+        truncate(dir.path(), Stream::Stdout, 100).unwrap();
+        assert_eq!(cut.mark().written, 4, "nothing past the end to cut");
     }
 }

@@ -28,6 +28,7 @@ use crate::record::{
 };
 use crate::store::{DEFAULT_EVENTS_KEPT, Store, StoreError};
 
+mod checkpoint;
 mod park;
 mod templates;
 
@@ -143,6 +144,9 @@ struct Live {
     stdin: Option<Arc<File>>,
     /// The tasks copying its output into its logs.
     captures: Vec<tokio::task::JoinHandle<()>>,
+    /// Where its stdout and stderr logs stood when this partition began: with what the
+    /// partition delivered, where a checkpoint leaves them.
+    log_start: [u64; 2],
     /// Set as it is parked: the end of its output pipes does not end its logs.
     parking: Arc<AtomicBool>,
     /// Its changes, once taken to park it: its end parks it rather than ending it.
@@ -167,6 +171,8 @@ impl Live {
 
 struct Inner {
     cells: BTreeMap<String, CellRecord>,
+    /// Each cell's id by its name.
+    names: HashMap<String, String>,
     live: HashMap<String, Live>,
     /// Cells whose VMs were released while they waited for input.
     parked: HashMap<String, Parked>,
@@ -207,13 +213,15 @@ impl Registry {
     /// The registry kept under `state_dir`: its database, compile cache and logs.
     /// Cells the records show as running were lost with the daemon that ran them: they
     /// are marked `lost`, their logs kept. With `park_after`, a cell that waits that
-    /// long for input is parked. Call it inside the tokio runtime that is to read the
-    /// cells' output.
+    /// long for input is parked; with `checkpoint_every`, cells whose policy is
+    /// `checkpoint` are checkpointed that often. Call it inside the tokio runtime that
+    /// is to read the cells' output.
     pub fn open(
         state_dir: &Path,
         allowed_dirs: &[PathBuf],
         log_cap: u64,
         park_after: Option<Duration>,
+        checkpoint_every: Option<Duration>,
     ) -> Result<Arc<Self>, DaemonError> {
         let allowed_dirs = allowed_dirs
             .iter()
@@ -231,7 +239,7 @@ impl Registry {
         let store = Store::open(&state_dir.join("hypercell.redb"), DEFAULT_EVENTS_KEPT)?;
         let compiler = Compiler::with_cache_dir(Some(state_dir.join("cache"))).map_err(internal)?;
         let next_event = store.last_event()? + 1;
-        let cells = store
+        let cells: BTreeMap<String, CellRecord> = store
             .cells()?
             .into_iter()
             .map(|mut record| {
@@ -248,6 +256,10 @@ impl Registry {
             compiler,
             log_cap,
             inner: Mutex::new(Inner {
+                names: cells
+                    .values()
+                    .map(|record| (record.name.clone(), record.id.clone()))
+                    .collect(),
                 cells,
                 live: HashMap::new(),
                 parked: HashMap::new(),
@@ -278,6 +290,9 @@ impl Registry {
         if let Some(after) = park_after {
             park::watch_idle(&registry, after).map_err(internal)?;
         }
+        if let Some(every) = checkpoint_every {
+            checkpoint::watch_policies(&registry, every).map_err(internal)?;
+        }
         Ok(registry)
     }
 
@@ -293,18 +308,10 @@ impl Registry {
         )))
     }
 
-    /// The file a cell's last checkpoint is kept in.
-    fn checkpoint_path(&self, id: &str) -> PathBuf {
-        self.state_dir
-            .join("cells")
-            .join(id)
-            .join("checkpoint.snap")
-    }
-
     /// Whether a cell the records show as live is to be restored from its checkpoint.
     fn restorable(&self, record: &CellRecord) -> bool {
         record.spec.restart == RestartPolicy::Checkpoint
-            && self.checkpoint_path(&record.id).is_file()
+            && self.last_checkpoint(&record.id).is_some()
     }
 
     /// Restores, from their last checkpoints, the cells that were running when the last
@@ -319,8 +326,14 @@ impl Registry {
             .cloned()
             .collect();
         for record in waiting {
-            let checkpoint = self.checkpoint_path(&record.id);
-            match self.launch(&record, Some(&checkpoint), &[], "restore") {
+            let restored = self
+                .last_checkpoint(&record.id)
+                .ok_or_else(|| "its checkpoint is gone".to_string())
+                .and_then(|(checkpoint, marks)| {
+                    self.rewind_logs(&record.id, marks)?;
+                    self.launch(&record, Some(&checkpoint), &[], "restore")
+                });
+            match restored {
                 Ok(record) => record,
                 Err(reason) => self.change(&record.id, "lose", |record| {
                     record.state = CellState::Lost;
@@ -442,9 +455,10 @@ impl Registry {
             parked_ms: None,
         };
         let mut inner = self.lock();
-        if inner.cells.values().any(|other| other.name == name) {
+        if inner.names.contains_key(&name) {
             return Err(DaemonError::NameTaken(name));
         }
+        inner.names.insert(name, id.clone());
         inner.cells.insert(id.clone(), record);
         Ok(id)
     }
@@ -585,6 +599,7 @@ impl Registry {
                 None,
             ),
         };
+        let log_start = [logs.stdout.mark().written, logs.stderr.mark().written];
         let mut inner = self.lock();
         inner.live.insert(
             record.id.clone(),
@@ -597,6 +612,7 @@ impl Registry {
                 earlier: CellUsage::default(),
                 stdin: plumbing.stdin,
                 captures: plumbing.captures,
+                log_start,
                 parking: plumbing.parking,
                 parked: None,
                 state: watch::channel(CellState::Running).0,
@@ -881,8 +897,15 @@ impl Registry {
     /// cell goes on afterwards; without, it stays paused, so that nothing it does
     /// after the checkpoint is seen (its output would be written twice once a cell
     /// goes on from the checkpoint).
-    fn write_checkpoint(&self, id: &str, path: &Path, go_on: bool) -> Result<(), DaemonError> {
-        let (control, config, module, paused) = {
+    ///
+    /// Returns where the cell's logs stood at the snapshot.
+    fn write_checkpoint(
+        &self,
+        id: &str,
+        path: &Path,
+        go_on: bool,
+    ) -> Result<checkpoint::LogMarks, DaemonError> {
+        let (control, config, module, paused, log_start) = {
             let inner = self.lock();
             let record = inner
                 .cells
@@ -896,9 +919,14 @@ impl Registry {
                 live.config.clone(),
                 live.module.clone(),
                 record.state == CellState::Paused,
+                live.log_start,
             )
         };
         let taken = control.snapshot();
+        // Read while the cell is paused: what it delivered before the snapshot.
+        let delivered = control.delivered();
+        let marks =
+            checkpoint::LogMarks::new([log_start[0] + delivered[0], log_start[1] + delivered[1]]);
         if go_on && !paused {
             control.resume();
         }
@@ -922,7 +950,8 @@ impl Registry {
         .map_err(|e| DaemonError::BadRequest {
             field: "path",
             message: e.to_string(),
-        })
+        })?;
+        Ok(marks)
     }
 
     /// Asks the live cell `reference` names to end: with `kill`, at once; without,
@@ -1053,6 +1082,7 @@ impl Registry {
         self.store.remove(&record, &event)?;
         inner.next_event += 1;
         inner.cells.remove(&id);
+        inner.names.remove(&record.name);
         inner.logs.remove(&id);
         drop(inner);
         let _ = self.events.send(event);
@@ -1086,8 +1116,7 @@ impl Registry {
                 let cell = id.clone();
                 let saved = tokio::task::spawn_blocking(move || {
                     drop(registry.awake(&cell)?);
-                    let path = registry.checkpoint_path(&cell);
-                    registry.write_checkpoint(&cell, &path, false)
+                    registry.checkpoint(&cell, false)
                 })
                 .await;
                 match saved {
@@ -1156,13 +1185,14 @@ fn resolve(inner: &Inner, reference: &str) -> Result<String, DaemonError> {
     if inner.cells.contains_key(reference) {
         return Ok(reference.to_string());
     }
-    if let Some(record) = inner.cells.values().find(|r| r.name == reference) {
-        return Ok(record.id.clone());
+    if let Some(id) = inner.names.get(reference) {
+        return Ok(id.clone());
     }
     let mut matching = inner
         .cells
-        .keys()
-        .filter(|id| !reference.is_empty() && id.starts_with(reference));
+        .range(reference.to_string()..)
+        .map(|(id, _)| id)
+        .take_while(|id| !reference.is_empty() && id.starts_with(reference));
     match (matching.next(), matching.next()) {
         (Some(id), None) => Ok(id.clone()),
         _ => Err(DaemonError::NotFound(reference.to_string())),

@@ -32,6 +32,9 @@ pub struct DaemonOptions {
     pub allowed_dirs: Vec<PathBuf>,
     /// How long a cell waits for input before its VM is released, if ever.
     pub park_after: Option<Duration>,
+    /// How often cells whose restart policy is `checkpoint` are checkpointed while they
+    /// run, if at all (they are also checkpointed as the daemon shuts down).
+    pub checkpoint_every: Option<Duration>,
 }
 
 /// Why the daemon could not run.
@@ -149,6 +152,7 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
         &options.allowed_dirs,
         DEFAULT_LOG_CAP,
         options.park_after,
+        options.checkpoint_every,
     )?;
     // Cells start without waiting on the kernel to make their VMs.
     hypercell_host::keep_vms_ready(VMS_MADE_AHEAD);

@@ -44,6 +44,8 @@ struct Inner {
     exits: AtomicU64,
     /// Hypercalls made so far, by call number.
     hypercalls: [AtomicU64; HYPERCALL_NUMBERS],
+    /// Bytes delivered to stdout and stderr so far.
+    delivered: [AtomicU64; 2],
     /// When the vCPU thread began to wait for stdin, in nanoseconds on
     /// [`Inner::epoch`]'s clock plus one; 0 while it is not waiting.
     input_wait: AtomicU64,
@@ -369,6 +371,25 @@ impl CellControl {
     /// Counts an exit from the guest.
     pub(crate) fn count_exit(&self) {
         self.inner.exits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts `bytes` of output delivered to descriptor `fd` (1 or 2).
+    pub(crate) fn count_delivered(&self, fd: u64, bytes: usize) {
+        if let Some(count) = fd
+            .checked_sub(1)
+            .and_then(|stream| self.inner.delivered.get(stream as usize))
+        {
+            count.fetch_add(bytes as u64, Ordering::SeqCst);
+        }
+    }
+
+    /// Bytes of output this cell has delivered to its stdout and stderr: in a paused
+    /// cell, exactly what a snapshot taken now leaves behind it.
+    pub fn delivered(&self) -> [u64; 2] {
+        self.inner
+            .delivered
+            .each_ref()
+            .map(|count| count.load(Ordering::SeqCst))
     }
 
     /// Counts a hypercall.

@@ -529,6 +529,9 @@ impl Services<'_> {
             };
             match moved {
                 Ok(n) => {
+                    if direction == Direction::Write {
+                        self.control.count_delivered(fd, n);
+                    }
                     total += n;
                     if n < len {
                         break;
@@ -544,7 +547,7 @@ impl Services<'_> {
     }
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Direction {
     Write,
     Read,

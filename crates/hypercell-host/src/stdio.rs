@@ -175,13 +175,17 @@ pub fn drain_output(
             break;
         }
         let admitted = meter.admit(len) as usize;
-        if let Err(error) = write_guest_to(
+        let written = write_guest_to(
             memory,
             data.unchecked_add(offset),
             admitted,
             target,
             control,
-        ) {
+        );
+        if let Ok(written) = written {
+            control.count_delivered(u64::from(fd), written);
+        }
+        if let Err(error) = written {
             tracing::debug!("writing cell output to descriptor {fd} failed: {error}");
             let slot = offset_of!(OutputBuffer, errors) as u64 + 4 * u64::from(fd - 1);
             mem.write_obj(u32::from(errno_of(&error)), output.unchecked_add(slot))

@@ -44,20 +44,25 @@ pub struct DaemonArgs {
     /// Park a cell that has waited this long for stdin: its VM is released and what it
     /// changed over its template kept, until input or a request wakes it; `off` never
     /// parks.
-    #[arg(long, value_name = "DURATION|off", default_value = "10s", value_parser = parse_park_after)]
-    park_after: ParkAfter,
+    #[arg(long, value_name = "DURATION|off", default_value = "10s", value_parser = parse_duration_or_off)]
+    park_after: DurationOrOff,
+    /// Checkpoint cells created with `--restart checkpoint` this often while they run,
+    /// so that the next daemon restores them even after a crash (their logs cut back to
+    /// the checkpoint); `off` checkpoints them only at shutdown.
+    #[arg(long, value_name = "DURATION|off", default_value = "30s", value_parser = parse_duration_or_off)]
+    checkpoint_every: DurationOrOff,
 }
 
-/// `--park-after`: a duration, or never.
+/// A duration, or never (`off`).
 #[derive(Clone, Copy)]
-struct ParkAfter(Option<std::time::Duration>);
+struct DurationOrOff(Option<std::time::Duration>);
 
-fn parse_park_after(text: &str) -> Result<ParkAfter, String> {
+fn parse_duration_or_off(text: &str) -> Result<DurationOrOff, String> {
     if text == "off" {
-        return Ok(ParkAfter(None));
+        return Ok(DurationOrOff(None));
     }
     parse_duration(text)
-        .map(|after| ParkAfter(Some(after)))
+        .map(|after| DurationOrOff(Some(after)))
         .map_err(|e| e.to_string())
 }
 
@@ -247,6 +252,7 @@ pub fn daemon(args: DaemonArgs) -> ExitCode {
         listen: args.listen.zip(args.token_file),
         allowed_dirs: args.allow_dirs,
         park_after: args.park_after.0,
+        checkpoint_every: args.checkpoint_every.0,
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -615,3 +615,58 @@ fn templates_are_made_listed_used_and_removed_through_the_daemon() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn a_checkpointed_cell_survives_sigkill_with_its_log_cut_back_to_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let ticker = c_program("ticker");
+    let mut daemon = Daemon::start_with(dir.path(), &["--checkpoint-every", "100ms"]);
+    let id = daemon.ok(&[
+        "create",
+        "--name",
+        "durable",
+        "--restart",
+        "checkpoint",
+        ticker.to_str().unwrap(),
+    ]);
+    let id = id.trim().to_string();
+    daemon.ok(&["start", "durable"]);
+    let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
+    wait_for(&output, |line| tick_number(line).is_some_and(|n| n >= 5));
+    // Two checkpoints at least, so that one was taken while it ticked on.
+    let cell_dir = dir.path().join("state/cells").join(&id);
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let marks: Vec<u64> = std::fs::read_dir(&cell_dir)
+            .unwrap()
+            .filter_map(|entry| {
+                let name = entry.unwrap().file_name().into_string().unwrap();
+                name.strip_prefix("checkpoint-")?
+                    .strip_suffix(".mark")?
+                    .parse()
+                    .ok()
+            })
+            .collect();
+        if marks.iter().any(|&n| n >= 2) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "checkpoints are taken");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    daemon.signal(libc::SIGKILL);
+
+    // The next daemon restores it from the last checkpoint; the ticks it wrote after
+    // that checkpoint are cut from the log and written again, once.
+    let daemon = Daemon::start(dir.path());
+    assert_eq!(daemon.inspect("durable")["state"], "running");
+    let held = daemon.ok(&["logs", "durable"]).lines().count() as u64;
+    let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
+    for expected in 0..held + 3 {
+        let line = wait_for(&output, |_| true);
+        assert_eq!(tick_number(&line), Some(expected), "{line:?}");
+    }
+    let (_, events) = daemon.follow(&["events", "--since", "0"]);
+    wait_for(&events, |line| {
+        line.contains("\"restore\"") && line.contains("\"durable\"")
+    });
+}

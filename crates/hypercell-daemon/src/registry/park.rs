@@ -16,7 +16,7 @@ use hypercell_host::{Cell, CellConfig, CompiledModule, StopReason};
 use tokio::sync::watch;
 
 use super::{CellLogs, DaemonError, Inner, Live, Registry, resolve};
-use crate::record::{CellState, CellUsage, now_ms};
+use crate::record::{CellState, CellUsage, RestartPolicy, now_ms};
 
 /// A parked cell: what it needs to go on where it stopped.
 pub(super) struct Parked {
@@ -100,12 +100,16 @@ impl Registry {
     /// changes are taken and its partition stopped; the end of the partition (see
     /// [`Self::finish_parking`]) completes the parking.
     fn park(&self, id: &str) {
-        let (control, stdin) = {
+        let (control, stdin, durable) = {
             let mut inner = self.lock();
             let running = inner
                 .cells
                 .get(id)
                 .is_some_and(|record| record.state == CellState::Running);
+            let durable = inner
+                .cells
+                .get(id)
+                .is_some_and(|record| record.spec.restart == RestartPolicy::Checkpoint);
             let Some(live) = inner.live.get_mut(id) else {
                 return;
             };
@@ -122,8 +126,13 @@ impl Registry {
                 return;
             }
             live.parking.store(true, Ordering::SeqCst);
-            (live.control.clone(), stdin)
+            (live.control.clone(), stdin, durable)
         };
+        // A parked cell's state is in memory only: one that is to outlive its daemon
+        // gets a checkpoint first.
+        if durable && let Err(error) = self.checkpoint(id, true) {
+            tracing::warn!("cannot checkpoint cell {id} before parking it: {error}");
+        }
         // Bytes still in the pipe (written just before, and not read yet) would be
         // lost with it: such a cell is not idle.
         let changes = control
@@ -262,6 +271,9 @@ impl Registry {
                 )));
             }
         };
+        let log_start = logs.as_deref().map_or([0; 2], |logs| {
+            [logs.stdout.mark().written, logs.stderr.mark().written]
+        });
         let cell = Cell::resume_changes(
             parked.config.clone(),
             Arc::clone(&parked.compiled),
@@ -281,6 +293,7 @@ impl Registry {
                 earlier: parked.earlier,
                 stdin: plumbing.stdin,
                 captures: plumbing.captures,
+                log_start,
                 parking: plumbing.parking,
                 parked: None,
                 state: parked.state,
