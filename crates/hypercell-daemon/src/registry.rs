@@ -198,8 +198,8 @@ pub struct Registry {
     max_live: usize,
     /// Held while a template is made, so that two cannot take one name.
     making_template: Mutex<()>,
-    /// Held while records are saved, taken before the lock on `inner` is let go, so
-    /// that saves keep the order of the changes.
+    /// Held while records are changed and saved, taken before the lock on `inner`,
+    /// which is let go before the save: saves keep the order of the changes.
     saving: Mutex<()>,
     /// Signalled when a cell being parked is parked.
     settled: Condvar,
@@ -770,6 +770,10 @@ impl Registry {
         action: &str,
         change: impl FnOnce(&mut CellRecord),
     ) -> Result<CellRecord, DaemonError> {
+        // Saves keep the order of the changes; the registry's lock is not held while
+        // waiting for another save, so that waking or starting cells does not wait on
+        // another's fsync.
+        let saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         let mut inner = self.lock();
         let first = inner.next_event;
         let record = inner
@@ -799,8 +803,6 @@ impl Registry {
             })
             .collect();
         inner.next_event += events.len() as u64;
-        // Saved in the order of the changes, without holding up the cells meanwhile.
-        let saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         drop(inner);
         self.store.save(&record, &events)?;
         for event in events {
@@ -1060,6 +1062,7 @@ impl Registry {
 
     /// Removes the cell `reference` names, which must not be live, with its logs.
     pub fn remove(&self, reference: &str) -> Result<CellRecord, DaemonError> {
+        let saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         let mut inner = self.lock();
         let id = resolve(&inner, reference)?;
         let record = inner.cells[&id].clone();
@@ -1078,7 +1081,6 @@ impl Registry {
             action: "remove".into(),
             state: record.state,
         };
-        let saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         self.store.remove(&record, &event)?;
         inner.next_event += 1;
         inner.cells.remove(&id);
@@ -1095,6 +1097,12 @@ impl Registry {
     /// are checkpointed (their records stay live, for the next daemon to restore them),
     /// the rest killed; waits up to `grace` for their ends to be recorded.
     pub async fn shut_down(self: &Arc<Self>, grace: Duration) {
+        let registry = Arc::clone(self);
+        match tokio::task::spawn_blocking(move || registry.end_parked_at_shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!("cannot record the end of parked cells: {error}"),
+            Err(error) => tracing::warn!("cannot record the end of parked cells: {error}"),
+        }
         let ids: Vec<String> = {
             let inner = self.lock();
             inner

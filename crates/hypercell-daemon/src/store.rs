@@ -96,13 +96,21 @@ impl Store {
 
     /// Saves `record` (a new cell, or a change) and `events` together.
     pub fn save(&self, record: &CellRecord, events: &[Event]) -> Result<(), StoreError> {
-        let bytes = serde_json::to_vec(record).map_err(failed)?;
+        self.save_all(std::slice::from_ref(record), events)
+    }
+
+    /// Saves `records` and `events` in one transaction.
+    pub fn save_all(&self, records: &[CellRecord], events: &[Event]) -> Result<(), StoreError> {
         let txn = self.db.begin_write().map_err(failed)?;
         {
-            txn.open_table(CELLS)
-                .map_err(failed)?
-                .insert(record.id.as_str(), bytes.as_slice())
-                .map_err(failed)?;
+            let mut cells = txn.open_table(CELLS).map_err(failed)?;
+            for record in records {
+                let bytes = serde_json::to_vec(record).map_err(failed)?;
+                cells
+                    .insert(record.id.as_str(), bytes.as_slice())
+                    .map_err(failed)?;
+            }
+            drop(cells);
             for event in events {
                 self.append(&txn, event)?;
             }

@@ -160,10 +160,21 @@ fn idle_cells_are_parked_and_woken_by_input_with_all_their_memory() {
         "no line lost or repeated"
     );
 
-    // The checkpoint policy holds for a parked cell: the next daemon has it.
+    // The checkpoint policy holds for a parked cell: the next daemon has it. A parked
+    // cell without it is recorded killed at shutdown.
+    daemon.ok(&[
+        "create",
+        "-i",
+        "--start",
+        "--name",
+        "idle",
+        template.to_str().unwrap(),
+    ]);
+    wait_parked(&daemon, "idle");
     daemon.signal(libc::SIGTERM);
     let daemon = Daemon::start_with(dir.path(), &["--park-after", "200ms"]);
     assert_eq!(daemon.inspect("durable")["state"], "running");
+    assert_eq!(daemon.inspect("idle")["state"], "killed");
     let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
     for _ in 0..3 {
         wait_for(&output, |_| true);
