@@ -1350,6 +1350,32 @@ fn cell_config(spec: &CellSpec) -> CellConfig {
     }
 }
 
+/// Runs `work` on `registry` every `period`, on a thread named `name`, until the
+/// registry closes or goes.
+fn every(
+    registry: &Arc<Registry>,
+    name: &str,
+    period: Duration,
+    work: impl Fn(&Registry) + Send + 'static,
+) -> std::io::Result<()> {
+    let registry = Arc::downgrade(registry);
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(move || {
+            loop {
+                std::thread::sleep(period);
+                let Some(registry) = registry.upgrade() else {
+                    return;
+                };
+                if *registry.closing.borrow() {
+                    return;
+                }
+                work(&registry);
+            }
+        })
+        .map(drop)
+}
+
 /// Descriptors a live partition holds: its VM and vCPU, its three pipes' two ends and
 /// its two log files (`benches/daemon.rs` counts them).
 const DESCRIPTORS_PER_CELL: u64 = 10;

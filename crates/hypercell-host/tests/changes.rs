@@ -11,11 +11,10 @@ use std::sync::{Arc, mpsc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{PATTERN_FUNCTIONS, compile, pipe};
-use hypercell_host::persist::{CellSnapshot, SnapshotFile, TemplatePoint};
+use common::{PATTERN_FUNCTIONS, compile, first_read_template_file, pipe};
+use hypercell_host::persist::CellSnapshot;
 use hypercell_host::{
-    Cell, CellConfig, CellError, CellExit, CellFailure, CellPayload, CellStdio, CompiledModule,
-    Compiler, OwnedStdio, create_template,
+    Cell, CellConfig, CellError, CellExit, CellFailure, CompiledModule, Compiler, OwnedStdio,
 };
 
 const PATIENCE: Duration = Duration::from_secs(60);
@@ -150,34 +149,12 @@ fn resume(
 fn a_cell_from_a_template_goes_on_from_its_changes_over_the_template() {
     let module = Arc::new(compile(&echo_ids()));
     let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
-    let null = File::options().write(true).open("/dev/null").unwrap();
-    let (template_stdin, _keep_open) = pipe();
-    let made = create_template(
-        &config(),
-        CellPayload::Wasm {
-            module: &module,
-            cpu_features,
-        },
-        CellStdio {
-            stdin: std::os::fd::AsFd::as_fd(&template_stdin),
-            stdout: std::os::fd::AsFd::as_fd(&null),
-            stderr: std::os::fd::AsFd::as_fd(&null),
-        },
-        TemplatePoint::FirstRead,
-    )
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("echo.snap");
-    SnapshotFile::new(
-        std::path::Path::new("echo.wat"),
-        cpu_features,
-        "",
+    let template = Arc::new(first_read_template_file(
+        &module,
         &config(),
-        made,
-    )
-    .write_to(&path)
-    .unwrap();
-    let template = Arc::new(SnapshotFile::read_from(&path).unwrap().snapshot);
+        &dir.path().join("echo.snap"),
+    ));
 
     let (stdio, stdin, stdout) = Echo::stdio();
     let cell = Cell::from_template(

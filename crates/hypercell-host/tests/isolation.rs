@@ -10,11 +10,8 @@ use std::io::{Read, Write};
 use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
-use common::{PATTERN_FUNCTIONS, compile, pipe};
-use hypercell_host::persist::{SnapshotFile, TemplatePoint};
-use hypercell_host::{
-    Cell, CellConfig, CellExit, CellPayload, CellStdio, Compiler, OwnedStdio, create_template,
-};
+use common::{PATTERN_FUNCTIONS, compile, first_read_template_file, pipe};
+use hypercell_host::{Cell, CellConfig, CellExit, Compiler, OwnedStdio};
 
 /// Fills 128 KiB with 0x5a, then reads an 8-byte pattern from stdin (where the template
 /// stops), checks the 128 KiB still hold 0x5a, fills them with the pattern, says `w`,
@@ -54,35 +51,11 @@ fn a_thousand_cells_from_one_template_never_see_one_another() {
     let module = Arc::new(compile(&patterns()));
     let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
     let null = File::options().write(true).open("/dev/null").unwrap();
-    let (template_stdin, _keep_open) = pipe();
     let config = CellConfig::default();
-    let template = create_template(
-        &config,
-        CellPayload::Wasm {
-            module: &module,
-            cpu_features,
-        },
-        CellStdio {
-            stdin: std::os::fd::AsFd::as_fd(&template_stdin),
-            stdout: std::os::fd::AsFd::as_fd(&null),
-            stderr: std::os::fd::AsFd::as_fd(&null),
-        },
-        TemplatePoint::FirstRead,
-    )
-    .unwrap();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("patterns.snap");
-    SnapshotFile::new(
-        std::path::Path::new("patterns.wat"),
-        cpu_features,
-        "",
-        &config,
-        template,
-    )
-    .write_to(&path)
-    .unwrap();
+    let template = Arc::new(first_read_template_file(&module, &config, &path));
     let before = file_hash(&path);
-    let template = Arc::new(SnapshotFile::read_from(&path).unwrap().snapshot);
 
     for batch in 0..CELLS / ALIVE_AT_ONCE {
         let mut alive = Vec::new();

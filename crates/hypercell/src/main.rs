@@ -248,6 +248,16 @@ fn cell_config(args: &RunArgs, preopens: Vec<Preopen>) -> CellConfig {
     }
 }
 
+/// [`check_strict`] for the module file `args` names, read only when strict.
+fn check_strict_file(args: &RunArgs) -> Result<(), String> {
+    if !args.components.is_some_and(|choice| choice.strict) {
+        return Ok(());
+    }
+    let bytes = std::fs::read(&args.module)
+        .map_err(|e| format!("cannot read module `{}`: {e}", args.module.display()))?;
+    check_strict(args, &args.module, &bytes)
+}
+
 /// With `--components ...,strict`: refuses a module (`bytes`, read from `path`) that
 /// imports a function of a component not given.
 fn check_strict(args: &RunArgs, path: &Path, bytes: &[u8]) -> Result<(), String> {
@@ -286,14 +296,7 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
             strict = check_strict(&args, Path::new("standard input"), &bytes);
             compiler.compile_bytes(Path::new("standard input"), &bytes)?
         } else {
-            if args.components.is_some_and(|choice| choice.strict) {
-                let bytes =
-                    std::fs::read(&args.module).map_err(|source| CompileError::Unreadable {
-                        path: args.module.clone(),
-                        source,
-                    })?;
-                strict = check_strict(&args, &args.module, &bytes);
-            }
+            strict = check_strict_file(&args);
             compiler.compile_file(&args.module)?
         };
         Ok((
@@ -500,13 +503,8 @@ fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
         Ok(preopens) => preopens,
         Err(e) => return fail(&e),
     };
-    if args.run.components.is_some_and(|choice| choice.strict) {
-        let strict = std::fs::read(&args.run.module)
-            .map_err(|e| format!("cannot read module `{}`: {e}", args.run.module.display()))
-            .and_then(|bytes| check_strict(&args.run, &args.run.module, &bytes));
-        if let Err(refusal) = strict {
-            return fail_with(&refusal);
-        }
+    if let Err(refusal) = check_strict_file(&args.run) {
+        return fail_with(&refusal);
     }
     let (module, cpu_features, engine) = match compile(&args.run.module) {
         Ok(compiled) => compiled,

@@ -17,6 +17,17 @@ fn tick_number(line: &str) -> Option<u64> {
     line.strip_prefix("tick ")?.parse().ok()
 }
 
+/// Checks that the ticker `cell`'s log holds every tick from the first, one by one,
+/// and goes on to three past what it held when this was called.
+fn ticks_go_on_once_each(daemon: &Daemon, cell: &str) {
+    let held = daemon.ok(&["logs", cell]).lines().count() as u64;
+    let (_, output) = daemon.follow(&["logs", "-f", cell]);
+    for expected in 0..held + 3 {
+        let line = wait_for(&output, |_| true);
+        assert_eq!(tick_number(&line), Some(expected), "{line:?}");
+    }
+}
+
 #[test]
 fn cells_are_created_run_paused_stopped_and_removed_through_the_daemon() {
     let dir = tempfile::tempdir().unwrap();
@@ -232,12 +243,7 @@ fn a_cell_with_the_checkpoint_policy_outlives_its_daemon() {
     assert_eq!(daemon.inspect("durable")["state"], "running");
     // Every tick from the first, across the restore, one by one, to three past what
     // the log held when the new daemon came up.
-    let held = daemon.ok(&["logs", "durable"]).lines().count() as u64;
-    let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
-    for expected in 0..held + 3 {
-        let line = wait_for(&output, |_| true);
-        assert_eq!(tick_number(&line), Some(expected), "{line:?}");
-    }
+    ticks_go_on_once_each(&daemon, "durable");
     let out = daemon.cli(&["create", "--restart", "sometimes", ticker.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(
@@ -659,12 +665,7 @@ fn a_checkpointed_cell_survives_sigkill_with_its_log_cut_back_to_the_checkpoint(
     // that checkpoint are cut from the log and written again, once.
     let daemon = Daemon::start(dir.path());
     assert_eq!(daemon.inspect("durable")["state"], "running");
-    let held = daemon.ok(&["logs", "durable"]).lines().count() as u64;
-    let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
-    for expected in 0..held + 3 {
-        let line = wait_for(&output, |_| true);
-        assert_eq!(tick_number(&line), Some(expected), "{line:?}");
-    }
+    ticks_go_on_once_each(&daemon, "durable");
     let (_, events) = daemon.follow(&["events", "--since", "0"]);
     wait_for(&events, |line| {
         line.contains("\"restore\"") && line.contains("\"durable\"")

@@ -196,9 +196,12 @@ fn kernels_restored_from_random_points_end_bit_for_bit_as_uninterrupted_runs() {
         let mut taken = vec![cell.snapshot().expect("a cell waiting for stdin")];
         cell.resume();
         wires.stdin.write_all(b"go\n").unwrap();
+        // Every point falls in the first half of the run, however the random draws
+        // add up: the cell is still computing at each.
         let span = took.as_micros() as u64;
         for _ in 0..POINTS {
-            std::thread::sleep(Duration::from_micros(points.next_below(span / 2)));
+            let gap = points.next_below(span / (2 * POINTS as u64));
+            std::thread::sleep(Duration::from_micros(gap));
             match cell.snapshot() {
                 Ok(snapshot) => taken.push(snapshot),
                 Err(_) => break,

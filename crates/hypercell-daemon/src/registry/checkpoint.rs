@@ -39,26 +39,13 @@ const KEPT: usize = 1;
 /// Checkpoints every `every` the running and paused cells of `registry` whose policy
 /// asks for it, from a thread of its own, until the registry closes or goes.
 pub(super) fn watch_policies(registry: &Arc<Registry>, every: Duration) -> std::io::Result<()> {
-    let registry = Arc::downgrade(registry);
-    std::thread::Builder::new()
-        .name("hypercell-checkpoint".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(every);
-                let Some(registry) = registry.upgrade() else {
-                    return;
-                };
-                if *registry.closing.borrow() {
-                    return;
-                }
-                for id in registry.checkpointed_cells() {
-                    if let Err(error) = registry.checkpoint(&id, true) {
-                        tracing::warn!("cannot checkpoint cell {id}: {error}");
-                    }
-                }
+    super::every(registry, "hypercell-checkpoint", every, |registry| {
+        for id in registry.checkpointed_cells() {
+            if let Err(error) = registry.checkpoint(&id, true) {
+                tracing::warn!("cannot checkpoint cell {id}: {error}");
             }
-        })
-        .map(drop)
+        }
+    })
 }
 
 impl Registry {

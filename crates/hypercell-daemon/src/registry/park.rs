@@ -44,36 +44,22 @@ const PARKERS: usize = 4;
 /// Parks, from a thread of its own, every cell of `registry` that has waited `after`
 /// for input, looking a few times per `after`, until the registry closes or goes.
 pub(super) fn watch_idle(registry: &Arc<Registry>, after: Duration) -> std::io::Result<()> {
-    let registry = Arc::downgrade(registry);
     let tick = (after / 4).clamp(Duration::from_millis(1), Duration::from_secs(1));
-    std::thread::Builder::new()
-        .name("hypercell-park".into())
-        .spawn(move || {
-            loop {
-                std::thread::sleep(tick);
-                let Some(registry) = registry.upgrade() else {
-                    return;
-                };
-                if *registry.closing.borrow() {
-                    return;
-                }
-                // Parking waits mostly on the cells' vCPU threads: several at once
-                // keep up with cells started quickly.
-                let idle = registry.idle_cells(after);
-                let share = idle.len().div_ceil(PARKERS).max(1);
-                std::thread::scope(|scope| {
-                    for ids in idle.chunks(share) {
-                        let registry = &registry;
-                        scope.spawn(move || {
-                            for id in ids {
-                                registry.park(id);
-                            }
-                        });
+    super::every(registry, "hypercell-park", tick, move |registry| {
+        // Parking waits mostly on the cells' vCPU threads: several at once keep up
+        // with cells started quickly.
+        let idle = registry.idle_cells(after);
+        let share = idle.len().div_ceil(PARKERS).max(1);
+        std::thread::scope(|scope| {
+            for ids in idle.chunks(share) {
+                scope.spawn(move || {
+                    for id in ids {
+                        registry.park(id);
                     }
                 });
             }
-        })
-        .map(drop)
+        });
+    })
 }
 
 impl Registry {

@@ -272,14 +272,7 @@ impl Compiler {
         identity: Option<&FileIdentity>,
         start: Instant,
     ) -> Result<CompiledModule, CompileError> {
-        let wasm = if bytes.starts_with(b"\0asm") {
-            std::borrow::Cow::Borrowed(bytes)
-        } else {
-            wat::parse_bytes(bytes).map_err(|e| CompileError::Invalid {
-                path: path.to_path_buf(),
-                reason: e.to_string(),
-            })?
-        };
+        let wasm = to_binary(path, bytes)?;
         if Parser::is_component(&wasm) {
             return Err(CompileError::Component(path.to_path_buf()));
         }
@@ -346,14 +339,7 @@ pub fn check_components(
     bytes: &[u8],
     granted: Components,
 ) -> Result<(), CompileError> {
-    let wasm = if bytes.starts_with(b"\0asm") {
-        std::borrow::Cow::Borrowed(bytes)
-    } else {
-        wat::parse_bytes(bytes).map_err(|e| CompileError::Invalid {
-            path: path.to_path_buf(),
-            reason: e.to_string(),
-        })?
-    };
+    let wasm = to_binary(path, bytes)?;
     for payload in Parser::new(0).parse_all(&wasm) {
         match payload {
             Ok(Payload::ImportSection(reader)) => {
@@ -379,6 +365,17 @@ pub fn check_components(
         }
     }
     Ok(())
+}
+
+/// The module `bytes` (read from `path`) in binary form: text is parsed.
+fn to_binary<'a>(path: &Path, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u8]>, CompileError> {
+    if bytes.starts_with(b"\0asm") {
+        return Ok(std::borrow::Cow::Borrowed(bytes));
+    }
+    wat::parse_bytes(bytes).map_err(|e| CompileError::Invalid {
+        path: path.to_path_buf(),
+        reason: e.to_string(),
+    })
 }
 
 /// `needs`, in words: "the `fs` component", "the `stdio` or `fs` component".

@@ -186,6 +186,19 @@ impl PartialEq for MemoryImage {
     }
 }
 
+/// Adds the page at `page` holding `contents` to the saved `runs` and their `bytes`,
+/// extending the last run when it ends there.
+fn save_page(runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>, page: u64, contents: &[u8]) {
+    bytes.extend_from_slice(contents);
+    match runs.last_mut() {
+        Some(run) if run.addr + run.len == page => run.len += PAGE,
+        _ => runs.push(PageRun {
+            addr: page,
+            len: PAGE,
+        }),
+    }
+}
+
 /// Why a memory image does not fit the cell it is restored into.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -248,14 +261,7 @@ impl MemoryImage {
             } else if page_bytes.iter().all(|&b| b == 0) {
                 continue;
             }
-            bytes.extend_from_slice(&page_bytes);
-            match runs.last_mut() {
-                Some(run) if run.addr + run.len == page => run.len += PAGE,
-                _ => runs.push(PageRun {
-                    addr: page,
-                    len: PAGE,
-                }),
-            }
+            save_page(&mut runs, &mut bytes, page, &page_bytes);
         }
         Self {
             size: memory.size(),
@@ -304,14 +310,7 @@ impl MemoryImage {
                 if page_bytes.iter().all(|&b| b == 0) && !base_holds(page) {
                     continue;
                 }
-                bytes.extend_from_slice(&page_bytes);
-                match runs.last_mut() {
-                    Some(run) if run.addr + run.len == page => run.len += PAGE,
-                    _ => runs.push(PageRun {
-                        addr: page,
-                        len: PAGE,
-                    }),
-                }
+                save_page(&mut runs, &mut bytes, page, &page_bytes);
             }
         }
         Ok(Self {

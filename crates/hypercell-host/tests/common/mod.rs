@@ -8,8 +8,10 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use hypercell_host::persist::{CellSnapshot, SnapshotFile, TemplatePoint};
 use hypercell_host::{
     CellConfig, CellFailure, CellPayload, CellReport, CellStdio, CompiledModule, Compiler,
+    create_template,
 };
 
 /// What a finished cell left behind.
@@ -177,3 +179,36 @@ pub const PATTERN_FUNCTIONS: &str = r#"
       (br_if $next (i32.lt_u (local.get $at) (i32.const 196608))))
     (i32.const 1))
 "#;
+
+/// A `first-read` template of `module` made with `config`, written to `path` and read
+/// back, so that cells from it map the file's memory as cells of a template file do.
+pub fn first_read_template_file(
+    module: &CompiledModule,
+    config: &CellConfig,
+    path: &Path,
+) -> CellSnapshot {
+    let cpu_features = compiler().cpu_features();
+    let null = std::fs::File::options()
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let (template_stdin, _keep_open) = pipe();
+    let made = create_template(
+        config,
+        CellPayload::Wasm {
+            module,
+            cpu_features,
+        },
+        CellStdio {
+            stdin: template_stdin.as_fd(),
+            stdout: null.as_fd(),
+            stderr: null.as_fd(),
+        },
+        TemplatePoint::FirstRead,
+    )
+    .unwrap();
+    SnapshotFile::new(Path::new("test.wat"), cpu_features, "", config, made)
+        .write_to(path)
+        .unwrap();
+    SnapshotFile::read_from(path).unwrap().snapshot
+}
