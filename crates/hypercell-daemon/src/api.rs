@@ -320,7 +320,7 @@ async fn stats(
     cell: Result<Path<String>, PathRejection>,
 ) -> Answer<axum::Json<CellStatsView>> {
     let Path(cell) = cell?;
-    Ok(axum::Json(registry.stats(&cell)?))
+    Ok(axum::Json(blocking(move || registry.stats(&cell)).await?))
 }
 
 #[utoipa::path(put, path = "/v1/cells/{cell}/start", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),

@@ -163,7 +163,7 @@ pub struct CellUsage {
     /// CPU time of its vCPU thread, in milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cpu_time_ms: Option<u64>,
-    /// Bytes of memory the cell touched (known once the run ended).
+    /// Bytes of memory the cell touched: so far, for a live cell, or in all.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_touched: Option<u64>,
 }

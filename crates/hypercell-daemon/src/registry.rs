@@ -813,34 +813,44 @@ impl Registry {
     }
 
     /// The state of the cell `reference` names and what its run has done: so far, for a
-    /// live cell; in all, for one whose run ended.
+    /// live cell (its memory touched measured now); in all, for one whose run ended.
+    /// Blocks while a live cell's memory is measured.
     pub fn stats(&self, reference: &str) -> Result<CellStatsView, DaemonError> {
-        let inner = self.lock();
-        let id = resolve(&inner, reference)?;
-        let record = &inner.cells[&id];
-        let live = inner.live.get(&id);
-        let parked = inner.parked.get(&id);
-        let usage = match (live, parked, &record.usage) {
-            (Some(live), _, _) => live.usage(),
-            (None, Some(parked), _) => parked.earlier.clone(),
-            (None, None, Some(usage)) => usage.clone(),
-            (None, None, None) => CellUsage::default(),
+        let (view, live) = {
+            let inner = self.lock();
+            let id = resolve(&inner, reference)?;
+            let record = &inner.cells[&id];
+            let live = inner.live.get(&id);
+            let parked = inner.parked.get(&id);
+            let usage = match (live, parked, &record.usage) {
+                (Some(live), _, _) => live.usage(),
+                (None, Some(parked), _) => parked.earlier.clone(),
+                (None, None, Some(usage)) => usage.clone(),
+                (None, None, None) => CellUsage::default(),
+            };
+            let uptime_ms = record.started_ms.map(|started| {
+                record
+                    .finished_ms
+                    .filter(|_| live.is_none() && parked.is_none())
+                    .unwrap_or_else(now_ms)
+                    .saturating_sub(started)
+            });
+            let view = CellStatsView {
+                id: record.id.clone(),
+                name: record.name.clone(),
+                state: record.state,
+                uptime_ms,
+                parked_bytes: parked.map(Parked::bytes),
+                usage,
+            };
+            (view, live.map(|live| live.control.clone()))
         };
-        let uptime_ms = record.started_ms.map(|started| {
-            record
-                .finished_ms
-                .filter(|_| live.is_none() && parked.is_none())
-                .unwrap_or_else(now_ms)
-                .saturating_sub(started)
-        });
-        Ok(CellStatsView {
-            id: record.id.clone(),
-            name: record.name.clone(),
-            state: record.state,
-            uptime_ms,
-            parked_bytes: parked.map(Parked::bytes),
-            usage,
-        })
+        // Measured by the cell's supervisor, without the registry's lock.
+        let mut view = view;
+        if let Some(control) = live {
+            view.usage.memory_touched = control.memory_touched();
+        }
+        Ok(view)
     }
 
     /// Pauses the running cell `reference` names.

@@ -93,6 +93,8 @@ struct State {
     stop: Option<StopReason>,
     /// A snapshot asked for and not yet taken.
     snapshot: Option<(SnapshotReply, SnapshotScope)>,
+    /// A measure of the memory touched asked for, and where to send it.
+    measure: Option<mpsc::Sender<u64>>,
     vcpu: Option<VcpuHandle>,
     /// A cell has begun with this control (it may not run its vCPU yet).
     begun: bool,
@@ -119,12 +121,14 @@ fn clock_time(clock: libc::clockid_t) -> Option<Duration> {
 }
 
 /// What [`CellControl::wait_for_tick`] woke for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Debug)]
 pub(crate) enum Wake {
     /// The vCPU thread finished.
     Finished,
     /// A stop was requested and the vCPU thread has not finished yet.
     Stopping,
+    /// The memory the cell touched is asked for: here is where to send it.
+    Measure(mpsc::Sender<u64>),
     /// The time given passed.
     Timeout,
 }
@@ -288,6 +292,21 @@ impl CellControl {
         false
     }
 
+    /// Bytes of memory the running cell has touched so far (as its report gives them
+    /// once it ends), measured by its supervising thread: `None` when no cell runs.
+    pub fn memory_touched(&self) -> Option<u64> {
+        let (reply, answer) = mpsc::channel();
+        {
+            let mut state = self.state();
+            if state.finished || !state.begun {
+                return None;
+            }
+            state.measure = Some(reply);
+            self.inner.changed.notify_all();
+        }
+        answer.recv_timeout(Duration::from_secs(5)).ok()
+    }
+
     /// How long the cell has waited for its stdin without a byte, when its vCPU thread
     /// is blocked reading it (paused or not).
     pub fn waiting_for_input(&self) -> Option<Duration> {
@@ -439,6 +458,9 @@ impl CellControl {
             if state.stop.is_some() {
                 return Wake::Stopping;
             }
+            if let Some(reply) = state.measure.take() {
+                return Wake::Measure(reply);
+            }
             let idle = self.inner.input_wait.load(Ordering::SeqCst) != 0;
             let until = if idle {
                 deadline
@@ -501,9 +523,9 @@ mod tests {
         control.stop(StopReason::Timeout);
         assert_eq!(control.stop_requested(), Some(StopReason::Signal(15)));
         let far = Instant::now() + Duration::from_secs(60);
-        assert_eq!(control.wait_for_tick(far, None), Wake::Stopping);
+        assert!(matches!(control.wait_for_tick(far, None), Wake::Stopping));
         control.finish();
-        assert_eq!(control.wait_for_tick(far, None), Wake::Finished);
+        assert!(matches!(control.wait_for_tick(far, None), Wake::Finished));
     }
 
     #[test]
@@ -532,7 +554,7 @@ mod tests {
     fn waiting_times_out_and_drains_are_taken_once() {
         let control = CellControl::new();
         let soon = Instant::now() + Duration::from_millis(5);
-        assert_eq!(control.wait_for_tick(soon, None), Wake::Timeout);
+        assert!(matches!(control.wait_for_tick(soon, None), Wake::Timeout));
         assert_eq!(control.stop_requested(), None);
         control.request_drain();
         assert!(control.take_drain());

@@ -90,6 +90,10 @@ fn cells_are_created_run_paused_stopped_and_removed_through_the_daemon() {
         usage["hypercalls"]["sleep"].as_u64().unwrap() >= 3,
         "{stats}"
     );
+    assert!(
+        usage["memory_touched"].as_u64().unwrap() > 0,
+        "a live cell's memory touched is measured: {stats}"
+    );
     assert!(usage["cpu_time_ms"].is_u64(), "{stats}");
     assert!(stats[0]["uptime_ms"].as_u64().unwrap() > 0, "{stats}");
     let table = daemon.ok(&["stats", "ticker"]);
