@@ -410,7 +410,7 @@ fn absolute(path: &str) -> String {
 /// that is no file here, a template's name.
 fn module_or_template(module: &Path) -> String {
     let text = module.display().to_string();
-    if !text.contains('/') && !module.exists() {
+    if !text.contains('/') && !module.is_file() {
         text
     } else {
         absolute(&text)
