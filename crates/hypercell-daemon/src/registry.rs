@@ -105,6 +105,23 @@ pub struct CellLogs {
 }
 
 impl CellLogs {
+    /// Bytes each stream has ever written: stdout's, then stderr's.
+    fn written(&self) -> [u64; 2] {
+        [self.stdout.mark().written, self.stderr.mark().written]
+    }
+
+    /// Marks both streams as ended.
+    fn close(&self) {
+        self.stdout.close();
+        self.stderr.close();
+    }
+
+    /// Closes both streams' files until their next append.
+    fn release(&self) {
+        self.stdout.release();
+        self.stderr.release();
+    }
+
     /// One of the two.
     pub fn stream(&self, stream: Stream) -> &Arc<StreamLog> {
         match stream {
@@ -426,7 +443,7 @@ impl Registry {
             spec.module = path;
         }
         check_spec(&spec)?;
-        check_components_of(&spec)?;
+        check_components_of(self, &spec)?;
         self.check_dirs(&spec.dirs)?;
         let id = new_id();
         let name = match &spec.name {
@@ -461,6 +478,19 @@ impl Registry {
         inner.names.insert(name, id.clone());
         inner.cells.insert(id.clone(), record);
         Ok(id)
+    }
+
+    /// The snapshot file (template or checkpoint) at `path`, loaded once while it is
+    /// unchanged; why not, in one sentence.
+    fn load_snapshot(&self, path: &Path) -> Result<Arc<LoadedSnapshot>, String> {
+        self.snapshots
+            .get_or_load(path, || {
+                SnapshotFile::read_from(path).map(|file| LoadedSnapshot {
+                    shared: Arc::new(file.snapshot.clone()),
+                    file,
+                })
+            })
+            .map_err(|e| e.to_string())
     }
 
     /// Refuses directories outside the daemon's `--allow-dir` roots.
@@ -512,15 +542,7 @@ impl Registry {
         let module_path = checkpoint.unwrap_or(Path::new(&spec.module));
         let config = cell_config(spec);
         let template = if SnapshotFile::is_snapshot(module_path) {
-            let file = self
-                .snapshots
-                .get_or_load(module_path, || {
-                    SnapshotFile::read_from(module_path).map(|file| LoadedSnapshot {
-                        shared: Arc::new(file.snapshot.clone()),
-                        file,
-                    })
-                })
-                .map_err(|e| e.to_string())?;
+            let file = self.load_snapshot(module_path)?;
             let identity_given = checkpoint.is_none()
                 && (!spec.args.is_empty() || !spec.env.is_empty() || !spec.dirs.is_empty());
             let config = match file.file.snapshot.template {
@@ -599,7 +621,7 @@ impl Registry {
                 None,
             ),
         };
-        let log_start = [logs.stdout.mark().written, logs.stderr.mark().written];
+        let log_start = logs.written();
         let mut inner = self.lock();
         inner.live.insert(
             record.id.clone(),
@@ -1301,7 +1323,11 @@ fn spec_components(spec: &CellSpec) -> Result<Components, DaemonError> {
 /// With `components_strict`: refuses a module that imports a function of a component
 /// the cell is not given. A template's cells have its components, which `spec` may
 /// only repeat.
-fn check_components_of(spec: &CellSpec) -> Result<(), DaemonError> {
+fn check_components_of(registry: &Registry, spec: &CellSpec) -> Result<(), DaemonError> {
+    // Nothing asked of the components: a template's cells have the template's.
+    if spec.components.is_none() && !spec.components_strict {
+        return Ok(());
+    }
     let bad = |message: String| DaemonError::BadRequest {
         field: "components",
         message,
@@ -1309,10 +1335,14 @@ fn check_components_of(spec: &CellSpec) -> Result<(), DaemonError> {
     let mut components = spec_components(spec)?;
     let mut module = PathBuf::from(&spec.module);
     if SnapshotFile::is_snapshot(&module) {
-        let file = SnapshotFile::read_from(&module).map_err(|e| DaemonError::BadRequest {
-            field: "module",
-            message: e.to_string(),
-        })?;
+        let loaded =
+            registry
+                .load_snapshot(&module)
+                .map_err(|message| DaemonError::BadRequest {
+                    field: "module",
+                    message,
+                })?;
+        let file = &loaded.file;
         let made_with = Components(file.components).known();
         if spec.components.is_some() && components != made_with {
             return Err(bad(format!(
@@ -1322,7 +1352,7 @@ fn check_components_of(spec: &CellSpec) -> Result<(), DaemonError> {
             )));
         }
         components = made_with;
-        module = file.module;
+        module = file.module.clone();
     }
     if !spec.components_strict {
         return Ok(());

@@ -70,6 +70,18 @@ impl Echo {
         (stdio, stdin, stdout)
     }
 
+    /// A cell booted for `module`.
+    fn boot(module: &Arc<CompiledModule>) -> Self {
+        let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
+        let (stdio, stdin, stdout) = Self::stdio();
+        let cell = Cell::start(config(), Arc::clone(module), cpu_features, stdio);
+        Self {
+            cell,
+            stdin,
+            stdout,
+        }
+    }
+
     /// Sends `id` and reads it back.
     fn echo(&mut self, id: u64) {
         self.stdin.write_all(&id.to_le_bytes()).unwrap();
@@ -193,14 +205,7 @@ fn a_cell_from_a_template_goes_on_from_its_changes_over_the_template() {
 #[test]
 fn a_booted_cell_goes_on_from_its_changes_over_nothing() {
     let module = Arc::new(compile(&echo_ids()));
-    let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
-    let (stdio, stdin, stdout) = Echo::stdio();
-    let cell = Cell::start(config(), Arc::clone(&module), cpu_features, stdio);
-    let mut echo = Echo {
-        cell,
-        stdin,
-        stdout,
-    };
+    let mut echo = Echo::boot(&module);
     echo.echo(5);
     let changes = echo.park();
     let mut echo = resume(&module, None, changes, 6);
@@ -211,18 +216,12 @@ fn a_booted_cell_goes_on_from_its_changes_over_nothing() {
 #[test]
 fn changes_that_do_not_hold_what_they_describe_are_refused() {
     let module = Arc::new(compile(&echo_ids()));
-    let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
-    let (stdio, stdin, stdout) = Echo::stdio();
-    let cell = Cell::start(config(), Arc::clone(&module), cpu_features, stdio);
-    let mut echo = Echo {
-        cell,
-        stdin,
-        stdout,
-    };
+    let mut echo = Echo::boot(&module);
     echo.echo(5);
     let mut changes = echo.park();
     let last = changes.memory.runs.last_mut().unwrap();
     last.len += 4096;
+    let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
     let (stdio, _stdin, _stdout) = Echo::stdio();
     let cell = Cell::resume_changes(config(), module, cpu_features, stdio, None, changes);
     match cell.wait() {

@@ -299,36 +299,51 @@ fn finish(result: Result<(), ClientError>) -> ExitCode {
 
 /// Runs `hypercell ps`.
 pub fn ps(args: PsArgs) -> ExitCode {
+    list(
+        &args.host,
+        "/v1/cells",
+        args.format,
+        |out, cells: Vec<CellRecord>| {
+            let now = hypercell_daemon::record::now_ms();
+            let _ = writeln!(
+                out,
+                "{:<12}  {:<24}  {:<10}  {:<22}  {:<12}  MODULE",
+                "CELL ID", "NAME", "STATE", "STATUS", "CREATED"
+            );
+            for cell in cells {
+                let _ = writeln!(
+                    out,
+                    "{:<12}  {:<24}  {:<10}  {:<22}  {:<12}  {}",
+                    cell.id,
+                    cell.name,
+                    cell.state.as_str(),
+                    status(&cell),
+                    format!("{} ago", age(now.saturating_sub(cell.created_ms))),
+                    cell.spec.module
+                );
+            }
+        },
+    )
+}
+
+/// Prints the list the daemon answers at `path`: its JSON as it came, or a table that
+/// `table` writes.
+fn list<T: serde::de::DeserializeOwned>(
+    host: &HostArg,
+    path: &str,
+    format: Format,
+    table: impl FnOnce(&mut dyn Write, Vec<T>),
+) -> ExitCode {
     finish((|| {
-        let client = client(&args.host)?;
-        let body = client.call(Method::GET, "/v1/cells", None)?;
-        let cells: Vec<CellRecord> =
+        let body = client(host)?.call(Method::GET, path, None)?;
+        let items: Vec<T> =
             serde_json::from_slice(&body).map_err(|e| ClientError::Http(e.to_string()))?;
         let mut out = std::io::stdout().lock();
-        match args.format {
+        match format {
             Format::Json => {
                 let _ = writeln!(out, "{}", String::from_utf8_lossy(&body));
             }
-            Format::Table => {
-                let now = hypercell_daemon::record::now_ms();
-                let _ = writeln!(
-                    out,
-                    "{:<12}  {:<24}  {:<10}  {:<22}  {:<12}  MODULE",
-                    "CELL ID", "NAME", "STATE", "STATUS", "CREATED"
-                );
-                for cell in cells {
-                    let _ = writeln!(
-                        out,
-                        "{:<12}  {:<24}  {:<10}  {:<22}  {:<12}  {}",
-                        cell.id,
-                        cell.name,
-                        cell.state.as_str(),
-                        status(&cell),
-                        format!("{} ago", age(now.saturating_sub(cell.created_ms))),
-                        cell.spec.module
-                    );
-                }
-            }
+            Format::Table => table(&mut out, items),
         }
         Ok(())
     })())
@@ -469,38 +484,30 @@ pub struct TemplateLsArgs {
 
 /// Runs `hypercell template ls`.
 pub fn template_ls(args: TemplateLsArgs) -> ExitCode {
-    finish((|| {
-        let client = client(&args.host)?;
-        let body = client.call(Method::GET, "/v1/templates", None)?;
-        let templates: Vec<TemplateRecord> =
-            serde_json::from_slice(&body).map_err(|e| ClientError::Http(e.to_string()))?;
-        let mut out = std::io::stdout().lock();
-        match args.format {
-            Format::Json => {
-                let _ = writeln!(out, "{}", String::from_utf8_lossy(&body));
-            }
-            Format::Table => {
-                let now = hypercell_daemon::record::now_ms();
+    list(
+        &args.host,
+        "/v1/templates",
+        args.format,
+        |out, templates: Vec<TemplateRecord>| {
+            let now = hypercell_daemon::record::now_ms();
+            let _ = writeln!(
+                out,
+                "{:<24}  {:<12}  {:>10}  {:<12}  MODULE",
+                "NAME", "AT", "SIZE", "CREATED"
+            );
+            for template in templates {
                 let _ = writeln!(
                     out,
-                    "{:<24}  {:<12}  {:>10}  {:<12}  MODULE",
-                    "NAME", "AT", "SIZE", "CREATED"
+                    "{:<24}  {:<12}  {:>10}  {:<12}  {}",
+                    template.name,
+                    template.spec.at.as_deref().unwrap_or("start"),
+                    hypercell_host::config::format_size(template.bytes),
+                    format!("{} ago", age(now.saturating_sub(template.created_ms))),
+                    template.spec.module
                 );
-                for template in templates {
-                    let _ = writeln!(
-                        out,
-                        "{:<24}  {:<12}  {:>10}  {:<12}  {}",
-                        template.name,
-                        template.spec.at.as_deref().unwrap_or("start"),
-                        hypercell_host::config::format_size(template.bytes),
-                        format!("{} ago", age(now.saturating_sub(template.created_ms))),
-                        template.spec.module
-                    );
-                }
             }
-        }
-        Ok(())
-    })())
+        },
+    )
 }
 
 /// Arguments of `hypercell template rm`.
@@ -515,24 +522,15 @@ pub struct TemplateRmArgs {
 
 /// Runs `hypercell template rm`, printing each name as it is removed.
 pub fn template_rm(args: TemplateRmArgs) -> ExitCode {
-    let client = match client(&args.host) {
-        Ok(client) => client,
-        Err(e) => return crate::fail(&e),
-    };
-    let mut status = ExitCode::SUCCESS;
-    for name in &args.names {
-        match client.call(
-            Method::DELETE,
-            &format!("/v1/templates/{}", path_part(name)),
-            None,
-        ) {
-            Ok(_) => {
-                let _ = writeln!(std::io::stdout(), "{name}");
-            }
-            Err(e) => status = crate::fail(&e),
-        }
-    }
-    status
+    on_each(&args.host, &args.names, |client, name| {
+        client
+            .call(
+                Method::DELETE,
+                &format!("/v1/templates/{}", path_part(name)),
+                None,
+            )
+            .map(drop)
+    })
 }
 
 /// Runs `start`, `kill`, `pause` or `resume` on each cell, printing each reference as
@@ -544,7 +542,7 @@ pub fn act(action: Action, args: CellsArgs) -> ExitCode {
         Action::Pause => "pause",
         Action::Resume => "resume",
     };
-    on_each(&args, |client, cell| {
+    on_each(&args.host, &args.cells, |client, cell| {
         client
             .call(
                 Method::PUT,
@@ -575,7 +573,7 @@ pub fn snapshot(args: SnapshotArgs) -> ExitCode {
 /// Runs `hypercell stop`.
 pub fn stop(args: StopArgs) -> ExitCode {
     let grace = args.time.saturating_mul(1000);
-    on_each(&args.cells, |client, cell| {
+    on_each(&args.cells.host, &args.cells.cells, |client, cell| {
         client
             .call(
                 Method::PUT,
@@ -589,7 +587,7 @@ pub fn stop(args: StopArgs) -> ExitCode {
 /// Runs `hypercell rm`.
 pub fn rm(args: RmArgs) -> ExitCode {
     let force = args.force;
-    on_each(&args.cells, |client, cell| {
+    on_each(&args.cells.host, &args.cells.cells, |client, cell| {
         client
             .call(
                 Method::DELETE,
@@ -740,21 +738,23 @@ pub fn events(args: EventsArgs) -> ExitCode {
     })())
 }
 
-/// Runs `request` for each cell of `args`, printing each reference that succeeded and
-/// failing with the first refusal's sentence after trying them all.
+/// Runs `request` on the daemon `host` names for each of `names` (cells or templates),
+/// printing each that succeeded and failing with the refusals' sentences after trying
+/// them all.
 fn on_each(
-    args: &CellsArgs,
+    host: &HostArg,
+    names: &[String],
     request: impl Fn(&Client, &str) -> Result<(), ClientError>,
 ) -> ExitCode {
-    let client = match client(&args.host) {
+    let client = match client(host) {
         Ok(client) => client,
         Err(e) => return crate::fail(&e),
     };
     let mut status = ExitCode::SUCCESS;
-    for cell in &args.cells {
-        match request(&client, cell) {
+    for name in names {
+        match request(&client, name) {
             Ok(()) => {
-                let _ = writeln!(std::io::stdout(), "{cell}");
+                let _ = writeln!(std::io::stdout(), "{name}");
             }
             Err(e) => status = crate::fail(&e),
         }

@@ -488,16 +488,11 @@ fn create_template_in_daemon(args: TemplateCreateArgs, name: String) -> ExitCode
 }
 
 fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
-    let (point, export) = match args.at.split_once(':') {
-        None if args.at == "start" => (TemplatePoint::Start, ""),
-        None if args.at == "first-read" => (TemplatePoint::FirstRead, ""),
-        Some(("init", export)) if !export.is_empty() => (TemplatePoint::Init, export),
-        _ => {
-            return fail_with(&format!(
-                "--at takes `start`, `init:EXPORT` or `first-read`, not `{}`",
-                args.at
-            ));
-        }
+    let Some((point, export)) = TemplatePoint::parse(&args.at) else {
+        return fail_with(&format!(
+            "--at takes `start`, `init:EXPORT` or `first-read`, not `{}`",
+            args.at
+        ));
     };
     let preopens = match preopens(&args.run) {
         Ok(preopens) => preopens,

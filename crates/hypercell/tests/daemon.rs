@@ -17,6 +17,26 @@ fn tick_number(line: &str) -> Option<u64> {
     line.strip_prefix("tick ")?.parse().ok()
 }
 
+/// Creates and starts the ticker `durable` with the checkpoint policy and waits for its
+/// tick `ticks`; its id.
+fn start_durable_ticker(daemon: &Daemon, ticks: u64) -> String {
+    let ticker = c_program("ticker");
+    let id = daemon.ok(&[
+        "create",
+        "--name",
+        "durable",
+        "--restart",
+        "checkpoint",
+        ticker.to_str().unwrap(),
+    ]);
+    daemon.ok(&["start", "durable"]);
+    let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
+    wait_for(&output, |line| {
+        tick_number(line).is_some_and(|n| n >= ticks)
+    });
+    id.trim().to_string()
+}
+
 /// Checks that the ticker `cell`'s log holds every tick from the first, one by one,
 /// and goes on to three past what it held when this was called.
 fn ticks_go_on_once_each(daemon: &Daemon, cell: &str) {
@@ -228,17 +248,7 @@ fn a_cell_with_the_checkpoint_policy_outlives_its_daemon() {
     let dir = tempfile::tempdir().unwrap();
     let ticker = c_program("ticker");
     let mut daemon = Daemon::start(dir.path());
-    daemon.ok(&[
-        "create",
-        "--name",
-        "durable",
-        "--restart",
-        "checkpoint",
-        ticker.to_str().unwrap(),
-    ]);
-    daemon.ok(&["start", "durable"]);
-    let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
-    wait_for(&output, |line| tick_number(line).is_some_and(|n| n >= 3));
+    start_durable_ticker(&daemon, 3);
 
     // SIGTERM checkpoints it; the next daemon restores it, and its output goes on in
     // the same log with no tick repeated or skipped.
@@ -629,20 +639,8 @@ fn templates_are_made_listed_used_and_removed_through_the_daemon() {
 #[test]
 fn a_checkpointed_cell_survives_sigkill_with_its_log_cut_back_to_the_checkpoint() {
     let dir = tempfile::tempdir().unwrap();
-    let ticker = c_program("ticker");
     let mut daemon = Daemon::start_with(dir.path(), &["--checkpoint-every", "100ms"]);
-    let id = daemon.ok(&[
-        "create",
-        "--name",
-        "durable",
-        "--restart",
-        "checkpoint",
-        ticker.to_str().unwrap(),
-    ]);
-    let id = id.trim().to_string();
-    daemon.ok(&["start", "durable"]);
-    let (_, output) = daemon.follow(&["logs", "-f", "durable"]);
-    wait_for(&output, |line| tick_number(line).is_some_and(|n| n >= 5));
+    let id = start_durable_ticker(&daemon, 5);
     // Two checkpoints at least, so that one was taken while it ticked on.
     let cell_dir = dir.path().join("state/cells").join(&id);
     let deadline = Instant::now() + PATIENCE;

@@ -17,7 +17,7 @@ use hypercell_host::{Cell, CellConfig, CompiledModule, StopReason};
 use tokio::sync::watch;
 
 use super::{CellLogs, DaemonError, Inner, Live, Registry, resolve};
-use crate::record::{CellState, CellUsage, Event, RestartPolicy, now_ms};
+use crate::record::{CellRecord, CellState, CellUsage, Event, RestartPolicy, now_ms};
 
 /// A parked cell: what it needs to go on where it stopped.
 pub(super) struct Parked {
@@ -35,6 +35,14 @@ impl Parked {
     /// Bytes of memory pages it keeps.
     pub(super) fn bytes(&self) -> u64 {
         self.changes.memory.saved_len()
+    }
+
+    /// Writes into `record` that the cell was killed while parked.
+    fn record_killed(&self, record: &mut CellRecord) {
+        record.state = CellState::Killed;
+        record.finished_ms = Some(now_ms());
+        record.usage = Some(self.earlier.clone());
+        record.parked_ms = None;
     }
 }
 
@@ -175,8 +183,7 @@ impl Registry {
             return true;
         };
         if let Some(logs) = inner.logs.get(id) {
-            logs.stdout.release();
-            logs.stderr.release();
+            logs.release();
         }
         inner.parked.insert(
             id.to_string(),
@@ -258,9 +265,7 @@ impl Registry {
                 )));
             }
         };
-        let log_start = logs.as_deref().map_or([0; 2], |logs| {
-            [logs.stdout.mark().written, logs.stderr.mark().written]
-        });
+        let log_start = logs.as_deref().map_or([0; 2], |logs| logs.written());
         let cell = Cell::resume_changes(
             parked.config.clone(),
             Arc::clone(&parked.compiled),
@@ -321,10 +326,7 @@ impl Registry {
             else {
                 continue;
             };
-            record.state = CellState::Killed;
-            record.finished_ms = Some(now_ms());
-            record.usage = Some(parked.earlier.clone());
-            record.parked_ms = None;
+            parked.record_killed(record);
             events.push(Event {
                 seq,
                 time_ms: now_ms(),
@@ -336,8 +338,7 @@ impl Registry {
             records.push(record.clone());
             inner.next_event += 1;
             if let Some(logs) = inner.logs.get(&id) {
-                logs.stdout.close();
-                logs.stderr.close();
+                logs.close();
             }
             ended.push(parked);
         }
@@ -359,16 +360,9 @@ impl Registry {
         id: &str,
         parked: Parked,
     ) -> Result<watch::Receiver<CellState>, DaemonError> {
-        let usage = parked.earlier.clone();
-        self.change(id, "kill", |record| {
-            record.state = CellState::Killed;
-            record.finished_ms = Some(now_ms());
-            record.usage = Some(usage);
-            record.parked_ms = None;
-        })?;
+        self.change(id, "kill", |record| parked.record_killed(record))?;
         if let Some(logs) = self.lock().logs.get(id) {
-            logs.stdout.close();
-            logs.stderr.close();
+            logs.close();
         }
         parked.state.send_replace(CellState::Killed);
         Ok(parked.state.subscribe())

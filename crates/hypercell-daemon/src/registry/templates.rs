@@ -46,19 +46,12 @@ impl Registry {
             ));
         }
         let at = spec.at.as_deref().unwrap_or("start");
-        let (point, export) = match at.split_once(':') {
-            None if at == "start" => (TemplatePoint::Start, ""),
-            None if at == "first-read" => (TemplatePoint::FirstRead, ""),
-            Some(("init", export)) if !export.is_empty() => (TemplatePoint::Init, export),
-            _ => {
-                return Err(bad(
-                    "at",
-                    format!(
-                        "`{at}` is not a stop point: use `start`, `first-read` or `init:EXPORT`"
-                    ),
-                ));
-            }
-        };
+        let (point, export) = TemplatePoint::parse(at).ok_or_else(|| {
+            bad(
+                "at",
+                format!("`{at}` is not a stop point: use `start`, `first-read` or `init:EXPORT`"),
+            )
+        })?;
         let as_cell = CellSpec {
             module: spec.module.clone(),
             args: spec.args.clone(),
@@ -79,7 +72,7 @@ impl Registry {
                 ),
             ));
         }
-        check_components_of(&as_cell)?;
+        check_components_of(self, &as_cell)?;
         self.check_dirs(&as_cell.dirs)?;
         // One at a time: the name is free until the record is saved.
         let _making = self

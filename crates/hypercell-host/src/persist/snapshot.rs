@@ -52,6 +52,19 @@ pub enum TemplatePoint {
     Init,
 }
 
+impl TemplatePoint {
+    /// The stop point `text` names, as `--at` spells it: `start`, `first-read`, or
+    /// `init:EXPORT` with the export's name beside it (empty for the others).
+    pub fn parse(text: &str) -> Option<(Self, &str)> {
+        match text.split_once(':') {
+            None if text == "start" => Some((Self::Start, "")),
+            None if text == "first-read" => Some((Self::FirstRead, "")),
+            Some(("init", export)) if !export.is_empty() => Some((Self::Init, export)),
+            _ => None,
+        }
+    }
+}
+
 /// A cell's complete state.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct CellSnapshot {
