@@ -29,6 +29,7 @@ use crate::layout::{CellLayout, MAX_WASM_STACK, identity_capacity};
 use crate::persist::{CellSnapshot, MemoryImage, ModuleIdentity, SnapshotError, TemplatePoint};
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
+use crate::vcpu_runner::VcpuRunner;
 
 /// The guest runtime, built by this crate's build script.
 pub static GUEST_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_ELF"));
@@ -126,6 +127,9 @@ pub enum CellError {
     /// A partition could not be put back to its template.
     #[error("the cell could not be put back to its template: {0}")]
     Reset(String),
+    /// No thread could be started for the cell's vCPU.
+    #[error("the host cannot start a thread for the cell's vCPU: {0}")]
+    Thread(String),
     /// Directories are granted without the component that serves them.
     #[error("directories are granted to the cell, but not the `fs` component that serves them")]
     FsNotGiven,
@@ -205,7 +209,9 @@ pub struct CellStats {
     /// The hypercalls among those exits.
     pub hypercalls: HypercallCounts,
     /// Guest memory the host backed, in bytes, apart from a compiled module mapped from
-    /// the compile cache (page cache shared with other cells).
+    /// the compile cache (page cache shared with other cells). Not measured (0) for a
+    /// cell in a reused partition, which holds what earlier cells touched too, and
+    /// whose next cell should not wait on the count.
     pub memory_touched: u64,
     /// Bytes of linear memory the program's memories reached, part of `memory_touched`
     /// once used.
@@ -437,6 +443,7 @@ pub(crate) fn run_in_partition(
     stdio: CellStdio<'_>,
     control: &CellControl,
     kept: &mut Option<Partition>,
+    runner: &VcpuRunner,
 ) -> Result<CellReport, CellFailure> {
     control.begin();
     let result = start_cell(
@@ -445,10 +452,18 @@ pub(crate) fn run_in_partition(
         stdio,
         control,
         Start::FromTemplate(template),
-        Some(kept),
+        Some(Reuse { kept, runner }),
     );
     control.finish();
     result
+}
+
+/// Where a cell run in a reused partition finds it, and the thread that runs its vCPU.
+pub(crate) struct Reuse<'r> {
+    /// The partition, when an earlier run left one; the run leaves its own here.
+    kept: &'r mut Option<Partition>,
+    /// The thread kept for the partition's vCPU.
+    runner: &'r VcpuRunner,
 }
 
 /// A cell's VM, vCPU and memory, kept after a run to be put back to its template in
@@ -481,7 +496,14 @@ pub struct ResetReport {
     /// Whether the run changed the page tables or system structures, so that KVM had to
     /// drop what it derived from them.
     pub system: bool,
+    /// Of the pages dropped, those given a fresh copy of the template's page again for
+    /// the next run to write (up to 512): they count as made its own at the next
+    /// reset, run or not.
+    pub prepared: u64,
 }
+
+/// Most pages a reset copies in again for the next run (2 MiB).
+const PREPARE_LIMIT: u64 = 512;
 
 impl Partition {
     /// Puts the partition back to `template`, which it was started from: every page
@@ -497,7 +519,7 @@ impl Partition {
             ..ResetReport::default()
         };
         let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(written.len());
-        for range in written {
+        for range in written.iter().cloned() {
             report.pages += (range.end - range.start) / 4096;
             report.system |= range.start < IMAGE_BASE;
             match merged.last_mut() {
@@ -506,6 +528,24 @@ impl Partition {
             }
         }
         self.memory.discard_all(&merged);
+        // The next run likely writes the same pages: each gets its copy of the
+        // template's page now, which costs the host about 3 µs, rather than on the
+        // guest's first write, where copy-on-write through KVM costs about 13 µs. A run
+        // that wrote much (a memory bomb) is not copied back in. Past the template's
+        // image lies anonymous memory, whose first write costs less, and where a page
+        // populated can be a whole huge page.
+        let image_end = template.memory.image_len();
+        for range in written {
+            let room = PREPARE_LIMIT - report.prepared;
+            let end = range.end.min(image_end);
+            let pages = (end.saturating_sub(range.start) / 4096).min(room);
+            if pages == 0 {
+                continue;
+            }
+            self.memory
+                .populate(range.start..range.start + pages * 4096);
+            report.prepared += pages;
+        }
         let template_slots = 1 + u32::from(template.services.growth.mapped > self.boot_mapping);
         for slot in template_slots..self.next_slot {
             self.vm.remove_memory(slot)?;
@@ -531,13 +571,13 @@ fn start_cell(
     stdio: CellStdio<'_>,
     control: &CellControl,
     start: Start<'_>,
-    mut reuse: Option<&mut Option<Partition>>,
+    mut reuse: Option<Reuse<'_>>,
 ) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
     if !config.preopens.is_empty() && !config.components.contains(Components::FS) {
         return Err(CellError::FsNotGiven.into());
     }
-    let kept = reuse.as_mut().and_then(|kept| kept.take());
+    let kept = reuse.as_mut().and_then(|reuse| reuse.kept.take());
     let in_place = kept.is_some();
     let base = match start {
         Start::Resume { base, .. } => base,
@@ -905,6 +945,7 @@ fn start_cell(
         config,
         trap_handler,
         &mapped_module,
+        reuse.as_ref().map(|reuse| reuse.runner),
     );
     // Whatever the program wrote before it ended reaches the user, even after a fault.
     let drained = drain_output(
@@ -924,8 +965,11 @@ fn start_cell(
     // cell's memory (and asking about each of its pages is slow): it is left out.
     let module_end = layout.module + module_len.next_multiple_of(4096);
     let linear_memory = services.growth.as_ref().map_or(0, |g| g.linear_memory);
-    let memory_touched =
-        memory.resident_bytes(0..layout.module) + memory.resident_bytes(module_end..mapped);
+    let memory_touched = if reuse.is_some() {
+        0
+    } else {
+        memory.resident_bytes(0..layout.module) + memory.resident_bytes(module_end..mapped)
+    };
     let guest = memory
         .mem()
         .read_obj::<[u64; 5]>(GuestAddress(layout.phases))
@@ -953,8 +997,8 @@ fn start_cell(
     let hypercalls = activity.hypercalls;
     let next_slot = services.growth.as_ref().map_or(1, |g| g.next_slot);
     match reuse {
-        Some(kept) => {
-            *kept = Some(Partition {
+        Some(reuse) => {
+            *reuse.kept = Some(Partition {
                 vm,
                 vcpu,
                 memory,
@@ -1045,32 +1089,40 @@ fn run_on_vcpu_thread<'a>(
     config: &CellConfig,
     trap_handler: GuestAddress,
     module: &MappedModule<'_>,
+    runner: Option<&VcpuRunner>,
 ) -> (Result<Completion, CellError>, Vcpu, Services<'a>) {
     let control = services.control.clone();
     let output = services.output;
-    std::thread::scope(|scope| {
-        let runner = std::thread::Builder::new()
-            .name("hypercell-vcpu".into())
-            .spawn_scoped(scope, move || {
-                // Binding installs the kick's signal handler, which the filter refuses.
-                let binding = vcpu.bind_to_current_thread();
-                services.control.attach(vcpu.handle());
-                let outcome = match seccomp::install_vcpu_filter() {
-                    Ok(()) => run_loop(&mut vcpu, memory, &mut services, trap_handler, module),
-                    Err(error) => Err(CellError::Seccomp(error)),
-                };
-                drop(binding);
-                services.control.detach();
-                services.control.finish();
-                (outcome, vcpu, services)
-            })
-            .expect("the host can start a thread for the vCPU");
-        supervise(&control, memory, output, config.timeout, &module.region);
-        match runner.join() {
-            Ok(result) => result,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
-    })
+    // The vCPU's part, on a thread confined by the seccomp filter (`confine` makes it
+    // so, or says why it is not).
+    let work = move |confine: &dyn Fn() -> Result<(), SeccompError>| {
+        // Binding installs the kick's signal handler, which the filter refuses.
+        let binding = vcpu.bind_to_current_thread();
+        services.control.attach(vcpu.handle());
+        let outcome = match confine() {
+            Ok(()) => run_loop(&mut vcpu, memory, &mut services, trap_handler, module),
+            Err(error) => Err(CellError::Seccomp(error)),
+        };
+        drop(binding);
+        services.control.detach();
+        services.control.finish();
+        (outcome, vcpu, services)
+    };
+    let watch = || supervise(&control, memory, output, config.timeout, &module.region);
+    match runner {
+        Some(runner) => runner.run(move |confined| work(&|| confined.clone()), watch),
+        None => std::thread::scope(|scope| {
+            let runner = std::thread::Builder::new()
+                .name("hypercell-vcpu".into())
+                .spawn_scoped(scope, move || work(&seccomp::install_vcpu_filter))
+                .expect("the host can start a thread for the vCPU");
+            watch();
+            match runner.join() {
+                Ok(result) => result,
+                Err(panic) => std::panic::resume_unwind(panic),
+            }
+        }),
+    }
 }
 
 /// Longest time output may wait in the guest's buffer while the program computes.

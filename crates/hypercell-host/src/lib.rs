@@ -16,6 +16,7 @@ mod reusable;
 mod running;
 pub mod seccomp;
 pub mod stdio;
+mod vcpu_runner;
 
 pub use cell::{
     CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, GuestTimings,

@@ -12,6 +12,7 @@ use crate::config::CellConfig;
 use crate::control::CellControl;
 use crate::persist::{CellSnapshot, SavedPages};
 use crate::stdio::CellStdio;
+use crate::vcpu_runner::VcpuRunner;
 
 /// A partition that runs cells from one template, one after another, each as fresh as
 /// a new cell from the template.
@@ -20,6 +21,8 @@ pub struct ReusableCell {
     module: Arc<CompiledModule>,
     cpu_features: u32,
     partition: Option<Partition>,
+    /// The thread that runs the partition's vCPU, under its seccomp filter.
+    runner: VcpuRunner,
     /// Whether a run has changed the partition since it was last put back.
     used: bool,
 }
@@ -43,11 +46,13 @@ impl ReusableCell {
                 "its template's memory was not loaded from a file, which a reused cell's pages go back to".into(),
             ));
         }
+        let runner = VcpuRunner::start().map_err(|error| CellError::Thread(error.to_string()))?;
         Ok(Self {
             template,
             module,
             cpu_features,
             partition: None,
+            runner,
             used: false,
         })
     }
@@ -77,6 +82,7 @@ impl ReusableCell {
             stdio,
             control,
             &mut self.partition,
+            &self.runner,
         )
     }
 

@@ -19,7 +19,7 @@ use seccompiler::{
 };
 
 /// Errors installing the filter.
-#[derive(Debug, thiserror::Error)]
+#[derive(Clone, Debug, thiserror::Error)]
 pub enum SeccompError {
     /// The filter could not be built.
     #[error("could not build the vCPU thread's seccomp filter: {0}")]

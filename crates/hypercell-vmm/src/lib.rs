@@ -19,7 +19,9 @@ pub mod vm_pool;
 pub use memory::{GuestMemory, MemoryError};
 pub use paging::{PagingError, ReservationTables};
 pub use state::{TablesState, VcpuState};
-pub use vcpu::{GuestException, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuThread, run_ioctls};
+pub use vcpu::{
+    GuestException, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuThread, prepare_kicks, run_ioctls,
+};
 pub use vm::{Vm, VmError};
 pub use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 pub use vm_pool::{FreshVm, VmPool};

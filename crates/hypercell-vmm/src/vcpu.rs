@@ -224,6 +224,18 @@ thread_local! {
 }
 
 /// Signal used to interrupt KVM_RUN and blocking system calls of the vCPU's thread.
+/// Installs the process's handler of the signal that kicks vCPUs out of the guest,
+/// once: [`Vcpu::bind_to_current_thread`] does, and a thread that binds vCPUs only
+/// after a seccomp filter that refuses `rt_sigaction` calls this first.
+pub fn prepare_kicks() {
+    static INSTALL: Once = Once::new();
+    INSTALL.call_once(|| {
+        // Installed without SA_RESTART, so blocking calls return EINTR.
+        vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
+            .expect("registering a real-time signal handler cannot fail");
+    });
+}
+
 fn kick_signal() -> libc::c_int {
     libc::SIGRTMIN() + 2
 }
@@ -310,12 +322,7 @@ impl Vcpu {
     /// until the returned binding drops. Installs the kick signal's handler, so call
     /// it before a seccomp filter that refuses `rt_sigaction`.
     pub fn bind_to_current_thread(&mut self) -> VcpuThread {
-        static INSTALL: Once = Once::new();
-        INSTALL.call_once(|| {
-            // Installed without SA_RESTART, so blocking calls return EINTR.
-            vmm_sys_util::signal::register_signal_handler(kick_signal(), on_kick)
-                .expect("registering a real-time signal handler cannot fail");
-        });
+        prepare_kicks();
         let flag = std::ptr::addr_of_mut!(self.fd.get_kvm_run().immediate_exit);
         IMMEDIATE_EXIT.with(|cell| cell.set(flag));
         // SAFETY: pthread_self has no preconditions.

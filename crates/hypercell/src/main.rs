@@ -25,6 +25,7 @@ use hypercell_host::{
 mod cache_command;
 mod client;
 mod daemon_commands;
+mod serve_command;
 mod signals;
 
 /// Exit status of `wasmtime run` when the program traps (128 + SIGABRT).
@@ -80,6 +81,9 @@ enum Command {
     Rm(daemon_commands::RmArgs),
     /// Print every change of the daemon's cells as it happens, one JSON line each.
     Events(daemon_commands::EventsArgs),
+    /// Answer HTTP requests, each in a fresh cell of a WAGI handler (a WASI command
+    /// that reads the request from its environment and stdin and writes the response).
+    Serve(Box<serve_command::ServeArgs>),
 }
 
 #[derive(Subcommand)]
@@ -208,15 +212,20 @@ fn main() -> ExitCode {
         Command::Stats(args) => daemon_commands::stats(args),
         Command::Rm(args) => daemon_commands::rm(args),
         Command::Events(args) => daemon_commands::events(args),
+        Command::Serve(args) => serve_command::serve(*args),
     }
 }
 
 /// The preopens `args` asks for.
 fn preopens(args: &RunArgs) -> Result<Vec<Preopen>, ConfigError> {
-    args.dirs
-        .iter()
+    preopens_of(&args.dirs, &args.dirs_read_only)
+}
+
+/// The preopens `--dir` flags (`dirs`) and `--dir-ro` flags ask for.
+fn preopens_of(dirs: &[String], read_only: &[String]) -> Result<Vec<Preopen>, ConfigError> {
+    dirs.iter()
         .map(|spec| parse_dir(spec, false))
-        .chain(args.dirs_read_only.iter().map(|spec| parse_dir(spec, true)))
+        .chain(read_only.iter().map(|spec| parse_dir(spec, true)))
         .collect()
 }
 

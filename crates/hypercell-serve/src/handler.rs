@@ -1,0 +1,162 @@
+//! The handler a server runs for each request: its template, made here from a module
+//! or read from a template file, its compiled code, and the configuration each of its
+//! cells starts from.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hypercell_host::config::Components;
+use hypercell_host::persist::{CellSnapshot, SnapshotFile, SnapshotFileError, TemplatePoint};
+use hypercell_host::{
+    CellConfig, CellError, CellPayload, CellStdio, CompileError, CompiledModule, Compiler,
+    create_template,
+};
+
+/// A handler program, ready to start a cell per request.
+pub struct Handler {
+    /// Where its cells start: once its module is instantiated, before its program runs.
+    pub(crate) template: Arc<CellSnapshot>,
+    /// Its code.
+    pub(crate) module: Arc<CompiledModule>,
+    /// The CPU features its code was compiled for.
+    pub(crate) cpu_features: u32,
+    /// What each cell starts with before the request adds its own.
+    base: CellConfig,
+    /// The module or template it was loaded from.
+    path: PathBuf,
+}
+
+/// Why a handler cannot be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum HandlerError {
+    /// The module could not be compiled.
+    #[error(transparent)]
+    Compile(#[from] CompileError),
+    /// The template file could not be read or does not fit this host.
+    #[error(transparent)]
+    Template(#[from] SnapshotFileError),
+    /// The template stops later than its program's start.
+    #[error(
+        "template `{0}` was stopped after its program started, so it has read its arguments and environment already; a handler's template is stopped at `start`, where each request's reach the program"
+    )]
+    Late(PathBuf),
+    /// The module failed before its template could be taken.
+    #[error("the handler `{path}` failed before it could be made a template: {error}")]
+    NoTemplate {
+        /// The module.
+        path: PathBuf,
+        /// What happened.
+        error: CellError,
+    },
+    /// The cells would have no stdout to answer on.
+    #[error("the handler `{0}` has no `stdio` component, and a handler answers on stdout")]
+    NoStdio(PathBuf),
+    /// A scratch file for the template could not be written.
+    #[error("cannot write the handler's template to a scratch file: {0}")]
+    Scratch(#[source] std::io::Error),
+}
+
+impl Handler {
+    /// The handler at `path`: a template made by `hypercell template create` (at
+    /// `start`), or a module, which is made a template here. Its cells start from
+    /// `base`: its memory limit and components give way to a template's own.
+    pub fn load(path: &Path, base: CellConfig) -> Result<Self, HandlerError> {
+        let compiler = Compiler::new()?;
+        let engine = compiler.fingerprint().to_string();
+        let cpu_features = compiler.cpu_features();
+        let (file, module) = if SnapshotFile::is_snapshot(path) {
+            let file = SnapshotFile::read_from(path)?;
+            if file.snapshot.template != Some(TemplatePoint::Start) {
+                return Err(match file.snapshot.template {
+                    None => SnapshotFileError::NotTemplate(path.to_path_buf()).into(),
+                    Some(_) => HandlerError::Late(path.to_path_buf()),
+                });
+            }
+            let module = compiler.compile_file(&file.module)?;
+            file.check_host(path, cpu_features, &engine)?;
+            (file, module)
+        } else {
+            let module = compiler.compile_file(path)?;
+            let file = make_template(path, &module, cpu_features, &engine, &base)?;
+            (file, module)
+        };
+        let base = file.template_config(path, base, false)?;
+        if !base.components.contains(Components::STDIO) {
+            return Err(HandlerError::NoStdio(path.to_path_buf()));
+        }
+        Ok(Self {
+            template: Arc::new(file.snapshot),
+            module: Arc::new(module),
+            cpu_features: file.cpu_features,
+            base,
+            path: path.to_path_buf(),
+        })
+    }
+
+    /// The module or template the handler was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The configuration of the cell for a request's `args` and `env`, or `None` when
+    /// they do not fit in the room the template keeps for them.
+    pub(crate) fn config_for(
+        &self,
+        args: Vec<String>,
+        env: Vec<(String, String)>,
+    ) -> Option<CellConfig> {
+        let mut config = self.base.clone();
+        config.args.truncate(1);
+        config.args.extend(args);
+        config.env.extend(env);
+        // As the cell lays them out: each string with a NUL after it.
+        let strings = config.args.iter().map(|arg| arg.len() + 1).sum::<usize>()
+            + config
+                .env
+                .iter()
+                .map(|(name, value)| name.len() + value.len() + 2)
+                .sum::<usize>()
+            + config
+                .preopens
+                .iter()
+                .map(|preopen| preopen.guest.len() + 1)
+                .sum::<usize>();
+        (strings as u64 <= self.template.identity_capacity).then_some(config)
+    }
+}
+
+/// Makes a template of `module` (compiled from `path`) stopped at its start, and reads
+/// it back from a scratch file: cells reset in place drop their pages to read the
+/// template's again, which a file-backed image allows. The file is removed once read;
+/// its pages stay while the template is open.
+fn make_template(
+    path: &Path,
+    module: &CompiledModule,
+    cpu_features: u32,
+    engine: &str,
+    config: &CellConfig,
+) -> Result<SnapshotFile, HandlerError> {
+    let null = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .map_err(HandlerError::Scratch)?;
+    let stdio = CellStdio {
+        stdin: std::os::fd::AsFd::as_fd(&null),
+        stdout: std::os::fd::AsFd::as_fd(&null),
+        stderr: std::os::fd::AsFd::as_fd(&null),
+    };
+    let payload = CellPayload::Wasm {
+        module,
+        cpu_features,
+    };
+    let snapshot: CellSnapshot = create_template(config, payload, stdio, TemplatePoint::Start)
+        .map_err(|failure| HandlerError::NoTemplate {
+            path: path.to_path_buf(),
+            error: failure.error,
+        })?;
+    let scratch = tempfile::tempdir().map_err(HandlerError::Scratch)?;
+    let file_path = scratch.path().join("handler.tmpl");
+    SnapshotFile::new(path, cpu_features, engine, config, snapshot).write_to(&file_path)?;
+    Ok(SnapshotFile::read_from(&file_path)?)
+}

@@ -1,0 +1,497 @@
+//! The cells that answer requests: a queue of requests, and worker threads that each
+//! keep one partition and run every request they take in a cell started afresh from
+//! the handler's template. After each request the partition is put back to the
+//! template (the pages the request wrote dropped, the vCPU's state restored), so the
+//! next request finds a fresh cell; after a failure it is replaced by a new one.
+//! Workers are added while requests wait, up to the most allowed, and leave after
+//! they have been idle a while, down to the fewest kept.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::{Seek, SeekFrom, Write};
+use std::net::SocketAddr;
+use std::os::fd::AsFd;
+use std::os::unix::fs::FileExt;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Response, StatusCode};
+use hypercell_host::config::format_size;
+use hypercell_host::{CellConfig, CellControl, CellError, CellExit, CellStdio, ReusableCell};
+use tokio::sync::oneshot;
+
+use crate::access_log::{AccessLog, Entry};
+use crate::cgi::parse_response;
+use crate::handler::Handler;
+
+/// How many cells a server keeps and how many requests may wait for one.
+#[derive(Clone, Copy, Debug)]
+pub struct PoolLimits {
+    /// Most cells running requests at once.
+    pub max_cells: usize,
+    /// Cells kept however idle the server is.
+    pub min_cells: usize,
+    /// Most requests waiting for a cell; more are refused with 503.
+    pub queue: usize,
+    /// How long a cell beyond `min_cells` stays without a request before it goes.
+    pub idle: Duration,
+}
+
+/// A request on its way to a cell.
+pub(crate) struct Job {
+    /// The request's number, for the logs.
+    pub id: u64,
+    /// The cell's configuration, the request's arguments and variables in it.
+    pub config: CellConfig,
+    /// The request's body, the cell's stdin.
+    pub body: Bytes,
+    /// The request line, for the access log.
+    pub line: String,
+    /// Who sent it.
+    pub remote: SocketAddr,
+    /// When it arrived (its body read).
+    pub received: Instant,
+    /// Where its response goes.
+    pub reply: oneshot::Sender<Response<Full<Bytes>>>,
+}
+
+struct State {
+    jobs: VecDeque<Job>,
+    /// Workers waiting for a job.
+    idle: usize,
+    /// Workers alive.
+    workers: usize,
+    /// Set once no new jobs are taken: workers finish the queue and leave.
+    closing: bool,
+    /// Numbers the next worker's thread.
+    next_worker: u64,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// A job was queued, or the pool is closing.
+    work: Condvar,
+    /// A worker left.
+    left: Condvar,
+    handler: Arc<Handler>,
+    limits: PoolLimits,
+    log: Arc<AccessLog>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// The pool of cells of one handler.
+#[derive(Clone)]
+pub(crate) struct Pool {
+    shared: Arc<Shared>,
+}
+
+impl Pool {
+    /// A pool for `handler` within `limits`, with its fewest cells started.
+    pub fn new(handler: Arc<Handler>, limits: PoolLimits, log: Arc<AccessLog>) -> Self {
+        let pool = Self {
+            shared: Arc::new(Shared {
+                state: Mutex::new(State {
+                    jobs: VecDeque::new(),
+                    idle: 0,
+                    workers: 0,
+                    closing: false,
+                    next_worker: 0,
+                }),
+                work: Condvar::new(),
+                left: Condvar::new(),
+                handler,
+                limits,
+                log,
+            }),
+        };
+        let mut state = pool.shared.lock();
+        for _ in 0..limits.min_cells.min(limits.max_cells) {
+            pool.add_worker(&mut state);
+        }
+        drop(state);
+        pool
+    }
+
+    /// Queues `job` for a cell, adding a worker when none is free and the most are not
+    /// yet running; refuses it (false) when the queue is full or the pool is closing.
+    pub fn submit(&self, job: Job) -> bool {
+        let mut state = self.shared.lock();
+        if state.closing || state.jobs.len() >= self.shared.limits.queue {
+            return false;
+        }
+        state.jobs.push_back(job);
+        if state.idle < state.jobs.len() && state.workers < self.shared.limits.max_cells {
+            self.add_worker(&mut state);
+        }
+        drop(state);
+        self.shared.work.notify_one();
+        true
+    }
+
+    /// Takes no more jobs and waits until the workers have answered those queued and
+    /// left.
+    pub fn drain(&self) {
+        let mut state = self.shared.lock();
+        state.closing = true;
+        self.shared.work.notify_all();
+        while state.workers > 0 {
+            state = self
+                .shared
+                .left
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
+        }
+    }
+
+    fn add_worker(&self, state: &mut State) {
+        let number = state.next_worker;
+        let shared = Arc::clone(&self.shared);
+        let started = std::thread::Builder::new()
+            .name(format!("hypercell-serve-{number}"))
+            .spawn(move || work(&shared));
+        match started {
+            Ok(_) => {
+                state.workers += 1;
+                state.next_worker += 1;
+            }
+            Err(error) => self.shared.log.error(
+                None,
+                &format!("cannot start a thread for another cell: {error}"),
+            ),
+        }
+    }
+}
+
+/// A worker's life: takes jobs until it has been idle too long (and is not among the
+/// fewest kept) or the pool closes with nothing left queued.
+fn work(shared: &Shared) {
+    let mut worker = match Worker::new(&shared.handler) {
+        Ok(worker) => Some(worker),
+        Err(error) => {
+            shared
+                .log
+                .error(None, &format!("cannot make a cell's stdio: {error}"));
+            None
+        }
+    };
+    let mut state = shared.lock();
+    loop {
+        if let Some(job) = state.jobs.pop_front() {
+            drop(state);
+            match worker.as_mut() {
+                Some(worker) => worker.serve(job, shared),
+                None => {
+                    let _ = job.reply.send(failure(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        job.id,
+                        "the server could not make a cell for it",
+                    ));
+                }
+            }
+            state = shared.lock();
+            continue;
+        }
+        let spare = state.workers > shared.limits.min_cells;
+        if state.closing || worker.is_none() {
+            break;
+        }
+        state.idle += 1;
+        let (next, waited) = shared
+            .work
+            .wait_timeout(state, shared.limits.idle)
+            .unwrap_or_else(PoisonError::into_inner);
+        state = next;
+        state.idle -= 1;
+        if waited.timed_out() && state.jobs.is_empty() && spare {
+            break;
+        }
+    }
+    state.workers -= 1;
+    drop(state);
+    shared.left.notify_all();
+}
+
+/// One worker's partition and the files that are its cells' stdio.
+struct Worker {
+    cell: ReusableCell,
+    stdin: File,
+    stdout: File,
+    stderr: File,
+}
+
+impl Worker {
+    fn new(handler: &Handler) -> std::io::Result<Self> {
+        let memfd = |name: &str| {
+            memfd::MemfdOptions::default()
+                .close_on_exec(true)
+                .create(name)
+                .map(memfd::Memfd::into_file)
+                .map_err(std::io::Error::other)
+        };
+        Ok(Self {
+            cell: fresh_cell(handler),
+            stdin: memfd("hypercell-request")?,
+            stdout: memfd("hypercell-response")?,
+            stderr: memfd("hypercell-stderr")?,
+        })
+    }
+
+    /// Runs `job` in a fresh cell, answers it, puts the partition back and logs it.
+    fn serve(&mut self, job: Job, shared: &Shared) {
+        let picked = Instant::now();
+        let handler = &shared.handler;
+        let config = &job.config;
+        let prepared = self.prepare(&job.body);
+        let control = CellControl::new();
+        let result = prepared.map(|()| {
+            let stdio = CellStdio {
+                stdin: self.stdin.as_fd(),
+                stdout: self.stdout.as_fd(),
+                stderr: self.stderr.as_fd(),
+            };
+            self.cell.run(config, stdio, &control)
+        });
+        let ran = Instant::now();
+        let mut exits = 0;
+        let mut fresh = false;
+        let (response, problem) = match result {
+            Err(error) => (
+                failure(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    job.id,
+                    "the server failed",
+                ),
+                Some(format!("cannot give the request to the cell: {error}")),
+            ),
+            Ok(Ok(report)) => {
+                exits = report.stats.exits;
+                let denied = report.denied_growth.map(|bytes| {
+                    format!(
+                        " (it was refused a linear memory of {}, over its limit of {})",
+                        format_size(bytes),
+                        format_size(config.memory_limit)
+                    )
+                });
+                match report.exit {
+                    CellExit::Exited(0) => match self.response(&job) {
+                        Ok(response) => (response, None),
+                        Err(problem) => {
+                            fresh = true;
+                            (
+                                failure(
+                                    StatusCode::INTERNAL_SERVER_ERROR,
+                                    job.id,
+                                    "the handler failed",
+                                ),
+                                Some(problem),
+                            )
+                        }
+                    },
+                    CellExit::Exited(status) => {
+                        fresh = true;
+                        (
+                            failure(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                job.id,
+                                "the handler failed",
+                            ),
+                            Some(format!(
+                                "the handler exited with status {status}{}",
+                                denied.unwrap_or_default()
+                            )),
+                        )
+                    }
+                    CellExit::Trapped(trap) => {
+                        fresh = true;
+                        (
+                            failure(
+                                StatusCode::INTERNAL_SERVER_ERROR,
+                                job.id,
+                                "the handler failed",
+                            ),
+                            Some(format!(
+                                "the handler trapped{}: {trap}",
+                                denied.unwrap_or_default()
+                            )),
+                        )
+                    }
+                    CellExit::Template => (
+                        failure(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            job.id,
+                            "the handler failed",
+                        ),
+                        Some("the handler's cell stopped as a template".into()),
+                    ),
+                }
+            }
+            Ok(Err(cell_failure)) => {
+                fresh = true;
+                exits = cell_failure.stats.as_ref().map_or(0, |stats| stats.exits);
+                match cell_failure.error {
+                    CellError::Timeout(limit) => (
+                        failure(
+                            StatusCode::GATEWAY_TIMEOUT,
+                            job.id,
+                            "the handler ran past its time limit",
+                        ),
+                        Some(format!("the handler ran past its time limit of {limit:?}")),
+                    ),
+                    CellError::OutputLimit(limit) => (
+                        failure(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            job.id,
+                            "the handler's response is too large",
+                        ),
+                        Some(format!(
+                            "the handler wrote more than the response limit of {limit}"
+                        )),
+                    ),
+                    error => (
+                        failure(
+                            StatusCode::INTERNAL_SERVER_ERROR,
+                            job.id,
+                            "the handler failed",
+                        ),
+                        Some(error.to_string()),
+                    ),
+                }
+            }
+        };
+        let mut response = response;
+        let ms = |d: Duration| d.as_secs_f64() * 1e3;
+        let timing = format!(
+            "queue;dur={:.3}, handler;dur={:.3}",
+            ms(picked - job.received),
+            ms(ran - picked)
+        );
+        if let Ok(timing) = hyper::header::HeaderValue::from_str(&timing) {
+            response.headers_mut().insert("server-timing", timing);
+        }
+        let status = response.status();
+        let bytes = hyper::body::Body::size_hint(response.body())
+            .exact()
+            .unwrap_or(0);
+        let _ = job.reply.send(response);
+        let answered = Instant::now();
+        self.log_stderr(job.id, &shared.log);
+        if let Some(problem) = &problem {
+            shared.log.error(Some(job.id), problem);
+        }
+        // The next request's cell is made ready now, not when it comes.
+        let reset = if fresh {
+            self.cell = fresh_cell(handler);
+            None
+        } else {
+            match self.cell.reset() {
+                Ok(report) => Some(report.pages),
+                Err(error) => {
+                    shared.log.error(
+                        Some(job.id),
+                        &format!("a new cell replaces this one: {error}"),
+                    );
+                    self.cell = fresh_cell(handler);
+                    None
+                }
+            }
+        };
+        shared.log.record(&Entry {
+            id: job.id,
+            remote: job.remote,
+            line: &job.line,
+            status: status.as_u16(),
+            bytes,
+            total: answered - job.received,
+            queue: picked - job.received,
+            handler: ran - picked,
+            reset: Instant::now() - answered,
+            reset_pages: reset,
+            exits,
+        });
+    }
+
+    /// Puts `body` on the cell's stdin and empties its stdout and stderr.
+    fn prepare(&mut self, body: &[u8]) -> std::io::Result<()> {
+        self.stdin.set_len(0)?;
+        self.stdin.write_all_at(body, 0)?;
+        self.stdin.seek(SeekFrom::Start(0))?;
+        for output in [&mut self.stdout, &mut self.stderr] {
+            output.set_len(0)?;
+            output.seek(SeekFrom::Start(0))?;
+        }
+        Ok(())
+    }
+
+    /// The response the handler wrote, or why there is none.
+    fn response(&self, job: &Job) -> Result<Response<Full<Bytes>>, String> {
+        let output = read_all(&self.stdout)
+            .map_err(|error| format!("cannot read the handler's response: {error}"))?;
+        let parsed = parse_response(output).map_err(|error| error.to_string())?;
+        let mut response = Response::new(Full::new(parsed.body));
+        *response.status_mut() = parsed.status;
+        let headers = response.headers_mut();
+        for (name, value) in parsed.headers {
+            headers.append(name, value);
+        }
+        headers.insert("x-request-id", job.id.into());
+        Ok(response)
+    }
+
+    /// Passes on what the handler wrote to stderr, each line marked with the request.
+    fn log_stderr(&self, id: u64, log: &AccessLog) {
+        match read_all(&self.stderr) {
+            Ok(text) if text.is_empty() => {}
+            Ok(text) => log.handler_stderr(id, &text),
+            Err(error) => log.error(
+                Some(id),
+                &format!("cannot read the handler's stderr: {error}"),
+            ),
+        }
+    }
+}
+
+/// A partition for `handler`'s template, made on its first run.
+fn fresh_cell(handler: &Handler) -> ReusableCell {
+    ReusableCell::new(
+        Arc::clone(&handler.template),
+        Arc::clone(&handler.module),
+        handler.cpu_features,
+    )
+    .expect("a handler's template is a template read from a file")
+}
+
+/// Everything written to `file`.
+fn read_all(file: &File) -> std::io::Result<Bytes> {
+    let len = file.metadata()?.len();
+    let mut bytes = vec![0; len as usize];
+    file.read_exact_at(&mut bytes, 0)?;
+    Ok(Bytes::from(bytes))
+}
+
+/// The response to request `id` that failed with `status`: a line of text saying
+/// `what`, and where to look for more. The cause stays in the server's log.
+pub(crate) fn failure(status: StatusCode, id: u64, what: &str) -> Response<Full<Bytes>> {
+    let mut body = Vec::new();
+    let _ = writeln!(
+        body,
+        "{} {}: {what} (request {id}; the server's log has the cause)",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or("")
+    );
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    headers.insert("x-request-id", id.into());
+    response
+}

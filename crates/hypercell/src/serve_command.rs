@@ -1,0 +1,188 @@
+//! `hypercell serve`: answer HTTP requests, each in a fresh cell of the handler.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hypercell_host::config::{
+    ComponentChoice, Components, DEFAULT_MEMORY_LIMIT, parse_components, parse_duration,
+    parse_env_var, parse_memory_size,
+};
+use hypercell_host::{CellConfig, keep_vms_ready};
+use hypercell_serve::{AccessLog, Handler, HandlerError, PoolLimits, ServeOptions};
+
+/// Arguments of `hypercell serve`.
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// Address to listen on; `--listen 0.0.0.0:8080` serves other hosts too.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+    listen: SocketAddr,
+    /// Most cells answering requests at once [default: the number of CPUs].
+    #[arg(long, value_name = "N")]
+    max_cells: Option<usize>,
+    /// Cells kept ready however idle the server is.
+    #[arg(long, value_name = "N", default_value_t = 1)]
+    min_cells: usize,
+    /// Most requests waiting for a cell; more are answered 503 with Retry-After.
+    #[arg(long, value_name = "N", default_value_t = 256)]
+    queue: usize,
+    /// How long a cell beyond --min-cells stays without a request before it goes.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "10s")]
+    idle: Duration,
+    /// Largest request body taken; a larger one is answered 413.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size, default_value = "16M")]
+    max_body: u64,
+    /// Stop a request's cell after this much wall-clock time; the request is answered
+    /// 504.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, default_value = "30s")]
+    timeout: Duration,
+    /// Most a handler may write to stdout and stderr for one request; more ends the
+    /// request with 500.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size, default_value = "64M")]
+    max_output: u64,
+    /// Most memory the handler's linear memory may grow to in one request, such as
+    /// 64M [default: 4G]. A template keeps the limit it was made with.
+    #[arg(long, value_name = "SIZE", value_parser = parse_memory_size,
+          default_value_t = DEFAULT_MEMORY_LIMIT, hide_default_value = true)]
+    memory: u64,
+    /// Grant a host directory to every request's cell: HOST, or HOST::GUEST
+    /// (repeatable).
+    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
+    dirs: Vec<String>,
+    /// Grant a host directory read-only (repeatable).
+    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
+    dirs_read_only: Vec<String>,
+    /// Set an environment variable for every request, or pass on the host's value of
+    /// NAME (repeatable); the request's CGI variables come after.
+    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env_var)]
+    env: Vec<(String, Option<String>)>,
+    /// Give the handler only these host components (see `hypercell run --help`);
+    /// it needs `stdio` to answer. A template keeps its own.
+    #[arg(long, value_name = "LIST", value_parser = parse_components)]
+    components: Option<ComponentChoice>,
+    /// The handler: a WASI command module following WAGI's conventions, or a template
+    /// of one made with `hypercell template create` (at `start`).
+    handler: PathBuf,
+}
+
+/// `hypercell serve`.
+pub fn serve(args: ServeArgs) -> ExitCode {
+    let preopens = match crate::preopens_of(&args.dirs, &args.dirs_read_only) {
+        Ok(preopens) => preopens,
+        Err(error) => return crate::fail(&error),
+    };
+    let base = CellConfig {
+        memory_limit: args.memory,
+        timeout: Some(args.timeout),
+        output_limit: Some(args.max_output),
+        args: vec![args.handler.display().to_string()],
+        env: crate::program_env(&args.env),
+        preopens,
+        components: args
+            .components
+            .map_or(Components::ALL, |choice| choice.components),
+    };
+    if let Some(choice) = args.components.filter(|choice| choice.strict)
+        && !hypercell_host::persist::SnapshotFile::is_snapshot(&args.handler)
+    {
+        let checked = std::fs::read(&args.handler)
+            .map_err(|e| format!("cannot read module `{}`: {e}", args.handler.display()))
+            .and_then(|bytes| {
+                hypercell_host::compile::check_components(&args.handler, &bytes, choice.components)
+                    .map_err(|e| {
+                        format!(
+                            "{e}; give the handler that component in --components, or drop `strict`"
+                        )
+                    })
+            });
+        if let Err(refusal) = checked {
+            return crate::fail_with(&refusal);
+        }
+    }
+    let handler = match Handler::load(&args.handler, base) {
+        Ok(handler) => handler,
+        Err(error @ HandlerError::NoStdio(_)) => {
+            return crate::fail_with(&format!("{error}: add `stdio` to --components"));
+        }
+        Err(error) => return crate::fail(&error),
+    };
+    let max_cells = args.max_cells.unwrap_or_else(|| {
+        std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+    });
+    if max_cells == 0 {
+        return crate::fail_with("--max-cells must be at least 1");
+    }
+    let options = ServeOptions {
+        limits: PoolLimits {
+            max_cells,
+            min_cells: args.min_cells.min(max_cells),
+            queue: args.queue,
+            idle: args.idle,
+        },
+        max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            return crate::fail_with(&format!("cannot start the server's runtime: {error}"));
+        }
+    };
+    // New cells take VMs made ahead, off the requests' path.
+    keep_vms_ready(max_cells.min(4));
+    let log = Arc::new(AccessLog::new(
+        Box::new(std::io::stdout()),
+        Box::new(std::io::stderr()),
+    ));
+    let served = runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(args.listen)
+            .await
+            .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+        let address = listener
+            .local_addr()
+            .map_err(|error| format!("cannot listen on {}: {error}", args.listen))?;
+        let _ = writeln!(
+            std::io::stderr(),
+            "hypercell serve: serving `{}` on http://{address} with up to {max_cells} cells",
+            args.handler.display()
+        );
+        hypercell_serve::serve(listener, handler, options, log, shutdown_signal())
+            .await
+            .map_err(|error| format!("the server failed: {error}"))?;
+        let _ = writeln!(
+            std::io::stderr(),
+            "hypercell serve: stopped; every request taken was answered"
+        );
+        Ok::<(), String>(())
+    });
+    match served {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => crate::fail_with(&message),
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (a server that cannot watch them is stopped by them
+/// the usual way).
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut terminate), Ok(mut interrupt)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
+    }
+    let _ = writeln!(
+        std::io::stderr(),
+        "hypercell serve: stopping: answering the requests taken, then exiting"
+    );
+}
