@@ -497,13 +497,13 @@ pub struct ResetReport {
     /// drop what it derived from them.
     pub system: bool,
     /// Of the pages dropped, those given a fresh copy of the template's page again for
-    /// the next run to write (up to 512): they count as made its own at the next
+    /// the next run to write (up to 2048): they count as made its own at the next
     /// reset, run or not.
     pub prepared: u64,
 }
 
-/// Most pages a reset copies in again for the next run (2 MiB).
-const PREPARE_LIMIT: u64 = 512;
+/// Most pages a reset copies in again for the next run (8 MiB).
+const PREPARE_LIMIT: u64 = 2048;
 
 impl Partition {
     /// Puts the partition back to `template`, which it was started from: every page

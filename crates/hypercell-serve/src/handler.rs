@@ -20,7 +20,8 @@ pub struct Handler {
     pub(crate) module: Arc<CompiledModule>,
     /// The CPU features its code was compiled for.
     pub(crate) cpu_features: u32,
-    /// What each cell starts with before the request adds its own.
+    /// What each cell starts with before the request adds its own (its arguments
+    /// after these).
     base: CellConfig,
     /// The module or template it was loaded from.
     path: PathBuf,
@@ -106,7 +107,6 @@ impl Handler {
         env: Vec<(String, String)>,
     ) -> Option<CellConfig> {
         let mut config = self.base.clone();
-        config.args.truncate(1);
         config.args.extend(args);
         config.env.extend(env);
         // As the cell lays them out: each string with a NUL after it.

@@ -66,6 +66,9 @@ pub struct ServeArgs {
     /// The handler: a WASI command module following WAGI's conventions, or a template
     /// of one made with `hypercell template create` (at `start`).
     handler: PathBuf,
+    /// Arguments every request's program gets, before those of the request's query.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
+    args: Vec<String>,
 }
 
 /// `hypercell serve`.
@@ -78,7 +81,9 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         memory_limit: args.memory,
         timeout: Some(args.timeout),
         output_limit: Some(args.max_output),
-        args: vec![args.handler.display().to_string()],
+        args: std::iter::once(args.handler.display().to_string())
+            .chain(args.args.iter().cloned())
+            .collect(),
         env: crate::program_env(&args.env),
         preopens,
         components: args

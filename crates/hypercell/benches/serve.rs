@@ -1,0 +1,425 @@
+//! `hypercell serve` against wasmtime as a CGI server, on the same WAGI handlers, on
+//! loopback, in one run: requests per second and p99 latency under `hey` with 16 and 64
+//! connections, the median of 3 runs each. The handlers are the tests' `wagi.c` (a
+//! small C handler: hello, and an echo of a 64 KiB POST) and, when
+//! `target/bench-programs/python.wasm` is there (`benches/support/fetch-programs`), a
+//! CPython 3.12 CGI script. The peer runs `wasmtime run` on the handler's precompiled
+//! code once per request, as a CGI server runs a script: the request in the
+//! environment, arguments and stdin, the response from stdout, parsed by the same code
+//! as Hypercell's. Hypercell runs each request in a cell started afresh from the
+//! handler's template. Also printed: Hypercell's exits per request and where a
+//! request's time goes, from its access log.
+//!
+//! `cargo bench -p hypercell --bench serve` (needs `hey`, which `scripts/setup`
+//! installs; `HYPERCELL_BENCH_SECONDS` sets each load run's length, default 4).
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::convert::Infallible;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use hypercell_serve::cgi::{cgi_request, parse_response};
+use support::{count_from_env, find_wasmtime, median, wasmtime_compile};
+use tokio::io::AsyncWriteExt;
+
+/// One load: a handler's path, and a body to POST (GET when empty).
+struct Load {
+    name: &'static str,
+    target: &'static str,
+    body: usize,
+}
+
+/// A handler served both ways: its module, the arguments every request's program
+/// gets, and a directory it is granted as `/app`.
+struct Subject {
+    name: &'static str,
+    wasm: PathBuf,
+    args: Vec<String>,
+    app: Option<PathBuf>,
+    loads: Vec<Load>,
+}
+
+/// The CPython CGI script of the second subject.
+const PYTHON_APP: &str = r#"import os, sys, json
+body = sys.stdin.read()
+print("Content-Type: application/json")
+print()
+print(json.dumps({"method": os.environ["REQUEST_METHOD"], "path": os.environ["PATH_INFO"], "args": sys.argv[1:], "bytes": len(body)}))
+"#;
+
+fn main() {
+    let seconds = count_from_env("HYPERCELL_BENCH_SECONDS", 4);
+    let work = tempfile::tempdir().unwrap();
+    let wasm = work.path().join("wagi.wasm");
+    let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/wagi.c");
+    let compiled = Command::new("clang")
+        .args(["--target=wasm32-wasi", "-O2"])
+        .arg(&source)
+        .arg("-o")
+        .arg(&wasm)
+        .status()
+        .expect("clang (scripts/setup installs it)");
+    assert!(compiled.success());
+    let body_file = work.path().join("body");
+    std::fs::write(&body_file, vec![b'x'; 64 << 10]).unwrap();
+    let mut subjects = vec![Subject {
+        name: "WAGI handler in C",
+        wasm,
+        args: Vec::new(),
+        app: None,
+        loads: vec![
+            Load {
+                name: "hello (GET)",
+                target: "/hello?name=bench",
+                body: 0,
+            },
+            Load {
+                name: "echo 64 KiB (POST)",
+                target: "/echo",
+                body: 64 << 10,
+            },
+        ],
+    }];
+    let python =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-programs/python.wasm");
+    if python.exists() {
+        let app = work.path().join("app");
+        std::fs::create_dir(&app).unwrap();
+        std::fs::write(app.join("app.py"), PYTHON_APP).unwrap();
+        subjects.push(Subject {
+            name: "CPython 3.12 CGI script",
+            wasm: python,
+            args: vec!["/app/app.py".into()],
+            app: Some(app),
+            loads: vec![Load {
+                name: "python (POST 1 KiB)",
+                target: "/python?x=1",
+                body: 1 << 10,
+            }],
+        });
+        std::fs::write(work.path().join("body-1k"), vec![b'y'; 1 << 10]).unwrap();
+    } else {
+        println!(
+            "(no target/bench-programs/python.wasm: run crates/hypercell/benches/support/fetch-programs for the CPython row)\n"
+        );
+    }
+    let wasmtime = find_wasmtime();
+    println!(
+        "hypercell serve against wasmtime {} as a CGI server (`wasmtime run` per request), hey for {seconds} s per run, median of 3 runs\n",
+        version(&wasmtime)
+    );
+    println!(
+        "| handler | load | connections | Hypercell req/s | p99 (ms) | wasmtime CGI req/s | p99 (ms) | req/s ratio | p99 ratio |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    let mut breakdown = Vec::new();
+    for subject in &subjects {
+        let cwasm = work.path().join(format!("{}.cwasm", breakdown.len()));
+        wasmtime_compile(&wasmtime, &subject.wasm, &cwasm);
+        let mut flags = vec![
+            "--listen".to_string(),
+            "127.0.0.1:0".into(),
+            "--min-cells".into(),
+            "2".into(),
+        ];
+        let mut peer_flags = Vec::new();
+        if let Some(app) = &subject.app {
+            let dir = format!("{}::/app", app.display());
+            flags.extend(["--dir".to_string(), dir.clone()]);
+            peer_flags.extend(["--dir".to_string(), dir]);
+        }
+        let mut hypercell = Command::new(env!("CARGO_BIN_EXE_hypercell"))
+            .env("XDG_CACHE_HOME", work.path().join("cache"))
+            .arg("serve")
+            .args(&flags)
+            .arg(&subject.wasm)
+            .args(&subject.args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let access = lines_of(hypercell.stdout.take().unwrap());
+        let errors = lines_of(hypercell.stderr.take().unwrap());
+        let first = errors.recv_timeout(Duration::from_secs(120)).unwrap();
+        let hypercell_addr: SocketAddr = first
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap_or_else(|| panic!("{first}"))
+            .parse()
+            .unwrap();
+        let cgi_addr = start_cgi_server(wasmtime.clone(), cwasm, peer_flags, subject.args.clone());
+        for load in &subject.loads {
+            let body_path = work
+                .path()
+                .join(if load.body > 1024 { "body" } else { "body-1k" });
+            let body = (load.body > 0).then_some(body_path.as_path());
+            for connections in [16, 64] {
+                let mut ours = Vec::new();
+                let mut theirs = Vec::new();
+                let mut sums = Access::default();
+                for _ in 0..3 {
+                    // Drop what earlier runs logged, so the breakdown is this load's.
+                    while access.try_recv().is_ok() {}
+                    ours.push(hey(hypercell_addr, load.target, body, connections, seconds));
+                    sums.add(drain_access(&access));
+                    theirs.push(hey(cgi_addr, load.target, body, connections, seconds));
+                }
+                let (rps, p99) = medians(&ours);
+                let (peer_rps, peer_p99) = medians(&theirs);
+                println!(
+                    "| {} | {} | {connections} | {rps:.0} | {p99:.1} | {peer_rps:.0} | {peer_p99:.1} | {:.1}x | {:.2}x |",
+                    subject.name,
+                    load.name,
+                    rps / peer_rps,
+                    p99 / peer_p99
+                );
+                breakdown.push((subject.name, load.name, connections, sums));
+            }
+        }
+        // SAFETY: kill with a valid signal on our own child's pid.
+        unsafe { libc::kill(hypercell.id() as i32, libc::SIGTERM) };
+        let _ = hypercell.wait();
+    }
+    println!(
+        "\nWhere a Hypercell request's time goes (means over the runs, from its access log):\n"
+    );
+    println!(
+        "| handler | load | connections | requests | exits per request | queue (ms) | handler (ms) | reset after the response (ms) | pages reset |"
+    );
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    for (subject, load, connections, sums) in &breakdown {
+        let mean = |value: f64| value / sums.requests;
+        println!(
+            "| {subject} | {load} | {connections} | {:.0} | {:.2} | {:.3} | {:.3} | {:.3} | {:.1} |",
+            sums.requests,
+            mean(sums.exits),
+            mean(sums.queue),
+            mean(sums.handler),
+            mean(sums.reset),
+            mean(sums.pages),
+        );
+    }
+}
+
+fn version(wasmtime: &Path) -> String {
+    let out = Command::new(wasmtime).arg("--version").output().unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .nth(1)
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// Runs `hey` against `addr` and returns requests per second and p99 in ms. Every
+/// response must be a 200.
+fn hey(
+    addr: SocketAddr,
+    target: &str,
+    body: Option<&Path>,
+    connections: usize,
+    seconds: usize,
+) -> (f64, f64) {
+    let mut command = Command::new("hey");
+    command
+        .arg("-z")
+        .arg(format!("{seconds}s"))
+        .arg("-c")
+        .arg(connections.to_string());
+    if let Some(body) = body {
+        command.args(["-m", "POST", "-T", "application/octet-stream", "-D"]);
+        command.arg(body);
+    }
+    let out = command
+        .arg(format!("http://{addr}{target}"))
+        .output()
+        .expect("hey (scripts/setup installs it)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |prefix: &str| {
+        text.lines()
+            .find_map(|line| line.trim().strip_prefix(prefix))
+            .and_then(|rest| rest.split_whitespace().next())
+            .and_then(|value| value.parse::<f64>().ok())
+            .unwrap_or_else(|| panic!("no {prefix:?} in hey's report:\n{text}"))
+    };
+    let statuses: Vec<&str> = text
+        .lines()
+        .filter(|line| line.trim().starts_with('['))
+        .collect();
+    assert!(
+        statuses.iter().all(|line| line.trim().starts_with("[200]")),
+        "responses other than 200 at {addr}:\n{text}"
+    );
+    (field("Requests/sec:"), field("99% in") * 1e3)
+}
+
+fn medians(runs: &[(f64, f64)]) -> (f64, f64) {
+    (
+        median(runs.iter().map(|r| r.0).collect()),
+        median(runs.iter().map(|r| r.1).collect()),
+    )
+}
+
+fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
+    let (sender, receiver) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stream).lines().map_while(Result::ok) {
+            if sender.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// Sums over the access-log lines of one load run.
+#[derive(Default)]
+struct Access {
+    requests: f64,
+    exits: f64,
+    queue: f64,
+    handler: f64,
+    reset: f64,
+    pages: f64,
+}
+
+impl Access {
+    fn add(&mut self, other: Access) {
+        self.requests += other.requests;
+        self.exits += other.exits;
+        self.queue += other.queue;
+        self.handler += other.handler;
+        self.reset += other.reset;
+        self.pages += other.pages;
+    }
+}
+
+fn drain_access(lines: &mpsc::Receiver<String>) -> Access {
+    let mut sums = Access::default();
+    // The last lines are written just after their responses.
+    while let Ok(line) = lines.recv_timeout(Duration::from_millis(500)) {
+        let field = |name: &str| {
+            line.split_whitespace()
+                .find_map(|word| word.strip_prefix(name))
+                .and_then(|value| value.parse::<f64>().ok())
+        };
+        sums.requests += 1.0;
+        sums.exits += field("exits=").unwrap_or(0.0);
+        sums.queue += field("queue_ms=").unwrap_or(0.0);
+        sums.handler += field("handler_ms=").unwrap_or(0.0);
+        sums.reset += field("reset_ms=")
+            .or_else(|| field("new_cell_ms="))
+            .unwrap_or(0.0);
+        sums.pages += field("reset_pages=").unwrap_or(0.0);
+    }
+    sums
+}
+
+/// Starts the peer: a CGI server (hyper, on its own thread) that runs `wasmtime run`
+/// with `flags` on `cwasm` and `args` for each request. Returns its address.
+fn start_cgi_server(
+    wasmtime: PathBuf,
+    cwasm: PathBuf,
+    flags: Vec<String>,
+    args: Vec<String>,
+) -> SocketAddr {
+    let (ready, addr) = mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let local = listener.local_addr().unwrap();
+            ready.send(local).unwrap();
+            loop {
+                let (stream, remote) = listener.accept().await.unwrap();
+                let _ = stream.set_nodelay(true);
+                let peer = std::sync::Arc::new((
+                    wasmtime.clone(),
+                    cwasm.clone(),
+                    flags.clone(),
+                    args.clone(),
+                ));
+                tokio::spawn(async move {
+                    let service = service_fn(move |request| {
+                        let peer = std::sync::Arc::clone(&peer);
+                        async move {
+                            let (wasmtime, cwasm, flags, args) = &*peer;
+                            Ok::<_, Infallible>(
+                                run_cgi(request, wasmtime, cwasm, flags, args, remote, local).await,
+                            )
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    });
+    addr.recv().unwrap()
+}
+
+async fn run_cgi(
+    request: Request<hyper::body::Incoming>,
+    wasmtime: &Path,
+    cwasm: &Path,
+    flags: &[String],
+    args: &[String],
+    remote: SocketAddr,
+    local: SocketAddr,
+) -> Response<Full<Bytes>> {
+    let (parts, body) = request.into_parts();
+    let body = body.collect().await.unwrap().to_bytes();
+    let request = cgi_request(&parts, body, remote, local).unwrap();
+    let mut command = tokio::process::Command::new(wasmtime);
+    command.args(["run", "--allow-precompiled"]).args(flags);
+    for (name, value) in &request.env {
+        command.arg("--env").arg(format!("{name}={value}"));
+    }
+    let mut child = command
+        .arg(cwasm)
+        .args(args)
+        .args(&request.args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let body = request.body.clone();
+    let feeder = tokio::spawn(async move {
+        let _ = stdin.write_all(&body).await;
+    });
+    let output = child.wait_with_output().await.unwrap();
+    let _ = feeder.await;
+    match parse_response(Bytes::from(output.stdout)) {
+        Ok(parsed) if output.status.success() => {
+            let mut response = Response::new(Full::new(parsed.body));
+            *response.status_mut() = parsed.status;
+            for (name, value) in parsed.headers {
+                response.headers_mut().append(name, value);
+            }
+            response
+        }
+        _ => {
+            let mut response = Response::new(Full::new(Bytes::from_static(b"failed\n")));
+            *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
+            response
+        }
+    }
+}
