@@ -497,8 +497,8 @@ pub struct ResetReport {
     /// drop what it derived from them.
     pub system: bool,
     /// Of the pages dropped, those given a fresh copy of the template's page again for
-    /// the next run to write (up to 2048): they count as made its own at the next
-    /// reset, run or not.
+    /// the next run to write (none when the run wrote more than 2048 of the template's
+    /// pages): they count as made its own at the next reset, run or not.
     pub prepared: u64,
 }
 
@@ -527,14 +527,28 @@ impl Partition {
                 _ => merged.push(range),
             }
         }
-        self.memory.discard_all(&merged);
+        // A page left would carry the last run's data into the next.
+        self.memory
+            .discard_all(&merged)
+            .map_err(|e| CellError::Reset(format!("its written pages cannot be dropped: {e}")))?;
         // The next run likely writes the same pages: each gets its copy of the
         // template's page now, which costs the host about 3 µs, rather than on the
         // guest's first write, where copy-on-write through KVM costs about 13 µs. A run
-        // that wrote much (a memory bomb) is not copied back in. Past the template's
-        // image lies anonymous memory, whose first write costs less, and where a page
-        // populated can be a whole huge page.
+        // that wrote more than the limit (a memory bomb) has nothing copied back in,
+        // and as the pages copied count as written at the next reset, a worker whose
+        // runs write less settles on what they write. Past the template's image lies
+        // anonymous memory, whose first write costs less, and where a page populated
+        // can be a whole huge page.
         let image_end = template.memory.image_len();
+        let in_image: u64 = written
+            .iter()
+            .map(|range| range.end.min(image_end).saturating_sub(range.start) / 4096)
+            .sum();
+        let written = if in_image <= PREPARE_LIMIT {
+            written
+        } else {
+            Vec::new()
+        };
         for range in written {
             let room = PREPARE_LIMIT - report.prepared;
             let end = range.end.min(image_end);
@@ -1096,6 +1110,8 @@ fn run_on_vcpu_thread<'a>(
     // The vCPU's part, on a thread confined by the seccomp filter (`confine` makes it
     // so, or says why it is not).
     let work = move |confine: &dyn Fn() -> Result<(), SeccompError>| {
+        // However the vCPU's part ends, a panic included, the supervisor learns of it.
+        let _finish = FinishOnDrop(services.control.clone());
         // Binding installs the kick's signal handler, which the filter refuses.
         let binding = vcpu.bind_to_current_thread();
         services.control.attach(vcpu.handle());
@@ -1104,13 +1120,14 @@ fn run_on_vcpu_thread<'a>(
             Err(error) => Err(CellError::Seccomp(error)),
         };
         drop(binding);
-        services.control.detach();
-        services.control.finish();
         (outcome, vcpu, services)
     };
     let watch = || supervise(&control, memory, output, config.timeout, &module.region);
     match runner {
-        Some(runner) => runner.run(move |confined| work(&|| confined.clone()), watch),
+        Some(runner) => runner
+            .run(move |confined| work(&|| confined.clone()), watch)
+            // A started runner ends only when its owner drops it.
+            .expect("the thread kept for a partition's vCPU outlives it"),
         None => std::thread::scope(|scope| {
             let runner = std::thread::Builder::new()
                 .name("hypercell-vcpu".into())
@@ -1122,6 +1139,17 @@ fn run_on_vcpu_thread<'a>(
                 Err(panic) => std::panic::resume_unwind(panic),
             }
         }),
+    }
+}
+
+/// Tells a cell's control, when dropped on its vCPU thread, that the vCPU's part has
+/// ended.
+struct FinishOnDrop(CellControl);
+
+impl Drop for FinishOnDrop {
+    fn drop(&mut self) {
+        self.0.detach();
+        self.0.finish();
     }
 }
 

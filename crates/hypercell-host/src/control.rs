@@ -105,6 +105,9 @@ struct State {
     parked: bool,
     /// The vCPU thread's CPU-time clock, while it runs.
     vcpu_clock: Option<libc::clockid_t>,
+    /// That clock when the cell's vCPU began on the thread, which may have run other
+    /// cells before (a reused partition's).
+    vcpu_clock_start: Duration,
     /// The vCPU thread's CPU time when it finished.
     vcpu_time: Option<Duration>,
 }
@@ -374,9 +377,11 @@ impl CellControl {
         // SAFETY: pthread_getcpuclockid writes one clock id for the calling thread,
         // which is alive.
         let known = unsafe { libc::pthread_getcpuclockid(libc::pthread_self(), &mut clock) } == 0;
+        let start = clock_time(libc::CLOCK_THREAD_CPUTIME_ID).unwrap_or_default();
         let mut state = self.state();
         state.vcpu = Some(vcpu);
         state.vcpu_clock = known.then_some(clock);
+        state.vcpu_clock_start = start;
     }
 
     /// On the vCPU thread, as it ends: keeps its CPU time, as its clock goes with it.
@@ -384,7 +389,7 @@ impl CellControl {
         let time = clock_time(libc::CLOCK_THREAD_CPUTIME_ID);
         let mut state = self.state();
         state.vcpu_clock = None;
-        state.vcpu_time = time;
+        state.vcpu_time = time.map(|time| time.saturating_sub(state.vcpu_clock_start));
     }
 
     /// Counts an exit from the guest.
@@ -427,7 +432,11 @@ impl CellControl {
         let state = self.state();
         // The clock is read under the lock that `detach` takes, so its thread has not
         // ended yet.
-        let cpu_time = state.vcpu_clock.and_then(clock_time).or(state.vcpu_time);
+        let cpu_time = state
+            .vcpu_clock
+            .and_then(clock_time)
+            .map(|time| time.saturating_sub(state.vcpu_clock_start))
+            .or(state.vcpu_time);
         drop(state);
         CellActivity {
             exits: self.inner.exits.load(Ordering::Relaxed),

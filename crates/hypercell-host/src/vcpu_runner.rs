@@ -8,18 +8,47 @@ use std::sync::mpsc;
 
 use crate::seccomp::{self, SeccompError};
 
-/// Work for the thread: the vCPU's part of one cell's run.
-type Job = Box<dyn FnOnce(Result<(), SeccompError>) + Send + 'static>;
+/// The vCPU's part of one cell's run, as the thread takes it.
+trait Job: Send {
+    /// Runs the work, given whether the thread is confined, and reports its end.
+    fn run(self: Box<Self>, confined: Result<(), SeccompError>);
+}
+
+/// A job: its work and where its end is reported. Fields drop in order, so a task
+/// dropped unrun drops its work, and what that borrows, before its `done` tells the
+/// caller it may go on.
+struct Task<F, R> {
+    work: F,
+    done: mpsc::SyncSender<std::thread::Result<R>>,
+}
+
+impl<F, R> Job for Task<F, R>
+where
+    F: FnOnce(Result<(), SeccompError>) -> R + Send,
+    R: Send,
+{
+    fn run(self: Box<Self>, confined: Result<(), SeccompError>) {
+        let Task { work, done } = *self;
+        let outcome = catch_unwind(AssertUnwindSafe(|| work(confined)));
+        let _ = done.send(outcome);
+    }
+}
+
+/// The thread ended before it took a job.
+#[derive(Debug)]
+pub(crate) struct RunnerGone;
 
 /// A thread under the vCPU's seccomp filter, running one job at a time.
 pub(crate) struct VcpuRunner {
-    jobs: mpsc::Sender<Job>,
+    jobs: mpsc::Sender<Box<dyn Job + 'static>>,
 }
 
 impl VcpuRunner {
-    /// Starts the thread and confines it.
+    /// Starts the thread, confines it and waits until it takes jobs. From then on it
+    /// ends only when this value drops: a job's panic is caught and handed back.
     pub fn start() -> std::io::Result<Self> {
-        let (jobs, waiting) = mpsc::channel::<Job>();
+        let (jobs, waiting) = mpsc::channel::<Box<dyn Job + 'static>>();
+        let (ready, started) = mpsc::sync_channel(1);
         std::thread::Builder::new()
             .name("hypercell-vcpu".into())
             .spawn(move || {
@@ -27,48 +56,49 @@ impl VcpuRunner {
                 // filter, which refuses `rt_sigaction`.
                 hypercell_vmm::prepare_kicks();
                 let confined = seccomp::install_vcpu_filter();
-                // Ends when the owner drops its end.
+                let _ = ready.send(());
                 while let Ok(job) = waiting.recv() {
-                    job(confined.clone());
+                    job.run(confined.clone());
                 }
             })?;
+        started.recv().map_err(|_| {
+            std::io::Error::other("the vCPU thread ended before it could take a cell")
+        })?;
         Ok(Self { jobs })
     }
 
     /// Runs `work` on the thread, given whether the thread is confined, while
-    /// `alongside` runs on this one; returns what `work` returned once both are done.
-    /// A panic in `work` is raised again here.
+    /// `alongside` runs on this one; returns what `work` returned once both are done,
+    /// or that the thread has gone (and `alongside` did not run). A panic in `work` is
+    /// raised again here.
     pub fn run<'a, R: Send + 'a>(
         &self,
         work: impl FnOnce(Result<(), SeccompError>) -> R + Send + 'a,
         alongside: impl FnOnce(),
-    ) -> R {
+    ) -> Result<R, RunnerGone> {
         let (done, result) = mpsc::sync_channel(1);
-        let job: Box<dyn FnOnce(Result<(), SeccompError>) + Send + 'a> =
-            Box::new(move |confined| {
-                let outcome = catch_unwind(AssertUnwindSafe(|| work(confined)));
-                let _ = done.send(outcome);
-            });
+        let job: Box<dyn Job + 'a> = Box::new(Task { work, done });
         // SAFETY: only the lifetime changes: `job` borrows what lives for 'a, and it is
-        // run or dropped before this function returns or unwinds. Its sender `done` is
-        // inside it, so `Finished` below, which waits in its drop for `result` to
-        // receive or disconnect, returns only once the job has run to its end (sending)
-        // or been dropped (by the channel, when the thread has gone).
-        let job: Job = unsafe {
-            std::mem::transmute::<Box<dyn FnOnce(Result<(), SeccompError>) + Send + 'a>, Job>(job)
-        };
+        // run or dropped before this function returns or unwinds. Its sender `done`
+        // goes last (after the work, whether run or dropped), and `Finished` below,
+        // which waits in its drop for `result` to receive or disconnect, lets this
+        // function end only after that.
+        let job: Box<dyn Job + 'static> =
+            unsafe { std::mem::transmute::<Box<dyn Job + 'a>, Box<dyn Job + 'static>>(job) };
         let mut finished = Finished {
             result,
             waited: false,
         };
-        // A thread that has gone hands the job back, dropped at once; the wait below
-        // then finds the channel closed.
-        let _ = self.jobs.send(job);
+        if let Err(mpsc::SendError(job)) = self.jobs.send(job) {
+            drop(job);
+            finished.wait();
+            return Err(RunnerGone);
+        }
         alongside();
         match finished.wait() {
-            Some(Ok(value)) => value,
+            Some(Ok(value)) => Ok(value),
             Some(Err(panic)) => std::panic::resume_unwind(panic),
-            None => panic!("the vCPU thread ended before it ran the cell"),
+            None => Err(RunnerGone),
         }
     }
 }
@@ -105,16 +135,18 @@ mod tests {
         let thread = VcpuRunner::start().unwrap();
         let mut text = String::from("cell");
         for round in 0..3 {
-            let seen = thread.run(
-                |confined| {
-                    confined.unwrap();
-                    text.push('!');
-                    // SAFETY: a plain system call the filter refuses.
-                    let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
-                    (text.len(), socket)
-                },
-                || {},
-            );
+            let seen = thread
+                .run(
+                    |confined| {
+                        confined.unwrap();
+                        text.push('!');
+                        // SAFETY: a plain system call the filter refuses.
+                        let socket = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM, 0) };
+                        (text.len(), socket)
+                    },
+                    || {},
+                )
+                .unwrap();
             assert_eq!(seen, (5 + round, -1));
         }
         assert_eq!(text, "cell!!!");
@@ -124,9 +156,9 @@ mod tests {
     fn a_panic_in_a_job_reaches_the_caller_and_the_thread_goes_on() {
         let thread = VcpuRunner::start().unwrap();
         let panicked = catch_unwind(AssertUnwindSafe(|| {
-            thread.run(|_| panic!("in the job"), || {});
+            let _ = thread.run(|_| panic!("in the job"), || {});
         }));
         assert!(panicked.is_err());
-        assert_eq!(thread.run(|_| 7, || {}), 7);
+        assert_eq!(thread.run(|_| 7, || {}).unwrap(), 7);
     }
 }

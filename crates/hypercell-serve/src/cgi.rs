@@ -98,7 +98,12 @@ pub fn cgi_request(
         ("CONTENT_TYPE".into(), header(hyper::header::CONTENT_TYPE)),
     ];
     for name in parts.headers.keys() {
-        if name == hyper::header::CONTENT_LENGTH || name == hyper::header::CONTENT_TYPE {
+        // `X_A` would pass for `X-A` once named as a variable, so a client could stand
+        // in for a header a proxy sets: left out, as nginx and Apache do. `Proxy` would
+        // become `HTTP_PROXY`, which HTTP clients take as their proxy (httpoxy).
+        let spoofing = name.as_str().contains('_') || name.as_str() == "proxy";
+        if spoofing || name == hyper::header::CONTENT_LENGTH || name == hyper::header::CONTENT_TYPE
+        {
             continue;
         }
         // Repeated fields are joined, as one field with a list would read; cookies
@@ -184,11 +189,11 @@ pub enum ResponseError {
     /// A header line is not `Name: value`.
     #[error("the handler's header line {0:?} is not `Name: value`")]
     BadHeader(String),
-    /// The `Status` header holds no status code.
-    #[error("the handler's `Status: {0}` does not start with a status code from 100 to 999")]
+    /// The `Status` header holds no final status code.
+    #[error("the handler's `Status: {0}` does not start with a status code from 200 to 599")]
     BadStatus(String),
-    /// The response says neither what its body is nor where to go instead.
-    #[error("the handler's response has no Content-Type header, nor a Location to redirect to")]
+    /// A body without a type.
+    #[error("the handler's response has a body but no Content-Type header")]
     NoContentType,
 }
 
@@ -215,10 +220,12 @@ pub fn parse_response(output: Bytes) -> Result<CgiResponse, ResponseError> {
         let value = line[colon + 1..].trim_ascii();
         if name.as_str() == "status" {
             let text = String::from_utf8_lossy(value).into_owned();
+            // Informational codes are the server's to send, not a handler's answer.
             let code = text
                 .split_ascii_whitespace()
                 .next()
                 .and_then(|code| code.parse::<u16>().ok())
+                .filter(|code| (200..600).contains(code))
                 .and_then(|code| StatusCode::from_u16(code).ok());
             status = Some(code.ok_or(ResponseError::BadStatus(text))?);
             continue;
@@ -230,13 +237,17 @@ pub fn parse_response(output: Bytes) -> Result<CgiResponse, ResponseError> {
             hyper::header::CONTENT_LENGTH,
             hyper::header::TRANSFER_ENCODING,
             hyper::header::CONNECTION,
+            hyper::header::UPGRADE,
+            hyper::header::TE,
+            hyper::header::TRAILER,
             HeaderName::from_static("keep-alive"),
+            HeaderName::from_static("proxy-connection"),
         ];
         if !connection_level.contains(&name) {
             headers.push((name, value));
         }
     };
-    if !content_type && !location {
+    if !content_type && body_at < output.len() {
         return Err(ResponseError::NoContentType);
     }
     let status = status.unwrap_or(if location {
@@ -281,6 +292,8 @@ mod tests {
                 ("content-type", "text/plain"),
                 ("x-thing", "one"),
                 ("x-thing", "two"),
+                ("x_thing", "spoofed"),
+                ("proxy", "http://evil.example"),
                 ("cookie", "a=1"),
                 ("cookie", "b=2"),
             ],
@@ -303,6 +316,7 @@ mod tests {
         assert_eq!(var(&request, "HTTP_X_THING"), Some("one, two"));
         assert_eq!(var(&request, "HTTP_COOKIE"), Some("a=1; b=2"));
         assert_eq!(var(&request, "HTTP_CONTENT_TYPE"), None);
+        assert_eq!(var(&request, "HTTP_PROXY"), None);
         assert_eq!(var(&request, "REMOTE_ADDR"), Some("10.0.0.2"));
         assert_eq!(
             var(&request, "X_FULL_URL"),
@@ -360,6 +374,13 @@ mod tests {
     }
 
     #[test]
+    fn a_response_without_a_body_needs_no_type() {
+        let response = parse_response(Bytes::from_static(b"Status: 204 No Content\n\n")).unwrap();
+        assert_eq!(response.status, StatusCode::NO_CONTENT);
+        assert!(response.body.is_empty());
+    }
+
+    #[test]
     fn a_location_redirects() {
         let response = parse_response(Bytes::from_static(b"Location: /elsewhere\n\n")).unwrap();
         assert_eq!(response.status, StatusCode::FOUND);
@@ -373,6 +394,10 @@ mod tests {
         let parse = |text: &'static [u8]| parse_response(Bytes::from_static(text)).unwrap_err();
         assert_eq!(parse(b"hello world"), ResponseError::NoHeaderEnd(11));
         assert_eq!(parse(b"X-A: b\n\nbody"), ResponseError::NoContentType);
+        assert_eq!(
+            parse(b"Content-Type: a\nStatus: 101\n\n"),
+            ResponseError::BadStatus("101".into())
+        );
         assert_eq!(
             parse(b"no colon here\n\n"),
             ResponseError::BadHeader("no colon here".into())

@@ -18,7 +18,7 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::{Semaphore, oneshot};
 
 use crate::access_log::AccessLog;
 use crate::cgi::{CgiRequest, cgi_request};
@@ -32,6 +32,11 @@ pub struct ServeOptions {
     pub limits: PoolLimits,
     /// Largest request body taken; a larger one gets 413.
     pub max_body: usize,
+    /// Longest a request's body may take to arrive; a slower one gets 408.
+    pub body_timeout: Duration,
+    /// Longest a shutdown waits for the requests in flight and connections that are
+    /// sending one.
+    pub drain_timeout: Duration,
 }
 
 /// Largest request head (request line and headers) read. Its arguments and variables
@@ -47,6 +52,10 @@ struct Context {
     pool: Pool,
     log: Arc<AccessLog>,
     max_body: usize,
+    body_timeout: Duration,
+    /// Requests held in memory at once (being read, queued or in a cell): each holds
+    /// up to `max_body`, so their number is bounded by the queue and the cells.
+    admitted: Arc<Semaphore>,
     next_id: AtomicU64,
 }
 
@@ -66,6 +75,10 @@ pub async fn serve(
         pool: pool.clone(),
         log: Arc::clone(&log),
         max_body: options.max_body,
+        body_timeout: options.body_timeout,
+        admitted: Arc::new(Semaphore::new(
+            options.limits.queue + options.limits.max_cells,
+        )),
         next_id: AtomicU64::new(0),
     });
     let local = listener.local_addr()?;
@@ -102,7 +115,15 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    if tokio::time::timeout(options.drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        log.error(
+            None,
+            "connections still open after the drain time were closed",
+        );
+    }
     tokio::task::spawn_blocking(move || pool.drain())
         .await
         .map_err(std::io::Error::other)
@@ -128,8 +149,21 @@ async fn answer(
             .refused(id, remote, &line, status.as_u16(), arrived.elapsed());
         failure(status, id, what)
     };
+    let Ok(_admitted) = Arc::clone(&context.admitted).try_acquire_owned() else {
+        return busy(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "every cell is busy and the queue is full",
+        ));
+    };
     let (parts, body) = request.into_parts();
-    let body = match Limited::new(body, context.max_body).collect().await {
+    let collected = Limited::new(body, context.max_body).collect();
+    let Ok(collected) = tokio::time::timeout(context.body_timeout, collected).await else {
+        return refuse(
+            StatusCode::REQUEST_TIMEOUT,
+            "the request's body did not arrive in time",
+        );
+    };
+    let body = match collected {
         Ok(body) => body.to_bytes(),
         Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => {
             return refuse(
@@ -169,19 +203,23 @@ async fn answer(
         reply,
     };
     if !context.pool.submit(job) {
-        let mut response = refuse(
+        return busy(refuse(
             StatusCode::SERVICE_UNAVAILABLE,
             "every cell is busy and the queue is full",
-        );
-        response.headers_mut().insert(
-            hyper::header::RETRY_AFTER,
-            HeaderValue::from(RETRY_AFTER_SECONDS),
-        );
-        return response;
+        ));
     }
     match response.await {
         Ok(response) => response,
         // The worker went away without answering: only a panic does that.
         Err(_) => refuse(StatusCode::INTERNAL_SERVER_ERROR, "the server failed"),
     }
+}
+
+/// `response` with the header that tells a refused client when to try again.
+fn busy(mut response: Response<Full<Bytes>>) -> Response<Full<Bytes>> {
+    response.headers_mut().insert(
+        hyper::header::RETRY_AFTER,
+        HeaderValue::from(RETRY_AFTER_SECONDS),
+    );
+    response
 }

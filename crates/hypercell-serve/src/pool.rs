@@ -12,6 +12,7 @@ use std::io::{Seek, SeekFrom, Write};
 use std::net::SocketAddr;
 use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -151,56 +152,121 @@ impl Pool {
     }
 
     fn add_worker(&self, state: &mut State) {
-        let number = state.next_worker;
-        let shared = Arc::clone(&self.shared);
-        let started = std::thread::Builder::new()
-            .name(format!("hypercell-serve-{number}"))
-            .spawn(move || work(&shared));
-        match started {
-            Ok(_) => {
-                state.workers += 1;
-                state.next_worker += 1;
-            }
-            Err(error) => self.shared.log.error(
-                None,
-                &format!("cannot start a thread for another cell: {error}"),
-            ),
+        add_worker(&self.shared, state);
+    }
+}
+
+/// Starts a worker and counts it (or logs why it could not).
+fn add_worker(shared: &Arc<Shared>, state: &mut State) {
+    let number = state.next_worker;
+    let for_worker = Arc::clone(shared);
+    let started = std::thread::Builder::new()
+        .name(format!("hypercell-serve-{number}"))
+        .spawn(move || work(&for_worker));
+    match started {
+        Ok(_) => {
+            state.workers += 1;
+            state.next_worker += 1;
         }
+        Err(error) => shared.log.error(
+            None,
+            &format!("cannot start a thread for another cell: {error}"),
+        ),
+    }
+}
+
+/// A worker's place in the count: given up under the lock when the worker decides to
+/// leave, or, when it ends otherwise (it could not make its cell, or a panic), in its
+/// drop, which then starts a replacement if requests wait with nobody to take them.
+struct Membership<'s> {
+    shared: &'s Arc<Shared>,
+    left: bool,
+}
+
+impl Membership<'_> {
+    fn leave(&mut self, state: &mut State) {
+        state.workers -= 1;
+        self.left = true;
+    }
+}
+
+impl Drop for Membership<'_> {
+    fn drop(&mut self) {
+        if !self.left {
+            let mut state = self.shared.lock();
+            state.workers -= 1;
+            if !state.closing && !state.jobs.is_empty() && state.workers < state.jobs.len() {
+                add_worker(self.shared, &mut state);
+            }
+        }
+        self.shared.left.notify_all();
     }
 }
 
 /// A worker's life: takes jobs until it has been idle too long (and is not among the
 /// fewest kept) or the pool closes with nothing left queued.
-fn work(shared: &Shared) {
+fn work(shared: &Arc<Shared>) {
+    let mut membership = Membership {
+        shared,
+        left: false,
+    };
     let mut worker = match Worker::new(&shared.handler) {
-        Ok(worker) => Some(worker),
+        Ok(worker) => worker,
         Err(error) => {
-            shared
-                .log
-                .error(None, &format!("cannot make a cell's stdio: {error}"));
-            None
+            let message = format!("cannot make a cell to serve requests: {error}");
+            shared.log.error(None, &message);
+            // One request answered for each failed attempt, so that a lasting failure
+            // empties the queue rather than retrying forever.
+            let job = shared.lock().jobs.pop_front();
+            if let Some(job) = job {
+                let _ = job.reply.send(failure(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    job.id,
+                    "the server could not make a cell for it",
+                ));
+            }
+            return;
         }
     };
+    while let Some(job) = next_job(shared, &mut membership) {
+        if job.reply.is_closed() {
+            // Its client went away while it waited.
+            shared.log.refused(
+                job.id,
+                job.remote,
+                &job.line,
+                CLIENT_GONE,
+                job.received.elapsed(),
+            );
+            continue;
+        }
+        let id = job.id;
+        let served = catch_unwind(AssertUnwindSafe(|| worker.serve(job, shared)));
+        if served.is_err() {
+            // The request's reply went with the panic: its client gets a 500.
+            shared.log.error(
+                Some(id),
+                "the worker serving this request failed; another replaces it",
+            );
+            return;
+        }
+        if worker.cell.is_none() {
+            // `serve` logged why no new cell could be made.
+            return;
+        }
+    }
+}
+
+/// The next job for a worker, or `None` when it should leave (counted out already).
+fn next_job(shared: &Shared, membership: &mut Membership<'_>) -> Option<Job> {
     let mut state = shared.lock();
     loop {
         if let Some(job) = state.jobs.pop_front() {
-            drop(state);
-            match worker.as_mut() {
-                Some(worker) => worker.serve(job, shared),
-                None => {
-                    let _ = job.reply.send(failure(
-                        StatusCode::INTERNAL_SERVER_ERROR,
-                        job.id,
-                        "the server could not make a cell for it",
-                    ));
-                }
-            }
-            state = shared.lock();
-            continue;
+            return Some(job);
         }
-        let spare = state.workers > shared.limits.min_cells;
-        if state.closing || worker.is_none() {
-            break;
+        if state.closing {
+            membership.leave(&mut state);
+            return None;
         }
         state.idle += 1;
         let (next, waited) = shared
@@ -209,34 +275,39 @@ fn work(shared: &Shared) {
             .unwrap_or_else(PoisonError::into_inner);
         state = next;
         state.idle -= 1;
-        if waited.timed_out() && state.jobs.is_empty() && spare {
-            break;
+        // Decided under the lock, so that idle workers leaving together stop at the
+        // fewest kept.
+        if waited.timed_out() && state.jobs.is_empty() && state.workers > shared.limits.min_cells {
+            membership.leave(&mut state);
+            return None;
         }
     }
-    state.workers -= 1;
-    drop(state);
-    shared.left.notify_all();
 }
+
+/// The status the access log gives a request whose client left before a cell took it,
+/// as nginx logs it.
+const CLIENT_GONE: u16 = 499;
 
 /// One worker's partition and the files that are its cells' stdio.
 struct Worker {
-    cell: ReusableCell,
+    /// `None` after a failure, until [`Worker::ready`] makes a new one.
+    cell: Option<ReusableCell>,
     stdin: File,
     stdout: File,
     stderr: File,
 }
 
 impl Worker {
-    fn new(handler: &Handler) -> std::io::Result<Self> {
+    fn new(handler: &Handler) -> Result<Self, String> {
         let memfd = |name: &str| {
             memfd::MemfdOptions::default()
                 .close_on_exec(true)
                 .create(name)
                 .map(memfd::Memfd::into_file)
-                .map_err(std::io::Error::other)
+                .map_err(|error| format!("cannot make a file for its stdio: {error}"))
         };
         Ok(Self {
-            cell: fresh_cell(handler),
+            cell: Some(fresh_cell(handler)?),
             stdin: memfd("hypercell-request")?,
             stdout: memfd("hypercell-response")?,
             stderr: memfd("hypercell-stderr")?,
@@ -256,7 +327,10 @@ impl Worker {
                 stdout: self.stdout.as_fd(),
                 stderr: self.stderr.as_fd(),
             };
-            self.cell.run(config, stdio, &control)
+            match &mut self.cell {
+                Some(cell) => cell.run(config, stdio, &control),
+                None => unreachable!("a worker takes requests only with a cell ready"),
+            }
         });
         let ran = Instant::now();
         let mut exits = 0;
@@ -385,23 +459,35 @@ impl Worker {
         if let Some(problem) = &problem {
             shared.log.error(Some(job.id), problem);
         }
-        // The next request's cell is made ready now, not when it comes.
-        let reset = if fresh {
-            self.cell = fresh_cell(handler);
-            None
-        } else {
-            match self.cell.reset() {
-                Ok(report) => Some(report.pages),
-                Err(error) => {
-                    shared.log.error(
-                        Some(job.id),
-                        &format!("a new cell replaces this one: {error}"),
-                    );
-                    self.cell = fresh_cell(handler);
-                    None
-                }
+        self.release_output();
+        // The next request's cell is made ready now, not when it comes: the partition
+        // put back, or, after a failure, dropped for a new one (see `ready`).
+        let reset = match self
+            .cell
+            .as_mut()
+            .filter(|_| !fresh)
+            .map(ReusableCell::reset)
+        {
+            Some(Ok(report)) => Some(report.pages),
+            Some(Err(error)) => {
+                shared.log.error(
+                    Some(job.id),
+                    &format!("a new cell replaces this one: {error}"),
+                );
+                self.cell = None;
+                None
+            }
+            None => {
+                self.cell = None;
+                None
             }
         };
+        if let Err(error) = self.ready(handler) {
+            shared.log.error(
+                Some(job.id),
+                &format!("cannot make a new cell after this request: {error}"),
+            );
+        }
         shared.log.record(&Entry {
             id: job.id,
             remote: job.remote,
@@ -415,6 +501,21 @@ impl Worker {
             reset_pages: reset,
             exits,
         });
+    }
+
+    /// Makes a new cell if the last one was dropped.
+    fn ready(&mut self, handler: &Handler) -> Result<(), String> {
+        if self.cell.is_none() {
+            self.cell = Some(fresh_cell(handler)?);
+        }
+        Ok(())
+    }
+
+    /// Lets go of what the last request wrote, so that an idle worker holds none of it.
+    fn release_output(&mut self) {
+        for file in [&self.stdin, &self.stdout, &self.stderr] {
+            let _ = file.set_len(0);
+        }
     }
 
     /// Puts `body` on the cell's stdin and empties its stdout and stderr.
@@ -444,11 +545,26 @@ impl Worker {
         Ok(response)
     }
 
-    /// Passes on what the handler wrote to stderr, each line marked with the request.
+    /// Passes on what the handler wrote to stderr (its first 64 KiB), each line marked
+    /// with the request.
     fn log_stderr(&self, id: u64, log: &AccessLog) {
-        match read_all(&self.stderr) {
-            Ok(text) if text.is_empty() => {}
-            Ok(text) => log.handler_stderr(id, &text),
+        const SHOWN: u64 = 64 << 10;
+        let written = self.stderr.metadata().map_or(0, |metadata| metadata.len());
+        let mut text = vec![0; written.min(SHOWN) as usize];
+        match self.stderr.read_exact_at(&mut text, 0) {
+            Ok(()) if text.is_empty() => {}
+            Ok(()) => {
+                log.handler_stderr(id, &text);
+                if written > SHOWN {
+                    log.error(
+                        Some(id),
+                        &format!(
+                            "the handler wrote {} more to stderr, not shown",
+                            format_size(written - SHOWN)
+                        ),
+                    );
+                }
+            }
             Err(error) => log.error(
                 Some(id),
                 &format!("cannot read the handler's stderr: {error}"),
@@ -458,13 +574,13 @@ impl Worker {
 }
 
 /// A partition for `handler`'s template, made on its first run.
-fn fresh_cell(handler: &Handler) -> ReusableCell {
+fn fresh_cell(handler: &Handler) -> Result<ReusableCell, String> {
     ReusableCell::new(
         Arc::clone(&handler.template),
         Arc::clone(&handler.module),
         handler.cpu_features,
     )
-    .expect("a handler's template is a template read from a file")
+    .map_err(|error| error.to_string())
 }
 
 /// Everything written to `file`.

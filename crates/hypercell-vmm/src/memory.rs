@@ -113,29 +113,34 @@ impl GuestMemory {
     /// a few KiB of and the guest rarely reads, where zeroing a fresh 2 MiB page on
     /// first touch would cost more than it saves.
     pub fn use_small_pages(&self, range: std::ops::Range<u64>) {
-        self.advise(range, libc::MADV_NOHUGEPAGE);
+        let _ = self.advise(range, libc::MADV_NOHUGEPAGE);
     }
 
     /// Backs guest-physical `range` with host memory now rather than on first touch.
     /// Advice only: where the kernel cannot, memory is still backed on first touch.
     pub fn populate(&self, range: std::ops::Range<u64>) {
-        self.advise(range, libc::MADV_POPULATE_WRITE);
+        let _ = self.advise(range, libc::MADV_POPULATE_WRITE);
     }
 
-    fn advise(&self, range: std::ops::Range<u64>, advice: libc::c_int) {
+    fn advise(&self, range: std::ops::Range<u64>, advice: libc::c_int) -> io::Result<()> {
         let end = range.end.min(self.size);
         if range.start >= end {
-            return;
+            return Ok(());
         }
         // SAFETY: the range lies inside this value's own read-write mapping; the
         // advice changes only how the kernel backs it (populating faults pages in,
         // zeroed, as a first write would).
-        unsafe {
+        let rc = unsafe {
             libc::madvise(
                 self.host.as_ptr().add(range.start as usize).cast(),
                 (end - range.start) as usize,
                 advice,
-            );
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(io::Error::last_os_error())
         }
     }
 
@@ -247,13 +252,13 @@ impl GuestMemory {
     /// Drops the cell's own pages in guest-physical `range` (4 KiB-aligned): where a
     /// file is mapped they read as the file again, elsewhere as zeros. KVM is told, so
     /// the guest sees the change at its next access.
-    pub fn discard(&self, range: std::ops::Range<u64>) {
-        self.advise(range, libc::MADV_DONTNEED);
+    pub fn discard(&self, range: std::ops::Range<u64>) -> io::Result<()> {
+        self.advise(range, libc::MADV_DONTNEED)
     }
 
     /// [`Self::discard`] for many ranges with one `process_madvise` where the kernel
     /// takes it (Linux 6.13), which flushes the TLB once for all of them.
-    pub fn discard_all(&self, ranges: &[std::ops::Range<u64>]) {
+    pub fn discard_all(&self, ranges: &[std::ops::Range<u64>]) -> io::Result<()> {
         let iov: Vec<libc::iovec> = ranges
             .iter()
             .filter(|range| range.start < range.end && range.end <= self.size)
@@ -281,9 +286,10 @@ impl GuestMemory {
         });
         if done != Some(whole) {
             for range in ranges {
-                self.discard(range.clone());
+                self.discard(range.clone())?;
             }
         }
+        Ok(())
     }
 
     /// Bytes of guest memory in `range` that the host has actually backed (touched by
@@ -516,7 +522,7 @@ mod tests {
         assert!(written[1].contains(&(12 << 20)), "{written:x?}");
         assert_eq!(written.len(), 2);
         for range in written {
-            memory.discard(range);
+            memory.discard(range).unwrap();
         }
         assert_eq!(memory.written_ranges(0..16 << 20).unwrap(), vec![]);
         let back: u8 = mem.read_obj(GuestAddress((4 << 20) + 8192)).unwrap();

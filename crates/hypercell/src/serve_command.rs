@@ -71,6 +71,9 @@ pub struct ServeArgs {
     args: Vec<String>,
 }
 
+/// Longest a request's body may take to arrive.
+const BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// `hypercell serve`.
 pub fn serve(args: ServeArgs) -> ExitCode {
     let preopens = match crate::preopens_of(&args.dirs, &args.dirs_read_only) {
@@ -128,6 +131,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             idle: args.idle,
         },
         max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
+        body_timeout: BODY_TIMEOUT,
+        // The requests in flight end by their time limit; a connection that has not
+        // sent its request yet, by hyper's 30 s for a request's head.
+        drain_timeout: args.timeout.max(Duration::from_secs(30)) + Duration::from_secs(5),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -188,6 +195,17 @@ async fn shutdown_signal() {
     }
     let _ = writeln!(
         std::io::stderr(),
-        "hypercell serve: stopping: answering the requests taken, then exiting"
+        "hypercell serve: stopping: answering the requests taken, then exiting (signal again to stop at once)"
     );
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
+        let _ = writeln!(
+            std::io::stderr(),
+            "hypercell serve: stopped at once; requests in flight were not answered"
+        );
+        std::process::exit(1);
+    });
 }

@@ -46,6 +46,8 @@ fn requests_reach_the_handler_as_cgi_and_its_output_is_the_response() {
             ("X-Custom", "one"),
             ("X-Custom", "two"),
             ("Cookie", "a=1"),
+            ("X_Custom", "spoofed"),
+            ("Proxy", "http://proxy.example"),
         ],
         b"abc",
     );
@@ -77,6 +79,12 @@ fn requests_reach_the_handler_as_cgi_and_its_output_is_the_response() {
     ] {
         assert!(text.lines().any(|l| l == line), "no {line:?} in:\n{text}");
     }
+    // A header that would pass for another as a variable, and `Proxy` (httpoxy), are
+    // left out.
+    assert!(
+        !text.contains("spoofed") && !text.contains("HTTP_PROXY"),
+        "{text}"
+    );
     let id = reply.header("x-request-id").unwrap().to_string();
     let access = server.access_line(&id);
     assert!(access.contains("\"POST /env/a%20b?"), "{access}");
@@ -98,6 +106,9 @@ fn requests_reach_the_handler_as_cgi_and_its_output_is_the_response() {
             .unwrap()
             .contains("handler;dur=")
     );
+
+    let reply = connection.get("/nocontent");
+    assert_eq!((reply.status, reply.body.len()), (204, 0));
 
     let reply = connection.get("/stderr");
     assert_eq!(reply.text(), "warned\n");

@@ -67,6 +67,8 @@ int main(int argc, char **argv) {
         printf("Location: /count\n\n");
     } else if (!strcmp(path, "/missing")) {
         printf("Status: 404 Not Found\nContent-Type: text/plain\nX-Why: no route\n\nnothing here\n");
+    } else if (!strcmp(path, "/nocontent")) {
+        printf("Status: 204 No Content\n\n");
     } else if (!strcmp(path, "/stderr")) {
         fprintf(stderr, "a warning from the handler\n");
         printf("Content-Type: text/plain\n\nwarned\n");
