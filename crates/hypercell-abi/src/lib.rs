@@ -9,6 +9,7 @@
 
 pub mod boot;
 pub mod components;
+pub mod http;
 pub mod hypercall;
 pub mod layout;
 pub mod output;
@@ -23,4 +24,4 @@ pub use output::{OUTPUT_RECORD_HEADER, OutputBuffer};
 
 /// Version of the ABI described by this crate; the host refuses requests that carry
 /// another version.
-pub const ABI_VERSION: u32 = 7;
+pub const ABI_VERSION: u32 = 8;

@@ -28,6 +28,13 @@ pub struct GrowthLimiter {
     limit: usize,
 }
 
+impl GrowthLimiter {
+    /// A limiter for linear memories of at most `limit` bytes.
+    pub fn new(limit: usize) -> Self {
+        Self { limit }
+    }
+}
+
 impl ResourceLimiter for GrowthLimiter {
     fn memory_growing(
         &mut self,
@@ -58,7 +65,7 @@ impl ResourceLimiter for GrowthLimiter {
     }
 }
 
-fn fail_with(kind: FailureKind, what: &str, error: &wasmtime::Error) -> ! {
+pub fn fail_with(kind: FailureKind, what: &str, error: &wasmtime::Error) -> ! {
     let mut message = FixedBuffer::<4096>::new();
     let _ = write!(message, "{what}: {error:?}");
     fail(kind, message.as_bytes())
@@ -82,6 +89,12 @@ pub fn run(boot: &BootInfo, boot_ptr: *const BootInfo) -> ! {
         NonNull::new(boot.module_addr as *mut u8).expect("the host passes a module"),
         boot.module_len as usize,
     );
+    if let Some(wasmtime::Precompiled::Component) = Engine::detect_precompiled(
+        // SAFETY: as below: the region holds the host's artifact for the cell's life.
+        unsafe { artifact.as_ref() },
+    ) {
+        crate::http::run(&engine, artifact, boot, boot_ptr)
+    }
     // SAFETY: the host copied an artifact that its own wasmtime (the same version,
     // configured by `hypercell_engine::configure`) produced into this region; the
     // region is reserved for it for the cell's whole life and nothing else writes it.
@@ -172,7 +185,7 @@ pub fn run(boot: &BootInfo, boot_ptr: *const BootInfo) -> ! {
 
 /// Ends the cell after a wasm call failed with `error`: a trap, an exit (which WASI's
 /// `proc_exit` raises as an error) or a refused WASI call.
-fn finish_with(error: wasmtime::Error) -> ! {
+pub fn finish_with(error: wasmtime::Error) -> ! {
     if error.is::<wasmtime::Trap>() {
         trap(&error)
     }

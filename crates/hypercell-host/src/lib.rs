@@ -3,6 +3,8 @@
 //! program ends.
 #![deny(unsafe_op_in_unsafe_fn)]
 
+pub use hypercell_abi as abi;
+
 pub mod cell;
 pub mod compile;
 pub mod config;

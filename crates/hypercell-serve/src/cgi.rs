@@ -197,8 +197,9 @@ pub enum ResponseError {
     NoContentType,
 }
 
-/// The response a handler wrote as `output`.
-pub fn parse_response(output: Bytes) -> Result<CgiResponse, ResponseError> {
+/// The response a handler wrote as `output`; `typed` when a body must say its
+/// `Content-Type`, as CGI requires (a wasi:http response need not).
+pub fn parse_response(output: Bytes, typed: bool) -> Result<CgiResponse, ResponseError> {
     let mut status = None;
     let mut location = false;
     let mut content_type = false;
@@ -247,7 +248,7 @@ pub fn parse_response(output: Bytes) -> Result<CgiResponse, ResponseError> {
             headers.push((name, value));
         }
     };
-    if !content_type && body_at < output.len() {
+    if typed && !content_type && body_at < output.len() {
         return Err(ResponseError::NoContentType);
     }
     let status = status.unwrap_or(if location {
@@ -355,7 +356,7 @@ mod tests {
         let output = Bytes::from_static(
             b"Content-Type: text/plain\r\nStatus: 404 Not Found\nX-A:  b \nContent-Length: 99\n\nbody\n\nmore",
         );
-        let response = parse_response(output).unwrap();
+        let response = parse_response(output, true).unwrap();
         assert_eq!(response.status, StatusCode::NOT_FOUND);
         assert_eq!(
             response.headers,
@@ -375,23 +376,26 @@ mod tests {
 
     #[test]
     fn a_response_without_a_body_needs_no_type() {
-        let response = parse_response(Bytes::from_static(b"Status: 204 No Content\n\n")).unwrap();
+        let response =
+            parse_response(Bytes::from_static(b"Status: 204 No Content\n\n"), true).unwrap();
         assert_eq!(response.status, StatusCode::NO_CONTENT);
         assert!(response.body.is_empty());
     }
 
     #[test]
     fn a_location_redirects() {
-        let response = parse_response(Bytes::from_static(b"Location: /elsewhere\n\n")).unwrap();
+        let response =
+            parse_response(Bytes::from_static(b"Location: /elsewhere\n\n"), true).unwrap();
         assert_eq!(response.status, StatusCode::FOUND);
         let response =
-            parse_response(Bytes::from_static(b"Location: /x\nStatus: 301\n\n")).unwrap();
+            parse_response(Bytes::from_static(b"Location: /x\nStatus: 301\n\n"), true).unwrap();
         assert_eq!(response.status, StatusCode::MOVED_PERMANENTLY);
     }
 
     #[test]
     fn broken_responses_are_named() {
-        let parse = |text: &'static [u8]| parse_response(Bytes::from_static(text)).unwrap_err();
+        let parse =
+            |text: &'static [u8]| parse_response(Bytes::from_static(text), true).unwrap_err();
         assert_eq!(parse(b"hello world"), ResponseError::NoHeaderEnd(11));
         assert_eq!(parse(b"X-A: b\n\nbody"), ResponseError::NoContentType);
         assert_eq!(

@@ -21,8 +21,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, oneshot};
 
 use crate::access_log::AccessLog;
-use crate::cgi::{CgiRequest, cgi_request};
-use crate::handler::Handler;
+use crate::handler::{Handler, RequestRefused};
 use crate::pool::{Job, Pool, PoolLimits, failure};
 
 /// How a server runs.
@@ -182,15 +181,15 @@ async fn answer(
         }
     };
     let received = Instant::now();
-    let CgiRequest { args, env, body } = match cgi_request(&parts, body, remote, local) {
-        Ok(request) => request,
+    let config = match context.handler.config_for(&parts, &body, remote, local) {
+        Ok(config) => config,
+        Err(error @ RequestRefused::TooLarge) => {
+            return refuse(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                &error.to_string(),
+            );
+        }
         Err(error) => return refuse(StatusCode::BAD_REQUEST, &error.to_string()),
-    };
-    let Some(config) = context.handler.config_for(args, env) else {
-        return refuse(
-            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            "the request's headers and query take more room than a cell keeps for its environment",
-        );
     };
     let (reply, response) = oneshot::channel();
     let job = Job {

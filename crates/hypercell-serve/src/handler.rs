@@ -2,8 +2,16 @@
 //! or read from a template file, its compiled code, and the configuration each of its
 //! cells starts from.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+use bytes::Bytes;
+use hyper::http::request::Parts;
+use hypercell_host::abi::http::{
+    AUTHORITY_VARIABLE, BODY_LENGTH_VARIABLE, HEADERS_VARIABLE, METHOD_VARIABLE, TARGET_VARIABLE,
+};
+use hypercell_host::compile::is_component;
 
 use hypercell_host::config::Components;
 use hypercell_host::persist::{CellSnapshot, SnapshotFile, SnapshotFileError, TemplatePoint};
@@ -11,6 +19,8 @@ use hypercell_host::{
     CellConfig, CellError, CellPayload, CellStdio, CompileError, CompiledModule, Compiler,
     create_template,
 };
+
+use crate::cgi::{RequestError, cgi_request};
 
 /// A handler program, ready to start a cell per request.
 pub struct Handler {
@@ -23,6 +33,8 @@ pub struct Handler {
     /// What each cell starts with before the request adds its own (its arguments
     /// after these).
     base: CellConfig,
+    /// A WAGI program or a wasi:http proxy.
+    kind: HandlerKind,
     /// The module or template it was loaded from.
     path: PathBuf,
 }
@@ -65,7 +77,7 @@ impl Handler {
         let compiler = Compiler::new()?;
         let engine = compiler.fingerprint().to_string();
         let cpu_features = compiler.cpu_features();
-        let (file, module) = if SnapshotFile::is_snapshot(path) {
+        let (file, module, kind) = if SnapshotFile::is_snapshot(path) {
             let file = SnapshotFile::read_from(path)?;
             if file.snapshot.template != Some(TemplatePoint::Start) {
                 return Err(match file.snapshot.template {
@@ -73,13 +85,13 @@ impl Handler {
                     Some(_) => HandlerError::Late(path.to_path_buf()),
                 });
             }
-            let module = compiler.compile_file(&file.module)?;
+            let (module, kind) = compile(&compiler, &file.module)?;
             file.check_host(path, cpu_features, &engine)?;
-            (file, module)
+            (file, module, kind)
         } else {
-            let module = compiler.compile_file(path)?;
+            let (module, kind) = compile(&compiler, path)?;
             let file = make_template(path, &module, cpu_features, &engine, &base)?;
-            (file, module)
+            (file, module, kind)
         };
         let base = file.template_config(path, base, false)?;
         if !base.components.contains(Components::STDIO) {
@@ -90,8 +102,14 @@ impl Handler {
             module: Arc::new(module),
             cpu_features: file.cpu_features,
             base,
+            kind,
             path: path.to_path_buf(),
         })
+    }
+
+    /// What kind of handler it is.
+    pub fn kind(&self) -> HandlerKind {
+        self.kind
     }
 
     /// The module or template the handler was loaded from.
@@ -99,13 +117,22 @@ impl Handler {
         &self.path
     }
 
-    /// The configuration of the cell for a request's `args` and `env`, or `None` when
-    /// they do not fit in the room the template keeps for them.
+    /// The configuration of the cell for request `parts`, whose body (`body`, the
+    /// cell's stdin) has been read, from `remote` at `local`.
     pub(crate) fn config_for(
         &self,
-        args: Vec<String>,
-        env: Vec<(String, String)>,
-    ) -> Option<CellConfig> {
+        parts: &Parts,
+        body: &Bytes,
+        remote: SocketAddr,
+        local: SocketAddr,
+    ) -> Result<CellConfig, RequestRefused> {
+        let (args, env) = match self.kind {
+            HandlerKind::Wagi => {
+                let request = cgi_request(parts, body.clone(), remote, local)?;
+                (request.args, request.env)
+            }
+            HandlerKind::Proxy => (Vec::new(), proxy_request(parts, body.len())),
+        };
         let mut config = self.base.clone();
         config.args.extend(args);
         config.env.extend(env);
@@ -121,7 +148,77 @@ impl Handler {
                 .iter()
                 .map(|preopen| preopen.guest.len() + 1)
                 .sum::<usize>();
-        (strings as u64 <= self.template.identity_capacity).then_some(config)
+        if strings as u64 > self.template.identity_capacity {
+            return Err(RequestRefused::TooLarge);
+        }
+        Ok(config)
+    }
+}
+
+/// The kind of program a handler is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HandlerKind {
+    /// A WASI preview1 command following WAGI's (CGI's) conventions.
+    Wagi,
+    /// A wasi:http proxy component, as `wasmtime serve` runs.
+    Proxy,
+}
+
+/// Why a request cannot be given to a cell.
+#[derive(Debug, thiserror::Error)]
+pub enum RequestRefused {
+    /// It cannot become CGI variables.
+    #[error(transparent)]
+    Cgi(#[from] RequestError),
+    /// Its head takes more room than a cell keeps for its environment.
+    #[error("the request's headers and query take more room than a cell keeps for its environment")]
+    TooLarge,
+}
+
+/// The request head of `parts`, for a proxy component's cell.
+fn proxy_request(parts: &Parts, body_length: usize) -> Vec<(String, String)> {
+    let mut headers = String::new();
+    for (name, value) in &parts.headers {
+        headers.push_str(name.as_str());
+        headers.push_str(": ");
+        headers.push_str(&String::from_utf8_lossy(value.as_bytes()));
+        headers.push('\n');
+    }
+    let target = parts
+        .uri
+        .path_and_query()
+        .map_or_else(|| parts.uri.path().to_string(), ToString::to_string);
+    let authority = parts
+        .headers
+        .get(hyper::header::HOST)
+        .map(|host| String::from_utf8_lossy(host.as_bytes()).into_owned())
+        .or_else(|| parts.uri.authority().map(ToString::to_string))
+        .unwrap_or_default();
+    vec![
+        (METHOD_VARIABLE.into(), parts.method.as_str().into()),
+        (TARGET_VARIABLE.into(), target),
+        (AUTHORITY_VARIABLE.into(), authority),
+        (HEADERS_VARIABLE.into(), headers),
+        (BODY_LENGTH_VARIABLE.into(), body_length.to_string()),
+    ]
+}
+
+/// Compiles the handler at `path`, a module or a component.
+fn compile(
+    compiler: &Compiler,
+    path: &Path,
+) -> Result<(CompiledModule, HandlerKind), HandlerError> {
+    let bytes = std::fs::read(path).map_err(|source| CompileError::Unreadable {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    if is_component(path, &bytes) {
+        Ok((
+            compiler.compile_component(path, &bytes)?,
+            HandlerKind::Proxy,
+        ))
+    } else {
+        Ok((compiler.compile_file(path)?, HandlerKind::Wagi))
     }
 }
 

@@ -15,5 +15,5 @@ mod pool;
 
 pub use access_log::AccessLog;
 pub use front::{ServeOptions, serve};
-pub use handler::{Handler, HandlerError};
+pub use handler::{Handler, HandlerError, HandlerKind};
 pub use pool::PoolLimits;

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::access_log::{AccessLog, Entry};
 use crate::cgi::parse_response;
-use crate::handler::Handler;
+use crate::handler::{Handler, HandlerKind};
 
 /// How many cells a server keeps and how many requests may wait for one.
 #[derive(Clone, Copy, Debug)]
@@ -354,7 +354,7 @@ impl Worker {
                     )
                 });
                 match report.exit {
-                    CellExit::Exited(0) => match self.response(&job) {
+                    CellExit::Exited(0) => match self.response(&job, handler.kind()) {
                         Ok(response) => (response, None),
                         Err(problem) => {
                             fresh = true;
@@ -531,10 +531,11 @@ impl Worker {
     }
 
     /// The response the handler wrote, or why there is none.
-    fn response(&self, job: &Job) -> Result<Response<Full<Bytes>>, String> {
+    fn response(&self, job: &Job, kind: HandlerKind) -> Result<Response<Full<Bytes>>, String> {
         let output = read_all(&self.stdout)
             .map_err(|error| format!("cannot read the handler's response: {error}"))?;
-        let parsed = parse_response(output).map_err(|error| error.to_string())?;
+        let parsed =
+            parse_response(output, kind == HandlerKind::Wagi).map_err(|error| error.to_string())?;
         let mut response = Response::new(Full::new(parsed.body));
         *response.status_mut() = parsed.status;
         let headers = response.headers_mut();

@@ -407,7 +407,7 @@ async fn run_cgi(
     });
     let output = child.wait_with_output().await.unwrap();
     let _ = feeder.await;
-    match parse_response(Bytes::from(output.stdout)) {
+    match parse_response(Bytes::from(output.stdout), true) {
         Ok(parsed) if output.status.success() => {
             let mut response = Response::new(Full::new(parsed.body));
             *response.status_mut() = parsed.status;

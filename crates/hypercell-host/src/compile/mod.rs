@@ -263,6 +263,54 @@ impl Compiler {
         self.compile(name, bytes, None, Instant::now())
     }
 
+    /// Compiles the component `bytes` (binary or text), read from `path`, or loads its
+    /// compiled code from the cache: a wasi:http proxy, which only a server's cells run.
+    /// Never indexed by the file's identity, so that `run` of the same file, which
+    /// refuses components, does not find it.
+    pub fn compile_component(
+        &self,
+        path: &Path,
+        bytes: &[u8],
+    ) -> Result<CompiledModule, CompileError> {
+        let start = Instant::now();
+        let wasm = to_binary(path, bytes)?;
+        let precompile = || {
+            self.engine
+                .precompile_component(&wasm)
+                .map_err(|e| invalid(path, &e))
+        };
+        let Some(cache) = &self.cache else {
+            return Ok(CompiledModule {
+                artifact: Artifact::in_memory(precompile()?),
+                cache: CacheStatus::Miss,
+                hashed: false,
+                initial_memory: 0,
+                elapsed: start.elapsed(),
+            });
+        };
+        let key = Key::of(&self.fingerprint, &wasm);
+        if let Some(found) = cache.load(&key) {
+            return Ok(CompiledModule {
+                artifact: found.artifact,
+                cache: CacheStatus::Hit,
+                hashed: true,
+                initial_memory: 0,
+                elapsed: start.elapsed(),
+            });
+        }
+        let artifact = cache.store(&key, 0, precompile()?);
+        if artifact.file_backing().is_some() {
+            cache.evict();
+        }
+        Ok(CompiledModule {
+            artifact,
+            cache: CacheStatus::Miss,
+            hashed: true,
+            initial_memory: 0,
+            elapsed: start.elapsed(),
+        })
+    }
+
     /// Compiles `bytes`, the contents of `path`, through the cache; indexes them under
     /// `identity`, the file's, when given one.
     fn compile(
@@ -320,14 +368,25 @@ impl Compiler {
         check_imports(path, wasm)?;
         self.engine
             .precompile_module(wasm)
-            .map_err(|e| CompileError::Invalid {
-                path: path.to_path_buf(),
-                reason: e
-                    .chain()
-                    .last()
-                    .map(ToString::to_string)
-                    .unwrap_or_default(),
-            })
+            .map_err(|e| invalid(path, &e))
+    }
+}
+
+/// Whether `bytes` (binary or text, read from `path`) are a component rather than a
+/// core module.
+pub fn is_component(path: &Path, bytes: &[u8]) -> bool {
+    to_binary(path, bytes).is_ok_and(|wasm| Parser::is_component(&wasm))
+}
+
+/// The module or component at `path` does not validate or compile, for `error`.
+fn invalid(path: &Path, error: &wasmtime::Error) -> CompileError {
+    CompileError::Invalid {
+        path: path.to_path_buf(),
+        reason: error
+            .chain()
+            .last()
+            .map(ToString::to_string)
+            .unwrap_or_default(),
     }
 }
 
