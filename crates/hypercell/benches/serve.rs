@@ -1,9 +1,11 @@
-//! `hypercell serve` against wasmtime as a CGI server, on the same WAGI handlers, on
-//! loopback, in one run: requests per second and p99 latency under `hey` with 16 and 64
-//! connections, the median of 3 runs each. The handlers are the tests' `wagi.c` (a
-//! small C handler: hello, and an echo of a 64 KiB POST) and, when
+//! `hypercell serve` against wasmtime on the same handlers, on loopback, in one run:
+//! requests per second and p99 latency under `hey` with 16 and 64 connections, the
+//! median of 3 runs each. The wasi:http component (the tests' `http_hello.c`, built as
+//! they build it) runs against `wasmtime serve`, a fresh instance per request. The WAGI
+//! handlers are the tests' `wagi.c` (a small C handler: hello, and an echo of a 64 KiB
+//! POST) and, when
 //! `target/bench-programs/python.wasm` is there (`benches/support/fetch-programs`), a
-//! CPython 3.12 CGI script. The peer runs `wasmtime run` on the handler's precompiled
+//! CPython 3.12 CGI script; their peer runs `wasmtime run` on the handler's precompiled
 //! code once per request, as a CGI server runs a script: the request in the
 //! environment, arguments and stdin, the response from stdout, parsed by the same code
 //! as Hypercell's. Hypercell runs each request in a cell started afresh from the
@@ -13,6 +15,8 @@
 //! `cargo bench -p hypercell --bench serve` (needs `hey`, which `scripts/setup`
 //! installs; `HYPERCELL_BENCH_SECONDS` sets each load run's length, default 4).
 
+#[path = "../tests/support/component.rs"]
+mod component;
 #[path = "support/mod.rs"]
 mod support;
 
@@ -44,10 +48,21 @@ struct Load {
 /// gets, and a directory it is granted as `/app`.
 struct Subject {
     name: &'static str,
+    /// What it is measured against.
+    peer: Peer,
     wasm: PathBuf,
     args: Vec<String>,
     app: Option<PathBuf>,
     loads: Vec<Load>,
+}
+
+/// The server a subject is measured against.
+#[derive(Clone, Copy, PartialEq)]
+enum Peer {
+    /// `wasmtime run` per request behind a CGI server.
+    WasmtimeCgi,
+    /// `wasmtime serve`, a fresh instance per request.
+    WasmtimeServe,
 }
 
 /// The CPython CGI script of the second subject.
@@ -73,8 +88,22 @@ fn main() {
     assert!(compiled.success());
     let body_file = work.path().join("body");
     std::fs::write(&body_file, vec![b'x'; 64 << 10]).unwrap();
+    let component = component::build_http_component(&work.path().join("component"));
     let mut subjects = vec![Subject {
+        name: "wasi:http component in C",
+        peer: Peer::WasmtimeServe,
+        wasm: component,
+        args: Vec::new(),
+        app: None,
+        loads: vec![Load {
+            name: "hello (GET)",
+            target: "/hello?name=bench",
+            body: 0,
+        }],
+    }];
+    subjects.push(Subject {
         name: "WAGI handler in C",
+        peer: Peer::WasmtimeCgi,
         wasm,
         args: Vec::new(),
         app: None,
@@ -90,7 +119,7 @@ fn main() {
                 body: 64 << 10,
             },
         ],
-    }];
+    });
     let python =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-programs/python.wasm");
     if python.exists() {
@@ -99,6 +128,7 @@ fn main() {
         std::fs::write(app.join("app.py"), PYTHON_APP).unwrap();
         subjects.push(Subject {
             name: "CPython 3.12 CGI script",
+            peer: Peer::WasmtimeCgi,
             wasm: python,
             args: vec!["/app/app.py".into()],
             app: Some(app),
@@ -116,17 +146,19 @@ fn main() {
     }
     let wasmtime = find_wasmtime();
     println!(
-        "hypercell serve against wasmtime {} as a CGI server (`wasmtime run` per request), hey for {seconds} s per run, median of 3 runs\n",
+        "hypercell serve against wasmtime {}: `wasmtime serve` (a fresh instance per request) for the component, a CGI server running `wasmtime run` per request for the WAGI handlers; hey for {seconds} s per run, median of 3 runs\n",
         version(&wasmtime)
     );
     println!(
-        "| handler | load | connections | Hypercell req/s | p99 (ms) | wasmtime CGI req/s | p99 (ms) | req/s ratio | p99 ratio |"
+        "| handler | load | connections | Hypercell req/s | p99 (ms) | peer | peer req/s | p99 (ms) | req/s ratio | p99 ratio |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---|---:|---:|---:|---:|");
     let mut breakdown = Vec::new();
     for subject in &subjects {
         let cwasm = work.path().join(format!("{}.cwasm", breakdown.len()));
-        wasmtime_compile(&wasmtime, &subject.wasm, &cwasm);
+        if subject.peer == Peer::WasmtimeCgi {
+            wasmtime_compile(&wasmtime, &subject.wasm, &cwasm);
+        }
         let mut flags = vec![
             "--listen".to_string(),
             "127.0.0.1:0".into(),
@@ -159,7 +191,17 @@ fn main() {
             .unwrap_or_else(|| panic!("{first}"))
             .parse()
             .unwrap();
-        let cgi_addr = start_cgi_server(wasmtime.clone(), cwasm, peer_flags, subject.args.clone());
+        let (peer_addr, mut peer_server, peer_name) = match subject.peer {
+            Peer::WasmtimeCgi => (
+                start_cgi_server(wasmtime.clone(), cwasm, peer_flags, subject.args.clone()),
+                None,
+                "wasmtime CGI",
+            ),
+            Peer::WasmtimeServe => {
+                let (addr, child) = start_wasmtime_serve(&wasmtime, &subject.wasm);
+                (addr, Some(child), "wasmtime serve")
+            }
+        };
         for load in &subject.loads {
             let body_path = work
                 .path()
@@ -174,12 +216,12 @@ fn main() {
                     while access.try_recv().is_ok() {}
                     ours.push(hey(hypercell_addr, load.target, body, connections, seconds));
                     sums.add(drain_access(&access));
-                    theirs.push(hey(cgi_addr, load.target, body, connections, seconds));
+                    theirs.push(hey(peer_addr, load.target, body, connections, seconds));
                 }
                 let (rps, p99) = medians(&ours);
                 let (peer_rps, peer_p99) = medians(&theirs);
                 println!(
-                    "| {} | {} | {connections} | {rps:.0} | {p99:.1} | {peer_rps:.0} | {peer_p99:.1} | {:.1}x | {:.2}x |",
+                    "| {} | {} | {connections} | {rps:.0} | {p99:.1} | {peer_name} | {peer_rps:.0} | {peer_p99:.1} | {:.2}x | {:.2}x |",
                     subject.name,
                     load.name,
                     rps / peer_rps,
@@ -191,6 +233,10 @@ fn main() {
         // SAFETY: kill with a valid signal on our own child's pid.
         unsafe { libc::kill(hypercell.id() as i32, libc::SIGTERM) };
         let _ = hypercell.wait();
+        if let Some(peer) = &mut peer_server {
+            let _ = peer.kill();
+            let _ = peer.wait();
+        }
     }
     println!(
         "\nWhere a Hypercell request's time goes (means over the runs, from its access log):\n"
@@ -223,7 +269,7 @@ fn version(wasmtime: &Path) -> String {
 }
 
 /// Runs `hey` against `addr` and returns requests per second and p99 in ms. Every
-/// response must be a 200.
+/// response must be a success (2xx).
 fn hey(
     addr: SocketAddr,
     target: &str,
@@ -258,8 +304,8 @@ fn hey(
         .filter(|line| line.trim().starts_with('['))
         .collect();
     assert!(
-        statuses.iter().all(|line| line.trim().starts_with("[200]")),
-        "responses other than 200 at {addr}:\n{text}"
+        statuses.iter().all(|line| line.trim().starts_with("[2")),
+        "responses other than 2xx at {addr}:\n{text}"
     );
     (field("Requests/sec:"), field("99% in") * 1e3)
 }
@@ -420,6 +466,46 @@ async fn run_cgi(
             let mut response = Response::new(Full::new(Bytes::from_static(b"failed\n")));
             *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
             response
+        }
+    }
+}
+
+/// Starts `wasmtime serve` on `component` on a loopback port it picks, a fresh instance
+/// per request (its default for wasi:http 0.2 components, said explicitly), and
+/// returns its address once it says it serves.
+fn start_wasmtime_serve(wasmtime: &Path, component: &Path) -> (SocketAddr, std::process::Child) {
+    let mut child = Command::new(wasmtime)
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "-S",
+            "cli",
+            "--max-instance-reuse-count",
+            "1",
+        ])
+        .arg(component)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = lines_of(child.stderr.take().unwrap());
+    let stdout = lines_of(child.stdout.take().unwrap());
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    loop {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "wasmtime serve did not start"
+        );
+        let line = stderr
+            .recv_timeout(Duration::from_millis(100))
+            .or_else(|_| stdout.try_recv());
+        let Ok(line) = line else { continue };
+        if let Some(rest) = line.split("http://").nth(1) {
+            let addr = rest.trim_end_matches('/').parse().unwrap();
+            // Its log of each request's stderr is left to drain.
+            std::thread::spawn(move || while stderr.recv().is_ok() || stdout.recv().is_ok() {});
+            return (addr, child);
         }
     }
 }

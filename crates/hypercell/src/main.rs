@@ -316,6 +316,11 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
     });
     let (module, cpu_features, engine) = match compiled {
         Ok(compiled) => compiled,
+        Err(e @ CompileError::Component(_)) => {
+            return fail_with(&format!(
+                "{e}; a wasi:http proxy component is served with `hypercell serve`"
+            ));
+        }
         Err(e) => return fail(&e),
     };
     if let Err(refusal) = strict {

@@ -6,6 +6,8 @@
 
 #[path = "support/binary.rs"]
 mod binary;
+#[path = "support/component.rs"]
+mod component;
 #[path = "support/daemon.rs"]
 mod daemon;
 #[path = "support/serve.rs"]
@@ -393,76 +395,11 @@ fn a_template_serves_and_one_stopped_late_is_refused() {
     );
 }
 
-/// A tool `scripts/setup` installs with `cargo install`: on the PATH, or in cargo's
-/// own bin directory.
-fn cargo_tool(name: &str) -> PathBuf {
-    let cargo_home = std::env::var_os("CARGO_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|home| Path::new(&home).join(".cargo")));
-    let installed = cargo_home.map(|home| home.join("bin").join(name));
-    match installed.filter(|path| path.exists()) {
-        Some(path) => path,
-        None => PathBuf::from(name),
-    }
-}
-
-fn run_tool(command: &mut Command) {
-    let output = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?} (scripts/setup installs it): {e}"));
-    assert!(
-        output.status.success(),
-        "{command:?}: {}",
-        text(&output.stderr)
-    );
-}
-
-/// Builds `tests/programs/http_hello.c` into a wasi:http proxy component, as a user
-/// would: C bindings from wit-bindgen for the world the guest serves, clang for
-/// wasm32-wasi as a reactor, and `wasm-tools component new` with the proxy adapter of
-/// the `wasi-preview1-component-adapter-provider` crate.
+/// The test component, built once per run.
 fn http_component() -> PathBuf {
     static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
     BUILT
-        .get_or_init(|| {
-            let dir = scratch().join("http-component");
-            std::fs::create_dir_all(&dir).unwrap();
-            let wit = repo_root().join("crates/hypercell-guest/wit");
-            run_tool(
-                Command::new(cargo_tool("wit-bindgen"))
-                    .args(["c", "--world", "hypercell:guest/handler", "--out-dir"])
-                    .arg(&dir)
-                    .arg(&wit),
-            );
-            let core = dir.join("core.wasm");
-            run_tool(
-                Command::new("clang")
-                    .args(["--target=wasm32-wasi", "-mexec-model=reactor", "-O2", "-I"])
-                    .arg(&dir)
-                    .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs/http_hello.c"))
-                    .arg(dir.join("handler.c"))
-                    .arg(dir.join("handler_component_type.o"))
-                    .arg("-o")
-                    .arg(&core),
-            );
-            let adapter = dir.join("wasi_snapshot_preview1.proxy.wasm");
-            std::fs::write(
-                &adapter,
-                wasi_preview1_component_adapter_provider::WASI_SNAPSHOT_PREVIEW1_PROXY_ADAPTER,
-            )
-            .unwrap();
-            let component = dir.join("http_hello.wasm");
-            run_tool(
-                Command::new(cargo_tool("wasm-tools"))
-                    .args(["component", "new"])
-                    .arg(&core)
-                    .arg("--adapt")
-                    .arg(format!("wasi_snapshot_preview1={}", adapter.display()))
-                    .arg("-o")
-                    .arg(&component),
-            );
-            component
-        })
+        .get_or_init(|| component::build_http_component(&scratch().join("http-component")))
         .clone()
 }
 

@@ -66,7 +66,7 @@ fn components_and_odd_directory_names_get_one_sentence() {
     assert_eq!(
         text(&out.stderr),
         format!(
-            "error: `{component}` is a WebAssembly component, but cells run core modules: WASI preview1 commands, such as programs built for wasm32-wasip1\n"
+            "error: `{component}` is a WebAssembly component, and programs run as core modules: WASI preview1 commands, such as programs built for wasm32-wasip1; a wasi:http proxy component is served with `hypercell serve`\n"
         )
     );
     let hello = repo_root().join("examples/hello.wat");

@@ -44,7 +44,7 @@ pub enum CompileError {
     },
     /// The file is a component, not a core module.
     #[error(
-        "`{0}` is a WebAssembly component, but cells run core modules: WASI preview1 commands, such as programs built for wasm32-wasip1"
+        "`{0}` is a WebAssembly component, and programs run as core modules: WASI preview1 commands, such as programs built for wasm32-wasip1"
     )]
     Component(PathBuf),
     /// The module imports something a cell does not provide.
