@@ -233,10 +233,7 @@ fn main() {
         // SAFETY: kill with a valid signal on our own child's pid.
         unsafe { libc::kill(hypercell.id() as i32, libc::SIGTERM) };
         let _ = hypercell.wait();
-        if let Some(peer) = &mut peer_server {
-            let _ = peer.kill();
-            let _ = peer.wait();
-        }
+        drop(peer_server.take());
     }
     println!(
         "\nWhere a Hypercell request's time goes (means over the runs, from its access log):\n"
@@ -473,24 +470,26 @@ async fn run_cgi(
 /// Starts `wasmtime serve` on `component` on a loopback port it picks, a fresh instance
 /// per request (its default for wasi:http 0.2 components, said explicitly), and
 /// returns its address once it says it serves.
-fn start_wasmtime_serve(wasmtime: &Path, component: &Path) -> (SocketAddr, std::process::Child) {
-    let mut child = Command::new(wasmtime)
-        .args([
-            "serve",
-            "--addr",
-            "127.0.0.1:0",
-            "-S",
-            "cli",
-            "--max-instance-reuse-count",
-            "1",
-        ])
-        .arg(component)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = lines_of(child.stderr.take().unwrap());
-    let stdout = lines_of(child.stdout.take().unwrap());
+fn start_wasmtime_serve(wasmtime: &Path, component: &Path) -> (SocketAddr, Stopped) {
+    let mut child = Stopped(
+        Command::new(wasmtime)
+            .args([
+                "serve",
+                "--addr",
+                "127.0.0.1:0",
+                "-S",
+                "cli",
+                "--max-instance-reuse-count",
+                "1",
+            ])
+            .arg(component)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let stderr = lines_of(child.0.stderr.take().unwrap());
+    let stdout = lines_of(child.0.stdout.take().unwrap());
     let deadline = std::time::Instant::now() + Duration::from_secs(120);
     loop {
         assert!(
@@ -507,5 +506,15 @@ fn start_wasmtime_serve(wasmtime: &Path, component: &Path) -> (SocketAddr, std::
             std::thread::spawn(move || while stderr.recv().is_ok() || stdout.recv().is_ok() {});
             return (addr, child);
         }
+    }
+}
+
+/// A child process killed and waited for when dropped.
+struct Stopped(std::process::Child);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
     }
 }
