@@ -88,6 +88,13 @@ pub struct BootInfo {
     pub init_export_addr: u64,
     /// Length of that name.
     pub init_export_len: u64,
+    /// When not 0: the program's whole stdin is the `input_len` bytes here, in the
+    /// identity region (a request's body, which a server lays there when it fits), and
+    /// reading it costs no exit; its end is the end of input. When 0, stdin is read
+    /// from the host.
+    pub input_addr: u64,
+    /// Length of that input.
+    pub input_len: u64,
 }
 
 /// [`BootInfo::template_stop`]: the template is taken once the module is instantiated,

@@ -20,6 +20,8 @@ static LAST_FD: AtomicU8 = AtomicU8::new(u8::MAX);
 
 pub fn init(boot: &BootInfo) {
     OUTPUT.store(boot.output_addr, Ordering::Relaxed);
+    INPUT_AT.store(boot.input_addr, Ordering::Relaxed);
+    INPUT_END.store(boot.input_addr + boot.input_len, Ordering::Relaxed);
     for (kind, &raw) in KINDS.iter().zip(boot.stdio_kinds.iter()) {
         kind.store(raw, Ordering::Relaxed);
     }
@@ -167,6 +169,33 @@ fn write_buffered(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
     Ok(total)
 }
 
+/// The unread part of stdin laid in memory by the host (see `BootInfo::input_addr`):
+/// from `INPUT_AT` to `INPUT_END`; both 0 when stdin comes from the host.
+static INPUT_AT: AtomicU64 = AtomicU64::new(0);
+static INPUT_END: AtomicU64 = AtomicU64::new(0);
+
+/// Reads from stdin laid in memory, if it is: the bytes copied (0 at its end).
+fn read_laid(bufs: &mut [&mut [u8]]) -> Option<usize> {
+    let mut at = INPUT_AT.load(Ordering::Relaxed);
+    if at == 0 {
+        return None;
+    }
+    let end = INPUT_END.load(Ordering::Relaxed);
+    let mut copied = 0;
+    for buf in bufs.iter_mut() {
+        let n = buf.len().min((end - at) as usize);
+        // SAFETY: the host laid `input_len` bytes at `input_addr` in the identity
+        // region, which stays mapped and which nothing else writes; `at..at + n` lies
+        // inside them.
+        let laid = unsafe { core::slice::from_raw_parts(at as *const u8, n) };
+        buf[..n].copy_from_slice(laid);
+        at += n as u64;
+        copied += n;
+    }
+    INPUT_AT.store(at, Ordering::Relaxed);
+    Some(copied)
+}
+
 /// Bytes of stdin read ahead, so that small reads cost no exit.
 const INPUT_CAPACITY: usize = 1 << 20;
 
@@ -198,6 +227,9 @@ fn host_read(iovecs: &[IoVec]) -> Result<usize, i64> {
 /// with a native read, fewer bytes than asked may come back. The host drains pending
 /// output before it reads, so prompts appear before input is awaited.
 pub fn read(bufs: &mut [&mut [u8]]) -> Result<usize, i64> {
+    if let Some(copied) = read_laid(bufs) {
+        return Ok(copied);
+    }
     // SAFETY: the cell has one thread and this function does not re-enter itself, so
     // this is the only reference to the buffer.
     let input = unsafe { &mut *core::ptr::addr_of_mut!(INPUT) };

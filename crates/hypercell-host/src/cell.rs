@@ -433,17 +433,17 @@ pub fn restore_cell(
     begin(config, payload, stdio, control, Start::Restore(snapshot))
 }
 
-/// Runs a cell from `template` in the partition `kept` holds, which has been put
-/// back to the template in place, or in a new one when it holds none; `kept` holds
-/// the partition afterwards whenever the cell's vCPU ran.
+/// Runs a cell from `template` in the partition `reuse.kept` holds, which has been put
+/// back to the template in place, or in a new one when it holds none, its vCPU on
+/// `reuse.runner`; `reuse.kept` holds the partition afterwards whenever the cell's vCPU
+/// ran.
 pub(crate) fn run_in_partition(
     config: &CellConfig,
     payload: CellPayload<'_>,
     template: &CellSnapshot,
     stdio: CellStdio<'_>,
     control: &CellControl,
-    kept: &mut Option<Partition>,
-    runner: &VcpuRunner,
+    reuse: Reuse<'_>,
 ) -> Result<CellReport, CellFailure> {
     control.begin();
     let result = start_cell(
@@ -452,7 +452,7 @@ pub(crate) fn run_in_partition(
         stdio,
         control,
         Start::FromTemplate(template),
-        Some(Reuse { kept, runner }),
+        Some(reuse),
     );
     control.finish();
     result
@@ -461,9 +461,12 @@ pub(crate) fn run_in_partition(
 /// Where a cell run in a reused partition finds it, and the thread that runs its vCPU.
 pub(crate) struct Reuse<'r> {
     /// The partition, when an earlier run left one; the run leaves its own here.
-    kept: &'r mut Option<Partition>,
+    pub kept: &'r mut Option<Partition>,
     /// The thread kept for the partition's vCPU.
-    runner: &'r VcpuRunner,
+    pub runner: &'r VcpuRunner,
+    /// The whole of the program's stdin, to lay in its memory if it fits there (a
+    /// cell from a template stopped at its start only).
+    pub input: Option<&'r [u8]>,
 }
 
 /// A cell's VM, vCPU and memory, kept after a run to be put back to its template in
@@ -592,6 +595,7 @@ fn start_cell(
         return Err(CellError::FsNotGiven.into());
     }
     let kept = reuse.as_mut().and_then(|reuse| reuse.kept.take());
+    let input = reuse.as_ref().and_then(|reuse| reuse.input);
     let in_place = kept.is_some();
     let base = match start {
         Start::Resume { base, .. } => base,
@@ -799,6 +803,8 @@ fn start_cell(
         premapped_backing,
         init_export_addr: layout.preopens + preopens.len() as u64,
         init_export_len: init_export.len() as u64,
+        input_addr: 0,
+        input_len: 0,
     };
     if let Some(tables) = tables {
         let entry = match payload {
@@ -911,6 +917,25 @@ fn start_cell(
                 GuestAddress(layout.boot_info + offset_of!(BootInfo, stdio_kinds) as u64),
             )
             .map_err(load_error)?;
+            // Stdin laid after the identity, when the caller has it all and it fits:
+            // the program reads it with no exit.
+            let laid_at = layout.preopens + preopens.len() as u64;
+            let room = (layout.args + layout.identity_capacity).saturating_sub(laid_at);
+            let (input_addr, input_len) = match input {
+                Some(input) if input.len() as u64 <= room => {
+                    mem.write_slice(input, GuestAddress(laid_at))
+                        .map_err(load_error)?;
+                    (laid_at, input.len() as u64)
+                }
+                _ => (0, 0),
+            };
+            for (offset, value) in [
+                (offset_of!(BootInfo, input_addr), input_addr),
+                (offset_of!(BootInfo, input_len), input_len),
+            ] {
+                mem.write_obj(value, GuestAddress(layout.boot_info + offset as u64))
+                    .map_err(load_error)?;
+            }
             (OutputMeter::new(config.output_limit), 0)
         }
         Some(snapshot) => {

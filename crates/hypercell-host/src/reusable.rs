@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use crate::cell::{CellError, CellFailure, CellPayload, CellReport, Partition, ResetReport};
+use crate::cell::{CellError, CellFailure, CellPayload, CellReport, Partition, ResetReport, Reuse};
 use crate::compile::CompiledModule;
 use crate::config::CellConfig;
 use crate::control::CellControl;
@@ -67,6 +67,20 @@ impl ReusableCell {
         stdio: CellStdio<'_>,
         control: &CellControl,
     ) -> Result<CellReport, CellFailure> {
+        self.run_with_input(config, stdio, None, control)
+    }
+
+    /// [`Self::run`] for a program whose whole stdin is `input` (also readable from
+    /// `stdio.stdin`): from a template stopped at its start, the cell finds it laid in
+    /// its memory when it fits beside the arguments and environment (about 200 KiB),
+    /// and reads it with no exit; otherwise it reads `stdio.stdin`.
+    pub fn run_with_input(
+        &mut self,
+        config: &CellConfig,
+        stdio: CellStdio<'_>,
+        input: Option<&[u8]>,
+        control: &CellControl,
+    ) -> Result<CellReport, CellFailure> {
         if self.used {
             self.reset()?;
         }
@@ -81,8 +95,11 @@ impl ReusableCell {
             &self.template,
             stdio,
             control,
-            &mut self.partition,
-            &self.runner,
+            Reuse {
+                kept: &mut self.partition,
+                runner: &self.runner,
+                input,
+            },
         )
     }
 

@@ -328,7 +328,7 @@ impl Worker {
                 stderr: self.stderr.as_fd(),
             };
             match &mut self.cell {
-                Some(cell) => cell.run(config, stdio, &control),
+                Some(cell) => cell.run_with_input(config, stdio, Some(&job.body), &control),
                 None => unreachable!("a worker takes requests only with a cell ready"),
             }
         });
