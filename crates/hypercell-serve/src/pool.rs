@@ -333,113 +333,74 @@ impl Worker {
             }
         });
         let ran = Instant::now();
-        let mut exits = 0;
-        let mut fresh = false;
-        let (response, problem) = match result {
+        let failed = |status, what, cause| Answer::Failed {
+            status,
+            what,
+            cause,
+        };
+        let server_error = StatusCode::INTERNAL_SERVER_ERROR;
+        let (answer, exits) = match result {
             Err(error) => (
-                failure(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    job.id,
+                failed(
+                    server_error,
                     "the server failed",
+                    format!("cannot give the request to the cell: {error}"),
                 ),
-                Some(format!("cannot give the request to the cell: {error}")),
+                0,
             ),
             Ok(Ok(report)) => {
-                exits = report.stats.exits;
-                let denied = report.denied_growth.map(|bytes| {
+                // A refused memory.grow is the likeliest cause of a failure after it.
+                let denied = report.denied_growth.map_or_else(String::new, |bytes| {
                     format!(
                         " (it was refused a linear memory of {}, over its limit of {})",
                         format_size(bytes),
                         format_size(config.memory_limit)
                     )
                 });
-                match report.exit {
-                    CellExit::Exited(0) => match self.response(&job, handler.kind()) {
-                        Ok(response) => (response, None),
-                        Err(problem) => {
-                            fresh = true;
-                            (
-                                failure(
-                                    StatusCode::INTERNAL_SERVER_ERROR,
-                                    job.id,
-                                    "the handler failed",
-                                ),
-                                Some(problem),
-                            )
-                        }
-                    },
+                let failed_run = |cause| failed(server_error, "the handler failed", cause);
+                let answer = match report.exit {
+                    CellExit::Exited(0) => self
+                        .response(&job, handler.kind())
+                        .map_or_else(failed_run, Answer::Response),
                     CellExit::Exited(status) => {
-                        fresh = true;
-                        (
-                            failure(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                job.id,
-                                "the handler failed",
-                            ),
-                            Some(format!(
-                                "the handler exited with status {status}{}",
-                                denied.unwrap_or_default()
-                            )),
-                        )
+                        failed_run(format!("the handler exited with status {status}{denied}"))
                     }
                     CellExit::Trapped(trap) => {
-                        fresh = true;
-                        (
-                            failure(
-                                StatusCode::INTERNAL_SERVER_ERROR,
-                                job.id,
-                                "the handler failed",
-                            ),
-                            Some(format!(
-                                "the handler trapped{}: {trap}",
-                                denied.unwrap_or_default()
-                            )),
-                        )
+                        failed_run(format!("the handler trapped{denied}: {trap}"))
                     }
-                    CellExit::Template => (
-                        failure(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            job.id,
-                            "the handler failed",
-                        ),
-                        Some("the handler's cell stopped as a template".into()),
-                    ),
-                }
+                    CellExit::Template => {
+                        failed_run("the handler's cell stopped as a template".into())
+                    }
+                };
+                (answer, report.stats.exits)
             }
             Ok(Err(cell_failure)) => {
-                fresh = true;
-                exits = cell_failure.stats.as_ref().map_or(0, |stats| stats.exits);
-                match cell_failure.error {
-                    CellError::Timeout(limit) => (
-                        failure(
-                            StatusCode::GATEWAY_TIMEOUT,
-                            job.id,
-                            "the handler ran past its time limit",
-                        ),
-                        Some(format!("the handler ran past its time limit of {limit:?}")),
+                let exits = cell_failure.stats.as_ref().map_or(0, |stats| stats.exits);
+                let answer = match cell_failure.error {
+                    CellError::Timeout(limit) => failed(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "the handler ran past its time limit",
+                        format!("the handler ran past its time limit of {limit:?}"),
                     ),
-                    CellError::OutputLimit(limit) => (
-                        failure(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            job.id,
-                            "the handler's response is too large",
-                        ),
-                        Some(format!(
-                            "the handler wrote more than the response limit of {limit}"
-                        )),
+                    CellError::OutputLimit(limit) => failed(
+                        server_error,
+                        "the handler's response is too large",
+                        format!("the handler wrote more than the response limit of {limit}"),
                     ),
-                    error => (
-                        failure(
-                            StatusCode::INTERNAL_SERVER_ERROR,
-                            job.id,
-                            "the handler failed",
-                        ),
-                        Some(error.to_string()),
-                    ),
-                }
+                    error => failed(server_error, "the handler failed", error.to_string()),
+                };
+                (answer, exits)
             }
         };
-        let mut response = response;
+        // A cell that failed is replaced, not put back.
+        let (mut response, problem, fresh) = match answer {
+            Answer::Response(response) => (response, None, false),
+            Answer::Failed {
+                status,
+                what,
+                cause,
+            } => (failure(status, job.id, what), Some(cause), true),
+        };
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
         let timing = format!(
             "queue;dur={:.3}, handler;dur={:.3}",
@@ -572,6 +533,19 @@ impl Worker {
             ),
         }
     }
+}
+
+/// How a request's run ended.
+enum Answer {
+    /// With the handler's response.
+    Response(Response<Full<Bytes>>),
+    /// With a failure: the status and what the client is told, and the cause, for the
+    /// server's log.
+    Failed {
+        status: StatusCode,
+        what: &'static str,
+        cause: String,
+    },
 }
 
 /// A partition for `handler`'s template, made on its first run.

@@ -12,7 +12,7 @@ use hyper::Method;
 use hypercell_daemon::record::{RestartPolicy, TemplateRecord, TemplateSpec};
 use hypercell_daemon::{CellRecord, CellSpec, DaemonOptions, DirSpec};
 use hypercell_host::config::{
-    ComponentChoice, Components, parse_components, parse_duration, parse_env_var, parse_memory_size,
+    ComponentChoice, Components, parse_components, parse_duration, parse_memory_size,
 };
 use hypercell_host::fs::parse_dir;
 
@@ -113,15 +113,8 @@ pub struct CreateArgs {
     /// /v1/cells/{cell}/stdin`); otherwise it is empty.
     #[arg(short = 'i', long)]
     interactive: bool,
-    /// Grant a host directory: HOST, or HOST::GUEST (repeatable).
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    dirs: Vec<String>,
-    /// Grant a host directory read-only (repeatable).
-    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
-    dirs_read_only: Vec<String>,
-    /// Set an environment variable, or pass on this shell's value of NAME (repeatable).
-    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env_var)]
-    env: Vec<(String, Option<String>)>,
+    #[command(flatten)]
+    grant: crate::grant_args::GrantArgs,
     /// Most memory the program may grow to, such as 64M or 2G.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
     memory: Option<u64>,
@@ -387,11 +380,13 @@ pub fn create(args: CreateArgs) -> ExitCode {
             name: args.name.clone(),
             module: module_or_template(&args.module),
             args: args.args.clone(),
-            env: crate::program_env(&args.env)
+            env: args
+                .grant
+                .program_env()
                 .into_iter()
                 .map(|(name, value)| format!("{name}={value}"))
                 .collect(),
-            dirs: dir_specs(&args.dirs, &args.dirs_read_only)?,
+            dirs: dir_specs(&args.grant.dirs, &args.grant.dirs_read_only)?,
             memory: args.memory,
             timeout_ms: args.timeout.map(|t| t.as_millis() as u64),
             max_output: args.max_output,

@@ -11,9 +11,11 @@ use clap::{Parser, Subcommand};
 use hypercell_host::compile::check_components;
 use hypercell_host::config::{
     ComponentChoice, Components, DEFAULT_MEMORY_LIMIT, component_names, format_size,
-    parse_components, parse_duration, parse_env_var, parse_memory_size,
+    parse_components, parse_duration, parse_memory_size,
 };
-use hypercell_host::fs::{Preopen, parse_dir};
+use hypercell_host::fs::Preopen;
+
+use grant_args::GrantArgs;
 use hypercell_host::persist::{SnapshotError, SnapshotFile, SnapshotFileError, TemplatePoint};
 use hypercell_host::{
     CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
@@ -25,6 +27,7 @@ use hypercell_host::{
 mod cache_command;
 mod client;
 mod daemon_commands;
+mod grant_args;
 mod serve_command;
 mod signals;
 
@@ -137,17 +140,8 @@ struct RestoreArgs {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Grant a host directory, as `wasmtime run --dir`: HOST, or HOST::GUEST to name it
-    /// GUEST inside the program (repeatable).
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    dirs: Vec<String>,
-    /// Grant a host directory read-only (repeatable).
-    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
-    dirs_read_only: Vec<String>,
-    /// Set an environment variable for the program, or pass on the host's value of
-    /// NAME (repeatable).
-    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env_var)]
-    env: Vec<(String, Option<String>)>,
+    #[command(flatten)]
+    grant: GrantArgs,
     /// Most memory the program's linear memory may grow to, as wasmtime's
     /// `-W max-memory-size`; the runtime's own memory is apart from it.
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size,
@@ -218,26 +212,7 @@ fn main() -> ExitCode {
 
 /// The preopens `args` asks for.
 fn preopens(args: &RunArgs) -> Result<Vec<Preopen>, ConfigError> {
-    preopens_of(&args.dirs, &args.dirs_read_only)
-}
-
-/// The preopens `--dir` flags (`dirs`) and `--dir-ro` flags ask for.
-fn preopens_of(dirs: &[String], read_only: &[String]) -> Result<Vec<Preopen>, ConfigError> {
-    dirs.iter()
-        .map(|spec| parse_dir(spec, false))
-        .chain(read_only.iter().map(|spec| parse_dir(spec, true)))
-        .collect()
-}
-
-/// The program's environment from `--env` flags: a bare NAME takes this process's
-/// value, and is left out when it has none.
-fn program_env(env: &[(String, Option<String>)]) -> Vec<(String, String)> {
-    env.iter()
-        .filter_map(|(name, value)| {
-            let value = value.clone().or_else(|| std::env::var(name).ok())?;
-            Some((name.clone(), value))
-        })
-        .collect()
+    args.grant.preopens()
 }
 
 /// The cell `args` asks for, with `preopens`.
@@ -250,7 +225,7 @@ fn cell_config(args: &RunArgs, preopens: Vec<Preopen>) -> CellConfig {
         output_limit: args.max_output,
         preopens,
         args: program_args,
-        env: program_env(&args.env),
+        env: args.grant.program_env(),
         components: args
             .components
             .map_or(Components::ALL, |choice| choice.components),
@@ -407,10 +382,7 @@ fn run_template(
         Ok(file) => file,
         Err(e) => return fail(&e),
     };
-    let identity_given = !args.args.is_empty()
-        || !args.env.is_empty()
-        || !args.dirs.is_empty()
-        || !args.dirs_read_only.is_empty();
+    let identity_given = !args.args.is_empty() || !args.grant.is_empty();
     let template_components = Components(file.components).known();
     if let Some(choice) = args.components
         && choice.components != template_components
@@ -480,7 +452,7 @@ fn compile(path: &Path) -> Result<(CompiledModule, u32, String), CompileError> {
 /// `hypercell template create --name NAME`: the daemon makes the template.
 fn create_template_in_daemon(args: TemplateCreateArgs, name: String) -> ExitCode {
     let run = &args.run;
-    let dirs = match daemon_commands::dir_specs(&run.dirs, &run.dirs_read_only) {
+    let dirs = match daemon_commands::dir_specs(&run.grant.dirs, &run.grant.dirs_read_only) {
         Ok(dirs) => dirs,
         Err(e) => return fail(&e),
     };
@@ -489,7 +461,9 @@ fn create_template_in_daemon(args: TemplateCreateArgs, name: String) -> ExitCode
         module: run.module.display().to_string(),
         at: Some(args.at.clone()),
         args: run.args.clone(),
-        env: program_env(&run.env)
+        env: run
+            .grant
+            .program_env()
             .into_iter()
             .map(|(name, value)| format!("{name}={value}"))
             .collect(),

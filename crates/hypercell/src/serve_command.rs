@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use hypercell_host::config::{
     ComponentChoice, Components, DEFAULT_MEMORY_LIMIT, parse_components, parse_duration,
-    parse_env_var, parse_memory_size,
+    parse_memory_size,
 };
 use hypercell_host::{CellConfig, keep_vms_ready};
 use hypercell_serve::{AccessLog, Handler, HandlerError, PoolLimits, ServeOptions};
@@ -48,17 +48,10 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size,
           default_value_t = DEFAULT_MEMORY_LIMIT, hide_default_value = true)]
     memory: u64,
-    /// Grant a host directory to every request's cell: HOST, or HOST::GUEST
-    /// (repeatable).
-    #[arg(long = "dir", value_name = "HOST[::GUEST]")]
-    dirs: Vec<String>,
-    /// Grant a host directory read-only (repeatable).
-    #[arg(long = "dir-ro", value_name = "HOST[::GUEST]")]
-    dirs_read_only: Vec<String>,
-    /// Set an environment variable for every request, or pass on the host's value of
-    /// NAME (repeatable); the request's CGI variables come after.
-    #[arg(long = "env", value_name = "NAME[=VALUE]", value_parser = parse_env_var)]
-    env: Vec<(String, Option<String>)>,
+    /// Directories and variables every request's cell is given (the request's CGI
+    /// variables come after these).
+    #[command(flatten)]
+    grant: crate::grant_args::GrantArgs,
     /// Give the handler only these host components (see `hypercell run --help`);
     /// it needs `stdio` to answer. A template keeps its own.
     #[arg(long, value_name = "LIST", value_parser = parse_components)]
@@ -76,7 +69,7 @@ const BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// `hypercell serve`.
 pub fn serve(args: ServeArgs) -> ExitCode {
-    let preopens = match crate::preopens_of(&args.dirs, &args.dirs_read_only) {
+    let preopens = match args.grant.preopens() {
         Ok(preopens) => preopens,
         Err(error) => return crate::fail(&error),
     };
@@ -87,7 +80,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         args: std::iter::once(args.handler.display().to_string())
             .chain(args.args.iter().cloned())
             .collect(),
-        env: crate::program_env(&args.env),
+        env: args.grant.program_env(),
         preopens,
         components: args
             .components
