@@ -450,3 +450,61 @@ fn a_wasi_http_component_answers_each_request_in_a_fresh_cell() {
     }
     assert_eq!(connection.get("/after").status, 201);
 }
+
+/// The server's workers (each keeps one cell), counted by their threads' names.
+fn workers(server: &Server) -> usize {
+    let tasks = format!("/proc/{}/task", server.child.id());
+    std::fs::read_dir(tasks)
+        .unwrap()
+        .filter_map(|task| std::fs::read_to_string(task.ok()?.path().join("comm")).ok())
+        .filter(|name| name.starts_with("hypercell-serve"))
+        .count()
+}
+
+/// Waits until the server has `count` workers.
+fn wait_for_workers(server: &Server, count: usize) {
+    let deadline = Instant::now() + PATIENCE;
+    while workers(server) != count {
+        assert!(
+            Instant::now() < deadline,
+            "{} workers, not {count}",
+            workers(server)
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+#[test]
+fn cells_are_added_under_load_and_leave_when_idle() {
+    let data = tempfile::tempdir().unwrap();
+    let dir = format!("{}::/data", data.path().display());
+    let server = Server::start(
+        &handler(),
+        &[
+            "--max-cells",
+            "3",
+            "--min-cells",
+            "1",
+            "--idle",
+            "300ms",
+            "--dir",
+            &dir,
+        ],
+    );
+    wait_for_workers(&server, 1);
+    // Three requests that wait together need three cells, and get them.
+    let waiting: Vec<_> = (0..3)
+        .map(|_| {
+            let addr = server.addr;
+            std::thread::spawn(move || serve::Connection::open(addr).get("/wait"))
+        })
+        .collect();
+    wait_for_workers(&server, 3);
+    std::fs::write(data.path().join("release"), b"").unwrap();
+    for request in waiting {
+        assert_eq!(request.join().unwrap().text(), "released\n");
+    }
+    // Idle, the cells beyond the fewest kept leave, and the one left still serves.
+    wait_for_workers(&server, 1);
+    assert_eq!(server.connect().get("/count").text(), "1\n");
+}
