@@ -36,12 +36,31 @@ fn main() {
         println!("cargo:rerun-if-changed={}", crates.join(watched).display());
     }
 
+    let built = guest_target.join("x86_64-unknown-linux-gnu/release/hypercell-guest");
+    // Two builds of one crate in one target directory: the runtime that serves
+    // wasi:http components (feature `http`) first, kept under a name of its own, then
+    // the plain one. Cargo keeps both builds' artifacts apart, so an unchanged runtime
+    // is not built again; only the copy at the common path moves.
+    build_guest(&guest_dir, &guest_target, &["--features", "http"]);
+    let http_elf = guest_target.join("hypercell-guest-http");
+    std::fs::copy(&built, &http_elf).expect("the guest runtime with http can be kept");
+    build_guest(&guest_dir, &guest_target, &[]);
+    println!("cargo:rustc-env=HYPERCELL_GUEST_ELF={}", built.display());
+    println!(
+        "cargo:rustc-env=HYPERCELL_GUEST_HTTP_ELF={}",
+        http_elf.display()
+    );
+}
+
+/// Builds the guest runtime in `guest_dir` into `guest_target` with `features`.
+fn build_guest(guest_dir: &std::path::Path, guest_target: &std::path::Path, features: &[&str]) {
     let cargo = env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
     let mut command = Command::new(cargo);
     command
-        .current_dir(&guest_dir)
+        .current_dir(guest_dir)
         .args(["build", "--release", "--locked", "--target-dir"])
-        .arg(&guest_target);
+        .arg(guest_target)
+        .args(features);
     // The outer build's flags, wrappers (clippy-driver) and target must not leak into
     // the guest build, which has its own in crates/hypercell-guest/.cargo/config.toml.
     for var in [
@@ -71,7 +90,4 @@ fn main() {
         status.success(),
         "building the guest runtime (crates/hypercell-guest) failed"
     );
-
-    let elf = guest_target.join("x86_64-unknown-linux-gnu/release/hypercell-guest");
-    println!("cargo:rustc-env=HYPERCELL_GUEST_ELF={}", elf.display());
 }

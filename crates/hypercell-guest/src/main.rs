@@ -15,6 +15,7 @@ extern crate hypercell_guest_mem;
 mod clock;
 mod files;
 mod heap;
+#[cfg(feature = "http")]
 mod http;
 mod hypercall;
 mod platform;

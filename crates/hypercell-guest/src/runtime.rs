@@ -89,6 +89,7 @@ pub fn run(boot: &BootInfo, boot_ptr: *const BootInfo) -> ! {
         NonNull::new(boot.module_addr as *mut u8).expect("the host passes a module"),
         boot.module_len as usize,
     );
+    #[cfg(feature = "http")]
     if let Some(wasmtime::Precompiled::Component) = Engine::detect_precompiled(
         // SAFETY: as below: the region holds the host's artifact for the cell's life.
         unsafe { artifact.as_ref() },
@@ -110,9 +111,7 @@ pub fn run(boot: &BootInfo, boot_ptr: *const BootInfo) -> ! {
     let mut linker = Linker::new(&engine);
     crate::wasi::add_to_linker(&mut linker)
         .unwrap_or_else(|e| fail_with(FailureKind::Runtime, "failed to define WASI", &e));
-    let limiter = GrowthLimiter {
-        limit: boot.wasm_memory_limit as usize,
-    };
+    let limiter = GrowthLimiter::new(boot.wasm_memory_limit as usize);
     let mut store = Store::new(&engine, CellState::new(boot, limiter));
     store.limiter(|state| &mut state.limiter);
 

@@ -34,6 +34,19 @@ use crate::vcpu_runner::VcpuRunner;
 /// The guest runtime, built by this crate's build script.
 pub static GUEST_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_ELF"));
 
+/// The guest runtime built to serve wasi:http proxy components too, which only cells
+/// of components load: the component model's code makes it nearly twice the size, and
+/// every cell copies its runtime in.
+pub static GUEST_HTTP_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_HTTP_ELF"));
+
+/// The guest runtime for compiled code `artifact`: a component's, or a module's.
+fn guest_elf(artifact: &[u8]) -> &'static [u8] {
+    match wasmtime::Engine::detect_precompiled(artifact) {
+        Some(wasmtime::Precompiled::Component) => GUEST_HTTP_ELF,
+        _ => GUEST_ELF,
+    }
+}
+
 /// Why a cell ended other than by its program exiting or trapping.
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
@@ -630,12 +643,16 @@ fn start_cell(
         Start::Template(TemplatePoint::Init, export) => export.as_bytes(),
         _ => &[],
     };
+    let guest = match payload {
+        CellPayload::Wasm { module, .. } => guest_elf(module.artifact.bytes()),
+        CellPayload::MachineCode(_) => GUEST_ELF,
+    };
     let (image_end, module, module_identity, cpu_features, initial_memory) = match payload {
         CellPayload::Wasm {
             module,
             cpu_features,
         } => (
-            image_end()?,
+            image_end(guest)?,
             module.artifact.bytes(),
             ModuleIdentity::of_artifact(&module.artifact),
             cpu_features,
@@ -809,14 +826,9 @@ fn start_cell(
     if let Some(tables) = tables {
         let entry = match payload {
             CellPayload::Wasm { .. } => {
-                Elf::load(
-                    mem,
-                    None,
-                    &mut Cursor::new(GUEST_ELF),
-                    Some(GuestAddress(0)),
-                )
-                .map_err(load_error)?
-                .kernel_load
+                Elf::load(mem, None, &mut Cursor::new(guest), Some(GuestAddress(0)))
+                    .map_err(load_error)?
+                    .kernel_load
             }
             CellPayload::MachineCode(code) => {
                 mem.write_slice(code, GuestAddress(IMAGE_BASE))
@@ -1460,8 +1472,7 @@ fn load_error(error: impl std::fmt::Display) -> CellError {
 }
 
 /// End of the guest image's highest loadable segment.
-fn image_end() -> Result<u64, CellError> {
-    let elf = GUEST_ELF;
+fn image_end(elf: &[u8]) -> Result<u64, CellError> {
     let header = |offset: usize, len: usize| -> Result<u64, CellError> {
         let bytes = elf
             .get(offset..offset + len)
