@@ -449,6 +449,22 @@ fn a_wasi_http_component_answers_each_request_in_a_fresh_cell() {
         assert!(line.contains(cause), "{target}: {line}");
     }
     assert_eq!(connection.get("/after").status, 201);
+
+    // A cell has no network: an outgoing request is refused with internal-error (38).
+    assert_eq!(
+        connection.get("/outgoing").text(),
+        "outgoing refused, error 38\n"
+    );
+    // A body larger than the cell's output buffer arrives whole.
+    let reply = connection.get("/big");
+    assert_eq!(reply.body.len(), 3 << 20);
+    assert!(
+        reply
+            .body
+            .iter()
+            .enumerate()
+            .all(|(i, &b)| b == b'a' + (i % 26) as u8)
+    );
 }
 
 /// The server's workers (each keeps one cell), counted by their threads' names.

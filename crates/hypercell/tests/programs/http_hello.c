@@ -1,7 +1,9 @@
 // A wasi:http proxy component in C, over bindings wit-bindgen generates for the
 // world the guest serves: it answers with what it was asked (method, path, a header,
 // the body's length), how many requests its memory has seen (1 in a fresh cell), and a
-// status and header of its own. `/trap` traps; `/silent` returns without a response.
+// status and header of its own. `/trap` traps; `/silent` returns without a response;
+// `/outgoing` tries an outgoing request and says how it was refused; `/big` answers
+// 3 MiB, written as wasi:io's check-write allows.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,6 +39,18 @@ void exports_wasi_http_incoming_handler_handle(
     wasi_http_types_method_incoming_request_path_with_query(incoming, &path);
     if (path.len == 5 && !memcmp(path.ptr, "/trap", 5)) __builtin_trap();
     if (path.len == 7 && !memcmp(path.ptr, "/silent", 7)) return;
+    int big = path.len == 4 && !memcmp(path.ptr, "/big", 4);
+    char text[1024];
+    int length = 0;
+    if (path.len == 9 && !memcmp(path.ptr, "/outgoing", 9)) {
+        wasi_http_types_own_outgoing_request_t outgoing =
+            wasi_http_types_constructor_outgoing_request(wasi_http_types_constructor_fields());
+        wasi_http_outgoing_handler_own_future_incoming_response_t future;
+        wasi_http_outgoing_handler_error_code_t error;
+        bool sent = wasi_http_outgoing_handler_handle(outgoing, NULL, &future, &error);
+        length = snprintf(text, sizeof text, "outgoing %s, error %d\n",
+                          sent ? "sent" : "refused", sent ? -1 : error.tag);
+    }
 
     wasi_http_types_own_headers_t headers = wasi_http_types_method_incoming_request_headers(incoming);
     handler_string_t wanted;
@@ -64,8 +78,8 @@ void exports_wasi_http_incoming_handler_handle(
         wasi_http_types_incoming_body_drop_own(body);
     }
 
-    char text[1024];
-    int length = snprintf(text, sizeof text,
+    if (length == 0)
+        length = snprintf(text, sizeof text,
                           "hello from a component: %s %.*s served=%d name=%.*s body=%zu\n",
                           method_name(&method), (int)path.len, (const char *)path.ptr, served,
                           names.len ? (int)names.ptr[0].len : 0,
@@ -88,10 +102,31 @@ void exports_wasi_http_incoming_handler_handle(
 
     wasi_io_streams_own_output_stream_t stream;
     wasi_http_types_method_outgoing_body_write(wasi_http_types_borrow_outgoing_body(out), &stream);
-    handler_list_u8_t contents = {(uint8_t *)text, (size_t)length};
     wasi_io_streams_stream_error_t error;
-    wasi_io_streams_method_output_stream_blocking_write_and_flush(
-        wasi_io_streams_borrow_output_stream(stream), &contents, &error);
+    if (big) {
+        // 3 MiB of a repeating alphabet, in the chunks check-write permits.
+        static uint8_t chunk[4096];
+        size_t total = 3 << 20, written = 0;
+        while (written < total) {
+            uint64_t allowed;
+            if (!wasi_io_streams_method_output_stream_check_write(
+                    wasi_io_streams_borrow_output_stream(stream), &allowed, &error))
+                break;
+            size_t n = total - written;
+            if (n > sizeof chunk) n = sizeof chunk;
+            if (n > allowed) n = allowed;
+            for (size_t i = 0; i < n; i++) chunk[i] = 'a' + (written + i) % 26;
+            handler_list_u8_t part = {chunk, n};
+            if (!wasi_io_streams_method_output_stream_write(
+                    wasi_io_streams_borrow_output_stream(stream), &part, &error))
+                break;
+            written += n;
+        }
+    } else {
+        handler_list_u8_t contents = {(uint8_t *)text, (size_t)length};
+        wasi_io_streams_method_output_stream_blocking_write_and_flush(
+            wasi_io_streams_borrow_output_stream(stream), &contents, &error);
+    }
     wasi_io_streams_output_stream_drop_own(stream);
     wasi_http_types_error_code_t finish_error;
     wasi_http_types_static_outgoing_body_finish(out, NULL, &finish_error);
