@@ -192,10 +192,16 @@ pub enum ResponseError {
     /// The `Status` header holds no final status code.
     #[error("the handler's `Status: {0}` does not start with a status code from 200 to 599")]
     BadStatus(String),
+    /// More header lines than a response may have.
+    #[error("the handler's response has more than {MAX_HEADERS} header lines")]
+    TooManyHeaders,
     /// A body without a type.
     #[error("the handler's response has a body but no Content-Type header")]
     NoContentType,
 }
+
+/// Most header lines a handler's response may have.
+pub const MAX_HEADERS: usize = 1000;
 
 /// The response a handler wrote as `output`; `typed` when a body must say its
 /// `Content-Type`, as CGI requires (a wasi:http response need not).
@@ -245,6 +251,9 @@ pub fn parse_response(output: Bytes, typed: bool) -> Result<CgiResponse, Respons
             HeaderName::from_static("proxy-connection"),
         ];
         if !connection_level.contains(&name) {
+            if headers.len() == MAX_HEADERS {
+                return Err(ResponseError::TooManyHeaders);
+            }
             headers.push((name, value));
         }
     };
@@ -401,6 +410,11 @@ mod tests {
         assert_eq!(
             parse(b"Content-Type: a\nStatus: 101\n\n"),
             ResponseError::BadStatus("101".into())
+        );
+        let many: String = (0..=MAX_HEADERS).map(|i| format!("x-{i}: a\n")).collect();
+        assert_eq!(
+            parse_response(Bytes::from(many + "\n"), false).unwrap_err(),
+            ResponseError::TooManyHeaders
         );
         assert_eq!(
             parse(b"no colon here\n\n"),

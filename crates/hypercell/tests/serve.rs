@@ -440,6 +440,7 @@ fn a_wasi_http_component_answers_each_request_in_a_fresh_cell() {
     for (target, cause) in [
         ("/trap", "trapped"),
         ("/silent", "returned without setting its response"),
+        ("/abandon", "dropped its response body without finishing it"),
     ] {
         let reply = connection.get(target);
         assert_eq!(reply.status, 500, "{target}");

@@ -159,6 +159,11 @@ fn read_request(boot: &BootInfo) -> IncomingRequest {
                 for line in value.split(|&b| b == b'\n') {
                     if let Some(colon) = line.iter().position(|&b| b == b':') {
                         let name = String::from_utf8_lossy(&line[..colon]).to_ascii_lowercase();
+                        // The connection's own fields are the server's, as wasmtime
+                        // keeps them from the component.
+                        if types::FORBIDDEN.contains(&name.as_str()) {
+                            continue;
+                        }
                         let value = line[colon + 1..].trim_ascii().to_vec();
                         request.headers.push((name, value));
                     }
@@ -211,9 +216,28 @@ fn respond(mut state: ProxyState) -> ! {
             b"the handler returned without setting its response",
         ),
     };
+    if !(200..600).contains(&response.status) {
+        let mut message = FixedBuffer::<256>::new();
+        let _ = write!(
+            message,
+            "the handler answered with status {}, which is no final response",
+            response.status
+        );
+        fail(FailureKind::CallError, message.as_bytes())
+    }
+    // A body dropped before it was finished was abandoned: the response is corrupt.
+    if let Some(body) = response.body.and_then(|index| state.bodies.get(index))
+        && !body.finished
+    {
+        fail(
+            FailureKind::CallError,
+            b"the handler dropped its response body without finishing it",
+        )
+    }
     let mut head = Vec::new();
     let _ = write!(Buffer(&mut head), "Status: {}\r\n", response.status);
-    for (name, value) in &response.headers {
+    // A field named `status` would read as the status line to the host.
+    for (name, value) in response.headers.iter().filter(|(name, _)| name != "status") {
         head.extend_from_slice(name.as_bytes());
         head.extend_from_slice(b": ");
         head.extend_from_slice(value);

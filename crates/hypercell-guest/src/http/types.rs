@@ -22,7 +22,7 @@ pub struct Fields {
 }
 
 /// Fields a handler may not set, as wasmtime refuses them: the server owns them.
-const FORBIDDEN: &[&str] = &[
+pub(crate) const FORBIDDEN: &[&str] = &[
     "connection",
     "keep-alive",
     "proxy-authenticate",
@@ -47,9 +47,10 @@ fn field_name(name: &str) -> Result<String, HeaderError> {
     Ok(name)
 }
 
-/// Whether `value` may be a field value: no line breaks and no NUL.
+/// Whether `value` may be a field value: no control bytes but tabs (RFC 9110), as the
+/// server that sends it checks again.
 fn field_value(value: &[u8]) -> Result<(), HeaderError> {
-    if value.iter().any(|&b| b == b'\r' || b == b'\n' || b == 0) {
+    if value.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
         return Err(HeaderError::InvalidSyntax);
     }
     Ok(())

@@ -3,7 +3,8 @@
 // the body's length), how many requests its memory has seen (1 in a fresh cell), and a
 // status and header of its own. `/trap` traps; `/silent` returns without a response;
 // `/outgoing` tries an outgoing request and says how it was refused; `/big` answers
-// 3 MiB, written as wasi:io's check-write allows.
+// 3 MiB, written as wasi:io's check-write allows; `/abandon` drops its body unfinished;
+// every response carries a field named `status`, which must not become the status.
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -89,6 +90,7 @@ void exports_wasi_http_incoming_handler_handle(
     wasi_http_types_own_fields_t fields = wasi_http_types_constructor_fields();
     add_field(fields, "content-type", "text/plain");
     add_field(fields, "x-component", "c");
+    add_field(fields, "status", "302");
     wasi_http_types_own_outgoing_response_t response =
         wasi_http_types_constructor_outgoing_response(fields);
     wasi_http_types_method_outgoing_response_set_status_code(
@@ -128,6 +130,10 @@ void exports_wasi_http_incoming_handler_handle(
             wasi_io_streams_borrow_output_stream(stream), &contents, &error);
     }
     wasi_io_streams_output_stream_drop_own(stream);
+    if (path.len == 8 && !memcmp(path.ptr, "/abandon", 8)) {
+        wasi_http_types_outgoing_body_drop_own(out);
+        return;
+    }
     wasi_http_types_error_code_t finish_error;
     wasi_http_types_static_outgoing_body_finish(out, NULL, &finish_error);
 }
