@@ -84,8 +84,9 @@ enum Command {
     Rm(daemon_commands::RmArgs),
     /// Print every change of the daemon's cells as it happens, one JSON line each.
     Events(daemon_commands::EventsArgs),
-    /// Answer HTTP requests, each in a fresh cell of a WAGI handler (a WASI command
-    /// that reads the request from its environment and stdin and writes the response).
+    /// Answer HTTP requests, each in a fresh cell of a handler: a wasi:http proxy
+    /// component, or a WAGI program (a WASI command that reads the request from its
+    /// environment and stdin and writes the response to stdout).
     Serve(Box<serve_command::ServeArgs>),
 }
 

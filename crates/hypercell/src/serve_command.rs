@@ -56,8 +56,9 @@ pub struct ServeArgs {
     /// it needs `stdio` to answer. A template keeps its own.
     #[arg(long, value_name = "LIST", value_parser = parse_components)]
     components: Option<ComponentChoice>,
-    /// The handler: a WASI command module following WAGI's conventions, or a template
-    /// of one made with `hypercell template create` (at `start`).
+    /// The handler: a wasi:http proxy component (as `wasmtime serve` runs), a WASI
+    /// command module following WAGI's conventions, or a template of one made with
+    /// `hypercell template create` (at `start`).
     handler: PathBuf,
     /// Arguments every request's program gets, before those of the request's query.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
