@@ -39,14 +39,6 @@ pub static GUEST_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_ELF"));
 /// every cell copies its runtime in.
 pub static GUEST_HTTP_ELF: &[u8] = include_bytes!(env!("HYPERCELL_GUEST_HTTP_ELF"));
 
-/// The guest runtime for compiled code `artifact`: a component's, or a module's.
-fn guest_elf(artifact: &[u8]) -> &'static [u8] {
-    match wasmtime::Engine::detect_precompiled(artifact) {
-        Some(wasmtime::Precompiled::Component) => GUEST_HTTP_ELF,
-        _ => GUEST_ELF,
-    }
-}
-
 /// Why a cell ended other than by its program exiting or trapping.
 #[derive(Debug, thiserror::Error)]
 pub enum CellError {
@@ -644,8 +636,8 @@ fn start_cell(
         _ => &[],
     };
     let guest = match payload {
-        CellPayload::Wasm { module, .. } => guest_elf(module.artifact.bytes()),
-        CellPayload::MachineCode(_) => GUEST_ELF,
+        CellPayload::Wasm { module, .. } if module.component => GUEST_HTTP_ELF,
+        _ => GUEST_ELF,
     };
     let (image_end, module, module_identity, cpu_features, initial_memory) = match payload {
         CellPayload::Wasm {
@@ -674,7 +666,7 @@ fn start_cell(
         }
         .into());
     }
-    let identity_len = (args.len() + env.len() + preopens.len() + init_export.len()) as u64;
+    let identity_len = config.identity_len() + init_export.len() as u64;
     // Cells of one snapshot keep its layout: its identity region, whatever their own.
     let identity = match snapshot {
         Some(snapshot) if identity_len > snapshot.identity_capacity => {

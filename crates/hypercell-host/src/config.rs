@@ -56,6 +56,26 @@ pub struct CellConfig {
     pub components: Components,
 }
 
+impl CellConfig {
+    /// Bytes its arguments, environment and preopen names take in the cell's identity
+    /// region, each laid out as a string with a NUL after it (a variable as
+    /// `NAME=VALUE`): what a template's `identity_capacity` must hold.
+    pub fn identity_len(&self) -> u64 {
+        let args: usize = self.args.iter().map(|arg| arg.len() + 1).sum();
+        let env: usize = self
+            .env
+            .iter()
+            .map(|(name, value)| name.len() + value.len() + 2)
+            .sum();
+        let preopens: usize = self
+            .preopens
+            .iter()
+            .map(|preopen| preopen.guest.len() + 1)
+            .sum();
+        (args + env + preopens) as u64
+    }
+}
+
 impl Default for CellConfig {
     fn default() -> Self {
         Self {

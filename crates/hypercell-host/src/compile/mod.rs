@@ -117,6 +117,9 @@ pub struct CompiledModule {
     /// Initial size in bytes of the first linear memory the module defines (rounded up
     /// to 4 KiB, as wasmtime maps it), or 0; the cell maps it before boot.
     pub initial_memory: u64,
+    /// Whether it is a component (a wasi:http proxy), whose cells load the guest
+    /// runtime built to serve one.
+    pub component: bool,
     /// Time spent reading, hashing and compiling or loading.
     pub elapsed: Duration,
 }
@@ -243,6 +246,8 @@ impl Compiler {
                     cache: CacheStatus::Hit,
                     hashed: false,
                     initial_memory: found.initial_memory,
+                    // Components are never indexed by identity.
+                    component: false,
                     elapsed: start.elapsed(),
                 });
             }
@@ -274,41 +279,7 @@ impl Compiler {
     ) -> Result<CompiledModule, CompileError> {
         let start = Instant::now();
         let wasm = to_binary(path, bytes)?;
-        let precompile = || {
-            self.engine
-                .precompile_component(&wasm)
-                .map_err(|e| invalid(path, &e))
-        };
-        let Some(cache) = &self.cache else {
-            return Ok(CompiledModule {
-                artifact: Artifact::in_memory(precompile()?),
-                cache: CacheStatus::Miss,
-                hashed: false,
-                initial_memory: 0,
-                elapsed: start.elapsed(),
-            });
-        };
-        let key = Key::of(&self.fingerprint, &wasm);
-        if let Some(found) = cache.load(&key) {
-            return Ok(CompiledModule {
-                artifact: found.artifact,
-                cache: CacheStatus::Hit,
-                hashed: true,
-                initial_memory: 0,
-                elapsed: start.elapsed(),
-            });
-        }
-        let artifact = cache.store(&key, 0, precompile()?);
-        if artifact.file_backing().is_some() {
-            cache.evict();
-        }
-        Ok(CompiledModule {
-            artifact,
-            cache: CacheStatus::Miss,
-            hashed: true,
-            initial_memory: 0,
-            elapsed: start.elapsed(),
-        })
+        self.compile_binary(path, &wasm, None, start, true)
     }
 
     /// Compiles `bytes`, the contents of `path`, through the cache; indexes them under
@@ -324,43 +295,75 @@ impl Compiler {
         if Parser::is_component(&wasm) {
             return Err(CompileError::Component(path.to_path_buf()));
         }
-        let Some(cache) = &self.cache else {
-            return Ok(CompiledModule {
-                artifact: Artifact::in_memory(self.precompile(path, &wasm)?),
-                cache: CacheStatus::Miss,
-                hashed: false,
-                initial_memory: first_memory_size(&wasm),
-                elapsed: start.elapsed(),
-            });
+        self.compile_binary(path, &wasm, identity, start, false)
+    }
+
+    /// Compiles the binary module or (with `component`) component `wasm`, read from
+    /// `path`, through the cache, or loads its code from there; indexes it under
+    /// `identity`, the file's, when given one.
+    fn compile_binary(
+        &self,
+        path: &Path,
+        wasm: &[u8],
+        identity: Option<&FileIdentity>,
+        start: Instant,
+        component: bool,
+    ) -> Result<CompiledModule, CompileError> {
+        // A component's memories are its core modules', made as it is instantiated.
+        let initial_memory = || {
+            if component {
+                0
+            } else {
+                first_memory_size(wasm)
+            }
         };
-        let key = Key::of(&self.fingerprint, &wasm);
+        let precompile = || {
+            if component {
+                self.engine
+                    .precompile_component(wasm)
+                    .map_err(|e| invalid(path, &e))
+            } else {
+                self.precompile(path, wasm)
+            }
+        };
+        let compiled = |artifact, cache, hashed, initial_memory| CompiledModule {
+            artifact,
+            cache,
+            hashed,
+            initial_memory,
+            component,
+            elapsed: start.elapsed(),
+        };
+        let Some(cache) = &self.cache else {
+            let artifact = Artifact::in_memory(precompile()?);
+            return Ok(compiled(
+                artifact,
+                CacheStatus::Miss,
+                false,
+                initial_memory(),
+            ));
+        };
+        let key = Key::of(&self.fingerprint, wasm);
         tracing::debug!("compile cache: hashed {}", path.display());
         let record = || identity.is_some_and(|id| cache.record(&self.fingerprint, id, &key));
         if let Some(found) = cache.load(&key) {
             if record() {
                 cache.evict();
             }
-            return Ok(CompiledModule {
-                artifact: found.artifact,
-                cache: CacheStatus::Hit,
-                hashed: true,
-                initial_memory: found.initial_memory,
-                elapsed: start.elapsed(),
-            });
+            return Ok(compiled(
+                found.artifact,
+                CacheStatus::Hit,
+                true,
+                found.initial_memory,
+            ));
         }
-        let initial_memory = first_memory_size(&wasm);
-        let artifact = cache.store(&key, initial_memory, self.precompile(path, &wasm)?);
+        let initial_memory = initial_memory();
+        let artifact = cache.store(&key, initial_memory, precompile()?);
         if artifact.file_backing().is_some() {
             record();
             cache.evict();
         }
-        Ok(CompiledModule {
-            artifact,
-            cache: CacheStatus::Miss,
-            hashed: true,
-            initial_memory,
-            elapsed: start.elapsed(),
-        })
+        Ok(compiled(artifact, CacheStatus::Miss, true, initial_memory))
     }
 
     /// Checks the imports of `wasm` and compiles it.
