@@ -233,20 +233,24 @@ fn cell_config(args: &RunArgs, preopens: Vec<Preopen>) -> CellConfig {
     }
 }
 
-/// [`check_strict`] for the module file `args` names, read only when strict.
-fn check_strict_file(args: &RunArgs) -> Result<(), String> {
-    if !args.components.is_some_and(|choice| choice.strict) {
+/// [`check_strict`] for the module file `module`, read only when strict.
+fn check_strict_file(components: Option<ComponentChoice>, module: &Path) -> Result<(), String> {
+    if !components.is_some_and(|choice| choice.strict) {
         return Ok(());
     }
-    let bytes = std::fs::read(&args.module)
-        .map_err(|e| format!("cannot read module `{}`: {e}", args.module.display()))?;
-    check_strict(args, &args.module, &bytes)
+    let bytes = std::fs::read(module)
+        .map_err(|e| format!("cannot read module `{}`: {e}", module.display()))?;
+    check_strict(components, module, &bytes)
 }
 
-/// With `--components ...,strict`: refuses a module (`bytes`, read from `path`) that
-/// imports a function of a component not given.
-fn check_strict(args: &RunArgs, path: &Path, bytes: &[u8]) -> Result<(), String> {
-    match args.components {
+/// With `--components ...,strict` (`components`): refuses a module (`bytes`, read from
+/// `path`) that imports a function of a component not given.
+fn check_strict(
+    components: Option<ComponentChoice>,
+    path: &Path,
+    bytes: &[u8],
+) -> Result<(), String> {
+    match components {
         Some(choice) if choice.strict => {
             check_components(path, bytes, choice.components).map_err(|e| {
                 format!("{e}; give the cell that component in --components, or drop `strict`")
@@ -278,10 +282,10 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
                     source,
                 }
             })?;
-            strict = check_strict(&args, Path::new("standard input"), &bytes);
+            strict = check_strict(args.components, Path::new("standard input"), &bytes);
             compiler.compile_bytes(Path::new("standard input"), &bytes)?
         } else {
-            strict = check_strict_file(&args);
+            strict = check_strict_file(args.components, &args.module);
             compiler.compile_file(&args.module)?
         };
         Ok((
@@ -321,12 +325,8 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
         cpu_features,
     };
     let result = run_cell_with_control(&config, payload, CellStdio::inherit(), &control);
-    let report_stats = |stats: Option<&CellStats>| {
-        if args.stats {
-            print_stats(started, &module, stats, args.memory, config.components);
-        }
-    };
-    report(result, &args.module, config.memory_limit, report_stats)
+    let stats = args.stats.then_some((started, &module));
+    report(result, &args.module, &config, stats)
 }
 
 /// What a snapshot file records beside the cell itself.
@@ -424,18 +424,8 @@ fn run_template(
         CellStdio::inherit(),
         control,
     );
-    let report_stats = |stats: Option<&CellStats>| {
-        if args.stats {
-            print_stats(
-                started,
-                &module,
-                stats,
-                file.memory_limit,
-                config.components,
-            );
-        }
-    };
-    report(result, &file.module, config.memory_limit, report_stats)
+    let stats = args.stats.then_some((started, &module));
+    report(result, &file.module, &config, stats)
 }
 
 /// Compiles the module at `path` (or finds its code in the cache), with the compiler's
@@ -487,7 +477,7 @@ fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
         Ok(preopens) => preopens,
         Err(e) => return fail(&e),
     };
-    if let Err(refusal) = check_strict_file(&args.run) {
+    if let Err(refusal) = check_strict_file(args.run.components, &args.run.module) {
         return fail_with(&refusal);
     }
     let (module, cpu_features, engine) = match compile(&args.run.module) {
@@ -543,27 +533,30 @@ fn restore(args: RestoreArgs, started: Instant) -> ExitCode {
         CellStdio::inherit(),
         &control,
     );
-    let report_stats = |stats: Option<&CellStats>| {
-        if args.stats {
+    let stats = args.stats.then_some((started, &module));
+    report(result, &file.module, &config, stats)
+}
+
+/// The exit status and messages for how a cell of `config` running `module` ended,
+/// after its `--stats` when asked for (with when the process started and its code).
+fn report(
+    result: Result<CellReport, CellFailure>,
+    module: &Path,
+    config: &CellConfig,
+    stats: Option<(Instant, &CompiledModule)>,
+) -> ExitCode {
+    let memory_limit = config.memory_limit;
+    let report_stats = |cell_stats: Option<&CellStats>| {
+        if let Some((started, compiled)) = stats {
             print_stats(
                 started,
-                &module,
-                stats,
-                file.memory_limit,
+                compiled,
+                cell_stats,
+                memory_limit,
                 config.components,
             );
         }
     };
-    report(result, &file.module, config.memory_limit, report_stats)
-}
-
-/// The exit status and messages for how a cell ended.
-fn report(
-    result: Result<CellReport, CellFailure>,
-    module: &Path,
-    memory_limit: u64,
-    report_stats: impl Fn(Option<&CellStats>),
-) -> ExitCode {
     match result {
         Ok(report) => {
             report_stats(Some(&report.stats));

@@ -87,22 +87,10 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             .components
             .map_or(Components::ALL, |choice| choice.components),
     };
-    if let Some(choice) = args.components.filter(|choice| choice.strict)
-        && !hypercell_host::persist::SnapshotFile::is_snapshot(&args.handler)
+    if !hypercell_host::persist::SnapshotFile::is_snapshot(&args.handler)
+        && let Err(refusal) = crate::check_strict_file(args.components, &args.handler)
     {
-        let checked = std::fs::read(&args.handler)
-            .map_err(|e| format!("cannot read module `{}`: {e}", args.handler.display()))
-            .and_then(|bytes| {
-                hypercell_host::compile::check_components(&args.handler, &bytes, choice.components)
-                    .map_err(|e| {
-                        format!(
-                            "{e}; give the handler that component in --components, or drop `strict`"
-                        )
-                    })
-            });
-        if let Err(refusal) = checked {
-            return crate::fail_with(&refusal);
-        }
+        return crate::fail_with(&refusal);
     }
     let handler = match Handler::load(&args.handler, base) {
         Ok(handler) => handler,
@@ -176,26 +164,26 @@ pub fn serve(args: ServeArgs) -> ExitCode {
 /// Completes on SIGTERM or SIGINT (a server that cannot watch them is stopped by them
 /// the usual way).
 async fn shutdown_signal() {
-    use tokio::signal::unix::{SignalKind, signal};
+    use tokio::signal::unix::{Signal, SignalKind, signal};
     let (Ok(mut terminate), Ok(mut interrupt)) = (
         signal(SignalKind::terminate()),
         signal(SignalKind::interrupt()),
     ) else {
         return std::future::pending().await;
     };
-    tokio::select! {
-        _ = terminate.recv() => {}
-        _ = interrupt.recv() => {}
+    async fn either(terminate: &mut Signal, interrupt: &mut Signal) {
+        tokio::select! {
+            _ = terminate.recv() => {}
+            _ = interrupt.recv() => {}
+        }
     }
+    either(&mut terminate, &mut interrupt).await;
     let _ = writeln!(
         std::io::stderr(),
         "hypercell serve: stopping: answering the requests taken, then exiting (signal again to stop at once)"
     );
     tokio::spawn(async move {
-        tokio::select! {
-            _ = terminate.recv() => {}
-            _ = interrupt.recv() => {}
-        }
+        either(&mut terminate, &mut interrupt).await;
         let _ = writeln!(
             std::io::stderr(),
             "hypercell serve: stopped at once; requests in flight were not answered"
