@@ -9,11 +9,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PATTERN_FUNCTIONS, compile, pipe};
-use hypercell_host::persist::{SnapshotFile, TemplatePoint};
+use common::{PATTERN_FUNCTIONS, compile, first_read_template, template_file};
 use hypercell_host::{
-    CellConfig, CellControl, CellError, CellExit, CellPayload, CellStdio, Compiler, ReusableCell,
-    create_template,
+    CellConfig, CellControl, CellError, CellExit, CellStdio, Compiler, ReusableCell,
 };
 
 /// Fills 128 KiB with 0x5a and reads an 8-byte id from stdin (where the template
@@ -63,25 +61,11 @@ fn a_reused_partition_runs_every_cell_from_the_template_alone() {
         .write(true)
         .open("/dev/null")
         .unwrap();
-    let (template_stdin, _keep_open) = pipe();
     let config = CellConfig {
         timeout: Some(Duration::from_millis(200)),
         ..CellConfig::default()
     };
-    let made = create_template(
-        &config,
-        CellPayload::Wasm {
-            module: &module,
-            cpu_features,
-        },
-        CellStdio {
-            stdin: template_stdin.as_fd(),
-            stdout: null.as_fd(),
-            stderr: null.as_fd(),
-        },
-        TemplatePoint::FirstRead,
-    )
-    .unwrap();
+    let made = first_read_template(&module, &config);
 
     let in_memory = Arc::new(made.clone());
     let refused = ReusableCell::new(in_memory, Arc::clone(&module), cpu_features)
@@ -90,17 +74,11 @@ fn a_reused_partition_runs_every_cell_from_the_template_alone() {
     assert!(matches!(refused, CellError::Reset(_)), "{refused}");
 
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("writer.snap");
-    SnapshotFile::new(
-        std::path::Path::new("writer.wat"),
-        cpu_features,
-        "",
-        &config,
+    let template = Arc::new(template_file(
         made,
-    )
-    .write_to(&path)
-    .unwrap();
-    let template = Arc::new(SnapshotFile::read_from(&path).unwrap().snapshot);
+        &config,
+        &dir.path().join("writer.snap"),
+    ));
     let mut cell = ReusableCell::new(template, Arc::clone(&module), cpu_features).unwrap();
 
     let mut grew = 0;

@@ -47,16 +47,13 @@ impl AccessLog {
 
     pub(crate) fn record(&self, entry: &Entry<'_>) {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
         let reset = match entry.reset_pages {
             Some(pages) => format!("reset_ms={:.3} reset_pages={pages}", ms(entry.reset)),
             None => format!("new_cell_ms={:.3}", ms(entry.reset)),
         };
         let line = format!(
             "{:.3} req={} {} \"{}\" {} {} total_ms={:.3} queue_ms={:.3} handler_ms={:.3} {reset} exits={}\n",
-            now.as_secs_f64(),
+            unix_seconds(),
             entry.id,
             entry.remote,
             entry.line.escape_debug(),
@@ -79,12 +76,9 @@ impl AccessLog {
         status: u16,
         total: Duration,
     ) {
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .unwrap_or_default();
         let line = format!(
             "{:.3} req={id} {remote} \"{}\" {status} 0 total_ms={:.3} no_cell\n",
-            now.as_secs_f64(),
+            unix_seconds(),
             line.escape_debug(),
             total.as_secs_f64() * 1e3
         );
@@ -113,6 +107,14 @@ impl AccessLog {
         }
         write_line(&self.errors, &out);
     }
+}
+
+/// Now, in seconds since the Unix epoch, as the log's lines begin.
+fn unix_seconds() -> f64 {
+    SystemTime::now()
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs_f64()
 }
 
 fn write_line(to: &Mutex<Box<dyn Write + Send>>, bytes: &[u8]) {

@@ -6,9 +6,9 @@
 use std::net::SocketAddr;
 
 use bytes::Bytes;
+use hyper::StatusCode;
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::http::request::Parts;
-use hyper::{StatusCode, Version};
 use percent_encoding::percent_decode_str;
 
 /// What one request gives the handler program.
@@ -77,7 +77,8 @@ pub fn cgi_request(
             "SERVER_SOFTWARE".into(),
             concat!("Hypercell/", env!("CARGO_PKG_VERSION")).into(),
         ),
-        ("SERVER_PROTOCOL".into(), protocol(parts.version).into()),
+        // `HTTP/1.1` and the like, as the http crate names its versions.
+        ("SERVER_PROTOCOL".into(), format!("{:?}", parts.version)),
         ("SERVER_NAME".into(), server_name),
         ("SERVER_PORT".into(), server_port),
         ("REQUEST_METHOD".into(), parts.method.as_str().into()),
@@ -153,16 +154,6 @@ fn split_host(host: &str) -> (&str, Option<&str>) {
     match port_at {
         Some(at) => (&host[..at], Some(&host[at + 1..])),
         None => (host, None),
-    }
-}
-
-fn protocol(version: Version) -> &'static str {
-    match version {
-        Version::HTTP_09 => "HTTP/0.9",
-        Version::HTTP_10 => "HTTP/1.0",
-        Version::HTTP_2 => "HTTP/2.0",
-        Version::HTTP_3 => "HTTP/3.0",
-        _ => "HTTP/1.1",
     }
 }
 

@@ -136,19 +136,7 @@ impl Handler {
         let mut config = self.base.clone();
         config.args.extend(args);
         config.env.extend(env);
-        // As the cell lays them out: each string with a NUL after it.
-        let strings = config.args.iter().map(|arg| arg.len() + 1).sum::<usize>()
-            + config
-                .env
-                .iter()
-                .map(|(name, value)| name.len() + value.len() + 2)
-                .sum::<usize>()
-            + config
-                .preopens
-                .iter()
-                .map(|preopen| preopen.guest.len() + 1)
-                .sum::<usize>();
-        if strings as u64 > self.template.identity_capacity {
+        if config.identity_len() > self.template.identity_capacity {
             return Err(RequestRefused::TooLarge);
         }
         Ok(config)

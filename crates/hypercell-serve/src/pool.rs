@@ -493,7 +493,8 @@ impl Worker {
 
     /// The response the handler wrote, or why there is none.
     fn response(&self, job: &Job, kind: HandlerKind) -> Result<Response<Full<Bytes>>, String> {
-        let output = read_all(&self.stdout)
+        let output = read_start(&self.stdout, u64::MAX)
+            .map(|(output, _)| output)
             .map_err(|error| format!("cannot read the handler's response: {error}"))?;
         let parsed =
             parse_response(output, kind == HandlerKind::Wagi).map_err(|error| error.to_string())?;
@@ -511,11 +512,9 @@ impl Worker {
     /// with the request.
     fn log_stderr(&self, id: u64, log: &AccessLog) {
         const SHOWN: u64 = 64 << 10;
-        let written = self.stderr.metadata().map_or(0, |metadata| metadata.len());
-        let mut text = vec![0; written.min(SHOWN) as usize];
-        match self.stderr.read_exact_at(&mut text, 0) {
-            Ok(()) if text.is_empty() => {}
-            Ok(()) => {
+        match read_start(&self.stderr, SHOWN) {
+            Ok((text, _)) if text.is_empty() => {}
+            Ok((text, written)) => {
                 log.handler_stderr(id, &text);
                 if written > SHOWN {
                     log.error(
@@ -558,12 +557,12 @@ fn fresh_cell(handler: &Handler) -> Result<ReusableCell, String> {
     .map_err(|error| error.to_string())
 }
 
-/// Everything written to `file`.
-fn read_all(file: &File) -> std::io::Result<Bytes> {
-    let len = file.metadata()?.len();
-    let mut bytes = vec![0; len as usize];
+/// The first `most` bytes written to `file`, and how many were written in all.
+fn read_start(file: &File, most: u64) -> std::io::Result<(Bytes, u64)> {
+    let written = file.metadata()?.len();
+    let mut bytes = vec![0; written.min(most) as usize];
     file.read_exact_at(&mut bytes, 0)?;
-    Ok(Bytes::from(bytes))
+    Ok((Bytes::from(bytes), written))
 }
 
 /// The response to request `id` that failed with `status`: a line of text saying

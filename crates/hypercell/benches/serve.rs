@@ -17,11 +17,12 @@
 
 #[path = "../tests/support/component.rs"]
 mod component;
+#[path = "../tests/support/lines.rs"]
+mod lines;
 #[path = "support/mod.rs"]
 mod support;
 
 use std::convert::Infallible;
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,6 +35,7 @@ use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use hypercell_serve::cgi::{cgi_request, parse_response};
+use lines::lines_of;
 use support::{count_from_env, find_wasmtime, median, wasmtime_compile};
 use tokio::io::AsyncWriteExt;
 
@@ -312,18 +314,6 @@ fn medians(runs: &[(f64, f64)]) -> (f64, f64) {
         median(runs.iter().map(|r| r.0).collect()),
         median(runs.iter().map(|r| r.1).collect()),
     )
-}
-
-fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines().map_while(Result::ok) {
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
 }
 
 /// Sums over the access-log lines of one load run.

@@ -187,13 +187,27 @@ pub fn first_read_template_file(
     config: &CellConfig,
     path: &Path,
 ) -> CellSnapshot {
+    template_file(first_read_template(module, config), config, path)
+}
+
+/// `template`, made with `config`, written to `path` and read back.
+pub fn template_file(template: CellSnapshot, config: &CellConfig, path: &Path) -> CellSnapshot {
+    let cpu_features = compiler().cpu_features();
+    SnapshotFile::new(Path::new("test.wat"), cpu_features, "", config, template)
+        .write_to(path)
+        .unwrap();
+    SnapshotFile::read_from(path).unwrap().snapshot
+}
+
+/// A `first-read` template of `module` made with `config`, held in memory.
+pub fn first_read_template(module: &CompiledModule, config: &CellConfig) -> CellSnapshot {
     let cpu_features = compiler().cpu_features();
     let null = std::fs::File::options()
         .write(true)
         .open("/dev/null")
         .unwrap();
     let (template_stdin, _keep_open) = pipe();
-    let made = create_template(
+    create_template(
         config,
         CellPayload::Wasm {
             module,
@@ -206,9 +220,5 @@ pub fn first_read_template_file(
         },
         TemplatePoint::FirstRead,
     )
-    .unwrap();
-    SnapshotFile::new(Path::new("test.wat"), cpu_features, "", config, made)
-        .write_to(path)
-        .unwrap();
-    SnapshotFile::read_from(path).unwrap().snapshot
+    .unwrap()
 }

@@ -3,12 +3,15 @@
 // Every test binary compiles this module and uses a different part of it.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
 use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use crate::binary::*;
+pub use lines::lines_of;
+
+#[path = "lines.rs"]
+mod lines;
 
 /// Longest a test waits for an event that should come soon.
 pub const PATIENCE: Duration = Duration::from_secs(60);
@@ -124,20 +127,6 @@ impl Drop for Daemon {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-/// The lines of `stream`, read on a thread, as they come.
-pub fn lines_of(stream: impl std::io::Read + Send + 'static) -> mpsc::Receiver<String> {
-    let (sender, receiver) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stream).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
 }
 
 /// The next line that satisfies `wanted`.
