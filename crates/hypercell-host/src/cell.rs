@@ -14,8 +14,8 @@ use hypercell_abi::{
 };
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
-    GuestException, GuestMemory, MemoryError, ReservationTables, Vcpu, VcpuError, VcpuEvent, Vm,
-    VmError, VmPool,
+    FIRST_GROWTH_SLOT, GuestException, GuestMemory, MemoryError, ReservationTables, Vcpu,
+    VcpuError, VcpuEvent, Vm, VmError, VmPool,
 };
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
@@ -480,7 +480,7 @@ pub(crate) struct Partition {
     vm: Vm,
     vcpu: Vcpu,
     memory: GuestMemory,
-    /// End of memory slot 0.
+    /// End of the memory mapped at boot.
     boot_mapping: u64,
     /// The first KVM memory slot not in use.
     next_slot: u32,
@@ -529,12 +529,16 @@ impl Partition {
         let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(written.len());
         for range in written.iter().cloned() {
             report.pages += (range.end - range.start) / 4096;
-            report.system |= range.start < IMAGE_BASE;
             match merged.last_mut() {
                 Some(last) if range.start - last.end <= DISCARD_GAP => last.end = range.end,
                 _ => merged.push(range),
             }
         }
+        let written_below_image: Vec<_> = written
+            .iter()
+            .take_while(|range| range.start < IMAGE_BASE)
+            .cloned()
+            .collect();
         // A page left would carry the last run's data into the next.
         self.memory
             .discard_all(&merged)
@@ -568,18 +572,15 @@ impl Partition {
                 .populate(range.start..range.start + pages * 4096);
             report.prepared += pages;
         }
-        let template_slots = 1 + u32::from(template.services.growth.mapped > self.boot_mapping);
+        let template_slots =
+            FIRST_GROWTH_SLOT + u32::from(template.services.growth.mapped > self.boot_mapping);
         for slot in template_slots..self.next_slot {
             self.vm.remove_memory(slot)?;
             report.slots += 1;
         }
         self.next_slot = template_slots;
-        // KVM shadows the guest's page tables and does not see the host change them;
-        // deleting a slot drops every shadow.
-        if report.system && report.slots == 0 {
-            self.vm
-                .drop_shadow_tables(&self.memory, 0, 0..self.boot_mapping)?;
-        }
+        // KVM shadows the guest's page tables and does not see the host put them back.
+        report.system = self.vm.drop_shadows_of(&self.memory, written_below_image)?;
         // The time-stamp counter stays: it has run on from the template's restore with
         // real time, as a new cell's would be moved on.
         self.vcpu.reset_state(&template.vcpu)?;
@@ -708,7 +709,7 @@ fn start_cell(
             };
             // Mapping memory costs less before the vCPU exists.
             let memory = GuestMemory::new(layout.memory_size())?;
-            vm.map_memory(&memory, 0, 0..boot_mapping)?;
+            vm.map_boot_memory(&memory, boot_mapping)?;
             (vm, made_vcpu, memory)
         }
     };
@@ -855,7 +856,7 @@ fn start_cell(
         vm: &vm,
         mapped: boot_mapping,
         ready: heap_ready,
-        next_slot: 1,
+        next_slot: FIRST_GROWTH_SLOT,
         boot_mapping,
         tables: reservations,
         linear_memory: premapped,
@@ -1038,7 +1039,10 @@ fn start_cell(
     let denied_growth = (services.denied_growth > 0).then_some(services.denied_growth);
     let output_exceeded = services.meter.exceeded();
     let hypercalls = activity.hypercalls;
-    let next_slot = services.growth.as_ref().map_or(1, |g| g.next_slot);
+    let next_slot = services
+        .growth
+        .as_ref()
+        .map_or(FIRST_GROWTH_SLOT, |g| g.next_slot);
     match reuse {
         Some(reuse) => {
             *reuse.kept = Some(Partition {

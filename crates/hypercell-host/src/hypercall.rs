@@ -148,7 +148,7 @@ pub struct MemoryGrowth<'a> {
     pub ready: u64,
     /// The next free KVM memory slot.
     pub next_slot: u32,
-    /// End of memory slot 0, mapped at boot.
+    /// End of the memory mapped at boot.
     pub boot_mapping: u64,
     /// The reservation area's page tables.
     pub tables: ReservationTables,
@@ -421,10 +421,7 @@ impl Services<'_> {
                 if reclaimed == 0 {
                     return Ok(-ERRNO_NOMEM);
                 }
-                if let Err(error) = growth
-                    .vm
-                    .drop_shadow_tables(memory, 0, 0..growth.boot_mapping)
-                {
+                if let Err(error) = growth.vm.drop_table_shadows(memory) {
                     tracing::warn!("could not reset a cell's shadow page tables: {error}");
                     return Ok(-ERRNO_NOMEM);
                 }

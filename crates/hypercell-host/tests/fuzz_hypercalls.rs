@@ -233,7 +233,7 @@ impl Fixture {
         let memory = GuestMemory::new(MEMORY).unwrap();
         write_system_region(&memory, &[]).unwrap();
         let vm = Vm::new().unwrap();
-        vm.map_memory(&memory, 0, 0..BOOT_MAPPING).unwrap();
+        vm.map_boot_memory(&memory, BOOT_MAPPING).unwrap();
         let scratch = tempfile::tempdir().unwrap();
         std::fs::create_dir(scratch.path().join("sub")).unwrap();
         std::fs::write(scratch.path().join("a"), b"contents").unwrap();
@@ -305,7 +305,7 @@ impl Fixture {
                 vm: &self.vm,
                 mapped: BOOT_MAPPING,
                 ready: BOOT_MAPPING,
-                next_slot: 1,
+                next_slot: hypercell_vmm::FIRST_GROWTH_SLOT,
                 boot_mapping: BOOT_MAPPING,
                 tables: ReservationTables::default(),
                 linear_memory: 0,

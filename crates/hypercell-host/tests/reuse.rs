@@ -18,8 +18,11 @@ use hypercell_host::{
 /// stops). Then it checks that the 128 KiB still hold 0x5a (else exit 3) and that the
 /// memory has its initial 4 pages (else exit 5), fills the 128 KiB with the id, and by
 /// the id's low bits: grows memory by 40 pages and checks the new last page is zero
-/// (else exit 6) before writing the id there; writes `w` to stdout; traps; or spins
-/// forever. Otherwise it exits 0.
+/// (else exit 6) before writing the id there (or, every other time, only reading it);
+/// writes `w` to stdout; loads from where
+/// the grown memory's last page was, which must trap, since a cell whose memory did not
+/// grow must not reach it, even with a partition where an earlier cell's did; traps; or
+/// spins forever. Otherwise it exits 0.
 fn writer() -> String {
     format!(
         r#"
@@ -40,10 +43,13 @@ fn writer() -> String {
         (local.set $last (i32.mul (i32.const 43) (i32.const 65536)))
         (if (i64.ne (i64.load (local.get $last)) (i64.const 0))
           (then (call $proc_exit (i32.const 6))))
-        (i64.store (local.get $last) (local.get $id))))
+        (if (i64.eqz (i64.and (local.get $id) (i64.const 4)))
+          (then (i64.store (local.get $last) (local.get $id))))))
     (i32.store (i32.const 40) (i32.const 32))
     (i32.store (i32.const 44) (i32.const 1))
     (drop (call $fd_write (i32.const 1) (i32.const 40) (i32.const 1) (i32.const 48)))
+    (if (i64.eq (i64.and (local.get $id) (i64.const 3)) (i64.const 2))
+      (then (drop (i64.load (i32.mul (i32.const 43) (i32.const 65536))))))
     (if (i64.eq (i64.and (local.get $id) (i64.const 7)) (i64.const 5))
       (then unreachable))
     (if (i64.eq (i64.and (local.get $id) (i64.const 15)) (i64.const 7))
@@ -95,6 +101,11 @@ fn a_reused_partition_runs_every_cell_from_the_template_alone() {
         };
         let result = cell.run(&config, stdio, &CellControl::new());
         match (id & 7, id & 15, result) {
+            (2 | 6, _, Ok(report)) => assert!(
+                matches!(report.exit, CellExit::Trapped(_)),
+                "run {run} reached memory it had not grown: {:?}",
+                report.exit
+            ),
             (5, _, Ok(report)) => assert!(
                 matches!(report.exit, CellExit::Trapped(_)),
                 "run {run}: {:?}",

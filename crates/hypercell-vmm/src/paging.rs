@@ -12,7 +12,7 @@
 //! entries by its address and does not see the host's writes. When the pool runs out,
 //! [`ReservationTables::reclaim`] promotes every full page table to a 2 MiB entry and
 //! frees the rest; the caller then makes KVM drop its shadow tables
-//! ([`crate::Vm::drop_shadow_tables`]) before the pages are reused.
+//! ([`crate::Vm::drop_table_shadows`]) before the pages are reused.
 
 use hypercell_abi::layout::{
     IMAGE_BASE, LARGE_PAGE_SIZE, PAGE_SIZE, RESERVATION_BASE, RESERVATION_SIZE, SYSTEM_BASE,

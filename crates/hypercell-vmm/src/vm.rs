@@ -6,11 +6,27 @@ use std::ops::Range;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use hypercell_abi::layout::PAGE_SIZE;
-use kvm_bindings::{KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, kvm_userspace_memory_region};
+use hypercell_abi::layout::{IMAGE_BASE, PAGE_SIZE, SYSTEM_BASE};
+use kvm_bindings::{
+    KVM_CAP_DISABLE_QUIRKS2, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KVM_X86_QUIRK_SLOT_ZAP_ALL,
+    kvm_enable_cap, kvm_userspace_memory_region,
+};
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
+use crate::system::RESERVATION_PDPT_OFFSET;
 use crate::{GuestMemory, Vcpu, VcpuError};
+
+/// The memory slots of a cell's boot mapping: the memory below the reservation area's
+/// page tables, those tables (up to the image), and the image onwards. The tables
+/// change as linear memories grow and have a slot of their own, so that KVM can be
+/// made to forget its shadows of them alone ([`Vm::drop_table_shadows`]).
+const LOW_SLOT: u32 = 0;
+const TABLES_SLOT: u32 = 1;
+const IMAGE_SLOT: u32 = 2;
+/// The first slot free for memory mapped after boot.
+pub const FIRST_GROWTH_SLOT: u32 = 3;
+/// Where the reservation area's tables start, in guest-physical memory.
+const TABLES_START: u64 = SYSTEM_BASE + RESERVATION_PDPT_OFFSET;
 
 /// Errors creating a VM.
 #[derive(Debug, thiserror::Error)]
@@ -77,7 +93,33 @@ impl Vm {
             }
         })?;
         let fd = kvm.create_vm().map_err(|e| VmError::CreateVm(e.into()))?;
+        // By default x86 KVM drops every shadow page table whenever a slot goes away;
+        // where it can be told to drop only those of the slot, dropping the reservation
+        // tables' shadows leaves the rest of what the guest touched mapped. Older
+        // kernels keep the default, which is correct, only slower.
+        let quirks = fd.check_extension_raw(KVM_CAP_DISABLE_QUIRKS2.into()) as u64;
+        if quirks & u64::from(KVM_X86_QUIRK_SLOT_ZAP_ALL) != 0 {
+            let mut cap = kvm_enable_cap {
+                cap: KVM_CAP_DISABLE_QUIRKS2,
+                ..Default::default()
+            };
+            cap.args[0] = KVM_X86_QUIRK_SLOT_ZAP_ALL.into();
+            fd.enable_cap(&cap)
+                .map_err(|e| VmError::CreateVm(e.into()))?;
+        }
         Ok(Self { fd })
+    }
+
+    /// Maps guest-physical `0..end` of `memory`, the memory a cell boots with, as its
+    /// first slots: the reservation area's page tables in one of their own (see
+    /// [`Self::drop_table_shadows`]). `end` lies past the system region.
+    pub fn map_boot_memory(&self, memory: &GuestMemory, end: u64) -> Result<(), VmError> {
+        if end <= IMAGE_BASE {
+            return Err(VmError::BadRange(0..end));
+        }
+        self.map_memory(memory, LOW_SLOT, 0..TABLES_START)?;
+        self.map_memory(memory, TABLES_SLOT, TABLES_START..IMAGE_BASE)?;
+        self.map_memory(memory, IMAGE_SLOT, IMAGE_BASE..end)
     }
 
     /// Maps the whole of `memory` at guest-physical address 0, as one memory slot.
@@ -124,27 +166,38 @@ impl Vm {
         unsafe { self.fd.set_user_memory_region(delete) }.map_err(|e| VmError::SetMemory(e.into()))
     }
 
-    /// Makes KVM forget every translation it cached from the guest's page tables, by
-    /// deleting memory slot `slot` (which maps `range`) and creating it again: x86 KVM
-    /// drops all its shadow page tables when a slot goes away. Needed before the host
-    /// reuses a page-table page (see [`crate::paging`]).
-    pub fn drop_shadow_tables(
+    /// Makes KVM forget what it cached from the reservation area's page tables, after
+    /// the host changed or freed them (see [`crate::paging`]), by deleting their slot
+    /// (mapped by [`Self::map_boot_memory`]) and creating it again: x86 KVM drops the
+    /// shadows of the page tables a slot holds when it goes away (and by default every
+    /// other shadow too).
+    pub fn drop_table_shadows(&self, memory: &GuestMemory) -> Result<(), VmError> {
+        self.remove_memory(TABLES_SLOT)?;
+        self.map_memory(memory, TABLES_SLOT, TABLES_START..IMAGE_BASE)
+    }
+
+    /// Makes KVM forget what it derived from the page tables and system structures
+    /// below the image, given the guest-physical ranges the host wrote there (or put
+    /// back): the reservation area's tables alone where only they changed, as they do
+    /// when a linear memory grows. Returns whether anything had changed.
+    pub fn drop_shadows_of(
         &self,
         memory: &GuestMemory,
-        slot: u32,
-        range: Range<u64>,
-    ) -> Result<(), VmError> {
-        let delete = kvm_userspace_memory_region {
-            slot,
-            flags: 0,
-            guest_phys_addr: range.start,
-            memory_size: 0,
-            userspace_addr: memory.host_address() + range.start,
-        };
-        // SAFETY: a slot of size zero maps nothing; KVM only deletes the slot.
-        unsafe { self.fd.set_user_memory_region(delete) }
-            .map_err(|e| VmError::SetMemory(e.into()))?;
-        self.map_memory(memory, slot, range)
+        written: impl IntoIterator<Item = Range<u64>>,
+    ) -> Result<bool, VmError> {
+        let (mut low, mut tables) = (false, false);
+        for range in written {
+            low |= range.start < TABLES_START;
+            tables |= range.start < IMAGE_BASE && range.end > TABLES_START;
+        }
+        if low {
+            self.remove_memory(LOW_SLOT)?;
+            self.map_memory(memory, LOW_SLOT, 0..TABLES_START)?;
+        }
+        if low || tables {
+            self.drop_table_shadows(memory)?;
+        }
+        Ok(low || tables)
     }
 
     /// Turns on the AVX register state for `vcpu` (see [`Vcpu::enable_avx`]). Call it
@@ -196,6 +249,27 @@ mod tests {
                 Err(VmError::BadRange(_))
             ));
         }
+    }
+
+    #[test]
+    fn the_boot_mapping_keeps_the_reservation_tables_in_a_slot_of_their_own() {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        let vm = Vm::new().unwrap();
+        assert!(matches!(
+            vm.map_boot_memory(&memory, IMAGE_BASE),
+            Err(VmError::BadRange(_))
+        ));
+        vm.map_boot_memory(&memory, 8 << 20).unwrap();
+        // Growth slots do not overlap the boot mapping's.
+        vm.map_memory(&memory, FIRST_GROWTH_SLOT, 8 << 20..16 << 20)
+            .unwrap();
+        let image = IMAGE_BASE..IMAGE_BASE + 4096;
+        let system = SYSTEM_BASE..SYSTEM_BASE + 4096;
+        assert!(!vm.drop_shadows_of(&memory, []).unwrap());
+        assert!(!vm.drop_shadows_of(&memory, vec![image.clone()]).unwrap());
+        let table = TABLES_START + 4096..TABLES_START + 8192;
+        assert!(vm.drop_shadows_of(&memory, [table, image.clone()]).unwrap());
+        assert!(vm.drop_shadows_of(&memory, [system, image]).unwrap());
     }
 
     #[test]
