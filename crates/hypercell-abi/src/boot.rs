@@ -95,6 +95,10 @@ pub struct BootInfo {
     pub input_addr: u64,
     /// Length of that input.
     pub input_len: u64,
+    /// Not 0 when the host serves further requests with this cell after its first: a
+    /// server's runtime then asks for the next with [`crate::Hypercall::NextRequest`]
+    /// rather than ending its program.
+    pub reuse: u64,
 }
 
 /// [`BootInfo::template_stop`]: the template is taken once the module is instantiated,

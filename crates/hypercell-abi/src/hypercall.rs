@@ -114,6 +114,12 @@ pub enum Hypercall {
     /// the host rewrote; from an `init` template it keeps the identity the export saw.
     /// No arguments; result 0.
     Ready = 13,
+    /// A server's cell answered its request (the response is in its output, which the
+    /// host drains first) and can take another ([`crate::BootInfo::reuse`]). Result 1:
+    /// the host rewrote the identity (arguments, environment, stdin) with the next
+    /// request, which the guest reads again; result 0: no request comes, and the guest
+    /// ends its program with status 0. No arguments.
+    NextRequest = 14,
 }
 
 /// The file calls of [`Hypercall::File`], with their parameters.
@@ -224,6 +230,7 @@ impl Hypercall {
             11 => Self::MapMemory,
             12 => Self::Unhandled,
             13 => Self::Ready,
+            14 => Self::NextRequest,
             _ => return None,
         })
     }
@@ -276,11 +283,12 @@ mod tests {
             Hypercall::MapMemory,
             Hypercall::Unhandled,
             Hypercall::Ready,
+            Hypercall::NextRequest,
         ] {
             assert_eq!(Hypercall::from_number(call as u32), Some(call));
         }
         assert_eq!(Hypercall::from_number(0), None);
-        assert_eq!(Hypercall::from_number(14), None);
+        assert_eq!(Hypercall::from_number(15), None);
         for number in 1..=25 {
             assert_eq!(
                 FileOp::from_number(number).map(|op| op as u64),

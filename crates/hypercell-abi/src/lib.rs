@@ -24,4 +24,4 @@ pub use output::{OUTPUT_RECORD_HEADER, OutputBuffer};
 
 /// Version of the ABI described by this crate; the host refuses requests that carry
 /// another version.
-pub const ABI_VERSION: u32 = 8;
+pub const ABI_VERSION: u32 = 9;

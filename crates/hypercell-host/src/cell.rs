@@ -25,6 +25,7 @@ use crate::config::{CellConfig, format_size};
 use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, SnapshotScope, StopReason, Wake};
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
+use crate::identity::{Identity, IdentityRegion, NextRequest};
 use crate::layout::{CellLayout, MAX_WASM_STACK, identity_capacity};
 use crate::persist::{CellSnapshot, MemoryImage, ModuleIdentity, SnapshotError, TemplatePoint};
 use crate::seccomp::{self, SeccompError};
@@ -448,7 +449,7 @@ pub(crate) fn run_in_partition(
     template: &CellSnapshot,
     stdio: CellStdio<'_>,
     control: &CellControl,
-    reuse: Reuse<'_>,
+    reuse: Reuse<'_, '_>,
 ) -> Result<CellReport, CellFailure> {
     control.begin();
     let result = start_cell(
@@ -464,7 +465,7 @@ pub(crate) fn run_in_partition(
 }
 
 /// Where a cell run in a reused partition finds it, and the thread that runs its vCPU.
-pub(crate) struct Reuse<'r> {
+pub(crate) struct Reuse<'r, 'n> {
     /// The partition, when an earlier run left one; the run leaves its own here.
     pub kept: &'r mut Option<Partition>,
     /// The thread kept for the partition's vCPU.
@@ -472,7 +473,14 @@ pub(crate) struct Reuse<'r> {
     /// The whole of the program's stdin, to lay in its memory if it fits there (a
     /// cell from a template stopped at its start only).
     pub input: Option<&'r [u8]>,
+    /// For a cell that serves several requests: called on the supervising thread each
+    /// time the cell answered one, for the next (`None`: no more).
+    pub next: Option<&'r mut NextRequests<'n>>,
 }
+
+/// What a cell that serves several requests asks for the next, each time it answered
+/// one (see [`crate::ReusableCell::serve`]).
+pub type NextRequests<'a> = dyn FnMut() -> Option<NextRequest> + 'a;
 
 /// A cell's VM, vCPU and memory, kept after a run to be put back to its template in
 /// place (see [`crate::ReusableCell`]).
@@ -594,7 +602,7 @@ fn start_cell(
     stdio: CellStdio<'_>,
     control: &CellControl,
     start: Start<'_>,
-    mut reuse: Option<Reuse<'_>>,
+    mut reuse: Option<Reuse<'_, '_>>,
 ) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
     if !config.preopens.is_empty() && !config.components.contains(Components::FS) {
@@ -602,6 +610,8 @@ fn start_cell(
     }
     let kept = reuse.as_mut().and_then(|reuse| reuse.kept.take());
     let input = reuse.as_ref().and_then(|reuse| reuse.input);
+    let next = reuse.as_mut().and_then(|reuse| reuse.next.take());
+    let serving = next.is_some();
     let in_place = kept.is_some();
     let base = match start {
         Start::Resume { base, .. } => base,
@@ -620,9 +630,8 @@ fn start_cell(
             template.template == Some(TemplatePoint::Start),
         ),
     };
-    let args = string_block(config.args.iter().map(String::as_str));
-    let env_entries: Vec<String> = config.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-    let env = string_block(env_entries.iter().map(String::as_str));
+    let identity_blocks = Identity::of(config);
+    let (args, env) = (&identity_blocks.args, &identity_blocks.env);
     // Preopens first: a directory that cannot be opened is the user's to fix, before
     // any VM is made.
     let files = match snapshot.filter(|_| !fresh_identity) {
@@ -630,7 +639,7 @@ fn start_cell(
         Some(snapshot) => FileTable::restore(&snapshot.services.files, &config.preopens)
             .map_err(|e| CellError::Snapshot(e.to_string()))?,
     };
-    let preopens = string_block(config.preopens.iter().map(|p| p.guest.as_str()));
+    let preopens = &identity_blocks.preopens;
     // The initialisation export's name follows the preopen names.
     let init_export = match start {
         Start::Template(TemplatePoint::Init, export) => export.as_bytes(),
@@ -787,13 +796,13 @@ fn start_cell(
         module_len,
         args_addr: layout.args,
         args_len: args.len() as u64,
-        argc: config.args.len() as u64,
+        argc: identity_blocks.argc,
         env_addr: layout.env,
         env_len: env.len() as u64,
-        envc: config.env.len() as u64,
+        envc: identity_blocks.envc,
         preopens_addr: layout.preopens,
         preopens_len: preopens.len() as u64,
-        preopen_count: config.preopens.len() as u64,
+        preopen_count: identity_blocks.preopen_count,
         request_addr: layout.request,
         output_addr: layout.output,
         phases_addr: layout.phases,
@@ -815,6 +824,12 @@ fn start_cell(
         init_export_len: init_export.len() as u64,
         input_addr: 0,
         input_len: 0,
+        reuse: u64::from(serving),
+    };
+    let region = IdentityRegion {
+        boot_info: layout.boot_info,
+        start: layout.args,
+        capacity: layout.identity_capacity,
     };
     if let Some(tables) = tables {
         let entry = match payload {
@@ -887,60 +902,22 @@ fn start_cell(
         None => (OutputMeter::new(config.output_limit), 0),
         Some(_) if fresh_identity => {
             // The template's memory holds its own identity: this cell's goes over it,
-            // for the runtime to read when its `Ready` call returns.
-            let identity = [
-                (layout.args, &args[..]),
-                (layout.env, &env[..]),
-                (layout.preopens, &preopens[..]),
-            ];
-            for (at, block) in identity {
-                mem.write_slice(block, GuestAddress(at))
-                    .map_err(load_error)?;
-            }
-            mem.write_obj(
-                boot.components,
-                GuestAddress(layout.boot_info + offset_of!(BootInfo, components) as u64),
-            )
-            .map_err(load_error)?;
-            let fields = [
-                (offset_of!(BootInfo, args_addr), boot.args_addr),
-                (offset_of!(BootInfo, env_addr), boot.env_addr),
-                (offset_of!(BootInfo, preopens_addr), boot.preopens_addr),
-                (offset_of!(BootInfo, args_len), boot.args_len),
-                (offset_of!(BootInfo, argc), boot.argc),
-                (offset_of!(BootInfo, env_len), boot.env_len),
-                (offset_of!(BootInfo, envc), boot.envc),
-                (offset_of!(BootInfo, preopens_len), boot.preopens_len),
-                (offset_of!(BootInfo, preopen_count), boot.preopen_count),
-            ];
-            for (offset, value) in fields {
-                mem.write_obj(value, GuestAddress(layout.boot_info + offset as u64))
-                    .map_err(load_error)?;
-            }
+            // for the runtime to read when its `Ready` call returns, with its stdin
+            // when the caller has it all and it fits, which the program then reads
+            // with no exit.
+            region
+                .lay(mem, &identity_blocks, input)
+                .map_err(load_error)?;
+            let field = |offset: usize| GuestAddress(layout.boot_info + offset as u64);
+            mem.write_obj(boot.components, field(offset_of!(BootInfo, components)))
+                .map_err(load_error)?;
+            mem.write_obj(boot.reuse, field(offset_of!(BootInfo, reuse)))
+                .map_err(load_error)?;
             mem.write_slice(
                 &boot.stdio_kinds,
                 GuestAddress(layout.boot_info + offset_of!(BootInfo, stdio_kinds) as u64),
             )
             .map_err(load_error)?;
-            // Stdin laid after the identity, when the caller has it all and it fits:
-            // the program reads it with no exit.
-            let laid_at = layout.preopens + preopens.len() as u64;
-            let room = (layout.args + layout.identity_capacity).saturating_sub(laid_at);
-            let (input_addr, input_len) = match input {
-                Some(input) if input.len() as u64 <= room => {
-                    mem.write_slice(input, GuestAddress(laid_at))
-                        .map_err(load_error)?;
-                    (laid_at, input.len() as u64)
-                }
-                _ => (0, 0),
-            };
-            for (offset, value) in [
-                (offset_of!(BootInfo, input_addr), input_addr),
-                (offset_of!(BootInfo, input_len), input_len),
-            ] {
-                mem.write_obj(value, GuestAddress(layout.boot_info + offset as u64))
-                    .map_err(load_error)?;
-            }
             (OutputMeter::new(config.output_limit), 0)
         }
         Some(snapshot) => {
@@ -973,6 +950,7 @@ fn start_cell(
             _ => None,
         },
         components: config.components,
+        requests: serving.then_some(region),
     };
     let trap_handler = GuestAddress(layout.boot_info + offset_of!(BootInfo, trap_entry) as u64);
     let mapped_module = MappedModule {
@@ -986,10 +964,13 @@ fn start_cell(
         vcpu,
         &memory,
         services,
-        config,
         trap_handler,
         &mapped_module,
         reuse.as_ref().map(|reuse| reuse.runner),
+        Requests {
+            timeout: config.timeout,
+            next,
+        },
     );
     // Whatever the program wrote before it ended reaches the user, even after a fault.
     let drained = drain_output(
@@ -1133,10 +1114,10 @@ fn run_on_vcpu_thread<'a>(
     mut vcpu: Vcpu,
     memory: &GuestMemory,
     mut services: Services<'a>,
-    config: &CellConfig,
     trap_handler: GuestAddress,
     module: &MappedModule<'_>,
     runner: Option<&VcpuRunner>,
+    requests: Requests<'_, '_>,
 ) -> (Result<Completion, CellError>, Vcpu, Services<'a>) {
     let control = services.control.clone();
     let output = services.output;
@@ -1155,7 +1136,7 @@ fn run_on_vcpu_thread<'a>(
         drop(binding);
         (outcome, vcpu, services)
     };
-    let watch = || supervise(&control, memory, output, config.timeout, &module.region);
+    let watch = || supervise(&control, memory, output, &module.region, requests);
     match runner {
         Some(runner) => runner
             .run(move |confined| work(&|| confined.clone()), watch)
@@ -1189,19 +1170,35 @@ impl Drop for FinishOnDrop {
 /// Longest time output may wait in the guest's buffer while the program computes.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
-/// Watches a running cell until its vCPU thread finishes.
+/// A cell's requests, as its supervisor sees them: each has the time limit, and a
+/// cell that serves several takes each next one from `next`.
+struct Requests<'s, 'n> {
+    timeout: Option<Duration>,
+    next: Option<&'s mut NextRequests<'n>>,
+}
+
+/// Watches a running cell until its vCPU thread finishes, handing a cell that serves
+/// requests each next one, with its own time limit.
 fn supervise(
     control: &CellControl,
     memory: &GuestMemory,
     output: GuestAddress,
-    timeout: Option<Duration>,
     module: &std::ops::Range<u64>,
+    Requests { timeout, mut next }: Requests<'_, '_>,
 ) {
-    let deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
+    let mut deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
     loop {
         match control.wait_for_tick(Instant::now() + DRAIN_INTERVAL, deadline) {
             Wake::Finished => return,
+            Wake::Boundary(reply) => {
+                let request = next.as_mut().and_then(|next| next());
+                deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
+                let _ = reply.send(request);
+            }
             Wake::Stopping => {
+                // A vCPU thread waiting for its next request is not in the guest,
+                // where a kick would reach it.
+                control.refuse_next_request();
                 control.kick();
                 if control.wait_for_finish(Instant::now() + KICK_INTERVAL) {
                     return;
@@ -1488,16 +1485,6 @@ fn image_end(elf: &[u8]) -> Result<u64, CellError> {
         }
     }
     Ok(end)
-}
-
-/// NUL-terminated strings back to back.
-fn string_block<'a>(strings: impl Iterator<Item = &'a str>) -> Vec<u8> {
-    let mut block = Vec::new();
-    for string in strings {
-        block.extend_from_slice(string.as_bytes());
-        block.push(0);
-    }
-    block
 }
 
 fn boot_bytes(boot: &BootInfo) -> &[u8] {

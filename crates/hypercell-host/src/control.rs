@@ -13,6 +13,7 @@ use hypercell_abi::Hypercall;
 use hypercell_vmm::VcpuHandle;
 
 use crate::hypercall::HypercallCounts;
+use crate::identity::NextRequest;
 use crate::persist::{CellSnapshot, SnapshotError};
 
 /// How often a vCPU that is asked to pause or stop is kicked until it does.
@@ -95,6 +96,8 @@ struct State {
     snapshot: Option<(SnapshotReply, SnapshotScope)>,
     /// A measure of the memory touched asked for, and where to send it.
     measure: Option<mpsc::Sender<u64>>,
+    /// The vCPU thread answered a request and waits here for the next.
+    boundary: Option<BoundaryReply>,
     vcpu: Option<VcpuHandle>,
     /// A cell has begun with this control (it may not run its vCPU yet).
     begun: bool,
@@ -123,6 +126,9 @@ fn clock_time(clock: libc::clockid_t) -> Option<Duration> {
         .then(|| Duration::new(now.tv_sec as u64, now.tv_nsec as u32))
 }
 
+/// Where a cell that answered a request learns its next one.
+pub(crate) type BoundaryReply = mpsc::SyncSender<Option<NextRequest>>;
+
 /// What [`CellControl::wait_for_tick`] woke for.
 #[derive(Debug)]
 pub(crate) enum Wake {
@@ -132,6 +138,8 @@ pub(crate) enum Wake {
     Stopping,
     /// The memory the cell touched is asked for: here is where to send it.
     Measure(mpsc::Sender<u64>),
+    /// The cell answered its request: its next goes here (`None`: no more come).
+    Boundary(BoundaryReply),
     /// The time given passed.
     Timeout,
 }
@@ -344,6 +352,27 @@ impl CellControl {
         self.state().stop
     }
 
+    /// On the vCPU thread of a cell that serves requests, once it answered one: waits
+    /// for the supervisor to hand it the next, `None` when none comes or the cell is
+    /// being stopped.
+    pub(crate) fn next_request(&self) -> Option<NextRequest> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        {
+            let mut state = self.state();
+            if state.stop.is_some() {
+                return None;
+            }
+            state.boundary = Some(reply);
+            self.inner.changed.notify_all();
+        }
+        answer.recv().ok().flatten()
+    }
+
+    /// Lets a vCPU thread waiting for its next request go on without one.
+    pub(crate) fn refuse_next_request(&self) {
+        self.state().boundary = None;
+    }
+
     /// Asks the vCPU to hand over its buffered output at its next kick.
     pub(crate) fn request_drain(&self) {
         self.inner.drain.store(true, Ordering::SeqCst);
@@ -469,6 +498,9 @@ impl CellControl {
             }
             if let Some(reply) = state.measure.take() {
                 return Wake::Measure(reply);
+            }
+            if let Some(reply) = state.boundary.take() {
+                return Wake::Boundary(reply);
             }
             let idle = self.inner.input_wait.load(Ordering::SeqCst) != 0;
             let until = if idle {

@@ -17,6 +17,7 @@ use vm_memory::{Address, Bytes, GuestAddress};
 use crate::control::{CellControl, StopReason};
 use crate::fs::{FileTable, errno_of};
 use crate::guest_access::{pieces, read_array, read_guest_bytes, write_guest_bytes};
+use crate::identity::IdentityRegion;
 use crate::persist::{CellSnapshot, GrowthState, PersistError, ServicesState, TemplatePoint};
 use crate::stdio::{
     CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output, read_guest_from, write_guest_to,
@@ -136,6 +137,9 @@ pub struct Services<'a> {
     /// The components the cell is given: the guest answers calls into others with
     /// `notcapable` itself, and the host refuses their hypercalls, whatever the guest.
     pub components: Components,
+    /// For a cell that serves several requests: where each next request's identity
+    /// goes. `None` answers [`Hypercall::NextRequest`] with "no more".
+    pub requests: Option<IdentityRegion>,
 }
 
 /// The part of a cell's memory its VM maps, grown on the guest's request.
@@ -262,6 +266,7 @@ impl Services<'_> {
                 return Ok(Completion::TemplateReady);
             }
             Hypercall::Ready => 0,
+            Hypercall::NextRequest => self.next_request(memory),
             Hypercall::File => {
                 let op =
                     FileOp::from_number(args[0]).ok_or(HypercallError::UnknownFileOp(args[0]))?;
@@ -282,6 +287,23 @@ impl Services<'_> {
         }
         write_result(memory, addr, result)?;
         Ok(Completion::Resume)
+    }
+
+    /// Waits for a server's next request and lays it in the cell's identity: 1, or 0
+    /// when none comes (or the cell serves one request only).
+    fn next_request(&mut self, memory: &GuestMemory) -> i64 {
+        let Some(region) = self.requests else {
+            return 0;
+        };
+        let Some(next) = self.control.next_request() else {
+            return 0;
+        };
+        if let Err(error) = region.lay(memory.mem(), &next.identity, Some(&next.input)) {
+            tracing::warn!("could not hand a cell its next request: {error}");
+            return 0;
+        }
+        self.meter.restart();
+        1
     }
 
     /// The services' saved state: descriptors, output delivered, memory grown.

@@ -12,6 +12,7 @@ pub mod control;
 pub mod fs;
 mod guest_access;
 pub mod hypercall;
+pub mod identity;
 pub mod layout;
 pub mod persist;
 mod reusable;
@@ -28,6 +29,7 @@ pub use cell::{
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
 pub use control::{CellActivity, CellControl, StopReason};
+pub use identity::NextRequest;
 pub use reusable::ReusableCell;
 pub use running::{Cell, OwnedStdio};
 pub use stdio::CellStdio;

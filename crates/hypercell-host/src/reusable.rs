@@ -6,7 +6,9 @@
 
 use std::sync::Arc;
 
-use crate::cell::{CellError, CellFailure, CellPayload, CellReport, Partition, ResetReport, Reuse};
+use crate::cell::{
+    CellError, CellFailure, CellPayload, CellReport, NextRequests, Partition, ResetReport, Reuse,
+};
 use crate::compile::CompiledModule;
 use crate::config::CellConfig;
 use crate::control::CellControl;
@@ -81,6 +83,36 @@ impl ReusableCell {
         input: Option<&[u8]>,
         control: &CellControl,
     ) -> Result<CellReport, CellFailure> {
+        self.start(config, stdio, input, control, None)
+    }
+
+    /// [`Self::run_with_input`] for a server that lets one cell answer several requests
+    /// in turn, at the cost of their isolation from each other: a runtime that can
+    /// (a wasi:http component's) asks for the next request once it answered one, rather
+    /// than ending its program. Each time, with the response in the cell's stdout,
+    /// `next` is called on this thread for the next request, which the caller has put
+    /// on the stdin descriptor too, or `None` to end the cell (its program then exits
+    /// with status 0). Each request has the time limit of `config`; output limits count
+    /// per request; memory is the cell's, and what one request grew stays grown.
+    pub fn serve(
+        &mut self,
+        config: &CellConfig,
+        stdio: CellStdio<'_>,
+        input: Option<&[u8]>,
+        control: &CellControl,
+        next: &mut NextRequests<'_>,
+    ) -> Result<CellReport, CellFailure> {
+        self.start(config, stdio, input, control, Some(next))
+    }
+
+    fn start(
+        &mut self,
+        config: &CellConfig,
+        stdio: CellStdio<'_>,
+        input: Option<&[u8]>,
+        control: &CellControl,
+        next: Option<&mut NextRequests<'_>>,
+    ) -> Result<CellReport, CellFailure> {
         if self.used {
             self.reset()?;
         }
@@ -99,6 +131,7 @@ impl ReusableCell {
                 kept: &mut self.partition,
                 runner: &self.runner,
                 input,
+                next,
             },
         )
     }

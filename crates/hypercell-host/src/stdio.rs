@@ -86,6 +86,12 @@ pub struct OutputMeter {
 }
 
 impl OutputMeter {
+    /// Counts from zero again, for a server's next request.
+    pub fn restart(&mut self) {
+        self.written = 0;
+        self.exceeded = false;
+    }
+
     /// A meter for `limit` bytes (`None`: unlimited).
     pub fn new(limit: Option<u64>) -> Self {
         Self {

@@ -318,6 +318,7 @@ impl Fixture {
             }])
             .unwrap(),
             template_stop: None,
+            requests: None,
             components,
         };
         if case.number != Hypercall::File as u32 {

@@ -212,13 +212,24 @@ fn a_benign_raw_guest_exits_with_its_status() {
 
 #[test]
 fn unknown_hypercall_numbers_end_the_cell() {
-    for number in [0, 14, 0x7fff_ffff, u32::MAX] {
+    for number in [0, 15, 0x7fff_ffff, u32::MAX] {
         let code = Asm::new()
             .request_raw(ABI_VERSION, number, [0; 6])
             .hypercall()
             .code();
         assert_eq!(abi_error(&code), HypercallError::Unknown(number));
     }
+}
+
+#[test]
+fn asking_for_a_next_request_outside_a_server_gets_none() {
+    // A cell that no server reuses learns that no request comes, and carries on.
+    let code = Asm::new()
+        .call(Hypercall::NextRequest, [0; 6])
+        .exit_with_result()
+        .code();
+    let outcome = run_with(&code, &config(), b"");
+    assert_eq!(outcome.result.unwrap().exit, CellExit::Exited(0));
 }
 
 #[test]

@@ -23,10 +23,21 @@ pub(crate) struct Entry<'a> {
     pub handler: Duration,
     /// Putting the partition back for the next request, after the response left.
     pub reset: Duration,
-    /// Pages the reset dropped; `None` when a new partition replaced the cell.
-    pub reset_pages: Option<u64>,
+    /// What became of the cell after the request.
+    pub after: AfterRequest,
     /// VM exits of the cell's run.
     pub exits: u64,
+}
+
+/// What became of a request's cell once it answered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum AfterRequest {
+    /// Its partition was put back to the template, dropping this many pages.
+    Reset(u64),
+    /// A new partition replaced it.
+    NewCell,
+    /// It went on to the next request (`--reuse`).
+    Reused,
 }
 
 /// Where a server's access log and error lines go.
@@ -47,9 +58,12 @@ impl AccessLog {
 
     pub(crate) fn record(&self, entry: &Entry<'_>) {
         let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let reset = match entry.reset_pages {
-            Some(pages) => format!("reset_ms={:.3} reset_pages={pages}", ms(entry.reset)),
-            None => format!("new_cell_ms={:.3}", ms(entry.reset)),
+        let reset = match entry.after {
+            AfterRequest::Reset(pages) => {
+                format!("reset_ms={:.3} reset_pages={pages}", ms(entry.reset))
+            }
+            AfterRequest::NewCell => format!("new_cell_ms={:.3}", ms(entry.reset)),
+            AfterRequest::Reused => "reused".into(),
         };
         let line = format!(
             "{:.3} req={} {} \"{}\" {} {} total_ms={:.3} queue_ms={:.3} handler_ms={:.3} {reset} exits={}\n",

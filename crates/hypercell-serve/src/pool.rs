@@ -20,10 +20,13 @@ use bytes::Bytes;
 use http_body_util::Full;
 use hyper::{Response, StatusCode};
 use hypercell_host::config::format_size;
-use hypercell_host::{CellConfig, CellControl, CellError, CellExit, CellStdio, ReusableCell};
+use hypercell_host::{
+    CellConfig, CellControl, CellError, CellExit, CellFailure, CellReport, CellStdio, NextRequest,
+    ReusableCell,
+};
 use tokio::sync::oneshot;
 
-use crate::access_log::{AccessLog, Entry};
+use crate::access_log::{AccessLog, AfterRequest, Entry};
 use crate::cgi::parse_response;
 use crate::handler::{Handler, HandlerKind};
 
@@ -38,6 +41,9 @@ pub struct PoolLimits {
     pub queue: usize,
     /// How long a cell beyond `min_cells` stays without a request before it goes.
     pub idle: Duration,
+    /// Most requests one cell answers in turn (`--reuse`): 1 gives each request a
+    /// fresh cell.
+    pub requests_per_cell: u64,
 }
 
 /// A request on its way to a cell.
@@ -228,27 +234,29 @@ fn work(shared: &Arc<Shared>) {
             return;
         }
     };
-    while let Some(job) = next_job(shared, &mut membership) {
-        if job.reply.is_closed() {
-            // Its client went away while it waited.
-            shared.log.refused(
-                job.id,
-                job.remote,
-                &job.line,
-                CLIENT_GONE,
-                job.received.elapsed(),
-            );
-            continue;
-        }
+    let most = shared.limits.requests_per_cell;
+    while let Some(job) = next_live_job(shared, &mut membership) {
         let id = job.id;
-        let served = catch_unwind(AssertUnwindSafe(|| worker.serve(job, shared)));
-        if served.is_err() {
-            // The request's reply went with the panic: its client gets a 500.
-            shared.log.error(
-                Some(id),
-                "the worker serving this request failed; another replaces it",
-            );
-            return;
+        let served = catch_unwind(AssertUnwindSafe(|| {
+            if most > 1 {
+                worker.serve_in_turn(job, shared, &mut membership, most)
+            } else {
+                worker.serve(job, shared);
+                true
+            }
+        }));
+        match served {
+            Err(_) => {
+                // The request's reply went with the panic: its client gets a 500.
+                shared.log.error(
+                    Some(id),
+                    "the worker serving this request failed; another replaces it",
+                );
+                return;
+            }
+            // The worker left the pool while its cell waited for a request.
+            Ok(false) => return,
+            Ok(true) => {}
         }
         if worker.cell.is_none() {
             // `serve` logged why no new cell could be made.
@@ -284,6 +292,23 @@ fn next_job(shared: &Shared, membership: &mut Membership<'_>) -> Option<Job> {
     }
 }
 
+/// [`next_job`], past the jobs whose clients went away while they waited.
+fn next_live_job(shared: &Shared, membership: &mut Membership<'_>) -> Option<Job> {
+    loop {
+        let job = next_job(shared, membership)?;
+        if !job.reply.is_closed() {
+            return Some(job);
+        }
+        shared.log.refused(
+            job.id,
+            job.remote,
+            &job.line,
+            CLIENT_GONE,
+            job.received.elapsed(),
+        );
+    }
+}
+
 /// The status the access log gives a request whose client left before a cell took it,
 /// as nginx logs it.
 const CLIENT_GONE: u16 = 499;
@@ -292,13 +317,353 @@ const CLIENT_GONE: u16 = 499;
 struct Worker {
     /// `None` after a failure, until [`Worker::ready`] makes a new one.
     cell: Option<ReusableCell>,
+    files: StdioFiles,
+}
+
+/// Where a request's time went.
+#[derive(Clone, Copy)]
+struct Served {
+    /// When a cell took it.
+    picked: Instant,
+    /// When its cell answered it.
+    ran: Instant,
+    /// The VM exits its cell took for it.
+    exits: u64,
+}
+
+/// A request answered, for its line in the access log.
+struct Answered {
+    id: u64,
+    remote: SocketAddr,
+    line: String,
+    received: Instant,
+    status: u16,
+    bytes: u64,
+    served: Served,
+    /// When the answer left for the client.
+    at: Instant,
+}
+
+impl Worker {
+    fn new(handler: &Handler) -> Result<Self, String> {
+        Ok(Self {
+            cell: Some(fresh_cell(handler)?),
+            files: StdioFiles::new()?,
+        })
+    }
+
+    /// Runs `job` in a fresh cell, answers it, puts the partition back and logs it.
+    fn serve(&mut self, job: Job, shared: &Shared) {
+        let picked = Instant::now();
+        let control = CellControl::new();
+        let result = self
+            .files
+            .prepare(&job.body)
+            .map(|()| match &mut self.cell {
+                Some(cell) => {
+                    cell.run_with_input(&job.config, self.files.stdio(), Some(&job.body), &control)
+                }
+                None => unreachable!("a worker takes requests only with a cell ready"),
+            });
+        let ran = Instant::now();
+        let (answer, exits) = outcome(result, &job, &self.files, shared.handler.kind());
+        let fresh = matches!(answer, Answer::Failed { .. });
+        let served = Served { picked, ran, exits };
+        let answered = respond(job, answer, served, &self.files, shared);
+        self.put_back(fresh, answered, shared);
+    }
+
+    /// Runs `first` and the requests after it in one cell, in turn (`--reuse`): up to
+    /// `most`, while its runtime asks for more (a wasi:http component's does; a WAGI
+    /// program ends after one), it answers them, and no job waits when it asks for
+    /// one beyond `--idle`. Then the partition is put back. False when the worker left
+    /// the pool while its cell waited for a request.
+    fn serve_in_turn(
+        &mut self,
+        first: Job,
+        shared: &Shared,
+        membership: &mut Membership<'_>,
+        most: u64,
+    ) -> bool {
+        let control = CellControl::new();
+        let config = first.config.clone();
+        let input = first.body.clone();
+        let kind = shared.handler.kind();
+        let Worker { cell, files } = self;
+        let prepared = files.prepare(&first.body);
+        // The request in the cell, when a cell took it, and the exits before it.
+        let mut current = Some((first, Instant::now(), 0));
+        let mut answered = 0;
+        let mut stays = true;
+        let mut next = || {
+            let (job, picked, before) = current.take()?;
+            let ran = Instant::now();
+            let exits = control.activity().exits;
+            let answer = files
+                .response(&job, kind)
+                .map_or_else(handler_failed, Answer::Response);
+            // A cell that broke the protocol goes; the next request gets a fresh one.
+            let broken = matches!(answer, Answer::Failed { .. });
+            let served = Served {
+                picked,
+                ran,
+                exits: exits - before,
+            };
+            let done = respond(job, answer, served, files, shared);
+            record(&done, AfterRequest::Reused, Instant::now(), shared);
+            answered += 1;
+            if broken || answered >= most {
+                return None;
+            }
+            let Some(job) = next_live_job(shared, membership) else {
+                stays = false;
+                return None;
+            };
+            if let Err(error) = files.prepare(&job.body) {
+                let answer = server_failed(format!("cannot give the request to the cell: {error}"));
+                let served = Served {
+                    picked: Instant::now(),
+                    ran: Instant::now(),
+                    exits: 0,
+                };
+                let done = respond(job, answer, served, files, shared);
+                record(&done, AfterRequest::NewCell, Instant::now(), shared);
+                return None;
+            }
+            let request = NextRequest::new(&job.config, job.body.to_vec());
+            current = Some((job, Instant::now(), exits));
+            Some(request)
+        };
+        let result = prepared.map(|()| match cell {
+            Some(cell) => cell.serve(&config, files.stdio(), Some(&input), &control, &mut next),
+            None => unreachable!("a worker takes requests only with a cell ready"),
+        });
+        let ran = Instant::now();
+        let last = current.take();
+        let exits = control.activity().exits;
+        match last {
+            // The cell ended with a request in it: that request's answer is the cell's.
+            Some((job, picked, before)) => {
+                let (answer, _) = outcome(result, &job, files, kind);
+                let fresh = matches!(answer, Answer::Failed { .. });
+                let served = Served {
+                    picked,
+                    ran,
+                    exits: exits - before,
+                };
+                let answered = respond(job, answer, served, files, shared);
+                self.put_back(fresh, answered, shared);
+            }
+            // It was told no more requests come, and ended.
+            None => {
+                let failed = match result {
+                    Ok(Ok(report)) => report.exit != CellExit::Exited(0),
+                    _ => true,
+                };
+                if failed {
+                    shared.log.error(
+                        None,
+                        "a cell that answered its requests failed as it ended; a new one replaces it",
+                    );
+                    self.cell = None;
+                }
+                self.reset_or_replace(failed, None, shared);
+            }
+        }
+        stays
+    }
+
+    /// Readies the worker's partition for the next request, the answer to the last
+    /// one having left: put back to the template, or, after a failure (`fresh`),
+    /// dropped for a new one; then logs the request.
+    fn put_back(&mut self, fresh: bool, answered: Answered, shared: &Shared) {
+        let after = self.reset_or_replace(fresh, Some(answered.id), shared);
+        record(&answered, after, Instant::now(), shared);
+    }
+
+    /// Puts the partition back to the template, or replaces it (when `fresh`, or when
+    /// it cannot be put back), and makes sure a cell is ready.
+    fn reset_or_replace(&mut self, fresh: bool, id: Option<u64>, shared: &Shared) -> AfterRequest {
+        self.files.release();
+        let after = match self
+            .cell
+            .as_mut()
+            .filter(|_| !fresh)
+            .map(ReusableCell::reset)
+        {
+            Some(Ok(report)) => AfterRequest::Reset(report.pages),
+            Some(Err(error)) => {
+                shared
+                    .log
+                    .error(id, &format!("a new cell replaces this one: {error}"));
+                self.cell = None;
+                AfterRequest::NewCell
+            }
+            None => {
+                self.cell = None;
+                AfterRequest::NewCell
+            }
+        };
+        if self.cell.is_none() {
+            match fresh_cell(&shared.handler) {
+                Ok(cell) => self.cell = Some(cell),
+                Err(error) => shared.log.error(
+                    id,
+                    &format!("cannot make a new cell after this request: {error}"),
+                ),
+            }
+        }
+        after
+    }
+}
+
+/// How a cell's run answered `job`, and the VM exits it took.
+fn outcome(
+    result: std::io::Result<Result<CellReport, CellFailure>>,
+    job: &Job,
+    files: &StdioFiles,
+    kind: HandlerKind,
+) -> (Answer, u64) {
+    match result {
+        Err(error) => (
+            server_failed(format!("cannot give the request to the cell: {error}")),
+            0,
+        ),
+        Ok(Ok(report)) => {
+            // A refused memory.grow is the likeliest cause of a failure after it.
+            let denied = report.denied_growth.map_or_else(String::new, |bytes| {
+                format!(
+                    " (it was refused a linear memory of {}, over its limit of {})",
+                    format_size(bytes),
+                    format_size(job.config.memory_limit)
+                )
+            });
+            let answer = match report.exit {
+                CellExit::Exited(0) => files
+                    .response(job, kind)
+                    .map_or_else(handler_failed, Answer::Response),
+                CellExit::Exited(status) => {
+                    handler_failed(format!("the handler exited with status {status}{denied}"))
+                }
+                CellExit::Trapped(trap) => {
+                    handler_failed(format!("the handler trapped{denied}: {trap}"))
+                }
+                CellExit::Template => {
+                    handler_failed("the handler's cell stopped as a template".into())
+                }
+            };
+            (answer, report.stats.exits)
+        }
+        Ok(Err(cell_failure)) => {
+            let exits = cell_failure.stats.as_ref().map_or(0, |stats| stats.exits);
+            let answer = match cell_failure.error {
+                CellError::Timeout(limit) => Answer::Failed {
+                    status: StatusCode::GATEWAY_TIMEOUT,
+                    what: "the handler ran past its time limit",
+                    cause: format!("the handler ran past its time limit of {limit:?}"),
+                },
+                CellError::OutputLimit(limit) => Answer::Failed {
+                    status: StatusCode::INTERNAL_SERVER_ERROR,
+                    what: "the handler's response is too large",
+                    cause: format!("the handler wrote more than the response limit of {limit}"),
+                },
+                error => handler_failed(error.to_string()),
+            };
+            (answer, exits)
+        }
+    }
+}
+
+fn handler_failed(cause: String) -> Answer {
+    Answer::Failed {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        what: "the handler failed",
+        cause,
+    }
+}
+
+fn server_failed(cause: String) -> Answer {
+    Answer::Failed {
+        status: StatusCode::INTERNAL_SERVER_ERROR,
+        what: "the server failed",
+        cause,
+    }
+}
+
+/// Sends `answer` to `job`'s client, with where its time went, and logs what the
+/// handler wrote to stderr and any failure's cause.
+fn respond(
+    job: Job,
+    answer: Answer,
+    served: Served,
+    files: &StdioFiles,
+    shared: &Shared,
+) -> Answered {
+    let (mut response, problem) = match answer {
+        Answer::Response(response) => (response, None),
+        Answer::Failed {
+            status,
+            what,
+            cause,
+        } => (failure(status, job.id, what), Some(cause)),
+    };
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    let timing = format!(
+        "queue;dur={:.3}, handler;dur={:.3}",
+        ms(served.picked - job.received),
+        ms(served.ran - served.picked)
+    );
+    if let Ok(timing) = hyper::header::HeaderValue::from_str(&timing) {
+        response.headers_mut().insert("server-timing", timing);
+    }
+    let status = response.status().as_u16();
+    let bytes = hyper::body::Body::size_hint(response.body())
+        .exact()
+        .unwrap_or(0);
+    let _ = job.reply.send(response);
+    let at = Instant::now();
+    files.log_stderr(job.id, &shared.log);
+    if let Some(problem) = &problem {
+        shared.log.error(Some(job.id), problem);
+    }
+    Answered {
+        id: job.id,
+        remote: job.remote,
+        line: job.line,
+        received: job.received,
+        status,
+        bytes,
+        served,
+        at,
+    }
+}
+
+/// Writes `answered`'s line in the access log; what followed it lasted until `until`.
+fn record(answered: &Answered, after: AfterRequest, until: Instant, shared: &Shared) {
+    shared.log.record(&Entry {
+        id: answered.id,
+        remote: answered.remote,
+        line: &answered.line,
+        status: answered.status,
+        bytes: answered.bytes,
+        total: answered.at - answered.received,
+        queue: answered.served.picked - answered.received,
+        handler: answered.served.ran - answered.served.picked,
+        reset: until - answered.at,
+        after,
+        exits: answered.served.exits,
+    });
+}
+
+/// The files a worker's cells have as stdin, stdout and stderr.
+struct StdioFiles {
     stdin: File,
     stdout: File,
     stderr: File,
 }
 
-impl Worker {
-    fn new(handler: &Handler) -> Result<Self, String> {
+impl StdioFiles {
+    fn new() -> Result<Self, String> {
         let memfd = |name: &str| {
             memfd::MemfdOptions::default()
                 .close_on_exec(true)
@@ -307,185 +672,35 @@ impl Worker {
                 .map_err(|error| format!("cannot make a file for its stdio: {error}"))
         };
         Ok(Self {
-            cell: Some(fresh_cell(handler)?),
             stdin: memfd("hypercell-request")?,
             stdout: memfd("hypercell-response")?,
             stderr: memfd("hypercell-stderr")?,
         })
     }
 
-    /// Runs `job` in a fresh cell, answers it, puts the partition back and logs it.
-    fn serve(&mut self, job: Job, shared: &Shared) {
-        let picked = Instant::now();
-        let handler = &shared.handler;
-        let config = &job.config;
-        let prepared = self.prepare(&job.body);
-        let control = CellControl::new();
-        let result = prepared.map(|()| {
-            let stdio = CellStdio {
-                stdin: self.stdin.as_fd(),
-                stdout: self.stdout.as_fd(),
-                stderr: self.stderr.as_fd(),
-            };
-            match &mut self.cell {
-                Some(cell) => cell.run_with_input(config, stdio, Some(&job.body), &control),
-                None => unreachable!("a worker takes requests only with a cell ready"),
-            }
-        });
-        let ran = Instant::now();
-        let failed = |status, what, cause| Answer::Failed {
-            status,
-            what,
-            cause,
-        };
-        let server_error = StatusCode::INTERNAL_SERVER_ERROR;
-        let (answer, exits) = match result {
-            Err(error) => (
-                failed(
-                    server_error,
-                    "the server failed",
-                    format!("cannot give the request to the cell: {error}"),
-                ),
-                0,
-            ),
-            Ok(Ok(report)) => {
-                // A refused memory.grow is the likeliest cause of a failure after it.
-                let denied = report.denied_growth.map_or_else(String::new, |bytes| {
-                    format!(
-                        " (it was refused a linear memory of {}, over its limit of {})",
-                        format_size(bytes),
-                        format_size(config.memory_limit)
-                    )
-                });
-                let failed_run = |cause| failed(server_error, "the handler failed", cause);
-                let answer = match report.exit {
-                    CellExit::Exited(0) => self
-                        .response(&job, handler.kind())
-                        .map_or_else(failed_run, Answer::Response),
-                    CellExit::Exited(status) => {
-                        failed_run(format!("the handler exited with status {status}{denied}"))
-                    }
-                    CellExit::Trapped(trap) => {
-                        failed_run(format!("the handler trapped{denied}: {trap}"))
-                    }
-                    CellExit::Template => {
-                        failed_run("the handler's cell stopped as a template".into())
-                    }
-                };
-                (answer, report.stats.exits)
-            }
-            Ok(Err(cell_failure)) => {
-                let exits = cell_failure.stats.as_ref().map_or(0, |stats| stats.exits);
-                let answer = match cell_failure.error {
-                    CellError::Timeout(limit) => failed(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        "the handler ran past its time limit",
-                        format!("the handler ran past its time limit of {limit:?}"),
-                    ),
-                    CellError::OutputLimit(limit) => failed(
-                        server_error,
-                        "the handler's response is too large",
-                        format!("the handler wrote more than the response limit of {limit}"),
-                    ),
-                    error => failed(server_error, "the handler failed", error.to_string()),
-                };
-                (answer, exits)
-            }
-        };
-        // A cell that failed is replaced, not put back.
-        let (mut response, problem, fresh) = match answer {
-            Answer::Response(response) => (response, None, false),
-            Answer::Failed {
-                status,
-                what,
-                cause,
-            } => (failure(status, job.id, what), Some(cause), true),
-        };
-        let ms = |d: Duration| d.as_secs_f64() * 1e3;
-        let timing = format!(
-            "queue;dur={:.3}, handler;dur={:.3}",
-            ms(picked - job.received),
-            ms(ran - picked)
-        );
-        if let Ok(timing) = hyper::header::HeaderValue::from_str(&timing) {
-            response.headers_mut().insert("server-timing", timing);
+    fn stdio(&self) -> CellStdio<'_> {
+        CellStdio {
+            stdin: self.stdin.as_fd(),
+            stdout: self.stdout.as_fd(),
+            stderr: self.stderr.as_fd(),
         }
-        let status = response.status();
-        let bytes = hyper::body::Body::size_hint(response.body())
-            .exact()
-            .unwrap_or(0);
-        let _ = job.reply.send(response);
-        let answered = Instant::now();
-        self.log_stderr(job.id, &shared.log);
-        if let Some(problem) = &problem {
-            shared.log.error(Some(job.id), problem);
-        }
-        self.release_output();
-        // The next request's cell is made ready now, not when it comes: the partition
-        // put back, or, after a failure, dropped for a new one (see `ready`).
-        let reset = match self
-            .cell
-            .as_mut()
-            .filter(|_| !fresh)
-            .map(ReusableCell::reset)
-        {
-            Some(Ok(report)) => Some(report.pages),
-            Some(Err(error)) => {
-                shared.log.error(
-                    Some(job.id),
-                    &format!("a new cell replaces this one: {error}"),
-                );
-                self.cell = None;
-                None
-            }
-            None => {
-                self.cell = None;
-                None
-            }
-        };
-        if let Err(error) = self.ready(handler) {
-            shared.log.error(
-                Some(job.id),
-                &format!("cannot make a new cell after this request: {error}"),
-            );
-        }
-        shared.log.record(&Entry {
-            id: job.id,
-            remote: job.remote,
-            line: &job.line,
-            status: status.as_u16(),
-            bytes,
-            total: answered - job.received,
-            queue: picked - job.received,
-            handler: ran - picked,
-            reset: Instant::now() - answered,
-            reset_pages: reset,
-            exits,
-        });
-    }
-
-    /// Makes a new cell if the last one was dropped.
-    fn ready(&mut self, handler: &Handler) -> Result<(), String> {
-        if self.cell.is_none() {
-            self.cell = Some(fresh_cell(handler)?);
-        }
-        Ok(())
     }
 
     /// Lets go of what the last request wrote, so that an idle worker holds none of it.
-    fn release_output(&mut self) {
+    fn release(&self) {
         for file in [&self.stdin, &self.stdout, &self.stderr] {
             let _ = file.set_len(0);
         }
     }
 
     /// Puts `body` on the cell's stdin and empties its stdout and stderr.
-    fn prepare(&mut self, body: &[u8]) -> std::io::Result<()> {
+    fn prepare(&self, body: &[u8]) -> std::io::Result<()> {
         self.stdin.set_len(0)?;
         self.stdin.write_all_at(body, 0)?;
-        self.stdin.seek(SeekFrom::Start(0))?;
-        for output in [&mut self.stdout, &mut self.stderr] {
+        (&self.stdin).seek(SeekFrom::Start(0))?;
+        for output in [&self.stdout, &self.stderr] {
             output.set_len(0)?;
+            let mut output = output;
             output.seek(SeekFrom::Start(0))?;
         }
         Ok(())

@@ -9,8 +9,9 @@
 //! code once per request, as a CGI server runs a script: the request in the
 //! environment, arguments and stdin, the response from stdout, parsed by the same code
 //! as Hypercell's. Hypercell runs each request in a cell started afresh from the
-//! handler's template. Also printed: Hypercell's exits per request and where a
-//! request's time goes, from its access log.
+//! handler's template, and, in a row of its own, the component with `--reuse`, where
+//! one cell answers request after request. Also printed: Hypercell's exits per request
+//! and where a request's time goes, from its access log.
 //!
 //! `cargo bench -p hypercell --bench serve` (needs `hey`, which `scripts/setup`
 //! installs; `HYPERCELL_BENCH_SECONDS` sets each load run's length, default 4).
@@ -54,6 +55,8 @@ struct Subject {
     peer: Peer,
     wasm: PathBuf,
     args: Vec<String>,
+    /// `hypercell serve` flags of its own.
+    flags: &'static [&'static str],
     app: Option<PathBuf>,
     loads: Vec<Load>,
 }
@@ -91,23 +94,29 @@ fn main() {
     let body_file = work.path().join("body");
     std::fs::write(&body_file, vec![b'x'; 64 << 10]).unwrap();
     let component = component::build_http_component(&work.path().join("component"));
-    let mut subjects = vec![Subject {
-        name: "wasi:http component in C",
+    let component_subject = |name, flags| Subject {
+        name,
         peer: Peer::WasmtimeServe,
-        wasm: component,
+        wasm: component.clone(),
         args: Vec::new(),
+        flags,
         app: None,
         loads: vec![Load {
             name: "hello (GET)",
             target: "/hello?name=bench",
             body: 0,
         }],
-    }];
+    };
+    let mut subjects = vec![
+        component_subject("wasi:http component in C", &[]),
+        component_subject("wasi:http component in C, `--reuse`", &["--reuse"]),
+    ];
     subjects.push(Subject {
         name: "WAGI handler in C",
         peer: Peer::WasmtimeCgi,
         wasm,
         args: Vec::new(),
+        flags: &[],
         app: None,
         loads: vec![
             Load {
@@ -133,6 +142,7 @@ fn main() {
             peer: Peer::WasmtimeCgi,
             wasm: python,
             args: vec!["/app/app.py".into()],
+            flags: &[],
             app: Some(app),
             loads: vec![Load {
                 name: "python (POST 1 KiB)",
@@ -167,6 +177,7 @@ fn main() {
             "--min-cells".into(),
             "2".into(),
         ];
+        flags.extend(subject.flags.iter().map(|flag| flag.to_string()));
         let mut peer_flags = Vec::new();
         if let Some(app) = &subject.app {
             let dir = format!("{}::/app", app.display());

@@ -2,6 +2,7 @@
 
 use std::io::Write;
 use std::net::SocketAddr;
+use std::num::NonZeroU64;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use hypercell_host::config::{
     parse_memory_size,
 };
 use hypercell_host::{CellConfig, keep_vms_ready};
-use hypercell_serve::{AccessLog, Handler, HandlerError, PoolLimits, ServeOptions};
+use hypercell_serve::{AccessLog, Handler, HandlerError, HandlerKind, PoolLimits, ServeOptions};
 
 /// Arguments of `hypercell serve`.
 #[derive(clap::Args)]
@@ -48,6 +49,13 @@ pub struct ServeArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size,
           default_value_t = DEFAULT_MEMORY_LIMIT, hide_default_value = true)]
     memory: u64,
+    /// Let one cell answer up to N requests in turn (`--reuse=N`; without N: as many
+    /// as come),
+    /// as `wasmtime serve` reuses instances, rather than giving each request a fresh
+    /// cell: faster, but a request can see what earlier ones left in the cell. For
+    /// wasi:http components; a WAGI program ends after each request.
+    #[arg(long, value_name = "N", num_args = 0..=1, require_equals = true)]
+    reuse: Option<Option<NonZeroU64>>,
     /// Directories and variables every request's cell is given (the request's CGI
     /// variables come after these).
     #[command(flatten)]
@@ -99,6 +107,13 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
         Err(error) => return crate::fail(&error),
     };
+    if args.reuse.is_some() && handler.kind() == HandlerKind::Wagi {
+        let _ = writeln!(
+            std::io::stderr(),
+            "hypercell serve: note: --reuse applies to wasi:http components; `{}` is a WAGI program, which ends after each request, so each request still gets a fresh cell",
+            args.handler.display()
+        );
+    }
     let max_cells = args.max_cells.unwrap_or_else(|| {
         std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
     });
@@ -111,6 +126,11 @@ pub fn serve(args: ServeArgs) -> ExitCode {
             min_cells: args.min_cells.min(max_cells),
             queue: args.queue,
             idle: args.idle,
+            requests_per_cell: match args.reuse {
+                None => 1,
+                Some(None) => u64::MAX,
+                Some(Some(most)) => most.get(),
+            },
         },
         max_body: usize::try_from(args.max_body).unwrap_or(usize::MAX),
         body_timeout: BODY_TIMEOUT,

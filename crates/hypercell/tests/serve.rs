@@ -468,6 +468,75 @@ fn a_wasi_http_component_answers_each_request_in_a_fresh_cell() {
     );
 }
 
+#[test]
+fn with_reuse_one_cell_answers_requests_in_turn() {
+    let counted = |reply: &serve::Reply| {
+        let text = reply.text();
+        let at = text
+            .find("served=")
+            .expect("the component says how many it served");
+        text[at + 7..]
+            .split(' ')
+            .next()
+            .unwrap()
+            .parse::<u32>()
+            .unwrap()
+    };
+    // Up to three requests a cell: its memory counts them, then a fresh cell starts.
+    let server = Server::start(&http_component(), &["--max-cells", "1", "--reuse=3"]);
+    let mut connection = server.connect();
+    let seen: Vec<u32> = (0..7).map(|_| counted(&connection.get("/a"))).collect();
+    assert_eq!(seen, [1, 2, 3, 1, 2, 3, 1]);
+    let second = connection.get("/b");
+    let id = second.header("x-request-id").unwrap();
+    assert!(server.access_line(id).contains(" reused "), "{id}");
+    drop(server);
+
+    // Without a number, a cell answers requests as long as they come, each within its
+    // own time limit however long the cell has run.
+    let server = Server::start(
+        &http_component(),
+        &["--max-cells", "1", "--reuse", "--timeout", "300ms"],
+    );
+    let mut connection = server.connect();
+    let started = Instant::now();
+    let mut expected = 0;
+    while started.elapsed() < Duration::from_millis(700) {
+        expected += 1;
+        assert_eq!(counted(&connection.get("/busy")), expected);
+    }
+    // Each request reads its own body, laid in the cell's memory or, when large, read
+    // from the host.
+    let reply = connection.request("POST", "/post", &[("X-Name", "Ada")], b"twelve bytes");
+    assert!(
+        reply.text().ends_with(
+            "name=Ada body=12
+"
+        ),
+        "{}",
+        reply.text()
+    );
+    let large = vec![b'x'; 300 << 10];
+    let reply = connection.request("POST", "/post", &[], &large);
+    assert!(
+        reply.text().ends_with(
+            "name= body=307200
+"
+        ),
+        "{}",
+        reply.text()
+    );
+    assert!(connection.get("/get").text().ends_with(
+        "name= body=0
+"
+    ));
+    // A request that fails ends the cell; the next request gets a fresh one.
+    for (target, status) in [("/loop", 504), ("/trap", 500), ("/silent", 500)] {
+        assert_eq!(connection.get(target).status, status, "{target}");
+        assert_eq!(counted(&connection.get("/after")), 1, "after {target}");
+    }
+}
+
 /// The server's workers (each keeps one cell), counted by their threads' names.
 fn workers(server: &Server) -> usize {
     let tasks = format!("/proc/{}/task", server.child.id());

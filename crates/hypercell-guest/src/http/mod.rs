@@ -3,7 +3,9 @@
 //! its request (the head from its environment, the body from stdin), instantiates the
 //! component, calls its `handle`, and writes the response to stdout for the host as a
 //! status line, header lines, a blank line and the body. Everything the component
-//! imports is served here, in the cell, without an exit.
+//! imports is served here, in the cell, without an exit. A server that reuses cells
+//! then hands the same instance its next request ([`Hypercall::NextRequest`]) rather
+//! than letting the cell end.
 
 mod bindings;
 mod platform;
@@ -95,7 +97,7 @@ pub fn run(
     // growing it is an exit: what a request needs besides its body, handed back to the
     // allocator, which keeps it.
     drop(Vec::<u8>::with_capacity(REQUEST_HEAP));
-    let boot = if boot.template_stop == TEMPLATE_STOP_START {
+    let mut boot = if boot.template_stop == TEMPLATE_STOP_START {
         // The host takes the template here; each cell from it comes back with its own
         // request in its identity.
         crate::hypercall::call(Hypercall::Ready, [0; 6]);
@@ -107,23 +109,36 @@ pub fn run(
         // SAFETY: as above.
         unsafe { boot_ptr.read_volatile() }
     };
-    let request = read_request(&boot);
-    let table = &mut store.data_mut().table;
-    let (request, outparam) = match (table.push(request), table.push(ResponseOutparam)) {
-        (Ok(request), Ok(outparam)) => (request, outparam),
-        _ => fail(
-            FailureKind::Runtime,
-            b"failed to hand the request to the component",
-        ),
-    };
-    if let Err(e) = handler
-        .wasi_http_incoming_handler()
-        .call_handle(&mut store, request, outparam)
-    {
-        finish_with(e);
+    loop {
+        let request = read_request(&boot);
+        let table = &mut store.data_mut().table;
+        let (request, outparam) = match (table.push(request), table.push(ResponseOutparam)) {
+            (Ok(request), Ok(outparam)) => (request, outparam),
+            _ => fail(
+                FailureKind::Runtime,
+                b"failed to hand the request to the component",
+            ),
+        };
+        if let Err(e) = handler
+            .wasi_http_incoming_handler()
+            .call_handle(&mut store, request, outparam)
+        {
+            finish_with(e);
+        }
+        clock::mark(Phase::Finished);
+        respond(store.data_mut());
+        // A server that reuses cells hands this one its next request in place of the
+        // last, in the identity and on stdin.
+        if boot.reuse == 0 || crate::hypercall::call(Hypercall::NextRequest, [0; 6]) != 1 {
+            crate::stdio::exit(0)
+        }
+        // SAFETY: as above.
+        boot = unsafe { boot_ptr.read_volatile() };
+        crate::stdio::init(&boot);
+        let state = store.data_mut();
+        state.bodies.clear();
+        state.response = None;
     }
-    clock::mark(Phase::Finished);
-    respond(store.into_data())
 }
 
 /// Heap a request's own structures take, grown before the template point.
@@ -201,9 +216,9 @@ fn method(name: &str) -> Method {
     }
 }
 
-/// Writes the handler's response to stdout and ends the cell; a handler that set none,
-/// or set an error, ends it failed, with the reason.
-fn respond(mut state: ProxyState) -> ! {
+/// Writes the handler's response to stdout; a handler that set none, or set an error,
+/// ends the cell failed, with the reason.
+fn respond(state: &mut ProxyState) {
     let response = match state.response.take() {
         Some(Ok(response)) => response,
         Some(Err(code)) => {
@@ -251,7 +266,6 @@ fn respond(mut state: ProxyState) -> ! {
     if crate::stdio::write(1, &[&head, body]).is_err() {
         fail(FailureKind::Runtime, b"failed to write the response");
     }
-    crate::stdio::exit(0)
 }
 
 /// `core::fmt::Write` into a byte vector.

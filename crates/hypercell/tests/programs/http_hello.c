@@ -1,7 +1,8 @@
 // A wasi:http proxy component in C, over bindings wit-bindgen generates for the
 // world the guest serves: it answers with what it was asked (method, path, a header,
 // the body's length), how many requests its memory has seen (1 in a fresh cell), and a
-// status and header of its own. `/trap` traps; `/silent` returns without a response;
+// status and header of its own. `/trap` traps; `/loop` spins forever; `/silent`
+// returns without a response;
 // `/outgoing` tries an outgoing request and says how it was refused; `/big` answers
 // 3 MiB, written as wasi:io's check-write allows; `/abandon` drops its body unfinished;
 // every response carries a field named `status`, which must not become the status.
@@ -39,6 +40,9 @@ void exports_wasi_http_incoming_handler_handle(
     handler_string_t path = {0};
     wasi_http_types_method_incoming_request_path_with_query(incoming, &path);
     if (path.len == 5 && !memcmp(path.ptr, "/trap", 5)) __builtin_trap();
+    if (path.len == 5 && !memcmp(path.ptr, "/loop", 5))
+        for (volatile unsigned spins = 0;; spins++) {
+        }
     if (path.len == 7 && !memcmp(path.ptr, "/silent", 7)) return;
     int big = path.len == 4 && !memcmp(path.ptr, "/big", 4);
     char text[1024];
