@@ -14,7 +14,8 @@
 //! and where a request's time goes, from its access log.
 //!
 //! `cargo bench -p hypercell --bench serve` (needs `hey`, which `scripts/setup`
-//! installs; `HYPERCELL_BENCH_SECONDS` sets each load run's length, default 4).
+//! installs; `HYPERCELL_BENCH_SECONDS` sets each load run's length, default 4;
+//! `HYPERCELL_BENCH_ONLY=TEXT` measures only the handlers whose names hold TEXT).
 
 #[path = "../tests/support/component.rs"]
 mod component;
@@ -156,6 +157,10 @@ fn main() {
             "(no target/bench-programs/python.wasm: run crates/hypercell/benches/support/fetch-programs for the CPython row)\n"
         );
     }
+    // `HYPERCELL_BENCH_ONLY=TEXT` keeps the handlers whose names hold TEXT.
+    if let Ok(only) = std::env::var("HYPERCELL_BENCH_ONLY") {
+        subjects.retain(|subject| subject.name.contains(&only));
+    }
     let wasmtime = find_wasmtime();
     println!(
         "hypercell serve against wasmtime {}: `wasmtime serve` (a fresh instance per request) for the component, a CGI server running `wasmtime run` per request for the WAGI handlers; hey for {seconds} s per run, median of 3 runs\n",
@@ -227,9 +232,17 @@ fn main() {
                 for _ in 0..3 {
                     // Drop what earlier runs logged, so the breakdown is this load's.
                     while access.try_recv().is_ok() {}
-                    ours.push(hey(hypercell_addr, load.target, body, connections, seconds));
+                    let run = hey(hypercell_addr, load.target, body, connections, seconds);
+                    ours.push(run.unwrap_or_else(|report| {
+                        let said: Vec<String> = errors
+                            .try_iter()
+                            .filter(|line| line.starts_with("hypercell serve: req="))
+                            .collect();
+                        panic!("{report}\nhypercell serve said:\n{}", said.join("\n"))
+                    }));
                     sums.add(drain_access(&access));
-                    theirs.push(hey(peer_addr, load.target, body, connections, seconds));
+                    let run = hey(peer_addr, load.target, body, connections, seconds);
+                    theirs.push(run.unwrap_or_else(|report| panic!("{report}")));
                 }
                 let (rps, p99) = medians(&ours);
                 let (peer_rps, peer_p99) = medians(&theirs);
@@ -278,15 +291,15 @@ fn version(wasmtime: &Path) -> String {
         .to_string()
 }
 
-/// Runs `hey` against `addr` and returns requests per second and p99 in ms. Every
-/// response must be a success (2xx).
+/// Runs `hey` against `addr` and returns requests per second and p99 in ms, or, when a
+/// response was not a success (2xx), hey's report.
 fn hey(
     addr: SocketAddr,
     target: &str,
     body: Option<&Path>,
     connections: usize,
     seconds: usize,
-) -> (f64, f64) {
+) -> Result<(f64, f64), String> {
     let mut command = Command::new("hey");
     command
         .arg("-z")
@@ -313,11 +326,10 @@ fn hey(
         .lines()
         .filter(|line| line.trim().starts_with('['))
         .collect();
-    assert!(
-        statuses.iter().all(|line| line.trim().starts_with("[2")),
-        "responses other than 2xx at {addr}:\n{text}"
-    );
-    (field("Requests/sec:"), field("99% in") * 1e3)
+    if !statuses.iter().all(|line| line.trim().starts_with("[2")) {
+        return Err(format!("responses other than 2xx at {addr}:\n{text}"));
+    }
+    Ok((field("Requests/sec:"), field("99% in") * 1e3))
 }
 
 fn medians(runs: &[(f64, f64)]) -> (f64, f64) {

@@ -496,15 +496,17 @@ fn with_reuse_one_cell_answers_requests_in_turn() {
     // own time limit however long the cell has run.
     let server = Server::start(
         &http_component(),
-        &["--max-cells", "1", "--reuse", "--timeout", "300ms"],
+        &["--max-cells", "1", "--reuse", "--timeout", "100ms"],
     );
     let mut connection = server.connect();
     let started = Instant::now();
     let mut expected = 0;
-    while started.elapsed() < Duration::from_millis(700) {
+    // (Fewer than the requests after which this leaky component gets a fresh cell.)
+    while started.elapsed() < Duration::from_millis(250) && expected < 1500 {
         expected += 1;
         assert_eq!(counted(&connection.get("/busy")), expected);
     }
+    assert!(started.elapsed() > Duration::from_millis(100));
     // Each request reads its own body, laid in the cell's memory or, when large, read
     // from the host.
     let reply = connection.request("POST", "/post", &[("X-Name", "Ada")], b"twelve bytes");
@@ -535,6 +537,22 @@ fn with_reuse_one_cell_answers_requests_in_turn() {
         assert_eq!(connection.get(target).status, status, "{target}");
         assert_eq!(counted(&connection.get("/after")), 1, "after {target}");
     }
+    // This component never drops two of the handles each request gives it. Its cell
+    // ends while it leaks few enough that no request fails (the store's limit is
+    // 100,000 live handles), and a fresh one goes on.
+    let mut last = 1;
+    let fresh_after = (2..6000).find(|_| {
+        let reply = connection.get("/leaky");
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        let served = counted(&reply);
+        let fresh = served <= last;
+        last = served;
+        fresh
+    });
+    assert!(
+        fresh_after.is_some_and(|requests| requests > 1000),
+        "{fresh_after:?}"
+    );
 }
 
 /// The server's workers (each keeps one cell), counted by their threads' names.

@@ -9,6 +9,7 @@
 
 mod bindings;
 mod platform;
+mod resources;
 mod streams;
 mod types;
 
@@ -22,18 +23,19 @@ use hypercell_abi::http::{
 };
 use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::{BootInfo, Hypercall, TEMPLATE_STOP_START};
-use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::component::{Component, HasSelf, Linker};
 use wasmtime::{Engine, Store};
 
 use crate::clock::{self, Phase};
 use crate::platform::{FixedBuffer, fail};
 use crate::runtime::{GrowthLimiter, fail_with, finish_with};
 use bindings::wasi::http::types::{Method, Scheme};
+use resources::Resources;
 use types::{Body, IncomingRequest, OutgoingResponse, ResponseOutparam};
 
 /// What the component's imports work on.
 pub struct ProxyState {
-    table: ResourceTable,
+    table: Resources,
     /// Bodies written, by index.
     bodies: Vec<Body>,
     /// What the handler set its response to.
@@ -81,7 +83,7 @@ pub fn run(
     let mut store = Store::new(
         engine,
         ProxyState {
-            table: ResourceTable::new(),
+            table: Resources::new(),
             bodies: Vec::new(),
             response: None,
             limiter: GrowthLimiter::new(boot.wasm_memory_limit as usize),
@@ -128,8 +130,12 @@ pub fn run(
         clock::mark(Phase::Finished);
         respond(store.data_mut());
         // A server that reuses cells hands this one its next request in place of the
-        // last, in the identity and on stdin.
-        if boot.reuse == 0 || crate::hypercall::call(Hypercall::NextRequest, [0; 6]) != 1 {
+        // last, in the identity and on stdin; a component that leaks its resources
+        // gets a fresh cell instead.
+        if boot.reuse == 0
+            || store.data().table.live() > LEAKED_RESOURCES
+            || crate::hypercall::call(Hypercall::NextRequest, [0; 6]) != 1
+        {
             crate::stdio::exit(0)
         }
         // SAFETY: as above.
@@ -140,6 +146,11 @@ pub fn run(
         state.response = None;
     }
 }
+
+/// Resources alive between requests past which a component counts as leaking them
+/// (a handle it never drops), and its cell takes no more requests; the store fails a
+/// call at 100,000.
+const LEAKED_RESOURCES: usize = 4096;
 
 /// Heap a request's own structures take, grown before the template point.
 const REQUEST_HEAP: usize = 256 << 10;
