@@ -20,7 +20,7 @@ use crate::record::{
     CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirSpec, Event, RestartPolicy,
     TemplateRecord, TemplateSpec,
 };
-use crate::registry::{DaemonError, Registry};
+use crate::registry::{DaemonError, Migration, Registry};
 
 /// Largest request body the API takes (a cell spec, or a write to stdin).
 pub const BODY_LIMIT: usize = 1 << 20;
@@ -181,6 +181,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/cells/{cell}/pause", put(pause))
         .route("/v1/cells/{cell}/resume", put(resume))
         .route("/v1/cells/{cell}/snapshot", put(snapshot))
+        .route("/v1/cells/{cell}/migrate", put(migrate))
         .route("/v1/cells/{cell}/stats", get(stats))
         .route("/v1/cells/{cell}/stdin", post(stdin))
         .route("/v1/cells/{cell}/logs", get(logs))
@@ -367,6 +368,15 @@ pub struct SnapshotRequest {
     pub path: String,
 }
 
+/// Where `PUT /v1/cells/{cell}/migrate` moves a cell.
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateRequest {
+    /// The migration listener (`host:port`) of the daemon to move it to, which holds
+    /// the same migration secret.
+    pub to: String,
+}
+
 /// Every error's body.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 pub struct ErrorBody {
@@ -398,6 +408,7 @@ pub struct Version {
         pause,
         resume,
         snapshot,
+        migrate,
         stop,
         kill,
         remove,
@@ -421,6 +432,8 @@ pub struct Version {
         Event,
         ErrorBody,
         SnapshotRequest,
+        MigrateRequest,
+        Migration,
         TemplateSpec,
         TemplateRecord,
         Version
@@ -453,6 +466,24 @@ async fn snapshot(
     let path = std::path::PathBuf::from(request.path);
     Ok(axum::Json(
         blocking(move || registry.snapshot(&cell, &path)).await?,
+    ))
+}
+
+#[utoipa::path(put, path = "/v1/cells/{cell}/migrate", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
+    request_body = MigrateRequest,
+    responses((status = 415, description = "The body is not sent as application/json", body = ErrorBody), (status = 200, description = "The cell runs at the destination; its record here says where it went", body = Migration),
+        (status = 400, description = "The address is not a host:port address", body = ErrorBody),
+        (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "The cell is not live, or it did not move (it goes on here), or the migration broke after the destination took it (it stays paused here)", body = ErrorBody), (status = 503, description = "As many cells have live partitions as the daemon's limit of open files allows; try again after `Retry-After` seconds", body = ErrorBody)))]
+async fn migrate(
+    State(registry): State<Arc<Registry>>,
+    cell: Result<Path<String>, PathRejection>,
+    request: Result<axum::Json<MigrateRequest>, JsonRejection>,
+) -> Answer<axum::Json<Migration>> {
+    let Path(cell) = cell?;
+    let axum::Json(request) = request?;
+    Ok(axum::Json(
+        blocking(move || registry.migrate(&cell, &request.to)).await?,
     ))
 }
 

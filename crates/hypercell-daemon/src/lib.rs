@@ -2,12 +2,14 @@
 //! cell's record in an embedded database ([`store`]), its output in rotated files
 //! ([`logs`]) and its changes as events; the [`api`] serves it over HTTP on a Unix
 //! socket ([`server`]). `hypercell daemon` runs it; the `hypercell` client verbs (`ps`,
-//! `create`, `start`, `logs`...) talk to it.
+//! `create`, `start`, `logs`...) talk to it. Daemons move live cells between them
+//! ([`migration`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod api;
 pub mod loaded;
 pub mod logs;
+pub mod migration;
 pub mod record;
 pub mod registry;
 pub mod server;

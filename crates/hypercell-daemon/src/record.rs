@@ -97,6 +97,8 @@ pub enum CellState {
     Killed,
     /// It was running when the daemon went away, and was not brought back.
     Lost,
+    /// It moved to another daemon (see `migrated_to`), where it goes on.
+    Migrated,
 }
 
 impl CellState {
@@ -115,6 +117,7 @@ impl CellState {
             Self::Failed => "failed",
             Self::Killed => "killed",
             Self::Lost => "lost",
+            Self::Migrated => "migrated",
         }
     }
 }
@@ -151,6 +154,12 @@ pub struct CellRecord {
     /// released its VM, until input or a request wakes it), since when.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parked_ms: Option<u64>,
+    /// The migration address of the daemon it moved to, once it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrated_to: Option<String>,
+    /// The address of the daemon it came from, if it moved here.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migrated_from: Option<String>,
 }
 
 /// What a cell's run did: so far while it runs, in all once it ended.

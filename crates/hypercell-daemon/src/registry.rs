@@ -28,10 +28,13 @@ use crate::record::{
 };
 use crate::store::{DEFAULT_EVENTS_KEPT, Store, StoreError};
 
+mod arrive;
 mod checkpoint;
+mod migrate;
 mod park;
 mod templates;
 
+pub use migrate::Migration;
 use park::Parked;
 
 /// Bytes kept of each output stream of a cell, in each of its two files.
@@ -175,6 +178,8 @@ struct Live {
     /// Whether it was checkpointed as the daemon shuts down: its record stays live,
     /// for the next daemon to restore it.
     checkpointed: bool,
+    /// Where it went, once another daemon runs it: its end here is its departure.
+    migrated: Option<migrate::Departure>,
 }
 
 impl Live {
@@ -224,6 +229,8 @@ pub struct Registry {
     /// Becomes true as the daemon shuts down: event streams end.
     closing: watch::Sender<bool>,
     runtime: tokio::runtime::Handle,
+    /// The secret migration peers prove they hold, once set.
+    migration_secret: std::sync::OnceLock<Vec<u8>>,
 }
 
 impl Registry {
@@ -290,6 +297,7 @@ impl Registry {
             events: broadcast::channel(1024).0,
             closing: watch::Sender::new(false),
             runtime: tokio::runtime::Handle::current(),
+            migration_secret: std::sync::OnceLock::new(),
         });
         let lost: Vec<String> = registry
             .lock()
@@ -311,6 +319,12 @@ impl Registry {
             checkpoint::watch_policies(&registry, every).map_err(internal)?;
         }
         Ok(registry)
+    }
+
+    /// Sets the secret that migration peers must prove they hold, to send cells to other
+    /// daemons and take theirs (see [`crate::migration`]).
+    pub fn set_migration_secret(&self, secret: Vec<u8>) {
+        let _ = self.migration_secret.set(secret);
     }
 
     /// Refuses a new live partition when the daemon holds as many as its limit of open
@@ -470,6 +484,8 @@ impl Registry {
             error: None,
             usage: None,
             parked_ms: None,
+            migrated_to: None,
+            migrated_from: None,
         };
         let mut inner = self.lock();
         if inner.names.contains_key(&name) {
@@ -640,6 +656,7 @@ impl Registry {
                 state: watch::channel(CellState::Running).0,
                 killed: false,
                 checkpointed: false,
+                migrated: None,
             },
         );
         inner.logs.insert(record.id.clone(), logs);
@@ -718,13 +735,17 @@ impl Registry {
         if self.finish_parking(id) {
             return;
         }
-        let (killed, checkpointed, mut usage) = self
-            .lock()
-            .live
-            .get(id)
-            .map_or((false, false, CellUsage::default()), |live| {
-                (live.killed, live.checkpointed, live.usage())
-            });
+        let (killed, checkpointed, migrated, mut usage) = self.lock().live.get(id).map_or(
+            (false, false, None, CellUsage::default()),
+            |live| {
+                (
+                    live.killed,
+                    live.checkpointed,
+                    live.migrated.clone(),
+                    live.usage(),
+                )
+            },
+        );
         let stats = match &result {
             Ok(report) => Some(&report.stats),
             Err(failure) => failure.stats.as_deref(),
@@ -736,6 +757,11 @@ impl Registry {
             }
             record.usage = Some(usage);
             record.finished_ms = Some(now_ms());
+            if let Some(departure) = &migrated {
+                record.state = CellState::Migrated;
+                record.migrated_to = Some(departure.to.clone());
+                return;
+            }
             match &result {
                 Ok(report) => match &report.exit {
                     CellExit::Exited(code) => {
@@ -767,7 +793,10 @@ impl Registry {
         let state = inner.cells.get(id).map_or(CellState::Lost, |r| r.state);
         let live = inner.live.remove(id);
         drop(inner);
-        if let Some(live) = live {
+        if let Some(mut live) = live {
+            if let Some(departure) = &migrated {
+                self.cut_logs_at_departure(id, &mut live, departure);
+            }
             let _ = live.state.send(state);
         }
     }

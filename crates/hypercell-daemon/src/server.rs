@@ -35,6 +35,9 @@ pub struct DaemonOptions {
     /// How often cells whose restart policy is `checkpoint` are checkpointed while they
     /// run, if at all (they are also checkpointed as the daemon shuts down).
     pub checkpoint_every: Option<Duration>,
+    /// The file holding the secret that migration peers share, and the address to
+    /// take cells from other daemons on, if any.
+    pub migration: Option<(PathBuf, Option<std::net::SocketAddr>)>,
 }
 
 /// Why the daemon could not run.
@@ -62,6 +65,9 @@ pub enum ServeError {
         /// The OS error.
         source: std::io::Error,
     },
+    /// The migration secret cannot be used.
+    #[error("cannot use the migration secret: {0}")]
+    MigrationSecret(String),
     /// The token file is missing, unreadable or empty.
     #[error("cannot use `{path}` as the API's token: {reason}")]
     Token {
@@ -154,6 +160,21 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
         options.park_after,
         options.checkpoint_every,
     )?;
+    if let Some((secret_file, listen)) = &options.migration {
+        let secret = crate::migration::read_secret(secret_file).map_err(ServeError::MigrationSecret)?;
+        registry.set_migration_secret(secret.clone());
+        if let Some(addr) = listen {
+            let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
+                addr: *addr,
+                source,
+            })?;
+            crate::migration::serve_migrations(std::sync::Arc::clone(&registry), listener, secret)
+                .map_err(|source| ServeError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
+        }
+    }
     // Cells start without waiting on the kernel to make their VMs.
     hypercell_host::keep_vms_ready(VMS_MADE_AHEAD);
     let listener = UnixListener::bind(&options.socket).map_err(socket_error)?;

@@ -51,6 +51,14 @@ pub struct DaemonArgs {
     /// the checkpoint); `off` checkpoints them only at shutdown.
     #[arg(long, value_name = "DURATION|off", default_value = "30s", value_parser = parse_duration_or_off)]
     checkpoint_every: DurationOrOff,
+    /// Take cells other daemons migrate here on this TCP address (such as
+    /// 10.0.0.2:7879); they must prove they hold the secret of --migration-secret-file.
+    #[arg(long, value_name = "ADDR", requires = "migration_secret_file")]
+    migration_listen: Option<std::net::SocketAddr>,
+    /// A file whose first line is the secret daemons that migrate cells to each other
+    /// share (at least 16 characters); needed to send cells too.
+    #[arg(long, value_name = "FILE")]
+    migration_secret_file: Option<PathBuf>,
 }
 
 /// A duration, or never (`off`).
@@ -202,6 +210,18 @@ pub struct SnapshotArgs {
     output: PathBuf,
 }
 
+/// Arguments of `hypercell migrate`.
+#[derive(clap::Args)]
+pub struct MigrateArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// The cell.
+    cell: String,
+    /// The migration listener of the daemon to move it to (its --migration-listen).
+    #[arg(long, value_name = "ADDR")]
+    to: String,
+}
+
 /// Arguments of `hypercell logs`.
 #[derive(clap::Args)]
 pub struct LogsArgs {
@@ -246,6 +266,9 @@ pub fn daemon(args: DaemonArgs) -> ExitCode {
         allowed_dirs: args.allow_dirs,
         park_after: args.park_after.0,
         checkpoint_every: args.checkpoint_every.0,
+        migration: args
+            .migration_secret_file
+            .map(|secret| (secret, args.migration_listen)),
     };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -561,6 +584,32 @@ pub fn snapshot(args: SnapshotArgs) -> ExitCode {
             Some(body),
         )?;
         let _ = writeln!(std::io::stdout(), "{}", path.display());
+        Ok(())
+    })())
+}
+
+/// Runs `hypercell migrate`: says where the cell went and what its move cost.
+pub fn migrate(args: MigrateArgs) -> ExitCode {
+    finish((|| {
+        let client = client(&args.host)?;
+        let body = serde_json::to_vec(&serde_json::json!({ "to": args.to }))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let moved = client.call(
+            Method::PUT,
+            &format!("/v1/cells/{}/migrate", path_part(&args.cell)),
+            Some(body),
+        )?;
+        let moved: hypercell_daemon::registry::Migration = serde_json::from_slice(&moved)
+            .map_err(|e| ClientError::Http(format!("the daemon's answer is not a migration: {e}")))?;
+        let _ = writeln!(
+            std::io::stdout(),
+            "moved {} to {} in {:.1} ms ({:.1} ms paused, {:.1} MiB sent)",
+            moved.cell.name,
+            args.to,
+            moved.total_ms,
+            moved.downtime_ms,
+            moved.bytes as f64 / f64::from(1 << 20)
+        );
         Ok(())
     })())
 }

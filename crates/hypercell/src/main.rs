@@ -74,6 +74,8 @@ enum Command {
     Snapshot(daemon_commands::SnapshotArgs),
     /// Resume paused cells in the daemon.
     Resume(daemon_commands::CellsArgs),
+    /// Move a live cell to another daemon, which goes on running it.
+    Migrate(daemon_commands::MigrateArgs),
     /// Print a cell's stdout and stderr, or follow them.
     Logs(daemon_commands::LogsArgs),
     /// Print cells' records as JSON.
@@ -201,6 +203,7 @@ fn main() -> ExitCode {
         Command::Kill(args) => daemon_commands::act(daemon_commands::Action::Kill, args),
         Command::Pause(args) => daemon_commands::act(daemon_commands::Action::Pause, args),
         Command::Snapshot(args) => daemon_commands::snapshot(args),
+        Command::Migrate(args) => daemon_commands::migrate(args),
         Command::Resume(args) => daemon_commands::act(daemon_commands::Action::Resume, args),
         Command::Logs(args) => daemon_commands::logs(args),
         Command::Inspect(args) => daemon_commands::inspect(args),

@@ -291,6 +291,7 @@ impl Registry {
                 state: parked.state,
                 killed: false,
                 checkpointed: false,
+                migrated: None,
             },
         );
         if let Some(record) = inner.cells.get_mut(id) {

@@ -1,0 +1,286 @@
+//! The migration protocol on the wire: length-prefixed JSON messages and the raw bytes
+//! they announce, over one TCP connection, after both peers proved they hold the
+//! shared secret.
+//!
+//! ```text
+//! source                                   destination
+//!   Hello { nonce }                  ->
+//!                                    <-    Challenge { nonce, proof of the secret }
+//!   Proof { proof of the secret }    ->
+//!   Offer { cell, spec, module }     ->    (the module's bytes follow)
+//!                                    <-    Accepted | Refused { reason }
+//!   (pause, snapshot)
+//!   State { log marks, snapshot }    ->    (the snapshot's bytes follow)
+//!                                    <-    Running | Refused { reason }
+//!   Commit                           ->
+//!                                    <-    Committed
+//! ```
+//!
+//! A proof is HMAC-SHA256 over the other peer's nonce and the prover's role, so that
+//! neither a peer without the secret nor a replay of an earlier exchange passes.
+//! Everything a peer sends is bounded and read with a time limit.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use hmac::{Hmac, Mac};
+use serde::{Deserialize, Serialize};
+use sha2::Sha256;
+
+use crate::record::CellSpec;
+
+/// The protocol's version, in `Hello`.
+pub(crate) const PROTOCOL: u32 = 1;
+
+/// Largest JSON message a peer accepts.
+const MAX_MESSAGE: u32 = 1 << 20;
+
+/// Longest a peer waits for the other to send or take a message.
+pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+
+/// Bytes of a nonce.
+const NONCE: usize = 32;
+
+/// The messages of a migration.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(crate) enum Message {
+    /// The source opens with its nonce.
+    Hello { protocol: u32, nonce: Vec<u8> },
+    /// The destination's nonce and its proof of the secret.
+    Challenge { nonce: Vec<u8>, proof: Vec<u8> },
+    /// The source's proof of the secret.
+    Proof { proof: Vec<u8> },
+    /// The cell the source offers; `module_len` bytes of its module follow.
+    Offer(Box<Offer>),
+    /// The destination can take the cell.
+    Accepted,
+    /// The destination refuses, in one sentence.
+    Refused { reason: String },
+    /// The paused cell's state: where its logs stood, and `snapshot_len` bytes of its
+    /// snapshot file, which follow.
+    State {
+        log_marks: [u64; 2],
+        snapshot_len: u64,
+    },
+    /// The destination runs the cell.
+    Running,
+    /// The source lets the cell go.
+    Commit,
+    /// The destination keeps the cell.
+    Committed,
+}
+
+/// What a source tells the destination about the cell it offers.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) struct Offer {
+    pub id: String,
+    pub name: String,
+    pub spec: CellSpec,
+    /// Whether it is paused (and stays paused there).
+    pub paused: bool,
+    /// The Hypercell version, CPU features and compiler fingerprint the cell's code
+    /// was compiled for: the destination's must be the same.
+    pub hypercell_version: String,
+    pub cpu_features: u32,
+    pub engine: String,
+    /// The module's file name's extension (`wasm` or `wat`), and its length.
+    pub module_extension: String,
+    pub module_len: u64,
+}
+
+/// Why a migration's connection failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum WireError {
+    #[error("the connection failed: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("the peer sent a message of {0} bytes, more than the {MAX_MESSAGE} allowed")]
+    TooLarge(u32),
+    #[error("the peer sent a message that is not part of the protocol: {0}")]
+    Malformed(String),
+    #[error("the peer does not hold the migration secret")]
+    Unauthenticated,
+}
+
+/// One end of a migration's connection.
+pub(crate) struct Wire {
+    stream: TcpStream,
+}
+
+impl Wire {
+    pub fn new(stream: TcpStream) -> std::io::Result<Self> {
+        stream.set_read_timeout(Some(PATIENCE))?;
+        stream.set_write_timeout(Some(PATIENCE))?;
+        stream.set_nodelay(true)?;
+        Ok(Self { stream })
+    }
+
+    pub fn send(&mut self, message: &Message) -> Result<(), WireError> {
+        let json = serde_json::to_vec(message).map_err(|e| WireError::Malformed(e.to_string()))?;
+        let len = u32::try_from(json.len()).map_err(|_| WireError::TooLarge(u32::MAX))?;
+        self.stream.write_all(&len.to_le_bytes())?;
+        self.stream.write_all(&json)?;
+        Ok(())
+    }
+
+    pub fn receive(&mut self) -> Result<Message, WireError> {
+        let mut len = [0; 4];
+        self.stream.read_exact(&mut len)?;
+        let len = u32::from_le_bytes(len);
+        if len > MAX_MESSAGE {
+            return Err(WireError::TooLarge(len));
+        }
+        let mut json = vec![0; len as usize];
+        self.stream.read_exact(&mut json)?;
+        parse(&json)
+    }
+
+    /// Sends `len` bytes read from `from`.
+    pub fn send_bytes(&mut self, from: &mut impl Read, len: u64) -> Result<(), WireError> {
+        let copied = std::io::copy(&mut from.take(len), &mut self.stream)?;
+        if copied != len {
+            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
+    }
+
+    /// Receives exactly `len` bytes into `to`.
+    pub fn receive_bytes(&mut self, to: &mut impl Write, len: u64) -> Result<(), WireError> {
+        let copied = std::io::copy(&mut (&mut self.stream).take(len), to)?;
+        if copied != len {
+            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+        Ok(())
+    }
+
+    /// Proves the source's knowledge of `secret` and checks the destination's.
+    pub fn authenticate_as_source(&mut self, secret: &[u8]) -> Result<(), WireError> {
+        let nonce = nonce()?;
+        self.send(&Message::Hello {
+            protocol: PROTOCOL,
+            nonce: nonce.clone(),
+        })?;
+        let Message::Challenge {
+            nonce: theirs,
+            proof,
+        } = self.receive()?
+        else {
+            return Err(WireError::Unauthenticated);
+        };
+        if !verify(secret, Role::Destination, &nonce, &proof) {
+            return Err(WireError::Unauthenticated);
+        }
+        self.send(&Message::Proof {
+            proof: prove(secret, Role::Source, &theirs),
+        })
+    }
+
+    /// Checks the source's knowledge of `secret` and proves the destination's.
+    pub fn authenticate_as_destination(&mut self, secret: &[u8]) -> Result<(), WireError> {
+        let Message::Hello {
+            protocol,
+            nonce: theirs,
+        } = self.receive()?
+        else {
+            return Err(WireError::Malformed("it did not open with Hello".into()));
+        };
+        if protocol != PROTOCOL {
+            return Err(WireError::Malformed(format!(
+                "it speaks migration protocol {protocol}, this daemon {PROTOCOL}"
+            )));
+        }
+        let nonce = nonce()?;
+        self.send(&Message::Challenge {
+            nonce: nonce.clone(),
+            proof: prove(secret, Role::Destination, &theirs),
+        })?;
+        match self.receive()? {
+            Message::Proof { proof } if verify(secret, Role::Source, &nonce, &proof) => Ok(()),
+            _ => Err(WireError::Unauthenticated),
+        }
+    }
+}
+
+fn parse(json: &[u8]) -> Result<Message, WireError> {
+    serde_json::from_slice(json).map_err(|e| WireError::Malformed(e.to_string()))
+}
+
+#[derive(Clone, Copy)]
+enum Role {
+    Source,
+    Destination,
+}
+
+fn nonce() -> Result<Vec<u8>, WireError> {
+    let mut nonce = vec![0; NONCE];
+    getrandom::fill(&mut nonce)
+        .map_err(|e| WireError::Io(std::io::Error::other(e.to_string())))?;
+    Ok(nonce)
+}
+
+fn mac(secret: &[u8], role: Role, nonce: &[u8]) -> Hmac<Sha256> {
+    let mut mac = Hmac::<Sha256>::new_from_slice(secret).expect("HMAC takes a key of any length");
+    mac.update(match role {
+        Role::Source => b"hypercell migration source",
+        Role::Destination => b"hypercell migration destination",
+    });
+    mac.update(nonce);
+    mac
+}
+
+fn prove(secret: &[u8], role: Role, nonce: &[u8]) -> Vec<u8> {
+    mac(secret, role, nonce).finalize().into_bytes().to_vec()
+}
+
+fn verify(secret: &[u8], role: Role, nonce: &[u8], proof: &[u8]) -> bool {
+    // Constant time, so that the comparison leaks nothing of the right proof.
+    mac(secret, role, nonce).verify_slice(proof).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair() -> (Wire, Wire) {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (server, _) = listener.accept().unwrap();
+        (Wire::new(client).unwrap(), Wire::new(server).unwrap())
+    }
+
+    #[test]
+    fn peers_with_the_secret_pass_and_others_do_not() {
+        for (theirs, passes) in [(&b"secret"[..], true), (&b"guess"[..], false)] {
+            let (mut source, mut destination) = pair();
+            let checked =
+                std::thread::spawn(move || destination.authenticate_as_destination(theirs));
+            let ours = source.authenticate_as_source(b"secret");
+            // The destination proves itself first: a source refuses a wrong one.
+            assert_eq!(ours.is_ok(), passes, "{ours:?}");
+            if passes {
+                assert!(checked.join().unwrap().is_ok());
+            }
+        }
+    }
+
+    #[test]
+    fn a_proof_for_another_nonce_or_role_fails() {
+        let proof = prove(b"s", Role::Source, b"nonce");
+        assert!(verify(b"s", Role::Source, b"nonce", &proof));
+        assert!(!verify(b"s", Role::Source, b"other", &proof));
+        assert!(!verify(b"s", Role::Destination, b"nonce", &proof));
+    }
+
+    #[test]
+    fn oversized_and_malformed_messages_are_refused() {
+        let (mut ours, mut theirs) = pair();
+        ours.stream.write_all(&(MAX_MESSAGE + 1).to_le_bytes()).unwrap();
+        assert!(matches!(theirs.receive(), Err(WireError::TooLarge(_))));
+        let (mut ours, mut theirs) = pair();
+        ours.stream.write_all(&5u32.to_le_bytes()).unwrap();
+        ours.stream.write_all(b"{\"x\"").unwrap();
+        ours.stream.write_all(b"}").unwrap();
+        assert!(matches!(theirs.receive(), Err(WireError::Malformed(_))));
+    }
+}

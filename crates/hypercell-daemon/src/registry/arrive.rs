@@ -1,0 +1,291 @@
+//! Taking a cell another daemon moves here, the destination's side (the protocol is in
+//! [`crate::migration::wire`]). The offer is checked (same Hypercell, CPU features and
+//! compiler; a free name; its directories here and grantable) and its module compiled
+//! before the source pauses the cell; its snapshot then becomes the cell, under the same
+//! id and name. A cell whose source does not commit is discarded again.
+
+use std::fs::File;
+use std::io::BufWriter;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use hypercell_host::StopReason;
+use hypercell_host::persist::SnapshotFile;
+
+use super::{DaemonError, Registry, check_components_of, check_spec, valid_name};
+use crate::migration::wire::{Message, Offer, Wire, WireError};
+use crate::record::{CellRecord, CellState, now_ms};
+
+/// Largest module a source may send.
+const MAX_MODULE: u64 = 1 << 30;
+/// Largest snapshot a source may send: the largest cell's memory, and its state.
+const MAX_SNAPSHOT: u64 = 9 << 30;
+
+/// Why an arriving cell was refused or dropped, in one sentence for the source.
+enum Refusal {
+    /// Said to the source.
+    Told(String),
+    /// The connection failed: nothing more can be said.
+    Broken(WireError),
+}
+
+impl From<WireError> for Refusal {
+    fn from(error: WireError) -> Self {
+        Self::Broken(error)
+    }
+}
+
+impl Registry {
+    /// Takes the cell a source sends over `stream`, once it proves it holds `secret`.
+    /// Blocks for the whole migration; failures are logged, and told to the source.
+    pub(crate) fn arrive(self: &Arc<Self>, stream: TcpStream, secret: &[u8]) {
+        let peer = stream
+            .peer_addr()
+            .map_or_else(|_| "an unknown peer".to_string(), |addr| addr.to_string());
+        let mut wire = match Wire::new(stream) {
+            Ok(wire) => wire,
+            Err(error) => {
+                tracing::warn!("a migration from {peer} failed: {error}");
+                return;
+            }
+        };
+        if let Err(error) = wire.authenticate_as_destination(secret) {
+            tracing::warn!("refused a migration from {peer}: {error}");
+            return;
+        }
+        let mut arrived = None;
+        let outcome = self.take_cell(&mut wire, &peer, &mut arrived);
+        if let Err(refusal) = outcome {
+            let reason = match refusal {
+                Refusal::Told(reason) => {
+                    let _ = wire.send(&Message::Refused {
+                        reason: reason.clone(),
+                    });
+                    reason
+                }
+                Refusal::Broken(error) => error.to_string(),
+            };
+            tracing::warn!("a cell from {peer} did not move here: {reason}");
+            if let Some((id, earlier)) = arrived {
+                self.drop_arrival(&id, earlier);
+            }
+        }
+    }
+
+    /// The migration's steps here; `arrived` names the cell once it has a record, with
+    /// the record it had here before, if it left here earlier.
+    fn take_cell(
+        self: &Arc<Self>,
+        wire: &mut Wire,
+        peer: &str,
+        arrived: &mut Option<(String, Option<CellRecord>)>,
+    ) -> Result<(), Refusal> {
+        let Message::Offer(offer) = wire.receive()? else {
+            return Err(Refusal::Told("the migration did not begin with an offer".into()));
+        };
+        if offer.module_len > MAX_MODULE {
+            return Err(Refusal::Told(format!(
+                "its module of {} bytes is larger than the {MAX_MODULE} allowed",
+                offer.module_len
+            )));
+        }
+        let dir = self.check_offer(&offer)?;
+        let module = dir.join(format!("module.{}", offer.module_extension));
+        let received = File::create(&module)
+            .map(BufWriter::new)
+            .map_err(|e| Refusal::Told(format!("cannot keep its module: {e}")));
+        let mut writer = received?;
+        wire.receive_bytes(&mut writer, offer.module_len)?;
+        drop(writer);
+        // Compiled while the cell still runs at the source.
+        self.modules
+            .get_or_load(&module, || self.compiler.compile_file(&module))
+            .map_err(|e| Refusal::Told(format!("its module does not compile here: {e}")))?;
+        wire.send(&Message::Accepted)?;
+
+        let Message::State {
+            log_marks: _,
+            snapshot_len,
+        } = wire.receive()?
+        else {
+            return Err(Refusal::Told("the cell's state did not follow".into()));
+        };
+        if snapshot_len > MAX_SNAPSHOT {
+            return Err(Refusal::Told(format!(
+                "its snapshot of {snapshot_len} bytes is larger than the {MAX_SNAPSHOT} allowed"
+            )));
+        }
+        let snapshot = dir.join("arrived.snap");
+        let mut writer = File::create(&snapshot)
+            .map(BufWriter::new)
+            .map_err(|e| Refusal::Told(format!("cannot keep its snapshot: {e}")))?;
+        wire.receive_bytes(&mut writer, snapshot_len)?;
+        drop(writer);
+        point_at_module(&snapshot, &module).map_err(Refusal::Told)?;
+
+        let earlier = self.record_arrival(&offer, &module, peer)?;
+        let id = offer.id.clone();
+        *arrived = Some((id.clone(), earlier));
+        let record = self.lock().cells[&id].clone();
+        self.launch(
+            &record,
+            Some(&snapshot),
+            &[("arrive", CellState::Created)],
+            "start",
+        )
+        .map_err(|reason| Refusal::Told(format!("it could not run here: {reason}")))?;
+        if offer.paused {
+            self.pause(&id)
+                .map_err(|e| Refusal::Told(format!("it could not stay paused here: {e}")))?;
+        }
+        wire.send(&Message::Running)?;
+        match wire.receive()? {
+            Message::Commit => {}
+            other => {
+                return Err(Refusal::Told(format!(
+                    "the source did not commit: it sent {other:?}"
+                )));
+            }
+        }
+        // From here the cell is this daemon's, whatever becomes of the connection.
+        *arrived = None;
+        let _ = wire.send(&Message::Committed);
+        Ok(())
+    }
+
+    /// Checks that this daemon can take the cell `offer` describes; its directory here.
+    fn check_offer(&self, offer: &Offer) -> Result<PathBuf, Refusal> {
+        let refuse = |reason: String| Err(Refusal::Told(reason));
+        let version = env!("CARGO_PKG_VERSION");
+        if offer.hypercell_version != version {
+            return refuse(format!(
+                "it runs on Hypercell {}, this daemon is {version}",
+                offer.hypercell_version
+            ));
+        }
+        if offer.cpu_features != self.compiler.cpu_features()
+            || offer.engine != self.compiler.fingerprint()
+        {
+            return refuse(
+                "its code was compiled for other CPU features or another compiler than this host's"
+                    .into(),
+            );
+        }
+        let id_ok = offer.id.len() == 12 && offer.id.bytes().all(|b| b.is_ascii_hexdigit());
+        if !id_ok || !valid_name(&offer.name) {
+            return refuse(format!("`{}` ({}) is not a cell id and name", offer.id, offer.name));
+        }
+        let told = |e: DaemonError| Refusal::Told(e.to_string());
+        check_spec(&offer.spec).map_err(told)?;
+        check_components_of(self, &offer.spec).map_err(told)?;
+        for dir in &offer.spec.dirs {
+            if !Path::new(&dir.host).is_dir() {
+                return refuse(format!(
+                    "its directory `{}` does not exist here",
+                    dir.host
+                ));
+            }
+        }
+        self.check_dirs(&offer.spec.dirs).map_err(told)?;
+        {
+            let inner = self.lock();
+            self.check_room(&inner).map_err(told)?;
+            if let Some(record) = inner.cells.get(&offer.id)
+                && record.state != CellState::Migrated
+            {
+                return refuse(format!(
+                    "a cell with its id `{}` is here already, {}",
+                    offer.id,
+                    record.state.as_str()
+                ));
+            }
+            if inner
+                .names
+                .get(&offer.name)
+                .is_some_and(|holder| *holder != offer.id)
+            {
+                return refuse(format!("a cell named `{}` is here already", offer.name));
+            }
+        }
+        let dir = self.cell_dir(&offer.id);
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Refusal::Told(format!("cannot make its directory: {e}")))?;
+        Ok(dir)
+    }
+
+    /// Records the arriving cell, under its own id and name, as created: a cell that
+    /// left here before is back. Returns the record it had here before, if any.
+    fn record_arrival(
+        &self,
+        offer: &Offer,
+        module: &Path,
+        peer: &str,
+    ) -> Result<Option<CellRecord>, Refusal> {
+        let mut spec = offer.spec.clone();
+        spec.module = module.display().to_string();
+        spec.name = Some(offer.name.clone());
+        let mut inner = self.lock();
+        if inner.live.contains_key(&offer.id) {
+            return Err(Refusal::Told(format!(
+                "a cell with its id `{}` runs here",
+                offer.id
+            )));
+        }
+        let record = CellRecord {
+            id: offer.id.clone(),
+            name: offer.name.clone(),
+            spec,
+            state: CellState::Created,
+            created_ms: inner
+                .cells
+                .get(&offer.id)
+                .map_or_else(now_ms, |earlier| earlier.created_ms),
+            started_ms: None,
+            finished_ms: None,
+            exit_code: None,
+            error: None,
+            usage: None,
+            parked_ms: None,
+            migrated_to: None,
+            migrated_from: Some(peer.to_string()),
+        };
+        inner.names.insert(offer.name.clone(), offer.id.clone());
+        Ok(inner.cells.insert(offer.id.clone(), record))
+    }
+
+    /// Discards a cell whose migration here did not complete, back to the record it had
+    /// here before, if it left here earlier.
+    fn drop_arrival(self: &Arc<Self>, id: &str, earlier: Option<CellRecord>) {
+        let end = {
+            let mut inner = self.lock();
+            match inner.live.get_mut(id) {
+                Some(live) => {
+                    live.killed = true;
+                    live.control.stop(StopReason::Signal(libc::SIGKILL));
+                    Some(live.state.subscribe())
+                }
+                None => None,
+            }
+        };
+        if let Some(mut end) = end {
+            let _ = self.runtime.block_on(end.wait_for(|state| !state.is_live()));
+        }
+        let discarded = match earlier {
+            Some(earlier) => self.change(id, "abandon", |record| *record = earlier).map(drop),
+            None => self.remove(id).map(drop),
+        };
+        if let Err(error) = discarded {
+            tracing::warn!("cannot discard cell {id}, whose migration here failed: {error}");
+        }
+    }
+}
+
+/// Makes the snapshot file at `path` name `module` as its module, the copy here.
+fn point_at_module(path: &Path, module: &Path) -> Result<(), String> {
+    let mut file =
+        SnapshotFile::read_from(path).map_err(|e| format!("its snapshot is not usable: {e}"))?;
+    file.module = module.to_path_buf();
+    file.write_to(path)
+        .map_err(|e| format!("cannot keep its snapshot: {e}"))
+}

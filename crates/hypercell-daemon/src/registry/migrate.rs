@@ -1,0 +1,211 @@
+//! Moving a live cell to another daemon, the source's side (the protocol is in
+//! [`crate::migration::wire`]): stop and copy. The cell is offered first, with its
+//! module, which the destination checks and compiles while the cell runs on here; then
+//! it is paused and its snapshot sent. Once the destination runs it and both commit, it
+//! is discarded here, its record saying where it went, and its logs end where its
+//! output continues there. Until the commit, any failure resumes it here.
+
+use std::fs::File;
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hypercell_host::StopReason;
+
+use super::checkpoint::LogMarks;
+use super::{DaemonError, Live, Registry, resolve, wrong_state};
+use crate::migration::wire::{Message, Offer, Wire, WireError};
+use crate::record::{CellRecord, CellState};
+
+/// How long a source waits to connect to a destination.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where a cell went, and where its logs stood as it left.
+#[derive(Clone, Debug)]
+pub(super) struct Departure {
+    pub to: String,
+    marks: LogMarks,
+}
+
+/// What a migration did.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct Migration {
+    /// The cell's record here, which says where it went.
+    pub cell: CellRecord,
+    /// How long it ran nowhere: from its pause here to the destination's running it,
+    /// in milliseconds.
+    pub downtime_ms: f64,
+    /// The whole migration, in milliseconds.
+    pub total_ms: f64,
+    /// Bytes of module and snapshot sent.
+    pub bytes: u64,
+}
+
+impl Registry {
+    /// Moves the live cell `reference` names to the daemon whose migration listener is
+    /// at `to`. Blocks until the destination runs it, or the cell goes on here.
+    pub fn migrate(self: &Arc<Self>, reference: &str, to: &str) -> Result<Migration, DaemonError> {
+        let started = Instant::now();
+        let secret = self.migration_secret.get().cloned().ok_or_else(|| {
+            DaemonError::Conflict(
+                "this daemon has no migration secret, so it cannot send cells".into(),
+            )
+        })?;
+        let (id, record, module, was_paused) = {
+            let inner = self.awake(reference)?;
+            let id = resolve(&inner, reference)?;
+            let record = inner.cells[&id].clone();
+            match inner.live.get(&id) {
+                Some(live) if record.state.is_live() && live.migrated.is_none() => {
+                    let paused = record.state == CellState::Paused;
+                    (id, record, live.module.clone(), paused)
+                }
+                _ => return Err(wrong_state(&record, "migrate", "running or paused")),
+            }
+        };
+        let name = record.name.clone();
+        let failed = |what: String| {
+            DaemonError::Conflict(format!(
+                "cell `{name}` was not moved to {to}: {what}; it goes on here"
+            ))
+        };
+        let wire_failed = |error: WireError| failed(error.to_string());
+        let addr = to
+            .to_socket_addrs()
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| DaemonError::BadRequest {
+                field: "to",
+                message: format!("`{to}` is not a host:port address"),
+            })?;
+        let stream = TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            .map_err(|e| failed(format!("cannot connect to it: {e}")))?;
+        let mut wire = Wire::new(stream).map_err(|e| failed(e.to_string()))?;
+        wire.authenticate_as_source(&secret).map_err(wire_failed)?;
+
+        let module_bytes = std::fs::read(&module)
+            .map_err(|e| failed(format!("cannot read its module: {e}")))?;
+        let offer = Offer {
+            id: id.clone(),
+            name: name.clone(),
+            spec: record.spec.clone(),
+            paused: was_paused,
+            hypercell_version: env!("CARGO_PKG_VERSION").into(),
+            cpu_features: self.compiler.cpu_features(),
+            engine: self.compiler.fingerprint().to_string(),
+            module_extension: module
+                .extension()
+                .and_then(|e| e.to_str())
+                .unwrap_or("wasm")
+                .into(),
+            module_len: module_bytes.len() as u64,
+        };
+        wire.send(&Message::Offer(Box::new(offer)))
+            .and_then(|()| wire.send_bytes(&mut &module_bytes[..], module_bytes.len() as u64))
+            .map_err(wire_failed)?;
+        match wire.receive().map_err(wire_failed)? {
+            Message::Accepted => {}
+            Message::Refused { reason } => return Err(failed(format!("it refused: {reason}"))),
+            other => return Err(failed(format!("it answered {other:?}"))),
+        }
+
+        // From the pause until the destination runs the cell, it runs nowhere.
+        let paused_at = Instant::now();
+        let snapshot = self.cell_dir(&id).join("migrating.snap");
+        let marks = self.write_checkpoint(&id, &snapshot, false)?;
+        let sent = self.send_state(&mut wire, &snapshot, marks);
+        let _ = std::fs::remove_file(&snapshot);
+        let snapshot_len = match sent {
+            Ok(len) => len,
+            Err(error) => {
+                self.go_on_here(&id, was_paused);
+                return Err(failed(error));
+            }
+        };
+        let downtime = paused_at.elapsed();
+        // The destination runs it: once both commit, it is the destination's.
+        let committed = wire
+            .send(&Message::Commit)
+            .and_then(|()| wire.receive())
+            .map_err(|e| e.to_string())
+            .and_then(|answer| match answer {
+                Message::Committed => Ok(()),
+                other => Err(format!("it answered {other:?}")),
+            });
+        if let Err(error) = committed {
+            // The destination may run the cell or not: this copy stays paused, so
+            // that it is neither lost nor run twice.
+            return Err(DaemonError::Conflict(format!(
+                "the migration of cell `{name}` to {to} broke after the destination took it ({error}): it may run there; here it stays paused, to be resumed only if {to} does not have it"
+            )));
+        }
+        let end = {
+            let mut inner = self.lock();
+            let Some(live) = inner.live.get_mut(&id) else {
+                return Err(DaemonError::Internal(format!(
+                    "cell `{name}` ended here while it moved to {to}"
+                )));
+            };
+            live.migrated = Some(Departure {
+                to: to.to_string(),
+                marks,
+            });
+            live.control.stop(StopReason::Signal(libc::SIGKILL));
+            live.state.subscribe()
+        };
+        let mut end = end;
+        let _ = self
+            .runtime
+            .block_on(end.wait_for(|state| *state == CellState::Migrated));
+        let cell = self.inspect(&id)?;
+        Ok(Migration {
+            cell,
+            downtime_ms: downtime.as_secs_f64() * 1e3,
+            total_ms: started.elapsed().as_secs_f64() * 1e3,
+            bytes: module_bytes.len() as u64 + snapshot_len,
+        })
+    }
+
+    /// Sends the paused cell's state, `snapshot` and its log `marks`, and waits for the
+    /// destination to run it; the snapshot's length.
+    fn send_state(&self, wire: &mut Wire, snapshot: &std::path::Path, marks: LogMarks) -> Result<u64, String> {
+        let mut file = File::open(snapshot).map_err(|e| format!("cannot read its snapshot: {e}"))?;
+        let len = file
+            .metadata()
+            .map_err(|e| format!("cannot read its snapshot: {e}"))?
+            .len();
+        wire.send(&Message::State {
+            log_marks: marks.written(),
+            snapshot_len: len,
+        })
+        .and_then(|()| wire.send_bytes(&mut file, len))
+        .map_err(|e| e.to_string())?;
+        match wire.receive().map_err(|e| e.to_string())? {
+            Message::Running => Ok(len),
+            Message::Refused { reason } => Err(format!("it could not run it: {reason}")),
+            other => Err(format!("it answered {other:?}")),
+        }
+    }
+
+    /// Lets a cell whose migration failed go on: resumed, unless it was paused before.
+    fn go_on_here(&self, id: &str, was_paused: bool) {
+        if was_paused {
+            return;
+        }
+        if let Some(live) = self.lock().live.get(id) {
+            live.control.resume();
+        }
+    }
+
+    /// After the cell `id` left for another daemon: waits for its output here to be
+    /// copied into its logs, then cuts them where its departure left them, since the
+    /// destination delivers what it had not delivered yet.
+    pub(super) fn cut_logs_at_departure(&self, id: &str, live: &mut Live, departure: &Departure) {
+        for capture in live.captures.drain(..) {
+            let _ = self.runtime.block_on(capture);
+        }
+        if let Err(error) = self.rewind_logs(id, departure.marks) {
+            tracing::warn!("cell {id} moved to {}, but {error}", departure.to);
+        }
+    }
+}
