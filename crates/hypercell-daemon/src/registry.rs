@@ -735,17 +735,18 @@ impl Registry {
         if self.finish_parking(id) {
             return;
         }
-        let (killed, checkpointed, migrated, mut usage) = self.lock().live.get(id).map_or(
-            (false, false, None, CellUsage::default()),
-            |live| {
-                (
-                    live.killed,
-                    live.checkpointed,
-                    live.migrated.clone(),
-                    live.usage(),
-                )
-            },
-        );
+        let (killed, checkpointed, migrated, mut usage) =
+            self.lock()
+                .live
+                .get(id)
+                .map_or((false, false, None, CellUsage::default()), |live| {
+                    (
+                        live.killed,
+                        live.checkpointed,
+                        live.migrated.clone(),
+                        live.usage(),
+                    )
+                });
         let stats = match &result {
             Ok(report) => Some(&report.stats),
             Err(failure) => failure.stats.as_deref(),

@@ -161,13 +161,15 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
         options.checkpoint_every,
     )?;
     if let Some((secret_file, listen)) = &options.migration {
-        let secret = crate::migration::read_secret(secret_file).map_err(ServeError::MigrationSecret)?;
+        let secret =
+            crate::migration::read_secret(secret_file).map_err(ServeError::MigrationSecret)?;
         registry.set_migration_secret(secret.clone());
         if let Some(addr) = listen {
-            let listener = std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
-                addr: *addr,
-                source,
-            })?;
+            let listener =
+                std::net::TcpListener::bind(addr).map_err(|source| ServeError::Listen {
+                    addr: *addr,
+                    source,
+                })?;
             crate::migration::serve_migrations(std::sync::Arc::clone(&registry), listener, secret)
                 .map_err(|source| ServeError::Listen {
                     addr: *addr,

@@ -187,6 +187,8 @@ mod tests {
             error: None,
             usage: None,
             parked_ms: None,
+            migrated_to: None,
+            migrated_from: None,
         }
     }
 

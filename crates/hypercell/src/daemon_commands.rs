@@ -599,8 +599,10 @@ pub fn migrate(args: MigrateArgs) -> ExitCode {
             &format!("/v1/cells/{}/migrate", path_part(&args.cell)),
             Some(body),
         )?;
-        let moved: hypercell_daemon::registry::Migration = serde_json::from_slice(&moved)
-            .map_err(|e| ClientError::Http(format!("the daemon's answer is not a migration: {e}")))?;
+        let moved: hypercell_daemon::registry::Migration =
+            serde_json::from_slice(&moved).map_err(|e| {
+                ClientError::Http(format!("the daemon's answer is not a migration: {e}"))
+            })?;
         let _ = writeln!(
             std::io::stdout(),
             "moved {} to {} in {:.1} ms ({:.1} ms paused, {:.1} MiB sent)",

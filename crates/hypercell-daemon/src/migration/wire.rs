@@ -214,8 +214,7 @@ enum Role {
 
 fn nonce() -> Result<Vec<u8>, WireError> {
     let mut nonce = vec![0; NONCE];
-    getrandom::fill(&mut nonce)
-        .map_err(|e| WireError::Io(std::io::Error::other(e.to_string())))?;
+    getrandom::fill(&mut nonce).map_err(|e| WireError::Io(std::io::Error::other(e.to_string())))?;
     Ok(nonce)
 }
 
@@ -275,7 +274,9 @@ mod tests {
     #[test]
     fn oversized_and_malformed_messages_are_refused() {
         let (mut ours, mut theirs) = pair();
-        ours.stream.write_all(&(MAX_MESSAGE + 1).to_le_bytes()).unwrap();
+        ours.stream
+            .write_all(&(MAX_MESSAGE + 1).to_le_bytes())
+            .unwrap();
         assert!(matches!(theirs.receive(), Err(WireError::TooLarge(_))));
         let (mut ours, mut theirs) = pair();
         ours.stream.write_all(&5u32.to_le_bytes()).unwrap();

@@ -82,7 +82,9 @@ impl Registry {
         arrived: &mut Option<(String, Option<CellRecord>)>,
     ) -> Result<(), Refusal> {
         let Message::Offer(offer) = wire.receive()? else {
-            return Err(Refusal::Told("the migration did not begin with an offer".into()));
+            return Err(Refusal::Told(
+                "the migration did not begin with an offer".into(),
+            ));
         };
         if offer.module_len > MAX_MODULE {
             return Err(Refusal::Told(format!(
@@ -90,7 +92,15 @@ impl Registry {
                 offer.module_len
             )));
         }
-        let dir = self.check_offer(&offer)?;
+        let dir = match self.check_offer(&offer) {
+            Ok(dir) => dir,
+            Err(refusal) => {
+                // Read what the source sent on, so that it reads the refusal rather
+                // than a connection reset.
+                wire.receive_bytes(&mut std::io::sink(), offer.module_len)?;
+                return Err(refusal);
+            }
+        };
         let module = dir.join(format!("module.{}", offer.module_extension));
         let received = File::create(&module)
             .map(BufWriter::new)
@@ -174,17 +184,17 @@ impl Registry {
         }
         let id_ok = offer.id.len() == 12 && offer.id.bytes().all(|b| b.is_ascii_hexdigit());
         if !id_ok || !valid_name(&offer.name) {
-            return refuse(format!("`{}` ({}) is not a cell id and name", offer.id, offer.name));
+            return refuse(format!(
+                "`{}` ({}) is not a cell id and name",
+                offer.id, offer.name
+            ));
         }
         let told = |e: DaemonError| Refusal::Told(e.to_string());
         check_spec(&offer.spec).map_err(told)?;
         check_components_of(self, &offer.spec).map_err(told)?;
         for dir in &offer.spec.dirs {
             if !Path::new(&dir.host).is_dir() {
-                return refuse(format!(
-                    "its directory `{}` does not exist here",
-                    dir.host
-                ));
+                return refuse(format!("its directory `{}` does not exist here", dir.host));
             }
         }
         self.check_dirs(&offer.spec.dirs).map_err(told)?;
@@ -269,10 +279,14 @@ impl Registry {
             }
         };
         if let Some(mut end) = end {
-            let _ = self.runtime.block_on(end.wait_for(|state| !state.is_live()));
+            let _ = self
+                .runtime
+                .block_on(end.wait_for(|state| !state.is_live()));
         }
         let discarded = match earlier {
-            Some(earlier) => self.change(id, "abandon", |record| *record = earlier).map(drop),
+            Some(earlier) => self
+                .change(id, "abandon", |record| *record = earlier)
+                .map(drop),
             None => self.remove(id).map(drop),
         };
         if let Err(error) = discarded {

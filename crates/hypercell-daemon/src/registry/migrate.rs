@@ -83,8 +83,8 @@ impl Registry {
         let mut wire = Wire::new(stream).map_err(|e| failed(e.to_string()))?;
         wire.authenticate_as_source(&secret).map_err(wire_failed)?;
 
-        let module_bytes = std::fs::read(&module)
-            .map_err(|e| failed(format!("cannot read its module: {e}")))?;
+        let module_bytes =
+            std::fs::read(&module).map_err(|e| failed(format!("cannot read its module: {e}")))?;
         let offer = Offer {
             id: id.clone(),
             name: name.clone(),
@@ -168,8 +168,14 @@ impl Registry {
 
     /// Sends the paused cell's state, `snapshot` and its log `marks`, and waits for the
     /// destination to run it; the snapshot's length.
-    fn send_state(&self, wire: &mut Wire, snapshot: &std::path::Path, marks: LogMarks) -> Result<u64, String> {
-        let mut file = File::open(snapshot).map_err(|e| format!("cannot read its snapshot: {e}"))?;
+    fn send_state(
+        &self,
+        wire: &mut Wire,
+        snapshot: &std::path::Path,
+        marks: LogMarks,
+    ) -> Result<u64, String> {
+        let mut file =
+            File::open(snapshot).map_err(|e| format!("cannot read its snapshot: {e}"))?;
         let len = file
             .metadata()
             .map_err(|e| format!("cannot read its snapshot: {e}"))?

@@ -38,9 +38,29 @@ impl Daemon {
     /// Starts the daemon with `extra` flags and, if given, a limit of open files, and
     /// waits until it says it serves.
     pub fn start_limited(dir: &Path, extra: &[&str], open_files: Option<u64>) -> Self {
+        Self::start_in(dir, extra, open_files, None)
+    }
+
+    /// [`Self::start_limited`], in the network namespace `netns` if given.
+    pub fn start_in(
+        dir: &Path,
+        extra: &[&str],
+        open_files: Option<u64>,
+        netns: Option<&str>,
+    ) -> Self {
         use std::os::unix::process::CommandExt;
         let socket = dir.join("api.sock");
-        let mut command = hypercell(&scratch().join("cache"));
+        let mut command = match netns {
+            Some(netns) => {
+                let mut command = Command::new("ip");
+                command
+                    .args(["netns", "exec", netns, env!("CARGO_BIN_EXE_hypercell")])
+                    .env("XDG_CACHE_HOME", scratch().join("cache"))
+                    .env_remove("HYPERCELL_LOG");
+                command
+            }
+            None => hypercell(&scratch().join("cache")),
+        };
         if let Some(open_files) = open_files {
             // SAFETY: the closure runs in the forked child before exec and only calls
             // setrlimit, which is async-signal-safe, on a struct it owns.

@@ -1,0 +1,210 @@
+//! Live migration between two daemons, each in a network namespace of its own joined by
+//! a veth pair (where namespaces cannot be made, both on loopback, as the test's output
+//! says): a running cell that dirties memory moves, and its output across both daemons'
+//! logs is exactly an uninterrupted run's; migrations that cannot happen (a wrong
+//! secret, a directory the destination cannot grant, a destination that is gone) leave
+//! the cell running where it was; a cell moved back and forth 50 times finishes
+//! correctly.
+
+#[path = "support/binary.rs"]
+mod binary;
+#[path = "support/daemon.rs"]
+mod daemon;
+#[path = "support/netns.rs"]
+mod netns;
+
+use binary::*;
+use daemon::{Daemon, wait_for};
+use netns::NetPair;
+
+const SECRET: &str = "a migration secret for the tests";
+/// The port of each daemon's migration listener in its namespace.
+const PORT: u16 = 7870;
+
+/// Daemons that migrate cells to each other, with what they need.
+struct Hosts {
+    daemons: Vec<Daemon>,
+    /// Each daemon's migration address.
+    addrs: Vec<String>,
+    // Dropped after the daemons: the namespaces go once nothing runs in them.
+    _net: Option<NetPair>,
+    _dir: tempfile::TempDir,
+}
+
+/// A free port on loopback, for daemons that cannot have namespaces.
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// Daemons, each with its secret and flags: the first in one namespace, the others in
+/// the second (each on its own port).
+fn hosts(daemons: &[(&str, &[&str])]) -> Hosts {
+    let dir = tempfile::tempdir().unwrap();
+    let net = NetPair::create();
+    if net.is_none() {
+        eprintln!(
+            "network namespaces cannot be made here: the daemons migrate over loopback instead"
+        );
+    }
+    let mut addrs = Vec::new();
+    let mut started = Vec::new();
+    for (i, (secret, extra)) in daemons.iter().enumerate() {
+        let side = usize::from(i > 0);
+        let addr = match &net {
+            Some(net) => format!("{}:{}", net.addrs[side], PORT + i as u16),
+            None => format!("127.0.0.1:{}", free_port()),
+        };
+        let home = dir.path().join(i.to_string());
+        std::fs::create_dir_all(&home).unwrap();
+        let secret_file = home.join("secret");
+        std::fs::write(&secret_file, secret).unwrap();
+        let mut flags = vec![
+            "--migration-secret-file",
+            secret_file.to_str().unwrap(),
+            "--migration-listen",
+            &addr,
+            "--park-after",
+            "off",
+        ];
+        flags.extend_from_slice(extra);
+        let netns = net.as_ref().map(|net| net.names[side].as_str());
+        started.push(Daemon::start_in(&home, &flags, None, netns));
+        addrs.push(addr);
+    }
+    Hosts {
+        daemons: started,
+        addrs,
+        _net: net,
+        _dir: dir,
+    }
+}
+
+/// What `dirtier ARGS` prints run without a break.
+fn uninterrupted(args: &[&str]) -> String {
+    let program = c_program("dirtier");
+    let mut all = vec!["run", program.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = run(&all, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+}
+
+/// Creates and starts `dirtier ARGS` as `name` on `daemon` and waits for its step
+/// `step`.
+fn start_dirtier(daemon: &Daemon, name: &str, flags: &[&str], args: &[&str], step: u32) {
+    let program = c_program("dirtier");
+    let mut create = vec!["create", "--name", name];
+    create.extend_from_slice(flags);
+    create.push(program.to_str().unwrap());
+    create.extend_from_slice(args);
+    daemon.ok(&create);
+    daemon.ok(&["start", name]);
+    let (mut follower, lines) = daemon.follow(&["logs", "-f", name]);
+    let wanted = format!("step {step}");
+    wait_for(&lines, |line| line == wanted);
+    let _ = follower.kill();
+    let _ = follower.wait();
+}
+
+/// Everything `logs -f` prints of `cell` on `daemon`, once the cell ends there.
+fn all_logs(daemon: &Daemon, cell: &str) -> String {
+    let (mut follower, lines) = daemon.follow(&["logs", "-f", cell]);
+    let text: String = lines.iter().map(|line| line + "\n").collect();
+    let _ = follower.wait();
+    text
+}
+
+#[test]
+fn a_running_cell_moves_and_finishes_there_with_nothing_lost_or_repeated() {
+    let args = ["1500", "16"];
+    let expected = uninterrupted(&args);
+    let hosts = hosts(&[(SECRET, &[]), (SECRET, &[])]);
+    let [a, b] = [&hosts.daemons[0], &hosts.daemons[1]];
+    start_dirtier(a, "mover", &[], &args, 100);
+    let said = a.ok(&["migrate", "mover", "--to", &hosts.addrs[1]]);
+    assert!(
+        said.starts_with(&format!("moved mover to {}", hosts.addrs[1])),
+        "{said}"
+    );
+    let here = a.inspect("mover");
+    assert_eq!(here["state"], "migrated", "{here}");
+    assert_eq!(here["migrated_to"], hosts.addrs[1].as_str());
+
+    let after = all_logs(b, "mover");
+    let before = a.ok(&["logs", "mover"]);
+    assert_eq!(
+        format!("{before}{after}"),
+        expected,
+        "the output before the move ({} lines) and after it ({} lines)",
+        before.lines().count(),
+        after.lines().count()
+    );
+    let there = b.inspect("mover");
+    assert_eq!(there["state"], "exited", "{there}");
+    assert_eq!(there["exit_code"], 0);
+    assert_eq!(there["id"], here["id"]);
+    assert!(there["migrated_from"].is_string(), "{there}");
+}
+
+#[test]
+fn a_cell_that_cannot_move_goes_on_where_it_was() {
+    let args = ["2500", "16"];
+    let expected = uninterrupted(&args);
+    let granted = tempfile::tempdir().unwrap();
+    let allow = granted.path().to_str().unwrap();
+    let mut hosts = hosts(&[
+        (SECRET, &["--allow-dir", allow]),
+        (SECRET, &[]),
+        ("a secret the source does not hold", &[]),
+    ]);
+    let dir = format!("{allow}::/data");
+    start_dirtier(&hosts.daemons[0], "stayer", &["--dir", &dir], &args, 50);
+    let refused = |hosts: &Hosts, to: usize, because: &str| {
+        let out = hosts.daemons[0].cli(&["migrate", "stayer", "--to", &hosts.addrs[to]]);
+        assert!(!out.status.success());
+        let said = text(&out.stderr);
+        assert!(
+            said.contains("was not moved") && said.contains(because),
+            "to daemon {to}: {said}"
+        );
+    };
+    refused(&hosts, 2, "does not hold the migration secret");
+    refused(&hosts, 1, "may grant to cells");
+    hosts.daemons[2].signal(libc::SIGKILL);
+    refused(&hosts, 2, "cannot connect");
+    let a = &hosts.daemons[0];
+    assert_eq!(all_logs(a, "stayer"), expected);
+    let record = a.inspect("stayer");
+    assert_eq!(record["state"], "exited", "{record}");
+    assert!(record.get("migrated_to").is_none(), "{record}");
+}
+
+#[test]
+fn a_cell_moved_back_and_forth_fifty_times_finishes_correctly() {
+    let args = ["300", "16", "stdin"];
+    let expected = uninterrupted(&args);
+    let hosts = hosts(&[(SECRET, &[]), (SECRET, &[])]);
+    // After its steps it waits for the end of its stdin, and moves meanwhile.
+    start_dirtier(
+        &hosts.daemons[0],
+        "traveller",
+        &["--interactive"],
+        &args,
+        299,
+    );
+    for round in 0..50 {
+        let (from, to) = if round % 2 == 0 { (0, 1) } else { (1, 0) };
+        let said = hosts.daemons[from].ok(&["migrate", "traveller", "--to", &hosts.addrs[to]]);
+        assert!(said.starts_with("moved traveller"), "round {round}: {said}");
+    }
+    let home = &hosts.daemons[0];
+    home.ok(&["stop", "traveller"]);
+    let last = all_logs(home, "traveller");
+    let ending: Vec<&str> = expected.lines().rev().take(2).collect();
+    let ended: Vec<&str> = last.lines().rev().take(2).collect();
+    assert_eq!(ended, ending, "{last}");
+    let record = home.inspect("traveller");
+    assert_eq!(record["state"], "exited", "{record}");
+    assert_eq!(record["exit_code"], 0);
+}
