@@ -1,7 +1,7 @@
 // Prints "step N" for STEPS steps, each after writing the next 64 KiB (wrapping) of a
-// buffer of MIB MiB with a pattern of the step, 2 ms apart; then "hash H", FNV-1a of
-// the buffer. Its output is the same however the cell is paused, snapshotted or moved
-// meanwhile. Arguments: STEPS MIB [stdin]; with `stdin`, it reads its stdin to the end
+// buffer of MIB MiB with a pattern of the step, 1.25 ms apart (51 MiB/s); then
+// "hash H", FNV-1a of the buffer. Its output is the same however the cell is paused,
+// snapshotted or moved meanwhile. Arguments: STEPS MIB [stdin]; with `stdin`, it reads its stdin to the end
 // after the steps and says how many bytes it read.
 #include <stdint.h>
 #include <stdio.h>
@@ -19,7 +19,7 @@ int main(int argc, char **argv) {
         at = (at + chunk) % size;
         printf("step %ld\n", i);
         fflush(stdout);
-        struct timespec wait = {0, 2000000};
+        struct timespec wait = {0, 1250000};
         nanosleep(&wait, NULL);
     }
     if (argc > 3) {
