@@ -68,6 +68,15 @@ impl<T> Loaded<T> {
         }
         Ok(loaded)
     }
+
+    /// Lets go of what was made of the file at `path`: what is not shared elsewhere
+    /// goes, its file with it.
+    pub fn forget(&self, path: &Path) {
+        self.entries
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(path);
+    }
 }
 
 #[cfg(test)]

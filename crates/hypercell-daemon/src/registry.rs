@@ -798,6 +798,11 @@ impl Registry {
             if let Some(departure) = &migrated {
                 self.cut_logs_at_departure(id, &mut live, departure);
             }
+            // A cell that came from another daemon ran from the snapshot it came as,
+            // which nothing needs once it ended.
+            let arrived = self.cell_dir(id).join(arrive::ARRIVED);
+            self.snapshots.forget(&arrived);
+            let _ = std::fs::remove_file(&arrived);
             let _ = live.state.send(state);
         }
     }
@@ -969,6 +974,21 @@ impl Registry {
         path: &Path,
         go_on: bool,
     ) -> Result<checkpoint::LogMarks, DaemonError> {
+        let (file, marks) = self.take_checkpoint(id, go_on)?;
+        file.write_to(path).map_err(|e| DaemonError::BadRequest {
+            field: "path",
+            message: e.to_string(),
+        })?;
+        Ok(marks)
+    }
+
+    /// A checkpoint of the live cell `id` (see [`Self::write_checkpoint`] for `go_on`),
+    /// and where its logs stood at the snapshot.
+    fn take_checkpoint(
+        &self,
+        id: &str,
+        go_on: bool,
+    ) -> Result<(SnapshotFile, checkpoint::LogMarks), DaemonError> {
         let (control, config, module, paused, log_start) = {
             let inner = self.lock();
             let record = inner
@@ -1003,19 +1023,14 @@ impl Registry {
                 .unwrap_or_default();
             DaemonError::Conflict(format!("cell `{name}` cannot be snapshotted now: {e}"))
         })?;
-        SnapshotFile::new(
+        let file = SnapshotFile::new(
             &module,
             self.compiler.cpu_features(),
             self.compiler.fingerprint(),
             &config,
             snapshot,
-        )
-        .write_to(path)
-        .map_err(|e| DaemonError::BadRequest {
-            field: "path",
-            message: e.to_string(),
-        })?;
-        Ok(marks)
+        );
+        Ok((file, marks))
     }
 
     /// Asks the live cell `reference` names to end: with `kill`, at once; without,

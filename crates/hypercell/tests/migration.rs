@@ -3,8 +3,8 @@
 //! says): a running cell that dirties memory moves, and its output across both daemons'
 //! logs is exactly an uninterrupted run's; migrations that cannot happen (a wrong
 //! secret, a directory the destination cannot grant, a destination that is gone) leave
-//! the cell running where it was; a cell moved back and forth 50 times finishes
-//! correctly.
+//! the cell running where it was, and so does a destination killed while the cell's
+//! state reaches it; a cell moved back and forth 50 times finishes correctly.
 
 #[path = "support/binary.rs"]
 mod binary;
@@ -28,7 +28,8 @@ struct Hosts {
     addrs: Vec<String>,
     // Dropped after the daemons: the namespaces go once nothing runs in them.
     _net: Option<NetPair>,
-    _dir: tempfile::TempDir,
+    /// Daemon N's home is `dir/N`, its state `dir/N/state`.
+    dir: tempfile::TempDir,
 }
 
 /// A free port on loopback, for daemons that cannot have namespaces.
@@ -76,7 +77,7 @@ fn hosts(daemons: &[(&str, &[&str])]) -> Hosts {
         daemons: started,
         addrs,
         _net: net,
-        _dir: dir,
+        dir,
     }
 }
 
@@ -91,20 +92,21 @@ fn uninterrupted(args: &[&str]) -> String {
 }
 
 /// Creates and starts `dirtier ARGS` as `name` on `daemon` and waits for its step
-/// `step`.
-fn start_dirtier(daemon: &Daemon, name: &str, flags: &[&str], args: &[&str], step: u32) {
+/// `step`; its id.
+fn start_dirtier(daemon: &Daemon, name: &str, flags: &[&str], args: &[&str], step: u32) -> String {
     let program = c_program("dirtier");
     let mut create = vec!["create", "--name", name];
     create.extend_from_slice(flags);
     create.push(program.to_str().unwrap());
     create.extend_from_slice(args);
-    daemon.ok(&create);
+    let id = daemon.ok(&create).trim().to_string();
     daemon.ok(&["start", name]);
     let (mut follower, lines) = daemon.follow(&["logs", "-f", name]);
     let wanted = format!("step {step}");
     wait_for(&lines, |line| line == wanted);
     let _ = follower.kill();
     let _ = follower.wait();
+    id
 }
 
 /// Everything `logs -f` prints of `cell` on `daemon`, once the cell ends there.
@@ -178,6 +180,61 @@ fn a_cell_that_cannot_move_goes_on_where_it_was() {
     let record = a.inspect("stayer");
     assert_eq!(record["state"], "exited", "{record}");
     assert!(record.get("migrated_to").is_none(), "{record}");
+}
+
+#[test]
+fn a_destination_killed_while_the_state_arrives_leaves_the_cell_running_here() {
+    let args = ["3600", "128"];
+    killed_destination(&args, &uninterrupted(&args), true);
+}
+
+#[test]
+fn a_destination_killed_once_the_state_arrived_leaves_the_cell_running_here() {
+    let args = ["3600", "128"];
+    killed_destination(&args, &uninterrupted(&args), false);
+}
+
+/// Moves `dirtier ARGS` and kills the destination as its state arrives (while it is
+/// written, or once it is whole), then checks that the cell finished at the source
+/// with `expected`. 128 MiB, all written once, takes long enough to arrive that the
+/// destination dies while it does.
+fn killed_destination(args: &[&str], expected: &str, while_arriving: bool) {
+    let mut hosts = hosts(&[(SECRET, &[]), (SECRET, &[])]);
+    let id = start_dirtier(&hosts.daemons[0], "survivor", &[], args, 2100);
+    let destination = hosts.daemons[1].child.id();
+    let arriving = hosts.dir.path().join(match while_arriving {
+        true => format!("1/state/cells/{id}/arrived.snap.{destination}.tmp"),
+        false => format!("1/state/cells/{id}/arrived.snap"),
+    });
+    let mut moving = hypercell(&scratch().join("cache"))
+        .env(
+            "HYPERCELL_HOST",
+            format!("unix:{}", hosts.daemons[0].socket.display()),
+        )
+        .args(["migrate", "survivor", "--to", &hosts.addrs[1]])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + daemon::PATIENCE;
+    while !arriving.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the state never began to arrive"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    hosts.daemons[1].signal(libc::SIGKILL);
+    let out = moving.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    let said = text(&out.stderr);
+    assert!(
+        said.contains("was not moved") && said.contains("goes on here"),
+        "{said}"
+    );
+    let a = &hosts.daemons[0];
+    assert_eq!(all_logs(a, "survivor"), expected);
+    assert_eq!(a.inspect("survivor")["state"], "exited");
 }
 
 #[test]

@@ -25,6 +25,7 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use hmac::{Hmac, Mac};
+use hypercell_host::persist::{SnapshotFile, SnapshotFileError};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -58,12 +59,9 @@ pub(crate) enum Message {
     Accepted,
     /// The destination refuses, in one sentence.
     Refused { reason: String },
-    /// The paused cell's state: where its logs stood, and `snapshot_len` bytes of its
-    /// snapshot file, which follow.
-    State {
-        log_marks: [u64; 2],
-        snapshot_len: u64,
-    },
+    /// The paused cell's state: where its logs stood; its snapshot follows, as
+    /// `SnapshotFile::send_stream` writes it.
+    State { log_marks: [u64; 2] },
     /// The destination runs the cell.
     Running,
     /// The source lets the cell go.
@@ -152,6 +150,24 @@ impl Wire {
             return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
         }
         Ok(())
+    }
+
+    /// Sends `snapshot` as a stream; the bytes sent.
+    pub fn send_snapshot(&mut self, snapshot: &SnapshotFile) -> std::io::Result<u64> {
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, &self.stream);
+        let sent = snapshot.send_stream(&mut out)?;
+        out.flush()?;
+        Ok(sent)
+    }
+
+    /// Receives a snapshot [`Self::send_snapshot`] sent as the file `path`, naming
+    /// `module` as its module.
+    pub fn receive_snapshot(
+        &mut self,
+        path: &std::path::Path,
+        module: &std::path::Path,
+    ) -> Result<(), SnapshotFileError> {
+        SnapshotFile::receive_stream(&mut &self.stream, path, module)
     }
 
     /// Proves the source's knowledge of `secret` and checks the destination's.

@@ -11,7 +11,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use hypercell_host::StopReason;
-use hypercell_host::persist::SnapshotFile;
 
 use super::{DaemonError, Registry, check_components_of, check_spec, valid_name};
 use crate::migration::wire::{Message, Offer, Wire, WireError};
@@ -19,8 +18,9 @@ use crate::record::{CellRecord, CellState, now_ms};
 
 /// Largest module a source may send.
 const MAX_MODULE: u64 = 1 << 30;
-/// Largest snapshot a source may send: the largest cell's memory, and its state.
-const MAX_SNAPSHOT: u64 = 9 << 30;
+/// The snapshot an arrived cell was restored from, in its directory, kept while the
+/// cell runs (its memory maps it).
+pub(super) const ARRIVED: &str = "arrived.snap";
 
 /// Why an arriving cell was refused or dropped, in one sentence for the source.
 enum Refusal {
@@ -114,25 +114,12 @@ impl Registry {
             .map_err(|e| Refusal::Told(format!("its module does not compile here: {e}")))?;
         wire.send(&Message::Accepted)?;
 
-        let Message::State {
-            log_marks: _,
-            snapshot_len,
-        } = wire.receive()?
-        else {
+        let Message::State { log_marks: _ } = wire.receive()? else {
             return Err(Refusal::Told("the cell's state did not follow".into()));
         };
-        if snapshot_len > MAX_SNAPSHOT {
-            return Err(Refusal::Told(format!(
-                "its snapshot of {snapshot_len} bytes is larger than the {MAX_SNAPSHOT} allowed"
-            )));
-        }
-        let snapshot = dir.join("arrived.snap");
-        let mut writer = File::create(&snapshot)
-            .map(BufWriter::new)
-            .map_err(|e| Refusal::Told(format!("cannot keep its snapshot: {e}")))?;
-        wire.receive_bytes(&mut writer, snapshot_len)?;
-        drop(writer);
-        point_at_module(&snapshot, &module).map_err(Refusal::Told)?;
+        let snapshot = dir.join(ARRIVED);
+        wire.receive_snapshot(&snapshot, &module)
+            .map_err(|e| Refusal::Told(e.to_string()))?;
 
         let earlier = self.record_arrival(&offer, &module, peer)?;
         let id = offer.id.clone();
@@ -293,13 +280,4 @@ impl Registry {
             tracing::warn!("cannot discard cell {id}, whose migration here failed: {error}");
         }
     }
-}
-
-/// Makes the snapshot file at `path` name `module` as its module, the copy here.
-fn point_at_module(path: &Path, module: &Path) -> Result<(), String> {
-    let mut file =
-        SnapshotFile::read_from(path).map_err(|e| format!("its snapshot is not usable: {e}"))?;
-    file.module = module.to_path_buf();
-    file.write_to(path)
-        .map_err(|e| format!("cannot keep its snapshot: {e}"))
 }

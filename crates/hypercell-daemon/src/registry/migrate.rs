@@ -5,12 +5,12 @@
 //! is discarded here, its record saying where it went, and its logs end where its
 //! output continues there. Until the commit, any failure resumes it here.
 
-use std::fs::File;
 use std::net::{TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use hypercell_host::StopReason;
+use hypercell_host::persist::SnapshotFile;
 
 use super::checkpoint::LogMarks;
 use super::{DaemonError, Live, Registry, resolve, wrong_state};
@@ -111,10 +111,15 @@ impl Registry {
 
         // From the pause until the destination runs the cell, it runs nowhere.
         let paused_at = Instant::now();
-        let snapshot = self.cell_dir(&id).join("migrating.snap");
-        let marks = self.write_checkpoint(&id, &snapshot, false)?;
-        let sent = self.send_state(&mut wire, &snapshot, marks);
-        let _ = std::fs::remove_file(&snapshot);
+        let (snapshot, marks) = match self.take_checkpoint(&id, false) {
+            Ok(taken) => taken,
+            Err(error) => {
+                self.go_on_here(&id, was_paused);
+                return Err(failed(error.to_string()));
+            }
+        };
+        let sent = send_state(&mut wire, &snapshot, marks);
+        drop(snapshot);
         let snapshot_len = match sent {
             Ok(len) => len,
             Err(error) => {
@@ -165,34 +170,26 @@ impl Registry {
             bytes: module_bytes.len() as u64 + snapshot_len,
         })
     }
+}
 
-    /// Sends the paused cell's state, `snapshot` and its log `marks`, and waits for the
-    /// destination to run it; the snapshot's length.
-    fn send_state(
-        &self,
-        wire: &mut Wire,
-        snapshot: &std::path::Path,
-        marks: LogMarks,
-    ) -> Result<u64, String> {
-        let mut file =
-            File::open(snapshot).map_err(|e| format!("cannot read its snapshot: {e}"))?;
-        let len = file
-            .metadata()
-            .map_err(|e| format!("cannot read its snapshot: {e}"))?
-            .len();
-        wire.send(&Message::State {
-            log_marks: marks.written(),
-            snapshot_len: len,
-        })
-        .and_then(|()| wire.send_bytes(&mut file, len))
-        .map_err(|e| e.to_string())?;
-        match wire.receive().map_err(|e| e.to_string())? {
-            Message::Running => Ok(len),
-            Message::Refused { reason } => Err(format!("it could not run it: {reason}")),
-            other => Err(format!("it answered {other:?}")),
-        }
+/// Sends the paused cell's state, its `snapshot` and log `marks`, and waits for the
+/// destination to run it; the bytes sent.
+fn send_state(wire: &mut Wire, snapshot: &SnapshotFile, marks: LogMarks) -> Result<u64, String> {
+    wire.send(&Message::State {
+        log_marks: marks.written(),
+    })
+    .map_err(|e| e.to_string())?;
+    let sent = wire
+        .send_snapshot(snapshot)
+        .map_err(|e| format!("the connection failed: {e}"))?;
+    match wire.receive().map_err(|e| e.to_string())? {
+        Message::Running => Ok(sent),
+        Message::Refused { reason } => Err(format!("it could not run it: {reason}")),
+        other => Err(format!("it answered {other:?}")),
     }
+}
 
+impl Registry {
     /// Lets a cell whose migration failed go on: resumed, unless it was paused before.
     fn go_on_here(&self, id: &str, was_paused: bool) {
         if was_paused {

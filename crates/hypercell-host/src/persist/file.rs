@@ -9,7 +9,7 @@
 //! checksum before the body is decoded, and each problem is one sentence naming it.
 //! `docs/snapshot.md` describes the format and the compatibility rules.
 
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::ops::Range;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
@@ -288,20 +288,8 @@ impl SnapshotFile {
         let memory_offset = memory_offset(body.len() as u64);
         let mut memory_sum = Xxh3Default::new();
         runs.iter().for_each(|run| memory_sum.update(run));
-        let mut header = Vec::with_capacity(HEADER_LEN);
-        header.extend_from_slice(&MAGIC);
-        header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-        header.extend_from_slice(&0u32.to_le_bytes());
-        header.extend_from_slice(&(body.len() as u64).to_le_bytes());
-        header.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(&body).to_le_bytes());
-        header.extend_from_slice(&memory_offset.to_le_bytes());
-        header.extend_from_slice(&memory.image_len().to_le_bytes());
-        header.extend_from_slice(&memory_sum.digest().to_le_bytes());
-        header.extend_from_slice(&0u64.to_le_bytes());
-        debug_assert_eq!(header.len(), HEADER_LEN);
-        let mut name = path.as_os_str().to_owned();
-        name.push(format!(".{}.tmp", std::process::id()));
-        let temp = PathBuf::from(name);
+        let header = header(&body, memory.image_len(), memory_sum.digest());
+        let temp = temp_beside(path);
         let written = std::fs::File::create(&temp).and_then(|mut file| {
             file.write_all(&header)?;
             file.write_all(&body)?;
@@ -317,6 +305,126 @@ impl SnapshotFile {
             return Err(io_error(error));
         }
         Ok(())
+    }
+
+    /// Writes the snapshot to `out` as a stream, for [`Self::receive_stream`] to make a
+    /// file of at the other end of a connection: the body's length and the body, the
+    /// saved pages' contents back to back (no holes, and no file at this end), and their
+    /// checksum. Returns the bytes written.
+    pub fn send_stream(&self, out: &mut impl Write) -> io::Result<u64> {
+        let body = postcard::to_allocvec(self).map_err(io::Error::other)?;
+        out.write_all(&(body.len() as u64).to_le_bytes())?;
+        out.write_all(&body)?;
+        let mut sum = Xxh3Default::new();
+        let mut sent = 0;
+        let memory = &self.snapshot.memory;
+        match &memory.pages {
+            SavedPages::InMemory(bytes) if bytes.len() as u64 == memory.saved_len() => {
+                sum.update(bytes);
+                out.write_all(bytes)?;
+                sent += bytes.len();
+            }
+            _ => {
+                let runs = memory.run_contents().ok_or_else(|| {
+                    io::Error::other("the snapshot's saved pages are not all at hand")
+                })?;
+                for run in &runs {
+                    sum.update(run);
+                    out.write_all(run)?;
+                    sent += run.len();
+                }
+            }
+        }
+        out.write_all(&sum.digest().to_le_bytes())?;
+        Ok(8 + body.len() as u64 + sent as u64 + 8)
+    }
+
+    /// Makes the snapshot file `path` of a stream that [`Self::send_stream`] wrote,
+    /// read from `input`, naming `module` as its module: the file [`Self::write_to`]
+    /// would write, whole or not at all, its pages written as they arrive. The stream
+    /// is hostile: its lengths are bounded as a file's are, its runs checked, and its
+    /// pages must match its checksum.
+    pub fn receive_stream(
+        input: &mut impl Read,
+        path: &Path,
+        module: &Path,
+    ) -> Result<(), SnapshotFileError> {
+        let io_error = |what, source| SnapshotFileError::Io {
+            what,
+            path: path.to_path_buf(),
+            source,
+        };
+        let damaged = |reason: String| SnapshotFileError::Damaged {
+            path: path.to_path_buf(),
+            reason,
+        };
+        let mut word = [0; 8];
+        input
+            .read_exact(&mut word)
+            .map_err(|e| io_error("receive", e))?;
+        let body_len = u64::from_le_bytes(word);
+        if body_len > MAX_BODY {
+            return Err(damaged(format!("it declares a body of {body_len} bytes")));
+        }
+        let mut body = vec![0; body_len as usize];
+        input
+            .read_exact(&mut body)
+            .map_err(|e| io_error("receive", e))?;
+        let (mut file, rest): (Self, &[u8]) = postcard::take_from_bytes(&body)
+            .map_err(|e| damaged(format!("its body cannot be decoded ({e})")))?;
+        if !rest.is_empty() {
+            return Err(damaged("its body has bytes after the snapshot".into()));
+        }
+        let memory = &file.snapshot.memory;
+        memory.check_runs().map_err(|e| damaged(e.to_string()))?;
+        let image_len = memory.image_len();
+        if image_len > MAX_MEMORY_IMAGE {
+            return Err(damaged(format!(
+                "its memory image is {image_len} bytes long"
+            )));
+        }
+        file.module = module.to_path_buf();
+        let body =
+            postcard::to_allocvec(&file).map_err(|e| io_error("write", io::Error::other(e)))?;
+        let memory_offset = memory_offset(body.len() as u64);
+        let temp = temp_beside(path);
+        let written = (|| -> Result<(), SnapshotFileError> {
+            let out = std::fs::File::create(&temp).map_err(|e| io_error("write", e))?;
+            out.set_len(memory_offset + image_len)
+                .and_then(|()| out.write_all_at(&body, HEADER_LEN as u64))
+                .map_err(|e| io_error("write", e))?;
+            let mut sum = Xxh3Default::new();
+            let mut buffer = vec![0; 1 << 20];
+            for run in &file.snapshot.memory.runs {
+                let mut at = memory_offset + run.addr;
+                let mut left = run.len;
+                while left > 0 {
+                    let piece = &mut buffer[..left.min(1 << 20) as usize];
+                    input
+                        .read_exact(piece)
+                        .map_err(|e| io_error("receive", e))?;
+                    sum.update(piece);
+                    out.write_all_at(piece, at)
+                        .map_err(|e| io_error("write", e))?;
+                    at += piece.len() as u64;
+                    left -= piece.len() as u64;
+                }
+            }
+            input
+                .read_exact(&mut word)
+                .map_err(|e| io_error("receive", e))?;
+            let memory_sum = sum.digest();
+            if memory_sum != u64::from_le_bytes(word) {
+                return Err(damaged("its memory does not match its checksum".into()));
+            }
+            out.write_all_at(&header(&body, image_len, memory_sum), 0)
+                .map_err(|e| io_error("write", e))?;
+            std::fs::rename(&temp, path).map_err(|e| io_error("write", e))
+        })();
+        if written.is_err() {
+            let _ = std::fs::remove_file(&temp);
+        }
+        written
     }
 
     /// Reads the snapshot file at `path`. Its memory image stays in the file, mapped
@@ -519,6 +627,30 @@ fn data_extents(file: &std::fs::File, range: Range<u64>) -> Vec<Range<u64>> {
 
 /// Where the memory image starts in a file whose body is `body_len` bytes: on the first
 /// page boundary after it, so that the image can be mapped.
+/// The header of a file whose body is `body`, with a memory image of `image_len` bytes
+/// whose saved pages have the checksum `memory_sum`.
+fn header(body: &[u8], image_len: u64, memory_sum: u64) -> Vec<u8> {
+    let mut header = Vec::with_capacity(HEADER_LEN);
+    header.extend_from_slice(&MAGIC);
+    header.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    header.extend_from_slice(&0u32.to_le_bytes());
+    header.extend_from_slice(&(body.len() as u64).to_le_bytes());
+    header.extend_from_slice(&xxhash_rust::xxh3::xxh3_64(body).to_le_bytes());
+    header.extend_from_slice(&memory_offset(body.len() as u64).to_le_bytes());
+    header.extend_from_slice(&image_len.to_le_bytes());
+    header.extend_from_slice(&memory_sum.to_le_bytes());
+    header.extend_from_slice(&0u64.to_le_bytes());
+    debug_assert_eq!(header.len(), HEADER_LEN);
+    header
+}
+
+/// A temporary file beside `path`, renamed into place once written.
+fn temp_beside(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(format!(".{}.tmp", std::process::id()));
+    PathBuf::from(name)
+}
+
 fn memory_offset(body_len: u64) -> u64 {
     (HEADER_LEN as u64 + body_len).next_multiple_of(IMAGE_ALIGN)
 }
@@ -616,6 +748,41 @@ mod tests {
         assert_eq!(SnapshotFile::read_from(&path).unwrap(), sample());
         let missing = SnapshotFile::read_from(&dir.path().join("none")).unwrap_err();
         assert!(matches!(missing, SnapshotFileError::Io { .. }));
+    }
+
+    #[test]
+    fn a_streamed_snapshot_becomes_the_file_naming_the_module_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut stream = Vec::new();
+        let sent = sample().send_stream(&mut stream).unwrap();
+        assert_eq!(sent, stream.len() as u64);
+        let path = dir.path().join("s.snap");
+        let module = Path::new("/here/prog.wasm");
+        SnapshotFile::receive_stream(&mut &stream[..], &path, module).unwrap();
+        let received = SnapshotFile::read_from(&path).unwrap();
+        assert_eq!(received.module, module);
+        assert_eq!(
+            SnapshotFile {
+                module: "prog.wasm".into(),
+                ..received
+            },
+            sample()
+        );
+        // A flipped page byte, a stream cut short and an absurd body length are refused,
+        // and leave no file.
+        let page = stream.len() - 8 - 100;
+        let mut flipped = stream.clone();
+        flipped[page] ^= 1;
+        let short = &stream[..stream.len() - 9];
+        let mut huge = stream.clone();
+        huge[..8].copy_from_slice(&u64::MAX.to_le_bytes());
+        let other = dir.path().join("t.snap");
+        for bad in [&flipped[..], short, &huge[..]] {
+            let error = SnapshotFile::receive_stream(&mut &bad[..], &other, module).unwrap_err();
+            assert!(!error.to_string().contains('\n'), "{error}");
+            assert!(!other.exists());
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
     }
 
     #[test]
