@@ -134,6 +134,13 @@ impl CellLogs {
     }
 }
 
+/// The checkpoint a partition is restored from, and whether it starts paused.
+#[derive(Clone, Copy)]
+struct Restore<'p> {
+    path: &'p Path,
+    paused: bool,
+}
+
 /// A new partition's stdio, and the daemon's ends of it.
 struct Plumbing {
     stdio: OwnedStdio,
@@ -180,6 +187,9 @@ struct Live {
     checkpointed: bool,
     /// Where it went, once another daemon runs it: its end here is its departure.
     migrated: Option<migrate::Departure>,
+    /// Set while a migration moves it: nothing else pauses, resumes, snapshots, parks,
+    /// stops or feeds it meanwhile.
+    migrating: bool,
 }
 
 impl Live {
@@ -362,7 +372,11 @@ impl Registry {
                 .ok_or_else(|| "its checkpoint is gone".to_string())
                 .and_then(|(checkpoint, marks)| {
                     self.rewind_logs(&record.id, marks)?;
-                    self.launch(&record, Some(&checkpoint), &[], "restore")
+                    let restore = Restore {
+                        path: &checkpoint,
+                        paused: false,
+                    };
+                    self.launch(&record, Some(restore), &[], "restore")
                 });
             match restored {
                 Ok(record) => record,
@@ -538,6 +552,14 @@ impl Registry {
             if record.state.is_live() || inner.live.contains_key(&id) {
                 return Err(wrong_state(&record, "start", "not running"));
             }
+            if let Some(to) = &record.migrated_to
+                && record.state == CellState::Migrated
+            {
+                return Err(DaemonError::Conflict(format!(
+                    "cell `{}` moved to {to}, where it goes on; it starts only there",
+                    record.name
+                )));
+            }
             self.check_room(&inner)?;
             record
         };
@@ -550,10 +572,16 @@ impl Registry {
     fn launch(
         self: &Arc<Self>,
         record: &CellRecord,
-        checkpoint: Option<&Path>,
+        checkpoint: Option<Restore<'_>>,
         earlier: &[(&str, CellState)],
         action: &str,
     ) -> Result<CellRecord, String> {
+        let held = checkpoint.is_some_and(|restore| restore.paused);
+        let started = match held {
+            true => CellState::Paused,
+            false => CellState::Running,
+        };
+        let checkpoint = checkpoint.map(|restore| restore.path);
         let spec = &record.spec;
         let module_path = checkpoint.unwrap_or(Path::new(&spec.module));
         let config = cell_config(spec);
@@ -610,13 +638,23 @@ impl Registry {
         let source = source.to_path_buf();
         let (cell, config, base) = match template {
             Some((file, config)) if file.file.snapshot.template.is_none() => (
-                Cell::restore(
-                    config.clone(),
-                    module,
-                    cpu_features,
-                    stdio,
-                    file.file.snapshot.clone(),
-                ),
+                if held {
+                    Cell::restore_paused(
+                        config.clone(),
+                        module,
+                        cpu_features,
+                        stdio,
+                        file.file.snapshot.clone(),
+                    )
+                } else {
+                    Cell::restore(
+                        config.clone(),
+                        module,
+                        cpu_features,
+                        stdio,
+                        file.file.snapshot.clone(),
+                    )
+                },
                 config,
                 Some(Arc::clone(&file.shared)),
             ),
@@ -653,10 +691,11 @@ impl Registry {
                 log_start,
                 parking: plumbing.parking,
                 parked: None,
-                state: watch::channel(CellState::Running).0,
+                state: watch::channel(started).0,
                 killed: false,
                 checkpointed: false,
                 migrated: None,
+                migrating: false,
             },
         );
         inner.logs.insert(record.id.clone(), logs);
@@ -665,7 +704,7 @@ impl Registry {
         // soon, is recorded after.
         let running = self
             .change_after(&record.id, earlier, action, |record| {
-                record.state = CellState::Running;
+                record.state = started;
                 record.started_ms = Some(now_ms());
                 record.finished_ms = None;
                 record.exit_code = None;
@@ -753,7 +792,8 @@ impl Registry {
         };
         usage.memory_touched = stats.map(|stats| stats.memory_touched);
         let outcome = self.change(id, "exit", |record| {
-            if checkpointed {
+            // A cell checkpointed as it left keeps its departure, not its checkpoint.
+            if checkpointed && migrated.is_none() {
                 return;
             }
             record.usage = Some(usage);
@@ -937,6 +977,7 @@ impl Registry {
         let id = resolve(&inner, reference)?;
         let record = &inner.cells[&id];
         match inner.live.get(&id) {
+            Some(live) if live.migrating => Err(moving(record, action)),
             Some(live) if record.state == needed => Ok((id, live.control.clone())),
             _ => Err(wrong_state(record, action, needed.as_str())),
         }
@@ -974,7 +1015,7 @@ impl Registry {
         path: &Path,
         go_on: bool,
     ) -> Result<checkpoint::LogMarks, DaemonError> {
-        let (file, marks) = self.take_checkpoint(id, go_on)?;
+        let (file, marks) = self.take_checkpoint(id, go_on, false)?;
         file.write_to(path).map_err(|e| DaemonError::BadRequest {
             field: "path",
             message: e.to_string(),
@@ -983,11 +1024,13 @@ impl Registry {
     }
 
     /// A checkpoint of the live cell `id` (see [`Self::write_checkpoint`] for `go_on`),
-    /// and where its logs stood at the snapshot.
+    /// and where its logs stood at the snapshot. Only the migration moving a cell (the
+    /// `mover`) takes one of it meanwhile.
     fn take_checkpoint(
         &self,
         id: &str,
         go_on: bool,
+        mover: bool,
     ) -> Result<(SnapshotFile, checkpoint::LogMarks), DaemonError> {
         let (control, config, module, paused, log_start) = {
             let inner = self.lock();
@@ -998,6 +1041,9 @@ impl Registry {
             let Some(live) = inner.live.get(id) else {
                 return Err(wrong_state(record, "snapshot", "running or paused"));
             };
+            if live.migrating && !mover {
+                return Err(moving(record, "snapshot"));
+            }
             (
                 live.control.clone(),
                 live.config.clone(),
@@ -1057,6 +1103,8 @@ impl Registry {
         if kill {
             live.killed = true;
             live.control.stop(StopReason::Signal(libc::SIGKILL));
+        } else if live.migrating {
+            return Err(moving(&inner.cells[&id], "stop"));
         } else {
             live.stdin = None;
             // A paused cell cannot read the end of its input.
@@ -1077,6 +1125,9 @@ impl Registry {
             let inner = self.awake(reference)?;
             let id = resolve(&inner, reference)?;
             let record = inner.cells[&id].clone();
+            if inner.live.get(&id).is_some_and(|live| live.migrating) {
+                return Err(moving(&record, "writing stdin"));
+            }
             let open = inner
                 .live
                 .get(&id)
@@ -1254,6 +1305,14 @@ fn usage_of(activity: &CellActivity) -> CellUsage {
         cpu_time_ms: activity.cpu_time.map(|time| time.as_millis() as u64),
         memory_touched: None,
     }
+}
+
+/// The refusal of `action` on a cell a migration is moving.
+fn moving(record: &CellRecord, action: &str) -> DaemonError {
+    DaemonError::Conflict(format!(
+        "cell `{}` is being moved to another daemon; {action} can wait until it has moved or stayed",
+        record.name
+    ))
 }
 
 fn wrong_state(record: &CellRecord, action: &'static str, needed: &'static str) -> DaemonError {

@@ -230,6 +230,13 @@ impl CellControl {
         answer.recv().unwrap_or(Err(SnapshotError::NotRunning))
     }
 
+    /// Asks for a pause without waiting for it: a cell not started yet parks before
+    /// its guest runs at all.
+    pub(crate) fn hold(&self) {
+        self.state().pause = true;
+        self.inner.pausing.store(true, Ordering::SeqCst);
+    }
+
     /// Lets a paused cell go on.
     pub fn resume(&self) {
         let mut state = self.state();

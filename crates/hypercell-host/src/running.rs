@@ -54,7 +54,7 @@ impl Cell {
         cpu_features: u32,
         stdio: OwnedStdio,
     ) -> Self {
-        Self::spawn(config, module, cpu_features, stdio, Origin::Boot)
+        Self::spawn(config, module, cpu_features, stdio, Origin::Boot, false)
     }
 
     /// Builds a cell from `snapshot` (taken of a cell running `module` with `config`)
@@ -72,6 +72,26 @@ impl Cell {
             cpu_features,
             stdio,
             Origin::Snapshot(Box::new(snapshot)),
+            false,
+        )
+    }
+
+    /// [`Self::restore`], paused before the guest runs a single instruction, until
+    /// [`CellControl::resume`].
+    pub fn restore_paused(
+        config: CellConfig,
+        module: Arc<CompiledModule>,
+        cpu_features: u32,
+        stdio: OwnedStdio,
+        snapshot: CellSnapshot,
+    ) -> Self {
+        Self::spawn(
+            config,
+            module,
+            cpu_features,
+            stdio,
+            Origin::Snapshot(Box::new(snapshot)),
+            true,
         )
     }
 
@@ -91,6 +111,7 @@ impl Cell {
             cpu_features,
             stdio,
             Origin::Template(template),
+            false,
         )
     }
 
@@ -114,6 +135,7 @@ impl Cell {
                 base,
                 changes: Box::new(changes),
             },
+            false,
         )
     }
 
@@ -123,11 +145,15 @@ impl Cell {
         cpu_features: u32,
         stdio: OwnedStdio,
         origin: Origin,
+        held: bool,
     ) -> Self {
         let control = CellControl::new();
         // Begun before the thread starts, so that a pause asked for at once waits for
         // the vCPU instead of finding no cell.
         control.begin();
+        if held {
+            control.hold();
+        }
         let cell_control = control.clone();
         let thread = std::thread::Builder::new()
             .name("hypercell-cell".into())

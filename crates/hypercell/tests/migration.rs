@@ -206,7 +206,7 @@ fn killed_destination(args: &[&str], expected: &str, while_arriving: bool) {
         true => format!("1/state/cells/{id}/arrived.snap.{destination}.tmp"),
         false => format!("1/state/cells/{id}/arrived.snap"),
     });
-    let mut moving = hypercell(&scratch().join("cache"))
+    let moving = hypercell(&scratch().join("cache"))
         .env(
             "HYPERCELL_HOST",
             format!("unix:{}", hosts.daemons[0].socket.display()),

@@ -22,7 +22,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
 use hypercell_host::persist::{SnapshotFile, SnapshotFileError};
@@ -36,9 +36,13 @@ pub(crate) const PROTOCOL: u32 = 1;
 
 /// Largest JSON message a peer accepts.
 const MAX_MESSAGE: u32 = 1 << 20;
+/// Largest message before the peer proved it holds the secret.
+const MAX_HANDSHAKE_MESSAGE: u32 = 512;
 
 /// Longest a peer waits for the other to send or take a message.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+/// Longest a destination waits for each message of a peer not yet authenticated.
+const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(5);
 
 /// Bytes of a nonce.
 const NONCE: usize = 32;
@@ -59,9 +63,9 @@ pub(crate) enum Message {
     Accepted,
     /// The destination refuses, in one sentence.
     Refused { reason: String },
-    /// The paused cell's state: where its logs stood; its snapshot follows, as
-    /// `SnapshotFile::send_stream` writes it.
-    State { log_marks: [u64; 2] },
+    /// The paused cell's state: its snapshot follows, as `SnapshotFile::send_stream`
+    /// writes it.
+    State,
     /// The destination runs the cell.
     Running,
     /// The source lets the cell go.
@@ -93,7 +97,7 @@ pub(crate) struct Offer {
 pub(crate) enum WireError {
     #[error("the connection failed: {0}")]
     Io(#[from] std::io::Error),
-    #[error("the peer sent a message of {0} bytes, more than the {MAX_MESSAGE} allowed")]
+    #[error("the peer sent a message of {0} bytes, more than allowed")]
     TooLarge(u32),
     #[error("the peer sent a message that is not part of the protocol: {0}")]
     Malformed(String),
@@ -104,6 +108,9 @@ pub(crate) enum WireError {
 /// One end of a migration's connection.
 pub(crate) struct Wire {
     stream: TcpStream,
+    /// Largest message taken, and how long a whole message may take to arrive.
+    limit: u32,
+    patience: Duration,
 }
 
 impl Wire {
@@ -111,7 +118,30 @@ impl Wire {
         stream.set_read_timeout(Some(PATIENCE))?;
         stream.set_write_timeout(Some(PATIENCE))?;
         stream.set_nodelay(true)?;
-        Ok(Self { stream })
+        Ok(Self {
+            stream,
+            limit: MAX_MESSAGE,
+            patience: PATIENCE,
+        })
+    }
+
+    /// Fills `buffer` before `deadline`, however slowly the peer sends.
+    fn read_by(&mut self, buffer: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+        let mut filled = 0;
+        while filled < buffer.len() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(std::io::ErrorKind::TimedOut.into());
+            }
+            self.stream.set_read_timeout(Some(left))?;
+            match self.stream.read(&mut buffer[filled..]) {
+                Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                Ok(read) => filled += read,
+                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(error) => return Err(error),
+            }
+        }
+        self.stream.set_read_timeout(Some(PATIENCE))
     }
 
     pub fn send(&mut self, message: &Message) -> Result<(), WireError> {
@@ -123,14 +153,15 @@ impl Wire {
     }
 
     pub fn receive(&mut self) -> Result<Message, WireError> {
+        let deadline = Instant::now() + self.patience;
         let mut len = [0; 4];
-        self.stream.read_exact(&mut len)?;
+        self.read_by(&mut len, deadline)?;
         let len = u32::from_le_bytes(len);
-        if len > MAX_MESSAGE {
+        if len > self.limit {
             return Err(WireError::TooLarge(len));
         }
         let mut json = vec![0; len as usize];
-        self.stream.read_exact(&mut json)?;
+        self.read_by(&mut json, deadline)?;
         parse(&json)
     }
 
@@ -166,7 +197,7 @@ impl Wire {
         &mut self,
         path: &std::path::Path,
         module: &std::path::Path,
-    ) -> Result<(), SnapshotFileError> {
+    ) -> Result<SnapshotFile, SnapshotFileError> {
         SnapshotFile::receive_stream(&mut &self.stream, path, module)
     }
 
@@ -184,6 +215,9 @@ impl Wire {
         else {
             return Err(WireError::Unauthenticated);
         };
+        if theirs.len() != NONCE {
+            return Err(WireError::Unauthenticated);
+        }
         if !verify(secret, Role::Destination, &nonce, &proof) {
             return Err(WireError::Unauthenticated);
         }
@@ -192,8 +226,18 @@ impl Wire {
         })
     }
 
-    /// Checks the source's knowledge of `secret` and proves the destination's.
+    /// Checks the source's knowledge of `secret` and proves the destination's. Until
+    /// it has, the peer's messages must be short and quick.
     pub fn authenticate_as_destination(&mut self, secret: &[u8]) -> Result<(), WireError> {
+        self.limit = MAX_HANDSHAKE_MESSAGE;
+        self.patience = HANDSHAKE_PATIENCE;
+        self.handshake_as_destination(secret)?;
+        self.limit = MAX_MESSAGE;
+        self.patience = PATIENCE;
+        Ok(())
+    }
+
+    fn handshake_as_destination(&mut self, secret: &[u8]) -> Result<(), WireError> {
         let Message::Hello {
             protocol,
             nonce: theirs,
@@ -201,6 +245,9 @@ impl Wire {
         else {
             return Err(WireError::Malformed("it did not open with Hello".into()));
         };
+        if theirs.len() != NONCE {
+            return Err(WireError::Malformed("its nonce is not 32 bytes".into()));
+        }
         if protocol != PROTOCOL {
             return Err(WireError::Malformed(format!(
                 "it speaks migration protocol {protocol}, this daemon {PROTOCOL}"

@@ -12,9 +12,9 @@ use std::sync::Arc;
 
 use hypercell_host::StopReason;
 
-use super::{DaemonError, Registry, check_components_of, check_spec, valid_name};
+use super::{DaemonError, Registry, Restore, check_components_of, check_spec, valid_name};
 use crate::migration::wire::{Message, Offer, Wire, WireError};
-use crate::record::{CellRecord, CellState, now_ms};
+use crate::record::{CellRecord, CellSpec, CellState, DirSpec, now_ms};
 
 /// Largest module a source may send.
 const MAX_MODULE: u64 = 1 << 30;
@@ -36,6 +36,15 @@ impl From<WireError> for Refusal {
     }
 }
 
+/// What an arrival made here so far, for a failure to undo.
+#[derive(Default)]
+struct Arrival {
+    /// The cell's id, once its offer was accepted (its directory exists).
+    id: Option<String>,
+    /// Once it was recorded: the record it had here before, if it left here earlier.
+    recorded: Option<Option<CellRecord>>,
+}
+
 impl Registry {
     /// Takes the cell a source sends over `stream`, once it proves it holds `secret`.
     /// Blocks for the whole migration; failures are logged, and told to the source.
@@ -54,8 +63,8 @@ impl Registry {
             tracing::warn!("refused a migration from {peer}: {error}");
             return;
         }
-        let mut arrived = None;
-        let outcome = self.take_cell(&mut wire, &peer, &mut arrived);
+        let mut arrival = Arrival::default();
+        let outcome = self.take_cell(&mut wire, &peer, &mut arrival);
         if let Err(refusal) = outcome {
             let reason = match refusal {
                 Refusal::Told(reason) => {
@@ -67,19 +76,29 @@ impl Registry {
                 Refusal::Broken(error) => error.to_string(),
             };
             tracing::warn!("a cell from {peer} did not move here: {reason}");
-            if let Some((id, earlier)) = arrived {
-                self.drop_arrival(&id, earlier);
+            match arrival {
+                Arrival {
+                    id: Some(id),
+                    recorded: Some(earlier),
+                } => self.drop_arrival(&id, earlier),
+                // A cell unknown here leaves nothing behind.
+                Arrival {
+                    id: Some(id),
+                    recorded: None,
+                } if !self.lock().cells.contains_key(&id) => {
+                    let _ = std::fs::remove_dir_all(self.cell_dir(&id));
+                }
+                _ => {}
             }
         }
     }
 
-    /// The migration's steps here; `arrived` names the cell once it has a record, with
-    /// the record it had here before, if it left here earlier.
+    /// The migration's steps here, noting in `arrival` what a failure must undo.
     fn take_cell(
         self: &Arc<Self>,
         wire: &mut Wire,
         peer: &str,
-        arrived: &mut Option<(String, Option<CellRecord>)>,
+        arrival: &mut Arrival,
     ) -> Result<(), Refusal> {
         let Message::Offer(offer) = wire.receive()? else {
             return Err(Refusal::Told(
@@ -93,7 +112,10 @@ impl Registry {
             )));
         }
         let dir = match self.check_offer(&offer) {
-            Ok(dir) => dir,
+            Ok(dir) => {
+                arrival.id = Some(offer.id.clone());
+                dir
+            }
             Err(refusal) => {
                 // Read what the source sent on, so that it reads the refusal rather
                 // than a connection reset.
@@ -102,40 +124,62 @@ impl Registry {
             }
         };
         let module = dir.join(format!("module.{}", offer.module_extension));
-        let received = File::create(&module)
+        let mut writer = File::create(&module)
             .map(BufWriter::new)
-            .map_err(|e| Refusal::Told(format!("cannot keep its module: {e}")));
-        let mut writer = received?;
+            .map_err(|e| Refusal::Told(format!("cannot keep its module: {e}")))?;
         wire.receive_bytes(&mut writer, offer.module_len)?;
-        drop(writer);
+        writer
+            .into_inner()
+            .map_err(|e| Refusal::Told(format!("cannot keep its module: {e}")))?;
+        // The spec as it reads here, where its module is the copy just received.
+        let mut spec = offer.spec.clone();
+        spec.module = module.display().to_string();
+        spec.name = Some(offer.name.clone());
+        let told = |e: DaemonError| Refusal::Told(e.to_string());
+        check_spec(&spec).map_err(told)?;
+        check_components_of(self, &spec).map_err(told)?;
         // Compiled while the cell still runs at the source.
         self.modules
             .get_or_load(&module, || self.compiler.compile_file(&module))
             .map_err(|e| Refusal::Told(format!("its module does not compile here: {e}")))?;
         wire.send(&Message::Accepted)?;
 
-        let Message::State { log_marks: _ } = wire.receive()? else {
+        let Message::State = wire.receive()? else {
             return Err(Refusal::Told("the cell's state did not follow".into()));
         };
         let snapshot = dir.join(ARRIVED);
-        wire.receive_snapshot(&snapshot, &module)
+        let file = wire
+            .receive_snapshot(&snapshot, &module)
             .map_err(|e| Refusal::Told(e.to_string()))?;
+        // The cell gets the directories its snapshot names: they must be what this
+        // daemon may grant, whatever the offer said.
+        let granted: Vec<DirSpec> = file
+            .preopens
+            .iter()
+            .map(|(host, guest, read_only)| DirSpec {
+                host: host.display().to_string(),
+                guest: Some(guest.clone()),
+                read_only: *read_only,
+            })
+            .collect();
+        self.check_dirs(&granted).map_err(told)?;
 
-        let earlier = self.record_arrival(&offer, &module, peer)?;
+        let earlier = self.record_arrival(&offer, spec, peer)?;
         let id = offer.id.clone();
-        *arrived = Some((id.clone(), earlier));
+        arrival.recorded = Some(earlier);
         let record = self.lock().cells[&id].clone();
+        // Restored paused: it runs here only once the source has let it go.
+        let restore = Restore {
+            path: &snapshot,
+            paused: true,
+        };
         self.launch(
             &record,
-            Some(&snapshot),
+            Some(restore),
             &[("arrive", CellState::Created)],
             "start",
         )
         .map_err(|reason| Refusal::Told(format!("it could not run here: {reason}")))?;
-        if offer.paused {
-            self.pause(&id)
-                .map_err(|e| Refusal::Told(format!("it could not stay paused here: {e}")))?;
-        }
         wire.send(&Message::Running)?;
         match wire.receive()? {
             Message::Commit => {}
@@ -146,7 +190,12 @@ impl Registry {
             }
         }
         // From here the cell is this daemon's, whatever becomes of the connection.
-        *arrived = None;
+        *arrival = Arrival::default();
+        if !offer.paused
+            && let Err(error) = self.resume(&id)
+        {
+            tracing::warn!("cell {id} moved here but cannot go on: {error}");
+        }
         let _ = wire.send(&Message::Committed);
         Ok(())
     }
@@ -169,16 +218,24 @@ impl Registry {
                     .into(),
             );
         }
-        let id_ok = offer.id.len() == 12 && offer.id.bytes().all(|b| b.is_ascii_hexdigit());
+        let id_ok = offer.id.len() == 12
+            && offer
+                .id
+                .bytes()
+                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !id_ok || !valid_name(&offer.name) {
             return refuse(format!(
                 "`{}` ({}) is not a cell id and name",
                 offer.id, offer.name
             ));
         }
+        if !matches!(offer.module_extension.as_str(), "wasm" | "wat") {
+            return refuse(format!(
+                "its module is a `.{}` file, not `.wasm` or `.wat`",
+                offer.module_extension
+            ));
+        }
         let told = |e: DaemonError| Refusal::Told(e.to_string());
-        check_spec(&offer.spec).map_err(told)?;
-        check_components_of(self, &offer.spec).map_err(told)?;
         for dir in &offer.spec.dirs {
             if !Path::new(&dir.host).is_dir() {
                 return refuse(format!("its directory `{}` does not exist here", dir.host));
@@ -216,12 +273,9 @@ impl Registry {
     fn record_arrival(
         &self,
         offer: &Offer,
-        module: &Path,
+        spec: CellSpec,
         peer: &str,
     ) -> Result<Option<CellRecord>, Refusal> {
-        let mut spec = offer.spec.clone();
-        spec.module = module.display().to_string();
-        spec.name = Some(offer.name.clone());
         let mut inner = self.lock();
         if inner.live.contains_key(&offer.id) {
             return Err(Refusal::Told(format!(

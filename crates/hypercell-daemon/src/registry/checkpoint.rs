@@ -30,11 +30,6 @@ impl LogMarks {
     pub(super) fn new([stdout, stderr]: [u64; 2]) -> Self {
         Self { stdout, stderr }
     }
-
-    /// Bytes of stdout's and stderr's logs.
-    pub(super) fn written(self) -> [u64; 2] {
-        [self.stdout, self.stderr]
-    }
 }
 
 /// Complete checkpoints kept of one cell: the newest (an older one goes only once a
@@ -62,6 +57,7 @@ impl Registry {
             .iter()
             .filter(|(id, live)| {
                 live.parked.is_none()
+                    && !live.migrating
                     && !live.parking.load(std::sync::atomic::Ordering::SeqCst)
                     && inner.cells.get(*id).is_some_and(|record| {
                         record.spec.restart == RestartPolicy::Checkpoint

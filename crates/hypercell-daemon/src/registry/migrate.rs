@@ -13,7 +13,7 @@ use hypercell_host::StopReason;
 use hypercell_host::persist::SnapshotFile;
 
 use super::checkpoint::LogMarks;
-use super::{DaemonError, Live, Registry, resolve, wrong_state};
+use super::{DaemonError, Live, Registry, moving, resolve, wrong_state};
 use crate::migration::wire::{Message, Offer, Wire, WireError};
 use crate::record::{CellRecord, CellState};
 
@@ -52,16 +52,23 @@ impl Registry {
             )
         })?;
         let (id, record, module, was_paused) = {
-            let inner = self.awake(reference)?;
+            let mut inner = self.awake(reference)?;
             let id = resolve(&inner, reference)?;
             let record = inner.cells[&id].clone();
-            match inner.live.get(&id) {
+            match inner.live.get_mut(&id) {
+                Some(live) if live.migrating => return Err(moving(&record, "another migration")),
                 Some(live) if record.state.is_live() && live.migrated.is_none() => {
+                    live.migrating = true;
                     let paused = record.state == CellState::Paused;
                     (id, record, live.module.clone(), paused)
                 }
                 _ => return Err(wrong_state(&record, "migrate", "running or paused")),
             }
+        };
+        // Until the cell has moved, or stays, nothing else acts on it.
+        let _reserved = Reservation {
+            registry: self,
+            id: &id,
         };
         let name = record.name.clone();
         let failed = |what: String| {
@@ -111,14 +118,14 @@ impl Registry {
 
         // From the pause until the destination runs the cell, it runs nowhere.
         let paused_at = Instant::now();
-        let (snapshot, marks) = match self.take_checkpoint(&id, false) {
+        let (snapshot, marks) = match self.take_checkpoint(&id, false, true) {
             Ok(taken) => taken,
             Err(error) => {
                 self.go_on_here(&id, was_paused);
                 return Err(failed(error.to_string()));
             }
         };
-        let sent = send_state(&mut wire, &snapshot, marks);
+        let sent = send_state(&mut wire, &snapshot);
         drop(snapshot);
         let snapshot_len = match sent {
             Ok(len) => len,
@@ -139,10 +146,15 @@ impl Registry {
             });
         if let Err(error) = committed {
             // The destination may run the cell or not: this copy stays paused, so
-            // that it is neither lost nor run twice.
-            return Err(DaemonError::Conflict(format!(
+            // that it is neither lost nor run twice, until the operator decides.
+            let doubt = format!(
                 "the migration of cell `{name}` to {to} broke after the destination took it ({error}): it may run there; here it stays paused, to be resumed only if {to} does not have it"
-            )));
+            );
+            self.change(&id, "pause", |record| {
+                record.state = CellState::Paused;
+                record.error = Some(doubt.clone());
+            })?;
+            return Err(DaemonError::Conflict(doubt));
         }
         let end = {
             let mut inner = self.lock();
@@ -172,13 +184,10 @@ impl Registry {
     }
 }
 
-/// Sends the paused cell's state, its `snapshot` and log `marks`, and waits for the
+/// Sends the paused cell's state, its `snapshot`, and waits for the
 /// destination to run it; the bytes sent.
-fn send_state(wire: &mut Wire, snapshot: &SnapshotFile, marks: LogMarks) -> Result<u64, String> {
-    wire.send(&Message::State {
-        log_marks: marks.written(),
-    })
-    .map_err(|e| e.to_string())?;
+fn send_state(wire: &mut Wire, snapshot: &SnapshotFile) -> Result<u64, String> {
+    wire.send(&Message::State).map_err(|e| e.to_string())?;
     let sent = wire
         .send_snapshot(snapshot)
         .map_err(|e| format!("the connection failed: {e}"))?;
@@ -186,6 +195,20 @@ fn send_state(wire: &mut Wire, snapshot: &SnapshotFile, marks: LogMarks) -> Resu
         Message::Running => Ok(sent),
         Message::Refused { reason } => Err(format!("it could not run it: {reason}")),
         other => Err(format!("it answered {other:?}")),
+    }
+}
+
+/// A cell reserved by the migration moving it; the reservation ends with the migration.
+struct Reservation<'r> {
+    registry: &'r Registry,
+    id: &'r str,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if let Some(live) = self.registry.lock().live.get_mut(self.id) {
+            live.migrating = false;
+        }
     }
 }
 

@@ -81,6 +81,7 @@ impl Registry {
                 inner.cells.get(*id).is_some_and(|record| {
                     record.state == CellState::Running && record.spec.timeout_ms.is_none()
                 }) && live.stdin.is_some()
+                    && !live.migrating
                     && !live.parking.load(Ordering::SeqCst)
                     && live
                         .control
@@ -108,7 +109,7 @@ impl Registry {
             let Some(live) = inner.live.get_mut(id) else {
                 return;
             };
-            if !running || live.parking.load(Ordering::SeqCst) {
+            if !running || live.migrating || live.parking.load(Ordering::SeqCst) {
                 return;
             }
             let Some(stdin) = live.stdin.take() else {
@@ -292,6 +293,7 @@ impl Registry {
                 killed: false,
                 checkpointed: false,
                 migrated: None,
+                migrating: false,
             },
         );
         if let Some(record) = inner.cells.get_mut(id) {

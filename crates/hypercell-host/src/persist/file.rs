@@ -343,12 +343,12 @@ impl SnapshotFile {
     /// read from `input`, naming `module` as its module: the file [`Self::write_to`]
     /// would write, whole or not at all, its pages written as they arrive. The stream
     /// is hostile: its lengths are bounded as a file's are, its runs checked, and its
-    /// pages must match its checksum.
+    /// pages must match its checksum. Returns what it describes, less its pages.
     pub fn receive_stream(
         input: &mut impl Read,
         path: &Path,
         module: &Path,
-    ) -> Result<(), SnapshotFileError> {
+    ) -> Result<Self, SnapshotFileError> {
         let io_error = |what, source| SnapshotFileError::Io {
             what,
             path: path.to_path_buf(),
@@ -421,10 +421,11 @@ impl SnapshotFile {
                 .map_err(|e| io_error("write", e))?;
             std::fs::rename(&temp, path).map_err(|e| io_error("write", e))
         })();
-        if written.is_err() {
+        if let Err(error) = written {
             let _ = std::fs::remove_file(&temp);
+            return Err(error);
         }
-        written
+        Ok(file)
     }
 
     /// Reads the snapshot file at `path`. Its memory image stays in the file, mapped
