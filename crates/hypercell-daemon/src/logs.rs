@@ -8,6 +8,7 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::io::AsyncReadExt;
 use tokio::sync::watch;
@@ -55,6 +56,8 @@ pub struct StreamLog {
     cap: u64,
     files: Mutex<LogFiles>,
     mark: watch::Sender<LogMark>,
+    /// Bytes past which the stream keeps nothing more (see [`Self::end_at`]).
+    end: AtomicU64,
 }
 
 impl StreamLog {
@@ -83,13 +86,25 @@ impl StreamLog {
                 written: base + current,
                 closed: false,
             }),
+            end: AtomicU64::new(u64::MAX),
         })
+    }
+
+    /// Keeps nothing the stream writes past its first `written` bytes: what a cell
+    /// that moved to another daemon writes as it ends here, which it writes there.
+    pub fn end_at(&self, written: u64) {
+        self.end.store(written, Ordering::SeqCst);
     }
 
     /// Appends `bytes`, rotating first if they would take the file past its cap.
     pub fn append(&self, bytes: &[u8]) -> std::io::Result<()> {
         let mut files = self.files.lock().unwrap_or_else(|e| e.into_inner());
         let written = self.mark.borrow().written;
+        let kept = self.end.load(Ordering::SeqCst).saturating_sub(written);
+        let bytes = &bytes[..bytes.len().min(usize::try_from(kept).unwrap_or(usize::MAX))];
+        if bytes.is_empty() {
+            return Ok(());
+        }
         if written - files.base + bytes.len() as u64 > self.cap && written > files.base {
             std::fs::rename(&self.path, rotated_path(&self.path))?;
             // The path was renamed away: this makes a new, empty file.
@@ -247,6 +262,18 @@ async fn copy_out(pipe: OwnedFd, log: &StreamLog) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_ended_at_an_offset_keeps_nothing_past_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = StreamLog::open(dir.path(), Stream::Stdout, 1 << 20).unwrap();
+        log.append(b"0123").unwrap();
+        log.end_at(6);
+        log.append(b"4567").unwrap();
+        log.append(b"89").unwrap();
+        assert_eq!(log.mark().written, 6);
+        assert_eq!(log.read_from(0, 100).unwrap(), (b"012345".to_vec(), 6));
+    }
 
     #[test]
     fn a_log_rotates_at_its_cap_and_keeps_its_offsets() {

@@ -834,10 +834,7 @@ impl Registry {
         let state = inner.cells.get(id).map_or(CellState::Lost, |r| r.state);
         let live = inner.live.remove(id);
         drop(inner);
-        if let Some(mut live) = live {
-            if let Some(departure) = &migrated {
-                self.cut_logs_at_departure(id, &mut live, departure);
-            }
+        if let Some(live) = live {
             // A cell that came from another daemon ran from the snapshot it came as,
             // which nothing needs once it ended.
             let arrived = self.cell_dir(id).join(arrive::ARRIVED);

@@ -30,6 +30,11 @@ impl LogMarks {
     pub(super) fn new([stdout, stderr]: [u64; 2]) -> Self {
         Self { stdout, stderr }
     }
+
+    /// Bytes of stdout's and stderr's logs.
+    pub(super) fn written(self) -> [u64; 2] {
+        [self.stdout, self.stderr]
+    }
 }
 
 /// Complete checkpoints kept of one cell: the newest (an older one goes only once a

@@ -12,19 +12,17 @@ use std::time::{Duration, Instant};
 use hypercell_host::StopReason;
 use hypercell_host::persist::SnapshotFile;
 
-use super::checkpoint::LogMarks;
-use super::{DaemonError, Live, Registry, moving, resolve, wrong_state};
+use super::{DaemonError, Registry, moving, resolve, wrong_state};
 use crate::migration::wire::{Message, Offer, Wire, WireError};
 use crate::record::{CellRecord, CellState};
 
 /// How long a source waits to connect to a destination.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where a cell went, and where its logs stood as it left.
+/// Where a cell went.
 #[derive(Clone, Debug)]
 pub(super) struct Departure {
     pub to: String,
-    marks: LogMarks,
 }
 
 /// What a migration did.
@@ -163,10 +161,15 @@ impl Registry {
                     "cell `{name}` ended here while it moved to {to}"
                 )));
             };
-            live.migrated = Some(Departure {
-                to: to.to_string(),
-                marks,
-            });
+            live.migrated = Some(Departure { to: to.to_string() });
+            // What it had not delivered at the snapshot, the destination delivers: its
+            // logs here end where the snapshot left them, whatever its end here writes.
+            if let Some(logs) = inner.logs.get(&id) {
+                let [stdout, stderr] = marks.written();
+                logs.stdout.end_at(stdout);
+                logs.stderr.end_at(stderr);
+            }
+            let live = inner.live.get_mut(&id).expect("looked up above");
             live.control.stop(StopReason::Signal(libc::SIGKILL));
             live.state.subscribe()
         };
@@ -220,18 +223,6 @@ impl Registry {
         }
         if let Some(live) = self.lock().live.get(id) {
             live.control.resume();
-        }
-    }
-
-    /// After the cell `id` left for another daemon: waits for its output here to be
-    /// copied into its logs, then cuts them where its departure left them, since the
-    /// destination delivers what it had not delivered yet.
-    pub(super) fn cut_logs_at_departure(&self, id: &str, live: &mut Live, departure: &Departure) {
-        for capture in live.captures.drain(..) {
-            let _ = self.runtime.block_on(capture);
-        }
-        if let Err(error) = self.rewind_logs(id, departure.marks) {
-            tracing::warn!("cell {id} moved to {}, but {error}", departure.to);
         }
     }
 }
