@@ -82,6 +82,8 @@ pub(crate) struct Offer {
     pub spec: CellSpec,
     /// Whether it is paused (and stays paused there).
     pub paused: bool,
+    /// Whether its stdin is open to the API (else the program reads its end).
+    pub stdin_open: bool,
     /// The Hypercell version, CPU features and compiler fingerprint the cell's code
     /// was compiled for: the destination's must be the same.
     pub hypercell_version: String,

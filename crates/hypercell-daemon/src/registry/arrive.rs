@@ -180,6 +180,12 @@ impl Registry {
             "start",
         )
         .map_err(|reason| Refusal::Told(format!("it could not run here: {reason}")))?;
+        if !offer.stdin_open
+            && let Some(live) = self.lock().live.get_mut(&id)
+        {
+            // Its stdin was closed at the source: the program reads its end here too.
+            live.stdin = None;
+        }
         wire.send(&Message::Running)?;
         match wire.receive()? {
             Message::Commit => {}

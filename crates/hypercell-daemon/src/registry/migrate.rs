@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use hypercell_host::StopReason;
 use hypercell_host::persist::SnapshotFile;
 
+use super::park::pipe_is_empty;
 use super::{DaemonError, Registry, moving, resolve, wrong_state};
 use crate::migration::wire::{Message, Offer, Wire, WireError};
 use crate::record::{CellRecord, CellState};
@@ -49,7 +50,7 @@ impl Registry {
                 "this daemon has no migration secret, so it cannot send cells".into(),
             )
         })?;
-        let (id, record, module, was_paused) = {
+        let (id, record, module, was_paused, stdin) = {
             let mut inner = self.awake(reference)?;
             let id = resolve(&inner, reference)?;
             let record = inner.cells[&id].clone();
@@ -58,7 +59,8 @@ impl Registry {
                 Some(live) if record.state.is_live() && live.migrated.is_none() => {
                     live.migrating = true;
                     let paused = record.state == CellState::Paused;
-                    (id, record, live.module.clone(), paused)
+                    let stdin = live.stdin.clone();
+                    (id, record, live.module.clone(), paused, stdin)
                 }
                 _ => return Err(wrong_state(&record, "migrate", "running or paused")),
             }
@@ -95,6 +97,7 @@ impl Registry {
             name: name.clone(),
             spec: record.spec.clone(),
             paused: was_paused,
+            stdin_open: stdin.is_some(),
             hypercell_version: env!("CARGO_PKG_VERSION").into(),
             cpu_features: self.compiler.cpu_features(),
             engine: self.compiler.fingerprint().to_string(),
@@ -123,7 +126,14 @@ impl Registry {
                 return Err(failed(error.to_string()));
             }
         };
-        let sent = send_state(&mut wire, &snapshot);
+        // Bytes written to its stdin and not yet read would be lost: it moves once it
+        // has read them.
+        let unread = stdin.as_deref().is_some_and(|pipe| !pipe_is_empty(pipe));
+        let sent = match unread {
+            true => Err("its stdin holds bytes it has not read yet; move it once it has".into()),
+            false => send_state(&mut wire, &snapshot),
+        };
+        drop(stdin);
         drop(snapshot);
         let snapshot_len = match sent {
             Ok(len) => len,

@@ -373,7 +373,7 @@ impl Registry {
 }
 
 /// Whether nothing waits to be read in the pipe whose write end is `pipe`.
-fn pipe_is_empty(pipe: &File) -> bool {
+pub(super) fn pipe_is_empty(pipe: &File) -> bool {
     let mut queued: libc::c_int = 0;
     // SAFETY: FIONREAD writes one int, the bytes queued in the pipe, into `queued`,
     // which outlives the call; it works on either end of a pipe.
