@@ -41,6 +41,9 @@ const MAX_HANDSHAKE_MESSAGE: u32 = 512;
 
 /// Longest a peer waits for the other to send or take a message.
 pub(crate) const PATIENCE: Duration = Duration::from_secs(30);
+/// Longest a source waits for the destination's work: compiling the module it offered,
+/// restoring the cell it sent.
+pub(crate) const WORK_PATIENCE: Duration = Duration::from_secs(600);
 /// Longest a destination waits for each message of a peer not yet authenticated.
 const HANDSHAKE_PATIENCE: Duration = Duration::from_secs(5);
 
@@ -155,7 +158,13 @@ impl Wire {
     }
 
     pub fn receive(&mut self) -> Result<Message, WireError> {
-        let deadline = Instant::now() + self.patience;
+        self.receive_within(self.patience)
+    }
+
+    /// [`Self::receive`], for an answer that may take `patience` of work to come (a
+    /// module compiled, a large cell restored).
+    pub fn receive_within(&mut self, patience: Duration) -> Result<Message, WireError> {
+        let deadline = Instant::now() + patience;
         let mut len = [0; 4];
         self.read_by(&mut len, deadline)?;
         let len = u32::from_le_bytes(len);

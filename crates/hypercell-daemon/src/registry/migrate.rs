@@ -14,7 +14,7 @@ use hypercell_host::persist::SnapshotFile;
 
 use super::park::pipe_is_empty;
 use super::{DaemonError, Registry, moving, resolve, wrong_state};
-use crate::migration::wire::{Message, Offer, Wire, WireError};
+use crate::migration::wire::{Message, Offer, WORK_PATIENCE, Wire, WireError};
 use crate::record::{CellRecord, CellState};
 
 /// How long a source waits to connect to a destination.
@@ -111,7 +111,7 @@ impl Registry {
         wire.send(&Message::Offer(Box::new(offer)))
             .and_then(|()| wire.send_bytes(&mut &module_bytes[..], module_bytes.len() as u64))
             .map_err(wire_failed)?;
-        match wire.receive().map_err(wire_failed)? {
+        match wire.receive_within(WORK_PATIENCE).map_err(wire_failed)? {
             Message::Accepted => {}
             Message::Refused { reason } => return Err(failed(format!("it refused: {reason}"))),
             other => return Err(failed(format!("it answered {other:?}"))),
@@ -142,8 +142,7 @@ impl Registry {
                 return Err(failed(error));
             }
         };
-        let downtime = paused_at.elapsed();
-        // The destination runs it: once both commit, it is the destination's.
+        // The destination runs it once both commit: it is then the destination's.
         let committed = wire
             .send(&Message::Commit)
             .and_then(|()| wire.receive())
@@ -152,6 +151,7 @@ impl Registry {
                 Message::Committed => Ok(()),
                 other => Err(format!("it answered {other:?}")),
             });
+        let downtime = paused_at.elapsed();
         if let Err(error) = committed {
             // The destination may run the cell or not: this copy stays paused, so
             // that it is neither lost nor run twice, until the operator decides.
@@ -204,7 +204,10 @@ fn send_state(wire: &mut Wire, snapshot: &SnapshotFile) -> Result<u64, String> {
     let sent = wire
         .send_snapshot(snapshot)
         .map_err(|e| format!("the connection failed: {e}"))?;
-    match wire.receive().map_err(|e| e.to_string())? {
+    match wire
+        .receive_within(WORK_PATIENCE)
+        .map_err(|e| e.to_string())?
+    {
         Message::Running => Ok(sent),
         Message::Refused { reason } => Err(format!("it could not run it: {reason}")),
         other => Err(format!("it answered {other:?}")),
