@@ -162,6 +162,27 @@ pub struct CellRecord {
     pub migrated_from: Option<String>,
 }
 
+impl CellRecord {
+    /// The record of a cell just created, at `created_ms`: nothing run yet.
+    pub fn created(id: String, name: String, spec: CellSpec, created_ms: u64) -> Self {
+        Self {
+            id,
+            name,
+            spec,
+            state: CellState::Created,
+            created_ms,
+            started_ms: None,
+            finished_ms: None,
+            exit_code: None,
+            error: None,
+            usage: None,
+            parked_ms: None,
+            migrated_to: None,
+            migrated_from: None,
+        }
+    }
+}
+
 /// What a cell's run did: so far while it runs, in all once it ended.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct CellUsage {

@@ -486,21 +486,7 @@ impl Registry {
                 &id[..6]
             ),
         };
-        let record = CellRecord {
-            id: id.clone(),
-            name: name.clone(),
-            spec,
-            state: CellState::Created,
-            created_ms: now_ms(),
-            started_ms: None,
-            finished_ms: None,
-            exit_code: None,
-            error: None,
-            usage: None,
-            parked_ms: None,
-            migrated_to: None,
-            migrated_from: None,
-        };
+        let record = CellRecord::created(id.clone(), name.clone(), spec, now_ms());
         let mut inner = self.lock();
         if inner.names.contains_key(&name) {
             return Err(DaemonError::NameTaken(name));
@@ -638,23 +624,14 @@ impl Registry {
         let source = source.to_path_buf();
         let (cell, config, base) = match template {
             Some((file, config)) if file.file.snapshot.template.is_none() => (
-                if held {
-                    Cell::restore_paused(
-                        config.clone(),
-                        module,
-                        cpu_features,
-                        stdio,
-                        file.file.snapshot.clone(),
-                    )
-                } else {
-                    Cell::restore(
-                        config.clone(),
-                        module,
-                        cpu_features,
-                        stdio,
-                        file.file.snapshot.clone(),
-                    )
-                },
+                Cell::restore(
+                    config.clone(),
+                    module,
+                    cpu_features,
+                    stdio,
+                    file.file.snapshot.clone(),
+                    held,
+                ),
                 config,
                 Some(Arc::clone(&file.shared)),
             ),

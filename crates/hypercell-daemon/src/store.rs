@@ -169,27 +169,14 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::record::{CellSpec, CellState};
+    use crate::record::CellSpec;
 
     fn record(id: &str, name: &str) -> CellRecord {
-        CellRecord {
-            id: id.into(),
-            name: name.into(),
-            spec: CellSpec {
-                module: "/m.wasm".into(),
-                ..CellSpec::default()
-            },
-            state: CellState::Created,
-            created_ms: 1,
-            started_ms: None,
-            finished_ms: None,
-            exit_code: None,
-            error: None,
-            usage: None,
-            parked_ms: None,
-            migrated_to: None,
-            migrated_from: None,
-        }
+        let spec = CellSpec {
+            module: "/m.wasm".into(),
+            ..CellSpec::default()
+        };
+        CellRecord::created(id.into(), name.into(), spec, 1)
     }
 
     fn event(seq: u64, cell: &CellRecord, action: &str) -> Event {

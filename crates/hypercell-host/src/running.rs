@@ -58,13 +58,15 @@ impl Cell {
     }
 
     /// Builds a cell from `snapshot` (taken of a cell running `module` with `config`)
-    /// and runs it on from there on a thread of its own.
+    /// and runs it on from there on a thread of its own; with `paused`, it is paused
+    /// before its guest runs a single instruction, until [`CellControl::resume`].
     pub fn restore(
         config: CellConfig,
         module: Arc<CompiledModule>,
         cpu_features: u32,
         stdio: OwnedStdio,
         snapshot: CellSnapshot,
+        paused: bool,
     ) -> Self {
         Self::spawn(
             config,
@@ -72,26 +74,7 @@ impl Cell {
             cpu_features,
             stdio,
             Origin::Snapshot(Box::new(snapshot)),
-            false,
-        )
-    }
-
-    /// [`Self::restore`], paused before the guest runs a single instruction, until
-    /// [`CellControl::resume`].
-    pub fn restore_paused(
-        config: CellConfig,
-        module: Arc<CompiledModule>,
-        cpu_features: u32,
-        stdio: OwnedStdio,
-        snapshot: CellSnapshot,
-    ) -> Self {
-        Self::spawn(
-            config,
-            module,
-            cpu_features,
-            stdio,
-            Origin::Snapshot(Box::new(snapshot)),
-            true,
+            paused,
         )
     }
 

@@ -404,7 +404,8 @@ fn cell_objects_run_side_by_side_and_are_paused_killed_restored_or_dropped() {
     let snapshot = computer.snapshot().unwrap();
     computer.resume();
     assert_eq!(computer.wait().unwrap().exit, CellExit::Exited(0));
-    // The snapshot runs on as a new cell object to the same result.
+    // The snapshot runs on as a new cell object to the same result, restored paused
+    // first: it waits, parked, until resumed.
     let restored_out = tempfile::tempfile().unwrap();
     let restored = Cell::restore(
         config,
@@ -412,7 +413,10 @@ fn cell_objects_run_side_by_side_and_are_paused_killed_restored_or_dropped() {
         cpu_features,
         owned_stdio(&restored_out),
         snapshot.clone(),
+        true,
     );
+    assert!(restored.pause(), "the restored cell parks before it runs");
+    restored.resume();
     assert_eq!(restored.wait().unwrap().exit, CellExit::Exited(0));
     let read = |mut file: &File| {
         let mut bytes = Vec::new();

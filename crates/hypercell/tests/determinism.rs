@@ -244,6 +244,7 @@ fn kernels_restored_from_random_points_end_bit_for_bit_as_uninterrupted_runs() {
                 cpu_features,
                 stdio,
                 loaded,
+                false,
             );
             let report = cell.wait().unwrap_or_else(|f| {
                 panic!("{name} from snapshot {index} (seed {seed}): {}", f.error)

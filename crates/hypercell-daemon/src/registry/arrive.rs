@@ -289,23 +289,13 @@ impl Registry {
                 offer.id
             )));
         }
+        let created_ms = inner
+            .cells
+            .get(&offer.id)
+            .map_or_else(now_ms, |earlier| earlier.created_ms);
         let record = CellRecord {
-            id: offer.id.clone(),
-            name: offer.name.clone(),
-            spec,
-            state: CellState::Created,
-            created_ms: inner
-                .cells
-                .get(&offer.id)
-                .map_or_else(now_ms, |earlier| earlier.created_ms),
-            started_ms: None,
-            finished_ms: None,
-            exit_code: None,
-            error: None,
-            usage: None,
-            parked_ms: None,
-            migrated_to: None,
             migrated_from: Some(peer.to_string()),
+            ..CellRecord::created(offer.id.clone(), offer.name.clone(), spec, created_ms)
         };
         inner.names.insert(offer.name.clone(), offer.id.clone());
         Ok(inner.cells.insert(offer.id.clone(), record))
