@@ -209,6 +209,8 @@ struct Inner {
     /// Cells whose VMs were released while they waited for input.
     parked: HashMap<String, Parked>,
     logs: HashMap<String, Arc<CellLogs>>,
+    /// Cells migrating here, not recorded yet: their names, by id.
+    arriving: HashMap<String, String>,
     next_event: u64,
 }
 
@@ -298,6 +300,7 @@ impl Registry {
                 live: HashMap::new(),
                 parked: HashMap::new(),
                 logs: HashMap::new(),
+                arriving: HashMap::new(),
                 next_event,
             }),
             max_live: max_live_partitions(),
@@ -488,7 +491,7 @@ impl Registry {
         };
         let record = CellRecord::created(id.clone(), name.clone(), spec, now_ms());
         let mut inner = self.lock();
-        if inner.names.contains_key(&name) {
+        if inner.names.contains_key(&name) || inner.arriving.values().any(|n| *n == name) {
             return Err(DaemonError::NameTaken(name));
         }
         inner.names.insert(name, id.clone());

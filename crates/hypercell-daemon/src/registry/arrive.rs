@@ -43,6 +43,8 @@ struct Arrival {
     id: Option<String>,
     /// Once it was recorded: the record it had here before, if it left here earlier.
     recorded: Option<Option<CellRecord>>,
+    /// The id whose cell's id and name this arrival holds, however it ends.
+    reserved: Option<String>,
 }
 
 impl Registry {
@@ -65,6 +67,7 @@ impl Registry {
         }
         let mut arrival = Arrival::default();
         let outcome = self.take_cell(&mut wire, &peer, &mut arrival);
+        let reserved = arrival.reserved.take();
         if let Err(refusal) = outcome {
             let reason = match refusal {
                 Refusal::Told(reason) => {
@@ -80,16 +83,21 @@ impl Registry {
                 Arrival {
                     id: Some(id),
                     recorded: Some(earlier),
+                    ..
                 } => self.drop_arrival(&id, earlier),
                 // A cell unknown here leaves nothing behind.
                 Arrival {
                     id: Some(id),
                     recorded: None,
+                    ..
                 } if !self.lock().cells.contains_key(&id) => {
                     let _ = std::fs::remove_dir_all(self.cell_dir(&id));
                 }
                 _ => {}
             }
+        }
+        if let Some(id) = reserved {
+            self.lock().arriving.remove(&id);
         }
     }
 
@@ -111,7 +119,11 @@ impl Registry {
                 offer.module_len
             )));
         }
-        let dir = match self.check_offer(&offer) {
+        let checked = self.check_offer(&offer);
+        if checked.is_ok() {
+            arrival.reserved = Some(offer.id.clone());
+        }
+        let dir = match checked {
             Ok(dir) => {
                 arrival.id = Some(offer.id.clone());
                 dir
@@ -196,7 +208,9 @@ impl Registry {
             }
         }
         // From here the cell is this daemon's, whatever becomes of the connection.
-        *arrival = Arrival::default();
+        arrival.id = None;
+        arrival.recorded = None;
+        self.forget_checkpoints(&id);
         if !offer.paused
             && let Err(error) = self.resume(&id)
         {
@@ -249,7 +263,7 @@ impl Registry {
         }
         self.check_dirs(&offer.spec.dirs).map_err(told)?;
         {
-            let inner = self.lock();
+            let mut inner = self.lock();
             self.check_room(&inner).map_err(told)?;
             if let Some(record) = inner.cells.get(&offer.id)
                 && record.state != CellState::Migrated
@@ -264,13 +278,21 @@ impl Registry {
                 .names
                 .get(&offer.name)
                 .is_some_and(|holder| *holder != offer.id)
+                || inner.arriving.values().any(|name| *name == offer.name)
             {
                 return refuse(format!("a cell named `{}` is here already", offer.name));
             }
+            if inner.arriving.contains_key(&offer.id) {
+                return refuse(format!("cell `{}` is arriving here already", offer.id));
+            }
+            // Its id and name are held for it until it is recorded or refused.
+            inner.arriving.insert(offer.id.clone(), offer.name.clone());
         }
         let dir = self.cell_dir(&offer.id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Refusal::Told(format!("cannot make its directory: {e}")))?;
+        if let Err(error) = std::fs::create_dir_all(&dir) {
+            self.lock().arriving.remove(&offer.id);
+            return refuse(format!("cannot make its directory: {error}"));
+        }
         Ok(dir)
     }
 

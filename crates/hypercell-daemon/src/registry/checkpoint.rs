@@ -100,6 +100,15 @@ impl Registry {
             .join(format!("checkpoint-{number}.{extension}"))
     }
 
+    /// Lets go of every checkpoint of the cell `id`: it moved, and goes on from
+    /// elsewhere.
+    pub(super) fn forget_checkpoints(&self, id: &str) {
+        for number in self.checkpoint_numbers(id) {
+            let _ = std::fs::remove_file(self.checkpoint_file(id, number, "mark"));
+            let _ = std::fs::remove_file(self.checkpoint_file(id, number, "snap"));
+        }
+    }
+
     /// The cell `id`'s newest complete checkpoint: its snapshot file and log marks.
     pub(super) fn last_checkpoint(&self, id: &str) -> Option<(PathBuf, LogMarks)> {
         let number = *self.checkpoint_numbers(id).last()?;
