@@ -4,7 +4,8 @@
 //! logs is exactly an uninterrupted run's; migrations that cannot happen (a wrong
 //! secret, a directory the destination cannot grant, a destination that is gone) leave
 //! the cell running where it was, and so does a destination killed while the cell's
-//! state reaches it; a cell moved back and forth 50 times finishes correctly.
+//! state reaches it; a paused cell moves paused; a cell moved back and forth 50 times
+//! finishes correctly.
 
 #[path = "support/binary.rs"]
 mod binary;
@@ -147,6 +148,37 @@ fn a_running_cell_moves_and_finishes_there_with_nothing_lost_or_repeated() {
     assert_eq!(there["exit_code"], 0);
     assert_eq!(there["id"], here["id"]);
     assert!(there["migrated_from"].is_string(), "{there}");
+}
+
+#[test]
+fn a_paused_cell_moves_paused_and_goes_on_when_resumed_there() {
+    let args = ["1500", "16"];
+    let expected = uninterrupted(&args);
+    let hosts = hosts(&[(SECRET, &[]), (SECRET, &[])]);
+    let [a, b] = [&hosts.daemons[0], &hosts.daemons[1]];
+    start_dirtier(a, "sleeper", &[], &args, 100);
+    a.ok(&["pause", "sleeper"]);
+    a.ok(&["migrate", "sleeper", "--to", &hosts.addrs[1]]);
+    assert_eq!(b.inspect("sleeper")["state"], "paused");
+    // While it moves, and once it left, it is not this daemon's to act on.
+    let out = a.cli(&["resume", "sleeper"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("is migrated"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = a.cli(&["start", "sleeper"]);
+    assert!(
+        text(&out.stderr).contains("moved to"),
+        "{}",
+        text(&out.stderr)
+    );
+    b.ok(&["resume", "sleeper"]);
+    let after = all_logs(b, "sleeper");
+    let before = a.ok(&["logs", "sleeper"]);
+    assert_eq!(format!("{before}{after}"), expected);
+    assert_eq!(b.inspect("sleeper")["exit_code"], 0);
 }
 
 #[test]
