@@ -243,6 +243,9 @@ pub struct Registry {
     runtime: tokio::runtime::Handle,
     /// The secret migration peers prove they hold, once set.
     migration_secret: std::sync::OnceLock<Vec<u8>>,
+    /// The port this daemon takes migrations on, if it does: cells it sends say where
+    /// they came from with it.
+    migration_port: std::sync::OnceLock<u16>,
 }
 
 impl Registry {
@@ -311,6 +314,7 @@ impl Registry {
             closing: watch::Sender::new(false),
             runtime: tokio::runtime::Handle::current(),
             migration_secret: std::sync::OnceLock::new(),
+            migration_port: std::sync::OnceLock::new(),
         });
         let lost: Vec<String> = registry
             .lock()
@@ -338,6 +342,11 @@ impl Registry {
     /// daemons and take theirs (see [`crate::migration`]).
     pub fn set_migration_secret(&self, secret: Vec<u8>) {
         let _ = self.migration_secret.set(secret);
+    }
+
+    /// Records the port of this daemon's migration listener.
+    pub fn set_migration_port(&self, port: u16) {
+        let _ = self.migration_port.set(port);
     }
 
     /// Refuses a new live partition when the daemon holds as many as its limit of open

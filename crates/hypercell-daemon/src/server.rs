@@ -170,11 +170,16 @@ pub async fn serve(options: DaemonOptions, ready: impl FnOnce()) -> Result<(), S
                     addr: *addr,
                     source,
                 })?;
-            crate::migration::serve_migrations(std::sync::Arc::clone(&registry), listener, secret)
-                .map_err(|source| ServeError::Listen {
-                    addr: *addr,
-                    source,
-                })?;
+            let bound = crate::migration::serve_migrations(
+                std::sync::Arc::clone(&registry),
+                listener,
+                secret,
+            )
+            .map_err(|source| ServeError::Listen {
+                addr: *addr,
+                source,
+            })?;
+            registry.set_migration_port(bound.port());
         }
     }
     // Cells start without waiting on the kernel to make their VMs.

@@ -147,7 +147,7 @@ fn a_running_cell_moves_and_finishes_there_with_nothing_lost_or_repeated() {
     assert_eq!(there["state"], "exited", "{there}");
     assert_eq!(there["exit_code"], 0);
     assert_eq!(there["id"], here["id"]);
-    assert!(there["migrated_from"].is_string(), "{there}");
+    assert_eq!(there["migrated_from"], hosts.addrs[0].as_str(), "{there}");
 }
 
 #[test]

@@ -87,6 +87,8 @@ pub(crate) struct Offer {
     pub paused: bool,
     /// Whether its stdin is open to the API (else the program reads its end).
     pub stdin_open: bool,
+    /// The port of the source's own migration listener, if it has one.
+    pub source_port: Option<u16>,
     /// The Hypercell version, CPU features and compiler fingerprint the cell's code
     /// was compiled for: the destination's must be the same.
     pub hypercell_version: String,

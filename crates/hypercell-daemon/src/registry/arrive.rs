@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::io::BufWriter;
-use std::net::TcpStream;
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -51,9 +51,8 @@ impl Registry {
     /// Takes the cell a source sends over `stream`, once it proves it holds `secret`.
     /// Blocks for the whole migration; failures are logged, and told to the source.
     pub(crate) fn arrive(self: &Arc<Self>, stream: TcpStream, secret: &[u8]) {
-        let peer = stream
-            .peer_addr()
-            .map_or_else(|_| "an unknown peer".to_string(), |addr| addr.to_string());
+        let peer_addr = stream.peer_addr().ok();
+        let peer = peer_addr.map_or_else(|| "an unknown peer".to_string(), |addr| addr.to_string());
         let mut wire = match Wire::new(stream) {
             Ok(wire) => wire,
             Err(error) => {
@@ -66,7 +65,7 @@ impl Registry {
             return;
         }
         let mut arrival = Arrival::default();
-        let outcome = self.take_cell(&mut wire, &peer, &mut arrival);
+        let outcome = self.take_cell(&mut wire, peer_addr, &mut arrival);
         let reserved = arrival.reserved.take();
         if let Err(refusal) = outcome {
             let reason = match refusal {
@@ -105,7 +104,7 @@ impl Registry {
     fn take_cell(
         self: &Arc<Self>,
         wire: &mut Wire,
-        peer: &str,
+        peer: Option<SocketAddr>,
         arrival: &mut Arrival,
     ) -> Result<(), Refusal> {
         let Message::Offer(offer) = wire.receive()? else {
@@ -176,7 +175,13 @@ impl Registry {
             .collect();
         self.check_dirs(&granted).map_err(told)?;
 
-        let earlier = self.record_arrival(&offer, spec, peer)?;
+        // Where it came from: the source's migration listener, where it has one.
+        let from = match (peer, offer.source_port) {
+            (Some(peer), Some(port)) => SocketAddr::new(peer.ip(), port).to_string(),
+            (Some(peer), None) => peer.ip().to_string(),
+            (None, _) => "an unknown peer".to_string(),
+        };
+        let earlier = self.record_arrival(&offer, spec, &from)?;
         let id = offer.id.clone();
         arrival.recorded = Some(earlier);
         let record = self.lock().cells[&id].clone();
@@ -302,7 +307,7 @@ impl Registry {
         &self,
         offer: &Offer,
         spec: CellSpec,
-        peer: &str,
+        from: &str,
     ) -> Result<Option<CellRecord>, Refusal> {
         let mut inner = self.lock();
         if inner.live.contains_key(&offer.id) {
@@ -316,7 +321,7 @@ impl Registry {
             .get(&offer.id)
             .map_or_else(now_ms, |earlier| earlier.created_ms);
         let record = CellRecord {
-            migrated_from: Some(peer.to_string()),
+            migrated_from: Some(from.to_string()),
             ..CellRecord::created(offer.id.clone(), offer.name.clone(), spec, created_ms)
         };
         inner.names.insert(offer.name.clone(), offer.id.clone());

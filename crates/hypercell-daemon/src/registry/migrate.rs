@@ -98,6 +98,7 @@ impl Registry {
             spec: record.spec.clone(),
             paused: was_paused,
             stdin_open: stdin.is_some(),
+            source_port: self.migration_port.get().copied(),
             hypercell_version: env!("CARGO_PKG_VERSION").into(),
             cpu_features: self.compiler.cpu_features(),
             engine: self.compiler.fingerprint().to_string(),
