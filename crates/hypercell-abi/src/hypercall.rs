@@ -118,7 +118,8 @@ pub enum Hypercall {
     /// host drains first) and can take another ([`crate::BootInfo::reuse`]). Result 1:
     /// the host rewrote the identity (arguments, environment, stdin) with the next
     /// request, which the guest reads again; result 0: no request comes, and the guest
-    /// ends its program with status 0. No arguments.
+    /// ends its program with status 0 (asked again, the host answers 0 again, and the
+    /// cell's time limit runs on). No arguments.
     NextRequest = 14,
 }
 

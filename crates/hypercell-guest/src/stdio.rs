@@ -25,6 +25,12 @@ pub fn init(boot: &BootInfo) {
     for (kind, &raw) in KINDS.iter().zip(boot.stdio_kinds.iter()) {
         kind.store(raw, Ordering::Relaxed);
     }
+    // A new identity comes with a new stdin: nothing read ahead of the old one is its.
+    // SAFETY: the cell has one thread, and no read is under way while the identity is
+    // read, so this is the only reference to the buffer.
+    let input = unsafe { &mut *core::ptr::addr_of_mut!(INPUT) };
+    input.start = 0;
+    input.end = 0;
 }
 
 /// Whether stdio stream `stream` (0 stdin, 1 stdout, 2 stderr) is a terminal on the

@@ -1192,7 +1192,15 @@ fn supervise(
             Wake::Finished => return,
             Wake::Boundary(reply) => {
                 let request = next.as_mut().and_then(|next| next());
-                deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
+                match request {
+                    // A new request has the whole time limit.
+                    Some(_) => {
+                        deadline = timeout.and_then(|limit| Instant::now().checked_add(limit))
+                    }
+                    // Told once that none comes, the cell is not asked again, and its
+                    // time runs on: a guest that asks again and again still ends.
+                    None => next = None,
+                }
                 let _ = reply.send(request);
             }
             Wake::Stopping => {

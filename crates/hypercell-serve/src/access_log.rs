@@ -36,7 +36,7 @@ pub(crate) enum AfterRequest {
     Reset(u64),
     /// A new partition replaced it.
     NewCell,
-    /// It went on to the next request (`--reuse`).
+    /// It was kept for the next request (`--reuse`).
     Reused,
 }
 

@@ -375,9 +375,10 @@ impl Worker {
 
     /// Runs `first` and the requests after it in one cell, in turn (`--reuse`): up to
     /// `most`, while its runtime asks for more (a wasi:http component's does; a WAGI
-    /// program ends after one), it answers them, and no job waits when it asks for
-    /// one beyond `--idle`. Then the partition is put back. False when the worker left
-    /// the pool while its cell waited for a request.
+    /// program ends after one) and answers them, until no job comes within `--idle`
+    /// (a worker among the fewest kept waits on with its cell). Then the partition is
+    /// put back, or, after a failure, replaced. False when the worker left the pool
+    /// while its cell waited for a request: its cell then goes with it.
     fn serve_in_turn(
         &mut self,
         first: Job,
@@ -395,6 +396,11 @@ impl Worker {
         let mut current = Some((first, Instant::now(), 0));
         let mut answered = 0;
         let mut stays = true;
+        // The request the cell answered last when it is not kept for another, logged
+        // once it is put back; whether the cell broke the protocol answering it.
+        let mut last_answered: Option<(Answered, bool)> = None;
+        // Set when the server failed to hand the cell its next request.
+        let mut replace = false;
         let mut next = || {
             let (job, picked, before) = current.take()?;
             let ran = Instant::now();
@@ -410,24 +416,31 @@ impl Worker {
                 exits: exits - before,
             };
             let done = respond(job, answer, served, files, shared);
-            record(&done, AfterRequest::Reused, Instant::now(), shared);
+            // What the request wrote goes now, not when the next comes.
+            files.release();
             answered += 1;
             if broken || answered >= most {
+                last_answered = Some((done, broken));
                 return None;
             }
+            // Kept for the next request, which it waits for.
+            record(&done, AfterRequest::Reused, Instant::now(), shared);
             let Some(job) = next_live_job(shared, membership) else {
                 stays = false;
                 return None;
             };
             if let Err(error) = files.prepare(&job.body) {
+                // The cell is replaced, as after any failure of the server's own.
+                replace = true;
                 let answer = server_failed(format!("cannot give the request to the cell: {error}"));
+                let now = Instant::now();
                 let served = Served {
-                    picked: Instant::now(),
-                    ran: Instant::now(),
+                    picked: now,
+                    ran: now,
                     exits: 0,
                 };
-                let done = respond(job, answer, served, files, shared);
-                record(&done, AfterRequest::NewCell, Instant::now(), shared);
+                let refused = respond(job, answer, served, files, shared);
+                record(&refused, AfterRequest::NewCell, Instant::now(), shared);
                 return None;
             }
             let request = NextRequest::new(&job.config, job.body.to_vec());
@@ -456,18 +469,33 @@ impl Worker {
             }
             // It was told no more requests come, and ended.
             None => {
-                let failed = match result {
-                    Ok(Ok(report)) => report.exit != CellExit::Exited(0),
-                    _ => true,
+                let failure = match result {
+                    Ok(Ok(report)) if report.exit == CellExit::Exited(0) => None,
+                    Ok(Ok(report)) => Some(format!("{:?}", report.exit)),
+                    Ok(Err(failure)) => Some(failure.error.to_string()),
+                    Err(error) => Some(error.to_string()),
                 };
-                if failed {
+                let id = last_answered.as_ref().map(|(done, _)| done.id);
+                if let Some(failure) = &failure {
                     shared.log.error(
-                        None,
-                        "a cell that answered its requests failed as it ended; a new one replaces it",
+                        id,
+                        &format!(
+                            "the cell that answered this request failed as it ended: {failure}"
+                        ),
                     );
-                    self.cell = None;
                 }
-                self.reset_or_replace(failed, None, shared);
+                let fresh = failure.is_some() || replace;
+                match last_answered {
+                    Some((done, broken)) => self.put_back(fresh || broken, done, shared),
+                    // The worker leaves: its cell goes with it.
+                    None if !stays => {
+                        self.cell = None;
+                        self.files.release();
+                    }
+                    None => {
+                        self.reset_or_replace(fresh, id, shared);
+                    }
+                }
             }
         }
         stays
