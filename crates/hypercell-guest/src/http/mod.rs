@@ -36,8 +36,11 @@ use types::{Body, IncomingRequest, OutgoingResponse, ResponseOutparam};
 /// What the component's imports work on.
 pub struct ProxyState {
     table: Resources,
-    /// Bodies written, by index.
+    /// Bodies written in this request, by index less `body_base`.
     bodies: Vec<Body>,
+    /// The index of this request's first body: indices are never reused, so that a
+    /// handle an earlier request's call kept reaches nothing of this one's.
+    body_base: usize,
     /// What the handler set its response to.
     response: Option<Result<OutgoingResponse, bindings::wasi::http::types::ErrorCode>>,
     limiter: GrowthLimiter,
@@ -85,6 +88,7 @@ pub fn run(
         ProxyState {
             table: Resources::new(),
             bodies: Vec::new(),
+            body_base: 0,
             response: None,
             limiter: GrowthLimiter::new(boot.wasm_memory_limit as usize),
         },
@@ -142,6 +146,7 @@ pub fn run(
         boot = unsafe { boot_ptr.read_volatile() };
         crate::stdio::init(&boot);
         let state = store.data_mut();
+        state.body_base += state.bodies.len();
         state.bodies.clear();
         state.response = None;
     }
@@ -252,7 +257,7 @@ fn respond(state: &mut ProxyState) {
         fail(FailureKind::CallError, message.as_bytes())
     }
     // A body dropped before it was finished was abandoned: the response is corrupt.
-    if let Some(body) = response.body.and_then(|index| state.bodies.get(index))
+    if let Some(body) = response.body.and_then(|index| state.body(index))
         && !body.finished
     {
         fail(
@@ -272,7 +277,7 @@ fn respond(state: &mut ProxyState) {
     head.extend_from_slice(b"\r\n");
     let body = response
         .body
-        .and_then(|index| state.bodies.get(index))
+        .and_then(|index| state.body(index))
         .map_or(&[][..], |body| &body.data[..]);
     if crate::stdio::write(1, &[&head, body]).is_err() {
         fail(FailureKind::Runtime, b"failed to write the response");

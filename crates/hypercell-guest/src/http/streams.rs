@@ -66,11 +66,11 @@ impl ProxyState {
         match self.table.get(stream)? {
             OutputStream::Body(index) => {
                 let index = *index;
-                let body = &mut self.bodies[index];
-                if body.finished {
-                    return Ok(Err(StreamError::Closed));
+                // A body of an earlier request, kept past its call, is closed.
+                match self.body_mut(index) {
+                    Some(body) if !body.finished => body.data.extend_from_slice(bytes),
+                    _ => return Ok(Err(StreamError::Closed)),
                 }
-                body.data.extend_from_slice(bytes);
             }
             OutputStream::Stderr => {
                 let _ = crate::stdio::write(2, &[bytes]);

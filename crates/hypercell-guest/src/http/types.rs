@@ -134,7 +134,18 @@ impl ProxyState {
 
     fn new_body(&mut self) -> usize {
         self.bodies.push(Body::default());
-        self.bodies.len() - 1
+        self.body_base + self.bodies.len() - 1
+    }
+
+    /// The body of index `index`, if this request made it.
+    pub(super) fn body(&self, index: usize) -> Option<&Body> {
+        self.bodies.get(index.checked_sub(self.body_base)?)
+    }
+
+    /// [`Self::body`], to write.
+    pub(super) fn body_mut(&mut self, index: usize) -> Option<&mut Body> {
+        let at = index.checked_sub(self.body_base)?;
+        self.bodies.get_mut(at)
     }
 
     fn fields_mut(
@@ -478,7 +489,9 @@ impl http::HostOutgoingBody for ProxyState {
             self.table.delete(trailers)?;
         }
         let index = self.table.delete(body)?.index;
-        self.bodies[index].finished = true;
+        if let Some(body) = self.body_mut(index) {
+            body.finished = true;
+        }
         Ok(Ok(()))
     }
 
