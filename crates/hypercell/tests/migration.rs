@@ -4,8 +4,9 @@
 //! logs is exactly an uninterrupted run's; migrations that cannot happen (a wrong
 //! secret, a directory the destination cannot grant, a destination that is gone) leave
 //! the cell running where it was, and so does a destination killed while the cell's
-//! state reaches it; a paused cell moves paused; a cell moved back and forth 50 times
-//! finishes correctly.
+//! state reaches it; a paused cell moves paused; a cell from a template moves to a
+//! daemon that lacks the template; a cell moved back and forth 50 times finishes
+//! correctly.
 
 #[path = "support/binary.rs"]
 mod binary;
@@ -148,6 +149,35 @@ fn a_running_cell_moves_and_finishes_there_with_nothing_lost_or_repeated() {
     assert_eq!(there["exit_code"], 0);
     assert_eq!(there["id"], here["id"]);
     assert_eq!(there["migrated_from"], hosts.addrs[0].as_str(), "{there}");
+}
+
+#[test]
+fn a_cell_from_a_template_moves_to_a_daemon_without_the_template() {
+    let args = ["1500", "16"];
+    let expected = uninterrupted(&args);
+    let hosts = hosts(&[(SECRET, &[]), (SECRET, &[])]);
+    let [a, b] = [&hosts.daemons[0], &hosts.daemons[1]];
+    let program = c_program("dirtier");
+    a.ok(&[
+        "template",
+        "create",
+        "--name",
+        "dirt",
+        program.to_str().unwrap(),
+    ]);
+    let mut create = vec!["create", "--name", "templated", "dirt"];
+    create.extend_from_slice(&args);
+    a.ok(&create);
+    a.ok(&["start", "templated"]);
+    let (mut follower, lines) = a.follow(&["logs", "-f", "templated"]);
+    wait_for(&lines, |line| line == "step 100");
+    let _ = follower.kill();
+    let _ = follower.wait();
+    a.ok(&["migrate", "templated", "--to", &hosts.addrs[1]]);
+    let after = all_logs(b, "templated");
+    let before = a.ok(&["logs", "templated"]);
+    assert_eq!(format!("{before}{after}"), expected);
+    assert_eq!(b.inspect("templated")["exit_code"], 0);
 }
 
 #[test]
