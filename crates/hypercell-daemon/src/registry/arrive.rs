@@ -205,6 +205,10 @@ impl Registry {
         }
         wire.send(&Message::Running)?;
         match wire.receive()? {
+            // A daemon shutting down would take the cell with it.
+            Message::Commit if *self.closing().borrow() => {
+                return Err(Refusal::Told("this daemon is shutting down".into()));
+            }
             Message::Commit => {}
             other => {
                 return Err(Refusal::Told(format!(
@@ -228,6 +232,9 @@ impl Registry {
     /// Checks that this daemon can take the cell `offer` describes; its directory here.
     fn check_offer(&self, offer: &Offer) -> Result<PathBuf, Refusal> {
         let refuse = |reason: String| Err(Refusal::Told(reason));
+        if *self.closing().borrow() {
+            return refuse("this daemon is shutting down".into());
+        }
         let version = env!("CARGO_PKG_VERSION");
         if offer.hypercell_version != version {
             return refuse(format!(

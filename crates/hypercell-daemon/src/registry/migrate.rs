@@ -70,6 +70,7 @@ impl Registry {
             registry: self,
             id: &id,
         };
+        self.change(&id, "migrate", |_| {})?;
         let name = record.name.clone();
         let failed = |what: String| {
             DaemonError::Conflict(format!(
@@ -147,12 +148,18 @@ impl Registry {
         let committed = wire
             .send(&Message::Commit)
             .and_then(|()| wire.receive())
-            .map_err(|e| e.to_string())
-            .and_then(|answer| match answer {
-                Message::Committed => Ok(()),
-                other => Err(format!("it answered {other:?}")),
-            });
+            .map_err(|e| e.to_string());
         let downtime = paused_at.elapsed();
+        let committed = match committed {
+            Ok(Message::Committed) => Ok(()),
+            // The destination said it discarded the cell: it goes on here.
+            Ok(Message::Refused { reason }) => {
+                self.go_on_here(&id, was_paused);
+                return Err(failed(format!("it refused: {reason}")));
+            }
+            Ok(other) => Err(format!("it answered {other:?}")),
+            Err(error) => Err(error),
+        };
         if let Err(error) = committed {
             // The destination may run the cell or not: this copy stays paused, so
             // that it is neither lost nor run twice, until the operator decides.
