@@ -103,12 +103,32 @@ fn start_dirtier(daemon: &Daemon, name: &str, flags: &[&str], args: &[&str], ste
     create.extend_from_slice(args);
     let id = daemon.ok(&create).trim().to_string();
     daemon.ok(&["start", name]);
+    wait_for_step(daemon, name, step);
+    id
+}
+
+/// Waits until `name` on `daemon` has printed its step `step`.
+fn wait_for_step(daemon: &Daemon, name: &str, step: u32) {
     let (mut follower, lines) = daemon.follow(&["logs", "-f", name]);
     let wanted = format!("step {step}");
     wait_for(&lines, |line| line == wanted);
     let _ = follower.kill();
     let _ = follower.wait();
-    id
+}
+
+/// Checks that `name`'s output, what `from` logged before it moved and what `to`
+/// logged after, once it ended there, is `expected`, and that it exited 0.
+fn assert_moved_whole(from: &Daemon, to: &Daemon, name: &str, expected: &str) {
+    let after = all_logs(to, name);
+    let before = from.ok(&["logs", name]);
+    assert_eq!(
+        format!("{before}{after}"),
+        expected,
+        "the output before the move ({} lines) and after it ({} lines)",
+        before.lines().count(),
+        after.lines().count()
+    );
+    assert_eq!(to.inspect(name)["exit_code"], 0);
 }
 
 /// Everything `logs -f` prints of `cell` on `daemon`, once the cell ends there.
@@ -135,18 +155,9 @@ fn a_running_cell_moves_and_finishes_there_with_nothing_lost_or_repeated() {
     assert_eq!(here["state"], "migrated", "{here}");
     assert_eq!(here["migrated_to"], hosts.addrs[1].as_str());
 
-    let after = all_logs(b, "mover");
-    let before = a.ok(&["logs", "mover"]);
-    assert_eq!(
-        format!("{before}{after}"),
-        expected,
-        "the output before the move ({} lines) and after it ({} lines)",
-        before.lines().count(),
-        after.lines().count()
-    );
+    assert_moved_whole(a, b, "mover", &expected);
     let there = b.inspect("mover");
     assert_eq!(there["state"], "exited", "{there}");
-    assert_eq!(there["exit_code"], 0);
     assert_eq!(there["id"], here["id"]);
     assert_eq!(there["migrated_from"], hosts.addrs[0].as_str(), "{there}");
 }
@@ -169,15 +180,9 @@ fn a_cell_from_a_template_moves_to_a_daemon_without_the_template() {
     create.extend_from_slice(&args);
     a.ok(&create);
     a.ok(&["start", "templated"]);
-    let (mut follower, lines) = a.follow(&["logs", "-f", "templated"]);
-    wait_for(&lines, |line| line == "step 100");
-    let _ = follower.kill();
-    let _ = follower.wait();
+    wait_for_step(a, "templated", 100);
     a.ok(&["migrate", "templated", "--to", &hosts.addrs[1]]);
-    let after = all_logs(b, "templated");
-    let before = a.ok(&["logs", "templated"]);
-    assert_eq!(format!("{before}{after}"), expected);
-    assert_eq!(b.inspect("templated")["exit_code"], 0);
+    assert_moved_whole(a, b, "templated", &expected);
 }
 
 #[test]
@@ -205,10 +210,7 @@ fn a_paused_cell_moves_paused_and_goes_on_when_resumed_there() {
         text(&out.stderr)
     );
     b.ok(&["resume", "sleeper"]);
-    let after = all_logs(b, "sleeper");
-    let before = a.ok(&["logs", "sleeper"]);
-    assert_eq!(format!("{before}{after}"), expected);
-    assert_eq!(b.inspect("sleeper")["exit_code"], 0);
+    assert_moved_whole(a, b, "sleeper", &expected);
 }
 
 #[test]
