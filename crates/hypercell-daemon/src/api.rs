@@ -17,8 +17,8 @@ use serde::Deserialize;
 
 use crate::logs::Stream;
 use crate::record::{
-    CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirSpec, Event, RestartPolicy,
-    TemplateRecord, TemplateSpec,
+    CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirSpec, Event, MigrationPhase,
+    MigrationProgress, RestartPolicy, TemplateRecord, TemplateSpec,
 };
 use crate::registry::{DaemonError, Migration, Registry};
 
@@ -434,6 +434,8 @@ pub struct Version {
         SnapshotRequest,
         MigrateRequest,
         Migration,
+        MigrationProgress,
+        MigrationPhase,
         TemplateSpec,
         TemplateRecord,
         Version

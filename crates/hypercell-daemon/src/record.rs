@@ -160,6 +160,34 @@ pub struct CellRecord {
     /// The address of the daemon it came from, if it moved here.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migrated_from: Option<String>,
+    /// While a migration moves it: where to, and how far it got.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationProgress>,
+}
+
+/// How far a migration moving a cell has got.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct MigrationProgress {
+    /// The destination's migration address.
+    pub to: String,
+    /// The step under way.
+    pub phase: MigrationPhase,
+    /// Bytes sent so far.
+    pub bytes_sent: u64,
+    /// When the migration began, in milliseconds since the Unix epoch.
+    pub started_ms: u64,
+}
+
+/// The steps of a migration, as its source sees them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MigrationPhase {
+    /// The cell runs on while the destination checks it and compiles its module.
+    Offering,
+    /// The cell is paused and its memory sent.
+    Copying,
+    /// The destination has the cell; both commit.
+    Committing,
 }
 
 impl CellRecord {
@@ -179,6 +207,7 @@ impl CellRecord {
             parked_ms: None,
             migrated_to: None,
             migrated_from: None,
+            migration: None,
         }
     }
 }

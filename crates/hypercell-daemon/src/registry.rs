@@ -790,6 +790,7 @@ impl Registry {
             if let Some(departure) = &migrated {
                 record.state = CellState::Migrated;
                 record.migrated_to = Some(departure.to.clone());
+                record.migration = None;
                 return;
             }
             match &result {

@@ -154,6 +154,23 @@ fn a_running_cell_moves_and_finishes_there_with_nothing_lost_or_repeated() {
     let here = a.inspect("mover");
     assert_eq!(here["state"], "migrated", "{here}");
     assert_eq!(here["migrated_to"], hosts.addrs[1].as_str());
+    assert!(here.get("migration").is_none(), "{here}");
+    // The events told each step: offering, copying, committing, then its end here.
+    let (mut events, lines) = a.follow(&["events", "--since", "0"]);
+    let mut steps = Vec::new();
+    loop {
+        let line = wait_for(&lines, |line| line.contains("\"mover\""));
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap();
+        if event["state"] == "migrated" {
+            break;
+        }
+        if event["action"] == "migrate" {
+            steps.push(event["action"].clone());
+        }
+    }
+    let _ = events.kill();
+    let _ = events.wait();
+    assert_eq!(steps.len(), 3, "{steps:?}");
 
     assert_moved_whole(a, b, "mover", &expected);
     let there = b.inspect("mover");

@@ -15,7 +15,7 @@ use hypercell_host::persist::SnapshotFile;
 use super::park::pipe_is_empty;
 use super::{DaemonError, Registry, moving, resolve, wrong_state};
 use crate::migration::wire::{Message, Offer, WORK_PATIENCE, Wire, WireError};
-use crate::record::{CellRecord, CellState};
+use crate::record::{CellRecord, CellState, MigrationPhase, MigrationProgress, now_ms};
 
 /// How long a source waits to connect to a destination.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -70,7 +70,25 @@ impl Registry {
             registry: self,
             id: &id,
         };
-        self.change(&id, "migrate", |_| {})?;
+        // Told as it goes, in the record and the events; a record that cannot be
+        // saved does not stop the migration.
+        let progress = |phase, bytes_sent| {
+            let told = self.change(&id, "migrate", |record| {
+                record.migration = Some(MigrationProgress {
+                    to: to.to_string(),
+                    phase,
+                    bytes_sent,
+                    started_ms: record
+                        .migration
+                        .as_ref()
+                        .map_or_else(now_ms, |progress| progress.started_ms),
+                });
+            });
+            if let Err(error) = told {
+                tracing::warn!("cannot record the progress of cell {id}'s migration: {error}");
+            }
+        };
+        progress(MigrationPhase::Offering, 0);
         let name = record.name.clone();
         let failed = |what: String| {
             DaemonError::Conflict(format!(
@@ -120,6 +138,7 @@ impl Registry {
         }
 
         // From the pause until the destination runs the cell, it runs nowhere.
+        progress(MigrationPhase::Copying, module_bytes.len() as u64);
         let paused_at = Instant::now();
         let (snapshot, marks) = match self.take_checkpoint(&id, false, true) {
             Ok(taken) => taken,
@@ -144,6 +163,10 @@ impl Registry {
                 return Err(failed(error));
             }
         };
+        progress(
+            MigrationPhase::Committing,
+            module_bytes.len() as u64 + snapshot_len,
+        );
         // The destination runs it once both commit: it is then the destination's.
         let committed = wire
             .send(&Message::Commit)
@@ -169,6 +192,7 @@ impl Registry {
             self.change(&id, "pause", |record| {
                 record.state = CellState::Paused;
                 record.error = Some(doubt.clone());
+                record.migration = None;
             })?;
             return Err(DaemonError::Conflict(doubt));
         }
@@ -232,6 +256,18 @@ impl Drop for Reservation<'_> {
     fn drop(&mut self) {
         if let Some(live) = self.registry.lock().live.get_mut(self.id) {
             live.migrating = false;
+        }
+        // A cell that stays says so; one that left had its record closed as it ended.
+        let moving = self
+            .registry
+            .lock()
+            .cells
+            .get(self.id)
+            .is_some_and(|record| record.migration.is_some());
+        if moving {
+            let _ = self
+                .registry
+                .change(self.id, "stay", |record| record.migration = None);
         }
     }
 }
