@@ -676,7 +676,7 @@ fn start_cell(
         }
         .into());
     }
-    let identity_len = config.identity_len() + init_export.len() as u64;
+    let identity_len = identity_blocks.bytes() + init_export.len() as u64;
     // Cells of one snapshot keep its layout: its identity region, whatever their own.
     let identity = match snapshot {
         Some(snapshot) if identity_len > snapshot.identity_capacity => {
@@ -913,11 +913,8 @@ fn start_cell(
                 .map_err(load_error)?;
             mem.write_obj(boot.reuse, field(offset_of!(BootInfo, reuse)))
                 .map_err(load_error)?;
-            mem.write_slice(
-                &boot.stdio_kinds,
-                GuestAddress(layout.boot_info + offset_of!(BootInfo, stdio_kinds) as u64),
-            )
-            .map_err(load_error)?;
+            mem.write_slice(&boot.stdio_kinds, field(offset_of!(BootInfo, stdio_kinds)))
+                .map_err(load_error)?;
             (OutputMeter::new(config.output_limit), 0)
         }
         Some(snapshot) => {

@@ -27,6 +27,11 @@ pub struct Identity {
 }
 
 impl Identity {
+    /// Bytes its blocks take.
+    pub fn bytes(&self) -> u64 {
+        (self.args.len() + self.env.len() + self.preopens.len()) as u64
+    }
+
     /// The identity `config` gives a cell.
     pub fn of(config: &CellConfig) -> Self {
         Self {
@@ -133,7 +138,7 @@ impl IdentityRegion {
 }
 
 /// Strings back to back, each ended by a NUL.
-pub(crate) fn string_block<S: AsRef<[u8]>>(strings: impl Iterator<Item = S>) -> Vec<u8> {
+fn string_block<S: AsRef<[u8]>>(strings: impl Iterator<Item = S>) -> Vec<u8> {
     let mut block = Vec::new();
     for string in strings {
         block.extend_from_slice(string.as_ref());

@@ -367,8 +367,13 @@ impl Worker {
             });
         let ran = Instant::now();
         let (answer, exits) = outcome(result, &job, &self.files, shared.handler.kind());
+        self.answer_last(job, answer, Served { picked, ran, exits }, shared);
+    }
+
+    /// Answers `job`, the last request of the worker's cell, and readies the partition
+    /// for the next: put back, or replaced after a failure.
+    fn answer_last(&mut self, job: Job, answer: Answer, served: Served, shared: &Shared) {
         let fresh = matches!(answer, Answer::Failed { .. });
-        let served = Served { picked, ran, exits };
         let answered = respond(job, answer, served, &self.files, shared);
         self.put_back(fresh, answered, shared);
     }
@@ -432,7 +437,7 @@ impl Worker {
             if let Err(error) = files.prepare(&job.body) {
                 // The cell is replaced, as after any failure of the server's own.
                 replace = true;
-                let answer = server_failed(format!("cannot give the request to the cell: {error}"));
+                let (answer, _) = outcome(Err(error), &job, files, kind);
                 let now = Instant::now();
                 let served = Served {
                     picked: now,
@@ -458,14 +463,12 @@ impl Worker {
             // The cell ended with a request in it: that request's answer is the cell's.
             Some((job, picked, before)) => {
                 let (answer, _) = outcome(result, &job, files, kind);
-                let fresh = matches!(answer, Answer::Failed { .. });
                 let served = Served {
                     picked,
                     ran,
                     exits: exits - before,
                 };
-                let answered = respond(job, answer, served, files, shared);
-                self.put_back(fresh, answered, shared);
+                self.answer_last(job, answer, served, shared);
             }
             // It was told no more requests come, and ended.
             None => {

@@ -178,13 +178,9 @@ impl Wire {
         parse(&json)
     }
 
-    /// Sends `len` bytes read from `from`.
-    pub fn send_bytes(&mut self, from: &mut impl Read, len: u64) -> Result<(), WireError> {
-        let copied = std::io::copy(&mut from.take(len), &mut self.stream)?;
-        if copied != len {
-            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        Ok(())
+    /// Sends `bytes`, which a message announced.
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), WireError> {
+        Ok(self.stream.write_all(bytes)?)
     }
 
     /// Receives exactly `len` bytes into `to`.

@@ -10,8 +10,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use hypercell_host::StopReason;
-
 use super::{DaemonError, Registry, Restore, check_components_of, check_spec, valid_name};
 use crate::migration::wire::{Message, Offer, Wire, WireError};
 use crate::record::{CellRecord, CellSpec, CellState, DirSpec, now_ms};
@@ -338,18 +336,7 @@ impl Registry {
     /// Discards a cell whose migration here did not complete, back to the record it had
     /// here before, if it left here earlier.
     fn drop_arrival(self: &Arc<Self>, id: &str, earlier: Option<CellRecord>) {
-        let end = {
-            let mut inner = self.lock();
-            match inner.live.get_mut(id) {
-                Some(live) => {
-                    live.killed = true;
-                    live.control.stop(StopReason::Signal(libc::SIGKILL));
-                    Some(live.state.subscribe())
-                }
-                None => None,
-            }
-        };
-        if let Some(mut end) = end {
+        if let Ok((_, Some(mut end))) = self.ask_to_end(id, true) {
             let _ = self
                 .runtime
                 .block_on(end.wait_for(|state| !state.is_live()));

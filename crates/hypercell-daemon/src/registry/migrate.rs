@@ -129,7 +129,7 @@ impl Registry {
             module_len: module_bytes.len() as u64,
         };
         wire.send(&Message::Offer(Box::new(offer)))
-            .and_then(|()| wire.send_bytes(&mut &module_bytes[..], module_bytes.len() as u64))
+            .and_then(|()| wire.send_bytes(&module_bytes))
             .map_err(wire_failed)?;
         match wire.receive_within(WORK_PATIENCE).map_err(wire_failed)? {
             Message::Accepted => {}
@@ -254,16 +254,17 @@ struct Reservation<'r> {
 
 impl Drop for Reservation<'_> {
     fn drop(&mut self) {
-        if let Some(live) = self.registry.lock().live.get_mut(self.id) {
-            live.migrating = false;
-        }
         // A cell that stays says so; one that left had its record closed as it ended.
-        let moving = self
-            .registry
-            .lock()
-            .cells
-            .get(self.id)
-            .is_some_and(|record| record.migration.is_some());
+        let moving = {
+            let mut inner = self.registry.lock();
+            if let Some(live) = inner.live.get_mut(self.id) {
+                live.migrating = false;
+            }
+            inner
+                .cells
+                .get(self.id)
+                .is_some_and(|record| record.migration.is_some())
+        };
         if moving {
             let _ = self
                 .registry
