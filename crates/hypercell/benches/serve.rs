@@ -189,18 +189,21 @@ fn main() {
             flags.extend(["--dir".to_string(), dir.clone()]);
             peer_flags.extend(["--dir".to_string(), dir]);
         }
-        let mut hypercell = Command::new(env!("CARGO_BIN_EXE_hypercell"))
-            .env("XDG_CACHE_HOME", work.path().join("cache"))
-            .arg("serve")
-            .args(&flags)
-            .arg(&subject.wasm)
-            .args(&subject.args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let access = lines_of(hypercell.stdout.take().unwrap());
-        let errors = lines_of(hypercell.stderr.take().unwrap());
+        // Stopped even when a load fails and the benchmark panics.
+        let mut hypercell = Stopped(
+            Command::new(env!("CARGO_BIN_EXE_hypercell"))
+                .env("XDG_CACHE_HOME", work.path().join("cache"))
+                .arg("serve")
+                .args(&flags)
+                .arg(&subject.wasm)
+                .args(&subject.args)
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap(),
+        );
+        let access = lines_of(hypercell.0.stdout.take().unwrap());
+        let errors = lines_of(hypercell.0.stderr.take().unwrap());
         let first = errors.recv_timeout(Duration::from_secs(120)).unwrap();
         let hypercell_addr: SocketAddr = first
             .split("http://")
@@ -257,8 +260,8 @@ fn main() {
             }
         }
         // SAFETY: kill with a valid signal on our own child's pid.
-        unsafe { libc::kill(hypercell.id() as i32, libc::SIGTERM) };
-        let _ = hypercell.wait();
+        unsafe { libc::kill(hypercell.0.id() as i32, libc::SIGTERM) };
+        let _ = hypercell.0.wait();
         drop(peer_server.take());
     }
     println!(
