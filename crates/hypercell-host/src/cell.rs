@@ -141,6 +141,9 @@ pub enum CellError {
     FsNotGiven,
 }
 
+/// Exit status of a program that trapped, as `wasmtime run` gives it (128 + SIGABRT).
+pub const TRAP_EXIT_STATUS: u8 = 134;
+
 /// How the program ended.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CellExit {

@@ -15,8 +15,8 @@ pub struct CacheArgs {
 
 #[derive(clap::Subcommand)]
 enum CacheCommand {
-    /// Remove all compiled code, index records and temporary files, and say how much
-    /// space that freed.
+    /// Remove all compiled code, index records, the containerd shim's templates and
+    /// temporary files, and say how much space that freed.
     Clean,
     /// Print the compile-cache directory.
     Dir,
@@ -46,10 +46,11 @@ pub fn run(args: CacheArgs) -> ExitCode {
                     |n: u64, what: &str| format!("{n} {what}{}", if n == 1 { "" } else { "s" });
                 let _ = writeln!(
                     stdout,
-                    "Freed {} by removing {}, {} and {}.",
+                    "Freed {} by removing {}, {}, {} and {}.",
                     format_size(cleaned.bytes),
                     count(cleaned.entries, "compiled module"),
                     count(cleaned.index_records, "index record"),
+                    count(cleaned.templates, "template"),
                     count(cleaned.temp_files, "temporary file"),
                 );
             }

@@ -20,7 +20,7 @@ use hypercell_host::persist::{SnapshotError, SnapshotFile, SnapshotFileError, Te
 use hypercell_host::{
     CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
     CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler, ConfigError,
-    create_init_template, create_template, restore_cell, run_cell_with_control,
+    TRAP_EXIT_STATUS, create_init_template, create_template, restore_cell, run_cell_with_control,
     start_from_template,
 };
 
@@ -31,8 +31,6 @@ mod grant_args;
 mod serve_command;
 mod signals;
 
-/// Exit status of `wasmtime run` when the program traps (128 + SIGABRT).
-const TRAP_EXIT_STATUS: u8 = 134;
 /// Exit status when the program could not be run at all.
 const FAILURE_EXIT_STATUS: u8 = 1;
 

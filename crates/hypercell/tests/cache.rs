@@ -272,8 +272,9 @@ fn cache_clean_empties_the_cache_and_says_how_much_it_freed() {
     let said = text(&out.stdout);
     assert!(
         said.starts_with("Freed ")
-            && said
-                .contains("by removing 2 compiled modules, 0 index records and 1 temporary file."),
+            && said.contains(
+                "by removing 2 compiled modules, 0 index records, 0 templates and 1 temporary file."
+            ),
         "{said}"
     );
     assert!(used > 0 && entries(dir.path()).is_empty());
@@ -281,7 +282,7 @@ fn cache_clean_empties_the_cache_and_says_how_much_it_freed() {
     let again = run(hypercell(dir.path()).args(["cache", "clean"]));
     assert_eq!(
         text(&again.stdout),
-        "Freed 0 bytes by removing 0 compiled modules, 0 index records and 0 temporary files.\n"
+        "Freed 0 bytes by removing 0 compiled modules, 0 index records, 0 templates and 0 temporary files.\n"
     );
 }
 

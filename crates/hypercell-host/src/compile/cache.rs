@@ -15,6 +15,9 @@
 //!   checksum last passed. While the entry keeps that identity its body is not hashed
 //!   again: any write or truncation changes its ctime, so a changed entry is always
 //!   verified whole, and an unchanged one costs no read of its 10-200 MB.
+//! - `templates/DIGEST-LIMIT.tmpl`: templates the containerd shim made of the modules
+//!   it ran (`hypercell-shim`'s `templates.rs`), removed by [`CompileCache::clean`] with
+//!   the rest.
 //!
 //! Files in place are never written again: replacing or evicting one unlinks it, which
 //! leaves the mappings of running cells intact. Nothing is synced either: an entry
@@ -47,6 +50,7 @@ const ENTRIES: &str = "entries";
 const INDEX: &str = "index";
 const TEMP: &str = "tmp";
 const VERIFIED: &str = "verified";
+const TEMPLATES: &str = "templates";
 
 const MAGIC: [u8; 8] = *b"HCENTRY\0";
 const FORMAT_VERSION: u32 = 2;
@@ -126,6 +130,8 @@ pub struct Cleaned {
     pub index_records: u64,
     /// Temporary files left by interrupted writers.
     pub temp_files: u64,
+    /// Templates the containerd shim kept.
+    pub templates: u64,
     /// Disk space freed, in bytes.
     pub bytes: u64,
 }
@@ -373,6 +379,11 @@ impl CompileCache {
             settle: Duration::ZERO,
             ..self
         }
+    }
+
+    /// Where the containerd shim keeps the templates it made.
+    pub fn templates_dir(&self) -> PathBuf {
+        self.path(TEMPLATES)
     }
 
     fn path(&self, sub: &str) -> PathBuf {
@@ -677,6 +688,13 @@ impl CompileCache {
         cleaned.index_records = remove_files(&self.path(INDEX), all, &mut cleaned.bytes)?;
         cleaned.temp_files = remove_files(&self.path(TEMP), all, &mut cleaned.bytes)?;
         remove_files(&self.path(VERIFIED), all, &mut cleaned.bytes)?;
+        cleaned.templates = remove_files(
+            &self.path(TEMPLATES),
+            |name| name.ends_with(".tmpl"),
+            &mut cleaned.bytes,
+        )?;
+        // Their locks, and files of writers that were interrupted.
+        remove_files(&self.path(TEMPLATES), all, &mut cleaned.bytes)?;
         // Earlier versions kept `KEY.cwasm` entries and `.PID.tmp` files at the top.
         cleaned.entries += remove_files(
             &self.dir,
@@ -688,7 +706,7 @@ impl CompileCache {
             |name| name.starts_with('.') && name.ends_with(".tmp"),
             &mut cleaned.bytes,
         )?;
-        for sub in [ENTRIES, INDEX, TEMP, VERIFIED] {
+        for sub in [ENTRIES, INDEX, TEMP, VERIFIED, TEMPLATES] {
             let _ = fs::remove_dir(self.path(sub));
         }
         let _ = fs::remove_dir(self.dir.join(LAYOUT));
