@@ -15,6 +15,7 @@ use axum::routing::{get, post, put};
 use futures_util::stream;
 use serde::Deserialize;
 
+use crate::console::{self, Access};
 use crate::logs::Stream;
 use crate::record::{
     CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirSpec, Event, MigrationPhase,
@@ -24,6 +25,9 @@ use crate::registry::{DaemonError, Migration, Registry};
 
 /// Largest request body the API takes (a cell spec, or a write to stdin).
 pub const BODY_LIMIT: usize = 1 << 20;
+
+/// Largest module an upload takes.
+pub const MODULE_LIMIT: usize = 256 << 20;
 
 /// How long a stop waits for a cell to end on its own before killing it, unless the
 /// request says (`grace_ms`).
@@ -136,36 +140,34 @@ impl From<BytesRejection> for ApiError {
 
 type Answer<T> = Result<T, ApiError>;
 
-/// The API's routes over `registry`, answering only requests that carry `token` as a
-/// bearer token, for a listener others can reach.
+/// The API's routes over `registry`, answering only requests that carry `token` (as a
+/// bearer token, or as the console's cookie), with the web console beside them, for a
+/// listener others can reach.
 pub fn router_with_token(registry: Arc<Registry>, token: String) -> Router {
     let token = Arc::new(token);
-    router(registry).layer(axum::middleware::from_fn(
-        move |request: axum::extract::Request, next: axum::middleware::Next| {
-            let token = Arc::clone(&token);
-            async move {
-                let given = request
-                    .headers()
-                    .get(header::AUTHORIZATION)
-                    .and_then(|value| value.to_str().ok())
-                    .and_then(|value| value.strip_prefix("Bearer "));
-                if given.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
-                    next.run(request).await
-                } else {
-                    ApiError::new(
-                        StatusCode::UNAUTHORIZED,
-                        "this API needs the daemon's token: send `Authorization: Bearer TOKEN`",
-                    )
-                    .into_response()
+    let checking = Arc::clone(&token);
+    router(registry)
+        .layer(axum::middleware::from_fn(
+            move |request: axum::extract::Request, next: axum::middleware::Next| {
+                let token = Arc::clone(&checking);
+                async move {
+                    match console::access(request.method(), request.headers(), &token) {
+                        Access::Bearer | Access::Console => next.run(request).await,
+                        Access::Forged => ApiError::new(
+                            StatusCode::FORBIDDEN,
+                            "a change made with the console's cookie must come from the console itself: from its own origin, with its X-Hypercell-Console header",
+                        )
+                        .into_response(),
+                        Access::Denied => ApiError::new(
+                            StatusCode::UNAUTHORIZED,
+                            "this API needs the daemon's token: send `Authorization: Bearer TOKEN`",
+                        )
+                        .into_response(),
+                    }
                 }
-            }
-        },
-    ))
-}
-
-/// Whether `a` and `b` are equal, in time that does not depend on where they differ.
-fn same_secret(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
+            },
+        ))
+        .merge(console::router(token))
 }
 
 /// The API's routes over `registry`.
@@ -174,6 +176,11 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/ping", get(ping))
         .route("/v1/openapi.json", get(openapi))
         .route("/v1/cells", get(list).post(create))
+        .route("/v1/stats", get(all_stats))
+        .route(
+            "/v1/modules",
+            post(upload).layer(DefaultBodyLimit::max(MODULE_LIMIT)),
+        )
         .route("/v1/cells/{cell}", get(inspect).delete(remove))
         .route("/v1/cells/{cell}/start", put(start))
         .route("/v1/cells/{cell}/stop", put(stop))
@@ -219,6 +226,62 @@ async fn ping() -> axum::Json<Version> {
     responses((status = 200, description = "Every cell's record, oldest first", body = Vec<CellRecord>)))]
 async fn list(State(registry): State<Arc<Registry>>) -> axum::Json<Vec<CellRecord>> {
     axum::Json(registry.list())
+}
+
+#[utoipa::path(get, path = "/v1/stats", tag = "cells",
+    responses((status = 200, description = "The stats of every live or parked cell, oldest first", body = Vec<CellStatsView>)))]
+async fn all_stats(
+    State(registry): State<Arc<Registry>>,
+) -> Answer<axum::Json<Vec<CellStatsView>>> {
+    Ok(axum::Json(
+        blocking(move || Ok(registry.live_stats())).await?,
+    ))
+}
+
+/// `POST /v1/modules`' answer.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct StoredModule {
+    /// Where the daemon keeps it: a cell spec's `module`.
+    pub path: String,
+    /// The sha256 of its bytes, in hex.
+    pub sha256: String,
+    /// Its size in bytes.
+    pub bytes: u64,
+}
+
+#[utoipa::path(post, path = "/v1/modules", tag = "cells",
+    request_body(content = Vec<u8>, content_type = "application/octet-stream"),
+    responses((status = 201, description = "The module is kept on the daemon's host; cells name its path as their module", body = StoredModule),
+        (status = 400, description = "The body is empty, or neither a WebAssembly binary nor text", body = ErrorBody),
+        (status = 413, description = "The body is over 256 MiB", body = ErrorBody)))]
+async fn upload(
+    State(registry): State<Arc<Registry>>,
+    body: Result<Bytes, BytesRejection>,
+) -> Answer<(StatusCode, axum::Json<StoredModule>)> {
+    let body = body.map_err(|rejection| match rejection.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the module is larger than the API takes ({MODULE_LIMIT} bytes)"),
+        ),
+        _ => ApiError::from(rejection),
+    })?;
+    let text = body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'(');
+    if !body.starts_with(b"\0asm") && !text {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "the upload is not a WebAssembly module: send its binary (starting with \\0asm) or its text (.wat)",
+        ));
+    }
+    let bytes = body.len() as u64;
+    let (path, sha256) = blocking(move || registry.store_module(&body)).await?;
+    Ok((
+        StatusCode::CREATED,
+        axum::Json(StoredModule {
+            path: path.display().to_string(),
+            sha256,
+            bytes,
+        }),
+    ))
 }
 
 #[derive(Deserialize)]
@@ -401,6 +464,8 @@ pub struct Version {
     paths(
         ping,
         list,
+        all_stats,
+        upload,
         create,
         inspect,
         stats,
@@ -433,6 +498,7 @@ pub struct Version {
         ErrorBody,
         SnapshotRequest,
         MigrateRequest,
+        StoredModule,
         Migration,
         MigrationProgress,
         MigrationPhase,

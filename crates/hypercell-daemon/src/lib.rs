@@ -1,12 +1,13 @@
 //! hypercelld: many cells in one long-running process. The [`registry`] keeps every
 //! cell's record in an embedded database ([`store`]), its output in rotated files
 //! ([`logs`]) and its changes as events; the [`api`] serves it over HTTP on a Unix
-//! socket ([`server`]). `hypercell daemon` runs it; the `hypercell` client verbs (`ps`,
+//! socket ([`server`]), and on TCP with a web [`console`]. `hypercell daemon` runs it; the `hypercell` client verbs (`ps`,
 //! `create`, `start`, `logs`...) talk to it. Daemons move live cells between them
 //! ([`migration`]).
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod api;
+pub mod console;
 pub mod loaded;
 pub mod logs;
 pub mod migration;

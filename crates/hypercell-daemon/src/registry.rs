@@ -937,6 +937,50 @@ impl Registry {
         Ok(view)
     }
 
+    /// [`Registry::stats`] of every cell that is live or parked, oldest first: what a
+    /// console shows of them all in one request.
+    pub fn live_stats(&self) -> Vec<CellStatsView> {
+        let ids: Vec<String> = {
+            let inner = self.lock();
+            let mut ids: Vec<(u64, String)> = inner
+                .live
+                .keys()
+                .chain(inner.parked.keys())
+                .filter_map(|id| Some((inner.cells.get(id)?.created_ms, id.clone())))
+                .collect();
+            ids.sort();
+            ids.into_iter().map(|(_, id)| id).collect()
+        };
+        // A cell that ended or went since is left out.
+        ids.iter().filter_map(|id| self.stats(id).ok()).collect()
+    }
+
+    /// Keeps `bytes`, a module uploaded through the API, under the state directory by
+    /// its sha256, and returns its path there, which cell specs can name as their
+    /// module.
+    pub fn store_module(&self, bytes: &[u8]) -> Result<(PathBuf, String), DaemonError> {
+        use sha2::Digest;
+        let digest: String = sha2::Sha256::digest(bytes)
+            .iter()
+            .map(|byte| format!("{byte:02x}"))
+            .collect();
+        let dir = self.state_dir.join("modules");
+        let path = dir.join(format!("{digest}.wasm"));
+        if !path.exists() {
+            let failed = |e: std::io::Error| {
+                DaemonError::Internal(format!(
+                    "cannot keep the module in `{}`: {e}",
+                    dir.display()
+                ))
+            };
+            std::fs::create_dir_all(&dir).map_err(failed)?;
+            let partial = dir.join(format!(".{digest}.{}", std::process::id()));
+            std::fs::write(&partial, bytes).map_err(failed)?;
+            std::fs::rename(&partial, &path).map_err(failed)?;
+        }
+        Ok((path, digest))
+    }
+
     /// Pauses the running cell `reference` names.
     pub fn pause(self: &Arc<Self>, reference: &str) -> Result<CellRecord, DaemonError> {
         let (id, control) = self.live_control(reference, "pause", CellState::Running)?;
