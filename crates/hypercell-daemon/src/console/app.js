@@ -414,7 +414,7 @@ function chart(title, format) {
     ctx.lineTo(width, height - 0.5);
     ctx.stroke();
     if (samples.length < 2) return;
-    const top = Math.max(...samples) || 1;
+    const top = (Math.max(...samples) || 1) * 1.25;
     ctx.strokeStyle = style.getPropertyValue('--accent');
     ctx.lineWidth = 1.5;
     ctx.beginPath();
@@ -842,8 +842,10 @@ function createView(root, params) {
       location.hash = `#/cells/${encodeURIComponent(cell.id)}`;
     } catch (e) {
       // The daemon's sentences name the field they are about, as `field`: ...
-      const match = /^`?([a-z_]+)`?[: ]/.exec(e.message);
-      const field = match && fieldErrors[match[1]] ? match[1] : null;
+      const match = /^`([a-z_]+)`:/.exec(e.message);
+      let field = match && fieldErrors[match[1]] ? match[1] : null;
+      if (e.message.startsWith('a cell named')) field = 'name';
+      if (e.message.startsWith('no template is named') || e.message.startsWith('the upload')) field = 'module';
       show(field || 'create', e.message);
     } finally {
       submit.disabled = false;
