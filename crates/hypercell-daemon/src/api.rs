@@ -18,8 +18,8 @@ use serde::Deserialize;
 use crate::console::{self, Access};
 use crate::logs::Stream;
 use crate::record::{
-    CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirSpec, Event, MigrationPhase,
-    MigrationProgress, RestartPolicy, TemplateRecord, TemplateSpec,
+    CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirMapping, DirSpec, Event,
+    MigrationPhase, MigrationProgress, RestartPolicy, TemplateRecord, TemplateSpec,
 };
 use crate::registry::{DaemonError, Migration, Registry};
 
@@ -438,6 +438,10 @@ pub struct MigrateRequest {
     /// The migration listener (`host:port`) of the daemon to move it to, which holds
     /// the same migration secret.
     pub to: String,
+    /// Directories of the cell that the destination finds under other paths; the
+    /// others must be at the same paths there.
+    #[serde(default)]
+    pub dir_map: Vec<DirMapping>,
 }
 
 /// Every error's body.
@@ -498,6 +502,7 @@ pub struct Version {
         ErrorBody,
         SnapshotRequest,
         MigrateRequest,
+        DirMapping,
         StoredModule,
         Migration,
         MigrationProgress,
@@ -540,7 +545,7 @@ async fn snapshot(
 #[utoipa::path(put, path = "/v1/cells/{cell}/migrate", tag = "cells", params(("cell" = String, Path, description = "The cell: its id, a prefix of exactly one id, or its name")),
     request_body = MigrateRequest,
     responses((status = 415, description = "The body is not sent as application/json", body = ErrorBody), (status = 200, description = "The cell runs at the destination; its record here says where it went", body = Migration),
-        (status = 400, description = "The address is not a host:port address", body = ErrorBody),
+        (status = 400, description = "The address is not a host:port address, or a directory to map is not the cell's", body = ErrorBody),
         (status = 404, description = "No such cell", body = ErrorBody),
         (status = 409, description = "The cell is not live, or it did not move (it goes on here), or the migration broke after the destination took it (it stays paused here)", body = ErrorBody), (status = 503, description = "As many cells have live partitions as the daemon's limit of open files allows; try again after `Retry-After` seconds", body = ErrorBody)))]
 async fn migrate(
@@ -551,7 +556,7 @@ async fn migrate(
     let Path(cell) = cell?;
     let axum::Json(request) = request?;
     Ok(axum::Json(
-        blocking(move || registry.migrate(&cell, &request.to)).await?,
+        blocking(move || registry.migrate(&cell, &request.to, &request.dir_map)).await?,
     ))
 }
 

@@ -3,8 +3,36 @@
 //! serialisable types, apart from the live cells that hold threads and descriptors.
 
 use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
+
+/// Where a directory of a moving cell is found at its destination: the same storage
+/// under another path.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DirMapping {
+    /// A directory the cell was granted here (or one above it), absolute.
+    pub from: String,
+    /// The same directory at the destination, absolute.
+    pub to: String,
+}
+
+impl DirMapping {
+    /// `path` as the destination finds it: under `to` where it lies under `from`.
+    pub fn apply(mappings: &[DirMapping], path: &Path) -> PathBuf {
+        for mapping in mappings {
+            if let Ok(rest) = path.strip_prefix(&mapping.from) {
+                let to = Path::new(&mapping.to);
+                return match rest.as_os_str().is_empty() {
+                    true => to.to_path_buf(),
+                    false => to.join(rest),
+                };
+            }
+        }
+        path.to_path_buf()
+    }
+}
 
 /// A directory granted to a cell.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
@@ -330,4 +358,22 @@ pub fn now_ms() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_mapping_moves_a_directory_and_what_lies_under_it() {
+        let map = [DirMapping {
+            from: "/srv/data".into(),
+            to: "/mnt/data".into(),
+        }];
+        let apply = |path: &str| DirMapping::apply(&map, Path::new(path));
+        assert_eq!(apply("/srv/data"), Path::new("/mnt/data"));
+        assert_eq!(apply("/srv/data/logs"), Path::new("/mnt/data/logs"));
+        assert_eq!(apply("/srv/database"), Path::new("/srv/database"));
+        assert_eq!(apply("/etc"), Path::new("/etc"));
+    }
 }

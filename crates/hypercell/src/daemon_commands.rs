@@ -220,6 +220,19 @@ pub struct MigrateArgs {
     /// The migration listener of the daemon to move it to (its --migration-listen).
     #[arg(long, value_name = "ADDR")]
     to: String,
+    /// A directory of the cell that the destination has under another path (the same
+    /// storage, mounted elsewhere); repeatable. The others must be at the same paths.
+    #[arg(long = "dir-map", value_name = "OLD=NEW", value_parser = parse_dir_map)]
+    dir_map: Vec<(String, String)>,
+}
+
+fn parse_dir_map(text: &str) -> Result<(String, String), String> {
+    match text.split_once('=') {
+        Some((from, to)) if !from.is_empty() && !to.is_empty() => Ok((from.into(), to.into())),
+        _ => Err(format!(
+            "`{text}` is not OLD=NEW: write the directory here, `=`, and where the destination has it"
+        )),
+    }
 }
 
 /// Arguments of `hypercell logs`.
@@ -302,7 +315,7 @@ fn parse_restart(policy: &str) -> Result<RestartPolicy, String> {
     }
 }
 
-fn client(host: &HostArg) -> Result<Client, ClientError> {
+pub fn client(host: &HostArg) -> Result<Client, ClientError> {
     Client::new(host.host.as_deref(), host.token_file.as_deref())
 }
 
@@ -592,13 +605,21 @@ pub fn snapshot(args: SnapshotArgs) -> ExitCode {
 pub fn migrate(args: MigrateArgs) -> ExitCode {
     finish((|| {
         let client = client(&args.host)?;
-        let body = serde_json::to_vec(&serde_json::json!({ "to": args.to }))
+        let dir_map: Vec<_> = args
+            .dir_map
+            .iter()
+            .map(|(from, to)| serde_json::json!({ "from": from, "to": to }))
+            .collect();
+        let body = serde_json::to_vec(&serde_json::json!({ "to": args.to, "dir_map": dir_map }))
             .map_err(|e| ClientError::Http(e.to_string()))?;
+        let progress = crate::migration_bar::MigrationBar::show(&args.host, &args.cell, &args.to);
         let moved = client.call(
             Method::PUT,
             &format!("/v1/cells/{}/migrate", path_part(&args.cell)),
             Some(body),
-        )?;
+        );
+        drop(progress);
+        let moved = moved?;
         let moved: hypercell_daemon::registry::Migration =
             serde_json::from_slice(&moved).map_err(|e| {
                 ClientError::Http(format!("the daemon's answer is not a migration: {e}"))
@@ -809,7 +830,7 @@ fn on_each(
 }
 
 /// `cell` made safe as one part of a URL path.
-fn path_part(cell: &str) -> String {
+pub fn path_part(cell: &str) -> String {
     cell.bytes()
         .map(|b| match b {
             b'a'..=b'z' | b'A'..=b'Z' | b'0'..=b'9' | b'-' | b'_' | b'.' => (b as char).to_string(),

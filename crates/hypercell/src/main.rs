@@ -28,6 +28,7 @@ mod cache_command;
 mod client;
 mod daemon_commands;
 mod grant_args;
+mod migration_bar;
 mod serve_command;
 mod signals;
 

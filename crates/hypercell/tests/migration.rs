@@ -346,3 +346,83 @@ fn a_cell_moved_back_and_forth_fifty_times_finishes_correctly() {
     assert_eq!(record["state"], "exited", "{record}");
     assert_eq!(record["exit_code"], 0);
 }
+
+#[test]
+fn a_cell_moves_to_where_its_directory_has_another_path_and_its_open_file_goes_on() {
+    // The same storage under two paths, as a shared volume mounted elsewhere.
+    let storage = tempfile::tempdir().unwrap();
+    let here = storage.path().join("here");
+    let there = storage.path().join("there");
+    std::fs::create_dir(&here).unwrap();
+    std::os::unix::fs::symlink(&here, &there).unwrap();
+    let root = storage.path().to_str().unwrap();
+    let hosts = hosts(&[
+        (SECRET, &["--allow-dir", root]),
+        (SECRET, &["--allow-dir", root]),
+    ]);
+    let (a, b) = (&hosts.daemons[0], &hosts.daemons[1]);
+    let program = c_program("journal");
+    let dir = format!("{}::/data", here.display());
+    a.ok(&[
+        "create",
+        "--name",
+        "journal",
+        "--dir",
+        &dir,
+        program.to_str().unwrap(),
+        "3000",
+        "/data/journal.txt",
+    ]);
+    a.ok(&["start", "journal"]);
+    wait_for_step(a, "journal", 100);
+
+    let refused = |map: &str, because: &str| {
+        let out = a.cli(&[
+            "migrate",
+            "journal",
+            "--to",
+            &hosts.addrs[1],
+            "--dir-map",
+            map,
+        ]);
+        assert!(!out.status.success(), "{map}");
+        let said = text(&out.stderr);
+        assert!(said.contains(because), "{map}: {said}");
+    };
+    // A directory the destination does not have is refused before the cell pauses.
+    refused(
+        &format!("{}=/nowhere/at/all", here.display()),
+        "does not exist here",
+    );
+    refused(
+        "/not/its/directory=/tmp",
+        "holds none of cell `journal`'s directories",
+    );
+    assert_eq!(a.inspect("journal")["state"], "running");
+
+    let map = format!("{}={}", here.display(), there.display());
+    a.ok(&[
+        "migrate",
+        "journal",
+        "--to",
+        &hosts.addrs[1],
+        "--dir-map",
+        &map,
+    ]);
+    let record = b.inspect("journal");
+    assert_eq!(
+        record["spec"]["dirs"][0]["host"],
+        there.display().to_string(),
+        "{record}"
+    );
+    let after = all_logs(b, "journal");
+    assert!(after.ends_with("step 2999\ndone\n"), "{after}");
+    assert_eq!(b.inspect("journal")["exit_code"], 0);
+    let journal = std::fs::read_to_string(here.join("journal.txt")).unwrap();
+    let expected: String = (0..3000).map(|i| format!("entry {i}\n")).collect();
+    assert!(
+        journal == expected,
+        "each entry once, in order, across the move"
+    );
+    let _ = &hosts.dir;
+}

@@ -6,6 +6,7 @@
 //! output continues there. Until the commit, any failure resumes it here.
 
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,7 +16,9 @@ use hypercell_host::persist::SnapshotFile;
 use super::park::pipe_is_empty;
 use super::{DaemonError, Registry, moving, resolve, wrong_state};
 use crate::migration::wire::{Message, Offer, WORK_PATIENCE, Wire, WireError};
-use crate::record::{CellRecord, CellState, MigrationPhase, MigrationProgress, now_ms};
+use crate::record::{
+    CellRecord, CellState, DirMapping, DirSpec, MigrationPhase, MigrationProgress, now_ms,
+};
 
 /// How long a source waits to connect to a destination.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -42,8 +45,15 @@ pub struct Migration {
 
 impl Registry {
     /// Moves the live cell `reference` names to the daemon whose migration listener is
-    /// at `to`. Blocks until the destination runs it, or the cell goes on here.
-    pub fn migrate(self: &Arc<Self>, reference: &str, to: &str) -> Result<Migration, DaemonError> {
+    /// at `to`, where its directories are found under the paths `dir_map` gives (the
+    /// others at the same paths). Blocks until the destination runs it, or the cell
+    /// goes on here.
+    pub fn migrate(
+        self: &Arc<Self>,
+        reference: &str,
+        to: &str,
+        dir_map: &[DirMapping],
+    ) -> Result<Migration, DaemonError> {
         let started = Instant::now();
         let secret = self.migration_secret.get().cloned().ok_or_else(|| {
             DaemonError::Conflict(
@@ -70,6 +80,8 @@ impl Registry {
             registry: self,
             id: &id,
         };
+        let mut spec = record.spec.clone();
+        spec.dirs = mapped_dirs(&record, dir_map)?;
         // Told as it goes, in the record and the events; a record that cannot be
         // saved does not stop the migration.
         let progress = |phase, bytes_sent| {
@@ -114,7 +126,7 @@ impl Registry {
         let offer = Offer {
             id: id.clone(),
             name: name.clone(),
-            spec: record.spec.clone(),
+            spec,
             paused: was_paused,
             stdin_open: stdin.is_some(),
             source_port: self.migration_port.get().copied(),
@@ -140,13 +152,17 @@ impl Registry {
         // From the pause until the destination runs the cell, it runs nowhere.
         progress(MigrationPhase::Copying, module_bytes.len() as u64);
         let paused_at = Instant::now();
-        let (snapshot, marks) = match self.take_checkpoint(&id, false, true) {
+        let (mut snapshot, marks) = match self.take_checkpoint(&id, false, true) {
             Ok(taken) => taken,
             Err(error) => {
                 self.go_on_here(&id, was_paused);
                 return Err(failed(error.to_string()));
             }
         };
+        // Its files are reopened under its directories as the destination finds them.
+        for (host, _, _) in &mut snapshot.preopens {
+            *host = DirMapping::apply(dir_map, host);
+        }
         // Bytes written to its stdin and not yet read would be lost: it moves once it
         // has read them.
         let unread = stdin.as_deref().is_some_and(|pipe| !pipe_is_empty(pipe));
@@ -231,6 +247,61 @@ impl Registry {
 
 /// Sends the paused cell's state, its `snapshot`, and waits for the
 /// destination to run it; the bytes sent.
+/// The directories of `record`'s cell as the destination finds them under `dir_map`;
+/// a mapping that is not of an absolute directory of the cell is refused.
+fn mapped_dirs(record: &CellRecord, dir_map: &[DirMapping]) -> Result<Vec<DirSpec>, DaemonError> {
+    let refuse = |message: String| DaemonError::BadRequest {
+        field: "dir_map",
+        message,
+    };
+    for mapping in dir_map {
+        if !Path::new(&mapping.from).is_absolute() || !Path::new(&mapping.to).is_absolute() {
+            return Err(refuse(format!(
+                "map directories between absolute paths, not `{}` to `{}`",
+                mapping.from, mapping.to
+            )));
+        }
+        if !record
+            .spec
+            .dirs
+            .iter()
+            .any(|dir| Path::new(&dir.host).starts_with(&mapping.from))
+        {
+            let dirs: Vec<&str> = record.spec.dirs.iter().map(|d| d.host.as_str()).collect();
+            return Err(refuse(format!(
+                "`{}` holds none of cell `{}`'s directories ({})",
+                mapping.from,
+                record.name,
+                if dirs.is_empty() {
+                    "it has none".to_string()
+                } else {
+                    dirs.join(", ")
+                }
+            )));
+        }
+    }
+    Ok(record
+        .spec
+        .dirs
+        .iter()
+        .map(|dir| {
+            let host = DirMapping::apply(dir_map, Path::new(&dir.host))
+                .display()
+                .to_string();
+            // A directory known by its host path keeps that name in the program.
+            let guest = dir
+                .guest
+                .clone()
+                .or_else(|| (host != dir.host).then(|| dir.host.clone()));
+            DirSpec {
+                host,
+                guest,
+                read_only: dir.read_only,
+            }
+        })
+        .collect())
+}
+
 fn send_state(wire: &mut Wire, snapshot: &SnapshotFile) -> Result<u64, String> {
     wire.send(&Message::State).map_err(|e| e.to_string())?;
     let sent = wire
