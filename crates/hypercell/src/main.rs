@@ -29,6 +29,7 @@ mod client;
 mod daemon_commands;
 mod grant_args;
 mod migration_bar;
+mod pipe_command;
 mod serve_command;
 mod signals;
 
@@ -46,6 +47,9 @@ struct Cli {
 enum Command {
     /// Run a WebAssembly command program (WASI preview1) in a new cell.
     Run(RunArgs),
+    /// Run a pipeline of programs, each in a cell of its own, the stdout of each the
+    /// stdin of the next: `hypercell pipe 'A.wasm ARGS' 'B.wasm ARGS'`.
+    Pipe(pipe_command::PipeArgs),
     /// Go on running a cell from a snapshot written by `run --checkpoint`, with this
     /// process's stdio.
     Restore(RestoreArgs),
@@ -186,6 +190,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => run(args, started),
+        Command::Pipe(args) => pipe_command::pipe(args),
         Command::Restore(args) => restore(args, started),
         Command::Template(TemplateCommand::Create(args)) => match args.name.clone() {
             Some(name) => create_template_in_daemon(*args, name),

@@ -34,6 +34,12 @@ pub type Checkpoint = Arc<Mutex<Option<Box<dyn Fn() + Send>>>>;
 /// once one is set, and otherwise ends the process as it would have. Call it first
 /// thing: a thread started before it (a compiler's) would take the signals instead.
 pub fn forward_to(control: CellControl) -> Checkpoint {
+    forward_to_each(vec![control])
+}
+
+/// [`forward_to`] for the cells of a pipeline: a signal stops each of them, or ends
+/// the process at once when none is running.
+pub fn forward_to_each(controls: Vec<CellControl>) -> Checkpoint {
     let checkpoint: Checkpoint = Arc::default();
     let action = checkpoint.clone();
     let set = signal_set();
@@ -54,8 +60,15 @@ pub fn forward_to(control: CellControl) -> Checkpoint {
                         Some(checkpoint) => checkpoint(),
                         None => die_of(signal),
                     }
-                } else if !control.stop(StopReason::Signal(signal)) {
-                    die_of(signal);
+                } else {
+                    // Every cell is asked, whether or not an earlier one was running.
+                    let stopped = controls
+                        .iter()
+                        .map(|control| control.stop(StopReason::Signal(signal)))
+                        .fold(false, |any, stopped| any | stopped);
+                    if !stopped {
+                        die_of(signal);
+                    }
                 }
             }
         })

@@ -1,0 +1,152 @@
+//! A producer and a consumer joined stdout to stdin, 1 GiB in 64 KiB writes:
+//! `hypercell pipe` against `wasmtime run A | wasmtime run B` through a shell pipe (on
+//! precompiled code) and against the native C programs through a shell pipe, in one
+//! run, interleaved: throughput (medians) and, for hypercell, VM exits per MiB (from
+//! `--stats`).
+//!
+//! `cargo bench -p hypercell --bench pipe` (`HYPERCELL_BENCH_RUNS` runs each, default 3;
+//! `HYPERCELL_BENCH_MIB` MiB, default 1024). Prints a markdown report.
+#![deny(unsafe_op_in_unsafe_fn)]
+
+#[path = "support/mod.rs"]
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use support::{count_from_env, find_wasmtime, median, wasmtime_compile};
+
+fn build(compiler: &str, flags: &[&str], source: &Path, out: &Path) {
+    let status = Command::new(compiler)
+        .args(flags)
+        .arg(source)
+        .arg("-o")
+        .arg(out)
+        .status()
+        .unwrap_or_else(|e| panic!("{compiler} (scripts/setup installs it): {e}"));
+    assert!(
+        status.success(),
+        "{compiler} failed on {}",
+        source.display()
+    );
+}
+
+/// Runs `command` to its end; its wall time in seconds, stdout and stderr.
+fn timed(command: &mut Command) -> (f64, String, String) {
+    let started = Instant::now();
+    let output = command
+        .stdin(Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("{command:?}: {e}"));
+    let elapsed = started.elapsed().as_secs_f64();
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "{command:?} failed: {stderr}");
+    (elapsed, stdout, stderr)
+}
+
+fn shell(line: &str) -> Command {
+    let mut command = Command::new("sh");
+    command.arg("-c").arg(line);
+    command
+}
+
+/// The exits `hypercell pipe --stats` counted, all stages together.
+fn exits(stats: &str) -> u64 {
+    stats
+        .lines()
+        .filter_map(|line| line.split(", ").find(|part| part.ends_with(" exits")))
+        .filter_map(|part| part.trim_end_matches(" exits").parse::<u64>().ok())
+        .sum()
+}
+
+fn main() {
+    let runs = count_from_env("HYPERCELL_BENCH_RUNS", 3);
+    let mib = count_from_env("HYPERCELL_BENCH_MIB", 1024);
+    let hypercell = Path::new(env!("CARGO_BIN_EXE_hypercell"));
+    let wasmtime = find_wasmtime();
+    let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
+    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipe-bench");
+    let cache = work.join("cache");
+    std::fs::create_dir_all(&work).unwrap();
+    let built = |name: &str| -> [PathBuf; 3] {
+        let source = programs.join(format!("{name}.c"));
+        let wasm = work.join(format!("{name}.wasm"));
+        let native = work.join(name);
+        let cwasm = work.join(format!("{name}.cwasm"));
+        build("clang", &["--target=wasm32-wasi", "-O2"], &source, &wasm);
+        build("cc", &["-O2"], &source, &native);
+        wasmtime_compile(&wasmtime, &wasm, &cwasm);
+        [wasm, native, cwasm]
+    };
+    let [produce_wasm, produce, produce_cwasm] = built("produce");
+    let [digest_wasm, digest, digest_cwasm] = built("digest");
+
+    let native = || {
+        shell(&format!(
+            "{} {mib} | {}",
+            produce.display(),
+            digest.display()
+        ))
+    };
+    let wasmtime_pipe = || {
+        shell(&format!(
+            "{w} run --allow-precompiled {} {mib} | {w} run --allow-precompiled {}",
+            produce_cwasm.display(),
+            digest_cwasm.display(),
+            w = wasmtime.display()
+        ))
+    };
+    let hypercell_pipe = || {
+        let mut command = Command::new(hypercell);
+        command
+            .env("XDG_CACHE_HOME", &cache)
+            .args(["pipe", "--stats"])
+            .arg(format!("{} {mib}", produce_wasm.display()))
+            .arg(&digest_wasm);
+        command
+    };
+    // The reference answer, and warm caches.
+    let (_, expected, _) = timed(&mut native());
+    timed(&mut hypercell_pipe());
+    let (mut ours, mut theirs, mut natives, mut exit_counts) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (elapsed, out, _) = timed(&mut native());
+        assert_eq!(out, expected);
+        natives.push(elapsed);
+        let (elapsed, out, _) = timed(&mut wasmtime_pipe());
+        assert_eq!(out, expected, "wasmtime's pipeline computed something else");
+        theirs.push(elapsed);
+        let (elapsed, out, stats) = timed(&mut hypercell_pipe());
+        assert_eq!(
+            out, expected,
+            "hypercell's pipeline computed something else"
+        );
+        ours.push(elapsed);
+        exit_counts.push(exits(&stats) as f64);
+    }
+    let rate = |seconds: f64| mib as f64 / seconds;
+    let (ours, theirs, natives) = (median(ours), median(theirs), median(natives));
+    println!(
+        "## Pipelines: producer to consumer, {mib} MiB in 64 KiB writes, medians of {runs} interleaved runs\n"
+    );
+    println!("| pipeline | MiB/s | hypercell throughput vs it | exits per MiB |");
+    println!("|---|---:|---:|---:|");
+    println!(
+        "| `hypercell pipe` | {:.0} | | {:.2} |",
+        rate(ours),
+        median(exit_counts) / mib as f64
+    );
+    println!(
+        "| `wasmtime run A \\| wasmtime run B` (shell pipe) | {:.0} | {:.2}x | |",
+        rate(theirs),
+        theirs / ours
+    );
+    println!(
+        "| native `A \\| B` (shell pipe) | {:.0} | {:.2}x | |",
+        rate(natives),
+        natives / ours
+    );
+}
