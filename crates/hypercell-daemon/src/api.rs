@@ -15,7 +15,7 @@ use axum::routing::{get, post, put};
 use futures_util::stream;
 use serde::Deserialize;
 
-use crate::console::{self, Access};
+use crate::console::{self, Access, ConsoleAuth};
 use crate::logs::Stream;
 use crate::record::{
     CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirMapping, DirSpec, Event,
@@ -144,14 +144,14 @@ type Answer<T> = Result<T, ApiError>;
 /// bearer token, or as the console's cookie), with the web console beside them, for a
 /// listener others can reach.
 pub fn router_with_token(registry: Arc<Registry>, token: String) -> Router {
-    let token = Arc::new(token);
-    let checking = Arc::clone(&token);
+    let auth = Arc::new(ConsoleAuth::new(token));
+    let checking = Arc::clone(&auth);
     router(registry)
         .layer(axum::middleware::from_fn(
             move |request: axum::extract::Request, next: axum::middleware::Next| {
-                let token = Arc::clone(&checking);
+                let auth = Arc::clone(&checking);
                 async move {
-                    match console::access(request.method(), request.headers(), &token) {
+                    match auth.access(request.method(), request.headers()) {
                         Access::Bearer | Access::Console => next.run(request).await,
                         Access::Forged => ApiError::new(
                             StatusCode::FORBIDDEN,
@@ -167,7 +167,7 @@ pub fn router_with_token(registry: Arc<Registry>, token: String) -> Router {
                 }
             },
         ))
-        .merge(console::router(token))
+        .merge(console::router(auth))
 }
 
 /// The API's routes over `registry`.
@@ -265,11 +265,15 @@ async fn upload(
         ),
         _ => ApiError::from(rejection),
     })?;
-    let text = body.iter().find(|byte| !byte.is_ascii_whitespace()) == Some(&b'(');
+    // Text starts with a module form, or a comment before it.
+    let text = matches!(
+        body.iter().find(|byte| !byte.is_ascii_whitespace()),
+        Some(b'(' | b';')
+    );
     if !body.starts_with(b"\0asm") && !text {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
-            "the upload is not a WebAssembly module: send its binary (starting with \\0asm) or its text (.wat)",
+            "the upload is not a WebAssembly module: send its binary (starting with \\0asm) or its text (.wat, starting with `(` or a `;;` comment)",
         ));
     }
     let bytes = body.len() as u64;
@@ -760,17 +764,42 @@ async fn events(
     let last = replay.last().map_or(0, |event| event.seq);
     let replayed = stream::iter(replay.into_iter().map(line));
     let following = stream::unfold(
-        (live, registry.closing()),
-        move |(mut live, mut closing)| async move {
+        (
+            live,
+            registry.closing(),
+            last,
+            std::collections::VecDeque::new(),
+            registry,
+        ),
+        move |(mut live, mut closing, mut last, mut missed, registry)| async move {
             loop {
+                if let Some(event) = missed.pop_front() {
+                    return Some((line(event), (live, closing, last, missed, registry)));
+                }
                 let received = tokio::select! {
                     received = live.recv() => received,
                     _ = closing.wait_for(|closing| *closing) => return None,
                 };
                 match received {
                     Ok(event) if event.seq <= last => {}
-                    Ok(event) => return Some((line(event), (live, closing))),
-                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                    Ok(event) => {
+                        last = event.seq;
+                        return Some((line(event), (live, closing, last, missed, registry)));
+                    }
+                    // A follower too slow for the live channel gets what it missed from
+                    // the records, in order, rather than a gap.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        let reading = Arc::clone(&registry);
+                        let Ok(Ok(events)) =
+                            tokio::task::spawn_blocking(move || reading.events_after(last)).await
+                        else {
+                            return None;
+                        };
+                        if let Some(newest) = events.last() {
+                            last = newest.seq;
+                        }
+                        missed.extend(events);
+                    }
                     Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
                 }
             }

@@ -2,18 +2,23 @@
 //! JavaScript embedded in the binary (`console/`), which drive the public `/v1` API and
 //! nothing else.
 //!
-//! Access: the console asks once for the daemon's token (`/login`) and keeps it in a
-//! cookie (`HttpOnly`, `SameSite=Strict`), which the API then takes in place of the
-//! bearer header. Only the login form itself answers without the token. Because a
-//! browser sends the cookie with requests that other pages make too, a request that
-//! changes anything and is authorised by the cookie alone must also carry the header
-//! `X-Hypercell-Console` (which no other origin can add without a CORS preflight this
-//! server never grants) and, where the browser sends an `Origin`, come from this
-//! server's own. Every console response forbids framing and inline scripts
+//! Access: the console asks once for the daemon's token (`/login`) and answers with a
+//! session: a random id in a cookie (`HttpOnly`, `SameSite=Strict`), valid for
+//! [`SESSION_LIFE`] or until `/logout` ends it, which the API then takes in place of the
+//! bearer header. The cookie is not the token: browsers send a host's cookies to every
+//! port of it, and a session can be ended where the token cannot. Only the sign-in form
+//! answers without a session. Because a browser sends the cookie with requests that
+//! other pages make too, a request that changes anything and is authorised by the
+//! cookie alone must also carry the header `X-Hypercell-Console` (which no other origin
+//! can add without a CORS preflight this server never grants) and come from this
+//! server's own origin (`Sec-Fetch-Site: same-origin`, or an `Origin` naming the host it
+//! was sent to). Every console response forbids framing and inline scripts
 //! (Content-Security-Policy), so that nothing a cell prints can run as code even if it
 //! ever reached the page as HTML.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Request;
@@ -21,8 +26,12 @@ use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 
-/// The cookie holding the token, hex-encoded.
-const COOKIE: &str = "hypercell_token";
+/// The cookie holding the session id.
+const COOKIE: &str = "hypercell_session";
+/// How long a session lasts.
+pub const SESSION_LIFE: Duration = Duration::from_secs(12 * 3600);
+/// Most sessions kept at once; signing in past it ends the oldest.
+const MOST_SESSIONS: usize = 1024;
 /// The header a console request that changes something carries.
 pub const CONSOLE_HEADER: &str = "x-hypercell-console";
 
@@ -50,23 +59,83 @@ pub enum Access {
     Denied,
 }
 
-/// How `headers` of a `method` request prove access with `token`.
-pub fn access(method: &Method, headers: &HeaderMap, token: &str) -> Access {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.strip_prefix("Bearer "));
-    if bearer.is_some_and(|given| same_secret(given.as_bytes(), token.as_bytes())) {
-        return Access::Bearer;
+/// The daemon's token and the console's sessions.
+#[derive(Debug)]
+pub struct ConsoleAuth {
+    token: String,
+    /// Session ids, hex, and when each ends.
+    sessions: Mutex<HashMap<String, Instant>>,
+}
+
+impl ConsoleAuth {
+    /// Access for a daemon whose token is `token`, with no sessions yet.
+    pub fn new(token: String) -> Self {
+        Self {
+            token,
+            sessions: Mutex::default(),
+        }
     }
-    if !has_cookie(headers, token) {
-        return Access::Denied;
+
+    fn sessions(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.sessions.lock().unwrap_or_else(PoisonError::into_inner)
     }
-    let safe = matches!(*method, Method::GET | Method::HEAD);
-    if safe || (headers.contains_key(CONSOLE_HEADER) && same_origin(headers)) {
-        Access::Console
-    } else {
-        Access::Forged
+
+    /// How `headers` of a `method` request prove access.
+    pub fn access(&self, method: &Method, headers: &HeaderMap) -> Access {
+        let bearer = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "));
+        if bearer.is_some_and(|given| same_secret(given.as_bytes(), self.token.as_bytes())) {
+            return Access::Bearer;
+        }
+        if !self.has_session(headers) {
+            return Access::Denied;
+        }
+        let safe = matches!(*method, Method::GET | Method::HEAD);
+        if safe || (headers.contains_key(CONSOLE_HEADER) && same_origin(headers)) {
+            Access::Console
+        } else {
+            Access::Forged
+        }
+    }
+
+    /// Whether `headers` carry a session that has not ended.
+    pub fn has_session(&self, headers: &HeaderMap) -> bool {
+        let now = Instant::now();
+        let sessions = self.sessions();
+        session_ids(headers).any(|id| sessions.get(id).is_some_and(|&ends| ends > now))
+    }
+
+    /// A new session, if `given` is the token: its id.
+    fn sign_in(&self, given: &str) -> Option<String> {
+        if !same_secret(given.as_bytes(), self.token.as_bytes()) {
+            return None;
+        }
+        let mut bytes = [0u8; 32];
+        getrandom::fill(&mut bytes).ok()?;
+        let id = hex(&bytes);
+        let now = Instant::now();
+        let mut sessions = self.sessions();
+        sessions.retain(|_, ends| *ends > now);
+        if sessions.len() >= MOST_SESSIONS
+            && let Some(oldest) = sessions
+                .iter()
+                .min_by_key(|(_, ends)| **ends)
+                .map(|(id, _)| id.clone())
+        {
+            sessions.remove(&oldest);
+        }
+        sessions.insert(id.clone(), now + SESSION_LIFE);
+        Some(id)
+    }
+
+    /// Ends the sessions `headers` carry.
+    fn sign_out(&self, headers: &HeaderMap) {
+        let mut sessions = self.sessions();
+        for id in session_ids(headers) {
+            sessions.remove(id);
+        }
     }
 }
 
@@ -79,19 +148,26 @@ fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|byte| format!("{byte:02x}")).collect()
 }
 
-fn has_cookie(headers: &HeaderMap, token: &str) -> bool {
-    let expected = hex(token.as_bytes());
+/// The session ids in `headers`' cookies.
+fn session_ids(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|value| value.to_str().ok())
         .flat_map(|value| value.split(';'))
         .filter_map(|pair| pair.trim().split_once('='))
-        .any(|(name, value)| name == COOKIE && same_secret(value.as_bytes(), expected.as_bytes()))
+        .filter(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value)
 }
 
-/// Whether the request's `Origin`, when it has one, is the server it was sent to.
+/// Whether a browser says the request comes from this server's own pages: by
+/// `Sec-Fetch-Site` (which pages cannot set, and which a reverse proxy that rewrites
+/// `Host` leaves alone), or else by an `Origin` naming the host it was sent to. A
+/// request with neither is not a browser's, and a forged page cannot make one.
 fn same_origin(headers: &HeaderMap) -> bool {
+    if let Some(site) = headers.get("sec-fetch-site") {
+        return site.as_bytes() == b"same-origin";
+    }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
@@ -105,17 +181,18 @@ fn same_origin(headers: &HeaderMap) -> bool {
     }
 }
 
-/// The console's routes, for a daemon whose token is `token`.
-pub fn router(token: Arc<String>) -> Router {
-    let page_token = Arc::clone(&token);
-    let asset_token = Arc::clone(&token);
+/// The console's routes, with `auth` the daemon's token and sessions.
+pub fn router(auth: Arc<ConsoleAuth>) -> Router {
+    let page_auth = Arc::clone(&auth);
+    let asset_auth = Arc::clone(&auth);
+    let out_auth = Arc::clone(&auth);
     Router::new()
         .route(
             "/",
             get(move |headers: HeaderMap| {
-                let token = Arc::clone(&page_token);
+                let auth = Arc::clone(&page_auth);
                 async move {
-                    if has_cookie(&headers, &token) {
+                    if auth.has_session(&headers) {
                         page(
                             StatusCode::OK,
                             "text/html; charset=utf-8",
@@ -133,23 +210,29 @@ pub fn router(token: Arc<String>) -> Router {
             get(
                 move |headers: HeaderMap,
                       axum::extract::Path(asset): axum::extract::Path<String>| {
-                    let token = Arc::clone(&asset_token);
-                    async move { asset_response(&headers, &token, &asset) }
+                    let auth = Arc::clone(&asset_auth);
+                    async move { asset_response(&headers, &auth, &asset) }
                 },
             ),
         )
         .route(
             "/login",
             post(move |request: Request| {
-                let token = Arc::clone(&token);
-                async move { login(request, &token).await }
+                let auth = Arc::clone(&auth);
+                async move { login(request, &auth).await }
             }),
         )
-        .route("/logout", post(logout))
+        .route(
+            "/logout",
+            post(move |headers: HeaderMap| {
+                let auth = Arc::clone(&out_auth);
+                async move { logout(&headers, &auth) }
+            }),
+        )
 }
 
-fn asset_response(headers: &HeaderMap, token: &str, asset: &str) -> Response {
-    if !has_cookie(headers, token) {
+fn asset_response(headers: &HeaderMap, auth: &ConsoleAuth, asset: &str) -> Response {
+    if !auth.has_session(headers) {
         return (
             StatusCode::UNAUTHORIZED,
             "the console needs the daemon's token: sign in at /",
@@ -216,20 +299,20 @@ fn login_page(status: StatusCode, error: &'static str) -> Response {
 /// Largest login form taken.
 const LOGIN_LIMIT: usize = 4096;
 
-async fn login(request: Request, token: &str) -> Response {
+async fn login(request: Request, auth: &ConsoleAuth) -> Response {
     let Ok(body) = axum::body::to_bytes(request.into_body(), LOGIN_LIMIT).await else {
         return login_page(StatusCode::BAD_REQUEST, "The sign-in form was too large.");
     };
     let given = form_field(&body, "token").unwrap_or_default();
-    if !same_secret(given.trim().as_bytes(), token.as_bytes()) {
+    let Some(session) = auth.sign_in(given.trim()) else {
         return login_page(
             StatusCode::UNAUTHORIZED,
             "That is not the daemon's token: use the first line of its --token-file.",
         );
-    }
+    };
     let cookie = format!(
-        "{COOKIE}={}; HttpOnly; SameSite=Strict; Path=/",
-        hex(token.as_bytes())
+        "{COOKIE}={session}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        SESSION_LIFE.as_secs()
     );
     let mut response = (StatusCode::SEE_OTHER, "").into_response();
     let headers = response.headers_mut();
@@ -240,13 +323,25 @@ async fn login(request: Request, token: &str) -> Response {
     response
 }
 
-async fn logout() -> Response {
+/// Ends the session, when the console itself asks (another site's form cannot sign its
+/// user out).
+fn logout(headers: &HeaderMap, auth: &ConsoleAuth) -> Response {
+    if !same_origin(headers) {
+        return (
+            StatusCode::FORBIDDEN,
+            "signing out must come from the console's own page",
+        )
+            .into_response();
+    }
+    auth.sign_out(headers);
     let mut response = (StatusCode::SEE_OTHER, "").into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, HeaderValue::from_static("/"));
     headers.insert(
         header::SET_COOKIE,
-        HeaderValue::from_static("hypercell_token=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+        HeaderValue::from_static(
+            "hypercell_session=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0",
+        ),
     );
     response
 }
@@ -299,59 +394,82 @@ mod tests {
 
     const TOKEN: &str = "0123456789abcdef-token";
 
-    fn cookie() -> String {
-        format!("other=1; {COOKIE}={}", hex(TOKEN.as_bytes()))
+    fn signed_in() -> (ConsoleAuth, String) {
+        let auth = ConsoleAuth::new(TOKEN.into());
+        let session = auth.sign_in(TOKEN).unwrap();
+        assert_eq!(auth.sign_in("0123456789abcdef-wrong"), None);
+        (auth, format!("other=1; {COOKIE}={session}"))
     }
 
     #[test]
-    fn the_bearer_token_or_the_cookie_gives_access() {
+    fn the_bearer_token_or_a_session_gives_access() {
+        let (auth, cookie) = signed_in();
         let bearer = format!("Bearer {TOKEN}");
         assert_eq!(
-            access(&Method::PUT, &headers(&[("authorization", &bearer)]), TOKEN),
+            auth.access(&Method::PUT, &headers(&[("authorization", &bearer)])),
             Access::Bearer
         );
         assert_eq!(
-            access(&Method::GET, &headers(&[("cookie", &cookie())]), TOKEN),
+            auth.access(&Method::GET, &headers(&[("cookie", &cookie)])),
             Access::Console
         );
-        assert_eq!(access(&Method::GET, &headers(&[]), TOKEN), Access::Denied);
+        assert_eq!(auth.access(&Method::GET, &headers(&[])), Access::Denied);
+        let token_as_cookie = format!("{COOKIE}={}", hex(TOKEN.as_bytes()));
         assert_eq!(
-            access(
-                &Method::GET,
-                &headers(&[("cookie", "hypercell_token=00")]),
-                TOKEN
-            ),
-            Access::Denied
+            auth.access(&Method::GET, &headers(&[("cookie", &token_as_cookie)])),
+            Access::Denied,
+            "only a session the daemon made opens it"
         );
         assert_eq!(
-            access(
-                &Method::GET,
-                &headers(&[("authorization", "Bearer wrong")]),
-                TOKEN
-            ),
+            auth.access(&Method::GET, &headers(&[("authorization", "Bearer wrong")])),
             Access::Denied
         );
+    }
+
+    #[test]
+    fn a_session_ends_when_signed_out() {
+        let (auth, cookie) = signed_in();
+        let with_cookie = headers(&[("cookie", &cookie)]);
+        assert!(auth.has_session(&with_cookie));
+        auth.sign_out(&with_cookie);
+        assert!(!auth.has_session(&with_cookie));
     }
 
     #[test]
     fn a_change_by_cookie_needs_the_console_header_from_this_origin() {
-        let cookie = cookie();
+        let (auth, cookie) = signed_in();
         let forged = headers(&[("cookie", &cookie)]);
-        assert_eq!(access(&Method::PUT, &forged, TOKEN), Access::Forged);
+        assert_eq!(auth.access(&Method::PUT, &forged), Access::Forged);
         let other_origin = headers(&[
             ("cookie", &cookie),
             (CONSOLE_HEADER, "1"),
             ("host", "127.0.0.1:8080"),
             ("origin", "http://127.0.0.1:9999"),
         ]);
-        assert_eq!(access(&Method::POST, &other_origin, TOKEN), Access::Forged);
+        assert_eq!(auth.access(&Method::POST, &other_origin), Access::Forged);
+        let other_site = headers(&[
+            ("cookie", &cookie),
+            (CONSOLE_HEADER, "1"),
+            ("sec-fetch-site", "same-site"),
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:8080"),
+        ]);
+        assert_eq!(auth.access(&Method::POST, &other_site), Access::Forged);
         let console = headers(&[
             ("cookie", &cookie),
             (CONSOLE_HEADER, "1"),
             ("host", "127.0.0.1:8080"),
             ("origin", "http://127.0.0.1:8080"),
         ]);
-        assert_eq!(access(&Method::DELETE, &console, TOKEN), Access::Console);
+        assert_eq!(auth.access(&Method::DELETE, &console), Access::Console);
+        let behind_a_proxy = headers(&[
+            ("cookie", &cookie),
+            (CONSOLE_HEADER, "1"),
+            ("host", "10.0.0.5:7880"),
+            ("origin", "https://cells.example.com"),
+            ("sec-fetch-site", "same-origin"),
+        ]);
+        assert_eq!(auth.access(&Method::PUT, &behind_a_proxy), Access::Console);
     }
 
     #[test]

@@ -966,18 +966,23 @@ impl Registry {
             .collect();
         let dir = self.state_dir.join("modules");
         let path = dir.join(format!("{digest}.wasm"));
-        if !path.exists() {
-            let failed = |e: std::io::Error| {
-                DaemonError::Internal(format!(
-                    "cannot keep the module in `{}`: {e}",
-                    dir.display()
-                ))
-            };
-            std::fs::create_dir_all(&dir).map_err(failed)?;
-            let partial = dir.join(format!(".{digest}.{}", std::process::id()));
-            std::fs::write(&partial, bytes).map_err(failed)?;
-            std::fs::rename(&partial, &path).map_err(failed)?;
+        // Kept already, whole (a file is only ever renamed into place complete).
+        if std::fs::metadata(&path).is_ok_and(|kept| kept.len() == bytes.len() as u64) {
+            return Ok((path, digest));
         }
+        let failed = |e: std::io::Error| {
+            DaemonError::Internal(format!(
+                "cannot keep the module in `{}`: {e}",
+                dir.display()
+            ))
+        };
+        std::fs::create_dir_all(&dir).map_err(failed)?;
+        // A file of its own per upload, removed if it is not kept: uploads of the same
+        // module at once each write whole, and the last rename wins with the same bytes.
+        let mut partial = tempfile::NamedTempFile::new_in(&dir).map_err(failed)?;
+        std::io::Write::write_all(&mut partial, bytes).map_err(failed)?;
+        partial.as_file().sync_all().map_err(failed)?;
+        partial.persist(&path).map_err(|e| failed(e.error))?;
         Ok((path, digest))
     }
 

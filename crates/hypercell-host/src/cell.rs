@@ -1221,13 +1221,15 @@ fn supervise(
                     control.request_drain();
                 }
             }
-            Wake::Measure(reply) => {
+            Wake::Measure(replies) => {
                 // As the report counts it: the compiled module, shared page cache, left
                 // out.
                 let end = module.end.next_multiple_of(4096);
                 let touched = memory.resident_bytes(0..module.start)
                     + memory.resident_bytes(end..memory.size());
-                let _ = reply.send(touched);
+                for reply in replies {
+                    let _ = reply.send(touched);
+                }
             }
         }
     }

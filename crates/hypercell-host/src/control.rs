@@ -94,8 +94,9 @@ struct State {
     stop: Option<StopReason>,
     /// A snapshot asked for and not yet taken.
     snapshot: Option<(SnapshotReply, SnapshotScope)>,
-    /// A measure of the memory touched asked for, and where to send it.
-    measure: Option<mpsc::Sender<u64>>,
+    /// Measures of the memory touched asked for, and where to send each: askers at
+    /// the same time share one measure.
+    measure: Vec<mpsc::Sender<u64>>,
     /// The vCPU thread answered a request and waits here for the next.
     boundary: Option<BoundaryReply>,
     vcpu: Option<VcpuHandle>,
@@ -137,7 +138,7 @@ pub(crate) enum Wake {
     /// A stop was requested and the vCPU thread has not finished yet.
     Stopping,
     /// The memory the cell touched is asked for: here is where to send it.
-    Measure(mpsc::Sender<u64>),
+    Measure(Vec<mpsc::Sender<u64>>),
     /// The cell answered its request: its next goes here (`None`: no more come).
     Boundary(BoundaryReply),
     /// The time given passed.
@@ -319,7 +320,7 @@ impl CellControl {
             if state.finished || !state.begun {
                 return None;
             }
-            state.measure = Some(reply);
+            state.measure.push(reply);
             self.inner.changed.notify_all();
         }
         answer.recv_timeout(Duration::from_secs(5)).ok()
@@ -503,8 +504,8 @@ impl CellControl {
             if state.stop.is_some() {
                 return Wake::Stopping;
             }
-            if let Some(reply) = state.measure.take() {
-                return Wake::Measure(reply);
+            if !state.measure.is_empty() {
+                return Wake::Measure(std::mem::take(&mut state.measure));
             }
             if let Some(reply) = state.boundary.take() {
                 return Wake::Boundary(reply);

@@ -31,6 +31,8 @@ use crate::templates::{TemplateCache, TemplateRequest};
 
 /// Exit status of a program that could not be run at all, as under `hypercell run`.
 const FAILURE_EXIT_STATUS: u32 = 1;
+/// Largest module a container's image may hold.
+const MAX_MODULE: u64 = 1 << 30;
 
 /// Why a request about a container was refused.
 #[derive(Debug, thiserror::Error)]
@@ -213,16 +215,20 @@ impl Container {
         drop(state);
         self.events.started(&self.id, pid());
         let container = self.clone();
-        std::thread::Builder::new()
+        let spawned = std::thread::Builder::new()
             .name(format!("cell {}", self.id))
             .spawn(move || {
                 let status = container.run(plan, &stdio);
                 drop(stdio);
                 container.exited(status);
-            })
-            .map_err(|e| {
-                ContainerError::State(format!("cannot start a thread for the cell: {e}"))
-            })?;
+            });
+        if let Err(e) = spawned {
+            // It never ran: it ends as a program that could not be run.
+            self.exited(FAILURE_EXIT_STATUS);
+            return Err(ContainerError::State(format!(
+                "cannot start a thread for the cell: {e}"
+            )));
+        }
         Ok(pid())
     }
 
@@ -270,13 +276,22 @@ impl Container {
     }
 
     fn exited(&self, status: u32) {
-        let at = timestamp().unwrap_or_default();
-        self.state().phase = Phase::Exited(Exit {
+        let exit = self.end(&mut self.state(), status);
+        self.events.exited(&self.id, pid(), exit.status, &exit.at);
+    }
+
+    /// Records, under the state lock `state`, that the program ended with `status`,
+    /// and wakes its waiters; the caller publishes the exit once the lock is gone.
+    fn end(&self, state: &mut State, status: u32) -> Exit {
+        let exit = Exit {
             status,
-            at: at.clone(),
-        });
+            at: timestamp().unwrap_or_default(),
+        };
+        state.phase = Phase::Exited(exit.clone());
+        state.plan = None;
+        state.stdio = None;
         self.changed.notify_all();
-        self.events.exited(&self.id, pid(), status, &at);
+        exit
     }
 
     /// Sends `signal` to the program: the ending signals stop its cell (a program not
@@ -290,22 +305,28 @@ impl Container {
             libc::SIGKILL,
         ];
         let number = libc::c_int::try_from(signal).map_err(|_| ContainerError::Signal(signal))?;
-        let phase = self.state().phase.clone();
-        match phase {
+        if number == libc::SIGSTOP || number == libc::SIGTSTP {
+            return self.pause();
+        }
+        if number == libc::SIGCONT {
+            return self.resume();
+        }
+        if !ENDING.contains(&number) {
+            return Err(ContainerError::Signal(signal));
+        }
+        // Decided under one lock, so that a start cannot slip in between.
+        let mut state = self.state();
+        match state.phase {
             Phase::Exited(_) => Err(ContainerError::Ended),
-            _ if number == libc::SIGSTOP || number == libc::SIGTSTP => self.pause(),
-            _ if number == libc::SIGCONT => self.resume(),
-            _ if !ENDING.contains(&number) => Err(ContainerError::Signal(signal)),
             Phase::Created => {
-                let mut state = self.state();
-                state.plan = None;
-                state.stdio = None;
+                let exit = self.end(&mut state, 128 + signal);
                 drop(state);
-                self.exited(128 + signal);
+                self.events.exited(&self.id, pid(), exit.status, &exit.at);
                 Ok(())
             }
             Phase::Running | Phase::Paused => {
-                self.state().ended_by = Some(signal);
+                state.ended_by = Some(signal);
+                drop(state);
                 self.changed.notify_all();
                 self.control.stop(StopReason::Signal(number));
                 Ok(())
@@ -375,14 +396,14 @@ impl Container {
                     "the container's program is still running: kill it first".into(),
                 ));
             }
-            Phase::Created => Exit {
-                status: 128 + libc::SIGKILL as u32,
-                at: timestamp().unwrap_or_default(),
-            },
+            // Its waiters learn that it ended, as if killed.
+            Phase::Created => {
+                let exit = self.end(&mut state, 128 + libc::SIGKILL as u32);
+                self.events.exited(&self.id, pid(), exit.status, &exit.at);
+                exit
+            }
             Phase::Exited(exit) => exit.clone(),
         };
-        state.plan = None;
-        state.stdio = None;
         state.rootfs.unmount().map_err(|e| {
             ContainerError::State(format!("cannot unmount its root filesystem: {e}"))
         })?;
@@ -407,14 +428,30 @@ fn prepare(
     let dir = cap_std::fs::Dir::open_ambient_dir(root, cap_std::ambient_authority())
         .map_err(|e| format!("cannot open the container's root filesystem: {e}"))?;
     let relative = spec.program.trim_start_matches('/');
-    // Resolved beneath the root, so that a symlink in a hostile image cannot lead the
-    // shim to a host file.
-    let bytes = dir.read(relative).map_err(|e| {
+    let unreadable = |e: &dyn std::fmt::Display| {
         format!(
             "cannot read the container's program `{}` in its image: {e}; process.args[0] must name a .wasm file in the image",
             spec.program
         )
-    })?;
+    };
+    // Resolved beneath the root, so that a symlink in a hostile image cannot lead the
+    // shim to a host file (an absolute symlink is refused rather than followed), and
+    // only a regular file of bounded size is read: a FIFO or a device in an image
+    // would block or exhaust the shim.
+    let metadata = dir.metadata(relative).map_err(|e| unreadable(&e))?;
+    if !metadata.is_file() {
+        return Err(unreadable(&"it is not a regular file"));
+    }
+    if metadata.len() > MAX_MODULE {
+        return Err(unreadable(&format!(
+            "it is {} bytes, more than a cell's module may be ({MAX_MODULE})",
+            metadata.len()
+        )));
+    }
+    let file = dir.open(relative).map_err(|e| unreadable(&e))?;
+    let mut bytes = Vec::new();
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, MAX_MODULE), &mut bytes)
+        .map_err(|e| unreadable(&e))?;
     if bytes.starts_with(b"\x7fELF") {
         return Err(format!(
             "`{}` is a native executable, not a WebAssembly module: this runtime runs .wasm programs, and runc runs native images",

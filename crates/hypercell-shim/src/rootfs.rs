@@ -58,8 +58,9 @@ impl RootFs {
 
     /// Unmounts what [`RootFs::mount`] mounted.
     pub fn unmount(&mut self) -> io::Result<()> {
-        if std::mem::take(&mut self.mounted) {
+        if self.mounted {
             unmount_all(&self.path)?;
+            self.mounted = false;
         }
         Ok(())
     }

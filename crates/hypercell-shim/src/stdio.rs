@@ -77,22 +77,22 @@ fn open_path(path: &Path, flags: libc::c_int) -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// The write end of the FIFO at `path`. Its reader opened it before asking for the
-/// task, so a non-blocking open finds it; where no reader is there yet, the FIFO is
-/// opened for reading too, so that the open does not wait and output waits in the
-/// FIFO for a reader that comes later.
+/// The write end of the FIFO at `path`. Its reader (`ctr`, containerd's log copier)
+/// opens it before asking for the task, so a non-blocking open finds it. The shim
+/// never holds a read end itself: once the reader goes, the program's writes fail
+/// with EPIPE rather than fill the FIFO and block.
 fn open_output(path: &str) -> io::Result<OwnedFd> {
     if path.is_empty() {
         return open_null(libc::O_WRONLY);
     }
     let path = Path::new(path);
-    let fd = match open_path(path, libc::O_WRONLY | libc::O_NONBLOCK) {
-        Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
-            open_path(path, libc::O_RDWR | libc::O_NONBLOCK)
-        }
-        opened => opened,
-    }
-    .map_err(|e| io::Error::new(e.kind(), format!("cannot open `{}`: {e}", path.display())))?;
+    let fd = open_path(path, libc::O_WRONLY | libc::O_NONBLOCK).map_err(|e| {
+        let why = match e.raw_os_error() {
+            Some(libc::ENXIO) => "nothing reads it".to_string(),
+            _ => e.to_string(),
+        };
+        io::Error::new(e.kind(), format!("cannot open `{}`: {why}", path.display()))
+    })?;
     set_blocking(&fd)?;
     Ok(fd)
 }
@@ -150,28 +150,42 @@ mod tests {
     }
 
     #[test]
-    fn output_reaches_a_reader_that_opened_first_or_later() {
+    fn output_reaches_its_reader_and_a_fifo_nobody_reads_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let early = fifo(dir.path(), "early");
-        let late = fifo(dir.path(), "late");
-        let mut early_reader = std::fs::OpenOptions::new()
+        let out = fifo(dir.path(), "out");
+        let unread = fifo(dir.path(), "unread");
+        let mut out_reader = std::fs::OpenOptions::new()
             .read(true)
             .custom_flags(libc::O_NONBLOCK)
-            .open(&early)
+            .open(&out)
             .unwrap();
-        let stdio = ContainerStdio::open("", &early, &late).unwrap();
+        let error = ContainerStdio::open("", &out, &unread).unwrap_err();
+        assert!(error.to_string().contains("nothing reads it"), "{error}");
+        let stdio = ContainerStdio::open("", &out, "").unwrap();
         File::from(stdio.stdout.try_clone().unwrap())
             .write_all(b"out")
             .unwrap();
-        stdio.stderr().write_all(b"err").unwrap();
-        let mut late_reader = File::open(&late).unwrap();
         drop(stdio);
         let mut text = String::new();
-        early_reader.read_to_string(&mut text).unwrap();
+        out_reader.read_to_string(&mut text).unwrap();
         assert_eq!(text, "out");
-        let mut got = [0; 3];
-        late_reader.read_exact(&mut got).unwrap();
-        assert_eq!(&got, b"err");
+    }
+
+    #[test]
+    fn a_reader_that_goes_gives_the_writer_epipe() {
+        let dir = tempfile::tempdir().unwrap();
+        let out = fifo(dir.path(), "out");
+        let out_reader = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(&out)
+            .unwrap();
+        let stdio = ContainerStdio::open("", &out, "").unwrap();
+        drop(out_reader);
+        let error = File::from(stdio.stdout.try_clone().unwrap())
+            .write_all(b"out")
+            .unwrap_err();
+        assert_eq!(error.raw_os_error(), Some(libc::EPIPE));
     }
 
     #[test]

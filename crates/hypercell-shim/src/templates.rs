@@ -4,19 +4,28 @@
 //!
 //! They live in the compile cache's `templates/` (beside the compiled code, and
 //! emptied with it by `hypercell cache clean`), one file per module digest and memory
-//! limit. Shims of many containers share
-//! them: one makes a missing template under a file lock while the others wait for it,
-//! and each file is written whole or not at all.
+//! limit. Shims of many containers share them: one makes a missing template under a
+//! file lock while the others wait for it (for a while; then they boot their cells
+//! afresh), and each file is written whole or not at all. Making one may take
+//! [`MAKING_PATIENCE`] at most (a module's start function runs before the template
+//! point, and may loop); a module that cannot be made a template is marked so, and its
+//! containers boot afresh without trying again.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use hypercell_host::persist::{SnapshotFile, TemplatePoint};
 use hypercell_host::{CellConfig, CellPayload, CompiledModule, create_template};
 
 use crate::stdio::ContainerStdio;
+
+/// Longest a template may take to make.
+pub const MAKING_PATIENCE: Duration = Duration::from_secs(10);
+/// Longest a shim waits for another to make a template.
+const LOCK_PATIENCE: Duration = Duration::from_secs(30);
 
 /// The directory of templates.
 #[derive(Clone, Debug)]
@@ -61,15 +70,28 @@ impl TemplateCache {
         if let Some(file) = usable(&path, request) {
             return Ok(file);
         }
+        let failed = path.with_extension("failed");
+        if let Ok(reason) = std::fs::read_to_string(&failed) {
+            return Err(reason);
+        }
         std::fs::create_dir_all(&self.dir)
             .map_err(|e| format!("cannot make `{}`: {e}", self.dir.display()))?;
         let _lock = lock(&path.with_extension("lock"))
             .map_err(|e| format!("cannot lock the template `{}`: {e}", path.display()))?;
-        // Another shim may have made it while this one waited for the lock.
+        // Another shim may have made it, or failed to, while this one waited.
         if let Some(file) = usable(&path, request) {
             return Ok(file);
         }
-        let file = make(request)?;
+        if let Ok(reason) = std::fs::read_to_string(&failed) {
+            return Err(reason);
+        }
+        let file = match make(request) {
+            Ok(file) => file,
+            Err(reason) => {
+                let _ = std::fs::write(&failed, &reason);
+                return Err(reason);
+            }
+        };
         file.write_to(&path).map_err(|e| e.to_string())?;
         Ok(file)
     }
@@ -86,6 +108,7 @@ fn usable(path: &Path, request: &TemplateRequest<'_>) -> Option<SnapshotFile> {
 fn make(request: &TemplateRequest<'_>) -> Result<SnapshotFile, String> {
     let config = CellConfig {
         memory_limit: request.memory_limit,
+        timeout: Some(MAKING_PATIENCE),
         args: vec![request.name.display().to_string()],
         ..CellConfig::default()
     };
@@ -105,16 +128,29 @@ fn make(request: &TemplateRequest<'_>) -> Result<SnapshotFile, String> {
     ))
 }
 
-/// An exclusive lock on the file at `path`, held until the file is dropped.
+/// An exclusive lock on the file at `path`, held until the file is dropped; waited
+/// for [`LOCK_PATIENCE`] at most.
 fn lock(path: &Path) -> io::Result<File> {
     let file = File::options()
         .create(true)
         .truncate(false)
         .write(true)
         .open(path)?;
-    // SAFETY: flock on a descriptor we own has no memory-safety preconditions.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
-        return Err(io::Error::last_os_error());
+    let deadline = Instant::now() + LOCK_PATIENCE;
+    loop {
+        // SAFETY: flock on a descriptor we own has no memory-safety preconditions.
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+            return Ok(file);
+        }
+        let error = io::Error::last_os_error();
+        if error.raw_os_error() != Some(libc::EWOULDBLOCK) {
+            return Err(error);
+        }
+        if Instant::now() > deadline {
+            return Err(io::Error::other(
+                "another shim has been making it for too long",
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(20));
     }
-    Ok(file)
 }

@@ -294,12 +294,13 @@ fn the_memory_limit_bounds_the_programs_memory() {
 }
 
 #[test]
-fn stopping_containerd_leaves_nothing_mounted() {
+fn a_finished_container_leaves_nothing_mounted_and_stopping_containerd_nothing_at_all() {
     let containerd = containerd_with_tools();
     let output = containerd.run(&[], TOOLS, "once", &[]);
     assert_eq!(output.status.code(), Some(0), "{}", text(&output.stderr));
+    // While containerd runs: the shim unmounted the container's root filesystem.
     let dir = containerd.dir().to_path_buf();
-    drop(containerd);
     assert!(mounts_under(&dir).is_empty(), "{:?}", mounts_under(&dir));
+    drop(containerd);
     assert!(!dir.exists());
 }

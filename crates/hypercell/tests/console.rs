@@ -556,20 +556,36 @@ fn nothing_works_without_the_token_and_other_origins_cannot_forge_changes() {
         );
         assert_eq!(status, 401, "{path}: {answer}");
     }
-    let cookie = format!(
-        "hypercell_token={}",
-        TOKEN
-            .bytes()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
-    let (status, _) = http(
+    // Signing in makes a session, whose cookie is not the token.
+    let form = format!("token={TOKEN}");
+    let (status, answer) = http(
         port,
         &format!(
-            "GET /console/app.js HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+            "POST /login HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{form}",
+            form.len()
         ),
     );
-    assert_eq!(status, 200, "the cookie opens the assets");
+    assert_eq!(status, 303, "{answer}");
+    let cookie = answer
+        .lines()
+        .find_map(|line| line.strip_prefix("set-cookie: "))
+        .and_then(|value| value.split(';').next())
+        .expect("a session cookie")
+        .to_string();
+    assert!(
+        cookie.starts_with("hypercell_session=") && !cookie.contains(TOKEN),
+        "{cookie}"
+    );
+    let asset = |cookie: &str| {
+        http(
+            port,
+            &format!(
+                "GET /console/app.js HTTP/1.1\r\nHost: x\r\nCookie: {cookie}\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .0
+    };
+    assert_eq!(asset(&cookie), 200, "the session opens the assets");
     let (status, answer) = http(
         port,
         &format!(
@@ -577,6 +593,21 @@ fn nothing_works_without_the_token_and_other_origins_cannot_forge_changes() {
         ),
     );
     assert_eq!(status, 403, "a change by cookie alone is refused: {answer}");
+    // Another site's form cannot sign the user out; the console can, and the session
+    // then opens nothing.
+    let logout = |origin: &str| {
+        http(
+            port,
+            &format!(
+                "POST /logout HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nOrigin: {origin}\r\nCookie: {cookie}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .0
+    };
+    assert_eq!(logout("http://evil.example"), 403);
+    assert_eq!(asset(&cookie), 200);
+    assert_eq!(logout(&format!("http://127.0.0.1:{port}")), 303);
+    assert_eq!(asset(&cookie), 401, "a session ends when signed out");
 
     // A page of another origin, in the signed-in browser, tries every way a page can
     // send a request that changes something.

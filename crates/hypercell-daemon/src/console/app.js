@@ -349,8 +349,11 @@ function listView(root, signal) {
   }
 
   let previous = new Map();
+  let polling = false;
   async function poll() {
-    if (document.visibilityState !== 'visible') return;
+    // One request at a time: a slow answer is not joined by the next.
+    if (polling || document.visibilityState !== 'visible') return;
+    polling = true;
     try {
       const now = performance.now();
       const stats = await api('GET', '/v1/stats', undefined, { signal });
@@ -364,6 +367,8 @@ function listView(root, signal) {
       draw();
     } catch (e) {
       if (e.name !== 'AbortError') error.textContent = e.message;
+    } finally {
+      polling = false;
     }
   }
 
@@ -710,9 +715,12 @@ function cellView(root, reference, signal) {
   }
 
   (async () => {
+    // Subscribed before the record is read, so that no change falls between them.
+    const events = await attempt(error, () => open('/v1/events', signal));
     await load();
     if (record) Object.values(panes).forEach((p) => p.read());
-    streamJsonLines('/v1/events', signal, (event) => {
+    if (!events) return;
+    consumeJsonLines(events, (event) => {
       if (record && event.cell === record.id) {
         if (event.action === 'remove') location.hash = '#/cells';
         else load();
