@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use crate::registry::Registry;
 
+pub(crate) mod seal;
 pub(crate) mod wire;
 
 /// Shortest migration secret accepted.

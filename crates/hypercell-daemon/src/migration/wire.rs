@@ -17,8 +17,10 @@
 //! ```
 //!
 //! A proof is HMAC-SHA256 over the other peer's nonce and the prover's role, so that
-//! neither a peer without the secret nor a replay of an earlier exchange passes.
-//! Everything a peer sends is bounded and read with a time limit.
+//! neither a peer without the secret nor a replay of an earlier exchange passes. From
+//! the Offer on, everything each way is sealed (AES-256-GCM, [`super::seal`]) under
+//! keys derived from the secret and both nonces. Everything a peer sends is bounded
+//! and read with a time limit.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -29,10 +31,11 @@ use hypercell_host::persist::{SnapshotFile, SnapshotFileError};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
+use super::seal::{Direction, FRAME, Seal, TAG, key};
 use crate::record::CellSpec;
 
 /// The protocol's version, in `Hello`.
-pub(crate) const PROTOCOL: u32 = 1;
+pub(crate) const PROTOCOL: u32 = 2;
 
 /// Largest JSON message a peer accepts.
 const MAX_MESSAGE: u32 = 1 << 20;
@@ -118,6 +121,13 @@ pub(crate) struct Wire {
     /// Largest message taken, and how long a whole message may take to arrive.
     limit: u32,
     patience: Duration,
+    /// Once both peers proved the secret: what seals what this end sends, and opens
+    /// what it receives.
+    sealing: Option<Seal>,
+    opening: Option<Seal>,
+    /// The opened frame being read, and how far.
+    opened: Vec<u8>,
+    read_at: usize,
 }
 
 impl Wire {
@@ -129,7 +139,72 @@ impl Wire {
             stream,
             limit: MAX_MESSAGE,
             patience: PATIENCE,
+            sealing: None,
+            opening: None,
+            opened: Vec::new(),
+            read_at: 0,
         })
+    }
+
+    /// Seals everything from now on, with `sending` for what this end sends and
+    /// `receiving` for what it receives.
+    fn seal(&mut self, sending: [u8; 32], receiving: [u8; 32]) {
+        self.sealing = Some(Seal::new(sending));
+        self.opening = Some(Seal::new(receiving));
+    }
+
+    /// Sends `bytes`, sealed in frames once the handshake is done.
+    fn write_out(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        let Some(sealing) = &mut self.sealing else {
+            return self.stream.write_all(bytes);
+        };
+        let mut frames = Vec::with_capacity(bytes.len() + bytes.len().div_ceil(FRAME) * 20);
+        for chunk in bytes.chunks(FRAME) {
+            sealing.seal(chunk, &mut frames)?;
+        }
+        self.stream.write_all(&frames)
+    }
+
+    /// Fills `buffer` before `deadline` with what the peer sent, opening its frames once
+    /// the handshake is done.
+    fn read_in(&mut self, buffer: &mut [u8], deadline: Instant) -> std::io::Result<()> {
+        if self.opening.is_none() {
+            return self.read_by(buffer, deadline);
+        }
+        let mut filled = 0;
+        while filled < buffer.len() {
+            filled += self.read_some(&mut buffer[filled..], deadline)?;
+        }
+        Ok(())
+    }
+
+    /// Reads what the peer sent, at least one byte, into `buffer`: from the frame being
+    /// read, or from the next frame, which must arrive before `deadline`.
+    fn read_some(&mut self, buffer: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
+        if self.read_at == self.opened.len() {
+            let mut len = [0; 4];
+            self.read_by(&mut len, deadline)?;
+            let len = u32::from_le_bytes(len) as usize;
+            if !(TAG..=FRAME + TAG).contains(&len) {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("the peer sent a frame of {len} bytes"),
+                ));
+            }
+            let mut frame = std::mem::take(&mut self.opened);
+            frame.resize(len, 0);
+            self.read_by(&mut frame, deadline)?;
+            self.opening
+                .as_mut()
+                .expect("frames are read once sealed")
+                .open(&mut frame)?;
+            self.opened = frame;
+            self.read_at = 0;
+        }
+        let n = buffer.len().min(self.opened.len() - self.read_at);
+        buffer[..n].copy_from_slice(&self.opened[self.read_at..self.read_at + n]);
+        self.read_at += n;
+        Ok(n)
     }
 
     /// Fills `buffer` before `deadline`, however slowly the peer sends.
@@ -154,8 +229,10 @@ impl Wire {
     pub fn send(&mut self, message: &Message) -> Result<(), WireError> {
         let json = serde_json::to_vec(message).map_err(|e| WireError::Malformed(e.to_string()))?;
         let len = u32::try_from(json.len()).map_err(|_| WireError::TooLarge(u32::MAX))?;
-        self.stream.write_all(&len.to_le_bytes())?;
-        self.stream.write_all(&json)?;
+        let mut framed = Vec::with_capacity(4 + json.len());
+        framed.extend_from_slice(&len.to_le_bytes());
+        framed.extend_from_slice(&json);
+        self.write_out(&framed)?;
         Ok(())
     }
 
@@ -168,33 +245,37 @@ impl Wire {
     pub fn receive_within(&mut self, patience: Duration) -> Result<Message, WireError> {
         let deadline = Instant::now() + patience;
         let mut len = [0; 4];
-        self.read_by(&mut len, deadline)?;
+        self.read_in(&mut len, deadline)?;
         let len = u32::from_le_bytes(len);
         if len > self.limit {
             return Err(WireError::TooLarge(len));
         }
         let mut json = vec![0; len as usize];
-        self.read_by(&mut json, deadline)?;
+        self.read_in(&mut json, deadline)?;
         parse(&json)
     }
 
     /// Sends `bytes`, which a message announced.
     pub fn send_bytes(&mut self, bytes: &[u8]) -> Result<(), WireError> {
-        Ok(self.stream.write_all(bytes)?)
+        Ok(self.write_out(bytes)?)
     }
 
     /// Receives exactly `len` bytes into `to`.
     pub fn receive_bytes(&mut self, to: &mut impl Write, len: u64) -> Result<(), WireError> {
-        let copied = std::io::copy(&mut (&mut self.stream).take(len), to)?;
-        if copied != len {
-            return Err(WireError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+        let mut left = len;
+        let mut chunk = vec![0; FRAME];
+        while left > 0 {
+            let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            let read = self.read_some(&mut chunk[..n], Instant::now() + PATIENCE)?;
+            to.write_all(&chunk[..read])?;
+            left -= read as u64;
         }
         Ok(())
     }
 
     /// Sends `snapshot` as a stream; the bytes sent.
     pub fn send_snapshot(&mut self, snapshot: &SnapshotFile) -> std::io::Result<u64> {
-        let mut out = std::io::BufWriter::with_capacity(1 << 20, &self.stream);
+        let mut out = std::io::BufWriter::with_capacity(1 << 20, Sealed(self));
         let sent = snapshot.send_stream(&mut out)?;
         out.flush()?;
         Ok(sent)
@@ -207,7 +288,7 @@ impl Wire {
         path: &std::path::Path,
         module: &std::path::Path,
     ) -> Result<SnapshotFile, SnapshotFileError> {
-        SnapshotFile::receive_stream(&mut &self.stream, path, module)
+        SnapshotFile::receive_stream(&mut Sealed(self), path, module)
     }
 
     /// Proves the source's knowledge of `secret` and checks the destination's.
@@ -232,7 +313,12 @@ impl Wire {
         }
         self.send(&Message::Proof {
             proof: prove(secret, Role::Source, &theirs),
-        })
+        })?;
+        self.seal(
+            key(secret, Direction::ToDestination, &nonce, &theirs),
+            key(secret, Direction::ToSource, &nonce, &theirs),
+        );
+        Ok(())
     }
 
     /// Checks the source's knowledge of `secret` and proves the destination's. Until
@@ -268,9 +354,39 @@ impl Wire {
             proof: prove(secret, Role::Destination, &theirs),
         })?;
         match self.receive()? {
-            Message::Proof { proof } if verify(secret, Role::Source, &nonce, &proof) => Ok(()),
+            Message::Proof { proof } if verify(secret, Role::Source, &nonce, &proof) => {
+                self.seal(
+                    key(secret, Direction::ToSource, &theirs, &nonce),
+                    key(secret, Direction::ToDestination, &theirs, &nonce),
+                );
+                Ok(())
+            }
             _ => Err(WireError::Unauthenticated),
         }
+    }
+}
+
+/// A wire as a byte stream each way, sealed: what snapshots are sent and received
+/// through.
+struct Sealed<'a>(&'a mut Wire);
+
+impl Write for Sealed<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.write_out(bytes)?;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Read for Sealed<'_> {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        if buffer.is_empty() {
+            return Ok(0);
+        }
+        self.0.read_some(buffer, Instant::now() + PATIENCE)
     }
 }
 
@@ -332,6 +448,54 @@ mod tests {
             if passes {
                 assert!(checked.join().unwrap().is_ok());
             }
+        }
+    }
+
+    fn authenticated() -> (Wire, Wire) {
+        let (mut source, mut destination) = pair();
+        let checked = std::thread::spawn(move || {
+            destination.authenticate_as_destination(b"secret").unwrap();
+            destination
+        });
+        source.authenticate_as_source(b"secret").unwrap();
+        (source, checked.join().unwrap())
+    }
+
+    #[test]
+    fn after_the_handshake_messages_and_bytes_go_sealed_both_ways() {
+        let (mut source, mut destination) = authenticated();
+        let big: Vec<u8> = (0..3 * FRAME + 17).map(|i| (i * 7) as u8).collect();
+        let sent = big.clone();
+        let sending = std::thread::spawn(move || {
+            source.send(&Message::State).unwrap();
+            source.send_bytes(&sent).unwrap();
+            source
+        });
+        assert!(matches!(destination.receive(), Ok(Message::State)));
+        let mut received = Vec::new();
+        destination
+            .receive_bytes(&mut received, big.len() as u64)
+            .unwrap();
+        assert_eq!(received, big);
+        let mut source = sending.join().unwrap();
+        destination.send(&Message::Running).unwrap();
+        assert!(matches!(source.receive(), Ok(Message::Running)));
+    }
+
+    #[test]
+    fn a_byte_changed_on_the_way_ends_the_migration() {
+        let (mut source, mut destination) = authenticated();
+        // What the source's next message looks like on the wire, one bit flipped.
+        let mut frames = Vec::new();
+        let mut sealing = source.sealing.take().unwrap();
+        sealing.seal(b"\x06\0\0\0\"type\"", &mut frames).unwrap();
+        frames[9] ^= 1;
+        source.stream.write_all(&frames).unwrap();
+        match destination.receive() {
+            Err(WireError::Io(error)) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::InvalidData, "{error}")
+            }
+            other => panic!("{other:?}"),
         }
     }
 
