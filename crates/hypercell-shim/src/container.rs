@@ -107,6 +107,8 @@ pub struct Container {
     id: String,
     bundle: String,
     io: [String; 3],
+    /// The limit of its program's linear memory.
+    memory_limit: u64,
     control: CellControl,
     state: Mutex<State>,
     changed: Condvar,
@@ -161,6 +163,7 @@ impl Container {
             id: id.into(),
             bundle: bundle.into(),
             io,
+            memory_limit: spec.memory_limit.unwrap_or(DEFAULT_MEMORY_LIMIT),
             control: CellControl::new(),
             state: Mutex::new(State {
                 phase: Phase::Created,
@@ -410,6 +413,34 @@ impl Container {
         drop(state);
         self.events.deleted(&self.id, pid(), exit.status, &exit.at);
         Ok(exit)
+    }
+}
+
+/// What a container's cell has used, as containerd's cgroup metrics (`ctr task
+/// metrics`, and the kubelet's stats through the CRI) report it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// CPU time of the cell's vCPU, in nanoseconds.
+    pub cpu_ns: u64,
+    /// Guest memory the cell touched, in bytes.
+    pub memory: u64,
+    /// The limit of its program's linear memory, in bytes.
+    pub memory_limit: u64,
+}
+
+impl Container {
+    /// What the cell has used so far (nothing before it starts; what it used in all
+    /// once it ends, as far as its control still knows).
+    pub fn usage(&self) -> Usage {
+        let memory_limit = self.memory_limit;
+        let activity = self.control.activity();
+        Usage {
+            cpu_ns: activity
+                .cpu_time
+                .map_or(0, |time| u64::try_from(time.as_nanos()).unwrap_or(u64::MAX)),
+            memory: self.control.memory_touched().unwrap_or(0),
+            memory_limit,
+        }
     }
 }
 

@@ -4,6 +4,9 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
+use containerd_shim::protos::cgroups::metrics::{
+    CPUStat, CPUUsage, MemoryEntry, MemoryStat, Metrics, PidsStat,
+};
 use containerd_shim::protos::protobuf::EnumOrUnknown;
 use containerd_shim::protos::ttrpc::{self, Code};
 use containerd_shim::{ExitSignal, TtrpcContext, TtrpcResult, api};
@@ -194,6 +197,51 @@ impl containerd_shim::Task for TaskService {
             pid: pid(),
             exit_status: exit.status,
             exited_at: Some(exit.at).into(),
+            ..Default::default()
+        })
+    }
+
+    fn stats(
+        &self,
+        _ctx: &TtrpcContext,
+        req: api::StatsRequest,
+    ) -> TtrpcResult<api::StatsResponse> {
+        let usage = self.container(&req.id, "")?.usage();
+        let metrics = Metrics {
+            cpu: Some(CPUStat {
+                usage: Some(CPUUsage {
+                    total: usage.cpu_ns,
+                    user: usage.cpu_ns,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            memory: Some(MemoryStat {
+                rss: usage.memory,
+                usage: Some(MemoryEntry {
+                    usage: usage.memory,
+                    limit: usage.memory_limit,
+                    ..Default::default()
+                })
+                .into(),
+                ..Default::default()
+            })
+            .into(),
+            pids: Some(PidsStat {
+                current: 1,
+                limit: 1,
+                ..Default::default()
+            })
+            .into(),
+            ..Default::default()
+        };
+        // As runc's shim reports them, so that `ctr task metrics` and the CRI read them.
+        let stats = containerd_shim::util::convert_to_any(Box::new(metrics))
+            .map_err(|e| error(Code::INTERNAL, e.to_string()))?;
+        Ok(api::StatsResponse {
+            stats: Some(stats).into(),
             ..Default::default()
         })
     }

@@ -189,6 +189,24 @@ fn a_long_running_container_pauses_resumes_and_stops_on_a_signal() {
         let mut next_tick = || lines.next().expect("the ticker goes on").unwrap();
         while next_tick() != "tick 3" {}
 
+        // Its use, as containerd's cgroup metrics report it.
+        let metrics = text(&containerd.ctr(&["task", "metrics", id]).stdout);
+        let value = |name: &str| {
+            metrics
+                .lines()
+                .find_map(|line| line.strip_prefix(name))
+                .and_then(|rest| rest.trim().parse::<u64>().ok())
+        };
+        assert!(
+            value("memory.usage_in_bytes").is_some_and(|bytes| bytes > 1 << 20),
+            "{metrics}"
+        );
+        assert_eq!(value("memory.limit_in_bytes"), Some(4 << 30), "{metrics}");
+        assert!(
+            value("cpuacct.usage ").is_some_and(|ns| ns > 0),
+            "{metrics}"
+        );
+
         let output = containerd.ctr(&["task", "pause", id]);
         assert!(output.status.success(), "{}", text(&output.stderr));
         let listed = text(&containerd.ctr(&["task", "ls"]).stdout);
