@@ -22,9 +22,12 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::extract::Request;
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
+
+use crate::registry::hex;
 
 /// The cookie holding the session id.
 const COOKIE: &str = "hypercell_session";
@@ -144,10 +147,6 @@ pub fn same_secret(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
 /// The session ids in `headers`' cookies.
 fn session_ids(headers: &HeaderMap) -> impl Iterator<Item = &str> {
     headers
@@ -183,63 +182,40 @@ fn same_origin(headers: &HeaderMap) -> bool {
 
 /// The console's routes, with `auth` the daemon's token and sessions.
 pub fn router(auth: Arc<ConsoleAuth>) -> Router {
-    let page_auth = Arc::clone(&auth);
-    let asset_auth = Arc::clone(&auth);
-    let out_auth = Arc::clone(&auth);
     Router::new()
-        .route(
-            "/",
-            get(move |headers: HeaderMap| {
-                let auth = Arc::clone(&page_auth);
-                async move {
-                    if auth.has_session(&headers) {
-                        page(
-                            StatusCode::OK,
-                            "text/html; charset=utf-8",
-                            CONSOLE_POLICY,
-                            INDEX,
-                        )
-                    } else {
-                        login_page(StatusCode::OK, "")
-                    }
-                }
-            }),
-        )
-        .route(
-            "/console/{asset}",
-            get(
-                move |headers: HeaderMap,
-                      axum::extract::Path(asset): axum::extract::Path<String>| {
-                    let auth = Arc::clone(&asset_auth);
-                    async move { asset_response(&headers, &auth, &asset) }
-                },
-            ),
-        )
-        .route(
-            "/login",
-            post(move |request: Request| {
-                let auth = Arc::clone(&auth);
-                async move { login(request, &auth).await }
-            }),
-        )
-        .route(
-            "/logout",
-            post(move |headers: HeaderMap| {
-                let auth = Arc::clone(&out_auth);
-                async move { logout(&headers, &auth) }
-            }),
-        )
+        .route("/", get(index))
+        .route("/console/{asset}", get(asset_response))
+        .route("/login", post(login))
+        .route("/logout", post(logout))
+        .with_state(auth)
 }
 
-fn asset_response(headers: &HeaderMap, auth: &ConsoleAuth, asset: &str) -> Response {
-    if !auth.has_session(headers) {
+async fn index(State(auth): State<Arc<ConsoleAuth>>, headers: HeaderMap) -> Response {
+    if auth.has_session(&headers) {
+        page(
+            StatusCode::OK,
+            "text/html; charset=utf-8",
+            CONSOLE_POLICY,
+            INDEX,
+        )
+    } else {
+        login_page(StatusCode::OK, "")
+    }
+}
+
+async fn asset_response(
+    State(auth): State<Arc<ConsoleAuth>>,
+    headers: HeaderMap,
+    axum::extract::Path(asset): axum::extract::Path<String>,
+) -> Response {
+    if !auth.has_session(&headers) {
         return (
             StatusCode::UNAUTHORIZED,
             "the console needs the daemon's token: sign in at /",
         )
             .into_response();
     }
-    match asset {
+    match asset.as_str() {
         "app.js" => page(
             StatusCode::OK,
             "text/javascript; charset=utf-8",
@@ -299,7 +275,7 @@ fn login_page(status: StatusCode, error: &'static str) -> Response {
 /// Largest login form taken.
 const LOGIN_LIMIT: usize = 4096;
 
-async fn login(request: Request, auth: &ConsoleAuth) -> Response {
+async fn login(State(auth): State<Arc<ConsoleAuth>>, request: Request) -> Response {
     let Ok(body) = axum::body::to_bytes(request.into_body(), LOGIN_LIMIT).await else {
         return login_page(StatusCode::BAD_REQUEST, "The sign-in form was too large.");
     };
@@ -325,15 +301,15 @@ async fn login(request: Request, auth: &ConsoleAuth) -> Response {
 
 /// Ends the session, when the console itself asks (another site's form cannot sign its
 /// user out).
-fn logout(headers: &HeaderMap, auth: &ConsoleAuth) -> Response {
-    if !same_origin(headers) {
+async fn logout(State(auth): State<Arc<ConsoleAuth>>, headers: HeaderMap) -> Response {
+    if !same_origin(&headers) {
         return (
             StatusCode::FORBIDDEN,
             "signing out must come from the console's own page",
         )
             .into_response();
     }
-    auth.sign_out(headers);
+    auth.sign_out(&headers);
     let mut response = (StatusCode::SEE_OTHER, "").into_response();
     let headers = response.headers_mut();
     headers.insert(header::LOCATION, HeaderValue::from_static("/"));

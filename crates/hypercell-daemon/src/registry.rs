@@ -15,6 +15,7 @@ use hypercell_host::compile::check_components;
 use hypercell_host::config::{Components, DEFAULT_MEMORY_LIMIT, component_names};
 use hypercell_host::fs::Preopen;
 use hypercell_host::persist::{CellSnapshot, SnapshotFile};
+use hypercell_host::stdio::pipe;
 use hypercell_host::{
     Cell, CellActivity, CellConfig, CellControl, CellError, CellExit, CellFailure, CellReport,
     CompiledModule, Compiler, OwnedStdio, StopReason,
@@ -960,10 +961,7 @@ impl Registry {
     /// module.
     pub fn store_module(&self, bytes: &[u8]) -> Result<(PathBuf, String), DaemonError> {
         use sha2::Digest;
-        let digest: String = sha2::Sha256::digest(bytes)
-            .iter()
-            .map(|byte| format!("{byte:02x}"))
-            .collect();
+        let digest = hex(&sha2::Sha256::digest(bytes));
         let dir = self.state_dir.join("modules");
         let path = dir.join(format!("{digest}.wasm"));
         // Kept already, whole (a file is only ever renamed into place complete).
@@ -1585,19 +1583,10 @@ fn new_id() -> String {
         // The clock, if the kernel has no randomness to give: ids need only be unique.
         bytes.copy_from_slice(&now_ms().to_le_bytes()[..6]);
     }
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex(&bytes)
 }
 
-/// A pipe: read end, write end.
-fn pipe() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two new descriptors into the array.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just made and are owned by nobody else.
-    Ok(unsafe {
-        use std::os::fd::FromRawFd;
-        (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1]))
-    })
+/// `bytes` as lower-case hex digits.
+pub(crate) fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }

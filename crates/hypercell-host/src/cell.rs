@@ -155,6 +155,18 @@ pub enum CellExit {
     Template,
 }
 
+impl CellExit {
+    /// The process exit status it is, as `wasmtime run` gives it: the program's own
+    /// (modulo 256), [`TRAP_EXIT_STATUS`] for a trap, 0 for a template.
+    pub fn status(&self) -> u8 {
+        match self {
+            Self::Exited(code) => *code as u8,
+            Self::Trapped(_) => TRAP_EXIT_STATUS,
+            Self::Template => 0,
+        }
+    }
+}
+
 /// Where the guest runtime's time went, from its own time-stamp counter readings.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct GuestTimings {

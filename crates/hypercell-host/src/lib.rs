@@ -23,8 +23,8 @@ mod vcpu_runner;
 
 pub use cell::{
     CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, GuestTimings,
-    ResetReport, TRAP_EXIT_STATUS, create_init_template, create_template, keep_vms_ready,
-    restore_cell, run_cell, run_cell_with_control, start_from_template,
+    ResetReport, create_init_template, create_template, keep_vms_ready, restore_cell, run_cell,
+    run_cell_with_control, start_from_template,
 };
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};

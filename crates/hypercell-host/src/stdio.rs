@@ -3,7 +3,7 @@
 
 use std::io;
 use std::mem::offset_of;
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use hypercell_abi::{OUTPUT_RECORD_HEADER, OutputBuffer, StdioKind};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
@@ -16,6 +16,18 @@ use hypercell_vmm::GuestMemory;
 
 /// Bytes of output the guest buffers between exits.
 pub const OUTPUT_CAPACITY: u64 = 1 << 20;
+
+/// A pipe to connect a cell's stdio to: its read end, then its write end, neither
+/// inherited by programs the process starts.
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 writes two new descriptors into the array it is given.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: both descriptors were just made by pipe2 and nothing else owns them.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
 
 /// The host descriptors a cell reads and writes as its stdin, stdout and stderr.
 #[derive(Clone, Copy, Debug)]

@@ -18,8 +18,7 @@ use hypercell_host::fs::Preopen;
 use hypercell_host::persist::SnapshotFile;
 use hypercell_host::{
     CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload, CellReport,
-    CompiledModule, Compiler, StopReason, TRAP_EXIT_STATUS, run_cell_with_control,
-    start_from_template,
+    CompiledModule, Compiler, StopReason, run_cell_with_control, start_from_template,
 };
 use sha2::{Digest, Sha256};
 
@@ -564,18 +563,14 @@ fn exit_status(
     let mut stderr = stdio.stderr();
     match result {
         Ok(report) => {
-            let status = match report.exit {
-                CellExit::Exited(code) => u32::from(code as u8),
-                CellExit::Template => 0,
-                CellExit::Trapped(trap) => {
-                    let _ = writeln!(
-                        stderr,
-                        "Error: failed to run main module `{}`\n\n{trap}",
-                        cell.program
-                    );
-                    u32::from(TRAP_EXIT_STATUS)
-                }
-            };
+            if let CellExit::Trapped(trap) = &report.exit {
+                let _ = writeln!(
+                    stderr,
+                    "Error: failed to run main module `{}`\n\n{trap}",
+                    cell.program
+                );
+            }
+            let status = u32::from(report.exit.status());
             if let Some(bytes) = report.denied_growth.filter(|_| status != 0) {
                 let _ = writeln!(
                     stderr,

@@ -104,13 +104,7 @@ fn open_input(path: &str) -> io::Result<OwnedFd> {
     if path.is_empty() {
         return open_null(libc::O_RDONLY);
     }
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just made by pipe2 and nothing else owns them.
-    let (read, write) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    let (read, write) = hypercell_host::stdio::pipe()?;
     let path = path.to_owned();
     std::thread::Builder::new()
         .name("stdin".into())

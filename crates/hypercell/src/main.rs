@@ -20,7 +20,7 @@ use hypercell_host::persist::{SnapshotError, SnapshotFile, SnapshotFileError, Te
 use hypercell_host::{
     CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
     CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler, ConfigError,
-    TRAP_EXIT_STATUS, create_init_template, create_template, restore_cell, run_cell_with_control,
+    create_init_template, create_template, restore_cell, run_cell_with_control,
     start_from_template,
 };
 
@@ -568,18 +568,14 @@ fn report(
         Ok(report) => {
             report_stats(Some(&report.stats));
             let failed = report.exit != CellExit::Exited(0);
-            let status = match report.exit {
-                CellExit::Exited(code) => ExitCode::from(code as u8),
-                CellExit::Template => ExitCode::SUCCESS,
-                CellExit::Trapped(trap) => {
-                    let _ = writeln!(
-                        std::io::stderr(),
-                        "Error: failed to run main module `{}`\n\n{trap}",
-                        module.display()
-                    );
-                    ExitCode::from(TRAP_EXIT_STATUS)
-                }
-            };
+            if let CellExit::Trapped(trap) = &report.exit {
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "Error: failed to run main module `{}`\n\n{trap}",
+                    module.display()
+                );
+            }
+            let status = ExitCode::from(report.exit.status());
             // A refused memory.grow is the likeliest cause of a failure that follows it.
             if let Some(bytes) = report.denied_growth.filter(|_| failed) {
                 let _ = writeln!(

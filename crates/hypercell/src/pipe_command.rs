@@ -8,7 +8,7 @@
 //! shared-memory channels that issue 15 asks for will replace them.
 
 use std::io::Write;
-use std::os::fd::{AsFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -20,7 +20,7 @@ use hypercell_host::config::{
 use hypercell_host::persist::SnapshotFile;
 use hypercell_host::{
     CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload, CellReport, CellStdio,
-    CompiledModule, Compiler, TRAP_EXIT_STATUS, run_cell_with_control,
+    CompiledModule, Compiler, run_cell_with_control,
 };
 
 use crate::grant_args::GrantArgs;
@@ -224,18 +224,14 @@ fn stage_end(
         Ok(report) => {
             end.exits = Some(report.stats.exits);
             end.memory = Some(report.stats.memory_touched);
-            end.status = match report.exit {
-                CellExit::Exited(code) => code as u8,
-                CellExit::Template => 0,
-                CellExit::Trapped(trap) => {
-                    let _ = writeln!(
-                        stderr,
-                        "Error: stage {} failed to run main module `{name}`\n\n{trap}",
-                        index + 1
-                    );
-                    TRAP_EXIT_STATUS
-                }
-            };
+            if let CellExit::Trapped(trap) = &report.exit {
+                let _ = writeln!(
+                    stderr,
+                    "Error: stage {} failed to run main module `{name}`\n\n{trap}",
+                    index + 1
+                );
+            }
+            end.status = report.exit.status();
         }
         Err(failure) => {
             end.exits = failure.stats.as_ref().map(|stats| stats.exits);
@@ -270,21 +266,14 @@ fn print_stats(stages: &[Vec<String>], ends: &[StageEnd]) {
     let _ = std::io::stderr().write_all(out.as_bytes());
 }
 
-/// A pipe: its read end, then its write end.
+/// A pipe between stages, with a buffer as large as a cell's output and read-ahead
+/// buffers (1 MiB, the kernel's default most), so that one exit moves a buffer whole
+/// rather than 64 KiB of it; a kernel that allows less keeps its default.
 fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0; 2];
-    // SAFETY: pipe2 writes two descriptors into the array it is given.
-    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: both descriptors were just made by pipe2 and nothing else owns them.
-    let ends = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
-    // As large as a cell's output and read-ahead buffers (1 MiB, the kernel's default
-    // most), so that one exit moves a buffer whole rather than 64 KiB of it; a kernel
-    // that allows less keeps its default.
+    let (read, write) = hypercell_host::stdio::pipe()?;
     // SAFETY: F_SETPIPE_SZ resizes the buffer of a pipe we own.
-    unsafe { libc::fcntl(fds[1], libc::F_SETPIPE_SZ, PIPE_SIZE) };
-    Ok(ends)
+    unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
+    Ok((read, write))
 }
 
 /// The buffer of a pipe between stages.
