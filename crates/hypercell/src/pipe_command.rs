@@ -8,7 +8,7 @@
 //! shared-memory channels that issue 15 asks for will replace them.
 
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -167,19 +167,11 @@ fn run_stages(
                 let output = writes[i].take();
                 let (config, module, control) = (&configs[i], &modules[i], &controls[i]);
                 scope.spawn(move || {
-                    // SAFETY: descriptors 0, 1 and 2 belong to the process for its
-                    // whole life; a cell only reads and writes them.
-                    let (stdin, stdout, stderr) = unsafe {
-                        (
-                            BorrowedFd::borrow_raw(0),
-                            BorrowedFd::borrow_raw(1),
-                            BorrowedFd::borrow_raw(2),
-                        )
-                    };
+                    let inherited = CellStdio::inherit();
                     let stdio = CellStdio {
-                        stdin: input.as_ref().map_or(stdin, AsFd::as_fd),
-                        stdout: output.as_ref().map_or(stdout, AsFd::as_fd),
-                        stderr,
+                        stdin: input.as_ref().map_or(inherited.stdin, AsFd::as_fd),
+                        stdout: output.as_ref().map_or(inherited.stdout, AsFd::as_fd),
+                        stderr: inherited.stderr,
                     };
                     let payload = CellPayload::Wasm {
                         module,
