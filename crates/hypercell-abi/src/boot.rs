@@ -99,6 +99,13 @@ pub struct BootInfo {
     /// server's runtime then asks for the next with [`crate::Hypercall::NextRequest`]
     /// rather than ending its program.
     pub reuse: u64,
+    /// When not 0: stdin is the reading end of a channel whose
+    /// [`crate::ChannelHeader`] is here (see [`crate::channel`]).
+    pub stdin_channel: u64,
+    /// When not 0: stdout is the writing end of a channel whose header is here.
+    pub stdout_channel: u64,
+    /// Bytes of each channel's ring, a power of two; 0 without channels.
+    pub channel_capacity: u64,
 }
 
 /// [`BootInfo::template_stop`]: the template is taken once the module is instantiated,

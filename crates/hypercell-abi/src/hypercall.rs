@@ -121,6 +121,13 @@ pub enum Hypercall {
     /// ends its program with status 0 (asked again, the host answers 0 again, and the
     /// cell's time limit runs on). No arguments.
     NextRequest = 14,
+    /// An operation on one of the cell's channels (see [`crate::channel`]): the
+    /// operation ([`crate::channel::CHANNEL_WAIT`] or [`crate::channel::CHANNEL_KICK`]),
+    /// the stream (0 for the stdin channel, 1 for the stdout channel) and, for a wait,
+    /// the peer's index as the guest last saw it. A wait returns 0 once the peer's
+    /// index differs from it or the peer is gone, or [`RESULT_RESTART`]; a kick wakes
+    /// the peer and returns 0. A stream without a channel gets `EBADF`.
+    Channel = 15,
 }
 
 /// The file calls of [`Hypercall::File`], with their parameters.
@@ -232,6 +239,7 @@ impl Hypercall {
             12 => Self::Unhandled,
             13 => Self::Ready,
             14 => Self::NextRequest,
+            15 => Self::Channel,
             _ => return None,
         })
     }
@@ -285,11 +293,12 @@ mod tests {
             Hypercall::Unhandled,
             Hypercall::Ready,
             Hypercall::NextRequest,
+            Hypercall::Channel,
         ] {
             assert_eq!(Hypercall::from_number(call as u32), Some(call));
         }
         assert_eq!(Hypercall::from_number(0), None);
-        assert_eq!(Hypercall::from_number(15), None);
+        assert_eq!(Hypercall::from_number(16), None);
         for number in 1..=25 {
             assert_eq!(
                 FileOp::from_number(number).map(|op| op as u64),

@@ -87,9 +87,18 @@ pub fn call(op: FileOp, params: [u64; 8]) -> Result<u64, Errno> {
 pub fn close(fd: u32) -> Result<(), Errno> {
     call(FileOp::Close, [u64::from(fd), 0, 0, 0, 0, 0, 0, 0])?;
     if let Some(slot) = slot(fd) {
-        HOLDERS[slot].store(CLOSED, Ordering::Relaxed);
+        release(slot);
     }
     Ok(())
+}
+
+/// Marks `slot` as held by no descriptor; a stdio stream joined to a channel closes
+/// its end, as a process's last descriptor of a pipe does.
+fn release(slot: usize) {
+    HOLDERS[slot].store(CLOSED, Ordering::Relaxed);
+    if slot < 3 {
+        crate::channel::close(slot as u32);
+    }
 }
 
 /// Moves descriptor `fd` onto `to`, which must be open and is closed first: a stdio
@@ -102,7 +111,7 @@ pub fn renumber(fd: u32, to: u32) -> Result<(), Errno> {
     if fd != to {
         let moved = slot(fd);
         if let Some(replaced) = slot(to) {
-            HOLDERS[replaced].store(CLOSED, Ordering::Relaxed);
+            release(replaced);
         }
         if let Some(moved) = moved {
             HOLDERS[moved].store(u64::from(to), Ordering::Relaxed);

@@ -4,7 +4,7 @@
 //! It runs wasmtime's runtime (no compiler) on the native code that Cranelift compiled
 //! on the host, and serves WASI preview1 to the program: clocks, random numbers,
 //! arguments and the environment without leaving the cell; stdio through buffered
-//! hypercalls.
+//! hypercalls, or through channels shared with neighbouring cells.
 #![no_std]
 #![no_main]
 #![deny(unsafe_op_in_unsafe_fn)]
@@ -12,6 +12,7 @@
 extern crate alloc;
 extern crate hypercell_guest_mem;
 
+mod channel;
 mod clock;
 mod files;
 mod heap;
@@ -52,6 +53,7 @@ extern "C" fn guest_main(boot_ptr: *mut BootInfo) -> ! {
     hypercall::init(&boot);
     traps::init(boot_ptr);
     stdio::init(&boot);
+    channel::init(&boot);
     files::init(&boot);
     clock::init(&boot);
     platform::init(&boot);

@@ -126,6 +126,9 @@ fn take_error(fd: u32) -> Option<i64> {
 /// the next write to the same descriptor with the host's error, as a failed flush
 /// does in a C library.
 pub fn write(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
+    if crate::channel::joined(fd) {
+        return crate::channel::write(bufs);
+    }
     set_writing(true);
     let written = write_buffered(fd, bufs);
     set_writing(false);
@@ -233,6 +236,9 @@ fn host_read(iovecs: &[IoVec]) -> Result<usize, i64> {
 /// with a native read, fewer bytes than asked may come back. The host drains pending
 /// output before it reads, so prompts appear before input is awaited.
 pub fn read(bufs: &mut [&mut [u8]]) -> Result<usize, i64> {
+    if crate::channel::joined(0) {
+        return crate::channel::read(bufs);
+    }
     if let Some(copied) = read_laid(bufs) {
         return Ok(copied);
     }

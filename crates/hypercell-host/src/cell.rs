@@ -9,17 +9,18 @@ use hypercell_abi::boot::BOOT_MAGIC;
 use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, RESERVATION_BASE};
 use hypercell_abi::{
-    ABI_VERSION, BootInfo, Components, CpuFeatures, GuestPhases, TEMPLATE_STOP_INIT,
+    ABI_VERSION, BootInfo, Components, CpuFeatures, GuestPhases, StdioKind, TEMPLATE_STOP_INIT,
     TEMPLATE_STOP_START,
 };
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
-    FIRST_GROWTH_SLOT, GuestException, GuestMemory, MemoryError, ReservationTables, Vcpu,
-    VcpuError, VcpuEvent, Vm, VmError, VmPool,
+    CHANNEL_SLOT, FIRST_GROWTH_SLOT, GuestException, GuestMemory, MemoryError, ReservationTables,
+    Vcpu, VcpuError, VcpuEvent, Vm, VmError, VmPool,
 };
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
+use crate::channel::{CHANNEL_CAPACITY, CellChannels};
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
 use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, SnapshotScope, StopReason, Wake};
@@ -139,6 +140,15 @@ pub enum CellError {
     /// Directories are granted without the component that serves them.
     #[error("directories are granted to the cell, but not the `fs` component that serves them")]
     FsNotGiven,
+    /// A cell joined to others by channels was to start from a snapshot or template,
+    /// or in a reused partition.
+    #[error("a cell joined to other cells by channels starts from its module, not from a snapshot")]
+    ChannelsFromSnapshot,
+    /// Channels are given without the component that carries stdio.
+    #[error(
+        "the cell's stdio is joined to channels, but the cell is not given the `stdio` component"
+    )]
+    ChannelsWithoutStdio,
 }
 
 /// Exit status of a program that trapped, as `wasmtime run` gives it (128 + SIGABRT).
@@ -306,7 +316,28 @@ pub fn run_cell_with_control(
     stdio: CellStdio<'_>,
     control: &CellControl,
 ) -> Result<CellReport, CellFailure> {
-    begin(config, payload, stdio, control, Start::Boot)
+    begin(
+        config,
+        payload,
+        stdio,
+        control,
+        Start::Boot,
+        CellChannels::default(),
+    )
+}
+
+/// Boots a cell for `payload` whose stdin, stdout or both are channels to other cells
+/// (see [`crate::channel`]), and runs it to the end, or until it is stopped through
+/// `control`; its channel ends are closed when it ends. `stdio`'s descriptors for
+/// those streams are not used.
+pub fn run_joined_cell(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    stdio: CellStdio<'_>,
+    control: &CellControl,
+    channels: CellChannels<'_>,
+) -> Result<CellReport, CellFailure> {
+    begin(config, payload, stdio, control, Start::Boot, channels)
 }
 
 /// Boots a cell for `payload` and stops it once the module is instantiated, before
@@ -347,6 +378,7 @@ fn take_template(
         stdio,
         &CellControl::new(),
         Start::Template(point, export),
+        CellChannels::default(),
     )?;
     match report.template {
         Some(template) => Ok(*template),
@@ -373,6 +405,7 @@ pub fn start_from_template(
         stdio,
         control,
         Start::FromTemplate(template),
+        CellChannels::default(),
     )
 }
 
@@ -394,6 +427,7 @@ pub fn resume_cell(
         stdio,
         control,
         Start::Resume { base, changes },
+        CellChannels::default(),
     )
 }
 
@@ -433,9 +467,10 @@ fn begin(
     stdio: CellStdio<'_>,
     control: &CellControl,
     start: Start<'_>,
+    channels: CellChannels<'_>,
 ) -> Result<CellReport, CellFailure> {
     control.begin();
-    let result = start_cell(config, payload, stdio, control, start, None);
+    let result = start_cell(config, payload, stdio, control, start, None, channels);
     // However the cell ended, even before its vCPU ran: nobody waits on it any more.
     control.finish();
     result
@@ -451,7 +486,14 @@ pub fn restore_cell(
     stdio: CellStdio<'_>,
     control: &CellControl,
 ) -> Result<CellReport, CellFailure> {
-    begin(config, payload, stdio, control, Start::Restore(snapshot))
+    begin(
+        config,
+        payload,
+        stdio,
+        control,
+        Start::Restore(snapshot),
+        CellChannels::default(),
+    )
 }
 
 /// Runs a cell from `template` in the partition `reuse.kept` holds, which has been put
@@ -474,6 +516,7 @@ pub(crate) fn run_in_partition(
         control,
         Start::FromTemplate(template),
         Some(reuse),
+        CellChannels::default(),
     );
     control.finish();
     result
@@ -618,10 +661,19 @@ fn start_cell(
     control: &CellControl,
     start: Start<'_>,
     mut reuse: Option<Reuse<'_, '_>>,
+    channels: CellChannels<'_>,
 ) -> Result<CellReport, CellFailure> {
     let started = Instant::now();
     if !config.preopens.is_empty() && !config.components.contains(Components::FS) {
         return Err(CellError::FsNotGiven.into());
+    }
+    if channels.any() {
+        if !matches!(start, Start::Boot) || reuse.is_some() {
+            return Err(CellError::ChannelsFromSnapshot.into());
+        }
+        if !config.components.contains(Components::STDIO) {
+            return Err(CellError::ChannelsWithoutStdio.into());
+        }
     }
     let kept = reuse.as_mut().and_then(|reuse| reuse.kept.take());
     let input = reuse.as_ref().and_then(|reuse| reuse.input);
@@ -722,6 +774,13 @@ fn start_cell(
             planned.and_then(|layout| layout.with_memory_size(config.memory_limit))
         }
     }
+    .and_then(|layout| {
+        if channels.any() {
+            layout.with_channels()
+        } else {
+            Some(layout)
+        }
+    })
     .ok_or_else(|| CellError::MemoryLimit(format_size(config.memory_limit)))?;
     let boot_mapping = layout.boot_mapping();
     let (vm, made_vcpu, memory) = match kept {
@@ -734,6 +793,14 @@ fn start_cell(
             // Mapping memory costs less before the vCPU exists.
             let memory = GuestMemory::new(layout.memory_size())?;
             vm.map_boot_memory(&memory, boot_mapping)?;
+            if channels.any() {
+                for (stream, end) in [(0, channels.stdin), (1, channels.stdout)] {
+                    if let (Some(end), Some(window)) = (end, layout.channel_window(stream)) {
+                        end.map_into(&memory, window)?;
+                    }
+                }
+                vm.map_memory(&memory, CHANNEL_SLOT, layout.channels..layout.memory_size())?;
+            }
             (vm, made_vcpu, memory)
         }
     };
@@ -824,7 +891,7 @@ fn start_cell(
         tsc_khz,
         realtime_ns: realtime_ns(),
         monotonic_ns: monotonic_ns(),
-        stdio_kinds: stdio.kinds(),
+        stdio_kinds: stdio_kinds(&stdio, &channels),
         template_stop: match start {
             Start::Template(TemplatePoint::Start, _) => TEMPLATE_STOP_START,
             Start::Template(TemplatePoint::Init, _) => TEMPLATE_STOP_INIT,
@@ -840,6 +907,15 @@ fn start_cell(
         input_addr: 0,
         input_len: 0,
         reuse: u64::from(serving),
+        stdin_channel: channels
+            .stdin
+            .and_then(|_| layout.channel_window(0))
+            .unwrap_or(0),
+        stdout_channel: channels
+            .stdout
+            .and_then(|_| layout.channel_window(1))
+            .unwrap_or(0),
+        channel_capacity: if channels.any() { CHANNEL_CAPACITY } else { 0 },
     };
     let region = IdentityRegion {
         boot_info: layout.boot_info,
@@ -886,6 +962,7 @@ fn start_cell(
         vm: &vm,
         mapped: boot_mapping,
         ready: heap_ready,
+        end: layout.heap_end,
         next_slot: FIRST_GROWTH_SLOT,
         boot_mapping,
         tables: reservations,
@@ -963,6 +1040,7 @@ fn start_cell(
         },
         components: config.components,
         requests: serving.then_some(region),
+        channels,
     };
     let trap_handler = GuestAddress(layout.boot_info + offset_of!(BootInfo, trap_entry) as u64);
     let mapped_module = MappedModule {
@@ -984,6 +1062,10 @@ fn start_cell(
             next,
         },
     );
+    // Its neighbours learn at once that it ended, whatever else is left to do.
+    for end in [channels.stdin, channels.stdout].into_iter().flatten() {
+        end.close();
+    }
     // Whatever the program wrote before it ended reaches the user, even after a fault.
     let drained = drain_output(
         &memory,
@@ -1270,6 +1352,10 @@ fn run_loop(
                     drained = services.drain_between_calls(memory);
                 }
             }
+            // Its neighbours' state is not the cell's to save.
+            ParkRequest::Snapshot(reply, _) if services.channels.any() => {
+                let _ = reply.send(Err(SnapshotError::Joined));
+            }
             ParkRequest::Snapshot(reply, scope) => {
                 let _ = reply.send(snapshot(vcpu, memory, services, module, scope));
             }
@@ -1507,6 +1593,17 @@ fn image_end(elf: &[u8]) -> Result<u64, CellError> {
         }
     }
     Ok(end)
+}
+
+/// What each stdio stream is connected to: a channel is a pipe to the program.
+fn stdio_kinds(stdio: &CellStdio<'_>, channels: &CellChannels<'_>) -> [u8; 3] {
+    let mut kinds = stdio.kinds();
+    for (stream, end) in [(0, channels.stdin), (1, channels.stdout)] {
+        if end.is_some() {
+            kinds[stream] = StdioKind::Other as u8;
+        }
+    }
+    kinds
 }
 
 fn boot_bytes(boot: &BootInfo) -> &[u8] {

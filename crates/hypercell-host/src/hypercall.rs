@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use hypercell_abi::channel::{CHANNEL_KICK, CHANNEL_WAIT};
 use hypercell_abi::hypercall::{
     ERRNO_NOMEM, FailureKind, MAX_IOVECS, RESULT_OFFSET, RESULT_RESTART,
 };
@@ -14,6 +15,7 @@ use hypercell_abi::wasi::errno;
 use hypercell_abi::{ABI_VERSION, Components, FileOp, Hypercall, HypercallRequest, OutputBuffer};
 use vm_memory::{Address, Bytes, GuestAddress};
 
+use crate::channel::CellChannels;
 use crate::control::{CellControl, StopReason};
 use crate::fs::{FileTable, errno_of};
 use crate::guest_access::{pieces, read_array, read_guest_bytes, write_guest_bytes};
@@ -140,6 +142,8 @@ pub struct Services<'a> {
     /// For a cell that serves several requests: where each next request's identity
     /// goes. `None` answers [`Hypercall::NextRequest`] with "no more".
     pub requests: Option<IdentityRegion>,
+    /// The channels the cell's stdin and stdout are joined to, if any.
+    pub channels: CellChannels<'a>,
 }
 
 /// The part of a cell's memory its VM maps, grown on the guest's request.
@@ -150,6 +154,8 @@ pub struct MemoryGrowth<'a> {
     pub mapped: u64,
     /// End of the memory the guest was told is ready (mapped and backed).
     pub ready: u64,
+    /// End of the memory growth may reach: the heap's end (channel windows follow).
+    pub end: u64,
     /// The next free KVM memory slot.
     pub next_slot: u32,
     /// End of the memory mapped at boot.
@@ -205,8 +211,14 @@ impl Services<'_> {
         self.control.count_hypercall(call);
         let result = match call {
             Hypercall::Flush => 0,
-            Hypercall::Write | Hypercall::Read if !self.components.contains(Components::STDIO) => {
+            Hypercall::Write | Hypercall::Read | Hypercall::Channel
+                if !self.components.contains(Components::STDIO) =>
+            {
                 -i64::from(errno::NOTCAPABLE)
+            }
+            // A stream joined to a channel is the guest's to move through memory.
+            Hypercall::Write | Hypercall::Read if self.channels.stream(args[0]).is_some() => {
+                -i64::from(errno::BADF)
             }
             Hypercall::File if !self.components.contains(Components::FS) => {
                 -i64::from(errno::NOTCAPABLE)
@@ -267,6 +279,7 @@ impl Services<'_> {
             }
             Hypercall::Ready => 0,
             Hypercall::NextRequest => self.next_request(memory),
+            Hypercall::Channel => self.channel(args),
             Hypercall::File => {
                 let op =
                     FileOp::from_number(args[0]).ok_or(HypercallError::UnknownFileOp(args[0]))?;
@@ -287,6 +300,21 @@ impl Services<'_> {
         }
         write_result(memory, addr, result)?;
         Ok(Completion::Resume)
+    }
+
+    /// A channel wait or kick (see [`crate::channel`]).
+    fn channel(&self, [op, stream, observed, ..]: [u64; 6]) -> i64 {
+        let Some(end) = self.channels.stream(stream) else {
+            return -i64::from(errno::BADF);
+        };
+        match op {
+            CHANNEL_WAIT => end.wait(observed, &self.control),
+            CHANNEL_KICK => {
+                end.kick();
+                0
+            }
+            _ => -i64::from(errno::INVAL),
+        }
     }
 
     /// Waits for a server's next request and lays it in the cell's identity: 1, or 0
@@ -386,17 +414,16 @@ impl Services<'_> {
         if requested <= growth.ready {
             return growth.ready as i64;
         }
-        if requested > memory.size() {
+        let limit = growth.end.min(memory.size());
+        if requested > limit {
             return -ERRNO_NOMEM;
         }
-        let ready = requested
-            .next_multiple_of(LARGE_PAGE_SIZE)
-            .min(memory.size());
+        let ready = requested.next_multiple_of(LARGE_PAGE_SIZE).min(limit);
         if ready > growth.mapped {
             let end = ready
                 .max(growth.mapped.saturating_mul(2))
                 .next_multiple_of(LARGE_PAGE_SIZE)
-                .min(memory.size());
+                .min(limit);
             if let Err(error) = growth
                 .vm
                 .map_memory(memory, growth.next_slot, growth.mapped..end)

@@ -3,9 +3,14 @@
 //! ```text
 //! 0        2 MiB     4 MiB                                   2 MiB aligned
 //! | unmapped | system | guest image | boot info, request, args, env, output |
-//!   | compiled module | unmapped guard | stack | heap ... end of memory |
+//!   | compiled module | unmapped guard | stack | heap ... | channel windows |
 //! ```
+//!
+//! A cell joined to others by channels has two windows past its heap, one for the
+//! channel on its stdin and one for the channel on its stdout, in a memory slot of
+//! their own; other cells have none.
 
+use hypercell_abi::channel::CHANNEL_WINDOW_SIZE;
 use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, MAX_MEMORY_SIZE, PAGE_SIZE};
 use hypercell_abi::{BootInfo, GuestPhases, HypercallRequest, OutputBuffer};
 
@@ -52,7 +57,13 @@ pub struct CellLayout {
     pub wasm_memory_limit: u64,
     /// Bytes of the region that holds the arguments, environment and preopen names.
     pub identity_capacity: u64,
+    /// The first of the [`CHANNEL_WINDOWS`] channel windows, at the heap's end; 0 for
+    /// a cell without channels.
+    pub channels: u64,
 }
+
+/// Channel windows of a cell with channels: its stdin's, then its stdout's.
+pub const CHANNEL_WINDOWS: u64 = 2;
 
 fn align_up(value: u64, align: u64) -> u64 {
     value.next_multiple_of(align)
@@ -134,7 +145,25 @@ impl CellLayout {
             heap_end,
             wasm_memory_limit,
             identity_capacity,
+            channels: 0,
         })
+    }
+
+    /// This layout with channel windows past the heap; `None` if the cell would be
+    /// too large.
+    pub fn with_channels(self) -> Option<Self> {
+        let end = self.heap_end + CHANNEL_WINDOWS * CHANNEL_WINDOW_SIZE;
+        (end <= MAX_MEMORY_SIZE).then_some(Self {
+            channels: self.heap_end,
+            ..self
+        })
+    }
+
+    /// The channel window for stream `stream` (0 stdin, 1 stdout), if the cell has
+    /// channels.
+    pub fn channel_window(&self, stream: u64) -> Option<u64> {
+        (self.channels != 0 && stream < CHANNEL_WINDOWS)
+            .then(|| self.channels + stream * CHANNEL_WINDOW_SIZE)
     }
 
     /// End of the memory mapped at boot: everything below the heap and the first
@@ -156,16 +185,21 @@ impl CellLayout {
     pub fn with_memory_size(self, size: u64) -> Option<Self> {
         let heap_end = align_up(size, LARGE_PAGE_SIZE);
         let heap = heap_end.checked_sub(self.heap_start + RUNTIME_HEAP_RESERVE)?;
-        (heap_end <= MAX_MEMORY_SIZE).then_some(Self {
+        (heap_end <= MAX_MEMORY_SIZE && self.channels == 0).then_some(Self {
             heap_end,
             wasm_memory_limit: heap,
             ..self
         })
     }
 
-    /// The guest memory the cell needs: everything up to the end of its heap.
+    /// The guest memory the cell needs: everything up to the end of its heap, and its
+    /// channel windows.
     pub fn memory_size(&self) -> u64 {
-        self.heap_end
+        if self.channels == 0 {
+            self.heap_end
+        } else {
+            self.channels + CHANNEL_WINDOWS * CHANNEL_WINDOW_SIZE
+        }
     }
 }
 
@@ -198,6 +232,28 @@ mod tests {
         assert_eq!(layout.boot_mapping() % LARGE_PAGE_SIZE, 0);
         assert!(layout.boot_mapping() > layout.heap_start);
         assert!(layout.boot_mapping() <= layout.memory_size());
+    }
+
+    #[test]
+    fn channel_windows_lie_past_the_heap() {
+        let layout = CellLayout::plan(64 << 20, 0x4a3000, 0, 0, 30_000).unwrap();
+        assert_eq!(layout.channel_window(0), None);
+        let joined = layout.with_channels().unwrap();
+        assert_eq!(joined.channel_window(0), Some(layout.heap_end));
+        assert_eq!(
+            joined.channel_window(1),
+            Some(layout.heap_end + CHANNEL_WINDOW_SIZE)
+        );
+        assert_eq!(joined.channel_window(2), None);
+        assert_eq!(
+            joined.memory_size(),
+            layout.memory_size() + 2 * CHANNEL_WINDOW_SIZE
+        );
+        let largest = CellLayout::plan(0, 0x4a3000, 0, 0, 30_000)
+            .unwrap()
+            .with_memory_size(MAX_MEMORY_SIZE)
+            .unwrap();
+        assert!(largest.with_channels().is_none());
     }
 
     #[test]

@@ -6,6 +6,7 @@
 pub use hypercell_abi as abi;
 
 pub mod cell;
+pub mod channel;
 pub mod compile;
 pub mod config;
 pub mod control;
@@ -24,8 +25,9 @@ mod vcpu_runner;
 pub use cell::{
     CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, GuestTimings,
     ResetReport, create_init_template, create_template, keep_vms_ready, restore_cell, run_cell,
-    run_cell_with_control, start_from_template,
+    run_cell_with_control, run_joined_cell, start_from_template,
 };
+pub use channel::{CellChannels, ChannelEnd, channel};
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
 pub use control::{CellActivity, CellControl, StopReason};

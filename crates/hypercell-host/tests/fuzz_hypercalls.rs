@@ -305,6 +305,7 @@ impl Fixture {
                 vm: &self.vm,
                 mapped: BOOT_MAPPING,
                 ready: BOOT_MAPPING,
+                end: MEMORY,
                 next_slot: hypercell_vmm::FIRST_GROWTH_SLOT,
                 boot_mapping: BOOT_MAPPING,
                 tables: ReservationTables::default(),
@@ -318,6 +319,7 @@ impl Fixture {
             }])
             .unwrap(),
             template_stop: None,
+            channels: Default::default(),
             requests: None,
             components,
         };

@@ -2,16 +2,22 @@
 //! the CPU. Every case must end its own cell with a clear report; the host process
 //! survives, and the next cell in the same process runs normally.
 
+mod common;
+
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
+use hypercell_abi::ChannelHeader;
+use hypercell_abi::channel::{CHANNEL_KICK, CHANNEL_WAIT};
 use hypercell_abi::hypercall::RESULT_OFFSET;
 use hypercell_abi::layout::{HYPERCALL_PORT, IMAGE_BASE, RESERVATION_BASE, SYSTEM_BASE};
+use hypercell_abi::wasi::errno;
 use hypercell_abi::{ABI_VERSION, BootInfo, Hypercall, OutputBuffer};
 use hypercell_host::hypercall::HypercallError;
 use hypercell_host::{
-    CellConfig, CellError, CellExit, CellFailure, CellPayload, CellReport, CellStdio,
+    CellChannels, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
+    CellReport, CellStdio, ChannelEnd, StopReason,
 };
 use hypercell_vmm::GuestException;
 
@@ -212,7 +218,7 @@ fn a_benign_raw_guest_exits_with_its_status() {
 
 #[test]
 fn unknown_hypercall_numbers_end_the_cell() {
-    for number in [0, 15, 0x7fff_ffff, u32::MAX] {
+    for number in [0, 16, 0x7fff_ffff, u32::MAX] {
         let code = Asm::new()
             .request_raw(ABI_VERSION, number, [0; 6])
             .hypercall()
@@ -850,5 +856,264 @@ fn mapping_requests_outside_the_rules_are_refused() {
             matches!(abi_error(&code), HypercallError::Mapping(_)),
             "{args:x?}"
         );
+    }
+}
+
+/// A wasm program that reads stdin to its end, 64 KiB at a time, and exits with the
+/// errno of the first read that fails (0 at the end of input).
+const CHANNEL_READER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 2)
+  (func (export "_start") (local $e i32)
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (loop $more
+      (local.set $e (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (if (local.get $e) (then (call $exit (local.get $e))))
+      (br_if $more (i32.load (i32.const 8))))
+    (call $exit (i32.const 0))))"#;
+
+/// A wasm program that writes 64 KiB to stdout again and again, and exits with the
+/// errno of the first write that fails.
+const CHANNEL_WRITER: &str = r#"(module
+  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
+  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
+  (memory (export "memory") 2)
+  (func (export "_start") (local $e i32)
+    (i32.store (i32.const 0) (i32.const 64))
+    (i32.store (i32.const 4) (i32.const 65536))
+    (loop $more
+      (local.set $e (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (if (local.get $e) (then (call $exit (local.get $e))))
+      (br $more))))"#;
+
+/// The channels of a cell holding `end` alone.
+fn channels_of(end: &ChannelEnd) -> CellChannels<'_> {
+    if end.is_reader() {
+        CellChannels {
+            stdin: Some(end),
+            stdout: None,
+        }
+    } else {
+        CellChannels {
+            stdin: None,
+            stdout: Some(end),
+        }
+    }
+}
+
+/// Runs raw `code` joined by a channel to the wasm program `peer`: the raw cell holds
+/// the writing end when `raw_writes`, else the reading end. Once the peer has ended,
+/// the raw cell is stopped if it still runs. Returns how the raw cell and the peer
+/// ended.
+fn joined_with_raw(
+    code: &[u8],
+    peer: &str,
+    raw_writes: bool,
+) -> (
+    Result<CellReport, CellFailure>,
+    Result<CellReport, CellFailure>,
+) {
+    let module = common::compile(peer);
+    let (writer, reader) = hypercell_host::channel().unwrap();
+    let (raw_end, peer_end) = if raw_writes {
+        (writer, reader)
+    } else {
+        (reader, writer)
+    };
+    let null = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let stdio = CellStdio {
+        stdin: null.as_fd(),
+        stdout: null.as_fd(),
+        stderr: null.as_fd(),
+    };
+    let raw_control = CellControl::new();
+    std::thread::scope(|scope| {
+        let raw = scope.spawn(|| {
+            hypercell_host::run_joined_cell(
+                &config(),
+                CellPayload::MachineCode(code),
+                stdio,
+                &raw_control,
+                channels_of(&raw_end),
+            )
+        });
+        let payload = CellPayload::Wasm {
+            module: &module,
+            cpu_features: common::cpu_features(),
+        };
+        let peer = hypercell_host::run_joined_cell(
+            &config(),
+            payload,
+            stdio,
+            &CellControl::new(),
+            channels_of(&peer_end),
+        );
+        raw_control.stop(StopReason::Signal(libc::SIGTERM));
+        (raw.join().unwrap(), peer)
+    })
+}
+
+/// Raw code that loads the header of its channel on `stream` into `rcx`, writes
+/// `value` at `offset` in it, kicks its peer, and spins until it is stopped.
+fn corrupt_channel(stream: u64, offset: usize, value: u64) -> Vec<u8> {
+    let mut asm = Asm::new();
+    let field = if stream == 0 {
+        std::mem::offset_of!(BootInfo, stdin_channel)
+    } else {
+        std::mem::offset_of!(BootInfo, stdout_channel)
+    };
+    asm.load(RCX, RDI, field as u32);
+    asm.mov(RAX, value)
+        .store(RCX, offset as u32, RAX)
+        .call(Hypercall::Channel, [CHANNEL_KICK, stream, 0, 0, 0, 0])
+        // jmp $
+        .raw(&[0xeb, 0xfe])
+        .code()
+}
+
+fn stopped_by_the_test(raw: Result<CellReport, CellFailure>) {
+    match raw {
+        Err(failure) => assert!(
+            matches!(failure.error, CellError::Stopped(libc::SIGTERM)),
+            "{}",
+            failure.error
+        ),
+        Ok(report) => panic!("the raw cell ended by itself: {:?}", report.exit),
+    }
+}
+
+#[test]
+fn a_writer_that_sets_its_head_to_nonsense_gives_its_reader_an_error() {
+    for head in [u64::MAX, 1 << 40, (1 << 20) + 1] {
+        let code = corrupt_channel(1, std::mem::offset_of!(ChannelHeader, head), head);
+        let (raw, peer) = joined_with_raw(&code, CHANNEL_READER, true);
+        assert_eq!(
+            peer.unwrap().exit,
+            CellExit::Exited(i32::from(errno::IO)),
+            "head {head:#x}"
+        );
+        stopped_by_the_test(raw);
+    }
+}
+
+#[test]
+fn a_writer_that_claims_a_full_ring_gives_its_reader_ring_bytes_only() {
+    // A head exactly a ring ahead is a full ring of whatever lies there: the reader
+    // takes it, then waits for more, and reads the end once the writer is gone.
+    let code = corrupt_channel(1, std::mem::offset_of!(ChannelHeader, head), 1 << 20);
+    let (writer, reader) = hypercell_host::channel().unwrap();
+    let module = common::compile(CHANNEL_READER);
+    let null = std::fs::File::options()
+        .read(true)
+        .write(true)
+        .open("/dev/null")
+        .unwrap();
+    let stdio = CellStdio {
+        stdin: null.as_fd(),
+        stdout: null.as_fd(),
+        stderr: null.as_fd(),
+    };
+    let raw_control = CellControl::new();
+    let peer = std::thread::scope(|scope| {
+        let peer = scope.spawn(|| {
+            let payload = CellPayload::Wasm {
+                module: &module,
+                cpu_features: common::cpu_features(),
+            };
+            hypercell_host::run_joined_cell(
+                &config(),
+                payload,
+                stdio,
+                &CellControl::new(),
+                channels_of(&reader),
+            )
+        });
+        let raw = hypercell_host::run_joined_cell(
+            &CellConfig {
+                timeout: Some(Duration::from_millis(500)),
+                ..config()
+            },
+            CellPayload::MachineCode(&code),
+            stdio,
+            &raw_control,
+            channels_of(&writer),
+        );
+        assert!(matches!(
+            raw.map(|report| report.exit)
+                .map_err(|failure| failure.error),
+            Err(CellError::Timeout(_))
+        ));
+        peer.join().unwrap()
+    });
+    assert_eq!(peer.unwrap().exit, CellExit::Exited(0));
+}
+
+#[test]
+fn a_reader_that_sets_its_tail_to_nonsense_gives_its_writer_an_error() {
+    // Tails ahead of anything written. (A tail a little behind is a reader that
+    // reads nothing: its writer fills the ring and waits, as for any stalled reader.)
+    for tail in [1 << 40, u64::MAX / 2, 1 << 63] {
+        let code = corrupt_channel(0, std::mem::offset_of!(ChannelHeader, tail), tail);
+        let (raw, peer) = joined_with_raw(&code, CHANNEL_WRITER, false);
+        assert_eq!(
+            peer.unwrap().exit,
+            CellExit::Exited(i32::from(errno::IO)),
+            "tail {tail:#x}"
+        );
+        stopped_by_the_test(raw);
+    }
+}
+
+#[test]
+fn a_reader_that_says_it_closed_gives_its_writer_epipe() {
+    let code = corrupt_channel(0, std::mem::offset_of!(ChannelHeader, reader_closed), 1);
+    let (raw, peer) = joined_with_raw(&code, CHANNEL_WRITER, false);
+    assert_eq!(peer.unwrap().exit, CellExit::Exited(i32::from(errno::PIPE)));
+    stopped_by_the_test(raw);
+}
+
+#[test]
+fn channel_calls_outside_the_rules_are_refused() {
+    let bad = |args: [u64; 6]| {
+        Asm::new()
+            .call(Hypercall::Channel, args)
+            .exit_with_result()
+            .code()
+    };
+    let badf = CellExit::Exited(-i32::from(errno::BADF));
+    // A cell without channels.
+    let outcome = run_with(&bad([CHANNEL_WAIT, 0, 0, 0, 0, 0]), &config(), b"");
+    assert_eq!(outcome.result.unwrap().exit, badf);
+    // A stream that is not a channel, an unknown operation, and stdio calls on a
+    // stream that is one.
+    let cases = [
+        (bad([CHANNEL_KICK, 0, 0, 0, 0, 0]), badf.clone()),
+        (bad([CHANNEL_WAIT, 2, 0, 0, 0, 0]), badf.clone()),
+        (bad([CHANNEL_KICK, u64::MAX, 0, 0, 0, 0]), badf.clone()),
+        (
+            bad([99, 1, 0, 0, 0, 0]),
+            CellExit::Exited(-i32::from(errno::INVAL)),
+        ),
+        (
+            Asm::new()
+                .put(RBX, 256, 0x1000)
+                .put(RBX, 264, 16)
+                .call(Hypercall::Write, [1, 0, 0, 0, 0, 0])
+                .exit_with_result()
+                .code(),
+            badf.clone(),
+        ),
+    ];
+    for (code, expected) in cases {
+        let (raw, peer) = joined_with_raw(&code, CHANNEL_READER, true);
+        assert_eq!(raw.unwrap().exit, expected);
+        // The raw writer ended without writing: its reader reads the end.
+        assert_eq!(peer.unwrap().exit, CellExit::Exited(0));
     }
 }

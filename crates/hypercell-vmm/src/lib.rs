@@ -22,6 +22,6 @@ pub use state::{TablesState, VcpuState};
 pub use vcpu::{
     GuestException, Vcpu, VcpuError, VcpuEvent, VcpuHandle, VcpuThread, prepare_kicks, run_ioctls,
 };
-pub use vm::{FIRST_GROWTH_SLOT, Vm, VmError};
+pub use vm::{CHANNEL_SLOT, FIRST_GROWTH_SLOT, Vm, VmError};
 pub use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend};
 pub use vm_pool::{FreshVm, VmPool};

@@ -156,6 +156,24 @@ impl GuestMemory {
         file: BorrowedFd<'_>,
         offset: u64,
     ) -> Result<(), MemoryError> {
+        self.map_fd(addr, len, file, offset, libc::MAP_PRIVATE)
+    }
+
+    /// Backs `len` bytes of guest-physical memory at `addr` (4 KiB-aligned) with a
+    /// shared mapping of `file` from its start: what the guest writes there reaches the
+    /// file, and every other mapping of it, at once (a channel between two cells).
+    pub fn map_shared(&self, addr: u64, len: u64, file: BorrowedFd<'_>) -> Result<(), MemoryError> {
+        self.map_fd(addr, len, file, 0, libc::MAP_SHARED)
+    }
+
+    fn map_fd(
+        &self,
+        addr: u64,
+        len: u64,
+        file: BorrowedFd<'_>,
+        offset: u64,
+        sharing: libc::c_int,
+    ) -> Result<(), MemoryError> {
         let page = 4096;
         let end = addr.checked_add(len.next_multiple_of(page));
         if !addr.is_multiple_of(page)
@@ -171,14 +189,15 @@ impl GuestMemory {
         let length = len.next_multiple_of(page) as usize;
         // SAFETY: the target range was checked to lie inside this value's own mapping,
         // which MAP_FIXED replaces in place: no memory outside it is affected, and the
-        // range stays mapped (now by the file) for as long as this value lives. The
-        // mapping is private, so neither the host nor the guest can change the file.
+        // range stays mapped (now by the file) for as long as this value lives. A
+        // private mapping cannot change the file; a shared one changes only the file
+        // the caller chose to share.
         let mapped = unsafe {
             libc::mmap(
                 self.host.as_ptr().add(addr as usize).cast(),
                 length,
                 libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_FIXED,
+                sharing | libc::MAP_FIXED,
                 file.as_raw_fd(),
                 offset as libc::off_t,
             )

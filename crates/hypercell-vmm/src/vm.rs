@@ -23,8 +23,10 @@ use crate::{GuestMemory, Vcpu, VcpuError};
 const LOW_SLOT: u32 = 0;
 const TABLES_SLOT: u32 = 1;
 const IMAGE_SLOT: u32 = 2;
+/// The slot of a cell's channel windows, past the end of its heap.
+pub const CHANNEL_SLOT: u32 = 3;
 /// The first slot free for memory mapped after boot.
-pub const FIRST_GROWTH_SLOT: u32 = 3;
+pub const FIRST_GROWTH_SLOT: u32 = 4;
 /// Where the reservation area's tables start, in guest-physical memory.
 const TABLES_START: u64 = SYSTEM_BASE + RESERVATION_PDPT_OFFSET;
 

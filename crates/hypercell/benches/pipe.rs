@@ -2,7 +2,12 @@
 //! `hypercell pipe` against `wasmtime run A | wasmtime run B` through a shell pipe (on
 //! precompiled code) and against the native C programs through a shell pipe, in one
 //! run, interleaved: throughput (medians) and, for hypercell, VM exits per MiB (from
-//! `--stats`).
+//! `--stats`): all of them, and at steady state, less those of the same pipeline
+//! moving nothing (its start and end).
+//!
+//! Two pairs: `source` to `sink`, which do next to nothing with the bytes (the pipe
+//! itself), and `produce` to `digest`, which compute every byte and hash it with
+//! FNV-1a, a byte at a time (a pipeline bound by its programs).
 //!
 //! `cargo bench -p hypercell --bench pipe` (`HYPERCELL_BENCH_RUNS` runs each, default 3;
 //! `HYPERCELL_BENCH_MIB` MiB, default 1024). Prints a markdown report.
@@ -64,89 +69,127 @@ fn exits(stats: &str) -> u64 {
 fn main() {
     let runs = count_from_env("HYPERCELL_BENCH_RUNS", 3);
     let mib = count_from_env("HYPERCELL_BENCH_MIB", 1024);
-    let hypercell = Path::new(env!("CARGO_BIN_EXE_hypercell"));
-    let wasmtime = find_wasmtime();
-    let programs = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs");
-    let work = Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipe-bench");
-    let cache = work.join("cache");
-    std::fs::create_dir_all(&work).unwrap();
-    let built = |name: &str| -> [PathBuf; 3] {
-        let source = programs.join(format!("{name}.c"));
-        let wasm = work.join(format!("{name}.wasm"));
-        let native = work.join(name);
-        let cwasm = work.join(format!("{name}.cwasm"));
-        build("clang", &["--target=wasm32-wasi", "-O2"], &source, &wasm);
-        build("cc", &["-O2"], &source, &native);
-        wasmtime_compile(&wasmtime, &wasm, &cwasm);
-        [wasm, native, cwasm]
+    let bench = Bench {
+        hypercell: Path::new(env!("CARGO_BIN_EXE_hypercell")),
+        wasmtime: find_wasmtime(),
+        programs: Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/programs"),
+        work: Path::new(env!("CARGO_TARGET_TMPDIR")).join("pipe-bench"),
+        runs,
+        mib,
     };
-    let [produce_wasm, produce, produce_cwasm] = built("produce");
-    let [digest_wasm, digest, digest_cwasm] = built("digest");
-
-    let native = || {
-        shell(&format!(
-            "{} {mib} | {}",
-            produce.display(),
-            digest.display()
-        ))
-    };
-    let wasmtime_pipe = || {
-        shell(&format!(
-            "{w} run --allow-precompiled {} {mib} | {w} run --allow-precompiled {}",
-            produce_cwasm.display(),
-            digest_cwasm.display(),
-            w = wasmtime.display()
-        ))
-    };
-    let hypercell_pipe = || {
-        let mut command = Command::new(hypercell);
-        command
-            .env("XDG_CACHE_HOME", &cache)
-            .args(["pipe", "--stats"])
-            .arg(format!("{} {mib}", produce_wasm.display()))
-            .arg(&digest_wasm);
-        command
-    };
-    // The reference answer, and warm caches.
-    let (_, expected, _) = timed(&mut native());
-    timed(&mut hypercell_pipe());
-    let (mut ours, mut theirs, mut natives, mut exit_counts) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    for _ in 0..runs {
-        let (elapsed, out, _) = timed(&mut native());
-        assert_eq!(out, expected);
-        natives.push(elapsed);
-        let (elapsed, out, _) = timed(&mut wasmtime_pipe());
-        assert_eq!(out, expected, "wasmtime's pipeline computed something else");
-        theirs.push(elapsed);
-        let (elapsed, out, stats) = timed(&mut hypercell_pipe());
-        assert_eq!(
-            out, expected,
-            "hypercell's pipeline computed something else"
-        );
-        ours.push(elapsed);
-        exit_counts.push(exits(&stats) as f64);
-    }
-    let rate = |seconds: f64| mib as f64 / seconds;
-    let (ours, theirs, natives) = (median(ours), median(theirs), median(natives));
+    std::fs::create_dir_all(&bench.work).unwrap();
     println!(
         "## Pipelines: producer to consumer, {mib} MiB in 64 KiB writes, medians of {runs} interleaved runs\n"
     );
-    println!("| pipeline | MiB/s | hypercell throughput vs it | exits per MiB |");
-    println!("|---|---:|---:|---:|");
-    println!(
-        "| `hypercell pipe` | {:.0} | | {:.2} |",
-        rate(ours),
-        median(exit_counts) / mib as f64
-    );
-    println!(
-        "| `wasmtime run A \\| wasmtime run B` (shell pipe) | {:.0} | {:.2}x | |",
-        rate(theirs),
-        theirs / ours
-    );
-    println!(
-        "| native `A \\| B` (shell pipe) | {:.0} | {:.2}x | |",
-        rate(natives),
-        natives / ours
-    );
+    println!("| pipeline | MiB/s | hypercell throughput vs it | exits per MiB | at steady state |");
+    println!("|---|---:|---:|---:|---:|");
+    bench.pair("source", "sink", "the pipe itself");
+    bench.pair("produce", "digest", "FNV-1a of every byte");
+}
+
+struct Bench<'a> {
+    hypercell: &'a Path,
+    wasmtime: PathBuf,
+    programs: PathBuf,
+    work: PathBuf,
+    runs: usize,
+    mib: usize,
+}
+
+impl Bench<'_> {
+    /// Builds `name` as wasm, native code and wasmtime's precompiled code.
+    fn built(&self, name: &str) -> [PathBuf; 3] {
+        let source = self.programs.join(format!("{name}.c"));
+        let wasm = self.work.join(format!("{name}.wasm"));
+        let native = self.work.join(name);
+        let cwasm = self.work.join(format!("{name}.cwasm"));
+        build("clang", &["--target=wasm32-wasi", "-O2"], &source, &wasm);
+        build("cc", &["-O2"], &source, &native);
+        wasmtime_compile(&self.wasmtime, &wasm, &cwasm);
+        [wasm, native, cwasm]
+    }
+
+    /// Measures `producer | consumer` three ways and prints a row for each.
+    fn pair(&self, producer: &str, consumer: &str, what: &str) {
+        let mib = self.mib;
+        let [producer_wasm, producer, producer_cwasm] = self.built(producer);
+        let [consumer_wasm, consumer, consumer_cwasm] = self.built(consumer);
+        let native = || {
+            shell(&format!(
+                "{} {mib} | {}",
+                producer.display(),
+                consumer.display()
+            ))
+        };
+        let wasmtime_pipe = || {
+            shell(&format!(
+                "{w} run --allow-precompiled {} {mib} | {w} run --allow-precompiled {}",
+                producer_cwasm.display(),
+                consumer_cwasm.display(),
+                w = self.wasmtime.display()
+            ))
+        };
+        let hypercell_pipe_of = |mib: usize| {
+            let mut command = Command::new(self.hypercell);
+            command
+                .env("XDG_CACHE_HOME", self.work.join("cache"))
+                .args(["pipe", "--stats"])
+                .arg(format!("{} {mib}", producer_wasm.display()))
+                .arg(&consumer_wasm);
+            command
+        };
+        let hypercell_pipe = || hypercell_pipe_of(mib);
+        // The reference answer, and warm caches.
+        let (_, expected, _) = timed(&mut native());
+        timed(&mut hypercell_pipe());
+        let (mut ours, mut theirs, mut natives, mut exit_counts, mut idle_exits) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..self.runs {
+            let (_, _, stats) = timed(&mut hypercell_pipe_of(0));
+            idle_exits.push(exits(&stats) as f64);
+            let (elapsed, out, _) = timed(&mut native());
+            assert_eq!(out, expected);
+            natives.push(elapsed);
+            let (elapsed, out, _) = timed(&mut wasmtime_pipe());
+            assert_eq!(out, expected, "wasmtime's pipeline computed something else");
+            theirs.push(elapsed);
+            let (elapsed, out, stats) = timed(&mut hypercell_pipe());
+            assert_eq!(
+                out, expected,
+                "hypercell's pipeline computed something else"
+            );
+            ours.push(elapsed);
+            exit_counts.push(exits(&stats) as f64);
+        }
+        let rate = |seconds: f64| mib as f64 / seconds;
+        let (ours, theirs, natives) = (median(ours), median(theirs), median(natives));
+        let (exit_count, idle_exits) = (median(exit_counts), median(idle_exits));
+        let names = format!(
+            "`{}` to `{}` ({what})",
+            producer_name(&producer),
+            producer_name(&consumer)
+        );
+        println!(
+            "| {names}: `hypercell pipe` | {:.0} | | {:.3} | {:.3} |",
+            rate(ours),
+            exit_count / mib as f64,
+            (exit_count - idle_exits).max(0.0) / mib as f64
+        );
+        println!(
+            "| {names}: `wasmtime run A \\| wasmtime run B` (shell pipe) | {:.0} | {:.2}x | | |",
+            rate(theirs),
+            theirs / ours
+        );
+        println!(
+            "| {names}: native `A \\| B` (shell pipe) | {:.0} | {:.2}x | | |",
+            rate(natives),
+            natives / ours
+        );
+    }
+}
+
+fn producer_name(path: &Path) -> String {
+    path.file_name()
+        .map(|name| name.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }

@@ -4,11 +4,13 @@
 //! stderr is this process's. The exit status is a shell's with `pipefail`: the last
 //! stage's that is not 0, else 0.
 //!
-//! Stages are joined by pipes for now, so each byte is copied through the host; the
-//! shared-memory channels that issue 15 asks for will replace them.
+//! Stages are joined by channels (`hypercell_host::channel`): rings in memory both
+//! cells map, so that bytes go from one program to the next without the host, and,
+//! while both keep up, without an exit.
 
+use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -19,8 +21,8 @@ use hypercell_host::config::{
 };
 use hypercell_host::persist::SnapshotFile;
 use hypercell_host::{
-    CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload, CellReport, CellStdio,
-    CompiledModule, Compiler, run_cell_with_control,
+    CellChannels, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
+    CellReport, CellStdio, ChannelEnd, CompiledModule, Compiler, channel, run_joined_cell,
 };
 
 use crate::grant_args::GrantArgs;
@@ -118,15 +120,23 @@ pub fn pipe(args: PipeArgs) -> ExitCode {
             components,
         })
         .collect();
-    let pipes = match (1..stages.len())
-        .map(|_| pipe_pair())
+    let channels = match (1..stages.len())
+        .map(|_| channel())
         .collect::<Result<Vec<_>, _>>()
     {
-        Ok(pipes) => pipes,
-        Err(e) => return crate::fail_with(&format!("cannot make a pipe between stages: {e}")),
+        Ok(channels) => channels,
+        Err(e) => {
+            return crate::fail_with(&format!("cannot make a channel between stages: {e}"));
+        }
+    };
+    // What a stage's runtime might still send the host for a stream that is a channel
+    // goes nowhere.
+    let null = match File::options().read(true).write(true).open("/dev/null") {
+        Ok(null) => null,
+        Err(e) => return crate::fail_with(&format!("cannot open /dev/null: {e}")),
     };
     let cpu_features = compiler.cpu_features();
-    let ends = run_stages(&configs, &modules, cpu_features, &controls, pipes);
+    let ends = run_stages(&configs, &modules, cpu_features, &controls, channels, &null);
     if args.stats {
         print_stats(&stages, &ends);
     }
@@ -143,19 +153,20 @@ pub fn pipe(args: PipeArgs) -> ExitCode {
     )
 }
 
-/// Runs each stage on a thread of its own, stage `i` reading the read end of pipe
-/// `i - 1` and writing the write end of pipe `i`; each stage closes its ends as it
-/// ends, so that its neighbours read end of file or get EPIPE.
+/// Runs each stage on a thread of its own, stage `i` reading the reading end of
+/// channel `i - 1` and writing the writing end of channel `i`; each stage's ends close
+/// as it ends, so that its neighbours read end of file or get EPIPE.
 fn run_stages(
     configs: &[CellConfig],
     modules: &[CompiledModule],
     cpu_features: u32,
     controls: &[CellControl],
-    pipes: Vec<(OwnedFd, OwnedFd)>,
+    channels: Vec<(ChannelEnd, ChannelEnd)>,
+    null: &File,
 ) -> Vec<StageEnd> {
-    let mut reads: Vec<Option<OwnedFd>> = vec![None];
-    let mut writes: Vec<Option<OwnedFd>> = Vec::new();
-    for (read, write) in pipes {
+    let mut reads: Vec<Option<ChannelEnd>> = vec![None];
+    let mut writes: Vec<Option<ChannelEnd>> = Vec::new();
+    for (write, read) in channels {
         writes.push(Some(write));
         reads.push(Some(read));
     }
@@ -169,19 +180,23 @@ fn run_stages(
                 scope.spawn(move || {
                     let inherited = CellStdio::inherit();
                     let stdio = CellStdio {
-                        stdin: input.as_ref().map_or(inherited.stdin, AsFd::as_fd),
-                        stdout: output.as_ref().map_or(inherited.stdout, AsFd::as_fd),
+                        stdin: input.as_ref().map_or(inherited.stdin, |_| null.as_fd()),
+                        stdout: output.as_ref().map_or(inherited.stdout, |_| null.as_fd()),
                         stderr: inherited.stderr,
                     };
                     let payload = CellPayload::Wasm {
                         module,
                         cpu_features,
                     };
+                    let joined = CellChannels {
+                        stdin: input.as_ref(),
+                        stdout: output.as_ref(),
+                    };
                     let started = Instant::now();
-                    let result = run_cell_with_control(config, payload, stdio, control);
+                    let result = run_joined_cell(config, payload, stdio, control, joined);
                     let end = stage_end(i, result, config, started.elapsed());
-                    // Closed now, not when every stage has ended: the neighbours
-                    // learn of this end.
+                    // Closed now, not when every stage has ended, even when the cell
+                    // never started: the neighbours learn of this end.
                     drop(input);
                     drop(output);
                     end
@@ -257,19 +272,6 @@ fn print_stats(stages: &[Vec<String>], ends: &[StageEnd]) {
     }
     let _ = std::io::stderr().write_all(out.as_bytes());
 }
-
-/// A pipe between stages, with a buffer as large as a cell's output and read-ahead
-/// buffers (1 MiB, the kernel's default most), so that one exit moves a buffer whole
-/// rather than 64 KiB of it; a kernel that allows less keeps its default.
-fn pipe_pair() -> std::io::Result<(OwnedFd, OwnedFd)> {
-    let (read, write) = hypercell_host::stdio::pipe()?;
-    // SAFETY: F_SETPIPE_SZ resizes the buffer of a pipe we own.
-    unsafe { libc::fcntl(write.as_raw_fd(), libc::F_SETPIPE_SZ, PIPE_SIZE) };
-    Ok((read, write))
-}
-
-/// The buffer of a pipe between stages.
-const PIPE_SIZE: libc::c_int = 1 << 20;
 
 /// Splits a stage into words as a shell would for simple words: spaces separate them,
 /// and single or double quotes keep spaces inside one (a backslash escapes the next

@@ -33,6 +33,12 @@ pub enum SnapshotError {
     /// The pages it wrote could not be listed.
     #[error("the pages the cell wrote cannot be listed: {0}")]
     Scan(std::io::Error),
+    /// It is joined to other cells by channels, whose bytes in flight are theirs as
+    /// much as its own.
+    #[error(
+        "the cell is joined to other cells by channels, and a snapshot of it alone would split them"
+    )]
+    Joined,
 }
 
 /// Granule of the saved memory.

@@ -222,3 +222,8 @@ pub fn first_read_template(module: &CompiledModule, config: &CellConfig) -> Cell
     )
     .unwrap()
 }
+
+/// The CPU features cells' code is compiled for here.
+pub fn cpu_features() -> u32 {
+    compiler().cpu_features()
+}

@@ -1,0 +1,328 @@
+//! Channels: a byte stream from one cell's stdout to another's stdin through memory
+//! both cells map, so that data moves with no host copy and, while both sides keep
+//! up, no exit (see [`hypercell_abi::channel`] for the protocol the guests follow).
+//!
+//! The host's part is small: it makes the shared memory (a memfd, mapped into each
+//! cell's channel window), parks a cell that must block until its peer kicks it or
+//! ends, and closes a cell's ends when it ends. It never reads the ring's bytes, and of
+//! the header it only compares the peer's index with what the waiter saw, so nothing a
+//! hostile guest writes there can mislead it.
+
+use std::io;
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use hypercell_abi::ChannelHeader;
+use hypercell_abi::channel::{CHANNEL_DATA_OFFSET, MAX_CHANNEL_CAPACITY};
+use hypercell_abi::hypercall::RESULT_RESTART;
+use hypercell_vmm::{GuestMemory, MemoryError};
+
+use crate::control::CellControl;
+
+/// Bytes of a channel's ring.
+pub const CHANNEL_CAPACITY: u64 = MAX_CHANNEL_CAPACITY;
+
+/// Which end of a channel: the writing cell's or the reading cell's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Side {
+    Writer = 0,
+    Reader = 1,
+}
+
+impl Side {
+    fn peer(self) -> Self {
+        match self {
+            Side::Writer => Side::Reader,
+            Side::Reader => Side::Writer,
+        }
+    }
+}
+
+/// What both ends share: the memory and, host-side, each side's doorbell and whether
+/// it is gone.
+struct Shared {
+    memory: OwnedFd,
+    header: NonNull<ChannelHeader>,
+    len: usize,
+    /// Bumped to wake the side it belongs to; futex words.
+    doorbells: [AtomicU32; 2],
+    /// Set once a side's cell ended (or its end was dropped). The host's own record:
+    /// the flags in the header are the guests' to read and anyone's to overwrite.
+    closed: [AtomicBool; 2],
+}
+
+// SAFETY: the header pointer is the base of a shared mapping this value owns; it is
+// only reached through atomics, which any thread may use.
+unsafe impl Send for Shared {}
+// SAFETY: as for `Send`.
+unsafe impl Sync for Shared {}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // SAFETY: the mapping was made in `channel` with this length and nothing
+        // refers to it once the last end is gone.
+        unsafe { libc::munmap(self.header.as_ptr().cast(), self.len) };
+    }
+}
+
+/// One end of a channel, for a cell's stdin (the reading end) or stdout (the writing
+/// end). Dropping it closes it.
+pub struct ChannelEnd {
+    shared: Arc<Shared>,
+    side: Side,
+}
+
+impl std::fmt::Debug for ChannelEnd {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChannelEnd")
+            .field("side", &self.side)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Makes a channel: its writing end, then its reading end.
+pub fn channel() -> io::Result<(ChannelEnd, ChannelEnd)> {
+    let len = (CHANNEL_DATA_OFFSET + CHANNEL_CAPACITY) as usize;
+    // SAFETY: the name is a NUL-terminated string; memfd_create only reads it.
+    let fd = unsafe { libc::memfd_create(c"hypercell-channel".as_ptr(), libc::MFD_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: memfd_create just made this descriptor and nothing else owns it.
+    let memory = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: ftruncate sizes the file the descriptor refers to; it reads no memory.
+    if unsafe { libc::ftruncate(fd, len as libc::off_t) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh shared mapping of the whole file, placed by the kernel: it
+    // overlaps nothing, and `Shared` unmaps it when the last end is dropped.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED,
+            fd,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    // Backing the ring now costs a few µs a page once; a guest's first touch of
+    // memory the host has not backed costs about ten times that.
+    // SAFETY: the range is the mapping just made; populating only faults its pages in.
+    unsafe { libc::madvise(base, len, libc::MADV_POPULATE_WRITE) };
+    let shared = Arc::new(Shared {
+        memory,
+        header: NonNull::new(base.cast()).expect("mmap does not return null"),
+        len,
+        doorbells: [AtomicU32::new(0), AtomicU32::new(0)],
+        closed: [AtomicBool::new(false), AtomicBool::new(false)],
+    });
+    Ok((
+        ChannelEnd {
+            shared: Arc::clone(&shared),
+            side: Side::Writer,
+        },
+        ChannelEnd {
+            shared,
+            side: Side::Reader,
+        },
+    ))
+}
+
+impl ChannelEnd {
+    /// Whether this is the reading end (for a cell's stdin).
+    pub fn is_reader(&self) -> bool {
+        self.side == Side::Reader
+    }
+
+    /// Bytes of the ring.
+    pub fn capacity(&self) -> u64 {
+        CHANNEL_CAPACITY
+    }
+
+    /// Maps the channel's header and ring into `memory` at guest-physical `window`.
+    pub(crate) fn map_into(&self, memory: &GuestMemory, window: u64) -> Result<(), MemoryError> {
+        memory.map_shared(window, self.shared.len as u64, self.shared.memory.as_fd())
+    }
+
+    fn word64(&self, offset: usize) -> &AtomicU64 {
+        // SAFETY: the offset is that of a u64 field of the header, which lies at the
+        // start of the mapping (page-aligned, so the field is 8-aligned); the mapping
+        // lives as long as `shared`, and guests reach it only as plain memory, which
+        // atomics tolerate.
+        unsafe { &*self.shared.header.as_ptr().cast::<u8>().add(offset).cast() }
+    }
+
+    fn word32(&self, offset: usize) -> &AtomicU32 {
+        // SAFETY: as in `word64`, for a u32 field.
+        unsafe { &*self.shared.header.as_ptr().cast::<u8>().add(offset).cast() }
+    }
+
+    /// The index the peer moves: the writer's head for the reader, the reader's tail
+    /// for the writer.
+    fn peer_index(&self) -> u64 {
+        let offset = match self.side {
+            Side::Reader => std::mem::offset_of!(ChannelHeader, head),
+            Side::Writer => std::mem::offset_of!(ChannelHeader, tail),
+        };
+        self.word64(offset).load(Ordering::SeqCst)
+    }
+
+    /// Whether the peer's program closed its end (or says so in the header).
+    fn peer_said_closed(&self) -> bool {
+        let flag = match self.side {
+            Side::Reader => std::mem::offset_of!(ChannelHeader, writer_closed),
+            Side::Writer => std::mem::offset_of!(ChannelHeader, reader_closed),
+        };
+        self.word32(flag).load(Ordering::SeqCst) != 0
+    }
+
+    /// Whether the peer's cell is gone.
+    pub fn peer_closed(&self) -> bool {
+        self.shared.closed[self.side.peer() as usize].load(Ordering::SeqCst)
+    }
+
+    /// On the cell's vCPU thread: blocks until the peer's index differs from
+    /// `observed`, the peer closed its end or is gone, the cell is being stopped (0 for each), or a
+    /// snapshot abandons the wait ([`RESULT_RESTART`]). A pause parks the wait.
+    pub(crate) fn wait(&self, observed: u64, control: &CellControl) -> i64 {
+        let doorbell = &self.shared.doorbells[self.side as usize];
+        loop {
+            // The doorbell is read before the condition: a kick after the check
+            // changes it, and the futex then does not sleep.
+            let rung = doorbell.load(Ordering::SeqCst);
+            if self.peer_closed() || self.peer_said_closed() || self.peer_index() != observed {
+                return 0;
+            }
+            // SAFETY: the futex word is an aligned u32 that `self` keeps alive; with no
+            // timeout the kernel reads only the word.
+            let rc = unsafe {
+                libc::syscall(
+                    libc::SYS_futex,
+                    doorbell.as_ptr(),
+                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
+                    rung,
+                    std::ptr::null::<libc::timespec>(),
+                )
+            };
+            if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                // A kick from the cell's supervisor: to stop, to pause, or for output.
+                if control.stop_requested().is_some() {
+                    return 0;
+                }
+                if control.park_in_call(true) {
+                    return RESULT_RESTART;
+                }
+            }
+        }
+    }
+
+    /// Wakes the peer from a wait.
+    pub(crate) fn kick(&self) {
+        let doorbell = &self.shared.doorbells[self.side.peer() as usize];
+        doorbell.fetch_add(1, Ordering::SeqCst);
+        // SAFETY: as in `wait`; a wake reads nothing but the word's address.
+        unsafe {
+            libc::syscall(
+                libc::SYS_futex,
+                doorbell.as_ptr(),
+                libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG,
+                i32::MAX,
+            )
+        };
+    }
+
+    /// Closes this end, once its cell has ended: the peer reads what is left and
+    /// then end of file (a reader), or gets `EPIPE` (a writer). Closing again does
+    /// nothing.
+    pub fn close(&self) {
+        if self.shared.closed[self.side as usize].swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let flag = match self.side {
+            Side::Writer => std::mem::offset_of!(ChannelHeader, writer_closed),
+            Side::Reader => std::mem::offset_of!(ChannelHeader, reader_closed),
+        };
+        self.word32(flag).store(1, Ordering::SeqCst);
+        self.kick();
+    }
+}
+
+impl Drop for ChannelEnd {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// The channels a cell's stdin and stdout are joined to, if any.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct CellChannels<'a> {
+    /// The reading end of the channel that is the cell's stdin.
+    pub stdin: Option<&'a ChannelEnd>,
+    /// The writing end of the channel that is the cell's stdout.
+    pub stdout: Option<&'a ChannelEnd>,
+}
+
+impl<'a> CellChannels<'a> {
+    /// Whether the cell has any channel.
+    pub fn any(&self) -> bool {
+        self.stdin.is_some() || self.stdout.is_some()
+    }
+
+    /// The end for stream `stream` (0 stdin, 1 stdout).
+    pub fn stream(&self, stream: u64) -> Option<&'a ChannelEnd> {
+        match stream {
+            0 => self.stdin,
+            1 => self.stdout,
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn closing_an_end_wakes_and_tells_its_peer() {
+        let (writer, reader) = channel().unwrap();
+        assert!(reader.is_reader() && !writer.is_reader());
+        let control = CellControl::new();
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| reader.wait(0, &control));
+            writer.close();
+            assert_eq!(waiting.join().unwrap(), 0);
+        });
+        assert!(reader.peer_closed());
+        assert_eq!(
+            reader
+                .word32(std::mem::offset_of!(ChannelHeader, writer_closed))
+                .load(Ordering::SeqCst),
+            1
+        );
+        assert!(!writer.peer_closed());
+        drop(reader);
+        assert!(writer.peer_closed());
+    }
+
+    #[test]
+    fn a_wait_ends_when_the_peer_moves_and_is_kicked() {
+        let (writer, reader) = channel().unwrap();
+        let control = CellControl::new();
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| writer.wait(0, &control));
+            reader
+                .word64(std::mem::offset_of!(ChannelHeader, tail))
+                .store(4096, Ordering::SeqCst);
+            reader.kick();
+            assert_eq!(waiting.join().unwrap(), 0);
+        });
+        // A wait on an index the peer has already left returns at once.
+        assert_eq!(writer.wait(0, &control), 0);
+    }
+}
