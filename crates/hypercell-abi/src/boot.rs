@@ -14,7 +14,8 @@ pub struct BootInfo {
     pub abi_version: u32,
     /// Bit set of [`CpuFeatures`] the guest may use.
     pub cpu_features: u32,
-    /// The cell's memory limit in bytes: the heap may grow up to here.
+    /// The cell's memory limit in bytes: the heap may grow up to here (a joined cell's
+    /// channel windows lie past it).
     pub memory_size: u64,
     /// First byte of the guest heap.
     pub heap_start: u64,

@@ -125,8 +125,10 @@ pub enum Hypercall {
     /// operation ([`crate::channel::CHANNEL_WAIT`] or [`crate::channel::CHANNEL_KICK`]),
     /// the stream (0 for the stdin channel, 1 for the stdout channel) and, for a wait,
     /// the peer's index as the guest last saw it. A wait returns 0 once the peer's
-    /// index differs from it or the peer is gone, or [`RESULT_RESTART`]; a kick wakes
-    /// the peer and returns 0. A stream without a channel gets `EBADF`.
+    /// index differs from it, the peer closed its end or is gone, or the cell is being
+    /// stopped; [`RESULT_RESTART`] when a snapshot abandoned it. A kick wakes the peer
+    /// and returns 0. A stream without a channel gets `EBADF`, another operation
+    /// `EINVAL`, and a cell without the `stdio` component `NOTCAPABLE`.
     Channel = 15,
 }
 

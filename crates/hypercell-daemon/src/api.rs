@@ -18,8 +18,9 @@ use serde::Deserialize;
 use crate::console::{self, Access, ConsoleAuth};
 use crate::logs::Stream;
 use crate::record::{
-    CellRecord, CellSpec, CellState, CellStatsView, CellUsage, DirMapping, DirSpec, Event,
-    MigrationPhase, MigrationProgress, RestartPolicy, TemplateRecord, TemplateSpec,
+    CellRecord, CellSpec, CellState, CellStatsView, CellUsage, ChannelSpec, ChannelView,
+    DirMapping, DirSpec, Event, MigrationPhase, MigrationProgress, RestartPolicy, TemplateRecord,
+    TemplateSpec,
 };
 use crate::registry::{DaemonError, Migration, Registry};
 
@@ -192,6 +193,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
         .route("/v1/cells/{cell}/stats", get(stats))
         .route("/v1/cells/{cell}/stdin", post(stdin))
         .route("/v1/cells/{cell}/logs", get(logs))
+        .route("/v1/channels", get(channels).post(connect))
         .route("/v1/events", get(events))
         .route("/v1/templates", get(templates).post(create_template))
         .route(
@@ -206,7 +208,7 @@ pub fn router(registry: Arc<Registry>) -> Router {
 async fn not_found() -> ApiError {
     ApiError::new(
         StatusCode::NOT_FOUND,
-        "no such API path: the API is under /v1 (cells, templates, events, ping)",
+        "no such API path: the API is under /v1 (cells, channels, templates, events, ping)",
     )
 }
 
@@ -315,6 +317,28 @@ async fn create(
         blocking(move || registry.create(spec)).await?
     };
     Ok((StatusCode::CREATED, axum::Json(record)))
+}
+
+#[utoipa::path(get, path = "/v1/channels", tag = "channels",
+    responses((status = 200, description = "Every channel between cells, by the cell that writes it", body = Vec<ChannelView>)))]
+async fn channels(State(registry): State<Arc<Registry>>) -> axum::Json<Vec<ChannelView>> {
+    axum::Json(registry.channels())
+}
+
+#[utoipa::path(post, path = "/v1/channels", tag = "channels", request_body = ChannelSpec,
+    responses((status = 415, description = "The body is not sent as application/json", body = ErrorBody),
+        (status = 201, description = "The stdout of `from` is joined to the stdin of `to`: both records, writer first", body = Vec<CellRecord>),
+        (status = 400, description = "A cell is joined to itself, or a field is wrong", body = ErrorBody),
+        (status = 404, description = "No such cell", body = ErrorBody),
+        (status = 409, description = "A cell has started, starts from a snapshot, is to be checkpointed, lacks `stdio`, takes stdin from the API, or has that stream joined already", body = ErrorBody),
+        (status = 413, description = "The body is over 1 MiB", body = ErrorBody)))]
+async fn connect(
+    State(registry): State<Arc<Registry>>,
+    spec: Result<axum::Json<ChannelSpec>, JsonRejection>,
+) -> Answer<(StatusCode, axum::Json<[CellRecord; 2]>)> {
+    let axum::Json(spec) = spec?;
+    let records = blocking(move || registry.connect(&spec.from, &spec.to)).await?;
+    Ok((StatusCode::CREATED, axum::Json(records)))
 }
 
 #[utoipa::path(get, path = "/v1/templates", tag = "templates",
@@ -488,6 +512,8 @@ pub struct Version {
         stdin,
         logs,
         events,
+        channels,
+        connect,
         templates,
         create_template,
         template,
@@ -503,6 +529,8 @@ pub struct Version {
         DirSpec,
         RestartPolicy,
         Event,
+        ChannelSpec,
+        ChannelView,
         ErrorBody,
         SnapshotRequest,
         MigrateRequest,

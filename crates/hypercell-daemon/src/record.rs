@@ -191,6 +191,45 @@ pub struct CellRecord {
     /// While a migration moves it: where to, and how far it got.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub migration: Option<MigrationProgress>,
+    /// The id of the cell whose stdout is this cell's stdin, joined by a channel
+    /// (`hypercell connect`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdin_from: Option<String>,
+    /// The id of the cell whose stdin is this cell's stdout, joined by a channel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stdout_to: Option<String>,
+}
+
+impl CellRecord {
+    /// Whether a channel joins the cell to another.
+    pub fn joined(&self) -> bool {
+        self.stdin_from.is_some() || self.stdout_to.is_some()
+    }
+}
+
+/// `POST /v1/channels`: join one cell's stdout to another's stdin, before either
+/// starts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelSpec {
+    /// The cell whose stdout is joined (id, unique id prefix or name).
+    pub from: String,
+    /// The cell whose stdin it becomes.
+    pub to: String,
+}
+
+/// A channel between two cells, as `GET /v1/channels` lists them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ChannelView {
+    /// The id of the cell that writes it (its stdout).
+    pub from: String,
+    /// That cell's name.
+    pub from_name: String,
+    /// The id of the cell that reads it (its stdin), if it is still recorded.
+    pub to: String,
+    /// That cell's name, if it is still recorded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to_name: Option<String>,
 }
 
 /// How far a migration moving a cell has got.
@@ -236,6 +275,8 @@ impl CellRecord {
             migrated_to: None,
             migrated_from: None,
             migration: None,
+            stdin_from: None,
+            stdout_to: None,
         }
     }
 }
@@ -300,8 +341,8 @@ pub struct Event {
     pub cell: String,
     /// The cell's name.
     pub name: String,
-    /// What happened: `create`, `start`, `pause`, `resume`, `exit`, `fail`, `kill`,
-    /// `lose` or `remove`.
+    /// What happened: `create`, `connect`, `start`, `pause`, `resume`, `exit`, `fail`,
+    /// `kill`, `lose` or `remove`.
     pub action: String,
     /// The state the cell is in afterwards.
     pub state: CellState,

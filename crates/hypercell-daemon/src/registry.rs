@@ -18,7 +18,7 @@ use hypercell_host::persist::{CellSnapshot, SnapshotFile};
 use hypercell_host::stdio::pipe;
 use hypercell_host::{
     Cell, CellActivity, CellConfig, CellControl, CellError, CellExit, CellFailure, CellReport,
-    CompiledModule, Compiler, OwnedStdio, StopReason,
+    CompiledModule, Compiler, OwnedChannels, OwnedStdio, StopReason,
 };
 use tokio::sync::{broadcast, watch};
 
@@ -30,6 +30,7 @@ use crate::record::{
 use crate::store::{DEFAULT_EVENTS_KEPT, Store, StoreError};
 
 mod arrive;
+mod channels;
 mod checkpoint;
 mod migrate;
 mod park;
@@ -212,6 +213,8 @@ struct Inner {
     logs: HashMap<String, Arc<CellLogs>>,
     /// Cells migrating here, not recorded yet: their names, by id.
     arriving: HashMap<String, String>,
+    /// The channel ends of joined cells that have not started, by id.
+    channel_ends: HashMap<String, OwnedChannels>,
     next_event: u64,
 }
 
@@ -305,6 +308,7 @@ impl Registry {
                 parked: HashMap::new(),
                 logs: HashMap::new(),
                 arriving: HashMap::new(),
+                channel_ends: HashMap::new(),
                 next_event,
             }),
             max_live: max_live_partitions(),
@@ -635,6 +639,11 @@ impl Registry {
         let stdio = plumbing.stdio;
         let compiled = Arc::clone(&module);
         let source = source.to_path_buf();
+        let channels = self.take_channel_ends(record)?;
+        if template.is_some() && (channels.stdin.is_some() || channels.stdout.is_some()) {
+            self.return_channel_ends(&record.id, channels);
+            return Err("it is joined to another cell by a channel, and joined cells boot from a module, not a snapshot".into());
+        }
         let (cell, config, base) = match template {
             Some((file, config)) if file.file.snapshot.template.is_none() => (
                 Cell::restore(
@@ -660,7 +669,7 @@ impl Registry {
                 Some(Arc::clone(&file.shared)),
             ),
             None => (
-                Cell::start(config.clone(), module, cpu_features, stdio),
+                Cell::start_joined(config.clone(), module, cpu_features, stdio, channels),
                 config,
                 None,
             ),
@@ -1248,6 +1257,8 @@ impl Registry {
         inner.cells.remove(&id);
         inner.names.remove(&record.name);
         inner.logs.remove(&id);
+        // Its channel ends close: a joined cell that runs reads the end or gets EPIPE.
+        inner.channel_ends.remove(&id);
         drop(inner);
         let _ = self.events.send(event);
         drop(saving);

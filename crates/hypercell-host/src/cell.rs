@@ -471,6 +471,10 @@ fn begin(
 ) -> Result<CellReport, CellFailure> {
     control.begin();
     let result = start_cell(config, payload, stdio, control, start, None, channels);
+    // However it ended, even before it ran: its neighbours learn of it.
+    for end in [channels.stdin, channels.stdout].into_iter().flatten() {
+        end.close();
+    }
     // However the cell ended, even before its vCPU ran: nobody waits on it any more.
     control.finish();
     result
@@ -869,7 +873,7 @@ fn start_cell(
         magic: BOOT_MAGIC,
         abi_version: ABI_VERSION,
         cpu_features,
-        memory_size: layout.memory_size(),
+        memory_size: layout.heap_end,
         heap_start,
         heap_end: heap_ready,
         wasm_memory_limit: layout.wasm_memory_limit,

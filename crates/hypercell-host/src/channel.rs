@@ -188,20 +188,31 @@ impl ChannelEnd {
     }
 
     /// On the cell's vCPU thread: blocks until the peer's index differs from
-    /// `observed`, the peer closed its end or is gone, the cell is being stopped (0 for each), or a
-    /// snapshot abandons the wait ([`RESULT_RESTART`]). A pause parks the wait.
+    /// `observed`, the peer closed its end or is gone, or the cell is being stopped (0
+    /// for each), or a snapshot abandons the wait ([`RESULT_RESTART`]). A pause parks
+    /// the wait.
     pub(crate) fn wait(&self, observed: u64, control: &CellControl) -> i64 {
         let doorbell = &self.shared.doorbells[self.side as usize];
         loop {
+            // Asked before each sleep, not only when a kick interrupts one: a kick
+            // that lands while this thread is awake is not lost.
+            if control.stop_requested().is_some() {
+                return 0;
+            }
+            if control.park_in_call(true) {
+                return RESULT_RESTART;
+            }
             // The doorbell is read before the condition: a kick after the check
             // changes it, and the futex then does not sleep.
             let rung = doorbell.load(Ordering::SeqCst);
             if self.peer_closed() || self.peer_said_closed() || self.peer_index() != observed {
                 return 0;
             }
+            // Woken, interrupted by a kick from the cell's supervisor (to stop, to
+            // pause), or the doorbell had rung already: the loop looks again.
             // SAFETY: the futex word is an aligned u32 that `self` keeps alive; with no
             // timeout the kernel reads only the word.
-            let rc = unsafe {
+            unsafe {
                 libc::syscall(
                     libc::SYS_futex,
                     doorbell.as_ptr(),
@@ -210,15 +221,6 @@ impl ChannelEnd {
                     std::ptr::null::<libc::timespec>(),
                 )
             };
-            if rc != 0 && io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                // A kick from the cell's supervisor: to stop, to pause, or for output.
-                if control.stop_requested().is_some() {
-                    return 0;
-                }
-                if control.park_in_call(true) {
-                    return RESULT_RESTART;
-                }
-            }
         }
     }
 
@@ -280,6 +282,25 @@ impl<'a> CellChannels<'a> {
             0 => self.stdin,
             1 => self.stdout,
             _ => None,
+        }
+    }
+}
+
+/// The channel ends a cell owns for its run (see [`crate::Cell::start_joined`]).
+#[derive(Debug, Default)]
+pub struct OwnedChannels {
+    /// The reading end of the channel that is the cell's stdin.
+    pub stdin: Option<ChannelEnd>,
+    /// The writing end of the channel that is the cell's stdout.
+    pub stdout: Option<ChannelEnd>,
+}
+
+impl OwnedChannels {
+    /// The ends, borrowed for a run.
+    pub fn borrowed(&self) -> CellChannels<'_> {
+        CellChannels {
+            stdin: self.stdin.as_ref(),
+            stdout: self.stdout.as_ref(),
         }
     }
 }

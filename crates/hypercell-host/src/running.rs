@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 
 use crate::cell::{
-    CellFailure, CellPayload, CellReport, restore_cell, resume_cell, run_cell_with_control,
+    CellFailure, CellPayload, CellReport, restore_cell, resume_cell, run_joined_cell,
     start_from_template,
 };
+use crate::channel::OwnedChannels;
 use crate::compile::CompiledModule;
 use crate::config::CellConfig;
 use crate::control::{CellControl, StopReason};
@@ -18,7 +19,7 @@ use crate::stdio::CellStdio;
 
 /// Where a [`Cell`] starts from.
 enum Origin {
-    Boot,
+    Boot(OwnedChannels),
     Snapshot(Box<CellSnapshot>),
     Template(Arc<CellSnapshot>),
     Changes {
@@ -54,7 +55,32 @@ impl Cell {
         cpu_features: u32,
         stdio: OwnedStdio,
     ) -> Self {
-        Self::spawn(config, module, cpu_features, stdio, Origin::Boot, false)
+        Self::start_joined(
+            config,
+            module,
+            cpu_features,
+            stdio,
+            OwnedChannels::default(),
+        )
+    }
+
+    /// Boots a cell as [`Self::start`] does, its stdin, stdout or both joined to other
+    /// cells by `channels` (whose ends close as it ends).
+    pub fn start_joined(
+        config: CellConfig,
+        module: Arc<CompiledModule>,
+        cpu_features: u32,
+        stdio: OwnedStdio,
+        channels: OwnedChannels,
+    ) -> Self {
+        Self::spawn(
+            config,
+            module,
+            cpu_features,
+            stdio,
+            Origin::Boot(channels),
+            false,
+        )
     }
 
     /// Builds a cell from `snapshot` (taken of a cell running `module` with `config`)
@@ -151,9 +177,13 @@ impl Cell {
                     cpu_features,
                 };
                 match &origin {
-                    Origin::Boot => {
-                        run_cell_with_control(&config, payload, borrowed, &cell_control)
-                    }
+                    Origin::Boot(channels) => run_joined_cell(
+                        &config,
+                        payload,
+                        borrowed,
+                        &cell_control,
+                        channels.borrowed(),
+                    ),
                     Origin::Snapshot(snapshot) => {
                         restore_cell(&config, payload, snapshot, borrowed, &cell_control)
                     }

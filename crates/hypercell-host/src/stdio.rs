@@ -277,8 +277,10 @@ pub(crate) fn read_guest_from(
     control.wait_for_input(true);
     let read = loop {
         // SAFETY: the slice covers `len` bytes of the cell's mapped memory, which lives
-        // while `memory` is borrowed, and the guest is not running while its vCPU
-        // thread serves this call.
+        // while `memory` is borrowed. The guest is not running while its vCPU thread
+        // serves this call; a buffer the guest placed in a channel window may be
+        // written by the neighbouring cell meanwhile, which changes only the bytes
+        // read there, as a write by another process to shared memory would.
         let n = unsafe { libc::read(fd.as_raw_fd(), guard.as_ptr().cast(), len) };
         if n >= 0 {
             break Ok(n as usize);

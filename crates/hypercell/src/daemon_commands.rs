@@ -235,6 +235,37 @@ fn parse_dir_map(text: &str) -> Result<(String, String), String> {
     }
 }
 
+/// Arguments of `hypercell connect`.
+#[derive(clap::Args)]
+pub struct ConnectArgs {
+    #[command(flatten)]
+    host: HostArg,
+    /// The writing cell's stream: `CELL:stdout`.
+    #[arg(value_name = "CELL:stdout", value_parser = stdout_of)]
+    from: String,
+    /// The reading cell's stream: `CELL:stdin`.
+    #[arg(value_name = "CELL:stdin", value_parser = stdin_of)]
+    to: String,
+}
+
+fn stdout_of(text: &str) -> Result<String, String> {
+    stream_of(text, "stdout", "the first names the writer: `A:stdout`")
+}
+
+fn stdin_of(text: &str) -> Result<String, String> {
+    stream_of(text, "stdin", "the second names the reader: `B:stdin`")
+}
+
+/// The cell of `CELL:STREAM`, where the stream must be `stream`.
+fn stream_of(text: &str, stream: &str, hint: &str) -> Result<String, String> {
+    match text.rsplit_once(':') {
+        Some((cell, named)) if named == stream && !cell.is_empty() => Ok(cell.into()),
+        _ => Err(format!(
+            "`{text}` is not `CELL:{stream}`: a channel joins one cell's stdout to another's stdin, and {hint}"
+        )),
+    }
+}
+
 /// Arguments of `hypercell logs`.
 #[derive(clap::Args)]
 pub struct LogsArgs {
@@ -582,6 +613,26 @@ pub fn act(action: Action, args: CellsArgs) -> ExitCode {
             )
             .map(drop)
     })
+}
+
+/// Runs `hypercell connect`: joins one created cell's stdout to another's stdin.
+pub fn connect(args: ConnectArgs) -> ExitCode {
+    finish((|| {
+        let client = client(&args.host)?;
+        let body = serde_json::to_vec(&serde_json::json!({ "from": args.from, "to": args.to }))
+            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let joined = client.call(Method::POST, "/v1/channels", Some(body))?;
+        let records: [CellRecord; 2] = serde_json::from_slice(&joined).map_err(|e| {
+            ClientError::Http(format!("the daemon's answer is not two cell records: {e}"))
+        })?;
+        let _ = writeln!(
+            std::io::stdout(),
+            "{}:stdout -> {}:stdin",
+            records[0].name,
+            records[1].name
+        );
+        Ok(())
+    })())
 }
 
 /// Runs `hypercell snapshot`: prints the file written.

@@ -79,6 +79,9 @@ enum Command {
     Resume(daemon_commands::CellsArgs),
     /// Move a live cell to another daemon, which goes on running it.
     Migrate(daemon_commands::MigrateArgs),
+    /// Join a created cell's stdout to another created cell's stdin, by a channel in
+    /// memory both map: `hypercell connect A:stdout B:stdin`.
+    Connect(daemon_commands::ConnectArgs),
     /// Print a cell's stdout and stderr, or follow them.
     Logs(daemon_commands::LogsArgs),
     /// Print cells' records as JSON.
@@ -208,6 +211,7 @@ fn main() -> ExitCode {
         Command::Pause(args) => daemon_commands::act(daemon_commands::Action::Pause, args),
         Command::Snapshot(args) => daemon_commands::snapshot(args),
         Command::Migrate(args) => daemon_commands::migrate(args),
+        Command::Connect(args) => daemon_commands::connect(args),
         Command::Resume(args) => daemon_commands::act(daemon_commands::Action::Resume, args),
         Command::Logs(args) => daemon_commands::logs(args),
         Command::Inspect(args) => daemon_commands::inspect(args),

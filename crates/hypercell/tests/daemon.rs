@@ -673,3 +673,124 @@ fn a_checkpointed_cell_survives_sigkill_with_its_log_cut_back_to_the_checkpoint(
         line.contains("\"restore\"") && line.contains("\"durable\"")
     });
 }
+
+/// FNV-1a of `len` bytes of `produce`'s pattern, as `digest` prints it.
+fn produce_digest(len: u64) -> String {
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for at in 0..len {
+        let byte = (at ^ (at >> 9) ^ (at >> 17)) as u8;
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x100000001b3);
+    }
+    format!("bytes {len} hash {hash:016x}")
+}
+
+#[test]
+fn cells_joined_by_a_channel_run_as_a_pipeline_in_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let secret = dir.path().join("secret");
+    std::fs::write(&secret, "a migration secret of some length\n").unwrap();
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &["--migration-secret-file", secret.to_str().unwrap()],
+    );
+    let produce = c_program("produce");
+    let digest = c_program("digest");
+    let (produce, digest) = (produce.to_str().unwrap(), digest.to_str().unwrap());
+    daemon.ok(&["create", "--name", "producer", produce, "16"]);
+    daemon.ok(&["create", "--name", "hasher", digest]);
+    assert_eq!(
+        daemon
+            .ok(&["connect", "producer:stdout", "hasher:stdin"])
+            .trim(),
+        "producer:stdout -> hasher:stdin"
+    );
+    let (producer, hasher) = (daemon.inspect("producer"), daemon.inspect("hasher"));
+    assert_eq!(producer["stdout_to"], hasher["id"]);
+    assert_eq!(hasher["stdin_from"], producer["id"]);
+
+    // Each stream joins once, a cell never to itself, and only as CELL:stdout to
+    // CELL:stdin.
+    daemon.ok(&["create", "--name", "other", digest]);
+    let refused = |args: &[&str], sentence: &str| {
+        let out = daemon.cli(args);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(sentence),
+            "{stderr}"
+        );
+    };
+    refused(
+        &["connect", "producer:stdout", "other:stdin"],
+        "`producer`'s stdout is already joined to cell `hasher`",
+    );
+    refused(
+        &["connect", "other:stdout", "hasher:stdin"],
+        "`hasher`'s stdin is already joined to cell `producer`'s stdout",
+    );
+    refused(
+        &["connect", "other:stdout", "other:stdin"],
+        "cannot be joined to itself",
+    );
+    refused(
+        &["connect", "other:stdin", "hasher:stdin"],
+        "is not `CELL:stdout`",
+    );
+    refused(&["connect", "nothing:stdout", "other:stdin"], "nothing");
+
+    // The reader starts first and waits; the writer's bytes then reach it, and only it:
+    // the writer's own log stays empty.
+    daemon.ok(&["start", "hasher"]);
+    daemon.ok(&["start", "producer"]);
+    let (mut follower, lines) = daemon.follow(&["logs", "-f", "hasher"]);
+    let line = wait_for(&lines, |line| line.starts_with("bytes "));
+    assert_eq!(line, produce_digest(16 << 20));
+    assert!(follower.wait().unwrap().success());
+    let (mut follower, _) = daemon.follow(&["logs", "-f", "producer"]);
+    assert!(follower.wait().unwrap().success());
+    for cell in ["producer", "hasher"] {
+        assert_eq!(daemon.inspect(cell)["state"], "exited", "{cell}");
+        assert_eq!(daemon.inspect(cell)["exit_code"], 0, "{cell}");
+    }
+    assert!(daemon.ok(&["logs", "producer"]).is_empty());
+
+    // A joined cell runs once, and a cell that ran joins nothing.
+    refused(&["start", "producer"], "a joined cell runs once");
+    refused(
+        &["connect", "hasher:stdout", "other:stdin"],
+        "`hasher` has started already",
+    );
+
+    // A writer whose reader has not started fills the ring and waits; it cannot be
+    // snapshotted or moved apart from its reader. Killed, it leaves the reader what
+    // it wrote, then the end.
+    let yes = c_program("yes");
+    daemon.ok(&["create", "--name", "yes", yes.to_str().unwrap()]);
+    daemon.ok(&["connect", "yes:stdout", "other:stdin"]);
+    daemon.ok(&["start", "yes"]);
+    let checkpoint = dir.path().join("yes.snapshot");
+    refused(
+        &["snapshot", "-o", checkpoint.to_str().unwrap(), "yes"],
+        "joined to other cells by channels",
+    );
+    refused(
+        &["migrate", "yes", "--to", "127.0.0.1:9"],
+        "joined to other cells by channels",
+    );
+    daemon.ok(&["kill", "yes"]);
+    daemon.ok(&["start", "other"]);
+    let (_, lines) = daemon.follow(&["logs", "-f", "other"]);
+    let line = wait_for(&lines, |line| line.starts_with("bytes "));
+    assert!(line.starts_with("bytes 1048576 "), "{line}");
+
+    // A reader removed before it starts closes its end: its writer gets EPIPE.
+    daemon.ok(&["create", "--name", "late", produce, "4"]);
+    daemon.ok(&["create", "--name", "gone", digest]);
+    daemon.ok(&["connect", "late:stdout", "gone:stdin"]);
+    daemon.ok(&["rm", "gone"]);
+    daemon.ok(&["start", "late"]);
+    let (mut follower, _) = daemon.follow(&["logs", "-f", "late"]);
+    assert!(follower.wait().unwrap().success());
+    assert_eq!(daemon.inspect("late")["exit_code"], 2);
+    let logs = daemon.cli(&["logs", "late"]);
+    assert_eq!(text(&logs.stderr), "produce: write: Broken pipe\n");
+}

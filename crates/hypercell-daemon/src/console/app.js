@@ -665,7 +665,9 @@ function cellView(root, reference, signal) {
       ['Time limit', spec.timeout_ms ? duration(spec.timeout_ms) : 'none'],
       ['Output limit', spec.max_output ? bytes(spec.max_output) : 'none'],
       ['Components', spec.components ? spec.components.join(', ') : 'all'],
-      ['Stdin', spec.stdin ? 'open, written through the API' : 'empty'],
+      ['Stdin', record.stdin_from ? joinedTo(record.stdin_from, 'stdout')
+        : spec.stdin ? 'open, written through the API' : 'empty'],
+      ['Stdout', record.stdout_to ? joinedTo(record.stdout_to, 'stdin') : ''],
       ['Restart', spec.restart || 'no'],
       ['Labels', Object.entries(spec.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ')],
       ['Created', when(record.created_ms)],
@@ -677,7 +679,13 @@ function cellView(root, reference, signal) {
       ['Came from', record.migrated_from || ''],
     ];
     config.replaceChildren(...entries.filter(([, v]) => v !== '' && v !== undefined)
-      .flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, String(v))]));
+      .flatMap(([k, v]) => [h('dt', {}, k), h('dd', {}, v instanceof Node ? v : String(v))]));
+  }
+
+  // A channel's other end: a link to the cell at it.
+  function joinedTo(id, stream) {
+    return h('span', {}, 'joined by a channel to ',
+      h('a', { href: `#/cells/${encodeURIComponent(id)}`, class: 'mono' }, id), `:${stream}`);
   }
 
   let wasLive = false;

@@ -64,6 +64,12 @@ impl Registry {
             let mut inner = self.awake(reference)?;
             let id = resolve(&inner, reference)?;
             let record = inner.cells[&id].clone();
+            if record.joined() {
+                return Err(DaemonError::Conflict(format!(
+                    "cell `{}` is joined to other cells by channels, and cannot move apart from them",
+                    record.name
+                )));
+            }
             match inner.live.get_mut(&id) {
                 Some(live) if live.migrating => return Err(moving(&record, "another migration")),
                 Some(live) if record.state.is_live() && live.migrated.is_none() => {

@@ -79,7 +79,9 @@ impl Registry {
             .iter()
             .filter(|(id, live)| {
                 inner.cells.get(*id).is_some_and(|record| {
-                    record.state == CellState::Running && record.spec.timeout_ms.is_none()
+                    record.state == CellState::Running
+                        && record.spec.timeout_ms.is_none()
+                        && !record.joined()
                 }) && live.stdin.is_some()
                     && !live.migrating
                     && !live.parking.load(Ordering::SeqCst)
