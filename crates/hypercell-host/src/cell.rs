@@ -140,10 +140,17 @@ pub enum CellError {
     /// Directories are granted without the component that serves them.
     #[error("directories are granted to the cell, but not the `fs` component that serves them")]
     FsNotGiven,
-    /// A cell joined to others by channels was to start from a snapshot or template,
-    /// or in a reused partition.
-    #[error("a cell joined to other cells by channels starts from its module, not from a snapshot")]
+    /// A cell joined to others by channels was to start from a template or a
+    /// snapshot of its changes, or in a reused partition.
+    #[error(
+        "a cell joined to other cells by channels starts from its module or a snapshot of its pipeline, not from a template"
+    )]
     ChannelsFromSnapshot,
+    /// A snapshot restored with channels was not taken of a cell joined the same way.
+    #[error(
+        "the snapshot was taken of a cell whose stdin and stdout were joined to other cells otherwise than now"
+    )]
+    ChannelsDiffer,
     /// Channels are given without the component that carries stdio.
     #[error(
         "the cell's stdio is joined to channels, but the cell is not given the `stdio` component"
@@ -323,6 +330,28 @@ pub fn run_cell_with_control(
         control,
         Start::Boot,
         CellChannels::default(),
+    )
+}
+
+/// Builds a cell from `snapshot`, taken with [`CellControl::snapshot_with_neighbours`]
+/// of a cell joined to others by channels, joined again by `channels` (made with the
+/// contents the old ones had, see [`crate::channel::channel_with`]), and runs it on
+/// from there to the end, or until it is stopped through `control`.
+pub fn restore_joined_cell(
+    config: &CellConfig,
+    payload: CellPayload<'_>,
+    snapshot: &CellSnapshot,
+    stdio: CellStdio<'_>,
+    control: &CellControl,
+    channels: CellChannels<'_>,
+) -> Result<CellReport, CellFailure> {
+    begin(
+        config,
+        payload,
+        stdio,
+        control,
+        Start::Restore(snapshot),
+        channels,
     )
 }
 
@@ -672,7 +701,7 @@ fn start_cell(
         return Err(CellError::FsNotGiven.into());
     }
     if channels.any() {
-        if !matches!(start, Start::Boot) || reuse.is_some() {
+        if !matches!(start, Start::Boot | Start::Restore(_)) || reuse.is_some() {
             return Err(CellError::ChannelsFromSnapshot.into());
         }
         if !config.components.contains(Components::STDIO) {
@@ -993,6 +1022,19 @@ fn start_cell(
             &mut growth,
             in_place,
         )?;
+        // The guest goes on with the channels its boot information names: a snapshot
+        // taken with others, or none, cannot go on with these.
+        let saved = [
+            offset_of!(BootInfo, stdin_channel),
+            offset_of!(BootInfo, stdout_channel),
+        ]
+        .map(|offset| {
+            mem.read_obj::<u64>(GuestAddress(layout.boot_info + offset as u64))
+                .unwrap_or(u64::MAX)
+        });
+        if saved != [boot.stdin_channel, boot.stdout_channel] {
+            return Err(CellError::ChannelsDiffer.into());
+        }
     }
     let (meter, denied_growth) = match snapshot {
         None => (OutputMeter::new(config.output_limit), 0),
@@ -1357,7 +1399,9 @@ fn run_loop(
                 }
             }
             // Its neighbours' state is not the cell's to save.
-            ParkRequest::Snapshot(reply, _) if services.channels.any() => {
+            ParkRequest::Snapshot(reply, scope)
+                if services.channels.any() && scope != SnapshotScope::WithNeighbours =>
+            {
                 let _ = reply.send(Err(SnapshotError::Joined));
             }
             ParkRequest::Snapshot(reply, scope) => {
@@ -1537,7 +1581,7 @@ fn snapshot(
     let vcpu = vcpu.save_state()?;
     let services = services.save_state()?;
     let memory = match scope {
-        SnapshotScope::Whole => MemoryImage::capture(
+        SnapshotScope::Whole | SnapshotScope::WithNeighbours => MemoryImage::capture(
             memory,
             services.growth.mapped,
             module.region.clone(),

@@ -82,9 +82,61 @@ impl std::fmt::Debug for ChannelEnd {
     }
 }
 
+/// A channel's memory, apart from its ends: holding it closes nothing.
+pub struct ChannelMemory {
+    shared: Arc<Shared>,
+}
+
+impl ChannelMemory {
+    /// The channel's header and ring as they are now, to save with the cells it
+    /// joins while both are paused (see [`channel_with`]).
+    pub fn contents(&self) -> Vec<u8> {
+        let mut contents = vec![0u8; self.shared.len];
+        // SAFETY: the mapping is `len` bytes that live as long as `shared`; the copy
+        // goes through raw pointers, so a byte a cell changes meanwhile changes only
+        // what is saved.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.shared.header.as_ptr().cast::<u8>(),
+                contents.as_mut_ptr(),
+                self.shared.len,
+            )
+        };
+        contents
+    }
+}
+
+/// Bytes of a channel's memory: its header page and its ring.
+pub const CHANNEL_LEN: usize = (CHANNEL_DATA_OFFSET + CHANNEL_CAPACITY) as usize;
+
+/// Makes a channel holding `contents`, a channel's header and ring as
+/// [`ChannelEnd::contents`] saved them: its writing end, then its reading end. The
+/// contents are the guests' to judge, as any header is.
+pub fn channel_with(contents: &[u8]) -> io::Result<(ChannelEnd, ChannelEnd)> {
+    if contents.len() != CHANNEL_LEN {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "a channel's saved contents are {CHANNEL_LEN} bytes, not {}",
+                contents.len()
+            ),
+        ));
+    }
+    let (writer, reader) = channel()?;
+    // SAFETY: the mapping is CHANNEL_LEN bytes, fresh, and no cell maps it yet.
+    unsafe {
+        std::ptr::copy_nonoverlapping(
+            contents.as_ptr(),
+            writer.shared.header.as_ptr().cast::<u8>(),
+            CHANNEL_LEN,
+        )
+    };
+    Ok((writer, reader))
+}
+
 /// Makes a channel: its writing end, then its reading end.
 pub fn channel() -> io::Result<(ChannelEnd, ChannelEnd)> {
-    let len = (CHANNEL_DATA_OFFSET + CHANNEL_CAPACITY) as usize;
+    let len = CHANNEL_LEN;
     // SAFETY: the name is a NUL-terminated string; memfd_create only reads it.
     let fd = unsafe { libc::memfd_create(c"hypercell-channel".as_ptr(), libc::MFD_CLOEXEC) };
     if fd < 0 {
@@ -143,6 +195,13 @@ impl ChannelEnd {
     /// Bytes of the ring.
     pub fn capacity(&self) -> u64 {
         CHANNEL_CAPACITY
+    }
+
+    /// The channel's memory, to save what it holds (see [`ChannelMemory`]).
+    pub fn memory(&self) -> ChannelMemory {
+        ChannelMemory {
+            shared: Arc::clone(&self.shared),
+        }
     }
 
     /// Maps the channel's header and ring into `memory` at guest-physical `window`.
@@ -329,6 +388,20 @@ mod tests {
         assert!(!writer.peer_closed());
         drop(reader);
         assert!(writer.peer_closed());
+    }
+
+    #[test]
+    fn a_channel_made_with_saved_contents_holds_them() {
+        let (writer, _reader) = channel().unwrap();
+        writer
+            .word64(std::mem::offset_of!(ChannelHeader, head))
+            .store(77, Ordering::SeqCst);
+        let saved = writer.memory().contents();
+        assert_eq!(saved.len(), CHANNEL_LEN);
+        let (again, reader) = channel_with(&saved).unwrap();
+        assert_eq!(again.memory().contents(), saved);
+        assert_eq!(reader.peer_index(), 77);
+        assert!(channel_with(&saved[1..]).is_err());
     }
 
     #[test]

@@ -79,6 +79,9 @@ pub(crate) enum SnapshotScope {
     /// The pages the cell made its own since it started: the snapshot goes on top of
     /// what the cell started from.
     Changes,
+    /// Every page, of a cell joined by channels to neighbours that are paused and
+    /// saved with it (see [`CellControl::snapshot_with_neighbours`]).
+    WithNeighbours,
 }
 
 /// What a parked vCPU thread is asked to do.
@@ -215,6 +218,14 @@ impl CellControl {
     /// wrote, not its size. The cell stays paused until [`Self::resume`].
     pub fn snapshot_changes(&self) -> Result<CellSnapshot, SnapshotError> {
         self.take_snapshot(SnapshotScope::Changes)
+    }
+
+    /// Pauses a cell joined to others by channels and takes a snapshot of it, as
+    /// [`Self::snapshot`] does. For a caller that has paused every cell joined to it
+    /// and saves them, and the channels' contents, with it: a snapshot of one joined
+    /// cell alone would split its channels, which [`Self::snapshot`] refuses.
+    pub fn snapshot_with_neighbours(&self) -> Result<CellSnapshot, SnapshotError> {
+        self.take_snapshot(SnapshotScope::WithNeighbours)
     }
 
     fn take_snapshot(&self, scope: SnapshotScope) -> Result<CellSnapshot, SnapshotError> {

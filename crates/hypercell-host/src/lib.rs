@@ -24,10 +24,10 @@ mod vcpu_runner;
 
 pub use cell::{
     CellError, CellExit, CellFailure, CellPayload, CellReport, CellStats, GuestTimings,
-    ResetReport, create_init_template, create_template, keep_vms_ready, restore_cell, run_cell,
-    run_cell_with_control, run_joined_cell, start_from_template,
+    ResetReport, create_init_template, create_template, keep_vms_ready, restore_cell,
+    restore_joined_cell, run_cell, run_cell_with_control, run_joined_cell, start_from_template,
 };
-pub use channel::{CellChannels, ChannelEnd, OwnedChannels, channel};
+pub use channel::{CellChannels, ChannelEnd, ChannelMemory, OwnedChannels, channel, channel_with};
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
 pub use control::{CellActivity, CellControl, StopReason};

@@ -30,6 +30,7 @@ mod daemon_commands;
 mod grant_args;
 mod migration_bar;
 mod pipe_command;
+mod pipeline_checkpoint;
 mod serve_command;
 mod signals;
 
@@ -50,8 +51,9 @@ enum Command {
     /// Run a pipeline of programs, each in a cell of its own, the stdout of each the
     /// stdin of the next: `hypercell pipe 'A.wasm ARGS' 'B.wasm ARGS'`.
     Pipe(pipe_command::PipeArgs),
-    /// Go on running a cell from a snapshot written by `run --checkpoint`, with this
-    /// process's stdio.
+    /// Go on running a cell from a snapshot written by `run --checkpoint`, or a
+    /// pipeline from a directory written by `pipe --checkpoint`, with this process's
+    /// stdio.
     Restore(RestoreArgs),
     /// Make templates: cells stopped at a chosen point, to start cells from.
     #[command(subcommand)]
@@ -143,7 +145,8 @@ struct RestoreArgs {
     /// Print timings, exits and memory touched to stderr.
     #[arg(long)]
     stats: bool,
-    /// The snapshot file.
+    /// The snapshot file, or the directory a pipeline was saved in (`pipe
+    /// --checkpoint`).
     file: PathBuf,
 }
 
@@ -519,6 +522,9 @@ fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
 }
 
 fn restore(args: RestoreArgs, started: Instant) -> ExitCode {
+    if pipeline_checkpoint::is_pipeline_checkpoint(&args.file) {
+        return pipeline_checkpoint::restore(&args.file, args.timeout, args.stats);
+    }
     let control = CellControl::new();
     signals::forward_to(control.clone());
     let file = match SnapshotFile::read_from(&args.file) {

@@ -6,26 +6,32 @@
 //!
 //! Stages are joined by channels (`hypercell_host::channel`): rings in memory both
 //! cells map, so that bytes go from one program to the next without the host, and,
-//! while both keep up, without an exit.
+//! while both keep up, without an exit. With `--checkpoint DIR`, SIGUSR1 saves the
+//! whole pipeline there (see [`crate::pipeline_checkpoint`]), and `hypercell restore
+//! DIR` runs it on.
 
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::AsFd;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+
 use std::time::{Duration, Instant};
 
 use hypercell_host::config::{
     ComponentChoice, Components, DEFAULT_MEMORY_LIMIT, format_size, parse_components,
     parse_duration, parse_memory_size,
 };
-use hypercell_host::persist::SnapshotFile;
+use hypercell_host::persist::{CellSnapshot, SnapshotFile};
 use hypercell_host::{
     CellChannels, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
-    CellReport, CellStdio, ChannelEnd, CompiledModule, Compiler, channel, run_joined_cell,
+    CellReport, CellStdio, ChannelEnd, CompiledModule, Compiler, channel, restore_joined_cell,
+    run_joined_cell,
 };
 
 use crate::grant_args::GrantArgs;
+use crate::pipeline_checkpoint::PipelineCheckpoint;
 use crate::signals;
 
 /// Arguments of `hypercell pipe`.
@@ -46,6 +52,10 @@ pub struct PipeArgs {
     /// Print each stage's time, exits and memory to stderr at the end.
     #[arg(long)]
     stats: bool,
+    /// On SIGUSR1, save the whole pipeline in this directory (each stage's cell and
+    /// what is in flight between them), for `hypercell restore DIR` to run on.
+    #[arg(long, value_name = "DIR")]
+    checkpoint: Option<PathBuf>,
     /// The stages, each a module and its arguments as one (quoted) argument, as a
     /// shell's pipeline writes them: 'producer.wasm 100' 'consumer.wasm'.
     #[arg(required = true, value_name = "'MODULE [ARGS]'")]
@@ -53,20 +63,58 @@ pub struct PipeArgs {
 }
 
 /// How one stage ended, and what it measured.
-struct StageEnd {
-    status: u8,
+pub(crate) struct StageEnd {
+    pub(crate) status: u8,
     signal: Option<i32>,
     exits: Option<u64>,
     memory: Option<u64>,
     elapsed: Duration,
 }
 
+impl StageEnd {
+    /// A stage that had ended with `status` before the pipeline was saved.
+    fn earlier(status: u8) -> Self {
+        Self {
+            status,
+            signal: None,
+            exits: None,
+            memory: None,
+            elapsed: Duration::ZERO,
+        }
+    }
+}
+
+/// How a stage's cell begins.
+pub(crate) enum Beginning {
+    /// From its module, compiled.
+    Boot(CompiledModule),
+    /// From a snapshot of a saved pipeline, of a cell running this module.
+    Restore(CompiledModule, Box<CellSnapshot>),
+    /// Not at all: it had ended, with this status, when the pipeline was saved.
+    Ended(u8),
+}
+
+/// One stage, ready to run.
+pub(crate) struct Stage {
+    pub(crate) config: CellConfig,
+    /// Where its code comes from, for a checkpoint.
+    pub(crate) module_path: PathBuf,
+    pub(crate) beginning: Beginning,
+}
+
 /// Runs `hypercell pipe`.
 pub fn pipe(args: PipeArgs) -> ExitCode {
     let controls: Vec<CellControl> = args.stages.iter().map(|_| CellControl::new()).collect();
     // First thing: a thread started before it would take the signals.
-    signals::forward_to_each(controls.clone());
-    let stages = match args
+    // Until the stages run, SIGUSR1 is refused rather than fatal.
+    let not_yet: signals::Checkpoint = match args.checkpoint {
+        Some(_) => Arc::new(std::sync::Mutex::new(Some(Box::new(|| {
+            eprintln!("hypercell: no checkpoint written: the pipeline has not started yet")
+        })))),
+        None => signals::Checkpoint::default(),
+    };
+    let checkpoint_action = signals::forward_with(controls.clone(), not_yet);
+    let words = match args
         .stages
         .iter()
         .enumerate()
@@ -77,7 +125,7 @@ pub fn pipe(args: PipeArgs) -> ExitCode {
         })
         .collect::<Result<Vec<_>, _>>()
     {
-        Ok(stages) => stages,
+        Ok(words) => words,
         Err(e) => return crate::fail_with(&e),
     };
     let preopens = match args.grant.preopens() {
@@ -88,10 +136,13 @@ pub fn pipe(args: PipeArgs) -> ExitCode {
         Ok(compiler) => compiler,
         Err(e) => return crate::fail(&e),
     };
+    let components = args
+        .components
+        .map_or(Components::ALL, |choice| choice.components);
     // Every module compiles before any stage runs: a pipeline that cannot run whole
     // does not run in part.
-    let mut modules = Vec::new();
-    for (i, words) in stages.iter().enumerate() {
+    let mut stages = Vec::new();
+    for (i, words) in words.iter().enumerate() {
         let path = Path::new(&words[0]);
         if SnapshotFile::is_snapshot(path) {
             return crate::fail_with(&format!(
@@ -100,26 +151,24 @@ pub fn pipe(args: PipeArgs) -> ExitCode {
                 path.display()
             ));
         }
-        match compiler.compile_file(path) {
-            Ok(module) => modules.push(module),
+        let module = match compiler.compile_file(path) {
+            Ok(module) => module,
             Err(e) => return crate::fail_with(&format!("stage {}: {e}", i + 1)),
-        }
+        };
+        stages.push(Stage {
+            config: CellConfig {
+                memory_limit: args.memory,
+                timeout: args.timeout,
+                output_limit: None,
+                args: words.clone(),
+                env: args.grant.program_env(),
+                preopens: preopens.clone(),
+                components,
+            },
+            module_path: path.to_path_buf(),
+            beginning: Beginning::Boot(module),
+        });
     }
-    let components = args
-        .components
-        .map_or(Components::ALL, |choice| choice.components);
-    let configs: Vec<CellConfig> = stages
-        .iter()
-        .map(|words| CellConfig {
-            memory_limit: args.memory,
-            timeout: args.timeout,
-            output_limit: None,
-            args: words.clone(),
-            env: args.grant.program_env(),
-            preopens: preopens.clone(),
-            components,
-        })
-        .collect();
     let channels = match (1..stages.len())
         .map(|_| channel())
         .collect::<Result<Vec<_>, _>>()
@@ -129,40 +178,93 @@ pub fn pipe(args: PipeArgs) -> ExitCode {
             return crate::fail_with(&format!("cannot make a channel between stages: {e}"));
         }
     };
-    // What a stage's runtime might still send the host for a stream that is a channel
-    // goes nowhere.
-    let null = match File::options().read(true).write(true).open("/dev/null") {
-        Ok(null) => null,
-        Err(e) => return crate::fail_with(&format!("cannot open /dev/null: {e}")),
+    let run = Pipeline {
+        stages,
+        cpu_features: compiler.cpu_features(),
+        engine: compiler.fingerprint().to_string(),
+        controls,
     };
-    let cpu_features = compiler.cpu_features();
-    let ends = run_stages(&configs, &modules, cpu_features, &controls, channels, &null);
-    if args.stats {
-        print_stats(&stages, &ends);
+    run.run(channels, args.checkpoint, &checkpoint_action, args.stats)
+}
+
+/// A pipeline ready to run: its stages, and a control for each.
+pub(crate) struct Pipeline {
+    pub(crate) stages: Vec<Stage>,
+    pub(crate) cpu_features: u32,
+    /// The compiler's fingerprint, for checkpoints.
+    pub(crate) engine: String,
+    pub(crate) controls: Vec<CellControl>,
+}
+
+impl Pipeline {
+    /// Runs the stages joined by `channels` (one fewer than the stages); with
+    /// `checkpoint`, SIGUSR1 saves the pipeline there. Returns the pipeline's status.
+    pub(crate) fn run(
+        self,
+        channels: Vec<(ChannelEnd, ChannelEnd)>,
+        checkpoint: Option<PathBuf>,
+        checkpoint_action: &signals::Checkpoint,
+        stats: bool,
+    ) -> ExitCode {
+        // What a stage's runtime might still send the host for a stream that is a
+        // channel goes nowhere.
+        let null = match File::options().read(true).write(true).open("/dev/null") {
+            Ok(null) => null,
+            Err(e) => return crate::fail_with(&format!("cannot open /dev/null: {e}")),
+        };
+        let ended: Arc<[OnceLock<u8>]> = self.stages.iter().map(|_| OnceLock::new()).collect();
+        for (stage, ended) in self.stages.iter().zip(ended.iter()) {
+            if let Beginning::Ended(status) = stage.beginning {
+                let _ = ended.set(status);
+            }
+        }
+        let memories = channels.iter().map(|(write, _)| write.memory()).collect();
+        let pipeline = Arc::new(self);
+        if let Some(dir) = checkpoint {
+            let saver = PipelineCheckpoint {
+                pipeline: Arc::clone(&pipeline),
+                channels: memories,
+                ended: Arc::clone(&ended),
+                dir,
+            };
+            *checkpoint_action
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                Some(Box::new(move || saver.save()));
+        }
+        let ends = run_stages(&pipeline, channels, &null, &ended);
+        if stats {
+            let words: Vec<&[String]> = pipeline
+                .stages
+                .iter()
+                .map(|stage| &stage.config.args[..])
+                .collect();
+            print_stats(&words, &ends);
+        }
+        // A pipeline stopped by a signal ends as the signal would have ended it.
+        if let Some(signal) = ends.iter().find_map(|end| end.signal) {
+            signals::die_of(signal);
+        }
+        ExitCode::from(
+            ends.iter()
+                .rev()
+                .map(|end| end.status)
+                .find(|&status| status != 0)
+                .unwrap_or(0),
+        )
     }
-    // A pipeline stopped by a signal ends as the signal would have ended it.
-    if let Some(signal) = ends.iter().find_map(|end| end.signal) {
-        signals::die_of(signal);
-    }
-    ExitCode::from(
-        ends.iter()
-            .rev()
-            .map(|end| end.status)
-            .find(|&status| status != 0)
-            .unwrap_or(0),
-    )
 }
 
 /// Runs each stage on a thread of its own, stage `i` reading the reading end of
 /// channel `i - 1` and writing the writing end of channel `i`; each stage's ends close
-/// as it ends, so that its neighbours read end of file or get EPIPE.
+/// as it ends (a stage that had ended before a checkpoint, at once), so that its
+/// neighbours read end of file or get EPIPE. Each stage's status goes into `ended` as
+/// it ends.
 fn run_stages(
-    configs: &[CellConfig],
-    modules: &[CompiledModule],
-    cpu_features: u32,
-    controls: &[CellControl],
+    pipeline: &Pipeline,
     channels: Vec<(ChannelEnd, ChannelEnd)>,
     null: &File,
+    ended: &[OnceLock<u8>],
 ) -> Vec<StageEnd> {
     let mut reads: Vec<Option<ChannelEnd>> = vec![None];
     let mut writes: Vec<Option<ChannelEnd>> = Vec::new();
@@ -171,12 +273,17 @@ fn run_stages(
         reads.push(Some(read));
     }
     writes.push(None);
+    let cpu_features = pipeline.cpu_features;
     std::thread::scope(|scope| {
-        let running: Vec<_> = (0..configs.len())
-            .map(|i| {
+        let running: Vec<_> = pipeline
+            .stages
+            .iter()
+            .enumerate()
+            .map(|(i, stage)| {
                 let input = reads[i].take();
                 let output = writes[i].take();
-                let (config, module, control) = (&configs[i], &modules[i], &controls[i]);
+                let control = &pipeline.controls[i];
+                let ended = &ended[i];
                 scope.spawn(move || {
                     let inherited = CellStdio::inherit();
                     let stdio = CellStdio {
@@ -184,7 +291,7 @@ fn run_stages(
                         stdout: output.as_ref().map_or(inherited.stdout, |_| null.as_fd()),
                         stderr: inherited.stderr,
                     };
-                    let payload = CellPayload::Wasm {
+                    let payload = |module| CellPayload::Wasm {
                         module,
                         cpu_features,
                     };
@@ -193,8 +300,27 @@ fn run_stages(
                         stdout: output.as_ref(),
                     };
                     let started = Instant::now();
-                    let result = run_joined_cell(config, payload, stdio, control, joined);
-                    let end = stage_end(i, result, config, started.elapsed());
+                    let config = &stage.config;
+                    let end = match &stage.beginning {
+                        Beginning::Ended(status) => StageEnd::earlier(*status),
+                        Beginning::Boot(module) => {
+                            let result =
+                                run_joined_cell(config, payload(module), stdio, control, joined);
+                            stage_end(i, result, config, started.elapsed())
+                        }
+                        Beginning::Restore(module, snapshot) => {
+                            let result = restore_joined_cell(
+                                config,
+                                payload(module),
+                                snapshot,
+                                stdio,
+                                control,
+                                joined,
+                            );
+                            stage_end(i, result, config, started.elapsed())
+                        }
+                    };
+                    let _ = ended.set(end.status);
                     // Closed now, not when every stage has ended, even when the cell
                     // never started: the neighbours learn of this end.
                     drop(input);
@@ -257,7 +383,7 @@ fn stage_end(
     end
 }
 
-fn print_stats(stages: &[Vec<String>], ends: &[StageEnd]) {
+fn print_stats(stages: &[&[String]], ends: &[StageEnd]) {
     let mut out = String::from("hypercell pipe stats:\n");
     for (i, (words, end)) in stages.iter().zip(ends).enumerate() {
         out.push_str(&format!(

@@ -40,7 +40,11 @@ pub fn forward_to(control: CellControl) -> Checkpoint {
 /// [`forward_to`] for the cells of a pipeline: a signal stops each of them, or ends
 /// the process at once when none is running.
 pub fn forward_to_each(controls: Vec<CellControl>) -> Checkpoint {
-    let checkpoint: Checkpoint = Arc::default();
+    forward_with(controls, Checkpoint::default())
+}
+
+/// [`forward_to_each`], SIGUSR1 running `checkpoint`'s action from the start.
+pub fn forward_with(controls: Vec<CellControl>, checkpoint: Checkpoint) -> Checkpoint {
     let action = checkpoint.clone();
     let set = signal_set();
     // SAFETY: the set is initialised; blocking signals in the calling thread has no

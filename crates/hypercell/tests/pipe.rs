@@ -102,3 +102,95 @@ fn a_stage_that_cannot_run_stops_the_pipeline_before_it_starts() {
         "error: stage 2 is empty: give it a module\n"
     );
 }
+
+#[test]
+fn a_pipeline_saved_mid_stream_goes_on_from_its_checkpoint_losing_nothing() {
+    let reference = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "{} 2048 | {} | {}",
+            native("produce").display(),
+            native("transform").display(),
+            native("digest").display()
+        ))
+        .output()
+        .unwrap();
+    let expected = text(&reference.stdout);
+    assert!(expected.starts_with("bytes 2147483648 hash "), "{expected}");
+
+    let saved = tempfile::tempdir().unwrap();
+    let dir = saved.path().join("pipeline");
+    let mut command = hypercell(&scratch().join("cache"));
+    // SIGUSR1 waits, blocked, until the process takes it: sent before the process
+    // has set up its signals, it would end it.
+    // SAFETY: between fork and exec the closure only calls async-signal-safe
+    // functions on a set it initialises itself.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut command, || {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGUSR1);
+            libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
+            Ok(())
+        });
+    }
+    let mut running = command
+        .arg("pipe")
+        .arg("--checkpoint")
+        .arg(&dir)
+        .args([
+            stage("produce", "2048"),
+            stage("transform", ""),
+            stage("digest", ""),
+        ])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Asked before every stage runs, a checkpoint is refused and the pipeline goes on:
+    // ask until one is written.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !dir.join("pipeline.json").exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no checkpoint was written"
+        );
+        // SAFETY: kill sends a signal to the child this test started.
+        assert_eq!(unsafe { libc::kill(running.id() as i32, libc::SIGUSR1) }, 0);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    running.kill().unwrap();
+    let lost = running.wait_with_output().unwrap();
+    assert!(
+        lost.stdout.is_empty(),
+        "the pipeline ended before it was saved"
+    );
+    let manifest: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("pipeline.json")).unwrap()).unwrap();
+    assert!(
+        manifest["stages"][2]["ended"].is_null(),
+        "the consumer had ended: {manifest}"
+    );
+
+    // Restored, every byte in flight and still to come arrives once, in order.
+    let out = run(&["restore", dir.to_str().unwrap()], b"");
+    assert_eq!(text(&out.stdout), expected, "stderr: {}", text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0));
+
+    // A damaged checkpoint is refused with one sentence naming what is wrong.
+    let channel = dir.join("channel-1.bin");
+    let bytes = std::fs::read(&channel).unwrap();
+    std::fs::write(&channel, &bytes[..bytes.len() - 1]).unwrap();
+    let out = run(&["restore", dir.to_str().unwrap()], b"");
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains("channel-1.bin") && stderr.lines().count() == 1,
+        "{stderr}"
+    );
+    std::fs::write(dir.join("pipeline.json"), b"{\"stages\": []}").unwrap();
+    let out = run(&["restore", dir.to_str().unwrap()], b"");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("lists 0 stages"), "{stderr}");
+}

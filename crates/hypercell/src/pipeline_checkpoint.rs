@@ -1,0 +1,282 @@
+//! Saving a running pipeline and running it on: `hypercell pipe --checkpoint DIR`
+//! saves it on SIGUSR1, `hypercell restore DIR` goes on from there.
+//!
+//! A stage alone cannot be saved: the bytes in flight in its channels are its
+//! neighbours' too. So every stage is paused first; then each stage's cell is
+//! snapshotted and each channel's header and ring copied, all while nothing moves;
+//! then every stage goes on, and the files are written. A stage that had ended is
+//! saved as ended, with its status: restored, its channel ends are closed at once, so
+//! that its reader reads what it left and then the end.
+//!
+//! In `DIR`: `pipeline.json` (written last, so a directory without it holds no whole
+//! checkpoint), `stage-N.snapshot` for each stage that runs (a snapshot file, as `run
+//! --checkpoint` writes), and `channel-N.bin` for the channel after stage N.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use hypercell_host::persist::{CellSnapshot, SnapshotError, SnapshotFile};
+use hypercell_host::{CellConfig, CellControl, ChannelMemory, Compiler, channel_with};
+use serde::{Deserialize, Serialize};
+
+use crate::pipe_command::{Beginning, Pipeline, Stage};
+use crate::signals;
+
+/// The file that says what a checkpoint directory holds.
+const MANIFEST: &str = "pipeline.json";
+
+/// Most stages a saved pipeline may have.
+const MOST_STAGES: usize = 256;
+
+/// `pipeline.json`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    /// Each stage, in order.
+    stages: Vec<SavedStage>,
+}
+
+/// A stage in `pipeline.json`.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SavedStage {
+    /// Its module and arguments, as the pipeline was given them.
+    args: Vec<String>,
+    /// Its status, if it had ended; otherwise its cell is in `stage-N.snapshot`.
+    ended: Option<u8>,
+}
+
+fn stage_file(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("stage-{}.snapshot", index + 1))
+}
+
+fn channel_file(dir: &Path, index: usize) -> PathBuf {
+    dir.join(format!("channel-{}.bin", index + 1))
+}
+
+/// What SIGUSR1 saves: a running pipeline, its channels, and which stages ended.
+pub(crate) struct PipelineCheckpoint {
+    pub(crate) pipeline: Arc<Pipeline>,
+    pub(crate) channels: Vec<ChannelMemory>,
+    pub(crate) ended: Arc<[OnceLock<u8>]>,
+    pub(crate) dir: PathBuf,
+}
+
+/// What one moment of the pipeline holds, taken while every stage is paused.
+struct Taken {
+    stages: Vec<Option<CellSnapshot>>,
+    channels: Vec<Vec<u8>>,
+}
+
+impl PipelineCheckpoint {
+    /// Saves the pipeline; the pipeline goes on whatever happens, and a checkpoint that
+    /// cannot be taken or written is reported.
+    pub(crate) fn save(&self) {
+        let saved = self.take().and_then(|taken| self.write(taken));
+        if let Err(error) = saved {
+            eprintln!("hypercell: no checkpoint written: {error}");
+        }
+    }
+
+    /// Pauses every stage, takes each one's snapshot and each channel's contents, and
+    /// lets them all go on.
+    fn take(&self) -> Result<Taken, String> {
+        let controls = &self.pipeline.controls;
+        let mut paused: Vec<&CellControl> = Vec::new();
+        let taken = (|| {
+            let mut running = Vec::new();
+            for (i, control) in controls.iter().enumerate() {
+                if control.pause() {
+                    paused.push(control);
+                    running.push(true);
+                    continue;
+                }
+                // A pause asked of a cell that has not begun would hold it when it
+                // does: taken back.
+                control.resume();
+                if self.ended[i].get().is_none() {
+                    return Err(format!("stage {} has not started yet; try again", i + 1));
+                }
+                running.push(false);
+            }
+            let mut stages = Vec::new();
+            for (i, control) in controls.iter().enumerate() {
+                if !running[i] {
+                    stages.push(None);
+                    continue;
+                }
+                match control.snapshot_with_neighbours() {
+                    Ok(snapshot) => stages.push(Some(snapshot)),
+                    Err(SnapshotError::NotRunning) => {
+                        return Err(format!("stage {} ended meanwhile; try again", i + 1));
+                    }
+                    Err(error) => return Err(format!("stage {}: {error}", i + 1)),
+                }
+            }
+            let channels = self.channels.iter().map(ChannelMemory::contents).collect();
+            Ok(Taken { stages, channels })
+        })();
+        for control in paused {
+            control.resume();
+        }
+        taken
+    }
+
+    /// Writes what was taken into the directory, each file under a temporary name
+    /// first, the manifest last.
+    fn write(&self, taken: Taken) -> Result<(), String> {
+        let dir = &self.dir;
+        std::fs::create_dir_all(dir)
+            .map_err(|e| format!("cannot make `{}`: {e}", dir.display()))?;
+        let place = |path: &Path, write: &dyn Fn(&Path) -> Result<(), String>| {
+            let temporary = path.with_extension("partial");
+            write(&temporary)?;
+            std::fs::rename(&temporary, path)
+                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+        };
+        let pipeline = &self.pipeline;
+        let mut manifest = Manifest { stages: Vec::new() };
+        for (i, (stage, snapshot)) in pipeline.stages.iter().zip(taken.stages).enumerate() {
+            let ended = match snapshot {
+                Some(snapshot) => {
+                    let module = std::path::absolute(&stage.module_path)
+                        .unwrap_or_else(|_| stage.module_path.clone());
+                    let file = SnapshotFile::new(
+                        &module,
+                        pipeline.cpu_features,
+                        &pipeline.engine,
+                        &stage.config,
+                        snapshot,
+                    );
+                    place(&stage_file(dir, i), &|path| {
+                        file.write_to(path).map_err(|e| e.to_string())
+                    })?;
+                    None
+                }
+                None => self.ended[i].get().copied(),
+            };
+            manifest.stages.push(SavedStage {
+                args: stage.config.args.clone(),
+                ended,
+            });
+        }
+        for (i, contents) in taken.channels.iter().enumerate() {
+            place(&channel_file(dir, i), &|path| {
+                std::fs::write(path, contents)
+                    .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+            })?;
+        }
+        let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
+        place(&dir.join(MANIFEST), &|path| {
+            std::fs::write(path, &json)
+                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+        })
+    }
+}
+
+/// Whether `path` is a directory a pipeline was saved in.
+pub fn is_pipeline_checkpoint(path: &Path) -> bool {
+    path.join(MANIFEST).is_file()
+}
+
+/// Runs `hypercell restore DIR` for a saved pipeline: every stage goes on from its
+/// snapshot, joined by channels holding what was in flight, with this process's stdio
+/// at the ends; `timeout` limits each stage from now.
+pub fn restore(dir: &Path, timeout: Option<Duration>, stats: bool) -> ExitCode {
+    let manifest = match read_manifest(dir) {
+        Ok(manifest) => manifest,
+        Err(e) => return crate::fail_with(&e),
+    };
+    let controls: Vec<CellControl> = manifest.stages.iter().map(|_| CellControl::new()).collect();
+    // Before any thread starts: a thread started earlier would take the signals.
+    let checkpoint_action = signals::forward_to_each(controls.clone());
+    let compiler = match Compiler::new() {
+        Ok(compiler) => compiler,
+        Err(e) => return crate::fail(&e),
+    };
+    let mut stages = Vec::new();
+    for (i, saved) in manifest.stages.iter().enumerate() {
+        match restore_stage(dir, i, saved, &compiler, timeout) {
+            Ok(stage) => stages.push(stage),
+            Err(e) => return crate::fail_with(&format!("stage {}: {e}", i + 1)),
+        }
+    }
+    let mut channels = Vec::new();
+    for i in 0..stages.len() - 1 {
+        let path = channel_file(dir, i);
+        let joined = std::fs::read(&path)
+            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
+            .and_then(|contents| {
+                channel_with(&contents).map_err(|e| format!("`{}`: {e}", path.display()))
+            });
+        match joined {
+            Ok(ends) => channels.push(ends),
+            Err(e) => return crate::fail_with(&e),
+        }
+    }
+    let pipeline = Pipeline {
+        stages,
+        cpu_features: compiler.cpu_features(),
+        engine: compiler.fingerprint().to_string(),
+        controls,
+    };
+    pipeline.run(channels, None, &checkpoint_action, stats)
+}
+
+fn read_manifest(dir: &Path) -> Result<Manifest, String> {
+    let path = dir.join(MANIFEST);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        format!(
+            "`{}` holds no saved pipeline (cannot read `{}`: {e})",
+            dir.display(),
+            path.display()
+        )
+    })?;
+    let manifest: Manifest = serde_json::from_slice(&bytes)
+        .map_err(|e| format!("`{}` is not a pipeline's manifest: {e}", path.display()))?;
+    let stages = manifest.stages.len();
+    if stages == 0 || stages > MOST_STAGES {
+        return Err(format!(
+            "`{}` lists {stages} stages; a saved pipeline has 1 to {MOST_STAGES}",
+            path.display()
+        ));
+    }
+    if manifest.stages.iter().any(|stage| stage.args.is_empty()) {
+        return Err(format!("`{}` lists a stage with no module", path.display()));
+    }
+    Ok(manifest)
+}
+
+/// Stage `index` as it was saved: its cell's snapshot and code, or its status.
+fn restore_stage(
+    dir: &Path,
+    index: usize,
+    saved: &SavedStage,
+    compiler: &Compiler,
+    timeout: Option<Duration>,
+) -> Result<Stage, String> {
+    if let Some(status) = saved.ended {
+        return Ok(Stage {
+            config: CellConfig {
+                args: saved.args.clone(),
+                ..CellConfig::default()
+            },
+            module_path: PathBuf::from(&saved.args[0]),
+            beginning: Beginning::Ended(status),
+        });
+    }
+    let path = stage_file(dir, index);
+    let file = SnapshotFile::read_from(&path).map_err(|e| e.to_string())?;
+    let module = compiler
+        .compile_file(&file.module)
+        .map_err(|e| e.to_string())?;
+    file.check_host(&path, compiler.cpu_features(), compiler.fingerprint())
+        .map_err(|e| e.to_string())?;
+    Ok(Stage {
+        config: file.config(timeout),
+        module_path: file.module.clone(),
+        beginning: Beginning::Restore(module, Box::new(file.snapshot)),
+    })
+}
