@@ -907,14 +907,20 @@ fn channels_of(end: &ChannelEnd) -> CellChannels<'_> {
 /// the writing end when `raw_writes`, else the reading end. Once the peer has ended,
 /// the raw cell is stopped if it still runs. Returns how the raw cell and the peer
 /// ended.
-fn joined_with_raw(
+fn joined_with_raw(code: &[u8], peer: &str, raw_writes: bool) -> (Ended, Ended) {
+    joined_with_raw_as(code, &config(), peer, raw_writes)
+}
+
+/// How a cell ended.
+type Ended = Result<CellReport, CellFailure>;
+
+/// [`joined_with_raw`], the raw cell run with `raw_config`.
+fn joined_with_raw_as(
     code: &[u8],
+    raw_config: &CellConfig,
     peer: &str,
     raw_writes: bool,
-) -> (
-    Result<CellReport, CellFailure>,
-    Result<CellReport, CellFailure>,
-) {
+) -> (Ended, Ended) {
     let module = common::compile(peer);
     let (writer, reader) = hypercell_host::channel().unwrap();
     let (raw_end, peer_end) = if raw_writes {
@@ -936,7 +942,7 @@ fn joined_with_raw(
     std::thread::scope(|scope| {
         let raw = scope.spawn(|| {
             hypercell_host::run_joined_cell(
-                &config(),
+                raw_config,
                 CellPayload::MachineCode(code),
                 stdio,
                 &raw_control,
@@ -977,7 +983,7 @@ fn corrupt_channel(stream: u64, offset: usize, value: u64) -> Vec<u8> {
         .code()
 }
 
-fn stopped_by_the_test(raw: Result<CellReport, CellFailure>) {
+fn stopped_by_the_test(raw: Ended) {
     match raw {
         Err(failure) => assert!(
             matches!(failure.error, CellError::Stopped(libc::SIGTERM)),
@@ -988,18 +994,29 @@ fn stopped_by_the_test(raw: Result<CellReport, CellFailure>) {
     }
 }
 
-#[test]
-fn a_writer_that_sets_its_head_to_nonsense_gives_its_reader_an_error() {
-    for head in [u64::MAX, 1 << 40, (1 << 20) + 1] {
-        let code = corrupt_channel(1, std::mem::offset_of!(ChannelHeader, head), head);
-        let (raw, peer) = joined_with_raw(&code, CHANNEL_READER, true);
+/// Each of `values` written into `field` of the raw cell's end of a channel gives the
+/// wasm program at the other end `EIO`.
+fn nonsense_index_breaks_the_channel(field: usize, values: [u64; 3], raw_writes: bool) {
+    let (stream, peer) = match raw_writes {
+        true => (1, CHANNEL_READER),
+        false => (0, CHANNEL_WRITER),
+    };
+    for value in values {
+        let code = corrupt_channel(stream, field, value);
+        let (raw, peer) = joined_with_raw(&code, peer, raw_writes);
         assert_eq!(
             peer.unwrap().exit,
             CellExit::Exited(i32::from(errno::IO)),
-            "head {head:#x}"
+            "{value:#x}"
         );
         stopped_by_the_test(raw);
     }
+}
+
+#[test]
+fn a_writer_that_sets_its_head_to_nonsense_gives_its_reader_an_error() {
+    let head = std::mem::offset_of!(ChannelHeader, head);
+    nonsense_index_breaks_the_channel(head, [u64::MAX, 1 << 40, (1 << 20) + 1], true);
 }
 
 #[test]
@@ -1007,50 +1024,12 @@ fn a_writer_that_claims_a_full_ring_gives_its_reader_ring_bytes_only() {
     // A head exactly a ring ahead is a full ring of whatever lies there: the reader
     // takes it, then waits for more, and reads the end once the writer is gone.
     let code = corrupt_channel(1, std::mem::offset_of!(ChannelHeader, head), 1 << 20);
-    let (writer, reader) = hypercell_host::channel().unwrap();
-    let module = common::compile(CHANNEL_READER);
-    let null = std::fs::File::options()
-        .read(true)
-        .write(true)
-        .open("/dev/null")
-        .unwrap();
-    let stdio = CellStdio {
-        stdin: null.as_fd(),
-        stdout: null.as_fd(),
-        stderr: null.as_fd(),
+    let briefly = CellConfig {
+        timeout: Some(Duration::from_millis(500)),
+        ..config()
     };
-    let raw_control = CellControl::new();
-    let peer = std::thread::scope(|scope| {
-        let peer = scope.spawn(|| {
-            let payload = CellPayload::Wasm {
-                module: &module,
-                cpu_features: common::cpu_features(),
-            };
-            hypercell_host::run_joined_cell(
-                &config(),
-                payload,
-                stdio,
-                &CellControl::new(),
-                channels_of(&reader),
-            )
-        });
-        let raw = hypercell_host::run_joined_cell(
-            &CellConfig {
-                timeout: Some(Duration::from_millis(500)),
-                ..config()
-            },
-            CellPayload::MachineCode(&code),
-            stdio,
-            &raw_control,
-            channels_of(&writer),
-        );
-        assert!(matches!(
-            raw.map(|report| report.exit)
-                .map_err(|failure| failure.error),
-            Err(CellError::Timeout(_))
-        ));
-        peer.join().unwrap()
-    });
+    let (raw, peer) = joined_with_raw_as(&code, &briefly, CHANNEL_READER, true);
+    assert!(matches!(raw.unwrap_err().error, CellError::Timeout(_)));
     assert_eq!(peer.unwrap().exit, CellExit::Exited(0));
 }
 
@@ -1058,16 +1037,8 @@ fn a_writer_that_claims_a_full_ring_gives_its_reader_ring_bytes_only() {
 fn a_reader_that_sets_its_tail_to_nonsense_gives_its_writer_an_error() {
     // Tails ahead of anything written. (A tail a little behind is a reader that
     // reads nothing: its writer fills the ring and waits, as for any stalled reader.)
-    for tail in [1 << 40, u64::MAX / 2, 1 << 63] {
-        let code = corrupt_channel(0, std::mem::offset_of!(ChannelHeader, tail), tail);
-        let (raw, peer) = joined_with_raw(&code, CHANNEL_WRITER, false);
-        assert_eq!(
-            peer.unwrap().exit,
-            CellExit::Exited(i32::from(errno::IO)),
-            "tail {tail:#x}"
-        );
-        stopped_by_the_test(raw);
-    }
+    let tail = std::mem::offset_of!(ChannelHeader, tail);
+    nonsense_index_breaks_the_channel(tail, [1 << 40, u64::MAX / 2, 1 << 63], false);
 }
 
 #[test]

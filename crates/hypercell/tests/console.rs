@@ -741,3 +741,42 @@ fn ten_thousand_cells_list_quickly() {
     );
     drop(daemon);
 }
+
+#[test]
+fn a_cell_page_links_each_end_of_its_channels() {
+    let dir = tempfile::tempdir().unwrap();
+    let (daemon, port) = console_daemon(dir.path());
+    let produce = c_program("produce");
+    let digest = c_program("digest");
+    daemon.ok(&["create", "--name", "gen", produce.to_str().unwrap(), "1"]);
+    daemon.ok(&["create", "--name", "sum", digest.to_str().unwrap()]);
+    daemon.ok(&["connect", "gen:stdout", "sum:stdin"]);
+    let sum = daemon.inspect("sum")["id"].as_str().unwrap().to_string();
+    let producer = daemon.inspect("gen")["id"].as_str().unwrap().to_string();
+    let browser = browser();
+    let tab = browser.new_tab().unwrap();
+    sign_in(&tab, port, TOKEN);
+    tab.navigate_to(&format!("http://127.0.0.1:{port}/#/cells/gen"))
+        .unwrap();
+    wait_until(
+        &tab,
+        "document.querySelector('dl.config')?.textContent.includes('joined by a channel to')",
+    );
+    assert!(
+        text_of(&tab, "dl.config").contains(&format!("Stdoutjoined by a channel to {sum}:stdin")),
+        "{}",
+        text_of(&tab, "dl.config")
+    );
+    // The link leads to the other end, whose page links back.
+    click(&tab, &format!("dl.config a[href='#/cells/{sum}']"));
+    wait_until(
+        &tab,
+        &format!("document.querySelector(\"dl.config a[href='#/cells/{producer}']\") !== null"),
+    );
+    assert!(
+        text_of(&tab, "dl.config")
+            .contains(&format!("Stdinjoined by a channel to {producer}:stdout")),
+        "{}",
+        text_of(&tab, "dl.config")
+    );
+}
