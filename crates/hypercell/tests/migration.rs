@@ -266,20 +266,40 @@ fn a_cell_that_cannot_move_goes_on_where_it_was() {
 #[test]
 fn a_destination_killed_while_the_state_arrives_leaves_the_cell_running_here() {
     let args = ["3600", "128"];
-    killed_destination(&args, &uninterrupted(&args), true);
+    let kill = |hosts: &mut Hosts| hosts.daemons[1].signal(libc::SIGKILL);
+    interrupted_move(&args, &uninterrupted(&args), true, kill);
 }
 
 #[test]
 fn a_destination_killed_once_the_state_arrived_leaves_the_cell_running_here() {
     let args = ["3600", "128"];
-    killed_destination(&args, &uninterrupted(&args), false);
+    let kill = |hosts: &mut Hosts| hosts.daemons[1].signal(libc::SIGKILL);
+    interrupted_move(&args, &uninterrupted(&args), false, kill);
 }
 
-/// Moves `dirtier ARGS` and kills the destination as its state arrives (while it is
-/// written, or once it is whole), then checks that the cell finished at the source
-/// with `expected`. 128 MiB, all written once, takes long enough to arrive that the
-/// destination dies while it does.
-fn killed_destination(args: &[&str], expected: &str, while_arriving: bool) {
+#[test]
+fn a_link_cut_while_the_state_moves_leaves_the_cell_running_here() {
+    let args = ["3600", "128"];
+    // Without namespaces there is no link to cut.
+    if NetPair::create().is_none() {
+        eprintln!("network namespaces cannot be made here: no link to cut, nothing checked");
+        return;
+    }
+    let cut = |hosts: &mut Hosts| hosts._net.as_ref().expect("namespaces").cut();
+    interrupted_move(&args, &uninterrupted(&args), true, cut);
+}
+
+/// Moves `dirtier ARGS` and interrupts the move with `interrupt` (the destination
+/// killed, the link cut) as its state arrives (while it is written, or once it is
+/// whole), then checks that the cell finished at the source with `expected`. 128 MiB,
+/// all written once, takes long enough to arrive that the interruption comes while it
+/// does.
+fn interrupted_move(
+    args: &[&str],
+    expected: &str,
+    while_arriving: bool,
+    interrupt: impl FnOnce(&mut Hosts),
+) {
     let mut hosts = hosts(&[(SECRET, &[]), (SECRET, &[])]);
     let id = start_dirtier(&hosts.daemons[0], "survivor", &[], args, 2100);
     let destination = hosts.daemons[1].child.id();
@@ -305,7 +325,7 @@ fn killed_destination(args: &[&str], expected: &str, while_arriving: bool) {
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }
-    hosts.daemons[1].signal(libc::SIGKILL);
+    interrupt(&mut hosts);
     let out = moving.wait_with_output().unwrap();
     assert!(!out.status.success());
     let said = text(&out.stderr);

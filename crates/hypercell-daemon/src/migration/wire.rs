@@ -24,6 +24,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
+use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
@@ -130,11 +131,51 @@ pub(crate) struct Wire {
     read_at: usize,
 }
 
+/// How long bytes sent may go unacknowledged, or a quiet connection go unanswered by
+/// keepalive probes, before the connection is taken for dead: a cut link must not hold
+/// a paused cell for the minutes a peer's work may take.
+const DEAD_PEER: Duration = Duration::from_secs(10);
+
+/// Makes the kernel end `stream` once its peer has not answered for [`DEAD_PEER`],
+/// whether this end is sending (`TCP_USER_TIMEOUT`) or waiting (keepalive probes).
+fn notice_dead_peers(stream: &TcpStream) -> std::io::Result<()> {
+    let fd = stream.as_raw_fd();
+    let set = |level: libc::c_int, name: libc::c_int, value: libc::c_int| {
+        // SAFETY: setsockopt reads one int at the pointer, for an option of the socket
+        // `stream` owns.
+        let rc = unsafe {
+            libc::setsockopt(
+                fd,
+                level,
+                name,
+                (&raw const value).cast(),
+                size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        };
+        if rc == 0 {
+            Ok(())
+        } else {
+            Err(std::io::Error::last_os_error())
+        }
+    };
+    let quiet = (DEAD_PEER.as_secs() / 5) as libc::c_int;
+    set(libc::SOL_SOCKET, libc::SO_KEEPALIVE, 1)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPIDLE, quiet)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPINTVL, quiet)?;
+    set(libc::IPPROTO_TCP, libc::TCP_KEEPCNT, 4)?;
+    set(
+        libc::IPPROTO_TCP,
+        libc::TCP_USER_TIMEOUT,
+        DEAD_PEER.as_millis() as libc::c_int,
+    )
+}
+
 impl Wire {
     pub fn new(stream: TcpStream) -> std::io::Result<Self> {
         stream.set_read_timeout(Some(PATIENCE))?;
         stream.set_write_timeout(Some(PATIENCE))?;
         stream.set_nodelay(true)?;
+        notice_dead_peers(&stream)?;
         Ok(Self {
             stream,
             limit: MAX_MESSAGE,

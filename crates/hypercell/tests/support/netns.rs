@@ -12,6 +12,8 @@ use std::sync::atomic::{AtomicU32, Ordering};
 pub struct NetPair {
     pub names: [String; 2],
     pub addrs: [String; 2],
+    /// The two ends of the link, one in each namespace.
+    links: [String; 2],
 }
 
 fn ip(args: &[&str]) -> bool {
@@ -31,11 +33,12 @@ impl NetPair {
         let names = [format!("hca{tag}"), format!("hcb{tag}")];
         let subnet = format!("10.{}.{}", 200 + (n % 50), pid % 250);
         let addrs = [format!("{subnet}.1"), format!("{subnet}.2")];
+        let veth = [format!("va{tag}"), format!("vb{tag}")];
         let pair = Self {
             names: names.clone(),
             addrs: addrs.clone(),
+            links: veth.clone(),
         };
-        let veth = [format!("va{tag}"), format!("vb{tag}")];
         let made = ip(&["netns", "add", &names[0]])
             && ip(&["netns", "add", &names[1]])
             && ip(&[
@@ -57,6 +60,18 @@ impl NetPair {
             });
         // On failure the drop removes what was made.
         made.then_some(pair)
+    }
+}
+
+impl NetPair {
+    /// Cuts the link: both its ends go down, and whatever is sent across is lost.
+    pub fn cut(&self) {
+        for (name, link) in self.names.iter().zip(&self.links) {
+            assert!(
+                ip(&["-n", name, "link", "set", link, "down"]),
+                "cannot cut {link}"
+            );
+        }
     }
 }
 
