@@ -2,7 +2,7 @@
 //! controls and stdin, their logs, and the events their changes send. Every operation
 //! of the API is a method here; the API only translates HTTP.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::File;
 use std::io::Write;
 use std::os::fd::OwnedFd;
@@ -215,6 +215,9 @@ struct Inner {
     arriving: HashMap<String, String>,
     /// The channel ends of joined cells that have not started, by id.
     channel_ends: HashMap<String, OwnedChannels>,
+    /// Cells a start is under way for (compiling, making their partition): no second
+    /// start, and no channel, until it is done.
+    starting: HashSet<String>,
     next_event: u64,
 }
 
@@ -309,6 +312,7 @@ impl Registry {
                 logs: HashMap::new(),
                 arriving: HashMap::new(),
                 channel_ends: HashMap::new(),
+                starting: HashSet::new(),
                 next_event,
             }),
             max_live: max_live_partitions(),
@@ -334,6 +338,7 @@ impl Registry {
                 record.error = Some("the daemon that ran it went away".into());
             })?;
         }
+        registry.rejoin_unstarted()?;
         if let Some(after) = park_after {
             park::watch_idle(&registry, after).map_err(internal)?;
         }
@@ -448,7 +453,7 @@ impl Registry {
 
     /// Creates a cell from `spec`, not started.
     pub fn create(&self, spec: CellSpec) -> Result<CellRecord, DaemonError> {
-        let id = self.add(spec)?;
+        let id = self.add(spec, false)?;
         self.change(&id, "create", |_| {})
     }
 
@@ -456,9 +461,11 @@ impl Registry {
     /// `docker run` does. Compiles its module first: call it where blocking is allowed.
     pub fn run(self: &Arc<Self>, spec: CellSpec) -> Result<CellRecord, DaemonError> {
         self.check_room(&self.lock())?;
-        let id = self.add(spec)?;
+        let id = self.add(spec, true)?;
         let record = self.lock().cells[&id].clone();
-        self.start_or_fail(&record, &[("create", CellState::Created)])
+        let started = self.start_or_fail(&record, &[("create", CellState::Created)]);
+        self.lock().starting.remove(&id);
+        started
     }
 
     /// Starts `record`'s cell, recording the events of `earlier` first; a cell that
@@ -482,8 +489,9 @@ impl Registry {
             })
     }
 
-    /// Checks `spec` and adds a cell for it, not yet recorded; its id.
-    fn add(&self, mut spec: CellSpec) -> Result<String, DaemonError> {
+    /// Checks `spec` and adds a cell for it, not yet recorded, as being started when
+    /// `starting`; its id.
+    fn add(&self, mut spec: CellSpec, starting: bool) -> Result<String, DaemonError> {
         if let Some(path) = self.template_path(&spec.module) {
             spec.module = path;
         }
@@ -510,6 +518,9 @@ impl Registry {
         }
         inner.names.insert(name, id.clone());
         inner.cells.insert(id.clone(), record);
+        if starting {
+            inner.starting.insert(id.clone());
+        }
         Ok(id)
     }
 
@@ -549,10 +560,13 @@ impl Registry {
     /// first: call it where blocking is allowed.
     pub fn start(self: &Arc<Self>, reference: &str) -> Result<CellRecord, DaemonError> {
         let record = {
-            let inner = self.lock();
+            let mut inner = self.lock();
             let id = resolve(&inner, reference)?;
             let record = inner.cells[&id].clone();
-            if record.state.is_live() || inner.live.contains_key(&id) {
+            if record.state.is_live()
+                || inner.live.contains_key(&id)
+                || inner.starting.contains(&id)
+            {
                 return Err(wrong_state(&record, "start", "not running"));
             }
             if let Some(to) = &record.migrated_to
@@ -564,9 +578,12 @@ impl Registry {
                 )));
             }
             self.check_room(&inner)?;
+            inner.starting.insert(id);
             record
         };
-        self.start_or_fail(&record, &[])
+        let started = self.start_or_fail(&record, &[]);
+        self.lock().starting.remove(&record.id);
+        started
     }
 
     /// Makes and starts the partition of `record`'s cell, from the checkpoint

@@ -1261,6 +1261,8 @@ fn run_on_vcpu_thread<'a>(
 ) -> (Result<Completion, CellError>, Vcpu, Services<'a>) {
     let control = services.control.clone();
     let output = services.output;
+    // A joined cell's channel windows lie past its heap: shared, not its own.
+    let own_end = services.growth.as_ref().map_or(memory.size(), |g| g.end);
     // The vCPU's part, on a thread confined by the seccomp filter (`confine` makes it
     // so, or says why it is not).
     let work = move |confine: &dyn Fn() -> Result<(), SeccompError>| {
@@ -1276,7 +1278,7 @@ fn run_on_vcpu_thread<'a>(
         drop(binding);
         (outcome, vcpu, services)
     };
-    let watch = || supervise(&control, memory, output, &module.region, requests);
+    let watch = || supervise(&control, memory, output, &module.region, own_end, requests);
     match runner {
         Some(runner) => runner
             .run(move |confined| work(&|| confined.clone()), watch)
@@ -1324,6 +1326,7 @@ fn supervise(
     memory: &GuestMemory,
     output: GuestAddress,
     module: &std::ops::Range<u64>,
+    own_end: u64,
     Requests { timeout, mut next }: Requests<'_, '_>,
 ) {
     let mut deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
@@ -1365,8 +1368,8 @@ fn supervise(
                 // As the report counts it: the compiled module, shared page cache, left
                 // out.
                 let end = module.end.next_multiple_of(4096);
-                let touched = memory.resident_bytes(0..module.start)
-                    + memory.resident_bytes(end..memory.size());
+                let touched =
+                    memory.resident_bytes(0..module.start) + memory.resident_bytes(end..own_end);
                 for reply in replies {
                     let _ = reply.send(touched);
                 }

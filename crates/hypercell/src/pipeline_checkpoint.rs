@@ -8,15 +8,21 @@
 //! saved as ended, with its status: restored, its channel ends are closed at once, so
 //! that its reader reads what it left and then the end.
 //!
-//! In `DIR`: `pipeline.json` (written last, so a directory without it holds no whole
-//! checkpoint), `stage-N.snapshot` for each stage that runs (a snapshot file, as `run
-//! --checkpoint` writes), and `channel-N.bin` for the channel after stage N.
+//! In `DIR`: `pipeline.json`, `stage-N.snapshot` for each stage that runs (a snapshot
+//! file, as `run --checkpoint` writes), and `channel-N.bin` for the channel after
+//! stage N. A checkpoint is written whole into a directory beside `DIR`, synced, and
+//! then swapped with `DIR` in one rename, so that `DIR` always holds one moment of
+//! the pipeline, never files of two.
 
+use std::fs::File;
+use std::io::Read;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
+use hypercell_host::channel::CHANNEL_LEN;
 use hypercell_host::persist::{CellSnapshot, SnapshotError, SnapshotFile};
 use hypercell_host::{CellConfig, CellControl, ChannelMemory, Compiler, channel_with};
 use serde::{Deserialize, Serialize};
@@ -29,6 +35,9 @@ const MANIFEST: &str = "pipeline.json";
 
 /// Most stages a saved pipeline may have.
 const MOST_STAGES: usize = 256;
+
+/// Largest manifest read.
+const MOST_MANIFEST: u64 = 1 << 20;
 
 /// `pipeline.json`.
 #[derive(Serialize, Deserialize)]
@@ -97,7 +106,10 @@ impl PipelineCheckpoint {
                 // does: taken back.
                 control.resume();
                 if self.ended[i].get().is_none() {
-                    return Err(format!("stage {} has not started yet; try again", i + 1));
+                    return Err(format!(
+                        "stage {} has not started yet, or has just ended; try again",
+                        i + 1
+                    ));
                 }
                 running.push(false);
             }
@@ -116,6 +128,14 @@ impl PipelineCheckpoint {
                 }
             }
             let channels = self.channels.iter().map(ChannelMemory::contents).collect();
+            // A stage stopped meanwhile (its time limit) closed its ends: what was
+            // copied would not match its snapshot.
+            let stopped = paused
+                .iter()
+                .any(|control| !control.is_paused() || control.stop_requested().is_some());
+            if stopped {
+                return Err("a stage was stopped meanwhile".into());
+            }
             Ok(Taken { stages, channels })
         })();
         for control in paused {
@@ -124,18 +144,36 @@ impl PipelineCheckpoint {
         taken
     }
 
-    /// Writes what was taken into the directory, each file under a temporary name
-    /// first, the manifest last.
+    /// Writes what was taken into a directory beside the checkpoint's, syncs it, and
+    /// swaps it in.
     fn write(&self, taken: Taken) -> Result<(), String> {
         let dir = &self.dir;
-        std::fs::create_dir_all(dir)
-            .map_err(|e| format!("cannot make `{}`: {e}", dir.display()))?;
-        let place = |path: &Path, write: &dyn Fn(&Path) -> Result<(), String>| {
-            let temporary = path.with_extension("partial");
-            write(&temporary)?;
-            std::fs::rename(&temporary, path)
-                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
+        let name = dir
+            .file_name()
+            .ok_or_else(|| format!("`{}` names no directory", dir.display()))?;
+        let partial = dir.with_file_name(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&partial);
+        let written = self
+            .write_into(&partial, taken)
+            .and_then(|()| swap_in(&partial, dir));
+        if written.is_err() {
+            let _ = std::fs::remove_dir_all(&partial);
+        }
+        written
+    }
+
+    /// Writes every file of the checkpoint into `dir`, synced.
+    fn write_into(&self, dir: &Path, taken: Taken) -> Result<(), String> {
+        std::fs::create_dir(dir).map_err(|e| format!("cannot make `{}`: {e}", dir.display()))?;
+        let failed = |path: &Path, e: &dyn std::fmt::Display| {
+            format!("cannot write `{}`: {e}", path.display())
         };
+        let write =
+            |path: &Path, bytes: &[u8]| std::fs::write(path, bytes).map_err(|e| failed(path, &e));
         let pipeline = &self.pipeline;
         let mut manifest = Manifest { stages: Vec::new() };
         for (i, (stage, snapshot)) in pipeline.stages.iter().zip(taken.stages).enumerate() {
@@ -150,9 +188,8 @@ impl PipelineCheckpoint {
                         &stage.config,
                         snapshot,
                     );
-                    place(&stage_file(dir, i), &|path| {
-                        file.write_to(path).map_err(|e| e.to_string())
-                    })?;
+                    let path = stage_file(dir, i);
+                    file.write_to(&path).map_err(|e| failed(&path, &e))?;
                     None
                 }
                 None => self.ended[i].get().copied(),
@@ -163,17 +200,85 @@ impl PipelineCheckpoint {
             });
         }
         for (i, contents) in taken.channels.iter().enumerate() {
-            place(&channel_file(dir, i), &|path| {
-                std::fs::write(path, contents)
-                    .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
-            })?;
+            write(&channel_file(dir, i), contents)?;
         }
         let json = serde_json::to_vec_pretty(&manifest).map_err(|e| e.to_string())?;
-        place(&dir.join(MANIFEST), &|path| {
-            std::fs::write(path, &json)
-                .map_err(|e| format!("cannot write `{}`: {e}", path.display()))
-        })
+        write(&dir.join(MANIFEST), &json)?;
+        for entry in std::fs::read_dir(dir).map_err(|e| failed(dir, &e))? {
+            let path = entry.map_err(|e| failed(dir, &e))?.path();
+            sync(&path).map_err(|e| failed(&path, &e))?;
+        }
+        sync(dir).map_err(|e| failed(dir, &e))
     }
+}
+
+/// Flushes `path` (a file or a directory) to the disk.
+fn sync(path: &Path) -> std::io::Result<()> {
+    File::open(path)?.sync_all()
+}
+
+/// Puts the directory `partial` at `dir`: swapped with the checkpoint there in one
+/// rename (which is then removed), or renamed when there is none.
+fn swap_in(partial: &Path, dir: &Path) -> Result<(), String> {
+    let failed =
+        |e: std::io::Error| format!("cannot put the checkpoint at `{}`: {e}", dir.display());
+    if !dir.exists() {
+        std::fs::rename(partial, dir).map_err(failed)?;
+    } else {
+        let from = std::ffi::CString::new(partial.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("`{}` holds a NUL", partial.display()))?;
+        let to = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())
+            .map_err(|_| format!("`{}` holds a NUL", dir.display()))?;
+        // SAFETY: both paths are NUL-terminated strings that live across the call,
+        // which only reads them.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                from.as_ptr(),
+                libc::AT_FDCWD,
+                to.as_ptr(),
+                libc::RENAME_EXCHANGE,
+            )
+        };
+        if rc != 0 {
+            return Err(failed(std::io::Error::last_os_error()));
+        }
+        // The old checkpoint, now where the new one was written.
+        let _ = std::fs::remove_dir_all(partial);
+    }
+    if let Some(parent) = dir.parent().filter(|parent| !parent.as_os_str().is_empty()) {
+        let _ = sync(parent);
+    }
+    Ok(())
+}
+
+/// The bytes of the regular file at `path`, at most `most` of them; a link, a FIFO,
+/// a device or a larger file is refused, so that no file put in a checkpoint can
+/// hang or exhaust the process.
+fn read_regular(path: &Path, most: u64) -> Result<Vec<u8>, String> {
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    let metadata = file
+        .metadata()
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    if !metadata.is_file() {
+        return Err(format!("`{}` is not a regular file", path.display()));
+    }
+    if metadata.len() > most {
+        return Err(format!(
+            "`{}` is {} bytes, more than the {most} it may be",
+            path.display(),
+            metadata.len()
+        ));
+    }
+    let mut bytes = Vec::new();
+    file.take(most)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read `{}`: {e}", path.display()))?;
+    Ok(bytes)
 }
 
 /// Whether `path` is a directory a pipeline was saved in.
@@ -206,11 +311,9 @@ pub fn restore(dir: &Path, timeout: Option<Duration>, stats: bool) -> ExitCode {
     let mut channels = Vec::new();
     for i in 0..stages.len() - 1 {
         let path = channel_file(dir, i);
-        let joined = std::fs::read(&path)
-            .map_err(|e| format!("cannot read `{}`: {e}", path.display()))
-            .and_then(|contents| {
-                channel_with(&contents).map_err(|e| format!("`{}`: {e}", path.display()))
-            });
+        let joined = read_regular(&path, CHANNEL_LEN as u64).and_then(|contents| {
+            channel_with(&contents).map_err(|e| format!("`{}`: {e}", path.display()))
+        });
         match joined {
             Ok(ends) => channels.push(ends),
             Err(e) => return crate::fail_with(&e),
@@ -222,18 +325,13 @@ pub fn restore(dir: &Path, timeout: Option<Duration>, stats: bool) -> ExitCode {
         engine: compiler.fingerprint().to_string(),
         controls,
     };
-    pipeline.run(channels, None, &checkpoint_action, stats)
+    // SIGUSR1 saves the pipeline again, in the same directory.
+    pipeline.run(channels, Some(dir.to_path_buf()), &checkpoint_action, stats)
 }
 
 fn read_manifest(dir: &Path) -> Result<Manifest, String> {
     let path = dir.join(MANIFEST);
-    let bytes = std::fs::read(&path).map_err(|e| {
-        format!(
-            "`{}` holds no saved pipeline (cannot read `{}`: {e})",
-            dir.display(),
-            path.display()
-        )
-    })?;
+    let bytes = read_regular(&path, MOST_MANIFEST)?;
     let manifest: Manifest = serde_json::from_slice(&bytes)
         .map_err(|e| format!("`{}` is not a pipeline's manifest: {e}", path.display()))?;
     let stages = manifest.stages.len();
@@ -268,6 +366,11 @@ fn restore_stage(
         });
     }
     let path = stage_file(dir, index);
+    // Looked at before it is opened: a FIFO or a link put there is refused.
+    let regular = std::fs::symlink_metadata(&path).is_ok_and(|metadata| metadata.is_file());
+    if !regular {
+        return Err(format!("`{}` is not a regular file", path.display()));
+    }
     let file = SnapshotFile::read_from(&path).map_err(|e| e.to_string())?;
     let module = compiler
         .compile_file(&file.module)

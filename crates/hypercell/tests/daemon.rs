@@ -793,4 +793,22 @@ fn cells_joined_by_a_channel_run_as_a_pipeline_in_the_daemon() {
     assert_eq!(daemon.inspect("late")["exit_code"], 2);
     let logs = daemon.cli(&["logs", "late"]);
     assert_eq!(text(&logs.stderr), "produce: write: Broken pipe\n");
+
+    // Cells joined but not started are joined again by the next daemon.
+    daemon.ok(&["create", "--name", "again", produce, "4"]);
+    daemon.ok(&["create", "--name", "after", digest]);
+    daemon.ok(&["connect", "again:stdout", "after:stdin"]);
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGTERM);
+    let daemon = Daemon::start_with(
+        dir.path(),
+        &["--migration-secret-file", secret.to_str().unwrap()],
+    );
+    daemon.ok(&["start", "after"]);
+    daemon.ok(&["start", "again"]);
+    let (_, lines) = daemon.follow(&["logs", "-f", "after"]);
+    assert_eq!(
+        wait_for(&lines, |line| line.starts_with("bytes ")),
+        produce_digest(4 << 20)
+    );
 }

@@ -187,6 +187,14 @@ fn a_pipeline_saved_mid_stream_goes_on_from_its_checkpoint_losing_nothing() {
         stderr.contains("channel-1.bin") && stderr.lines().count() == 1,
         "{stderr}"
     );
+    // A FIFO in its place is refused at once, not waited on.
+    std::fs::remove_file(&channel).unwrap();
+    let fifo = std::ffi::CString::new(channel.to_str().unwrap()).unwrap();
+    // SAFETY: mkfifo reads the NUL-terminated path it is given.
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    let out = run(&["restore", dir.to_str().unwrap()], b"");
+    let stderr = text(&out.stderr);
+    assert!(stderr.contains("is not a regular file"), "{stderr}");
     std::fs::write(dir.join("pipeline.json"), b"{\"stages\": []}").unwrap();
     let out = run(&["restore", dir.to_str().unwrap()], b"");
     let stderr = text(&out.stderr);

@@ -3,80 +3,121 @@
 //! joins its stages. Cells are joined before either starts; each then starts when it
 //! is started, and a writer whose reader has not started yet fills the ring and
 //! waits. The ends live in the daemon until their cells start; a cell removed before
-//! it starts closes its end, so its peer reads the end of input or gets `EPIPE`.
+//! it starts closes its end, so its peer reads the end of input or gets `EPIPE`. A
+//! daemon that opens makes channels again for joined cells that never started.
 
 use std::path::Path;
+use std::sync::PoisonError;
 
 use hypercell_host::persist::SnapshotFile;
 use hypercell_host::{OwnedChannels, channel};
 
 use super::{DaemonError, Inner, Registry, internal, resolve};
-use crate::record::{CellRecord, CellState, ChannelView, RestartPolicy};
+use crate::record::{CellRecord, CellState, ChannelView, Event, RestartPolicy, now_ms};
 
 impl Registry {
     /// Joins the stdout of the cell `from` names to the stdin of the cell `to` names;
-    /// both must be created and never started. Returns both records.
+    /// both must be created and never started. Both records change, with a `connect`
+    /// event each, in one transaction. Returns both records.
     pub fn connect(&self, from: &str, to: &str) -> Result<[CellRecord; 2], DaemonError> {
-        let (from_id, to_id) = {
-            let mut inner = self.lock();
-            let from_id = resolve(&inner, from)?;
-            let to_id = resolve(&inner, to)?;
-            if from_id == to_id {
-                return Err(DaemonError::BadRequest {
-                    field: "to",
-                    message: format!(
-                        "cell `{}` cannot be joined to itself",
-                        inner.cells[&from_id].name
-                    ),
-                });
-            }
-            let (writer, reader) = (&inner.cells[&from_id], &inner.cells[&to_id]);
-            joinable(writer)?;
-            joinable(reader)?;
-            if let Some(joined) = &writer.stdout_to {
-                return Err(DaemonError::Conflict(format!(
-                    "cell `{}`'s stdout is already joined to cell `{}`",
-                    writer.name,
-                    name_of(&inner, joined)
-                )));
-            }
-            if let Some(joined) = &reader.stdin_from {
-                return Err(DaemonError::Conflict(format!(
-                    "cell `{}`'s stdin is already joined to cell `{}`'s stdout",
-                    reader.name,
-                    name_of(&inner, joined)
-                )));
-            }
-            if reader.spec.stdin {
-                return Err(DaemonError::Conflict(format!(
-                    "cell `{}` takes its stdin from the API (it was created interactive); create it again without",
-                    reader.name
-                )));
-            }
+        // Saves keep the order of changes (see `change_after`).
+        let saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut inner = self.lock();
+        let from_id = resolve(&inner, from)?;
+        let to_id = resolve(&inner, to)?;
+        if from_id == to_id {
+            return Err(DaemonError::BadRequest {
+                field: "to",
+                message: format!(
+                    "cell `{}` cannot be joined to itself",
+                    inner.cells[&from_id].name
+                ),
+            });
+        }
+        joinable(&inner, &from_id)?;
+        joinable(&inner, &to_id)?;
+        let (writer, reader) = (&inner.cells[&from_id], &inner.cells[&to_id]);
+        if let Some(joined) = &writer.stdout_to {
+            return Err(DaemonError::Conflict(format!(
+                "cell `{}`'s stdout is already joined to cell `{}`",
+                writer.name,
+                name_of(&inner, joined)
+            )));
+        }
+        if let Some(joined) = &reader.stdin_from {
+            return Err(DaemonError::Conflict(format!(
+                "cell `{}`'s stdin is already joined to cell `{}`'s stdout",
+                reader.name,
+                name_of(&inner, joined)
+            )));
+        }
+        if reader.spec.stdin {
+            return Err(DaemonError::Conflict(format!(
+                "cell `{}` takes its stdin from the API (it was created interactive); create it again without",
+                reader.name
+            )));
+        }
+        let mut writer = writer.clone();
+        let mut reader = reader.clone();
+        writer.stdout_to = Some(to_id.clone());
+        reader.stdin_from = Some(from_id.clone());
+        let events: Vec<Event> = [&writer, &reader]
+            .iter()
+            .zip(inner.next_event..)
+            .map(|(record, seq)| Event {
+                seq,
+                time_ms: now_ms(),
+                cell: record.id.clone(),
+                name: record.name.clone(),
+                action: "connect".into(),
+                state: record.state,
+            })
+            .collect();
+        let (write_end, read_end) =
+            channel().map_err(|e| internal(format!("cannot make a channel: {e}")))?;
+        // Saved before anything changes here: a failed save leaves the cells unjoined.
+        self.store
+            .save_all(&[writer.clone(), reader.clone()], &events)?;
+        inner.next_event += events.len() as u64;
+        inner
+            .channel_ends
+            .entry(from_id.clone())
+            .or_default()
+            .stdout = Some(write_end);
+        inner.channel_ends.entry(to_id.clone()).or_default().stdin = Some(read_end);
+        inner.cells.insert(from_id, writer.clone());
+        inner.cells.insert(to_id, reader.clone());
+        drop(inner);
+        for event in events {
+            let _ = self.events.send(event);
+        }
+        drop(saving);
+        Ok([writer, reader])
+    }
+
+    /// Makes channels again for the joined cells that neither started nor ran, as a
+    /// daemon opens: their ends lived in the daemon that joined them.
+    pub(super) fn rejoin_unstarted(&self) -> Result<(), DaemonError> {
+        let mut inner = self.lock();
+        let pairs: Vec<(String, String)> = inner
+            .cells
+            .values()
+            .filter_map(|writer| {
+                let reader = inner.cells.get(writer.stdout_to.as_ref()?)?;
+                let fresh = |record: &CellRecord| {
+                    record.state == CellState::Created && record.started_ms.is_none()
+                };
+                (fresh(writer) && fresh(reader) && reader.stdin_from.as_ref() == Some(&writer.id))
+                    .then(|| (writer.id.clone(), reader.id.clone()))
+            })
+            .collect();
+        for (from, to) in pairs {
             let (write_end, read_end) =
                 channel().map_err(|e| internal(format!("cannot make a channel: {e}")))?;
-            inner
-                .channel_ends
-                .entry(from_id.clone())
-                .or_default()
-                .stdout = Some(write_end);
-            inner.channel_ends.entry(to_id.clone()).or_default().stdin = Some(read_end);
-            // Marked at once, under the lock, so that no other request joins them too.
-            if let Some(record) = inner.cells.get_mut(&from_id) {
-                record.stdout_to = Some(to_id.clone());
-            }
-            if let Some(record) = inner.cells.get_mut(&to_id) {
-                record.stdin_from = Some(from_id.clone());
-            }
-            (from_id, to_id)
-        };
-        let writer = self.change(&from_id, "connect", |record| {
-            record.stdout_to = Some(to_id.clone());
-        })?;
-        let reader = self.change(&to_id, "connect", |record| {
-            record.stdin_from = Some(from_id.clone());
-        })?;
-        Ok([writer, reader])
+            inner.channel_ends.entry(from).or_default().stdout = Some(write_end);
+            inner.channel_ends.entry(to).or_default().stdin = Some(read_end);
+        }
+        Ok(())
     }
 
     /// Every channel the records hold, by the cell that writes it.
@@ -127,10 +168,15 @@ impl Registry {
     }
 }
 
-/// Refuses a cell that cannot be joined: one that has started, that starts from a
-/// snapshot, or that is to be checkpointed.
-fn joinable(record: &CellRecord) -> Result<(), DaemonError> {
-    if record.state != CellState::Created || record.started_ms.is_some() {
+/// Refuses a cell that cannot be joined: one that has started or is starting, that
+/// starts from a snapshot, or that is to be checkpointed.
+fn joinable(inner: &Inner, id: &str) -> Result<(), DaemonError> {
+    let record = &inner.cells[id];
+    if record.state != CellState::Created
+        || record.started_ms.is_some()
+        || inner.starting.contains(id)
+        || inner.live.contains_key(id)
+    {
         return Err(DaemonError::Conflict(format!(
             "cell `{}` has started already; channels join cells before they start",
             record.name
