@@ -859,34 +859,35 @@ fn mapping_requests_outside_the_rules_are_refused() {
     }
 }
 
-/// A wasm program that reads stdin to its end, 64 KiB at a time, and exits with the
-/// errno of the first read that fails (0 at the end of input).
-const CHANNEL_READER: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_read" (func $read (param i32 i32 i32 i32) (result i32)))
+/// A wasm program that moves 64 KiB at a time with `call` (`fd_read` or `fd_write`) on
+/// descriptor `fd` until a call fails, and exits with its errno; a read of nothing
+/// (the end of input) exits 0.
+fn channel_program(call: &str, fd: u32) -> String {
+    format!(
+        r#"(module
+  (import "wasi_snapshot_preview1" "{call}" (func $move (param i32 i32 i32 i32) (result i32)))
   (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
   (memory (export "memory") 2)
   (func (export "_start") (local $e i32)
     (i32.store (i32.const 0) (i32.const 64))
     (i32.store (i32.const 4) (i32.const 65536))
     (loop $more
-      (local.set $e (call $read (i32.const 0) (i32.const 0) (i32.const 1) (i32.const 8)))
+      (local.set $e (call $move (i32.const {fd}) (i32.const 0) (i32.const 1) (i32.const 8)))
       (if (local.get $e) (then (call $exit (local.get $e))))
       (br_if $more (i32.load (i32.const 8))))
-    (call $exit (i32.const 0))))"#;
+    (call $exit (i32.const 0))))"#
+    )
+}
 
-/// A wasm program that writes 64 KiB to stdout again and again, and exits with the
-/// errno of the first write that fails.
-const CHANNEL_WRITER: &str = r#"(module
-  (import "wasi_snapshot_preview1" "fd_write" (func $write (param i32 i32 i32 i32) (result i32)))
-  (import "wasi_snapshot_preview1" "proc_exit" (func $exit (param i32)))
-  (memory (export "memory") 2)
-  (func (export "_start") (local $e i32)
-    (i32.store (i32.const 0) (i32.const 64))
-    (i32.store (i32.const 4) (i32.const 65536))
-    (loop $more
-      (local.set $e (call $write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
-      (if (local.get $e) (then (call $exit (local.get $e))))
-      (br $more))))"#;
+/// Reads stdin to its end (see [`channel_program`]).
+fn channel_reader() -> String {
+    channel_program("fd_read", 0)
+}
+
+/// Writes stdout until a write fails (see [`channel_program`]).
+fn channel_writer() -> String {
+    channel_program("fd_write", 1)
+}
 
 /// The channels of a cell holding `end` alone.
 fn channels_of(end: &ChannelEnd) -> CellChannels<'_> {
@@ -998,12 +999,12 @@ fn stopped_by_the_test(raw: Ended) {
 /// wasm program at the other end `EIO`.
 fn nonsense_index_breaks_the_channel(field: usize, values: [u64; 3], raw_writes: bool) {
     let (stream, peer) = match raw_writes {
-        true => (1, CHANNEL_READER),
-        false => (0, CHANNEL_WRITER),
+        true => (1, channel_reader()),
+        false => (0, channel_writer()),
     };
     for value in values {
         let code = corrupt_channel(stream, field, value);
-        let (raw, peer) = joined_with_raw(&code, peer, raw_writes);
+        let (raw, peer) = joined_with_raw(&code, &peer, raw_writes);
         assert_eq!(
             peer.unwrap().exit,
             CellExit::Exited(i32::from(errno::IO)),
@@ -1028,7 +1029,7 @@ fn a_writer_that_claims_a_full_ring_gives_its_reader_ring_bytes_only() {
         timeout: Some(Duration::from_millis(500)),
         ..config()
     };
-    let (raw, peer) = joined_with_raw_as(&code, &briefly, CHANNEL_READER, true);
+    let (raw, peer) = joined_with_raw_as(&code, &briefly, &channel_reader(), true);
     assert!(matches!(raw.unwrap_err().error, CellError::Timeout(_)));
     assert_eq!(peer.unwrap().exit, CellExit::Exited(0));
 }
@@ -1044,7 +1045,7 @@ fn a_reader_that_sets_its_tail_to_nonsense_gives_its_writer_an_error() {
 #[test]
 fn a_reader_that_says_it_closed_gives_its_writer_epipe() {
     let code = corrupt_channel(0, std::mem::offset_of!(ChannelHeader, reader_closed), 1);
-    let (raw, peer) = joined_with_raw(&code, CHANNEL_WRITER, false);
+    let (raw, peer) = joined_with_raw(&code, &channel_writer(), false);
     assert_eq!(peer.unwrap().exit, CellExit::Exited(i32::from(errno::PIPE)));
     stopped_by_the_test(raw);
 }
@@ -1082,7 +1083,7 @@ fn channel_calls_outside_the_rules_are_refused() {
         ),
     ];
     for (code, expected) in cases {
-        let (raw, peer) = joined_with_raw(&code, CHANNEL_READER, true);
+        let (raw, peer) = joined_with_raw(&code, &channel_reader(), true);
         assert_eq!(raw.unwrap().exit, expected);
         // The raw writer ended without writing: its reader reads the end.
         assert_eq!(peer.unwrap().exit, CellExit::Exited(0));
