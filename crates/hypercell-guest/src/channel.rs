@@ -17,8 +17,9 @@ use hypercell_abi::{BootInfo, ChannelHeader, Hypercall};
 
 /// How long a side spins for its neighbour before it waits through the host. A wait
 /// costs two exits (the wait and its kick), at tens of µs each; the neighbours of a
-/// busy pipeline are mostly held up for less than this, by the host's scheduler.
-const SPIN_NS: u64 = 1_000_000;
+/// busy pipeline are held up by the host's scheduler for 1-5 ms at times, and a 1 ms
+/// spin left four to seven times as many waits as this one.
+const SPIN_NS: u64 = 3_000_000;
 
 /// One end of a channel: stream 0 (stdin, the reading end) or 1 (stdout, the writing
 /// end).
