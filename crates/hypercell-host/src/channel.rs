@@ -4,9 +4,10 @@
 //!
 //! The host's part is small: it makes the shared memory (a memfd, mapped into each
 //! cell's channel window), parks a cell that must block until its peer kicks it or
-//! ends, and closes a cell's ends when it ends. It never reads the ring's bytes, and of
-//! the header it only compares the peer's index with what the waiter saw, so nothing a
-//! hostile guest writes there can mislead it.
+//! ends, and closes a cell's ends when it ends. It never interprets the ring's bytes
+//! (a pipeline's checkpoint copies them whole), and of the header it only compares the
+//! peer's index and closed flag with what the waiter saw, so nothing a hostile guest
+//! writes there can mislead it.
 
 use std::io;
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
