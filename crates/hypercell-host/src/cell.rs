@@ -323,14 +323,7 @@ pub fn run_cell_with_control(
     stdio: CellStdio<'_>,
     control: &CellControl,
 ) -> Result<CellReport, CellFailure> {
-    begin(
-        config,
-        payload,
-        stdio,
-        control,
-        Start::Boot,
-        CellChannels::default(),
-    )
+    run_joined_cell(config, payload, stdio, control, CellChannels::default())
 }
 
 /// Builds a cell from `snapshot`, taken with [`CellControl::snapshot_with_neighbours`]
@@ -519,12 +512,12 @@ pub fn restore_cell(
     stdio: CellStdio<'_>,
     control: &CellControl,
 ) -> Result<CellReport, CellFailure> {
-    begin(
+    restore_joined_cell(
         config,
         payload,
+        snapshot,
         stdio,
         control,
-        Start::Restore(snapshot),
         CellChannels::default(),
     )
 }

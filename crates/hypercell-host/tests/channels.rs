@@ -102,13 +102,6 @@ fn joined(writer: &str, reader: &str, meddle: Meddle<'_>) -> (Ended, Ended, Vec<
         .open("/dev/null")
         .unwrap();
     let mut output = tempfile::tempfile().unwrap();
-    let payload = |module: &'static CompiledModule| CellPayload::Wasm {
-        module,
-        cpu_features: common::cpu_features(),
-    };
-    // The modules live to the end of the test process, as the cells' threads need.
-    let (writer, reader): (&'static CompiledModule, &'static CompiledModule) =
-        (Box::leak(Box::new(writer)), Box::leak(Box::new(reader)));
     let (writer_control, reader_control) = (CellControl::new(), CellControl::new());
     let (wrote, read) = std::thread::scope(|scope| {
         let writing = scope.spawn(|| {
@@ -121,7 +114,13 @@ fn joined(writer: &str, reader: &str, meddle: Meddle<'_>) -> (Ended, Ended, Vec<
                 stdin: None,
                 stdout: Some(&write_end),
             };
-            run_joined_cell(&config(), payload(writer), stdio, &writer_control, channels)
+            run_joined_cell(
+                &config(),
+                payload(&writer),
+                stdio,
+                &writer_control,
+                channels,
+            )
         });
         let reading = scope.spawn(|| {
             let stdio = CellStdio {
@@ -133,7 +132,13 @@ fn joined(writer: &str, reader: &str, meddle: Meddle<'_>) -> (Ended, Ended, Vec<
                 stdin: Some(&read_end),
                 stdout: None,
             };
-            run_joined_cell(&config(), payload(reader), stdio, &reader_control, channels)
+            run_joined_cell(
+                &config(),
+                payload(&reader),
+                stdio,
+                &reader_control,
+                channels,
+            )
         });
         meddle(&writer_control, &reader_control, &|| writing.is_finished());
         (writing.join().unwrap(), reading.join().unwrap())
@@ -149,6 +154,13 @@ fn joined(writer: &str, reader: &str, meddle: Meddle<'_>) -> (Ended, Ended, Vec<
 fn started(control: &CellControl) {
     while control.activity().cpu_time.is_none() {
         std::thread::yield_now();
+    }
+}
+
+fn payload(module: &CompiledModule) -> CellPayload<'_> {
+    CellPayload::Wasm {
+        module,
+        cpu_features: common::cpu_features(),
     }
 }
 
