@@ -107,6 +107,13 @@ pub struct BootInfo {
     pub stdout_channel: u64,
     /// Bytes of each channel's ring, a power of two; 0 without channels.
     pub channel_capacity: u64,
+    /// The cell's named channels: `named_channel_count` [`crate::NamedChannel`]
+    /// records, back to back, in the identity region (0 without any). The last
+    /// preopen is then [`crate::channel::CHANNELS_DIRECTORY`], under which the program
+    /// opens them by name.
+    pub named_channels_addr: u64,
+    /// Number of named channels, at most [`crate::channel::MAX_NAMED_CHANNELS`].
+    pub named_channel_count: u64,
 }
 
 /// [`BootInfo::template_stop`]: the template is taken once the module is instantiated,

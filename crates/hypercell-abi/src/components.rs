@@ -25,19 +25,29 @@ impl Components {
     /// Sockets: named so that a module importing them is refused by name; no cell
     /// can be given them yet.
     pub const NET: Self = Self(1 << 6);
+    /// Named channels: the channels granted to the cell, opened by name under the
+    /// `/channels` directory (see [`crate::channel`]).
+    pub const CHANNELS: Self = Self(1 << 7);
     /// Every component a cell can be given: a cell's default.
     pub const ALL: Self = Self(
-        Self::STDIO.0 | Self::ARGS.0 | Self::ENV.0 | Self::CLOCKS.0 | Self::RANDOM.0 | Self::FS.0,
+        Self::STDIO.0
+            | Self::ARGS.0
+            | Self::ENV.0
+            | Self::CLOCKS.0
+            | Self::RANDOM.0
+            | Self::FS.0
+            | Self::CHANNELS.0,
     );
 
     /// The components a cell can be given, by name, in the order they are listed.
-    pub const NAMES: [(&'static str, Self); 6] = [
+    pub const NAMES: [(&'static str, Self); 7] = [
         ("stdio", Self::STDIO),
         ("args", Self::ARGS),
         ("env", Self::ENV),
         ("clocks", Self::CLOCKS),
         ("random", Self::RANDOM),
         ("fs", Self::FS),
+        ("channels", Self::CHANNELS),
     ];
 
     /// Whether every component of `other` is in this set.
@@ -88,9 +98,12 @@ pub enum Needs {
     Nothing,
     /// This component.
     Component(Components),
-    /// Its first parameter is a descriptor: stdio for a stdio stream, files for any
-    /// other.
+    /// Its first parameter is a descriptor: stdio for a stdio stream, channels for a
+    /// named channel, files for any other.
     Descriptor,
+    /// Its first parameter is a directory to open in: channels for the `/channels`
+    /// directory, files for any other.
+    Directory,
     /// `poll_oneoff`: clocks for a clock subscription, and a descriptor's component for
     /// a descriptor's.
     Poll,
@@ -103,10 +116,14 @@ impl Needs {
         match self {
             Self::Nothing => Components::NONE,
             Self::Component(component) => component,
-            Self::Descriptor => Components::STDIO.union(Components::FS),
+            Self::Descriptor => Components::STDIO
+                .union(Components::FS)
+                .union(Components::CHANNELS),
+            Self::Directory => Components::FS.union(Components::CHANNELS),
             Self::Poll => Components::CLOCKS
                 .union(Components::STDIO)
-                .union(Components::FS),
+                .union(Components::FS)
+                .union(Components::CHANNELS),
         }
     }
 }

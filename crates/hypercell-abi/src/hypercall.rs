@@ -123,12 +123,12 @@ pub enum Hypercall {
     NextRequest = 14,
     /// An operation on one of the cell's channels (see [`crate::channel`]): the
     /// operation ([`crate::channel::CHANNEL_WAIT`] or [`crate::channel::CHANNEL_KICK`]),
-    /// the stream (0 for the stdin channel, 1 for the stdout channel) and, for a wait,
-    /// the peer's index as the guest last saw it. A wait returns 0 once the peer's
+    /// the end (0 for the stdin channel, 1 for the stdout channel, 2 + `i` for named
+    /// channel `i`) and, for a wait, the peer's index as the guest last saw it. A wait returns 0 once the peer's
     /// index differs from it, the peer closed its end or is gone, or the cell is being
     /// stopped; [`RESULT_RESTART`] when a snapshot abandoned it. A kick wakes the peer
-    /// and returns 0. A stream without a channel gets `EBADF`, another operation
-    /// `EINVAL`, and a cell without the `stdio` component `NOTCAPABLE`.
+    /// and returns 0. An end the cell lacks gets `EBADF`, another operation `EINVAL`,
+    /// and a stdio end of a cell without the `stdio` component `NOTCAPABLE`.
     Channel = 15,
 }
 
@@ -187,6 +187,9 @@ pub enum FileOp {
     PathSetTimes = 24,
     /// `dir fd, lookup flags, path, path length, new dir fd, new path, new path length`.
     Link = 25,
+    /// `channels directory fd, named channel index`: a new descriptor for that
+    /// channel's end, which the guest serves (see [`crate::channel`]).
+    OpenChannel = 26,
 }
 
 impl FileOp {
@@ -218,6 +221,7 @@ impl FileOp {
             23 => Self::SetTimes,
             24 => Self::PathSetTimes,
             25 => Self::Link,
+            26 => Self::OpenChannel,
             _ => return None,
         })
     }
@@ -301,13 +305,13 @@ mod tests {
         }
         assert_eq!(Hypercall::from_number(0), None);
         assert_eq!(Hypercall::from_number(16), None);
-        for number in 1..=25 {
+        for number in 1..=26 {
             assert_eq!(
                 FileOp::from_number(number).map(|op| op as u64),
                 Some(number)
             );
         }
-        assert_eq!(FileOp::from_number(26), None);
+        assert_eq!(FileOp::from_number(27), None);
     }
 
     #[test]

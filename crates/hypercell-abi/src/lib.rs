@@ -19,11 +19,11 @@ pub mod wasi;
 pub use boot::{
     BootInfo, CpuFeatures, GuestPhases, StdioKind, TEMPLATE_STOP_INIT, TEMPLATE_STOP_START,
 };
-pub use channel::ChannelHeader;
+pub use channel::{ChannelHeader, NamedChannel};
 pub use components::{Components, Needs};
 pub use hypercall::{FileOp, Hypercall, HypercallRequest, IoVec};
 pub use output::{OUTPUT_RECORD_HEADER, OutputBuffer};
 
 /// Version of the ABI described by this crate; the host refuses requests that carry
 /// another version.
-pub const ABI_VERSION: u32 = 10;
+pub const ABI_VERSION: u32 = 11;

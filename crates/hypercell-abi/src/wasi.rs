@@ -11,6 +11,7 @@ pub mod errno {
     pub const NOTCAPABLE: u16 = 76;
     pub const ACCES: u16 = 2;
     pub const BADF: u16 = 8;
+    pub const BUSY: u16 = 10;
     pub const EXIST: u16 = 20;
     pub const FAULT: u16 = 21;
     pub const FBIG: u16 = 22;
@@ -163,7 +164,7 @@ pub enum WasiType {
 }
 
 use crate::components::{Components, Needs};
-use Needs::{Component, Descriptor, Nothing, Poll};
+use Needs::{Component, Descriptor, Directory, Nothing, Poll};
 use WasiType::{I32, I64};
 
 /// A WASI preview1 function: name, parameter types, whether it returns an errno
@@ -252,7 +253,7 @@ pub const WASI_PREVIEW1_FUNCTIONS: &[WasiFunction] = &[
         "path_open",
         &[I32, I32, I32, I32, I32, I64, I64, I32, I32],
         true,
-        Component(Components::FS),
+        Directory,
     ),
     (
         "path_readlink",

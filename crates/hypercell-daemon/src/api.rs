@@ -19,8 +19,8 @@ use crate::console::{self, Access, ConsoleAuth};
 use crate::logs::Stream;
 use crate::record::{
     CellRecord, CellSpec, CellState, CellStatsView, CellUsage, ChannelSpec, ChannelView,
-    DirMapping, DirSpec, Event, MigrationPhase, MigrationProgress, RestartPolicy, TemplateRecord,
-    TemplateSpec,
+    DirMapping, DirSpec, Event, MigrationPhase, MigrationProgress, NamedChannelLink, RestartPolicy,
+    TemplateRecord, TemplateSpec,
 };
 use crate::registry::{DaemonError, Migration, Registry};
 
@@ -327,17 +327,18 @@ async fn channels(State(registry): State<Arc<Registry>>) -> axum::Json<Vec<Chann
 
 #[utoipa::path(post, path = "/v1/channels", tag = "channels", request_body = ChannelSpec,
     responses((status = 415, description = "The body is not sent as application/json", body = ErrorBody),
-        (status = 201, description = "The stdout of `from` is joined to the stdin of `to`: both records, writer first", body = Vec<CellRecord>),
+        (status = 201, description = "The stdout of `from` is joined to the stdin of `to`, or both are granted the named channel: both records, writer first", body = Vec<CellRecord>),
         (status = 400, description = "A cell is joined to itself, or a field is wrong", body = ErrorBody),
         (status = 404, description = "No such cell", body = ErrorBody),
-        (status = 409, description = "A cell has started, starts from a snapshot, is to be checkpointed, lacks `stdio`, takes stdin from the API, or has that stream joined already", body = ErrorBody),
+        (status = 409, description = "A cell has started, starts from a snapshot, is to be checkpointed, lacks `stdio` (or `channels`), takes stdin from the API, has that stream or name joined already, or has 16 named channels", body = ErrorBody),
         (status = 413, description = "The body is over 1 MiB", body = ErrorBody)))]
 async fn connect(
     State(registry): State<Arc<Registry>>,
     spec: Result<axum::Json<ChannelSpec>, JsonRejection>,
 ) -> Answer<(StatusCode, axum::Json<[CellRecord; 2]>)> {
     let axum::Json(spec) = spec?;
-    let records = blocking(move || registry.connect(&spec.from, &spec.to)).await?;
+    let records =
+        blocking(move || registry.connect(&spec.from, &spec.to, spec.name.as_deref())).await?;
     Ok((StatusCode::CREATED, axum::Json(records)))
 }
 
@@ -531,6 +532,7 @@ pub struct Version {
         Event,
         ChannelSpec,
         ChannelView,
+        NamedChannelLink,
         ErrorBody,
         SnapshotRequest,
         MigrateRequest,

@@ -198,38 +198,61 @@ pub struct CellRecord {
     /// The id of the cell whose stdin is this cell's stdout, joined by a channel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stdout_to: Option<String>,
+    /// The named channels the cell is granted (`hypercell connect A:NAME B:NAME`),
+    /// which its program opens as `/channels/NAME`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub named_channels: Vec<NamedChannelLink>,
 }
 
 impl CellRecord {
     /// Whether a channel joins the cell to another.
     pub fn joined(&self) -> bool {
-        self.stdin_from.is_some() || self.stdout_to.is_some()
+        self.stdin_from.is_some() || self.stdout_to.is_some() || !self.named_channels.is_empty()
     }
 }
 
-/// `POST /v1/channels`: join one cell's stdout to another's stdin, before either
-/// starts.
+/// A named channel a cell is granted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct NamedChannelLink {
+    /// Its name.
+    pub name: String,
+    /// The id of the cell at its other end.
+    pub peer: String,
+    /// Whether this cell writes it (else it reads it).
+    pub writes: bool,
+}
+
+/// `POST /v1/channels`: join one cell's stdout to another's stdin, or grant two
+/// cells a named channel, before either starts.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ChannelSpec {
-    /// The cell whose stdout is joined (id, unique id prefix or name).
+    /// The cell that writes the channel (id, unique id prefix or name): its stdout,
+    /// or the named channel.
     pub from: String,
-    /// The cell whose stdin it becomes.
+    /// The cell that reads it: its stdin, or the named channel.
     pub to: String,
+    /// The named channel's name, which both cells open as `/channels/NAME`; without
+    /// it, the channel joins `from`'s stdout to `to`'s stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// A channel between two cells, as `GET /v1/channels` lists them.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ChannelView {
-    /// The id of the cell that writes it (its stdout).
+    /// The id of the cell that writes it.
     pub from: String,
     /// That cell's name.
     pub from_name: String,
-    /// The id of the cell that reads it (its stdin), if it is still recorded.
+    /// The id of the cell that reads it.
     pub to: String,
     /// That cell's name, if it is still recorded.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub to_name: Option<String>,
+    /// The named channel's name; none for a channel from stdout to stdin.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// How far a migration moving a cell has got.
@@ -277,6 +300,7 @@ impl CellRecord {
             migration: None,
             stdin_from: None,
             stdout_to: None,
+            named_channels: Vec::new(),
         }
     }
 }

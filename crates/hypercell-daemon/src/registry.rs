@@ -1480,7 +1480,7 @@ fn spec_components(spec: &CellSpec) -> Result<Components, DaemonError> {
             .ok_or_else(|| DaemonError::BadRequest {
                 field: "components",
                 message: format!(
-                    "`{name}` is not a component: choose from stdio, args, env, clocks, random and fs"
+                    "`{name}` is not a component: choose from stdio, args, env, clocks, random, fs and channels"
                 ),
             })
     })

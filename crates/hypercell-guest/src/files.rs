@@ -5,13 +5,14 @@
 //! names come from the boot information and are answered without an exit.
 //!
 //! Descriptor numbers are the host's, stdio's included; this module only remembers
-//! which numbers hold a stdio stream or a preopen, so that calls on those are routed
-//! without an exit.
+//! which numbers hold a stdio stream, a preopen or a named channel, so that calls on
+//! those are routed without an exit.
 
 use core::ops::Range;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 use alloc::vec::Vec;
+use hypercell_abi::channel::MAX_NAMED_CHANNELS;
 use hypercell_abi::{BootInfo, FileOp, Hypercall, IoVec};
 
 /// A WASI errno.
@@ -22,9 +23,17 @@ static PREOPENS: AtomicU64 = AtomicU64::new(0);
 static PREOPENS_LEN: AtomicU64 = AtomicU64::new(0);
 
 /// Descriptors the guest answers for without the host: the three stdio streams
-/// (slots 0 to 2: stdin, stdout, stderr) and the preopens (slot `3 + i` for preopen
-/// `i`, up to 64, for `fd_prestat_*`).
-const SLOTS: usize = 3 + 64;
+/// (slots 0 to 2: stdin, stdout, stderr), the preopens (slot `3 + i` for preopen
+/// `i`, up to 64, for `fd_prestat_*`) and the named channels (slot
+/// [`NAMED_SLOTS`]` + i` for named channel `i`).
+const SLOTS: usize = NAMED_SLOTS + MAX_NAMED_CHANNELS;
+
+/// The first named channel's slot.
+const NAMED_SLOTS: usize = 3 + 64;
+
+/// The slot of the `/channels` preopen, or [`CLOSED`] for a cell without named
+/// channels.
+static CHANNELS_DIRECTORY_SLOT: AtomicU64 = AtomicU64::new(CLOSED);
 
 /// The descriptor number that holds each slot's stream or preopen, or [`CLOSED`].
 /// Numbers move with `fd_renumber` and go with `fd_close`, as under wasmtime; the
@@ -38,9 +47,19 @@ pub fn init(boot: &BootInfo) {
     PREOPENS.store(boot.preopens_addr, Ordering::Relaxed);
     PREOPENS_LEN.store(boot.preopens_len, Ordering::Relaxed);
     let held = 3 + boot.preopen_count.min(64) as usize;
-    for (slot, holder) in HOLDERS.iter().enumerate().take(held) {
-        holder.store(slot as u64, Ordering::Relaxed);
+    for (slot, holder) in HOLDERS.iter().enumerate() {
+        holder.store(
+            if slot < held { slot as u64 } else { CLOSED },
+            Ordering::Relaxed,
+        );
     }
+    // The host lays the `/channels` preopen last.
+    let directory = if boot.named_channel_count > 0 && held > 3 {
+        held as u64 - 1
+    } else {
+        CLOSED
+    };
+    CHANNELS_DIRECTORY_SLOT.store(directory, Ordering::Relaxed);
 }
 
 /// The slot descriptor `fd` holds, if any.
@@ -59,9 +78,38 @@ pub fn stream(fd: i32) -> Option<u32> {
         .map(|stream| stream as u32)
 }
 
+/// The channel end (see [`crate::channel`]) of the named channel descriptor `fd`
+/// holds, if any.
+pub fn channel_end(fd: i32) -> Option<usize> {
+    HOLDERS[NAMED_SLOTS..]
+        .iter()
+        .position(|holder| holder.load(Ordering::Relaxed) == u64::from(fd as u32))
+        .map(|named| 2 + named)
+}
+
+/// Whether descriptor `fd` holds the `/channels` preopen.
+pub fn is_channels_directory(fd: i32) -> bool {
+    let slot = CHANNELS_DIRECTORY_SLOT.load(Ordering::Relaxed);
+    slot != CLOSED && HOLDERS[slot as usize].load(Ordering::Relaxed) == u64::from(fd as u32)
+}
+
+/// Opens named channel `path` under the `/channels` preopen `dir`: the new
+/// descriptor.
+pub fn open_channel(dir: u32, path: &[u8], open_flags: u64, rights: u64) -> Result<u32, Errno> {
+    let named = crate::channel::open(path, open_flags, rights).map_err(|e| -e as Errno)?;
+    let fd = call(
+        FileOp::OpenChannel,
+        [u64::from(dir), named as u64, 0, 0, 0, 0, 0, 0],
+    )?;
+    HOLDERS[NAMED_SLOTS + named].store(fd, Ordering::Relaxed);
+    Ok(fd as u32)
+}
+
 /// The guest name of the preopen descriptor `fd` holds, if any.
 pub fn preopen_name(fd: u32) -> Option<&'static [u8]> {
-    let index = slot(fd)?.checked_sub(3)?;
+    let index = slot(fd)
+        .filter(|&slot| slot < NAMED_SLOTS)?
+        .checked_sub(3)?;
     let len = PREOPENS_LEN.load(Ordering::Relaxed) as usize;
     // SAFETY: the host wrote `len` bytes of names at this address in a region reserved
     // for the cell's whole life that nothing writes afterwards.
@@ -92,12 +140,14 @@ pub fn close(fd: u32) -> Result<(), Errno> {
     Ok(())
 }
 
-/// Marks `slot` as held by no descriptor; a stdio stream joined to a channel closes
-/// its end, as a process's last descriptor of a pipe does.
+/// Marks `slot` as held by no descriptor; a stdio stream joined to a channel, or a
+/// named channel, closes its end, as a process's last descriptor of a pipe does.
 fn release(slot: usize) {
     HOLDERS[slot].store(CLOSED, Ordering::Relaxed);
-    if slot < 3 {
-        crate::channel::close(slot as u32);
+    if slot < 2 {
+        crate::channel::close(slot);
+    } else if slot >= NAMED_SLOTS {
+        crate::channel::close(2 + slot - NAMED_SLOTS);
     }
 }
 

@@ -127,7 +127,7 @@ fn take_error(fd: u32) -> Option<i64> {
 /// does in a C library.
 pub fn write(fd: u32, bufs: &[&[u8]]) -> Result<usize, i64> {
     if crate::channel::joined(fd) {
-        return crate::channel::write(bufs);
+        return crate::channel::write(fd as usize, bufs);
     }
     set_writing(true);
     let written = write_buffered(fd, bufs);
@@ -237,7 +237,7 @@ fn host_read(iovecs: &[IoVec]) -> Result<usize, i64> {
 /// output before it reads, so prompts appear before input is awaited.
 pub fn read(bufs: &mut [&mut [u8]]) -> Result<usize, i64> {
     if crate::channel::joined(0) {
-        return crate::channel::read(bufs);
+        return crate::channel::read(0, bufs);
     }
     if let Some(copied) = read_laid(bufs) {
         return Ok(copied);

@@ -101,7 +101,11 @@ fn check(needs: Needs, first: i64) -> Result<(), Errno> {
         Needs::Nothing | Needs::Poll => return Ok(()),
         Needs::Component(component) => component,
         Needs::Descriptor if files::stream(first as i32).is_some() => Components::STDIO,
-        Needs::Descriptor => Components::FS,
+        Needs::Descriptor if files::channel_end(first as i32).is_some() => Components::CHANNELS,
+        Needs::Descriptor | Needs::Directory if files::is_channels_directory(first as i32) => {
+            Components::CHANNELS
+        }
+        Needs::Descriptor | Needs::Directory => Components::FS,
     };
     if needed.known() == Components::NONE || granted().contains(needed) {
         Ok(())
@@ -323,25 +327,38 @@ fn file_transfer(
 }
 
 fn fd_write(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Result<(), Errno> {
-    let Some(stream) = files::stream(fd) else {
+    let channel = files::channel_end(fd);
+    let stream = files::stream(fd);
+    if stream.is_none() && channel.is_none() {
         return file_transfer(mem, FileOp::Write, fd, iovs, count, 0, out);
-    };
-    if stream == 0 {
+    }
+    if stream == Some(0) {
         return Err(errno::BADF);
     }
     let ranges = mem.iovecs(iovs, count)?;
     let bufs: Vec<&[u8]> = ranges.iter().map(|r| &mem.0[r.clone()]).collect();
-    let written = stdio::write(stream, &bufs).map_err(|e| -e as Errno)?;
+    let written = match (channel, stream) {
+        (Some(end), _) => crate::channel::write(end, &bufs),
+        (None, Some(stream)) => stdio::write(stream, &bufs),
+        (None, None) => unreachable!("files are written above"),
+    }
+    .map_err(|e| -e as Errno)?;
     mem.write_u32(out, written as u32)
 }
 
 fn fd_read(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Result<(), Errno> {
-    let Some(stream) = files::stream(fd) else {
+    let channel = files::channel_end(fd);
+    let stream = files::stream(fd);
+    if stream.is_none() && channel.is_none() {
         return file_transfer(mem, FileOp::Read, fd, iovs, count, 0, out);
-    };
-    if stream != 0 {
+    }
+    if stream.is_some_and(|stream| stream != 0) {
         return Err(errno::BADF);
     }
+    let read_into = |bufs: &mut [&mut [u8]]| match channel {
+        Some(end) => crate::channel::read(end, bufs),
+        None => stdio::read(bufs),
+    };
     let ranges = mem.iovecs(iovs, count)?;
     // Borrow each iovec's bytes mutably at once: split the memory in address order,
     // then hand the buffers over in the program's order, which decides where the
@@ -364,9 +381,9 @@ fn fd_read(mem: &mut Mem<'_>, fd: i32, iovs: i32, count: i32, out: i32) -> Resul
             offset = ranges[i].end;
         }
         let mut bufs: Vec<&mut [u8]> = slots.into_iter().flatten().collect();
-        stdio::read(&mut bufs)
+        read_into(&mut bufs)
     } else {
-        stdio::read(&mut [&mut mem.0[ranges[0].clone()]])
+        read_into(&mut [&mut mem.0[ranges[0].clone()]])
     }
     .map_err(|e| -e as Errno)?;
     mem.write_u32(out, read as u32)
@@ -457,8 +474,10 @@ struct Event {
     kind: u8,
 }
 
-/// `poll_oneoff`: stdio and files are always ready (stdin blocks in `fd_read`); clock
-/// subscriptions wait, in the cell when short, else through one sleep hypercall.
+/// `poll_oneoff`: stdio and files are always ready (stdin blocks in `fd_read`);
+/// channels (named ones, and stdio joined to one) are ready when a read or write would
+/// not block. Clock subscriptions wait, in the cell when short, else through one sleep
+/// hypercall; a wait for channels spins, then waits through the host on all of them.
 fn poll_oneoff(
     mem: &mut Mem<'_>,
     subs: i32,
@@ -472,6 +491,8 @@ fn poll_oneoff(
     let mut ready = Vec::new();
     // (userdata, nanoseconds from now until the deadline)
     let mut timers = Vec::new();
+    // (userdata, kind, channel end)
+    let mut channels = Vec::new();
     for i in 0..count {
         let at = subs.wrapping_add(i.wrapping_mul(SUBSCRIPTION_SIZE));
         let sub: [u8; 48] = mem.read(at)?;
@@ -505,6 +526,24 @@ fn poll_oneoff(
                     });
                     continue;
                 }
+                let wants_read = kind == EVENTTYPE_FD_READ;
+                let end = files::channel_end(word as i32).or_else(|| {
+                    files::stream(word as i32)
+                        .filter(|&stream| stream < 2 && crate::channel::joined(stream))
+                        .map(|stream| stream as usize)
+                });
+                if let Some(end) = end {
+                    if crate::channel::is_reader(end) == wants_read {
+                        channels.push((userdata, kind, end));
+                    } else {
+                        ready.push(Event {
+                            userdata,
+                            error: errno::BADF,
+                            kind,
+                        });
+                    }
+                    continue;
+                }
                 let Some(stream) = files::stream(word as i32) else {
                     // Files are always ready, reported as wasmtime does (one byte). A
                     // descriptor that is not open fails the whole call, as under
@@ -517,7 +556,6 @@ fn poll_oneoff(
                     });
                     continue;
                 };
-                let wants_read = kind == EVENTTYPE_FD_READ;
                 let error = if (stream == 0) == wants_read {
                     0
                 } else {
@@ -531,6 +569,40 @@ fn poll_oneoff(
             }
             _ => return Err(errno::INVAL),
         }
+    }
+    let started = clock::elapsed_ns();
+    let mut ends: Vec<usize> = channels.iter().map(|&(_, _, end)| end).collect();
+    ends.sort_unstable();
+    ends.dedup();
+    while !channels.is_empty() {
+        ready.extend(
+            channels
+                .iter()
+                .filter(|&&(_, _, end)| crate::channel::pending(end).is_none())
+                .map(|&(userdata, kind, _)| Event {
+                    userdata,
+                    error: 0,
+                    kind,
+                }),
+        );
+        let waited = clock::elapsed_ns() - started;
+        let due = timers.iter().map(|&(_, ns)| ns).min();
+        if !ready.is_empty() || due.is_some_and(|due| due <= waited) {
+            ready.extend(
+                timers
+                    .iter()
+                    .filter(|&&(_, ns)| ns <= waited)
+                    .map(|&(userdata, _)| Event {
+                        userdata,
+                        error: 0,
+                        kind: EVENTTYPE_CLOCK,
+                    }),
+            );
+            break;
+        }
+        stdio::flush();
+        let timeout = due.map_or(u64::MAX, |due| due - waited);
+        crate::channel::wait_any(&ends, timeout).map_err(|e| -e as Errno)?;
     }
     if ready.is_empty() {
         let wait = timers.iter().map(|&(_, ns)| ns).min().unwrap_or(0);
@@ -714,6 +786,9 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
             if let Some(stream) = files::stream(fd) {
                 return stream_refuses(stream, errno::SPIPE, errno::BADF);
             }
+            if files::channel_end(fd).is_some() {
+                return Err(errno::SPIPE);
+            }
             file_transfer(mem, FileOp::Pread, fd, iovs, n, offset as u64, out)
         }
     );
@@ -723,6 +798,9 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
         |mem, state, fd: i32, iovs: i32, n: i32, offset: i64, out: i32| {
             if let Some(stream) = files::stream(fd) {
                 return stream_refuses(stream, errno::BADF, errno::SPIPE);
+            }
+            if files::channel_end(fd).is_some() {
+                return Err(errno::SPIPE);
             }
             file_transfer(mem, FileOp::Pwrite, fd, iovs, n, offset as u64, out)
         }
@@ -867,6 +945,13 @@ pub fn add_to_linker(linker: &mut Linker<CellState>) -> wasmtime::Result<()> {
          _inheriting: i64,
          fdflags: i32,
          out: i32| {
+            let name = mem.get_mut(path, len as u32)?;
+            // The directory itself ("."), opened to list it, is the host's.
+            if files::is_channels_directory(fd) && name != b"." {
+                let opened =
+                    files::open_channel(fd as u32, name, oflags as u32 as u64, rights as u64)?;
+                return mem.write_u32(out, opened);
+            }
             let path = mem.addr(path, len as u32)?;
             let opened = files::call(
                 FileOp::PathOpen,

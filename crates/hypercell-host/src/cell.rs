@@ -6,6 +6,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hypercell_abi::boot::BOOT_MAGIC;
+use hypercell_abi::channel::{
+    CHANNELS_DIRECTORY, MAX_CHANNEL_NAME, MAX_NAMED_CHANNELS, NamedChannel, is_channel_name,
+};
 use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, RESERVATION_BASE};
 use hypercell_abi::{
@@ -20,7 +23,7 @@ use hypercell_vmm::{
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
 
-use crate::channel::{CHANNEL_CAPACITY, CellChannels};
+use crate::channel::{CHANNEL_CAPACITY, CellChannels, NamedChannelEnd};
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
 use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, SnapshotScope, StopReason, Wake};
@@ -156,6 +159,19 @@ pub enum CellError {
         "the cell's stdio is joined to channels, but the cell is not given the `stdio` component"
     )]
     ChannelsWithoutStdio,
+    /// Named channels are granted without the component that serves them.
+    #[error(
+        "named channels are granted to the cell, but not the `channels` component that serves them"
+    )]
+    ChannelsNotGiven,
+    /// A named channel's name or count is not one a cell can be given.
+    #[error(
+        "named channel `{0}` cannot be granted: a cell takes at most 16 named channels, each named by 1 to 48 letters, digits, `.`, `_` or `-` (not starting with `.`, nor `stdin`, `stdout` or `stderr`), each name once"
+    )]
+    ChannelName(String),
+    /// A directory is granted under the name the named channels take.
+    #[error("a directory is granted as `/channels`, the name the cell's named channels take")]
+    ChannelsDirectoryTaken,
 }
 
 /// Exit status of a program that trapped, as `wasmtime run` gives it (128 + SIGABRT).
@@ -494,7 +510,7 @@ fn begin(
     control.begin();
     let result = start_cell(config, payload, stdio, control, start, None, channels);
     // However it ended, even before it ran: its neighbours learn of it.
-    for end in [channels.stdin, channels.stdout].into_iter().flatten() {
+    for end in channels.ends() {
         end.close();
     }
     // However the cell ended, even before its vCPU ran: nobody waits on it any more.
@@ -697,8 +713,14 @@ fn start_cell(
         if !matches!(start, Start::Boot | Start::Restore(_)) || reuse.is_some() {
             return Err(CellError::ChannelsFromSnapshot.into());
         }
-        if !config.components.contains(Components::STDIO) {
+        if (channels.stdin.is_some() || channels.stdout.is_some())
+            && !config.components.contains(Components::STDIO)
+        {
             return Err(CellError::ChannelsWithoutStdio.into());
+        }
+        check_named_channels(config, channels.named)?;
+        if !channels.named.is_empty() && !matches!(start, Start::Boot) {
+            return Err(CellError::ChannelsFromSnapshot.into());
         }
     }
     let kept = reuse.as_mut().and_then(|reuse| reuse.kept.take());
@@ -723,21 +745,41 @@ fn start_cell(
             template.template == Some(TemplatePoint::Start),
         ),
     };
-    let identity_blocks = Identity::of(config);
+    let mut identity_blocks = Identity::of(config);
+    // Named channels are opened under a last preopen of their own.
+    if !channels.named.is_empty() {
+        identity_blocks
+            .preopens
+            .extend_from_slice(CHANNELS_DIRECTORY.as_bytes());
+        identity_blocks.preopens.push(0);
+        identity_blocks.preopen_count += 1;
+    }
     let (args, env) = (&identity_blocks.args, &identity_blocks.env);
     // Preopens first: a directory that cannot be opened is the user's to fix, before
     // any VM is made.
-    let files = match snapshot.filter(|_| !fresh_identity) {
+    let mut files = match snapshot.filter(|_| !fresh_identity) {
         None => FileTable::with_preopens(&config.preopens)?,
         Some(snapshot) => FileTable::restore(&snapshot.services.files, &config.preopens)
             .map_err(|e| CellError::Snapshot(e.to_string()))?,
     };
+    if !channels.named.is_empty() {
+        files.add_channels_directory(
+            channels
+                .named
+                .iter()
+                .map(|named| (named.name.clone(), !named.end.is_reader()))
+                .collect(),
+        );
+    }
     let preopens = &identity_blocks.preopens;
-    // The initialisation export's name follows the preopen names.
+    // The initialisation export's name follows the preopen names, then the named
+    // channels' table, 8-aligned.
     let init_export = match start {
         Start::Template(TemplatePoint::Init, export) => export.as_bytes(),
         _ => &[],
     };
+    let named_table_offset = (preopens.len() + init_export.len()).next_multiple_of(8);
+    let named_table_len = channels.named.len() * size_of::<NamedChannel>();
     let guest = match payload {
         CellPayload::Wasm { module, .. } if module.component => GUEST_HTTP_ELF,
         _ => GUEST_ELF,
@@ -769,7 +811,8 @@ fn start_cell(
         }
         .into());
     }
-    let identity_len = identity_blocks.bytes() + init_export.len() as u64;
+    let identity_len =
+        identity_blocks.bytes() + (named_table_offset - preopens.len() + named_table_len) as u64;
     // Cells of one snapshot keep its layout: its identity region, whatever their own.
     let identity = match snapshot {
         Some(snapshot) if identity_len > snapshot.identity_capacity => {
@@ -788,7 +831,7 @@ fn start_cell(
         image_end,
         args.len() as u64,
         env.len() as u64,
-        (preopens.len() + init_export.len()) as u64,
+        (named_table_offset + named_table_len) as u64,
         module_len,
         identity,
     );
@@ -802,7 +845,7 @@ fn start_cell(
     }
     .and_then(|layout| {
         if channels.any() {
-            layout.with_channels()
+            layout.with_channels(channels.named.len())
         } else {
             Some(layout)
         }
@@ -820,8 +863,10 @@ fn start_cell(
             let memory = GuestMemory::new(layout.memory_size())?;
             vm.map_boot_memory(&memory, boot_mapping)?;
             if channels.any() {
-                for (stream, end) in [(0, channels.stdin), (1, channels.stdout)] {
-                    if let (Some(end), Some(window)) = (end, layout.channel_window(stream)) {
+                for index in 0..layout.channel_windows {
+                    if let (Some(end), Some(window)) =
+                        (channels.end(index), layout.channel_window(index))
+                    {
                         end.map_into(&memory, window)?;
                     }
                 }
@@ -942,7 +987,28 @@ fn start_cell(
             .and_then(|_| layout.channel_window(1))
             .unwrap_or(0),
         channel_capacity: if channels.any() { CHANNEL_CAPACITY } else { 0 },
+        named_channels_addr: if channels.named.is_empty() {
+            0
+        } else {
+            layout.preopens + named_table_offset as u64
+        },
+        named_channel_count: channels.named.len() as u64,
     };
+    let named_table: Vec<u8> = channels
+        .named
+        .iter()
+        .enumerate()
+        .flat_map(|(i, named)| {
+            let mut record = NamedChannel {
+                header: layout.channel_window(2 + i as u64).unwrap_or(0),
+                writer: u32::from(!named.end.is_reader()),
+                name_len: named.name.len() as u32,
+                name: [0; MAX_CHANNEL_NAME],
+            };
+            record.name[..named.name.len()].copy_from_slice(named.name.as_bytes());
+            named_channel_bytes(&record)
+        })
+        .collect();
     let region = IdentityRegion {
         boot_info: layout.boot_info,
         start: layout.args,
@@ -966,6 +1032,7 @@ fn start_cell(
             (layout.env, &env[..]),
             (layout.preopens, &preopens[..]),
             (boot.init_export_addr, init_export),
+            (boot.named_channels_addr, &named_table[..]),
             (layout.boot_info, boot_bytes(&boot)),
         ];
         for (at, block) in blocks {
@@ -1102,7 +1169,7 @@ fn start_cell(
         },
     );
     // Its neighbours learn at once that it ended, whatever else is left to do.
-    for end in [channels.stdin, channels.stdout].into_iter().flatten() {
+    for end in channels.ends() {
         end.close();
     }
     // Whatever the program wrote before it ended reaches the user, even after a fault.
@@ -1394,9 +1461,12 @@ fn run_loop(
                     drained = services.drain_between_calls(memory);
                 }
             }
-            // Its neighbours' state is not the cell's to save.
+            // Its neighbours' state is not the cell's to save; a pipeline's checkpoint
+            // saves stdio's channels, and named channels are saved by none.
             ParkRequest::Snapshot(reply, scope)
-                if services.channels.any() && scope != SnapshotScope::WithNeighbours =>
+                if services.channels.any()
+                    && (scope != SnapshotScope::WithNeighbours
+                        || !services.channels.named.is_empty()) =>
             {
                 let _ = reply.send(Err(SnapshotError::Joined));
             }
@@ -1648,6 +1718,42 @@ fn stdio_kinds(stdio: &CellStdio<'_>, channels: &CellChannels<'_>) -> [u8; 3] {
         }
     }
     kinds
+}
+
+/// A named channel's record as the guest reads it: its fields in order, little-endian,
+/// with no padding (64 bytes).
+fn named_channel_bytes(record: &NamedChannel) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(size_of::<NamedChannel>());
+    bytes.extend_from_slice(&record.header.to_le_bytes());
+    bytes.extend_from_slice(&record.writer.to_le_bytes());
+    bytes.extend_from_slice(&record.name_len.to_le_bytes());
+    bytes.extend_from_slice(&record.name);
+    bytes
+}
+
+/// Refuses named channels a cell cannot be given: without the `channels` component,
+/// beside a directory granted as `/channels`, too many, or badly or twice named.
+fn check_named_channels(config: &CellConfig, named: &[NamedChannelEnd]) -> Result<(), CellError> {
+    if named.is_empty() {
+        return Ok(());
+    }
+    if !config.components.contains(Components::CHANNELS) {
+        return Err(CellError::ChannelsNotGiven);
+    }
+    if config
+        .preopens
+        .iter()
+        .any(|preopen| preopen.guest == CHANNELS_DIRECTORY)
+    {
+        return Err(CellError::ChannelsDirectoryTaken);
+    }
+    for (i, channel) in named.iter().enumerate() {
+        let repeated = named[..i].iter().any(|other| other.name == channel.name);
+        if i >= MAX_NAMED_CHANNELS || repeated || !is_channel_name(channel.name.as_bytes()) {
+            return Err(CellError::ChannelName(channel.name.clone()));
+        }
+    }
+    Ok(())
 }
 
 fn boot_bytes(boot: &BootInfo) -> &[u8] {

@@ -1,5 +1,5 @@
-//! Channels: a byte stream from one cell's stdout to another's stdin through memory
-//! both cells map, so that data moves with no host copy and, while both sides keep
+//! Channels: a byte stream from one cell's stdout (or a named channel it writes) to
+//! another's stdin (or a named channel it reads) through memory both cells map, so that data moves with no host copy and, while both sides keep
 //! up, no exit (see [`hypercell_abi::channel`] for the protocol the guests follow).
 //!
 //! The host's part is small: it makes the shared memory (a memfd, mapped into each
@@ -14,6 +14,7 @@ use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use hypercell_abi::ChannelHeader;
 use hypercell_abi::channel::{CHANNEL_DATA_OFFSET, MAX_CHANNEL_CAPACITY};
@@ -68,8 +69,9 @@ impl Drop for Shared {
     }
 }
 
-/// One end of a channel, for a cell's stdin (the reading end) or stdout (the writing
-/// end). Dropping it closes it.
+/// One end of a channel, for a cell's stdin or a named channel it reads (the reading
+/// end), or its stdout or a named channel it writes (the writing end). Dropping it
+/// closes it.
 pub struct ChannelEnd {
     shared: Arc<Shared>,
     side: Side,
@@ -188,7 +190,7 @@ pub fn channel() -> io::Result<(ChannelEnd, ChannelEnd)> {
 }
 
 impl ChannelEnd {
-    /// Whether this is the reading end (for a cell's stdin).
+    /// Whether this is the reading end.
     pub fn is_reader(&self) -> bool {
         self.side == Side::Reader
     }
@@ -265,7 +267,7 @@ impl ChannelEnd {
             // The doorbell is read before the condition: a kick after the check
             // changes it, and the futex then does not sleep.
             let rung = doorbell.load(Ordering::SeqCst);
-            if self.peer_closed() || self.peer_said_closed() || self.peer_index() != observed {
+            if self.peer_moved(observed) {
                 return 0;
             }
             // Woken, interrupted by a kick from the cell's supervisor (to stop, to
@@ -282,6 +284,12 @@ impl ChannelEnd {
                 )
             };
         }
+    }
+
+    /// Whether the peer's index differs from `observed`, or the peer closed its end
+    /// or is gone.
+    fn peer_moved(&self, observed: u64) -> bool {
+        self.peer_closed() || self.peer_said_closed() || self.peer_index() != observed
     }
 
     /// Wakes the peer from a wait.
@@ -315,34 +323,168 @@ impl ChannelEnd {
     }
 }
 
+/// On a cell's vCPU thread, for `poll_oneoff`: blocks until the peer of any end of
+/// `waits` moves from the index given with it (see [`ChannelEnd::wait`]), `timeout`
+/// passes, or the cell is being stopped (0 for each), or a snapshot abandons the wait
+/// ([`RESULT_RESTART`]). A pause parks the wait.
+pub(crate) fn wait_any(
+    waits: &[(&ChannelEnd, u64)],
+    timeout: Option<Duration>,
+    control: &CellControl,
+) -> i64 {
+    let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
+    loop {
+        if control.stop_requested().is_some() {
+            return 0;
+        }
+        if control.park_in_call(true) {
+            return RESULT_RESTART;
+        }
+        // Read before the conditions, as in `ChannelEnd::wait`.
+        let rung: Vec<FutexWait> = waits
+            .iter()
+            .map(|(end, _)| {
+                let doorbell = &end.shared.doorbells[end.side as usize];
+                FutexWait {
+                    value: u64::from(doorbell.load(Ordering::SeqCst)),
+                    address: doorbell.as_ptr() as u64,
+                    flags: FUTEX2_SIZE_U32 | FUTEX2_PRIVATE,
+                    reserved: 0,
+                }
+            })
+            .collect();
+        if waits
+            .iter()
+            .any(|(end, observed)| end.peer_moved(*observed))
+        {
+            return 0;
+        }
+        let left = match deadline {
+            Some(deadline) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return 0;
+                }
+                Some(left)
+            }
+            None => None,
+        };
+        futex_wait_any(&rung, left);
+    }
+}
+
+/// One futex of a `futex_waitv` call, as the kernel lays it out.
+#[repr(C)]
+struct FutexWait {
+    value: u64,
+    address: u64,
+    flags: u32,
+    reserved: u32,
+}
+
+const FUTEX2_SIZE_U32: u32 = 0x02;
+const FUTEX2_PRIVATE: u32 = 128;
+
+/// Sleeps until any of `futexes` is woken or no longer holds its value, `left`
+/// passes, or a signal interrupts.
+fn futex_wait_any(futexes: &[FutexWait], left: Option<Duration>) {
+    let mut now = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes one timespec into `now`.
+    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
+    // The kernel takes an absolute time; a timeout too long to represent is none.
+    let until = left.and_then(|left| {
+        let nanos = now.tv_nsec as u64 + u64::from(left.subsec_nanos());
+        let secs = (now.tv_sec as u64)
+            .checked_add(left.as_secs())?
+            .checked_add(nanos / 1_000_000_000)?;
+        Some(libc::timespec {
+            tv_sec: libc::time_t::try_from(secs).ok()?,
+            tv_nsec: (nanos % 1_000_000_000) as libc::c_long,
+        })
+    });
+    let until_ptr = until
+        .as_ref()
+        .map_or(std::ptr::null(), |until| until as *const libc::timespec);
+    // SAFETY: `futexes` is a live array of `len` futex_waitv records whose addresses
+    // are aligned u32 doorbells that the ends keep alive for the call; the kernel only
+    // reads them and the optional timeout.
+    unsafe {
+        libc::syscall(
+            libc::SYS_futex_waitv,
+            futexes.as_ptr(),
+            futexes.len() as libc::c_uint,
+            0 as libc::c_uint,
+            until_ptr,
+            libc::CLOCK_MONOTONIC,
+        )
+    };
+}
+
 impl Drop for ChannelEnd {
     fn drop(&mut self) {
         self.close();
     }
 }
 
-/// The channels a cell's stdin and stdout are joined to, if any.
+/// A named channel's end that a cell is granted: the program opens it as
+/// `/channels/NAME` (see [`hypercell_abi::channel`]).
+#[derive(Debug)]
+pub struct NamedChannelEnd {
+    /// The name, which [`hypercell_abi::channel::is_channel_name`] accepts.
+    pub name: String,
+    /// The end: the cell reads the channel through a reading end, writes it through a
+    /// writing end.
+    pub end: ChannelEnd,
+}
+
+/// The channels a cell is joined to: its stdin, its stdout and its named channels.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct CellChannels<'a> {
     /// The reading end of the channel that is the cell's stdin.
     pub stdin: Option<&'a ChannelEnd>,
     /// The writing end of the channel that is the cell's stdout.
     pub stdout: Option<&'a ChannelEnd>,
+    /// The named channels the cell is granted, in the order the guest numbers them.
+    pub named: &'a [NamedChannelEnd],
 }
 
 impl<'a> CellChannels<'a> {
     /// Whether the cell has any channel.
     pub fn any(&self) -> bool {
-        self.stdin.is_some() || self.stdout.is_some()
+        self.stdin.is_some() || self.stdout.is_some() || !self.named.is_empty()
     }
 
-    /// The end for stream `stream` (0 stdin, 1 stdout).
-    pub fn stream(&self, stream: u64) -> Option<&'a ChannelEnd> {
+    /// The end for stdio stream `stream` (0 stdin, 1 stdout).
+    pub fn stdio(&self, stream: u64) -> Option<&'a ChannelEnd> {
         match stream {
             0 => self.stdin,
             1 => self.stdout,
             _ => None,
         }
+    }
+
+    /// The end the guest numbers `index`: 0 stdin, 1 stdout, 2 + `i` named channel
+    /// `i`.
+    pub fn end(&self, index: u64) -> Option<&'a ChannelEnd> {
+        match index {
+            0 | 1 => self.stdio(index),
+            _ => {
+                let named = usize::try_from(index - 2).ok()?;
+                self.named.get(named).map(|named| &named.end)
+            }
+        }
+    }
+
+    /// Every end, stdio's first.
+    pub fn ends(&self) -> impl Iterator<Item = &'a ChannelEnd> + 'a {
+        let named = self.named;
+        [self.stdin, self.stdout]
+            .into_iter()
+            .flatten()
+            .chain(named.iter().map(|named| &named.end))
     }
 }
 
@@ -353,6 +495,8 @@ pub struct OwnedChannels {
     pub stdin: Option<ChannelEnd>,
     /// The writing end of the channel that is the cell's stdout.
     pub stdout: Option<ChannelEnd>,
+    /// The named channels the cell is granted.
+    pub named: Vec<NamedChannelEnd>,
 }
 
 impl OwnedChannels {
@@ -361,7 +505,13 @@ impl OwnedChannels {
         CellChannels {
             stdin: self.stdin.as_ref(),
             stdout: self.stdout.as_ref(),
+            named: &self.named,
         }
+    }
+
+    /// Whether it holds no end.
+    pub fn is_empty(&self) -> bool {
+        !self.borrowed().any()
     }
 }
 
@@ -403,6 +553,31 @@ mod tests {
         assert_eq!(again.memory().contents(), saved);
         assert_eq!(reader.peer_index(), 77);
         assert!(channel_with(&saved[1..]).is_err());
+    }
+
+    #[test]
+    fn a_wait_on_several_ends_wakes_for_any_of_them_or_its_timeout() {
+        let (quiet_writer, quiet) = channel().unwrap();
+        let (writer, reader) = channel().unwrap();
+        let control = CellControl::new();
+        let waits = [(&quiet, 0), (&reader, 0)];
+        let started = Instant::now();
+        assert_eq!(
+            wait_any(&waits, Some(Duration::from_millis(20)), &control),
+            0
+        );
+        assert!(started.elapsed() >= Duration::from_millis(20));
+        std::thread::scope(|scope| {
+            let waiting = scope.spawn(|| wait_any(&waits, None, &control));
+            writer
+                .word64(std::mem::offset_of!(ChannelHeader, head))
+                .store(1, Ordering::SeqCst);
+            writer.kick();
+            assert_eq!(waiting.join().unwrap(), 0);
+        });
+        assert!(reader.peer_moved(0) && !quiet.peer_moved(0));
+        drop(quiet_writer);
+        assert!(quiet.peer_moved(0));
     }
 
     #[test]

@@ -25,7 +25,9 @@ pub enum ConfigError {
     #[error("invalid directory `{0}`: write it as HOST or HOST::GUEST, with one `::` at most")]
     DirSpec(String),
     /// A component that does not exist.
-    #[error("`{0}` is not a component: choose from stdio, args, env, clocks, random and fs")]
+    #[error(
+        "`{0}` is not a component: choose from stdio, args, env, clocks, random, fs and channels"
+    )]
     Component(String),
 }
 
@@ -261,7 +263,7 @@ mod tests {
         );
         assert_eq!(
             component_names(Components::ALL),
-            "stdio,args,env,clocks,random,fs"
+            "stdio,args,env,clocks,random,fs,channels"
         );
         assert_eq!(component_names(Components::NONE), "none");
     }

@@ -7,6 +7,10 @@
 //! and `..`, absolute paths and symlinks that lead outside it (even one swapped in
 //! during the call) fail, as under wasmtime. Data moves straight between files and the
 //! guest's memory, one exit per call whatever its size.
+//!
+//! A cell granted named channels has one more preopen, `/channels`, which this table
+//! holds without a host directory: opening a channel there takes a number here, and
+//! the guest moves the channel's bytes itself (see [`crate::channel`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
@@ -106,6 +110,11 @@ enum Descriptor {
         /// Reported back only: file reads and writes never block for long.
         nonblock: bool,
     },
+    /// The `/channels` preopen: the names of the cell's named channels, in order, and
+    /// whether the cell writes each.
+    ChannelDirectory { channels: Vec<(String, bool)> },
+    /// A named channel the program opened, which the guest serves.
+    Channel { writer: bool },
 }
 
 /// A cell's descriptors: stdio's numbers, its preopened directories, and every file
@@ -279,6 +288,30 @@ impl FileTable {
         Ok(table)
     }
 
+    /// Adds the `/channels` preopen for `channels` (each name and whether the cell
+    /// writes it), after the other preopens.
+    pub fn add_channels_directory(&mut self, channels: Vec<(String, bool)>) {
+        let fd = self
+            .descriptors
+            .last_key_value()
+            .map_or(0, |(&last, _)| last + 1);
+        self.descriptors
+            .insert(fd, Descriptor::ChannelDirectory { channels });
+    }
+
+    /// Opens named channel `index` under the channels directory `dir`.
+    fn open_channel(&mut self, dir: u64, index: u64) -> FileResult {
+        let Descriptor::ChannelDirectory { channels } = self.descriptor(dir)? else {
+            return Err(errno::BADF);
+        };
+        let writer = usize::try_from(index)
+            .ok()
+            .and_then(|index| channels.get(index))
+            .ok_or(errno::NOENT)?
+            .1;
+        self.insert(Descriptor::Channel { writer }).map(u64::from)
+    }
+
     /// Adds a descriptor under the number wasmtime would give it: the highest freed
     /// one, else one past the highest in use.
     fn insert(&mut self, descriptor: Descriptor) -> Result<u32, u16> {
@@ -333,6 +366,7 @@ impl FileTable {
             FileOp::Read | FileOp::Pread => self.read(memory, p, op == FileOp::Pread),
             FileOp::Write | FileOp::Pwrite => self.write(memory, p, op == FileOp::Pwrite),
             FileOp::Seek => self.seek(p[0], p[1] as i64, p[2]),
+            FileOp::OpenChannel => self.open_channel(p[0], p[1]),
             // Programs may close preopens and stdio too, as under wasmtime.
             FileOp::Close => u32::try_from(p[0])
                 .ok()
@@ -355,6 +389,15 @@ impl FileTable {
                     Descriptor::File { file, .. } => file.metadata(),
                     Descriptor::Dir { dir, .. } => dir.dir_metadata(),
                     Descriptor::Stream => return Err(errno::BADF),
+                    // Only the type, as for stdio.
+                    Descriptor::ChannelDirectory { .. } | Descriptor::Channel { .. } => {
+                        let mut stat = [0u8; 64];
+                        stat[16] = match self.descriptor(p[0])? {
+                            Descriptor::Channel { .. } => kind::UNKNOWN,
+                            _ => kind::DIRECTORY,
+                        };
+                        return write_guest(memory, p[1], &stat).map(|()| 0);
+                    }
                 }
                 .map_err(io_err)?;
                 write_guest(memory, p[1], &filestat(&metadata)).map(|()| 0)
@@ -384,7 +427,7 @@ impl FileTable {
                 let fd = match self.descriptor(p[0])? {
                     Descriptor::File { file, .. } => file.as_raw_fd(),
                     Descriptor::Dir { dir, .. } => dir.as_raw_fd(),
-                    Descriptor::Stream => return Err(errno::BADF),
+                    _ => return Err(errno::BADF),
                 };
                 // SAFETY: `fd` is a descriptor this table owns, open for the call, and
                 // `times` is the two timespecs futimens reads.
@@ -552,8 +595,10 @@ impl FileTable {
     }
 
     fn seek(&mut self, fd: u64, offset: i64, whence: u64) -> FileResult {
-        let Descriptor::File { file, .. } = self.descriptor(fd)? else {
-            return Err(errno::BADF);
+        let file = match self.descriptor(fd)? {
+            Descriptor::File { file, .. } => file,
+            Descriptor::Channel { .. } => return Err(errno::SPIPE),
+            _ => return Err(errno::BADF),
         };
         let position = match whence {
             0 => SeekFrom::Start(u64::try_from(offset).map_err(|_| errno::INVAL)?),
@@ -570,6 +615,21 @@ impl FileTable {
     fn fdstat(&mut self, memory: &GuestMemory, fd: u64, out: u64) -> FileResult {
         let (filetype, flags, base, inheriting) = match self.descriptor(fd)? {
             Descriptor::Stream => return Err(errno::BADF),
+            Descriptor::ChannelDirectory { .. } => (
+                kind::DIRECTORY,
+                0,
+                rights::PATH_OPEN | rights::FD_READDIR,
+                rights::FD_READ | rights::FD_WRITE,
+            ),
+            // As a pipe on stdio.
+            Descriptor::Channel { writer } => {
+                let rights = if *writer {
+                    rights::FD_WRITE
+                } else {
+                    rights::FD_READ
+                };
+                (kind::UNKNOWN, 0, rights, rights)
+            }
             Descriptor::Dir {
                 preopen: Some(_), ..
             } => (
@@ -623,10 +683,44 @@ impl FileTable {
         len: u64,
         cookie: u64,
     ) -> FileResult {
-        let (dir, _) = self.dir(fd)?;
         if !in_bounds(memory, buf, len) {
             return Err(errno::FAULT);
         }
+        let entries = self.entries(fd)?;
+        let mut out = Vec::new();
+        for (index, (name, ino, filetype)) in entries.iter().enumerate().skip(cookie as usize) {
+            let mut dirent = [0u8; 24];
+            dirent[0..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
+            dirent[8..16].copy_from_slice(&ino.to_le_bytes());
+            dirent[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
+            dirent[20] = *filetype;
+            out.extend_from_slice(&dirent);
+            out.extend_from_slice(name);
+            if out.len() as u64 >= len {
+                break;
+            }
+        }
+        out.truncate(len as usize);
+        write_guest(memory, buf, &out).map(|()| out.len() as u64)
+    }
+
+    /// The entries of directory `fd`: each name, inode and file type, `.` and `..`
+    /// first.
+    fn entries(&mut self, fd: u64) -> Result<Vec<(Vec<u8>, u64, u8)>, u16> {
+        if let Descriptor::ChannelDirectory { channels } = self.descriptor(fd)? {
+            let names = channels
+                .iter()
+                .enumerate()
+                .map(|(i, (name, _))| (name.as_bytes().to_vec(), i as u64 + 1, kind::UNKNOWN));
+            return Ok([
+                (b".".to_vec(), 0, kind::DIRECTORY),
+                (b"..".to_vec(), 0, kind::DIRECTORY),
+            ]
+            .into_iter()
+            .chain(names)
+            .collect());
+        }
+        let (dir, _) = self.dir(fd)?;
         let own = dir.dir_metadata().map_err(io_err)?;
         let mut entries: Vec<(Vec<u8>, u64, u8)> = vec![
             (b".".to_vec(), own.ino(), kind::DIRECTORY),
@@ -646,21 +740,7 @@ impl FileTable {
             };
             entries.push((entry.file_name().as_bytes().to_vec(), entry.ino(), filetype));
         }
-        let mut out = Vec::new();
-        for (index, (name, ino, filetype)) in entries.iter().enumerate().skip(cookie as usize) {
-            let mut dirent = [0u8; 24];
-            dirent[0..8].copy_from_slice(&(index as u64 + 1).to_le_bytes());
-            dirent[8..16].copy_from_slice(&ino.to_le_bytes());
-            dirent[16..20].copy_from_slice(&(name.len() as u32).to_le_bytes());
-            dirent[20] = *filetype;
-            out.extend_from_slice(&dirent);
-            out.extend_from_slice(name);
-            if out.len() as u64 >= len {
-                break;
-            }
-        }
-        out.truncate(len as usize);
-        write_guest(memory, buf, &out).map(|()| out.len() as u64)
+        Ok(entries)
     }
 
     /// `path_open`, with wasmtime's rules: a file is opened for reading unless only
@@ -689,6 +769,15 @@ impl FileTable {
                 ..
             }) => (dir, *read_only, *root),
             Some(Descriptor::File { .. }) => return Err(errno::NOTDIR),
+            // Only the directory itself opens here (to list it); the guest opens the
+            // channels in it.
+            Some(Descriptor::ChannelDirectory { channels }) if path == Path::new(".") => {
+                let channels = channels.clone();
+                return self
+                    .insert(Descriptor::ChannelDirectory { channels })
+                    .map(u64::from);
+            }
+            Some(Descriptor::ChannelDirectory { .. }) => return Err(errno::NOENT),
             _ => return Err(errno::BADF),
         };
         if flags & SYNC_FLAGS != 0 {
@@ -775,6 +864,9 @@ impl FileTable {
         for (&fd, descriptor) in &self.descriptors {
             let state = match descriptor {
                 Descriptor::Stream => DescriptorState::Stream,
+                Descriptor::ChannelDirectory { .. } | Descriptor::Channel { .. } => {
+                    return Err(PersistError::Channel { fd });
+                }
                 Descriptor::Dir {
                     preopen: Some(_),
                     root,

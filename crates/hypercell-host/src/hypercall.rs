@@ -6,7 +6,7 @@
 
 use std::time::{Duration, Instant};
 
-use hypercell_abi::channel::{CHANNEL_KICK, CHANNEL_WAIT};
+use hypercell_abi::channel::{CHANNEL_KICK, CHANNEL_POLL, CHANNEL_WAIT, MAX_POLLED_ENDS};
 use hypercell_abi::hypercall::{
     ERRNO_NOMEM, FailureKind, MAX_IOVECS, RESULT_OFFSET, RESULT_RESTART,
 };
@@ -15,7 +15,7 @@ use hypercell_abi::wasi::errno;
 use hypercell_abi::{ABI_VERSION, Components, FileOp, Hypercall, HypercallRequest, OutputBuffer};
 use vm_memory::{Address, Bytes, GuestAddress};
 
-use crate::channel::CellChannels;
+use crate::channel::{CellChannels, ChannelEnd, wait_any};
 use crate::control::{CellControl, StopReason};
 use crate::fs::{FileTable, errno_of};
 use crate::guest_access::{pieces, read_array, read_guest_bytes, write_guest_bytes};
@@ -211,16 +211,19 @@ impl Services<'_> {
         self.control.count_hypercall(call);
         let result = match call {
             Hypercall::Flush => 0,
-            Hypercall::Write | Hypercall::Read | Hypercall::Channel
-                if !self.components.contains(Components::STDIO) =>
-            {
+            Hypercall::Write | Hypercall::Read if !self.components.contains(Components::STDIO) => {
                 -i64::from(errno::NOTCAPABLE)
             }
             // A stream joined to a channel is the guest's to move through memory.
-            Hypercall::Write | Hypercall::Read if self.channels.stream(args[0]).is_some() => {
+            Hypercall::Write | Hypercall::Read if self.channels.stdio(args[0]).is_some() => {
                 -i64::from(errno::BADF)
             }
-            Hypercall::File if !self.components.contains(Components::FS) => {
+            // Named channels are opened through the file table, under `/channels`.
+            Hypercall::File
+                if !self
+                    .components
+                    .intersects(Components::FS.union(Components::CHANNELS)) =>
+            {
                 -i64::from(errno::NOTCAPABLE)
             }
             Hypercall::Write => {
@@ -279,7 +282,7 @@ impl Services<'_> {
             }
             Hypercall::Ready => 0,
             Hypercall::NextRequest => self.next_request(memory),
-            Hypercall::Channel => self.channel(args),
+            Hypercall::Channel => self.channel(memory, args)?,
             Hypercall::File => {
                 let op =
                     FileOp::from_number(args[0]).ok_or(HypercallError::UnknownFileOp(args[0]))?;
@@ -302,19 +305,69 @@ impl Services<'_> {
         Ok(Completion::Resume)
     }
 
-    /// A channel wait or kick (see [`crate::channel`]).
-    fn channel(&self, [op, stream, observed, ..]: [u64; 6]) -> i64 {
-        let Some(end) = self.channels.stream(stream) else {
-            return -i64::from(errno::BADF);
+    /// A channel wait or kick (see [`crate::channel`]), on end `index` (0 stdin, 1
+    /// stdout, 2 + `i` named channel `i`), or a poll of several ends.
+    fn channel(&self, memory: &GuestMemory, args: [u64; 6]) -> Result<i64, HypercallError> {
+        let [op, index, observed, ..] = args;
+        if op == CHANNEL_POLL {
+            return self.channel_poll(memory, args);
+        }
+        let end = match self.channel_end(index) {
+            Ok(end) => end,
+            Err(errno) => return Ok(errno),
         };
-        match op {
+        Ok(match op {
             CHANNEL_WAIT => end.wait(observed, &self.control),
             CHANNEL_KICK => {
                 end.kick();
                 0
             }
             _ => -i64::from(errno::INVAL),
+        })
+    }
+
+    /// End `index` of the cell's channels, or the negated errno for one it lacks or
+    /// may not use.
+    fn channel_end(&self, index: u64) -> Result<&ChannelEnd, i64> {
+        let needed = if index < 2 {
+            Components::STDIO
+        } else {
+            Components::CHANNELS
+        };
+        if !self.components.contains(needed) {
+            return Err(-i64::from(errno::NOTCAPABLE));
         }
+        self.channels.end(index).ok_or(-i64::from(errno::BADF))
+    }
+
+    /// [`CHANNEL_POLL`]: waits on the `(end, observed index)` pairs the guest listed.
+    fn channel_poll(
+        &self,
+        memory: &GuestMemory,
+        [_, list, count, timeout, ..]: [u64; 6],
+    ) -> Result<i64, HypercallError> {
+        if count == 0 || count > MAX_POLLED_ENDS {
+            return Ok(-i64::from(errno::INVAL));
+        }
+        let mut bytes = vec![0u8; count as usize * 16];
+        if !read_guest_bytes(memory, list, &mut bytes) {
+            return Err(HypercallError::OutOfBounds {
+                what: "channel poll list",
+                addr: list,
+                len: count * 16,
+            });
+        }
+        let mut waits = Vec::with_capacity(count as usize);
+        for pair in bytes.chunks_exact(16) {
+            let index = u64::from_le_bytes(pair[..8].try_into().expect("8 bytes"));
+            let observed = u64::from_le_bytes(pair[8..].try_into().expect("8 bytes"));
+            match self.channel_end(index) {
+                Ok(end) => waits.push((end, observed)),
+                Err(errno) => return Ok(errno),
+            }
+        }
+        let timeout = (timeout != u64::MAX).then(|| Duration::from_nanos(timeout));
+        Ok(wait_any(&waits, timeout, &self.control))
     }
 
     /// Waits for a server's next request and lays it in the cell's identity: 1, or 0

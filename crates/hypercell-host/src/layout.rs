@@ -6,9 +6,9 @@
 //!   | compiled module | unmapped guard | stack | heap ... | channel windows |
 //! ```
 //!
-//! A cell joined to others by channels has two windows past its heap, one for the
-//! channel on its stdin and one for the channel on its stdout, in a memory slot of
-//! their own; other cells have none.
+//! A cell joined to others by channels has windows past its heap, in a memory slot of
+//! their own: one for the channel on its stdin, one for the channel on its stdout,
+//! then one for each named channel it is granted. Other cells have none.
 
 use hypercell_abi::channel::CHANNEL_WINDOW_SIZE;
 use hypercell_abi::layout::{IMAGE_BASE, LARGE_PAGE_SIZE, MAX_MEMORY_SIZE, PAGE_SIZE};
@@ -57,13 +57,15 @@ pub struct CellLayout {
     pub wasm_memory_limit: u64,
     /// Bytes of the region that holds the arguments, environment and preopen names.
     pub identity_capacity: u64,
-    /// The first of the [`CHANNEL_WINDOWS`] channel windows, at the heap's end; 0 for
-    /// a cell without channels.
+    /// The first channel window, at the heap's end; 0 for a cell without channels.
     pub channels: u64,
+    /// How many channel windows there are: stdin's and stdout's, then one per named
+    /// channel; 0 for a cell without channels.
+    pub channel_windows: u64,
 }
 
-/// Channel windows of a cell with channels: its stdin's, then its stdout's.
-pub const CHANNEL_WINDOWS: u64 = 2;
+/// Channel windows every cell with channels has: its stdin's, then its stdout's.
+const STDIO_CHANNEL_WINDOWS: u64 = 2;
 
 fn align_up(value: u64, align: u64) -> u64 {
     value.next_multiple_of(align)
@@ -146,24 +148,26 @@ impl CellLayout {
             wasm_memory_limit,
             identity_capacity,
             channels: 0,
+            channel_windows: 0,
         })
     }
 
-    /// This layout with channel windows past the heap; `None` if the cell would be
-    /// too large.
-    pub fn with_channels(self) -> Option<Self> {
-        let end = self.heap_end + CHANNEL_WINDOWS * CHANNEL_WINDOW_SIZE;
+    /// This layout with channel windows past the heap, for stdio and `named` named
+    /// channels; `None` if the cell would be too large.
+    pub fn with_channels(self, named: usize) -> Option<Self> {
+        let windows = STDIO_CHANNEL_WINDOWS + named as u64;
+        let end = self.heap_end + windows * CHANNEL_WINDOW_SIZE;
         (end <= MAX_MEMORY_SIZE).then_some(Self {
             channels: self.heap_end,
+            channel_windows: windows,
             ..self
         })
     }
 
-    /// The channel window for stream `stream` (0 stdin, 1 stdout), if the cell has
-    /// channels.
-    pub fn channel_window(&self, stream: u64) -> Option<u64> {
-        (self.channels != 0 && stream < CHANNEL_WINDOWS)
-            .then(|| self.channels + stream * CHANNEL_WINDOW_SIZE)
+    /// The channel window for end `index` (0 stdin, 1 stdout, 2 + `i` named channel
+    /// `i`), if the cell has it.
+    pub fn channel_window(&self, index: u64) -> Option<u64> {
+        (index < self.channel_windows).then(|| self.channels + index * CHANNEL_WINDOW_SIZE)
     }
 
     /// End of the memory mapped at boot: everything below the heap and the first
@@ -198,7 +202,7 @@ impl CellLayout {
         if self.channels == 0 {
             self.heap_end
         } else {
-            self.channels + CHANNEL_WINDOWS * CHANNEL_WINDOW_SIZE
+            self.channels + self.channel_windows * CHANNEL_WINDOW_SIZE
         }
     }
 }
@@ -238,7 +242,7 @@ mod tests {
     fn channel_windows_lie_past_the_heap() {
         let layout = CellLayout::plan(64 << 20, 0x4a3000, 0, 0, 30_000).unwrap();
         assert_eq!(layout.channel_window(0), None);
-        let joined = layout.with_channels().unwrap();
+        let joined = layout.with_channels(0).unwrap();
         assert_eq!(joined.channel_window(0), Some(layout.heap_end));
         assert_eq!(
             joined.channel_window(1),
@@ -249,11 +253,21 @@ mod tests {
             joined.memory_size(),
             layout.memory_size() + 2 * CHANNEL_WINDOW_SIZE
         );
+        let named = layout.with_channels(3).unwrap();
+        assert_eq!(
+            named.channel_window(4),
+            Some(layout.heap_end + 4 * CHANNEL_WINDOW_SIZE)
+        );
+        assert_eq!(named.channel_window(5), None);
+        assert_eq!(
+            named.memory_size(),
+            layout.memory_size() + 5 * CHANNEL_WINDOW_SIZE
+        );
         let largest = CellLayout::plan(0, 0x4a3000, 0, 0, 30_000)
             .unwrap()
             .with_memory_size(MAX_MEMORY_SIZE)
             .unwrap();
-        assert!(largest.with_channels().is_none());
+        assert!(largest.with_channels(0).is_none());
     }
 
     #[test]

@@ -27,7 +27,9 @@ pub use cell::{
     ResetReport, create_init_template, create_template, keep_vms_ready, restore_cell,
     restore_joined_cell, run_cell, run_cell_with_control, run_joined_cell, start_from_template,
 };
-pub use channel::{CellChannels, ChannelEnd, ChannelMemory, OwnedChannels, channel, channel_with};
+pub use channel::{
+    CellChannels, ChannelEnd, ChannelMemory, NamedChannelEnd, OwnedChannels, channel, channel_with,
+};
 pub use compile::{CacheStatus, CompileError, CompiledModule, Compiler};
 pub use config::{CellConfig, ConfigError};
 pub use control::{CellActivity, CellControl, StopReason};

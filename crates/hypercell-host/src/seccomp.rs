@@ -41,6 +41,7 @@ const ALLOWED: &[libc::c_long] = &[
     libc::SYS_clock_nanosleep,
     libc::SYS_clock_gettime,
     libc::SYS_futex,
+    libc::SYS_futex_waitv,
     libc::SYS_sched_yield,
     // Files in preopened directories, always relative to a directory descriptor
     // (cap-std resolves every path beneath one).

@@ -113,6 +113,7 @@ fn joined(writer: &str, reader: &str, meddle: Meddle<'_>) -> (Ended, Ended, Vec<
             let channels = CellChannels {
                 stdin: None,
                 stdout: Some(&write_end),
+                ..CellChannels::default()
             };
             run_joined_cell(
                 &config(),
@@ -131,6 +132,7 @@ fn joined(writer: &str, reader: &str, meddle: Meddle<'_>) -> (Ended, Ended, Vec<
             let channels = CellChannels {
                 stdin: Some(&read_end),
                 stdout: None,
+                ..CellChannels::default()
             };
             run_joined_cell(
                 &config(),

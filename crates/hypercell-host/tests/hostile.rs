@@ -9,7 +9,7 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use hypercell_abi::ChannelHeader;
-use hypercell_abi::channel::{CHANNEL_KICK, CHANNEL_WAIT};
+use hypercell_abi::channel::{CHANNEL_KICK, CHANNEL_POLL, CHANNEL_WAIT, MAX_POLLED_ENDS};
 use hypercell_abi::hypercall::RESULT_OFFSET;
 use hypercell_abi::layout::{HYPERCALL_PORT, IMAGE_BASE, RESERVATION_BASE, SYSTEM_BASE};
 use hypercell_abi::wasi::errno;
@@ -895,11 +895,13 @@ fn channels_of(end: &ChannelEnd) -> CellChannels<'_> {
         CellChannels {
             stdin: Some(end),
             stdout: None,
+            ..CellChannels::default()
         }
     } else {
         CellChannels {
             stdin: None,
             stdout: Some(end),
+            ..CellChannels::default()
         }
     }
 }
@@ -1070,6 +1072,15 @@ fn channel_calls_outside_the_rules_are_refused() {
         (bad([CHANNEL_KICK, u64::MAX, 0, 0, 0, 0]), badf.clone()),
         (
             bad([99, 1, 0, 0, 0, 0]),
+            CellExit::Exited(-i32::from(errno::INVAL)),
+        ),
+        // A poll of no ends, or of more than a poll takes, before any list is read.
+        (
+            bad([CHANNEL_POLL, 0, 0, 0, 0, 0]),
+            CellExit::Exited(-i32::from(errno::INVAL)),
+        ),
+        (
+            bad([CHANNEL_POLL, 0, MAX_POLLED_ENDS + 1, 0, 0, 0]),
             CellExit::Exited(-i32::from(errno::INVAL)),
         ),
         (

@@ -31,6 +31,10 @@ pub enum ClientError {
     /// The daemon refused the request, with its sentence.
     #[error("{0}")]
     Refused(String),
+    /// The command line asks for something no request can be, with a sentence saying
+    /// what it can be.
+    #[error("{0}")]
+    Usage(String),
     /// The daemon is too busy for the request now (503), with its sentence: it may
     /// succeed later.
     #[error("{0}")]

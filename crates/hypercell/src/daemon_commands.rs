@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::Method;
-use hypercell_daemon::record::{RestartPolicy, TemplateRecord, TemplateSpec};
+use hypercell_daemon::record::{ChannelView, RestartPolicy, TemplateRecord, TemplateSpec};
 use hypercell_daemon::{CellRecord, CellSpec, DaemonOptions, DirSpec};
 use hypercell_host::config::{
     ComponentChoice, Components, parse_components, parse_duration, parse_memory_size,
@@ -141,7 +141,7 @@ pub struct CreateArgs {
     #[arg(long, value_name = "POLICY", default_value = "no", value_parser = parse_restart)]
     restart: RestartPolicy,
     /// Give the program only these host components, comma-separated, of stdio, args,
-    /// env, clocks, random and fs; with `strict` in the list, a module importing a
+    /// env, clocks, random, fs and channels (its named channels); with `strict` in the list, a module importing a
     /// function of another is refused [default: all].
     #[arg(long, value_name = "LIST", value_parser = parse_components)]
     components: Option<ComponentChoice>,
@@ -240,29 +240,35 @@ fn parse_dir_map(text: &str) -> Result<(String, String), String> {
 pub struct ConnectArgs {
     #[command(flatten)]
     host: HostArg,
-    /// The writing cell's stream: `CELL:stdout`.
-    #[arg(value_name = "CELL:stdout", value_parser = stdout_of)]
-    from: String,
-    /// The reading cell's stream: `CELL:stdin`.
-    #[arg(value_name = "CELL:stdin", value_parser = stdin_of)]
-    to: String,
+    /// The writing cell's end: `CELL:stdout`, or `CELL:NAME` for a named channel.
+    #[arg(value_name = "CELL:stdout|CELL:NAME", value_parser = end_of)]
+    from: (String, String),
+    /// The reading cell's end: `CELL:stdin`, or `CELL:NAME` with the same name.
+    #[arg(value_name = "CELL:stdin|CELL:NAME", value_parser = end_of)]
+    to: (String, String),
 }
 
-fn stdout_of(text: &str) -> Result<String, String> {
-    stream_of(text, "stdout", "the first names the writer: `A:stdout`")
-}
-
-fn stdin_of(text: &str) -> Result<String, String> {
-    stream_of(text, "stdin", "the second names the reader: `B:stdin`")
-}
-
-/// The cell of `CELL:STREAM`, where the stream must be `stream`.
-fn stream_of(text: &str, stream: &str, hint: &str) -> Result<String, String> {
+/// The cell and the stream or channel name of `CELL:END`.
+fn end_of(text: &str) -> Result<(String, String), String> {
     match text.rsplit_once(':') {
-        Some((cell, named)) if named == stream && !cell.is_empty() => Ok(cell.into()),
+        Some((cell, end)) if !cell.is_empty() && !end.is_empty() => Ok((cell.into(), end.into())),
         _ => Err(format!(
-            "`{text}` is not `CELL:{stream}`: a channel joins one cell's stdout to another's stdin, and {hint}"
+            "`{text}` is not `CELL:stdout`, `CELL:stdin` or `CELL:NAME`: name a cell and one end of the channel"
         )),
+    }
+}
+
+/// What `hypercell connect FROM TO` asks for: the named channel's name, or none to
+/// join stdout to stdin.
+fn channel_name(from: &str, to: &str) -> Result<Option<String>, ClientError> {
+    match (from, to) {
+        ("stdout", "stdin") => Ok(None),
+        (from, to) if from == to && !matches!(from, "stdin" | "stdout" | "stderr") => {
+            Ok(Some(from.to_string()))
+        }
+        _ => Err(ClientError::Usage(format!(
+            "`{from}` to `{to}` is no channel: a channel joins `A:stdout` to `B:stdin`, or grants `A:NAME` and `B:NAME` the same named channel, which A writes and B reads"
+        ))),
     }
 }
 
@@ -381,6 +387,37 @@ pub fn ps(args: PsArgs) -> ExitCode {
                     format!("{} ago", age(now.saturating_sub(cell.created_ms))),
                     cell.spec.module
                 );
+            }
+        },
+    )
+}
+
+/// Runs `hypercell channels`: the channels between cells, writer first.
+pub fn channels(args: PsArgs) -> ExitCode {
+    list(
+        &args.host,
+        "/v1/channels",
+        args.format,
+        |out, channels: Vec<ChannelView>| {
+            let _ = writeln!(out, "{:<24}  {:<24}  CHANNEL", "FROM", "TO");
+            for channel in channels {
+                let to = channel.to_name.unwrap_or(channel.to);
+                let (from, to) = match &channel.name {
+                    Some(name) => (
+                        format!("{}:{name}", channel.from_name),
+                        format!("{to}:{name}"),
+                    ),
+                    None => (
+                        format!("{}:stdout", channel.from_name),
+                        format!("{to}:stdin"),
+                    ),
+                };
+                let kind = if channel.name.is_some() {
+                    "named"
+                } else {
+                    "stdio"
+                };
+                let _ = writeln!(out, "{from:<24}  {to:<24}  {kind}");
             }
         },
     )
@@ -615,11 +652,14 @@ pub fn act(action: Action, args: CellsArgs) -> ExitCode {
     })
 }
 
-/// Runs `hypercell connect`: joins one created cell's stdout to another's stdin.
+/// Runs `hypercell connect`: joins one created cell's stdout to another's stdin, or
+/// grants two created cells a named channel.
 pub fn connect(args: ConnectArgs) -> ExitCode {
     finish((|| {
+        let ((from, from_end), (to, to_end)) = (args.from, args.to);
+        let name = channel_name(&from_end, &to_end)?;
         let client = client(&args.host)?;
-        let body = serde_json::to_vec(&serde_json::json!({ "from": args.from, "to": args.to }))
+        let body = serde_json::to_vec(&serde_json::json!({ "from": from, "to": to, "name": name }))
             .map_err(|e| ClientError::Http(e.to_string()))?;
         let joined = client.call(Method::POST, "/v1/channels", Some(body))?;
         let records: [CellRecord; 2] = serde_json::from_slice(&joined).map_err(|e| {
@@ -627,7 +667,7 @@ pub fn connect(args: ConnectArgs) -> ExitCode {
         })?;
         let _ = writeln!(
             std::io::stdout(),
-            "{}:stdout -> {}:stdin",
+            "{}:{from_end} -> {}:{to_end}",
             records[0].name,
             records[1].name
         );

@@ -82,8 +82,12 @@ enum Command {
     /// Move a live cell to another daemon, which goes on running it.
     Migrate(daemon_commands::MigrateArgs),
     /// Join a created cell's stdout to another created cell's stdin, by a channel in
-    /// memory both map: `hypercell connect A:stdout B:stdin`.
+    /// memory both map (`hypercell connect A:stdout B:stdin`), or grant two created
+    /// cells a named channel that A writes and B reads, each opening it as
+    /// `/channels/NAME` (`hypercell connect A:NAME B:NAME`).
     Connect(daemon_commands::ConnectArgs),
+    /// List the channels between the daemon's cells.
+    Channels(daemon_commands::PsArgs),
     /// Print a cell's stdout and stderr, or follow them.
     Logs(daemon_commands::LogsArgs),
     /// Print cells' records as JSON.
@@ -167,7 +171,7 @@ struct RunArgs {
     #[arg(long, value_name = "SIZE", value_parser = parse_memory_size)]
     max_output: Option<u64>,
     /// Give the program only these host components, comma-separated, of stdio, args,
-    /// env, clocks, random and fs (its --dir directories); a call into another answers
+    /// env, clocks, random, fs (its --dir directories) and channels; a call into another answers
     /// `notcapable`. With `strict` in the list, a module importing a function of a
     /// component not given is refused [default: all].
     #[arg(long, value_name = "LIST", value_parser = parse_components)]
@@ -215,6 +219,7 @@ fn main() -> ExitCode {
         Command::Snapshot(args) => daemon_commands::snapshot(args),
         Command::Migrate(args) => daemon_commands::migrate(args),
         Command::Connect(args) => daemon_commands::connect(args),
+        Command::Channels(args) => daemon_commands::channels(args),
         Command::Resume(args) => daemon_commands::act(daemon_commands::Action::Resume, args),
         Command::Logs(args) => daemon_commands::logs(args),
         Command::Inspect(args) => daemon_commands::inspect(args),

@@ -298,6 +298,7 @@ fn run_stages(
                     let joined = CellChannels {
                         stdin: input.as_ref(),
                         stdout: output.as_ref(),
+                        ..CellChannels::default()
                     };
                     let started = Instant::now();
                     let config = &stage.config;

@@ -751,6 +751,7 @@ fn a_cell_page_links_each_end_of_its_channels() {
     daemon.ok(&["create", "--name", "gen", produce.to_str().unwrap(), "1"]);
     daemon.ok(&["create", "--name", "sum", digest.to_str().unwrap()]);
     daemon.ok(&["connect", "gen:stdout", "sum:stdin"]);
+    daemon.ok(&["connect", "sum:results", "gen:results"]);
     let sum = daemon.inspect("sum")["id"].as_str().unwrap().to_string();
     let producer = daemon.inspect("gen")["id"].as_str().unwrap().to_string();
     let browser = browser();
@@ -776,6 +777,14 @@ fn a_cell_page_links_each_end_of_its_channels() {
     assert!(
         text_of(&tab, "dl.config")
             .contains(&format!("Stdinjoined by a channel to {producer}:stdout")),
+        "{}",
+        text_of(&tab, "dl.config")
+    );
+    // Named channels are listed with the way each goes.
+    assert!(
+        text_of(&tab, "dl.config").contains(&format!(
+            "Channels/channels/results, written here, read by {producer}"
+        )),
         "{}",
         text_of(&tab, "dl.config")
     );

@@ -812,3 +812,166 @@ fn cells_joined_by_a_channel_run_as_a_pipeline_in_the_daemon() {
         produce_digest(4 << 20)
     );
 }
+
+/// The bytes `requester COUNT` sends: "msg N\n" for each N.
+fn requests_len(count: u64) -> u64 {
+    (0..count).map(|i| format!("msg {i}\n").len() as u64).sum()
+}
+
+#[test]
+fn cells_talk_through_named_channels_in_the_daemon() {
+    let dir = tempfile::tempdir().unwrap();
+    let daemon = Daemon::start(dir.path());
+    let program = |name: &str| c_program(name).to_str().unwrap().to_string();
+    let (requester, upcaser) = (program("requester"), program("upcaser"));
+    let refused = |args: &[&str], sentence: &str| {
+        let out = daemon.cli(args);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(sentence),
+            "{stderr}"
+        );
+    };
+
+    // A request and reply loop between two long-lived cells: each channel is granted
+    // by name, one way, and the server waits for requests with poll().
+    daemon.ok(&["create", "--name", "client", &requester, "2000"]);
+    daemon.ok(&["create", "--name", "server", &upcaser]);
+    assert_eq!(
+        daemon
+            .ok(&["connect", "client:requests", "server:requests"])
+            .trim(),
+        "client:requests -> server:requests"
+    );
+    daemon.ok(&["connect", "server:replies", "client:replies"]);
+    let client = daemon.inspect("client");
+    let server = daemon.inspect("server");
+    assert_eq!(client["named_channels"][0]["name"], "requests");
+    assert_eq!(client["named_channels"][0]["peer"], server["id"]);
+    assert_eq!(client["named_channels"][0]["writes"], true);
+    assert_eq!(server["named_channels"][0]["writes"], false);
+    let listed: serde_json::Value =
+        serde_json::from_str(&daemon.ok(&["channels", "--format", "json"])).unwrap();
+    let names: Vec<&str> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|channel| channel["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["requests", "replies"]);
+
+    // Names are plain words, each once per cell, and both cells need the component.
+    daemon.ok(&[
+        "create",
+        "--name",
+        "plain",
+        &upcaser,
+        "--components",
+        "stdio",
+    ]);
+    daemon.ok(&["create", "--name", "other", &upcaser]);
+    refused(
+        &["connect", "other:../x", "server:../x"],
+        "`../x` cannot name a channel",
+    );
+    refused(
+        &["connect", "other:requests", "server:requests"],
+        "cell `server` already has a channel named `requests`, joined to cell `client`",
+    );
+    refused(
+        &["connect", "plain:jobs", "other:jobs"],
+        "cell `plain` is not given the `channels` component",
+    );
+    refused(&["connect", "other:stdout", "server:jobs"], "is no channel");
+    refused(
+        &["connect", "other:jobs", "other:jobs"],
+        "cannot be joined to itself",
+    );
+
+    // Cells granted named channels but not started are joined again by the next
+    // daemon.
+    let mut daemon = daemon;
+    daemon.signal(libc::SIGTERM);
+    let daemon = Daemon::start(dir.path());
+    daemon.ok(&["start", "server"]);
+    daemon.ok(&["start", "client"]);
+    let (_, lines) = daemon.follow(&["logs", "-f", "client"]);
+    assert_eq!(
+        wait_for(&lines, |line| line.starts_with("replies")),
+        "replies 2000 ok"
+    );
+    let (_, lines) = daemon.follow(&["logs", "-f", "server"]);
+    assert_eq!(
+        wait_for(&lines, |line| line.starts_with("served")),
+        format!("served {} bytes", requests_len(2000))
+    );
+    for cell in ["client", "server"] {
+        assert_eq!(daemon.inspect(cell)["exit_code"], 0, "{cell}");
+    }
+
+    // One reader waits on three writers at once with poll(), and every line of each
+    // arrives.
+    let (merge, say) = (program("merge"), program("say"));
+    daemon.ok(&["create", "--name", "merger", &merge, "a", "b", "c"]);
+    for (cell, channel, count) in [("sa", "a", "50000"), ("sb", "b", "20000"), ("sc", "c", "3")] {
+        daemon.ok(&["create", "--name", cell, &say, channel, cell, count]);
+        daemon.ok(&[
+            "connect",
+            &format!("{cell}:{channel}"),
+            &format!("merger:{channel}"),
+        ]);
+    }
+    daemon.ok(&["start", "merger"]);
+    for cell in ["sc", "sa", "sb"] {
+        daemon.ok(&["start", cell]);
+    }
+    let (mut follower, _) = daemon.follow(&["logs", "-f", "merger"]);
+    assert!(follower.wait().unwrap().success());
+    assert_eq!(daemon.ok(&["logs", "merger"]), "a 50000\nb 20000\nc 3\n");
+
+    // What a program may do with its channels, as wasi-libc's calls see it.
+    daemon.ok(&["create", "--name", "rules", &program("channel_rules")]);
+    daemon.ok(&["create", "--name", "echo", &upcaser]);
+    daemon.ok(&["connect", "rules:requests", "echo:requests"]);
+    daemon.ok(&["connect", "echo:replies", "rules:replies"]);
+    daemon.ok(&["start", "rules"]);
+    daemon.ok(&["start", "echo"]);
+    let (mut follower, _) = daemon.follow(&["logs", "-f", "rules"]);
+    assert!(follower.wait().unwrap().success());
+    assert_eq!(
+        daemon.ok(&["logs", "rules"]),
+        "listed requests
+listed replies
+open missing: ENOENT
+create missing: ENOTCAPABLE
+open the writing end to read: EACCES
+open as a directory: ENOTDIR
+open requests: ok
+open requests again: EBUSY
+read requests: EBADF
+seek requests: ESPIPE
+stat requests: ok
+open replies: ok
+write replies: EBADF
+write requests: ok
+close requests: ok
+write requests once closed: EBADF
+open requests once closed: EBUSY
+HELLO
+read replies to its end: ok
+"
+    );
+
+    // A cell whose peer is removed before it starts reads the end of the channel.
+    daemon.ok(&["create", "--name", "lonely", &upcaser]);
+    daemon.ok(&["create", "--name", "vanished", &requester, "5"]);
+    daemon.ok(&["connect", "vanished:requests", "lonely:requests"]);
+    daemon.ok(&["connect", "lonely:replies", "vanished:replies"]);
+    daemon.ok(&["rm", "vanished"]);
+    daemon.ok(&["start", "lonely"]);
+    let (_, lines) = daemon.follow(&["logs", "-f", "lonely"]);
+    assert_eq!(
+        wait_for(&lines, |line| line.starts_with("served")),
+        "served 0 bytes"
+    );
+}

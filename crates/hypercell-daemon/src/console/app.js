@@ -668,6 +668,10 @@ function cellView(root, reference, signal) {
       ['Stdin', record.stdin_from ? joinedTo(record.stdin_from, 'stdout')
         : spec.stdin ? 'open, written through the API' : 'empty'],
       ['Stdout', record.stdout_to ? joinedTo(record.stdout_to, 'stdin') : ''],
+      ['Channels', (record.named_channels || []).length === 0 ? ''
+        : h('span', {}, ...record.named_channels.map((link) => h('div', {},
+          `/channels/${link.name}, ${link.writes ? 'written here, read by ' : 'read here, written by '}`,
+          h('a', { href: `#/cells/${encodeURIComponent(link.peer)}`, class: 'mono' }, link.peer))))],
       ['Restart', spec.restart || 'no'],
       ['Labels', Object.entries(spec.labels || {}).map(([k, v]) => `${k}=${v}`).join(', ')],
       ['Created', when(record.created_ms)],

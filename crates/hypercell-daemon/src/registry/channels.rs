@@ -1,6 +1,8 @@
-//! Channels between the daemon's cells (`hypercell connect A:stdout B:stdin`): one
-//! cell's stdout joined to another's stdin through memory both map, as `hypercell pipe`
-//! joins its stages. Cells are joined before either starts; each then starts when it
+//! Channels between the daemon's cells: one cell's stdout joined to another's stdin
+//! through memory both map, as `hypercell pipe` joins its stages (`hypercell connect
+//! A:stdout B:stdin`), or a named channel that one cell writes and the other reads,
+//! each opening it as `/channels/NAME` (`hypercell connect A:NAME B:NAME`). Cells are
+//! joined before either starts; each then starts when it
 //! is started, and a writer whose reader has not started yet fills the ring and
 //! waits. The ends live in the daemon until their cells start; a cell removed before
 //! it starts closes its end, so its peer reads the end of input or gets `EPIPE`. A
@@ -9,17 +11,34 @@
 use std::path::Path;
 use std::sync::PoisonError;
 
+use hypercell_host::abi::channel::{CHANNELS_DIRECTORY, MAX_NAMED_CHANNELS, is_channel_name};
 use hypercell_host::persist::SnapshotFile;
-use hypercell_host::{OwnedChannels, channel};
+use hypercell_host::{NamedChannelEnd, OwnedChannels, channel};
 
 use super::{DaemonError, Inner, Registry, internal, resolve};
-use crate::record::{CellRecord, CellState, ChannelView, Event, RestartPolicy, now_ms};
+use crate::record::{
+    CellRecord, CellState, ChannelView, Event, NamedChannelLink, RestartPolicy, now_ms,
+};
 
 impl Registry {
-    /// Joins the stdout of the cell `from` names to the stdin of the cell `to` names;
-    /// both must be created and never started. Both records change, with a `connect`
-    /// event each, in one transaction. Returns both records.
-    pub fn connect(&self, from: &str, to: &str) -> Result<[CellRecord; 2], DaemonError> {
+    /// Joins the stdout of the cell `from` names to the stdin of the cell `to` names,
+    /// or, with `name`, grants them the named channel `name`, which `from` writes and
+    /// `to` reads. Both must be created and never started. Both records change, with a
+    /// `connect` event each, in one transaction. Returns both records.
+    pub fn connect(
+        &self,
+        from: &str,
+        to: &str,
+        name: Option<&str>,
+    ) -> Result<[CellRecord; 2], DaemonError> {
+        if let Some(name) = name.filter(|name| !is_channel_name(name.as_bytes())) {
+            return Err(DaemonError::BadRequest {
+                field: "name",
+                message: format!(
+                    "`{name}` cannot name a channel: use 1 to 48 letters, digits, `.`, `_` or `-`, not starting with `.`, and not `stdin`, `stdout` or `stderr`"
+                ),
+            });
+        }
         // Saves keep the order of changes (see `change_after`).
         let saving = self.saving.lock().unwrap_or_else(PoisonError::into_inner);
         let mut inner = self.lock();
@@ -34,33 +53,15 @@ impl Registry {
                 ),
             });
         }
-        joinable(&inner, &from_id)?;
-        joinable(&inner, &to_id)?;
+        joinable(&inner, &from_id, name.is_some())?;
+        joinable(&inner, &to_id, name.is_some())?;
         let (writer, reader) = (&inner.cells[&from_id], &inner.cells[&to_id]);
-        if let Some(joined) = &writer.stdout_to {
-            return Err(DaemonError::Conflict(format!(
-                "cell `{}`'s stdout is already joined to cell `{}`",
-                writer.name,
-                name_of(&inner, joined)
-            )));
-        }
-        if let Some(joined) = &reader.stdin_from {
-            return Err(DaemonError::Conflict(format!(
-                "cell `{}`'s stdin is already joined to cell `{}`'s stdout",
-                reader.name,
-                name_of(&inner, joined)
-            )));
-        }
-        if reader.spec.stdin {
-            return Err(DaemonError::Conflict(format!(
-                "cell `{}` takes its stdin from the API (it was created interactive); create it again without",
-                reader.name
-            )));
-        }
         let mut writer = writer.clone();
         let mut reader = reader.clone();
-        writer.stdout_to = Some(to_id.clone());
-        reader.stdin_from = Some(from_id.clone());
+        match name {
+            Some(name) => grant_named(&inner, &mut writer, &mut reader, name)?,
+            None => join_stdio(&inner, &mut writer, &mut reader)?,
+        }
         let events: Vec<Event> = [&writer, &reader]
             .iter()
             .zip(inner.next_event..)
@@ -79,12 +80,7 @@ impl Registry {
         self.store
             .save_all(&[writer.clone(), reader.clone()], &events)?;
         inner.next_event += events.len() as u64;
-        inner
-            .channel_ends
-            .entry(from_id.clone())
-            .or_default()
-            .stdout = Some(write_end);
-        inner.channel_ends.entry(to_id.clone()).or_default().stdin = Some(read_end);
+        put_ends(&mut inner, &from_id, &to_id, name, write_end, read_end);
         inner.cells.insert(from_id, writer.clone());
         inner.cells.insert(to_id, reader.clone());
         drop(inner);
@@ -99,23 +95,37 @@ impl Registry {
     /// daemon opens: their ends lived in the daemon that joined them.
     pub(super) fn rejoin_unstarted(&self) -> Result<(), DaemonError> {
         let mut inner = self.lock();
-        let pairs: Vec<(String, String)> = inner
-            .cells
-            .values()
-            .filter_map(|writer| {
-                let reader = inner.cells.get(writer.stdout_to.as_ref()?)?;
-                let fresh = |record: &CellRecord| {
-                    record.state == CellState::Created && record.started_ms.is_none()
+        let fresh =
+            |record: &CellRecord| record.state == CellState::Created && record.started_ms.is_none();
+        // (writer, reader, the named channel's name or none for stdio)
+        let mut joins: Vec<(String, String, Option<String>)> = Vec::new();
+        for writer in inner.cells.values().filter(|record| fresh(record)) {
+            if let Some(reader) = writer.stdout_to.as_ref().and_then(|id| inner.cells.get(id))
+                && fresh(reader)
+                && reader.stdin_from.as_ref() == Some(&writer.id)
+            {
+                joins.push((writer.id.clone(), reader.id.clone(), None));
+            }
+            for link in writer.named_channels.iter().filter(|link| link.writes) {
+                let Some(reader) = inner.cells.get(&link.peer) else {
+                    continue;
                 };
-                (fresh(writer) && fresh(reader) && reader.stdin_from.as_ref() == Some(&writer.id))
-                    .then(|| (writer.id.clone(), reader.id.clone()))
-            })
-            .collect();
-        for (from, to) in pairs {
+                let granted = reader.named_channels.iter().any(|other| {
+                    other.name == link.name && other.peer == writer.id && !other.writes
+                });
+                if fresh(reader) && granted {
+                    joins.push((
+                        writer.id.clone(),
+                        reader.id.clone(),
+                        Some(link.name.clone()),
+                    ));
+                }
+            }
+        }
+        for (from, to, name) in joins {
             let (write_end, read_end) =
                 channel().map_err(|e| internal(format!("cannot make a channel: {e}")))?;
-            inner.channel_ends.entry(from).or_default().stdout = Some(write_end);
-            inner.channel_ends.entry(to).or_default().stdin = Some(read_end);
+            put_ends(&mut inner, &from, &to, name.as_deref(), write_end, read_end);
         }
         Ok(())
     }
@@ -123,21 +133,30 @@ impl Registry {
     /// Every channel the records hold, by the cell that writes it.
     pub fn channels(&self) -> Vec<ChannelView> {
         let inner = self.lock();
+        let view = |record: &CellRecord, to: &String, name: Option<&String>| {
+            let view = ChannelView {
+                from: record.id.clone(),
+                from_name: record.name.clone(),
+                to_name: inner.cells.get(to).map(|reader| reader.name.clone()),
+                to: to.clone(),
+                name: name.cloned(),
+            };
+            (record.created_ms, view)
+        };
         let mut channels: Vec<(u64, ChannelView)> = inner
             .cells
             .values()
-            .filter_map(|record| {
-                let to = record.stdout_to.clone()?;
-                let view = ChannelView {
-                    from: record.id.clone(),
-                    from_name: record.name.clone(),
-                    to_name: inner.cells.get(&to).map(|reader| reader.name.clone()),
-                    to,
-                };
-                Some((record.created_ms, view))
+            .flat_map(|record| {
+                let stdio = record.stdout_to.iter().map(|to| view(record, to, None));
+                let named = record
+                    .named_channels
+                    .iter()
+                    .filter(|link| link.writes)
+                    .map(|link| view(record, &link.peer, Some(&link.name)));
+                stdio.chain(named).collect::<Vec<_>>()
             })
             .collect();
-        channels.sort_by(|a, b| (a.0, &a.1.from).cmp(&(b.0, &b.1.from)));
+        channels.sort_by(|a, b| (a.0, &a.1.from, &a.1.name).cmp(&(b.0, &b.1.from, &b.1.name)));
         channels.into_iter().map(|(_, view)| view).collect()
     }
 
@@ -151,7 +170,11 @@ impl Registry {
             .remove(&record.id)
             .unwrap_or_default();
         let missing = (record.stdin_from.is_some() && ends.stdin.is_none())
-            || (record.stdout_to.is_some() && ends.stdout.is_none());
+            || (record.stdout_to.is_some() && ends.stdout.is_none())
+            || record
+                .named_channels
+                .iter()
+                .any(|link| !ends.named.iter().any(|named| named.name == link.name));
         if missing {
             return Err(
                 "the channel that joined it to another cell closed when one of them ran or the daemon that joined them went away; a joined cell runs once, so create and connect them again".into(),
@@ -162,15 +185,117 @@ impl Registry {
 
     /// Puts back the ends of a cell that did not start after all.
     pub(super) fn return_channel_ends(&self, id: &str, ends: OwnedChannels) {
-        if ends.stdin.is_some() || ends.stdout.is_some() {
+        if !ends.is_empty() {
             self.lock().channel_ends.insert(id.to_string(), ends);
         }
     }
 }
 
+/// Hands the ends of a channel from `from` to `to` to their cells: as `from`'s stdout
+/// and `to`'s stdin, or as the named channel `name` of each.
+fn put_ends(
+    inner: &mut Inner,
+    from: &str,
+    to: &str,
+    name: Option<&str>,
+    write_end: hypercell_host::ChannelEnd,
+    read_end: hypercell_host::ChannelEnd,
+) {
+    for (id, end) in [(from, write_end), (to, read_end)] {
+        let ends = inner.channel_ends.entry(id.to_string()).or_default();
+        match name {
+            Some(name) => ends.named.push(NamedChannelEnd {
+                name: name.to_string(),
+                end,
+            }),
+            None if end.is_reader() => ends.stdin = Some(end),
+            None => ends.stdout = Some(end),
+        }
+    }
+}
+
+/// Records `writer`'s stdout joined to `reader`'s stdin, or says why it cannot be.
+fn join_stdio(
+    inner: &Inner,
+    writer: &mut CellRecord,
+    reader: &mut CellRecord,
+) -> Result<(), DaemonError> {
+    if let Some(joined) = &writer.stdout_to {
+        return Err(DaemonError::Conflict(format!(
+            "cell `{}`'s stdout is already joined to cell `{}`",
+            writer.name,
+            name_of(inner, joined)
+        )));
+    }
+    if let Some(joined) = &reader.stdin_from {
+        return Err(DaemonError::Conflict(format!(
+            "cell `{}`'s stdin is already joined to cell `{}`'s stdout",
+            reader.name,
+            name_of(inner, joined)
+        )));
+    }
+    if reader.spec.stdin {
+        return Err(DaemonError::Conflict(format!(
+            "cell `{}` takes its stdin from the API (it was created interactive); create it again without",
+            reader.name
+        )));
+    }
+    writer.stdout_to = Some(reader.id.clone());
+    reader.stdin_from = Some(writer.id.clone());
+    Ok(())
+}
+
+/// Records the named channel `name` granted to `writer` and `reader`, or says why it
+/// cannot be.
+fn grant_named(
+    inner: &Inner,
+    writer: &mut CellRecord,
+    reader: &mut CellRecord,
+    name: &str,
+) -> Result<(), DaemonError> {
+    for record in [&*writer, &*reader] {
+        if let Some(link) = record.named_channels.iter().find(|link| link.name == name) {
+            return Err(DaemonError::Conflict(format!(
+                "cell `{}` already has a channel named `{name}`, joined to cell `{}`",
+                record.name,
+                name_of(inner, &link.peer)
+            )));
+        }
+        if record.named_channels.len() >= MAX_NAMED_CHANNELS {
+            return Err(DaemonError::Conflict(format!(
+                "cell `{}` has {MAX_NAMED_CHANNELS} named channels, the most a cell takes",
+                record.name
+            )));
+        }
+        let taken = record
+            .spec
+            .dirs
+            .iter()
+            .any(|dir| dir.guest.as_ref().unwrap_or(&dir.host) == CHANNELS_DIRECTORY);
+        if taken {
+            return Err(DaemonError::Conflict(format!(
+                "cell `{}` is given a directory as `/channels`, the name its named channels take",
+                record.name
+            )));
+        }
+    }
+    writer.named_channels.push(NamedChannelLink {
+        name: name.to_string(),
+        peer: reader.id.clone(),
+        writes: true,
+    });
+    reader.named_channels.push(NamedChannelLink {
+        name: name.to_string(),
+        peer: writer.id.clone(),
+        writes: false,
+    });
+    Ok(())
+}
+
 /// Refuses a cell that cannot be joined: one that has started or is starting, that
-/// starts from a snapshot, or that is to be checkpointed.
-fn joinable(inner: &Inner, id: &str) -> Result<(), DaemonError> {
+/// starts from a snapshot, that is to be checkpointed, or that lacks the component the
+/// channel needs (`channels` for a named one, `stdio` otherwise).
+fn joinable(inner: &Inner, id: &str, named: bool) -> Result<(), DaemonError> {
     let record = &inner.cells[id];
     if record.state != CellState::Created
         || record.started_ms.is_some()
@@ -194,14 +319,19 @@ fn joinable(inner: &Inner, id: &str) -> Result<(), DaemonError> {
             record.name
         )));
     }
-    let stdio_given = record
+    let (component, carries) = if named {
+        ("channels", "serves named channels")
+    } else {
+        ("stdio", "carries a channel")
+    };
+    let given = record
         .spec
         .components
         .as_ref()
-        .is_none_or(|names| names.iter().any(|name| name == "stdio"));
-    if !stdio_given {
+        .is_none_or(|names| names.iter().any(|name| name == component));
+    if !given {
         return Err(DaemonError::Conflict(format!(
-            "cell `{}` is not given the `stdio` component, which carries a channel",
+            "cell `{}` is not given the `{component}` component, which {carries}",
             record.name
         )));
     }

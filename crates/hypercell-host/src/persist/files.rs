@@ -19,6 +19,13 @@ pub enum PersistError {
         /// The preopen's guest name.
         preopen: String,
     },
+    /// A descriptor is a named channel or their directory, which live with the cell's
+    /// neighbours.
+    #[error("descriptor {fd} is a named channel, which a snapshot of one cell cannot hold")]
+    Channel {
+        /// The descriptor.
+        fd: u32,
+    },
     /// The host refused to tell where a descriptor is or where it stands.
     #[error("cannot inspect descriptor {fd}: {source}")]
     Inspect {
