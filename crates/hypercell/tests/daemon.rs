@@ -709,7 +709,7 @@ fn cells_joined_by_a_channel_run_as_a_pipeline_in_the_daemon() {
     assert_eq!(hasher["stdin_from"], producer["id"]);
 
     // Each stream joins once, a cell never to itself, and only as CELL:stdout to
-    // CELL:stdin.
+    // CELL:stdin (or a name to the same name).
     daemon.ok(&["create", "--name", "other", digest]);
     let refused = |args: &[&str], sentence: &str| {
         let out = daemon.cli(args);
@@ -733,7 +733,7 @@ fn cells_joined_by_a_channel_run_as_a_pipeline_in_the_daemon() {
     );
     refused(
         &["connect", "other:stdin", "hasher:stdin"],
-        "is not `CELL:stdout`",
+        "`stdin` to `stdin` is no channel",
     );
     refused(&["connect", "nothing:stdout", "other:stdin"], "nothing");
 
