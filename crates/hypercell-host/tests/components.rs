@@ -121,7 +121,7 @@ fn strict_checking_names_the_import_no_component_given_serves() {
         }
         other => panic!("{other:?}"),
     }
-    // A descriptor call is of use with stdio or with files.
+    // A descriptor call is of use with stdio, files or named channels.
     let files_only = Components::ALL.0 & !Components::STDIO.0;
     assert!(check(Components(files_only)).is_ok());
     let error = check(
@@ -133,7 +133,7 @@ fn strict_checking_names_the_import_no_component_given_serves() {
     .unwrap_err();
     assert_eq!(
         error.to_string(),
-        "`probe.wat` imports `wasi_snapshot_preview1::fd_write`, which needs the `stdio` or `fs` component, and the cell is not given it"
+        "`probe.wat` imports `wasi_snapshot_preview1::fd_write`, which needs the `stdio`, `fs` or `channels` component, and the cell is not given it"
     );
     let sockets = r#"(module (import "wasi_snapshot_preview1" "sock_accept" (func (param i32 i32 i32) (result i32))))"#;
     let error = check_components(path, sockets.as_bytes(), Components::ALL).unwrap_err();

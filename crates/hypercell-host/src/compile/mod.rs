@@ -440,7 +440,7 @@ fn to_binary<'a>(path: &Path, bytes: &'a [u8]) -> Result<std::borrow::Cow<'a, [u
     })
 }
 
-/// `needs`, in words: "the `fs` component", "the `stdio` or `fs` component".
+/// `needs`, in words: "the `fs` component", "the `stdio`, `fs` or `channels` component".
 fn describe_needs(needs: Components) -> String {
     if needs == Components::NET {
         return "the `net` component, which Hypercell does not offer yet".into();
@@ -450,7 +450,11 @@ fn describe_needs(needs: Components) -> String {
         .filter(|&&(_, component)| needs.contains(component))
         .map(|(name, _)| format!("`{name}`"))
         .collect();
-    format!("the {} component", names.join(" or "))
+    let listed = match names.split_last() {
+        Some((last, rest)) if !rest.is_empty() => format!("{} or {last}", rest.join(", ")),
+        _ => names.concat(),
+    };
+    format!("the {listed} component")
 }
 
 /// Initial bytes of the first memory `wasm` defines, rounded up to 4 KiB; 0 when it
