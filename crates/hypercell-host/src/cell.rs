@@ -26,7 +26,9 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::channel::{CHANNEL_CAPACITY, CellChannels, NamedChannelEnd};
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
-use crate::control::{CellControl, KICK_INTERVAL, ParkRequest, SnapshotScope, StopReason, Wake};
+use crate::control::{
+    CellControl, KICK_INTERVAL, ParkRequest, PrecopyStep, SnapshotScope, StopReason, Wake,
+};
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::identity::{Identity, IdentityRegion, NextRequest};
@@ -1323,6 +1325,7 @@ fn run_on_vcpu_thread<'a>(
     let output = services.output;
     // A joined cell's channel windows lie past its heap: shared, not its own.
     let own_end = services.growth.as_ref().map_or(memory.size(), |g| g.end);
+    let vm = services.growth.as_ref().map(|growth| growth.vm);
     // The vCPU's part, on a thread confined by the seccomp filter (`confine` makes it
     // so, or says why it is not).
     let work = move |confine: &dyn Fn() -> Result<(), SeccompError>| {
@@ -1338,7 +1341,15 @@ fn run_on_vcpu_thread<'a>(
         drop(binding);
         (outcome, vcpu, services)
     };
-    let watch = || supervise(&control, memory, output, &module.region, own_end, requests);
+    let watch = || {
+        let cell = Supervised {
+            memory,
+            vm,
+            module,
+            own_end,
+        };
+        supervise(&control, &cell, output, requests)
+    };
     match runner {
         Some(runner) => runner
             .run(move |confined| work(&|| confined.clone()), watch)
@@ -1379,16 +1390,26 @@ struct Requests<'s, 'n> {
     next: Option<&'s mut NextRequests<'n>>,
 }
 
+/// What a cell's supervisor reaches of it.
+struct Supervised<'a, 'm> {
+    memory: &'a GuestMemory,
+    /// The partition, where the cell's memory can grow (and so be migrated).
+    vm: Option<&'a Vm>,
+    module: &'a MappedModule<'m>,
+    /// End of the cell's own memory (its channel windows follow).
+    own_end: u64,
+}
+
 /// Watches a running cell until its vCPU thread finishes, handing a cell that serves
 /// requests each next one, with its own time limit.
 fn supervise(
     control: &CellControl,
-    memory: &GuestMemory,
+    cell: &Supervised<'_, '_>,
     output: GuestAddress,
-    module: &std::ops::Range<u64>,
-    own_end: u64,
     Requests { timeout, mut next }: Requests<'_, '_>,
 ) {
+    let (memory, own_end) = (cell.memory, cell.own_end);
+    let module = &cell.module.region;
     let mut deadline = timeout.and_then(|limit| Instant::now().checked_add(limit));
     loop {
         match control.wait_for_tick(Instant::now() + DRAIN_INTERVAL, deadline) {
@@ -1424,6 +1445,9 @@ fn supervise(
                     control.request_drain();
                 }
             }
+            Wake::Precopy(step, reply) => {
+                let _ = reply.send(precopy_step(cell, step));
+            }
             Wake::Measure(replies) => {
                 // As the report counts it: the compiled module, shared page cache, left
                 // out.
@@ -1436,6 +1460,54 @@ fn supervise(
             }
         }
     }
+}
+
+/// Takes a pre-copy step of a running cell (see [`CellControl::precopy_start`]), on its
+/// supervising thread: what KVM logs and the host marks is taken before the pages are
+/// copied, so a page written during the copy is copied again in the next step.
+fn precopy_step(
+    cell: &Supervised<'_, '_>,
+    step: PrecopyStep,
+) -> Result<MemoryImage, SnapshotError> {
+    let vm = cell.vm.ok_or(SnapshotError::NotRunning)?;
+    let module = cell.module;
+    match step {
+        PrecopyStep::Start => {
+            vm.set_dirty_logging(true)?;
+            cell.memory.take_host_written();
+            Ok(MemoryImage::capture(
+                cell.memory,
+                cell.own_end,
+                module.region.clone(),
+                module.bytes,
+                module.base,
+            ))
+        }
+        PrecopyStep::Round => Ok(MemoryImage::capture_pages(
+            cell.memory,
+            module.region.clone(),
+            &written_pages(vm, cell.memory, cell.own_end)?,
+        )),
+        PrecopyStep::End => {
+            vm.set_dirty_logging(false)?;
+            Ok(MemoryImage::capture_pages(
+                cell.memory,
+                module.region.clone(),
+                &[],
+            ))
+        }
+    }
+}
+
+/// The pages of the cell's own memory (below `end`) that the guest or the host wrote
+/// since they were last asked, sorted.
+fn written_pages(vm: &Vm, memory: &GuestMemory, end: u64) -> Result<Vec<u64>, SnapshotError> {
+    let mut pages = vm.take_dirty_pages()?;
+    pages.extend(memory.take_host_written());
+    pages.retain(|&page| page < end);
+    pages.sort_unstable();
+    pages.dedup();
+    Ok(pages)
 }
 
 /// Runs the guest until its program ends. `trap_handler` is where the guest runtime
@@ -1644,6 +1716,8 @@ fn snapshot(
     // still to come (a record half written stays in memory, for the guest to finish).
     let _ = services.drain_between_calls(memory);
     let template = services.template_stop;
+    let vm = services.growth.as_ref().map(|growth| growth.vm);
+    let own_end = services.growth.as_ref().map_or(memory.size(), |g| g.end);
     let vcpu = vcpu.save_state()?;
     let services = services.save_state()?;
     let memory = match scope {
@@ -1661,6 +1735,11 @@ fn snapshot(
             module.base,
         )
         .map_err(SnapshotError::Scan)?,
+        SnapshotScope::Dirty => {
+            let vm = vm.ok_or(SnapshotError::NotRunning)?;
+            let pages = written_pages(vm, memory, own_end)?;
+            MemoryImage::capture_pages(memory, module.region.clone(), &pages)
+        }
     };
     Ok(CellSnapshot {
         module: module.identity,

@@ -14,7 +14,7 @@ use hypercell_vmm::VcpuHandle;
 
 use crate::hypercall::HypercallCounts;
 use crate::identity::NextRequest;
-use crate::persist::{CellSnapshot, SnapshotError};
+use crate::persist::{CellSnapshot, MemoryImage, SnapshotError};
 
 /// How often a vCPU that is asked to pause or stop is kicked until it does.
 pub(crate) const KICK_INTERVAL: Duration = Duration::from_millis(1);
@@ -82,7 +82,25 @@ pub(crate) enum SnapshotScope {
     /// Every page, of a cell joined by channels to neighbours that are paused and
     /// saved with it (see [`CellControl::snapshot_with_neighbours`]).
     WithNeighbours,
+    /// The pages written since the last round of a pre-copy (see
+    /// [`CellControl::precopy_start`]): the snapshot goes on top of what the rounds
+    /// copied.
+    Dirty,
 }
+
+/// What a pre-copy asks of a running cell's supervisor.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum PrecopyStep {
+    /// Log writes from now on and copy every page that holds data.
+    Start,
+    /// Copy the pages written since the last step.
+    Round,
+    /// Stop logging writes.
+    End,
+}
+
+/// Where a pre-copy step's pages go.
+pub(crate) type PrecopyReply = mpsc::Sender<Result<MemoryImage, SnapshotError>>;
 
 /// What a parked vCPU thread is asked to do.
 pub(crate) enum ParkRequest {
@@ -100,6 +118,8 @@ struct State {
     /// Measures of the memory touched asked for, and where to send each: askers at
     /// the same time share one measure.
     measure: Vec<mpsc::Sender<u64>>,
+    /// A pre-copy step asked for and not yet taken.
+    precopy: Option<(PrecopyStep, PrecopyReply)>,
     /// The vCPU thread answered a request and waits here for the next.
     boundary: Option<BoundaryReply>,
     vcpu: Option<VcpuHandle>,
@@ -142,6 +162,8 @@ pub(crate) enum Wake {
     Stopping,
     /// The memory the cell touched is asked for: here is where to send it.
     Measure(Vec<mpsc::Sender<u64>>),
+    /// A pre-copy step is asked for.
+    Precopy(PrecopyStep, PrecopyReply),
     /// The cell answered its request: its next goes here (`None`: no more come).
     Boundary(BoundaryReply),
     /// The time given passed.
@@ -226,6 +248,49 @@ impl CellControl {
     /// cell alone would split its channels, which [`Self::snapshot`] refuses.
     pub fn snapshot_with_neighbours(&self) -> Result<CellSnapshot, SnapshotError> {
         self.take_snapshot(SnapshotScope::WithNeighbours)
+    }
+
+    /// Begins a pre-copy of the running cell, for a migration: from now on KVM logs
+    /// the pages the guest writes (and the host marks those it writes), and this
+    /// returns a copy of every page that holds data, taken while the cell runs on.
+    /// Each [`Self::precopy_round`] then copies the pages written since, and
+    /// [`Self::snapshot_dirty`] pauses the cell and takes the last of them with its
+    /// state: those images laid over one another in order are the cell's memory.
+    /// [`Self::precopy_end`] stops the logging, for a cell that goes on here.
+    pub fn precopy_start(&self) -> Result<MemoryImage, SnapshotError> {
+        self.precopy(PrecopyStep::Start)
+    }
+
+    /// Copies the pages the cell wrote since the last pre-copy step, while it runs
+    /// (see [`Self::precopy_start`]).
+    pub fn precopy_round(&self) -> Result<MemoryImage, SnapshotError> {
+        self.precopy(PrecopyStep::Round)
+    }
+
+    /// Stops logging the cell's writes, once a pre-copy is over.
+    pub fn precopy_end(&self) -> Result<(), SnapshotError> {
+        self.precopy(PrecopyStep::End).map(|_| ())
+    }
+
+    /// Pauses the cell and takes a snapshot whose memory is only the pages written
+    /// since the last pre-copy step (see [`Self::precopy_start`]). The cell stays
+    /// paused until [`Self::resume`].
+    pub fn snapshot_dirty(&self) -> Result<CellSnapshot, SnapshotError> {
+        self.take_snapshot(SnapshotScope::Dirty)
+    }
+
+    fn precopy(&self, step: PrecopyStep) -> Result<MemoryImage, SnapshotError> {
+        let (reply, answer) = mpsc::channel();
+        {
+            let mut state = self.state();
+            if state.finished || !state.begun {
+                return Err(SnapshotError::NotRunning);
+            }
+            state.precopy = Some((step, reply));
+            self.inner.changed.notify_all();
+        }
+        // The supervisor answers, or drops the sender when the cell ends first.
+        answer.recv().unwrap_or(Err(SnapshotError::NotRunning))
     }
 
     fn take_snapshot(&self, scope: SnapshotScope) -> Result<CellSnapshot, SnapshotError> {
@@ -517,6 +582,9 @@ impl CellControl {
             }
             if !state.measure.is_empty() {
                 return Wake::Measure(std::mem::take(&mut state.measure));
+            }
+            if let Some((step, reply)) = state.precopy.take() {
+                return Wake::Precopy(step, reply);
             }
             if let Some(reply) = state.boundary.take() {
                 return Wake::Boundary(reply);

@@ -6,7 +6,8 @@
 use std::mem::offset_of;
 
 use hypercell_abi::BootInfo;
-use vm_memory::{Bytes, GuestAddress, GuestMemoryError, GuestMemoryMmap};
+use hypercell_vmm::GuestMemoryMap;
+use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 
 use crate::config::CellConfig;
 
@@ -88,7 +89,7 @@ impl IdentityRegion {
     /// host. An identity larger than the region is refused, and nothing written.
     pub fn lay(
         &self,
-        mem: &GuestMemoryMmap,
+        mem: &GuestMemoryMap,
         identity: &Identity,
         input: Option<&[u8]>,
     ) -> Result<(), GuestMemoryError> {
@@ -152,13 +153,13 @@ mod tests {
     use super::*;
     use crate::fs::Preopen;
 
-    fn field(mem: &GuestMemoryMmap, offset: usize) -> u64 {
+    fn field(mem: &GuestMemoryMap, offset: usize) -> u64 {
         mem.read_obj(GuestAddress(offset as u64)).unwrap()
     }
 
     #[test]
     fn an_identity_is_laid_back_to_back_with_its_input_when_it_fits() {
-        let mem = GuestMemoryMmap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
+        let mem = GuestMemoryMap::from_ranges(&[(GuestAddress(0), 1 << 20)]).unwrap();
         let config = CellConfig {
             args: vec!["h.wasm".into(), "x".into()],
             env: vec![("A".into(), "1".into())],

@@ -6,6 +6,7 @@ use std::mem::offset_of;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use hypercell_abi::{OUTPUT_RECORD_HEADER, OutputBuffer, StdioKind};
+use vm_memory::bitmap::{AtomicBitmap, Bitmap};
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::control::CellControl;
@@ -256,7 +257,7 @@ fn guest_slice(
     memory: &GuestMemory,
     addr: GuestAddress,
     len: usize,
-) -> io::Result<vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, ()>>> {
+) -> io::Result<vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, AtomicBitmap>>> {
     memory
         .mem()
         .get_slice(addr, len)
@@ -283,6 +284,8 @@ pub(crate) fn read_guest_from(
         // read there, as a write by another process to shared memory would.
         let n = unsafe { libc::read(fd.as_raw_fd(), guard.as_ptr().cast(), len) };
         if n >= 0 {
+            // Written behind vm-memory's back: marked here, so a migration sends it.
+            slice.bitmap().mark_dirty(0, n as usize);
             break Ok(n as usize);
         }
         if let Err(error) = retry_after(io::Error::last_os_error(), control, true) {

@@ -6,8 +6,13 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
-use hypercell_abi::layout::{LARGE_PAGE_SIZE, MAX_MEMORY_SIZE};
-use vm_memory::{GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
+use hypercell_abi::layout::{LARGE_PAGE_SIZE, MAX_MEMORY_SIZE, PAGE_SIZE as PAGE};
+use vm_memory::bitmap::AtomicBitmap;
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
+
+/// A cell's memory as vm-memory sees it: every write the host makes through it is
+/// marked in a bitmap of 4 KiB pages (see [`GuestMemory::take_host_written`]).
+pub type GuestMemoryMap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
 
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -44,7 +49,7 @@ pub const MIN_MEMORY_SIZE: u64 = 8 << 20;
 
 /// The memory of one cell, mapped at guest-physical address 0.
 pub struct GuestMemory {
-    mmap: GuestMemoryMmap,
+    mmap: GuestMemoryMap,
     host: NonNull<u8>,
     size: u64,
 }
@@ -89,14 +94,34 @@ impl GuestMemory {
         };
         let region = GuestRegionMmap::new(region, GuestAddress(0))
             .ok_or_else(|| MemoryError::Region("the region wraps the address space".into()))?;
-        let mmap = GuestMemoryMmap::from_regions(vec![region])
+        let mmap = GuestMemoryMap::from_regions(vec![region])
             .map_err(|e| MemoryError::Region(e.to_string()))?;
         Ok(Self { mmap, host, size })
     }
 
     /// The memory as vm-memory's bounds-checked view.
-    pub fn mem(&self) -> &GuestMemoryMmap {
+    pub fn mem(&self) -> &GuestMemoryMap {
         &self.mmap
+    }
+
+    /// The guest-physical pages the host wrote through [`Self::mem`] since this was
+    /// last asked, sorted: KVM's dirty log misses them, and a migration must send
+    /// them too.
+    pub fn take_host_written(&self) -> Vec<u64> {
+        let mut pages = Vec::new();
+        for region in self.mmap.iter() {
+            let base = region.start_addr().0;
+            let bitmap: &AtomicBitmap = MmapRegion::bitmap(region);
+            for (word_index, word) in bitmap.get_and_reset().into_iter().enumerate() {
+                let mut bits = word;
+                while bits != 0 {
+                    let bit = bits.trailing_zeros() as u64;
+                    bits &= bits - 1;
+                    pages.push(base + (word_index as u64 * 64 + bit) * PAGE);
+                }
+            }
+        }
+        pages
     }
 
     /// Size in bytes.

@@ -46,17 +46,20 @@ mod ioctl_numbers {
     );
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_XSAVE, KVMIO, 0xa4, kvm_bindings::kvm_xsave);
     vmm_sys_util::ioctl_ior_nr!(KVM_GET_XCRS, KVMIO, 0xa6, kvm_bindings::kvm_xcrs);
+    vmm_sys_util::ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_bindings::kvm_dirty_log);
 }
 
 /// The ioctls a running cell issues: `KVM_RUN`, reading registers after an exception
 /// ([`Vcpu::run`]), sending the guest to its trap entry ([`Vcpu::enter_trap_handler`]),
-/// mapping memory as the guest grows ([`crate::Vm::map_memory`]), and reading the rest
-/// of its state for a snapshot ([`Vcpu::save_state`]). A seccomp filter on the thread
-/// that runs the vCPU allows these and no other ioctl.
-pub fn run_ioctls() -> [u64; 10] {
+/// mapping memory as the guest grows ([`crate::Vm::map_memory`]), reading the rest of
+/// its state for a snapshot ([`Vcpu::save_state`]), and reading the pages it wrote
+/// while a migration copies it ([`crate::Vm::take_dirty_pages`]). A seccomp filter on
+/// the thread that runs the vCPU allows these and no other ioctl.
+pub fn run_ioctls() -> [u64; 11] {
     use ioctl_numbers::{
-        KVM_GET_MSRS, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_VCPU_EVENTS, KVM_GET_XCRS,
-        KVM_GET_XSAVE, KVM_RUN, KVM_SET_REGS, KVM_SET_SREGS, KVM_SET_USER_MEMORY_REGION,
+        KVM_GET_DIRTY_LOG, KVM_GET_MSRS, KVM_GET_REGS, KVM_GET_SREGS, KVM_GET_VCPU_EVENTS,
+        KVM_GET_XCRS, KVM_GET_XSAVE, KVM_RUN, KVM_SET_REGS, KVM_SET_SREGS,
+        KVM_SET_USER_MEMORY_REGION,
     };
     [
         KVM_RUN(),
@@ -69,6 +72,7 @@ pub fn run_ioctls() -> [u64; 10] {
         KVM_GET_VCPU_EVENTS(),
         KVM_GET_XSAVE(),
         KVM_GET_XCRS(),
+        KVM_GET_DIRTY_LOG(),
     ]
     .map(u64::from)
 }

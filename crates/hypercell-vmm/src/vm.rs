@@ -7,9 +7,12 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use hypercell_abi::layout::{IMAGE_BASE, PAGE_SIZE, SYSTEM_BASE};
+use std::collections::BTreeMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
 use kvm_bindings::{
-    KVM_CAP_DISABLE_QUIRKS2, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, KVM_X86_QUIRK_SLOT_ZAP_ALL,
-    kvm_enable_cap, kvm_userspace_memory_region,
+    KVM_CAP_DISABLE_QUIRKS2, KVM_MEM_LOG_DIRTY_PAGES, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS,
+    KVM_X86_QUIRK_SLOT_ZAP_ALL, kvm_enable_cap, kvm_userspace_memory_region,
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
@@ -57,6 +60,9 @@ pub enum VmError {
     /// KVM_SET_USER_MEMORY_REGION failed.
     #[error("KVM could not map the cell's memory: {0}")]
     SetMemory(io::Error),
+    /// KVM_GET_DIRTY_LOG failed.
+    #[error("KVM could not say which of the cell's pages were written: {0}")]
+    DirtyLog(io::Error),
     /// A memory range outside the cell's memory or not page-aligned.
     #[error("cannot map guest memory {0:#x?}: it is empty, unaligned or outside the cell's memory")]
     BadRange(Range<u64>),
@@ -68,6 +74,19 @@ pub const KVM_DEVICE: &str = "/dev/kvm";
 /// One KVM VM.
 pub struct Vm {
     fd: VmFd,
+    /// The cell's memory slots, and whether KVM logs the guest's writes to them.
+    slots: Mutex<Slots>,
+}
+
+/// The memory slots of a VM, as the host set them, and their dirty logging.
+#[derive(Default)]
+struct Slots {
+    regions: BTreeMap<u32, kvm_userspace_memory_region>,
+    /// KVM logs writes to every slot but the channel windows' (shared with other
+    /// cells, whose pages are not this cell's to send).
+    logging: bool,
+    /// Guest-physical pages logged in slots deleted since the log was last taken.
+    orphaned: Vec<u64>,
 }
 
 impl Vm {
@@ -109,7 +128,10 @@ impl Vm {
             fd.enable_cap(&cap)
                 .map_err(|e| VmError::CreateVm(e.into()))?;
         }
-        Ok(Self { fd })
+        Ok(Self {
+            fd,
+            slots: Mutex::default(),
+        })
     }
 
     /// Maps guest-physical `0..end` of `memory`, the memory a cell boots with, as its
@@ -145,9 +167,14 @@ impl Vm {
         {
             return Err(VmError::BadRange(range));
         }
+        let mut slots = self.slots();
         let region = kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            flags: if slots.logging && slot != CHANNEL_SLOT {
+                KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: range.start,
             memory_size: range.end - range.start,
             userspace_addr: memory.host_address() + range.start,
@@ -155,17 +182,92 @@ impl Vm {
         // SAFETY: the region lies inside `memory`'s own mapping (checked above), which
         // outlives the VM as long as the caller keeps `memory` alive while the VM runs
         // (the cell owns both and drops the VM first).
-        unsafe { self.fd.set_user_memory_region(region) }.map_err(|e| VmError::SetMemory(e.into()))
+        unsafe { self.fd.set_user_memory_region(region) }
+            .map_err(|e| VmError::SetMemory(e.into()))?;
+        slots.regions.insert(slot, region);
+        Ok(())
     }
 
     /// Deletes memory slot `slot`: the guest no longer sees the memory it mapped.
+    /// What KVM logged in it is kept for the next [`Self::take_dirty_pages`].
     pub fn remove_memory(&self, slot: u32) -> Result<(), VmError> {
+        let mut slots = self.slots();
+        if slots.logging
+            && let Some(region) = slots.regions.get(&slot).copied()
+            && region.flags & KVM_MEM_LOG_DIRTY_PAGES != 0
+        {
+            let pages = self.logged_pages(&region)?;
+            slots.orphaned.extend(pages);
+        }
         let delete = kvm_userspace_memory_region {
             slot,
             ..Default::default()
         };
         // SAFETY: a slot of size zero maps nothing; KVM only deletes the slot.
-        unsafe { self.fd.set_user_memory_region(delete) }.map_err(|e| VmError::SetMemory(e.into()))
+        unsafe { self.fd.set_user_memory_region(delete) }
+            .map_err(|e| VmError::SetMemory(e.into()))?;
+        slots.regions.remove(&slot);
+        Ok(())
+    }
+
+    fn slots(&self) -> MutexGuard<'_, Slots> {
+        self.slots.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Has KVM log (or stop logging) the guest's writes to the cell's memory, for
+    /// [`Self::take_dirty_pages`]; slots mapped later follow. Writes the host makes
+    /// through the memory's mapping are not logged (see
+    /// [`crate::GuestMemory::take_host_written`]).
+    pub fn set_dirty_logging(&self, on: bool) -> Result<(), VmError> {
+        let mut slots = self.slots();
+        slots.logging = on;
+        slots.orphaned.clear();
+        let flags = if on { KVM_MEM_LOG_DIRTY_PAGES } else { 0 };
+        for (&slot, region) in slots.regions.iter_mut() {
+            if slot == CHANNEL_SLOT || region.flags == flags {
+                continue;
+            }
+            region.flags = flags;
+            // SAFETY: the region is one this VM mapped, unchanged but for its flags.
+            unsafe { self.fd.set_user_memory_region(*region) }
+                .map_err(|e| VmError::SetMemory(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// The guest-physical pages the guest wrote since logging began or this was last
+    /// asked, sorted; KVM's log starts afresh. Pages only read may be among them.
+    pub fn take_dirty_pages(&self) -> Result<Vec<u64>, VmError> {
+        let mut slots = self.slots();
+        let mut pages = std::mem::take(&mut slots.orphaned);
+        for region in slots.regions.values() {
+            if region.flags & KVM_MEM_LOG_DIRTY_PAGES != 0 {
+                pages.extend(self.logged_pages(region)?);
+            }
+        }
+        pages.sort_unstable();
+        pages.dedup();
+        Ok(pages)
+    }
+
+    /// The pages KVM logged in `region`, as guest-physical addresses; its log starts
+    /// afresh.
+    fn logged_pages(&self, region: &kvm_userspace_memory_region) -> Result<Vec<u64>, VmError> {
+        let bitmap = self
+            .fd
+            .get_dirty_log(region.slot, region.memory_size as usize)
+            .map_err(|e| VmError::DirtyLog(e.into()))?;
+        let mut pages = Vec::new();
+        for (word_index, &word) in bitmap.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                let page = word_index as u64 * 64 + bit;
+                pages.push(region.guest_phys_addr + page * PAGE_SIZE);
+            }
+        }
+        Ok(pages)
     }
 
     /// Makes KVM forget what it cached from the reservation area's page tables, after

@@ -33,6 +33,9 @@ pub enum SnapshotError {
     /// The pages it wrote could not be listed.
     #[error("the pages the cell wrote cannot be listed: {0}")]
     Scan(std::io::Error),
+    /// KVM could not log or list the pages it writes, for a pre-copy.
+    #[error(transparent)]
+    DirtyLog(#[from] hypercell_vmm::VmError),
     /// It is joined to other cells by channels, whose bytes in flight are theirs as
     /// much as its own.
     #[error(
@@ -338,6 +341,30 @@ impl MemoryImage {
             runs,
             pages: SavedPages::InMemory(bytes),
         })
+    }
+
+    /// Saves the pages of `memory` at the guest-physical addresses `pages` (sorted,
+    /// page-aligned), whatever they hold: a pre-copy round's, each over an older copy
+    /// of the page.
+    pub fn capture_pages(memory: &GuestMemory, module: Range<u64>, pages: &[u64]) -> Self {
+        let mut runs: Vec<PageRun> = Vec::new();
+        let mut bytes = Vec::with_capacity(pages.len() * PAGE as usize);
+        let mut page_bytes = vec![0u8; PAGE as usize];
+        for &page in pages {
+            if memory
+                .mem()
+                .read_slice(&mut page_bytes, GuestAddress(page))
+                .is_ok()
+            {
+                save_page(&mut runs, &mut bytes, page, &page_bytes);
+            }
+        }
+        Self {
+            size: memory.size(),
+            module,
+            runs,
+            pages: SavedPages::InMemory(bytes),
+        }
     }
 
     /// Bytes of saved pages.
