@@ -471,6 +471,15 @@ pub struct MigrateRequest {
     /// others must be at the same paths there.
     #[serde(default)]
     pub dir_map: Vec<DirMapping>,
+    /// How long the cell may be paused while the last of its memory moves, in
+    /// milliseconds: its memory moves in rounds while it runs until what is left fits
+    /// (default 5).
+    #[serde(default = "default_downtime_ms")]
+    pub downtime_ms: u64,
+}
+
+fn default_downtime_ms() -> u64 {
+    5
 }
 
 /// Every error's body.
@@ -590,7 +599,11 @@ async fn migrate(
     let Path(cell) = cell?;
     let axum::Json(request) = request?;
     Ok(axum::Json(
-        blocking(move || registry.migrate(&cell, &request.to, &request.dir_map)).await?,
+        blocking(move || {
+            let budget = Duration::from_millis(request.downtime_ms);
+            registry.migrate(&cell, &request.to, &request.dir_map, budget)
+        })
+        .await?,
     ))
 }
 

@@ -264,8 +264,38 @@ pub struct MigrationProgress {
     pub phase: MigrationPhase,
     /// Bytes sent so far.
     pub bytes_sent: u64,
+    /// Rounds of written pages sent while the cell ran, after its whole memory.
+    #[serde(default)]
+    pub rounds: u32,
+    /// Bytes of the last round: what the cell wrote while the round before it was
+    /// sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_round_bytes: Option<u64>,
+    /// Bytes a second the cell wrote while the round before the last was sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dirty_rate: Option<u64>,
+    /// What the pause would last, in microseconds, were its last pages as many as
+    /// the last round's, at the rate the rounds went.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected_downtime_us: Option<u64>,
     /// When the migration began, in milliseconds since the Unix epoch.
     pub started_ms: u64,
+}
+
+impl MigrationProgress {
+    /// A migration to `to` that begins now.
+    pub fn new(to: String) -> Self {
+        Self {
+            to,
+            phase: MigrationPhase::Offering,
+            bytes_sent: 0,
+            rounds: 0,
+            last_round_bytes: None,
+            dirty_rate: None,
+            expected_downtime_us: None,
+            started_ms: now_ms(),
+        }
+    }
 }
 
 /// The steps of a migration, as its source sees them.
@@ -274,10 +304,12 @@ pub struct MigrationProgress {
 pub enum MigrationPhase {
     /// The cell runs on while the destination checks it and compiles its module.
     Offering,
-    /// The cell is paused and its memory sent.
+    /// The cell runs on while its memory is sent, then rounds of the pages it wrote
+    /// meanwhile.
+    Precopying,
+    /// The cell is paused and the last pages it wrote sent, with its state; then the
+    /// destination runs it and both commit.
     Copying,
-    /// The destination has the cell; both commit.
-    Committing,
 }
 
 impl CellRecord {
@@ -370,6 +402,10 @@ pub struct Event {
     pub action: String,
     /// The state the cell is in afterwards.
     pub state: CellState,
+    /// For a `migrate` event: how far the migration got (its step, bytes sent, and the
+    /// pre-copy's rounds, dirty rate and expected downtime).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub migration: Option<MigrationProgress>,
 }
 
 /// What a client asks for when it makes a template (`POST /v1/templates`).

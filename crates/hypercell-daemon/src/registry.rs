@@ -137,10 +137,13 @@ impl CellLogs {
 }
 
 /// The checkpoint a partition is restored from, and whether it starts paused.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 struct Restore<'p> {
     path: &'p Path,
     paused: bool,
+    /// What the checkpoint holds, when it is at hand already (a migrated cell's,
+    /// whose memory came apart from its file).
+    loaded: Option<Arc<LoadedSnapshot>>,
 }
 
 /// A new partition's stdio, and the daemon's ends of it.
@@ -397,6 +400,7 @@ impl Registry {
                     let restore = Restore {
                         path: &checkpoint,
                         paused: false,
+                        loaded: None,
                     };
                     self.launch(&record, Some(restore), &[], "restore")
                 });
@@ -596,17 +600,23 @@ impl Registry {
         earlier: &[(&str, CellState)],
         action: &str,
     ) -> Result<CellRecord, String> {
-        let held = checkpoint.is_some_and(|restore| restore.paused);
+        let held = checkpoint.as_ref().is_some_and(|restore| restore.paused);
         let started = match held {
             true => CellState::Paused,
             false => CellState::Running,
         };
+        let loaded = checkpoint
+            .as_ref()
+            .and_then(|restore| restore.loaded.clone());
         let checkpoint = checkpoint.map(|restore| restore.path);
         let spec = &record.spec;
         let module_path = checkpoint.unwrap_or(Path::new(&spec.module));
         let config = cell_config(spec);
-        let template = if SnapshotFile::is_snapshot(module_path) {
-            let file = self.load_snapshot(module_path)?;
+        let template = if loaded.is_some() || SnapshotFile::is_snapshot(module_path) {
+            let file = match loaded {
+                Some(loaded) => loaded,
+                None => self.load_snapshot(module_path)?,
+            };
             let identity_given = checkpoint.is_none()
                 && (!spec.args.is_empty() || !spec.env.is_empty() || !spec.dirs.is_empty());
             let config = match file.file.snapshot.template {
@@ -857,6 +867,7 @@ impl Registry {
             let arrived = self.cell_dir(id).join(arrive::ARRIVED);
             self.snapshots.forget(&arrived);
             let _ = std::fs::remove_file(&arrived);
+            let _ = std::fs::remove_file(self.cell_dir(id).join(arrive::ARRIVED_MEMORY));
             let _ = live.state.send(state);
         }
     }
@@ -911,6 +922,9 @@ impl Registry {
                 name: record.name.clone(),
                 action: action.into(),
                 state,
+                migration: (action == "migrate")
+                    .then(|| record.migration.clone())
+                    .flatten(),
             })
             .collect();
         inner.next_event += events.len() as u64;
@@ -1075,7 +1089,7 @@ impl Registry {
         path: &Path,
         go_on: bool,
     ) -> Result<checkpoint::LogMarks, DaemonError> {
-        let (file, marks) = self.take_checkpoint(id, go_on, false)?;
+        let (file, marks) = self.take_checkpoint(id, go_on, false, false)?;
         file.write_to(path).map_err(|e| DaemonError::BadRequest {
             field: "path",
             message: e.to_string(),
@@ -1091,6 +1105,7 @@ impl Registry {
         id: &str,
         go_on: bool,
         mover: bool,
+        dirty: bool,
     ) -> Result<(SnapshotFile, checkpoint::LogMarks), DaemonError> {
         let (control, config, module, paused, log_start) = {
             let inner = self.lock();
@@ -1112,7 +1127,11 @@ impl Registry {
                 live.log_start,
             )
         };
-        let taken = control.snapshot();
+        // A migration's pre-copy sent the rest of its memory already.
+        let taken = match dirty {
+            true => control.snapshot_dirty(),
+            false => control.snapshot(),
+        };
         // Read while the cell is paused: what it delivered before the snapshot.
         let delivered = control.delivered();
         let marks =
@@ -1268,6 +1287,7 @@ impl Registry {
             name: record.name.clone(),
             action: "remove".into(),
             state: record.state,
+            migration: None,
         };
         self.store.remove(&record, &event)?;
         inner.next_event += 1;

@@ -187,6 +187,7 @@ mod tests {
             name: cell.name.clone(),
             action: action.into(),
             state: cell.state,
+            migration: None,
         }
     }
 

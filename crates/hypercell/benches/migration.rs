@@ -56,7 +56,7 @@ fn main() {
         .collect();
     let program = c_program("dirtier");
     println!(
-        "Moving a cell back and forth between two daemons {}, {runs} moves a case (stop and copy: the paused cell's whole memory moves)\n",
+        "Moving a cell back and forth between two daemons {}, {runs} moves a case (pre-copy: its memory moves while it runs, and the pause holds the last pages it wrote, within a 5 ms budget)\n",
         if net.is_some() {
             "in two network namespaces joined by a veth pair"
         } else {

@@ -224,6 +224,10 @@ pub struct MigrateArgs {
     /// storage, mounted elsewhere); repeatable. The others must be at the same paths.
     #[arg(long = "dir-map", value_name = "OLD=NEW", value_parser = parse_dir_map)]
     dir_map: Vec<(String, String)>,
+    /// How long the cell may be paused while the last of its memory moves: its
+    /// memory moves in rounds while it runs until what is left fits.
+    #[arg(long, value_name = "MS", default_value_t = 5)]
+    downtime_ms: u64,
 }
 
 fn parse_dir_map(text: &str) -> Result<(String, String), String> {
@@ -701,8 +705,12 @@ pub fn migrate(args: MigrateArgs) -> ExitCode {
             .iter()
             .map(|(from, to)| serde_json::json!({ "from": from, "to": to }))
             .collect();
-        let body = serde_json::to_vec(&serde_json::json!({ "to": args.to, "dir_map": dir_map }))
-            .map_err(|e| ClientError::Http(e.to_string()))?;
+        let body = serde_json::to_vec(&serde_json::json!({
+            "to": args.to,
+            "dir_map": dir_map,
+            "downtime_ms": args.downtime_ms,
+        }))
+        .map_err(|e| ClientError::Http(e.to_string()))?;
         let progress = crate::migration_bar::MigrationBar::show(&args.host, &args.cell, &args.to);
         let moved = client.call(
             Method::PUT,

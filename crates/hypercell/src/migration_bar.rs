@@ -73,10 +73,25 @@ fn draw(client: &Client, path: &str, cell: &str, to: &str, done: &AtomicBool) {
                 let mib = progress.bytes_sent as f64 / f64::from(1 << 20);
                 let step = match progress.phase {
                     MigrationPhase::Offering => "offering its module (the cell runs on)".into(),
-                    MigrationPhase::Copying => {
-                        format!("copying its state (the cell is paused), {mib:.1} MiB before it")
+                    MigrationPhase::Precopying => {
+                        let mut step =
+                            format!("copying its memory (the cell runs on), {mib:.1} MiB sent");
+                        if let Some(last) = progress.last_round_bytes {
+                            let mib_of = |bytes: u64| bytes as f64 / f64::from(1 << 20);
+                            step +=
+                                &format!(", round {} of {:.1} MiB", progress.rounds, mib_of(last));
+                            if let Some(rate) = progress.dirty_rate {
+                                step += &format!(" written at {:.0} MiB/s", mib_of(rate));
+                            }
+                            if let Some(us) = progress.expected_downtime_us {
+                                step += &format!(", a pause now {:.1} ms", us as f64 / 1e3);
+                            }
+                        }
+                        step
                     }
-                    MigrationPhase::Committing => format!("committing, {mib:.1} MiB sent"),
+                    MigrationPhase::Copying => format!(
+                        "copying its last pages and state (the cell is paused), {mib:.1} MiB before them"
+                    ),
                 };
                 format!(
                     "{} moving {cell} to {to}: {step}, {elapsed:.1} s",

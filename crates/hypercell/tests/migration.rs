@@ -155,7 +155,8 @@ fn a_running_cell_moves_and_finishes_there_with_nothing_lost_or_repeated() {
     assert_eq!(here["state"], "migrated", "{here}");
     assert_eq!(here["migrated_to"], hosts.addrs[1].as_str());
     assert!(here.get("migration").is_none(), "{here}");
-    // The events told each step: offering, copying, committing, then its end here.
+    // The events told each step: offering, its memory sent while it ran and each
+    // round of the pages it wrote meanwhile, the pause, then its end here.
     let (mut events, lines) = a.follow(&["events", "--since", "0"]);
     let mut steps = Vec::new();
     loop {
@@ -165,12 +166,45 @@ fn a_running_cell_moves_and_finishes_there_with_nothing_lost_or_repeated() {
             break;
         }
         if event["action"] == "migrate" {
-            steps.push(event["action"].clone());
+            steps.push(event["migration"].clone());
         }
     }
     let _ = events.kill();
     let _ = events.wait();
-    assert_eq!(steps.len(), 3, "{steps:?}");
+    let phases: Vec<&str> = steps
+        .iter()
+        .map(|step| step["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(phases.first(), Some(&"offering"), "{steps:?}");
+    assert_eq!(phases.last(), Some(&"copying"), "{steps:?}");
+    assert!(
+        phases[1..phases.len() - 1]
+            .iter()
+            .all(|phase| *phase == "precopying"),
+        "{steps:?}"
+    );
+    // The whole memory, then at least one round of what the cell wrote meanwhile, each
+    // with its size, the rate it was written at and the pause it would make.
+    let rounds: Vec<&serde_json::Value> = steps
+        .iter()
+        .filter(|step| step.get("last_round_bytes").is_some())
+        .collect();
+    assert!(rounds.len() >= 2, "{steps:?}");
+    assert!(rounds[0]["last_round_bytes"].as_u64().unwrap() >= 16 << 20);
+    assert!(
+        rounds[1]["rounds"] == 1 && rounds[1]["dirty_rate"].is_u64(),
+        "{steps:?}"
+    );
+    assert!(
+        rounds
+            .iter()
+            .all(|round| round["expected_downtime_us"].is_u64())
+    );
+    let sent: Vec<u64> = steps
+        .iter()
+        .map(|step| step["bytes_sent"].as_u64().unwrap())
+        .collect();
+    assert!(sent.windows(2).all(|pair| pair[0] <= pair[1]), "{sent:?}");
 
     assert_moved_whole(a, b, "mover", &expected);
     let there = b.inspect("mover");
@@ -264,49 +298,82 @@ fn a_cell_that_cannot_move_goes_on_where_it_was() {
 }
 
 #[test]
-fn a_destination_killed_while_the_state_arrives_leaves_the_cell_running_here() {
-    let args = ["3600", "128"];
+fn a_destination_killed_during_pre_copy_leaves_the_cell_running_here() {
     let kill = |hosts: &mut Hosts| hosts.daemons[1].signal(libc::SIGKILL);
-    interrupted_move(&args, &uninterrupted(&args), true, kill);
+    interrupted_move(Interrupted::Precopy, kill);
+}
+
+#[test]
+fn a_destination_killed_during_the_final_round_leaves_the_cell_running_here() {
+    let kill = |hosts: &mut Hosts| hosts.daemons[1].signal(libc::SIGKILL);
+    interrupted_move(Interrupted::FinalRound, kill);
 }
 
 #[test]
 fn a_destination_killed_once_the_state_arrived_leaves_the_cell_running_here() {
-    let args = ["3600", "128"];
     let kill = |hosts: &mut Hosts| hosts.daemons[1].signal(libc::SIGKILL);
-    interrupted_move(&args, &uninterrupted(&args), false, kill);
+    interrupted_move(Interrupted::Arrived, kill);
 }
 
 #[test]
-fn a_link_cut_while_the_state_moves_leaves_the_cell_running_here() {
-    let args = ["3600", "128"];
+fn a_link_cut_while_the_memory_moves_leaves_the_cell_running_here() {
     // Without namespaces there is no link to cut.
     if NetPair::create().is_none() {
         eprintln!("network namespaces cannot be made here: no link to cut, nothing checked");
         return;
     }
     let cut = |hosts: &mut Hosts| hosts._net.as_ref().expect("namespaces").cut();
-    interrupted_move(&args, &uninterrupted(&args), true, cut);
+    interrupted_move(Interrupted::Precopy, cut);
 }
 
-/// Moves `dirtier ARGS` and interrupts the move with `interrupt` (the destination
-/// killed, the link cut) as its state arrives (while it is written, or once it is
-/// whole), then checks that the cell finished at the source with `expected`. 128 MiB,
-/// all written once, takes long enough to arrive that the interruption comes while it
-/// does.
-fn interrupted_move(
-    args: &[&str],
-    expected: &str,
-    while_arriving: bool,
-    interrupt: impl FnOnce(&mut Hosts),
-) {
+/// When a move is interrupted.
+#[derive(Clone, Copy, PartialEq)]
+enum Interrupted {
+    /// While the running cell's memory arrives.
+    Precopy,
+    /// While the paused cell's last pages and state arrive: its program writes every
+    /// page of its memory a thousand times a second, so a pre-copy cannot catch up
+    /// and the last round holds it all.
+    FinalRound,
+    /// Once its state arrived whole.
+    Arrived,
+}
+
+/// Moves a cell of 128 MiB and interrupts the move with `interrupt` (the destination
+/// killed, the link cut) at `when`, then checks that the cell finished at the source
+/// with the output of an uninterrupted run.
+fn interrupted_move(when: Interrupted, interrupt: impl FnOnce(&mut Hosts)) {
+    let (program, args, step) = match when {
+        Interrupted::FinalRound => ("scribble", ["6000", "128"], "pass 100"),
+        _ => ("dirtier", ["3600", "128"], "step 2100"),
+    };
     let mut hosts = hosts(&[(SECRET, &[]), (SECRET, &[])]);
-    let id = start_dirtier(&hosts.daemons[0], "survivor", &[], args, 2100);
+    let program = c_program(program);
+    let mut all = vec!["run", program.to_str().unwrap()];
+    all.extend_from_slice(&args);
+    let out = run(&all, b"");
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let expected = text(&out.stdout);
+    let a = &hosts.daemons[0];
+    let mut create = vec!["create", "--name", "survivor", program.to_str().unwrap()];
+    create.extend_from_slice(&args);
+    let id = a.ok(&create).trim().to_string();
+    a.ok(&["start", "survivor"]);
+    let (mut follower, lines) = a.follow(&["logs", "-f", "survivor"]);
+    wait_for(&lines, |line| line == step);
+    let _ = follower.kill();
+    let _ = follower.wait();
     let destination = hosts.daemons[1].child.id();
-    let arriving = hosts.dir.path().join(match while_arriving {
-        true => format!("1/state/cells/{id}/arrived.snap.{destination}.tmp"),
-        false => format!("1/state/cells/{id}/arrived.snap"),
-    });
+    let cell_dir = hosts.dir.path().join(format!("1/state/cells/{id}"));
+    let arriving = move || match when {
+        Interrupted::Precopy => {
+            std::fs::metadata(cell_dir.join("arrived.mem")).is_ok_and(|memory| memory.len() > 0)
+        }
+        Interrupted::FinalRound => cell_dir
+            .join(format!("arrived.snap.{destination}.tmp"))
+            .exists(),
+        Interrupted::Arrived => cell_dir.join("arrived.snap").exists(),
+    };
     let moving = hypercell(&scratch().join("cache"))
         .env(
             "HYPERCELL_HOST",
@@ -318,10 +385,10 @@ fn interrupted_move(
         .spawn()
         .unwrap();
     let deadline = std::time::Instant::now() + daemon::PATIENCE;
-    while !arriving.exists() {
+    while !arriving() {
         assert!(
             std::time::Instant::now() < deadline,
-            "the state never began to arrive"
+            "the move never reached the point to interrupt"
         );
         std::thread::sleep(std::time::Duration::from_millis(1));
     }

@@ -28,7 +28,7 @@ use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
 
 use hmac::{Hmac, Mac};
-use hypercell_host::persist::{SnapshotFile, SnapshotFileError};
+use hypercell_host::persist::{MemoryImage, PageRun, SavedPages, SnapshotFile, SnapshotFileError};
 use serde::{Deserialize, Serialize};
 use sha2::Sha256;
 
@@ -36,10 +36,13 @@ use super::seal::{Direction, FRAME, Seal, TAG, key};
 use crate::record::CellSpec;
 
 /// The protocol's version, in `Hello`.
-pub(crate) const PROTOCOL: u32 = 2;
+pub(crate) const PROTOCOL: u32 = 3;
 
 /// Largest JSON message a peer accepts.
 const MAX_MESSAGE: u32 = 1 << 20;
+/// Most runs of pages in one [`Message::Pages`], which stays well under
+/// [`MAX_MESSAGE`].
+pub(crate) const RUNS_PER_MESSAGE: usize = 8192;
 /// Largest message before the peer proved it holds the secret.
 const MAX_HANDSHAKE_MESSAGE: u32 = 512;
 
@@ -68,6 +71,9 @@ pub(crate) enum Message {
     Offer(Box<Offer>),
     /// The destination can take the cell.
     Accepted,
+    /// Pages of the running cell's memory, a pre-copy's: their bytes follow, run
+    /// after run. Later pages replace earlier ones at the same address.
+    Pages { runs: Vec<PageRun> },
     /// The destination refuses, in one sentence.
     Refused { reason: String },
     /// The paused cell's state: its snapshot follows, as `SnapshotFile::send_stream`
@@ -312,6 +318,30 @@ impl Wire {
             left -= read as u64;
         }
         Ok(())
+    }
+
+    /// Sends the pages of `image` (held in memory) as [`Message::Pages`]; the bytes
+    /// sent.
+    pub fn send_pages(&mut self, image: &MemoryImage) -> Result<u64, WireError> {
+        let SavedPages::InMemory(bytes) = &image.pages else {
+            return Err(WireError::Malformed(
+                "pages to send are not in memory".into(),
+            ));
+        };
+        let mut at = 0usize;
+        for runs in image.runs.chunks(RUNS_PER_MESSAGE) {
+            let len: u64 = runs.iter().map(|run| run.len).sum();
+            self.send(&Message::Pages {
+                runs: runs.to_vec(),
+            })?;
+            let end = at + len as usize;
+            let chunk = bytes
+                .get(at..end)
+                .ok_or_else(|| WireError::Malformed("pages to send are missing".into()))?;
+            self.write_out(chunk)?;
+            at = end;
+        }
+        Ok(at as u64)
     }
 
     /// Sends `snapshot` as a stream; the bytes sent.

@@ -10,8 +10,15 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use super::{DaemonError, Registry, Restore, check_components_of, check_spec, valid_name};
-use crate::migration::wire::{Message, Offer, Wire, WireError};
+use std::os::unix::fs::FileExt;
+
+use hypercell_host::abi::layout::{MAX_MEMORY_SIZE, PAGE_SIZE};
+use hypercell_host::persist::{MemoryImage, PageRun, SavedPages};
+
+use super::{
+    DaemonError, LoadedSnapshot, Registry, Restore, check_components_of, check_spec, valid_name,
+};
+use crate::migration::wire::{Message, Offer, WORK_PATIENCE, Wire, WireError};
 use crate::record::{CellRecord, CellSpec, CellState, DirSpec, now_ms};
 
 /// Largest module a source may send.
@@ -19,6 +26,149 @@ const MAX_MODULE: u64 = 1 << 30;
 /// The snapshot an arrived cell was restored from, in its directory, kept while the
 /// cell runs (its memory maps it).
 pub(super) const ARRIVED: &str = "arrived.snap";
+
+/// The memory that came ahead of an arrived cell's state, a pre-copy's, in its
+/// directory while the cell runs (its memory maps it).
+pub(super) const ARRIVED_MEMORY: &str = "arrived.mem";
+
+/// Most bytes of pages a source may send ahead of a cell's state: its largest memory,
+/// sent over four times.
+const MAX_PRECOPY: u64 = 4 * MAX_MEMORY_SIZE;
+
+/// The pages of a cell that came ahead of its state: each written into a file where
+/// guest-physical address A lies at A, later ones over earlier ones.
+struct Precopied {
+    file: File,
+    path: PathBuf,
+    /// Which pages came, a bit each.
+    pages: Vec<u64>,
+    /// Bytes received so far.
+    received: u64,
+}
+
+impl Precopied {
+    fn new(path: &Path) -> Result<Self, Refusal> {
+        let file = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(path)
+            .map_err(|e| Refusal::Told(format!("cannot keep its memory: {e}")))?;
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            pages: Vec::new(),
+            received: 0,
+        })
+    }
+
+    fn is_empty(&self) -> bool {
+        self.received == 0
+    }
+
+    /// Takes the bytes of `runs` from `wire` into the file.
+    fn receive(&mut self, wire: &mut Wire, runs: &[PageRun]) -> Result<(), Refusal> {
+        for run in runs {
+            let end = run.addr.checked_add(run.len);
+            let sane = run.len > 0
+                && run.addr.is_multiple_of(PAGE_SIZE)
+                && run.len.is_multiple_of(PAGE_SIZE)
+                && end.is_some_and(|end| end <= MAX_MEMORY_SIZE);
+            if !sane {
+                return Err(Refusal::Told(format!(
+                    "it sent pages at {:#x} ({} bytes), outside any cell's memory",
+                    run.addr, run.len
+                )));
+            }
+            self.received += run.len;
+            if self.received > MAX_PRECOPY {
+                return Err(Refusal::Told(format!(
+                    "it sent more than {MAX_PRECOPY} bytes of memory ahead of its state"
+                )));
+            }
+            let mut at = WriteAt {
+                file: &self.file,
+                offset: run.addr,
+            };
+            wire.receive_bytes(&mut at, run.len)?;
+            self.mark(run.addr, run.len);
+        }
+        Ok(())
+    }
+
+    fn mark(&mut self, addr: u64, len: u64) {
+        for page in addr / PAGE_SIZE..(addr + len) / PAGE_SIZE {
+            let word = (page / 64) as usize;
+            if self.pages.len() <= word {
+                self.pages.resize(word + 1, 0);
+            }
+            self.pages[word] |= 1 << (page % 64);
+        }
+    }
+
+    /// The cell's memory: the pages that came ahead, with `last` (the paused cell's
+    /// last pages, which its snapshot holds) written over them, read from the file.
+    fn complete(mut self, last: &MemoryImage) -> Result<MemoryImage, String> {
+        last.check_runs().map_err(|e| e.to_string())?;
+        let contents = last
+            .run_contents()
+            .ok_or("its last pages cannot be read back")?;
+        for (run, bytes) in last.runs.iter().zip(contents) {
+            self.file
+                .write_all_at(&bytes, run.addr)
+                .map_err(|e| format!("cannot keep its memory: {e}"))?;
+            self.mark(run.addr, run.len);
+        }
+        let mut runs: Vec<PageRun> = Vec::new();
+        for (word_index, &word) in self.pages.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let bit = bits.trailing_zeros() as u64;
+                bits &= bits - 1;
+                let addr = (word_index as u64 * 64 + bit) * PAGE_SIZE;
+                match runs.last_mut() {
+                    Some(run) if run.addr + run.len == addr => run.len += PAGE_SIZE,
+                    _ => runs.push(PageRun {
+                        addr,
+                        len: PAGE_SIZE,
+                    }),
+                }
+            }
+        }
+        let image = MemoryImage {
+            size: last.size,
+            module: last.module.clone(),
+            runs,
+            pages: SavedPages::File {
+                file: Arc::new(
+                    File::open(&self.path).map_err(|e| format!("cannot map its memory: {e}"))?,
+                ),
+                offset: 0,
+            },
+        };
+        image.check_runs().map_err(|e| e.to_string())?;
+        Ok(image)
+    }
+}
+
+/// A writer into a file from `offset` on.
+struct WriteAt<'f> {
+    file: &'f File,
+    offset: u64,
+}
+
+impl std::io::Write for WriteAt<'_> {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.file.write_all_at(bytes, self.offset)?;
+        self.offset += bytes.len() as u64;
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Why an arriving cell was refused or dropped, in one sentence for the source.
 enum Refusal {
@@ -153,13 +303,36 @@ impl Registry {
             .map_err(|e| Refusal::Told(format!("its module does not compile here: {e}")))?;
         wire.send(&Message::Accepted)?;
 
-        let Message::State = wire.receive()? else {
-            return Err(Refusal::Told("the cell's state did not follow".into()));
-        };
+        // Its memory arrives while it runs at the source, then its state.
+        let mut precopied = Precopied::new(&dir.join(ARRIVED_MEMORY))?;
+        loop {
+            match wire.receive_within(WORK_PATIENCE)? {
+                Message::Pages { runs } => precopied.receive(wire, &runs)?,
+                Message::State => break,
+                other => {
+                    return Err(Refusal::Told(format!(
+                        "the cell's state did not follow: it sent {other:?}"
+                    )));
+                }
+            }
+        }
         let snapshot = dir.join(ARRIVED);
-        let file = wire
+        let mut file = wire
             .receive_snapshot(&snapshot, &module)
             .map_err(|e| Refusal::Told(e.to_string()))?;
+        // Its last pages go over those that came while it ran.
+        let loaded = match precopied.is_empty() {
+            true => None,
+            false => {
+                file.snapshot.memory = precopied
+                    .complete(&file.snapshot.memory)
+                    .map_err(Refusal::Told)?;
+                Some(Arc::new(LoadedSnapshot {
+                    shared: Arc::new(file.snapshot.clone()),
+                    file: file.clone(),
+                }))
+            }
+        };
         // The cell gets the directories its snapshot names: they must be what this
         // daemon may grant, whatever the offer said.
         let granted: Vec<DirSpec> = file
@@ -187,6 +360,7 @@ impl Registry {
         let restore = Restore {
             path: &snapshot,
             paused: true,
+            loaded,
         };
         self.launch(
             &record,

@@ -72,6 +72,7 @@ impl Registry {
                 name: record.name.clone(),
                 action: "connect".into(),
                 state: record.state,
+                migration: None,
             })
             .collect();
         let (write_end, read_end) =

@@ -10,8 +10,8 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use hypercell_host::StopReason;
 use hypercell_host::persist::SnapshotFile;
+use hypercell_host::{CellControl, StopReason};
 
 use super::park::pipe_is_empty;
 use super::{DaemonError, Registry, moving, resolve, wrong_state};
@@ -46,13 +46,15 @@ pub struct Migration {
 impl Registry {
     /// Moves the live cell `reference` names to the daemon whose migration listener is
     /// at `to`, where its directories are found under the paths `dir_map` gives (the
-    /// others at the same paths). Blocks until the destination runs it, or the cell
-    /// goes on here.
+    /// others at the same paths). Its memory moves while it runs, in rounds, until
+    /// what is left would take about `downtime_budget` to send; only that moves while
+    /// it is paused. Blocks until the destination runs it, or the cell goes on here.
     pub fn migrate(
         self: &Arc<Self>,
         reference: &str,
         to: &str,
         dir_map: &[DirMapping],
+        downtime_budget: Duration,
     ) -> Result<Migration, DaemonError> {
         let started = Instant::now();
         let secret = self.migration_secret.get().cloned().ok_or_else(|| {
@@ -60,7 +62,7 @@ impl Registry {
                 "this daemon has no migration secret, so it cannot send cells".into(),
             )
         })?;
-        let (id, record, module, was_paused, stdin) = {
+        let (id, record, module, was_paused, stdin, control) = {
             let mut inner = self.awake(reference)?;
             let id = resolve(&inner, reference)?;
             let record = inner.cells[&id].clone();
@@ -76,7 +78,8 @@ impl Registry {
                     live.migrating = true;
                     let paused = record.state == CellState::Paused;
                     let stdin = live.stdin.clone();
-                    (id, record, live.module.clone(), paused, stdin)
+                    let control = live.control.clone();
+                    (id, record, live.module.clone(), paused, stdin, control)
                 }
                 _ => return Err(wrong_state(&record, "migrate", "running or paused")),
             }
@@ -90,23 +93,29 @@ impl Registry {
         spec.dirs = mapped_dirs(&record, dir_map)?;
         // Told as it goes, in the record and the events; a record that cannot be
         // saved does not stop the migration.
-        let progress = |phase, bytes_sent| {
+        let progress = |phase, bytes_sent, round: Option<Round>| {
             let told = self.change(&id, "migrate", |record| {
-                record.migration = Some(MigrationProgress {
+                let earlier = record.migration.clone();
+                let mut progress = MigrationProgress {
                     to: to.to_string(),
                     phase,
                     bytes_sent,
-                    started_ms: record
-                        .migration
-                        .as_ref()
-                        .map_or_else(now_ms, |progress| progress.started_ms),
-                });
+                    started_ms: earlier.as_ref().map_or_else(now_ms, |p| p.started_ms),
+                    ..earlier.unwrap_or_else(|| MigrationProgress::new(to.to_string()))
+                };
+                if let Some(round) = &round {
+                    progress.rounds = round.number;
+                    progress.last_round_bytes = Some(round.bytes);
+                    progress.dirty_rate = round.dirty_rate;
+                    progress.expected_downtime_us = Some(round.expected_downtime_us);
+                }
+                record.migration = Some(progress);
             });
             if let Err(error) = told {
                 tracing::warn!("cannot record the progress of cell {id}'s migration: {error}");
             }
         };
-        progress(MigrationPhase::Offering, 0);
+        progress(MigrationPhase::Offering, 0, None);
         let name = record.name.clone();
         let failed = |what: String| {
             DaemonError::Conflict(format!(
@@ -155,10 +164,23 @@ impl Registry {
             other => return Err(failed(format!("it answered {other:?}"))),
         }
 
+        // Its memory moves while it runs; the pause then holds only the last pages
+        // it wrote.
+        let mut sent = module_bytes.len() as u64;
+        progress(MigrationPhase::Precopying, sent, None);
+        let precopied = precopy(&control, &mut wire, downtime_budget, |bytes, round| {
+            sent = module_bytes.len() as u64 + bytes;
+            progress(MigrationPhase::Precopying, sent, Some(round));
+        });
+        if let Err(error) = precopied {
+            self.go_on_here(&id, was_paused);
+            return Err(failed(error));
+        }
+
         // From the pause until the destination runs the cell, it runs nowhere.
-        progress(MigrationPhase::Copying, module_bytes.len() as u64);
+        progress(MigrationPhase::Copying, sent, None);
         let paused_at = Instant::now();
-        let (mut snapshot, marks) = match self.take_checkpoint(&id, false, true) {
+        let (mut snapshot, marks) = match self.take_checkpoint(&id, false, true, true) {
             Ok(taken) => taken,
             Err(error) => {
                 self.go_on_here(&id, was_paused);
@@ -172,23 +194,20 @@ impl Registry {
         // Bytes written to its stdin and not yet read would be lost: it moves once it
         // has read them.
         let unread = stdin.as_deref().is_some_and(|pipe| !pipe_is_empty(pipe));
-        let sent = match unread {
+        let sent_state = match unread {
             true => Err("its stdin holds bytes it has not read yet; move it once it has".into()),
             false => send_state(&mut wire, &snapshot),
         };
         drop(stdin);
         drop(snapshot);
-        let snapshot_len = match sent {
+        let snapshot_len = match sent_state {
             Ok(len) => len,
             Err(error) => {
                 self.go_on_here(&id, was_paused);
                 return Err(failed(error));
             }
         };
-        progress(
-            MigrationPhase::Committing,
-            module_bytes.len() as u64 + snapshot_len,
-        );
+        let sent = sent + snapshot_len;
         // The destination runs it once both commit: it is then the destination's.
         let committed = wire
             .send(&Message::Commit)
@@ -246,13 +265,81 @@ impl Registry {
             cell,
             downtime_ms: downtime.as_secs_f64() * 1e3,
             total_ms: started.elapsed().as_secs_f64() * 1e3,
-            bytes: module_bytes.len() as u64 + snapshot_len,
+            bytes: sent,
         })
     }
 }
 
-/// Sends the paused cell's state, its `snapshot`, and waits for the
-/// destination to run it; the bytes sent.
+/// A pre-copy round, as the migration's progress tells it.
+pub(super) struct Round {
+    number: u32,
+    bytes: u64,
+    /// Bytes a second the cell wrote while the round before was sent.
+    dirty_rate: Option<u64>,
+    /// What a pause now would last, in microseconds, were the last pages as many as
+    /// this round's.
+    expected_downtime_us: u64,
+}
+
+/// Most rounds of written pages a pre-copy sends before it pauses the cell.
+const MAX_ROUNDS: u32 = 10;
+
+/// Sends the memory of the running cell `control` controls, then rounds of the pages
+/// it wrote meanwhile, until a round is small enough to send within `budget` at the
+/// rate the rounds went, stops shrinking, or [`MAX_ROUNDS`] passed. Tells `progress`
+/// the bytes sent and each round's number and size. The last pages go with the paused
+/// cell's state ([`CellControl::snapshot_dirty`]).
+fn precopy(
+    control: &CellControl,
+    wire: &mut Wire,
+    budget: Duration,
+    mut progress: impl FnMut(u64, Round),
+) -> Result<(), String> {
+    let mut began = Instant::now();
+    let whole = control.precopy_start().map_err(|e| e.to_string())?;
+    let mut sent = wire.send_pages(&whole).map_err(|e| e.to_string())?;
+    // Bytes a second, taking and sending a round together.
+    let mut took = began.elapsed().as_secs_f64().max(1e-6);
+    let mut rate = sent as f64 / took;
+    progress(
+        sent,
+        Round {
+            number: 0,
+            bytes: sent,
+            dirty_rate: None,
+            expected_downtime_us: (sent as f64 / rate * 1e6) as u64,
+        },
+    );
+    let mut previous = u64::MAX;
+    for number in 1..=MAX_ROUNDS {
+        let written_over = took;
+        began = Instant::now();
+        let pages = control.precopy_round().map_err(|e| e.to_string())?;
+        let len = wire.send_pages(&pages).map_err(|e| e.to_string())?;
+        took = began.elapsed().as_secs_f64().max(1e-6);
+        sent += len;
+        if len >= 1 << 20 {
+            rate = len as f64 / took;
+        }
+        progress(
+            sent,
+            Round {
+                number,
+                bytes: len,
+                dirty_rate: Some((len as f64 / written_over) as u64),
+                expected_downtime_us: (len as f64 / rate * 1e6) as u64,
+            },
+        );
+        // What the next round would hold was written while this one went: small
+        // enough, and the pause may take it.
+        if len as f64 <= rate * budget.as_secs_f64() || len >= previous {
+            break;
+        }
+        previous = len;
+    }
+    Ok(())
+}
+
 /// The directories of `record`'s cell as the destination finds them under `dir_map`;
 /// a mapping that is not of an absolute directory of the cell is refused.
 fn mapped_dirs(record: &CellRecord, dir_map: &[DirMapping]) -> Result<Vec<DirSpec>, DaemonError> {
@@ -308,6 +395,8 @@ fn mapped_dirs(record: &CellRecord, dir_map: &[DirMapping]) -> Result<Vec<DirSpe
         .collect())
 }
 
+/// Sends the paused cell's state, its `snapshot`, and waits for the destination to run
+/// it; the bytes sent.
 fn send_state(wire: &mut Wire, snapshot: &SnapshotFile) -> Result<u64, String> {
     wire.send(&Message::State).map_err(|e| e.to_string())?;
     let sent = wire
@@ -353,11 +442,16 @@ impl Drop for Reservation<'_> {
 impl Registry {
     /// Lets a cell whose migration failed go on: resumed, unless it was paused before.
     fn go_on_here(&self, id: &str, was_paused: bool) {
-        if was_paused {
+        let Some(control) = self.lock().live.get(id).map(|live| live.control.clone()) else {
             return;
+        };
+        // Its writes no longer need logging (a cell whose pre-copy never began
+        // answers this at once).
+        if let Err(error) = control.precopy_end() {
+            tracing::warn!("cell {id} goes on here, but its writes are still logged: {error}");
         }
-        if let Some(live) = self.lock().live.get(id) {
-            live.control.resume();
+        if !was_paused {
+            control.resume();
         }
     }
 }

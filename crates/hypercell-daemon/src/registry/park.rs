@@ -339,6 +339,7 @@ impl Registry {
                 name: record.name.clone(),
                 action: "kill".into(),
                 state: CellState::Killed,
+                migration: None,
             });
             records.push(record.clone());
             inner.next_event += 1;

@@ -343,7 +343,8 @@ impl SnapshotFile {
     /// read from `input`, naming `module` as its module: the file [`Self::write_to`]
     /// would write, whole or not at all, its pages written as they arrive. The stream
     /// is hostile: its lengths are bounded as a file's are, its runs checked, and its
-    /// pages must match its checksum. Returns what it describes, less its pages.
+    /// pages must match its checksum. Returns what it describes, its pages read from
+    /// the file written.
     pub fn receive_stream(
         input: &mut impl Read,
         path: &Path,
@@ -425,6 +426,11 @@ impl SnapshotFile {
             let _ = std::fs::remove_file(&temp);
             return Err(error);
         }
+        let written = std::fs::File::open(path).map_err(|e| io_error("read", e))?;
+        file.snapshot.memory.pages = SavedPages::File {
+            file: Arc::new(written),
+            offset: memory_offset,
+        };
         Ok(file)
     }
 
