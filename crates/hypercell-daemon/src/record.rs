@@ -308,7 +308,9 @@ pub enum MigrationPhase {
     /// meanwhile.
     Precopying,
     /// The cell is paused and the last pages it wrote sent, with its state; then the
-    /// destination runs it and both commit.
+    /// destination runs it and both commit (a record saved by a daemon of protocol 2
+    /// may say `committing`).
+    #[serde(alias = "committing")]
     Copying,
 }
 

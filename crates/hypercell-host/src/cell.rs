@@ -1474,7 +1474,7 @@ fn precopy_step(
     match step {
         PrecopyStep::Start => {
             vm.set_dirty_logging(true)?;
-            cell.memory.take_host_written();
+            cell.memory.track_host_writes(true);
             Ok(MemoryImage::capture(
                 cell.memory,
                 cell.own_end,
@@ -1490,6 +1490,7 @@ fn precopy_step(
         )),
         PrecopyStep::End => {
             vm.set_dirty_logging(false)?;
+            cell.memory.track_host_writes(false);
             Ok(MemoryImage::capture_pages(
                 cell.memory,
                 module.region.clone(),

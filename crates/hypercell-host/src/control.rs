@@ -283,7 +283,7 @@ impl CellControl {
         let (reply, answer) = mpsc::channel();
         {
             let mut state = self.state();
-            if state.finished || !state.begun {
+            if state.finished || !state.begun || state.stop.is_some() {
                 return Err(SnapshotError::NotRunning);
             }
             state.precopy = Some((step, reply));
@@ -562,6 +562,10 @@ impl CellControl {
     pub(crate) fn finish(&self) {
         let mut state = self.state();
         state.finished = true;
+        // A pre-copy step asked for as the cell ended gets no supervisor.
+        if let Some((_, reply)) = state.precopy.take() {
+            let _ = reply.send(Err(SnapshotError::NotRunning));
+        }
         self.inner.changed.notify_all();
     }
 

@@ -6,7 +6,8 @@ use std::mem::offset_of;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use hypercell_abi::{OUTPUT_RECORD_HEADER, OutputBuffer, StdioKind};
-use vm_memory::bitmap::{AtomicBitmap, Bitmap};
+use hypercell_vmm::HostWrites;
+use vm_memory::bitmap::Bitmap;
 use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend};
 
 use crate::control::CellControl;
@@ -257,7 +258,7 @@ fn guest_slice(
     memory: &GuestMemory,
     addr: GuestAddress,
     len: usize,
-) -> io::Result<vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, AtomicBitmap>>> {
+) -> io::Result<vm_memory::VolatileSlice<'_, vm_memory::bitmap::BS<'_, HostWrites>>> {
     memory
         .mem()
         .get_slice(addr, len)

@@ -16,7 +16,7 @@ pub mod vcpu;
 pub mod vm;
 pub mod vm_pool;
 
-pub use memory::{GuestMemory, GuestMemoryMap, MemoryError};
+pub use memory::{GuestMemory, GuestMemoryMap, HostWrites, MemoryError};
 pub use paging::{PagingError, ReservationTables};
 pub use state::{TablesState, VcpuState};
 pub use vcpu::{

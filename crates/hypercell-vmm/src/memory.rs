@@ -7,12 +7,76 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 use std::ptr::NonNull;
 
 use hypercell_abi::layout::{LARGE_PAGE_SIZE, MAX_MEMORY_SIZE, PAGE_SIZE as PAGE};
-use vm_memory::bitmap::AtomicBitmap;
-use vm_memory::{GuestAddress, GuestMemoryBackend, GuestMemoryRegion, GuestRegionMmap, MmapRegion};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
-/// A cell's memory as vm-memory sees it: every write the host makes through it is
-/// marked in a bitmap of 4 KiB pages (see [`GuestMemory::take_host_written`]).
-pub type GuestMemoryMap = vm_memory::GuestMemoryMmap<AtomicBitmap>;
+use vm_memory::bitmap::{Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
+use vm_memory::{GuestAddress, GuestMemoryBackend, GuestRegionMmap, MmapRegion};
+
+/// A cell's memory as vm-memory sees it: while a migration asks, every write the host
+/// makes through it is marked (see [`GuestMemory::track_host_writes`]).
+pub type GuestMemoryMap = vm_memory::GuestMemoryMmap<HostWrites>;
+
+/// The 4 KiB pages of a cell's memory the host wrote through vm-memory, a bit each,
+/// while tracking is on. Off, as it is for a cell that never migrates, it is a flag:
+/// no bitmap is made, and a write costs one load.
+#[derive(Debug, Default)]
+pub struct HostWrites {
+    len: usize,
+    on: AtomicBool,
+    words: OnceLock<Box<[AtomicU64]>>,
+}
+
+impl HostWrites {
+    fn words(&self) -> &[AtomicU64] {
+        self.words.get_or_init(|| {
+            let count = self.len.div_ceil(PAGE as usize * 64);
+            (0..count).map(|_| AtomicU64::new(0)).collect()
+        })
+    }
+}
+
+impl NewBitmap for HostWrites {
+    fn with_len(len: usize) -> Self {
+        Self {
+            len,
+            ..Self::default()
+        }
+    }
+}
+
+impl<'a> WithBitmapSlice<'a> for HostWrites {
+    type S = RefSlice<'a, Self>;
+}
+
+impl Bitmap for HostWrites {
+    fn mark_dirty(&self, offset: usize, len: usize) {
+        if len == 0 || !self.on.load(Ordering::Acquire) {
+            return;
+        }
+        let words = self.words();
+        let first = offset / PAGE as usize;
+        let last = (offset + len - 1) / PAGE as usize;
+        for page in first..=last {
+            if let Some(word) = words.get(page / 64) {
+                word.fetch_or(1 << (page % 64), Ordering::AcqRel);
+            }
+        }
+    }
+
+    fn dirty_at(&self, offset: usize) -> bool {
+        let page = offset / PAGE as usize;
+        self.on.load(Ordering::Acquire)
+            && self
+                .words()
+                .get(page / 64)
+                .is_some_and(|word| word.load(Ordering::Acquire) & (1 << (page % 64)) != 0)
+    }
+
+    fn slice_at(&self, offset: usize) -> RefSlice<'_, Self> {
+        RefSlice::new(self, offset)
+    }
+}
 
 /// Errors creating guest memory.
 #[derive(Debug, thiserror::Error)]
@@ -104,20 +168,40 @@ impl GuestMemory {
         &self.mmap
     }
 
+    /// The bitmaps of the memory's regions; its one region starts at guest-physical 0,
+    /// so a bitmap's offsets are guest-physical addresses.
+    fn host_writes(&self) -> impl Iterator<Item = &HostWrites> {
+        self.mmap.iter().map(|region| MmapRegion::bitmap(region))
+    }
+
+    /// Marks (or stops marking) the pages the host writes through [`Self::mem`] from
+    /// now on, for [`Self::take_host_written`]: KVM's dirty log misses them, and a
+    /// migration must send them too. Turning it on forgets what was marked before.
+    pub fn track_host_writes(&self, on: bool) {
+        for writes in self.host_writes() {
+            if on {
+                for word in writes.words() {
+                    word.store(0, Ordering::Release);
+                }
+            }
+            writes.on.store(on, Ordering::Release);
+        }
+    }
+
     /// The guest-physical pages the host wrote through [`Self::mem`] since this was
-    /// last asked, sorted: KVM's dirty log misses them, and a migration must send
-    /// them too.
+    /// last asked (or tracking began), sorted.
     pub fn take_host_written(&self) -> Vec<u64> {
         let mut pages = Vec::new();
-        for region in self.mmap.iter() {
-            let base = region.start_addr().0;
-            let bitmap: &AtomicBitmap = MmapRegion::bitmap(region);
-            for (word_index, word) in bitmap.get_and_reset().into_iter().enumerate() {
-                let mut bits = word;
+        for writes in self.host_writes() {
+            if !writes.on.load(Ordering::Acquire) {
+                continue;
+            }
+            for (word_index, word) in writes.words().iter().enumerate() {
+                let mut bits = word.swap(0, Ordering::AcqRel);
                 while bits != 0 {
                     let bit = bits.trailing_zeros() as u64;
                     bits &= bits - 1;
-                    pages.push(base + (word_index as u64 * 64 + bit) * PAGE);
+                    pages.push((word_index as u64 * 64 + bit) * PAGE);
                 }
             }
         }

@@ -111,13 +111,21 @@ impl Precopied {
     /// last pages, which its snapshot holds) written over them, read from the file.
     fn complete(mut self, last: &MemoryImage) -> Result<MemoryImage, String> {
         last.check_runs().map_err(|e| e.to_string())?;
-        let contents = last
-            .run_contents()
-            .ok_or("its last pages cannot be read back")?;
-        for (run, bytes) in last.runs.iter().zip(contents) {
-            self.file
-                .write_all_at(&bytes, run.addr)
-                .map_err(|e| format!("cannot keep its memory: {e}"))?;
+        let SavedPages::File { file, offset } = &last.pages else {
+            return Err("its last pages are not in its snapshot file".into());
+        };
+        // Copied a piece at a time: a cell that outran the pre-copy leaves much.
+        let mut buffer = vec![0u8; 1 << 20];
+        for run in &last.runs {
+            let mut done = 0;
+            while done < run.len {
+                let piece = &mut buffer[..(run.len - done).min(1 << 20) as usize];
+                let from = offset + run.addr + done;
+                file.read_exact_at(piece, from)
+                    .and_then(|()| self.file.write_all_at(piece, run.addr + done))
+                    .map_err(|e| format!("cannot keep its memory: {e}"))?;
+                done += piece.len() as u64;
+            }
             self.mark(run.addr, run.len);
         }
         let mut runs: Vec<PageRun> = Vec::new();
@@ -226,6 +234,10 @@ impl Registry {
                 Refusal::Broken(error) => error.to_string(),
             };
             tracing::warn!("a cell from {peer} did not move here: {reason}");
+            // The memory that came ahead of it is nobody's.
+            if let Some(id) = &arrival.id {
+                let _ = std::fs::remove_file(self.cell_dir(id).join(ARRIVED_MEMORY));
+            }
             match arrival {
                 Arrival {
                     id: Some(id),

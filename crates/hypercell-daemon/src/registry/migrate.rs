@@ -230,6 +230,9 @@ impl Registry {
             let doubt = format!(
                 "the migration of cell `{name}` to {to} broke after the destination took it ({error}): it may run there; here it stays paused, to be resumed only if {to} does not have it"
             );
+            if let Err(error) = control.precopy_end() {
+                tracing::warn!("cell {id} stays here, but its writes are still logged: {error}");
+            }
             self.change(&id, "pause", |record| {
                 record.state = CellState::Paused;
                 record.error = Some(doubt.clone());
@@ -311,6 +314,9 @@ fn precopy(
         },
     );
     let mut previous = u64::MAX;
+    // Rounds that do not shrink fast enough would send the memory over and over; a
+    // destination takes at most four times a cell's largest memory.
+    let most = whole.saved_len().saturating_mul(3);
     for number in 1..=MAX_ROUNDS {
         let written_over = took;
         began = Instant::now();
@@ -332,7 +338,7 @@ fn precopy(
         );
         // What the next round would hold was written while this one went: small
         // enough, and the pause may take it.
-        if len as f64 <= rate * budget.as_secs_f64() || len >= previous {
+        if len as f64 <= rate * budget.as_secs_f64() || len >= previous || sent >= most {
             break;
         }
         previous = len;
