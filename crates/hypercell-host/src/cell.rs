@@ -27,7 +27,8 @@ use crate::channel::{CHANNEL_CAPACITY, CellChannels, NamedChannelEnd};
 use crate::compile::CompiledModule;
 use crate::config::{CellConfig, format_size};
 use crate::control::{
-    CellControl, KICK_INTERVAL, ParkRequest, PrecopyStep, SnapshotScope, StopReason, Wake,
+    CellControl, KICK_INTERVAL, PRECOPY_PIECE, ParkRequest, PrecopyReply, PrecopyStep,
+    SnapshotScope, StopReason, Wake,
 };
 use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
@@ -1445,6 +1446,7 @@ fn supervise(
                     control.request_drain();
                 }
             }
+            Wake::Precopy(PrecopyStep::Start, reply) => precopy_start(cell, &reply),
             Wake::Precopy(step, reply) => {
                 let _ = reply.send(precopy_step(cell, step));
             }
@@ -1462,9 +1464,36 @@ fn supervise(
     }
 }
 
-/// Takes a pre-copy step of a running cell (see [`CellControl::precopy_start`]), on its
-/// supervising thread: what KVM logs and the host marks is taken before the pages are
-/// copied, so a page written during the copy is copied again in the next step.
+/// Begins a pre-copy of a running cell (see [`CellControl::precopy_start`]) on its
+/// supervising thread: logging comes on before the pages are copied, so a page written
+/// during the copy is copied again in the next round. The pieces go to `reply` as they
+/// are copied, until the asker stops taking them.
+fn precopy_start(cell: &Supervised<'_, '_>, reply: &PrecopyReply) {
+    let Some(vm) = cell.vm else {
+        let _ = reply.send(Err(SnapshotError::NotRunning));
+        return;
+    };
+    if let Err(error) = vm.set_dirty_logging(true) {
+        let _ = reply.send(Err(error.into()));
+        return;
+    }
+    cell.memory.track_host_writes(true);
+    let module = cell.module;
+    MemoryImage::capture_in_pieces(
+        cell.memory,
+        cell.own_end,
+        module.region.clone(),
+        module.bytes,
+        module.base,
+        PRECOPY_PIECE,
+        |piece| reply.send(Ok(piece)).is_ok(),
+    );
+}
+
+/// Takes a round or the end of a pre-copy of a running cell (see
+/// [`CellControl::precopy_start`]), on its supervising thread: what KVM logs and the
+/// host marks is taken before the pages are copied, so a page written during the copy
+/// is copied again in the next round.
 fn precopy_step(
     cell: &Supervised<'_, '_>,
     step: PrecopyStep,
@@ -1472,17 +1501,7 @@ fn precopy_step(
     let vm = cell.vm.ok_or(SnapshotError::NotRunning)?;
     let module = cell.module;
     match step {
-        PrecopyStep::Start => {
-            vm.set_dirty_logging(true)?;
-            cell.memory.track_host_writes(true);
-            Ok(MemoryImage::capture(
-                cell.memory,
-                cell.own_end,
-                module.region.clone(),
-                module.bytes,
-                module.base,
-            ))
-        }
+        PrecopyStep::Start => unreachable!("the supervisor serves a start with precopy_start"),
         PrecopyStep::Round => Ok(MemoryImage::capture_pages(
             cell.memory,
             module.region.clone(),

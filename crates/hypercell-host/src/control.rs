@@ -99,8 +99,12 @@ pub(crate) enum PrecopyStep {
     End,
 }
 
-/// Where a pre-copy step's pages go.
+/// Where a pre-copy step's pages go: one image, or, for [`PrecopyStep::Start`], the
+/// pieces of one in order, the sender dropped after the last.
 pub(crate) type PrecopyReply = mpsc::Sender<Result<MemoryImage, SnapshotError>>;
+
+/// Bytes of pages in each piece of a pre-copy's first copy.
+pub const PRECOPY_PIECE: usize = 4 << 20;
 
 /// What a parked vCPU thread is asked to do.
 pub(crate) enum ParkRequest {
@@ -252,13 +256,18 @@ impl CellControl {
 
     /// Begins a pre-copy of the running cell, for a migration: from now on KVM logs
     /// the pages the guest writes (and the host marks those it writes), and this
-    /// returns a copy of every page that holds data, taken while the cell runs on.
-    /// Each [`Self::precopy_round`] then copies the pages written since, and
-    /// [`Self::snapshot_dirty`] pauses the cell and takes the last of them with its
-    /// state: those images laid over one another in order are the cell's memory.
-    /// [`Self::precopy_end`] stops the logging, for a cell that goes on here.
-    pub fn precopy_start(&self) -> Result<MemoryImage, SnapshotError> {
-        self.precopy(PrecopyStep::Start)
+    /// yields a copy of every page that holds data, taken while the cell runs on, in
+    /// pieces of about [`PRECOPY_PIECE`] bytes as they are copied (so that the first
+    /// can be sent while the rest are copied). Each [`Self::precopy_round`] then
+    /// copies the pages written since, and [`Self::snapshot_dirty`] pauses the cell
+    /// and takes the last of them with its state: those images laid over one another
+    /// in order are the cell's memory. [`Self::precopy_end`] stops the logging, for a
+    /// cell that goes on here.
+    pub fn precopy_start(
+        &self,
+    ) -> Result<impl Iterator<Item = Result<MemoryImage, SnapshotError>>, SnapshotError> {
+        self.ask_precopy(PrecopyStep::Start)
+            .map(mpsc::Receiver::into_iter)
     }
 
     /// Copies the pages the cell wrote since the last pre-copy step, while it runs
@@ -280,17 +289,25 @@ impl CellControl {
     }
 
     fn precopy(&self, step: PrecopyStep) -> Result<MemoryImage, SnapshotError> {
-        let (reply, answer) = mpsc::channel();
-        {
-            let mut state = self.state();
-            if state.finished || !state.begun || state.stop.is_some() {
-                return Err(SnapshotError::NotRunning);
-            }
-            state.precopy = Some((step, reply));
-            self.inner.changed.notify_all();
-        }
         // The supervisor answers, or drops the sender when the cell ends first.
-        answer.recv().unwrap_or(Err(SnapshotError::NotRunning))
+        self.ask_precopy(step)?
+            .recv()
+            .unwrap_or(Err(SnapshotError::NotRunning))
+    }
+
+    /// Asks the cell's supervisor for a pre-copy step: where its answers come.
+    fn ask_precopy(
+        &self,
+        step: PrecopyStep,
+    ) -> Result<mpsc::Receiver<Result<MemoryImage, SnapshotError>>, SnapshotError> {
+        let (reply, answer) = mpsc::channel();
+        let mut state = self.state();
+        if state.finished || !state.begun || state.stop.is_some() {
+            return Err(SnapshotError::NotRunning);
+        }
+        state.precopy = Some((step, reply));
+        self.inner.changed.notify_all();
+        Ok(answer)
     }
 
     fn take_snapshot(&self, scope: SnapshotScope) -> Result<CellSnapshot, SnapshotError> {

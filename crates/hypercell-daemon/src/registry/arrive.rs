@@ -404,12 +404,21 @@ impl Registry {
         arrival.id = None;
         arrival.recorded = None;
         self.forget_checkpoints(&id);
-        if !offer.paused
-            && let Err(error) = self.resume(&id)
-        {
-            tracing::warn!("cell {id} moved here but cannot go on: {error}");
+        // It runs here from now: the source hears so before the record says it, so
+        // that the record's sync is not part of the cell's pause.
+        let control = self.lock().live.get(&id).map(|live| live.control.clone());
+        let go_on = !offer.paused && control.is_some();
+        if let Some(control) = control.filter(|_| go_on) {
+            control.resume();
         }
         let _ = wire.send(&Message::Committed);
+        if go_on
+            && let Err(error) = self.change(&id, "resume", |record| {
+                record.state = CellState::Running;
+            })
+        {
+            tracing::warn!("cell {id} moved here and runs, but its record says otherwise: {error}");
+        }
         Ok(())
     }
 

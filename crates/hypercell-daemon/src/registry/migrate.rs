@@ -299,8 +299,12 @@ fn precopy(
     mut progress: impl FnMut(u64, Round),
 ) -> Result<(), String> {
     let mut began = Instant::now();
-    let whole = control.precopy_start().map_err(|e| e.to_string())?;
-    let mut sent = wire.send_pages(&whole).map_err(|e| e.to_string())?;
+    // Each piece goes as soon as it is copied, while the next is.
+    let mut sent = 0;
+    for piece in control.precopy_start().map_err(|e| e.to_string())? {
+        let piece = piece.map_err(|e| e.to_string())?;
+        sent += wire.send_pages(&piece).map_err(|e| e.to_string())?;
+    }
     // Bytes a second, taking and sending a round together.
     let mut took = began.elapsed().as_secs_f64().max(1e-6);
     let mut rate = sent as f64 / took;
@@ -316,7 +320,7 @@ fn precopy(
     let mut previous = u64::MAX;
     // Rounds that do not shrink fast enough would send the memory over and over; a
     // destination takes at most four times a cell's largest memory.
-    let most = whole.saved_len().saturating_mul(3);
+    let most = sent.saturating_mul(3);
     for number in 1..=MAX_ROUNDS {
         let written_over = took;
         began = Instant::now();

@@ -247,6 +247,40 @@ impl MemoryImage {
         artifact: &[u8],
         base: Option<&MemoryImage>,
     ) -> Self {
+        let mut whole = None;
+        Self::capture_in_pieces(
+            memory,
+            mapped,
+            module,
+            artifact,
+            base,
+            usize::MAX,
+            |piece| {
+                whole = Some(piece);
+                true
+            },
+        );
+        whole.expect("the last piece is always given")
+    }
+
+    /// [`Self::capture`], handed to `each` in pieces of about `piece_len` bytes of
+    /// pages, in address order (the last, perhaps empty, always), so that the first can
+    /// be sent while the rest are copied. Stops early when `each` returns false.
+    pub fn capture_in_pieces(
+        memory: &GuestMemory,
+        mapped: u64,
+        module: Range<u64>,
+        artifact: &[u8],
+        base: Option<&MemoryImage>,
+        piece_len: usize,
+        mut each: impl FnMut(Self) -> bool,
+    ) {
+        let piece = |runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>| Self {
+            size: memory.size(),
+            module: module.clone(),
+            runs: std::mem::take(runs),
+            pages: SavedPages::InMemory(std::mem::take(bytes)),
+        };
         let mut runs: Vec<PageRun> = Vec::new();
         let mut bytes = Vec::new();
         let mut page_bytes = vec![0u8; PAGE as usize];
@@ -284,13 +318,11 @@ impl MemoryImage {
                 continue;
             }
             save_page(&mut runs, &mut bytes, page, &page_bytes);
+            if bytes.len() >= piece_len && !each(piece(&mut runs, &mut bytes)) {
+                return;
+            }
         }
-        Self {
-            size: memory.size(),
-            module,
-            runs,
-            pages: SavedPages::InMemory(bytes),
-        }
+        each(piece(&mut runs, &mut bytes));
     }
 
     /// Saves the pages of `memory` below `mapped` that the cell made its own since it
