@@ -74,6 +74,12 @@ pub(crate) enum Message {
     /// Pages of the running cell's memory, a pre-copy's: their bytes follow, run
     /// after run. Later pages replace earlier ones at the same address.
     Pages { runs: Vec<PageRun> },
+    /// The source has sent its pre-copy's pages and waits, before it pauses the cell,
+    /// until the destination has written them: pages still on their way would hold up
+    /// the pause.
+    PagesDone,
+    /// The destination has written every page sent before [`Message::PagesDone`].
+    PagesWritten,
     /// The destination refuses, in one sentence.
     Refused { reason: String },
     /// The paused cell's state: its snapshot follows, as `SnapshotFile::send_stream`

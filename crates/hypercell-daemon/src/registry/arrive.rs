@@ -320,6 +320,7 @@ impl Registry {
         loop {
             match wire.receive_within(WORK_PATIENCE)? {
                 Message::Pages { runs } => precopied.receive(wire, &runs)?,
+                Message::PagesDone => wire.send(&Message::PagesWritten)?,
                 Message::State => break,
                 other => {
                     return Err(Refusal::Told(format!(

@@ -172,7 +172,19 @@ impl Registry {
             sent = module_bytes.len() as u64 + bytes;
             progress(MigrationPhase::Precopying, sent, Some(round));
         });
-        if let Err(error) = precopied {
+        // Pages still on their way when the cell pauses would hold it up: the
+        // destination writes them all first.
+        let written = precopied.and_then(|()| {
+            wire.send(&Message::PagesDone)
+                .and_then(|()| wire.receive_within(WORK_PATIENCE))
+                .map_err(|e| e.to_string())
+                .and_then(|answer| match answer {
+                    Message::PagesWritten => Ok(()),
+                    Message::Refused { reason } => Err(format!("it refused: {reason}")),
+                    other => Err(format!("it answered {other:?}")),
+                })
+        });
+        if let Err(error) = written {
             self.go_on_here(&id, was_paused);
             return Err(failed(error));
         }
