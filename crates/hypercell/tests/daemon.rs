@@ -711,31 +711,23 @@ fn cells_joined_by_a_channel_run_as_a_pipeline_in_the_daemon() {
     // Each stream joins once, a cell never to itself, and only as CELL:stdout to
     // CELL:stdin (or a name to the same name).
     daemon.ok(&["create", "--name", "other", digest]);
-    let refused = |args: &[&str], sentence: &str| {
-        let out = daemon.cli(args);
-        let stderr = text(&out.stderr);
-        assert!(
-            !out.status.success() && stderr.contains(sentence),
-            "{stderr}"
-        );
-    };
-    refused(
+    daemon.refused(
         &["connect", "producer:stdout", "other:stdin"],
         "`producer`'s stdout is already joined to cell `hasher`",
     );
-    refused(
+    daemon.refused(
         &["connect", "other:stdout", "hasher:stdin"],
         "`hasher`'s stdin is already joined to cell `producer`'s stdout",
     );
-    refused(
+    daemon.refused(
         &["connect", "other:stdout", "other:stdin"],
         "cannot be joined to itself",
     );
-    refused(
+    daemon.refused(
         &["connect", "other:stdin", "hasher:stdin"],
         "`stdin` to `stdin` is no channel",
     );
-    refused(&["connect", "nothing:stdout", "other:stdin"], "nothing");
+    daemon.refused(&["connect", "nothing:stdout", "other:stdin"], "nothing");
 
     // The reader starts first and waits; the writer's bytes then reach it, and only it:
     // the writer's own log stays empty.
@@ -754,8 +746,8 @@ fn cells_joined_by_a_channel_run_as_a_pipeline_in_the_daemon() {
     assert!(daemon.ok(&["logs", "producer"]).is_empty());
 
     // A joined cell runs once, and a cell that ran joins nothing.
-    refused(&["start", "producer"], "a joined cell runs once");
-    refused(
+    daemon.refused(&["start", "producer"], "a joined cell runs once");
+    daemon.refused(
         &["connect", "hasher:stdout", "other:stdin"],
         "`hasher` has started already",
     );
@@ -768,11 +760,11 @@ fn cells_joined_by_a_channel_run_as_a_pipeline_in_the_daemon() {
     daemon.ok(&["connect", "yes:stdout", "other:stdin"]);
     daemon.ok(&["start", "yes"]);
     let checkpoint = dir.path().join("yes.snapshot");
-    refused(
+    daemon.refused(
         &["snapshot", "-o", checkpoint.to_str().unwrap(), "yes"],
         "joined to other cells by channels",
     );
-    refused(
+    daemon.refused(
         &["migrate", "yes", "--to", "127.0.0.1:9"],
         "joined to other cells by channels",
     );
@@ -824,14 +816,6 @@ fn cells_talk_through_named_channels_in_the_daemon() {
     let daemon = Daemon::start(dir.path());
     let program = |name: &str| c_program(name).to_str().unwrap().to_string();
     let (requester, upcaser) = (program("requester"), program("upcaser"));
-    let refused = |args: &[&str], sentence: &str| {
-        let out = daemon.cli(args);
-        let stderr = text(&out.stderr);
-        assert!(
-            !out.status.success() && stderr.contains(sentence),
-            "{stderr}"
-        );
-    };
 
     // A request and reply loop between two long-lived cells: each channel is granted
     // by name, one way, and the server waits for requests with poll().
@@ -870,20 +854,20 @@ fn cells_talk_through_named_channels_in_the_daemon() {
         "stdio",
     ]);
     daemon.ok(&["create", "--name", "other", &upcaser]);
-    refused(
+    daemon.refused(
         &["connect", "other:../x", "server:../x"],
         "`../x` cannot name a channel",
     );
-    refused(
+    daemon.refused(
         &["connect", "other:requests", "server:requests"],
         "cell `server` already has a channel named `requests`, joined to cell `client`",
     );
-    refused(
+    daemon.refused(
         &["connect", "plain:jobs", "other:jobs"],
         "cell `plain` is not given the `channels` component",
     );
-    refused(&["connect", "other:stdout", "server:jobs"], "is no channel");
-    refused(
+    daemon.refused(&["connect", "other:stdout", "server:jobs"], "is no channel");
+    daemon.refused(
         &["connect", "other:jobs", "other:jobs"],
         "cannot be joined to itself",
     );

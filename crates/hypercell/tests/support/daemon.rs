@@ -113,6 +113,16 @@ impl Daemon {
         text(&out.stdout)
     }
 
+    /// `hypercell ARGS`, which must fail saying `sentence`.
+    pub fn refused(&self, args: &[&str], sentence: &str) {
+        let out = self.cli(args);
+        let stderr = text(&out.stderr);
+        assert!(
+            !out.status.success() && stderr.contains(sentence),
+            "{args:?}: {stderr}"
+        );
+    }
+
     /// `hypercell ARGS` as a child whose stdout lines arrive on a channel.
     pub fn follow(&self, args: &[&str]) -> (Child, mpsc::Receiver<String>) {
         let mut child = hypercell(&scratch().join("cache"))
