@@ -9,6 +9,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub mod memory;
+pub mod page_bitmap;
 pub mod paging;
 pub mod state;
 pub mod system;

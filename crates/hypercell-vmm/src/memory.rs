@@ -11,6 +11,8 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use vm_memory::bitmap::{Bitmap, NewBitmap, RefSlice, WithBitmapSlice};
+
+use crate::page_bitmap::set_pages;
 use vm_memory::{GuestAddress, GuestMemoryBackend, GuestRegionMmap, MmapRegion};
 
 /// A cell's memory as vm-memory sees it: while a migration asks, every write the host
@@ -191,21 +193,16 @@ impl GuestMemory {
     /// The guest-physical pages the host wrote through [`Self::mem`] since this was
     /// last asked (or tracking began), sorted.
     pub fn take_host_written(&self) -> Vec<u64> {
-        let mut pages = Vec::new();
-        for writes in self.host_writes() {
-            if !writes.on.load(Ordering::Acquire) {
-                continue;
-            }
-            for (word_index, word) in writes.words().iter().enumerate() {
-                let mut bits = word.swap(0, Ordering::AcqRel);
-                while bits != 0 {
-                    let bit = bits.trailing_zeros() as u64;
-                    bits &= bits - 1;
-                    pages.push((word_index as u64 * 64 + bit) * PAGE);
-                }
-            }
-        }
-        pages
+        self.host_writes()
+            .filter(|writes| writes.on.load(Ordering::Acquire))
+            .flat_map(|writes| {
+                let words = writes
+                    .words()
+                    .iter()
+                    .map(|word| word.swap(0, Ordering::AcqRel));
+                set_pages(words, 0)
+            })
+            .collect()
     }
 
     /// Size in bytes.

@@ -16,6 +16,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Cap, Kvm, VmFd};
 
+use crate::page_bitmap::set_pages;
 use crate::system::RESERVATION_PDPT_OFFSET;
 use crate::{GuestMemory, Vcpu, VcpuError};
 
@@ -257,17 +258,7 @@ impl Vm {
             .fd
             .get_dirty_log(region.slot, region.memory_size as usize)
             .map_err(|e| VmError::DirtyLog(e.into()))?;
-        let mut pages = Vec::new();
-        for (word_index, &word) in bitmap.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let bit = bits.trailing_zeros() as u64;
-                bits &= bits - 1;
-                let page = word_index as u64 * 64 + bit;
-                pages.push(region.guest_phys_addr + page * PAGE_SIZE);
-            }
-        }
-        Ok(pages)
+        Ok(set_pages(bitmap, region.guest_phys_addr).collect())
     }
 
     /// Makes KVM forget what it cached from the reservation area's page tables, after
