@@ -1447,8 +1447,11 @@ fn supervise(
                 }
             }
             Wake::Precopy(PrecopyStep::Start, reply) => precopy_start(cell, &reply),
-            Wake::Precopy(step, reply) => {
-                let _ = reply.send(precopy_step(cell, step));
+            Wake::Precopy(PrecopyStep::Round, reply) => {
+                let _ = reply.send(precopy_round(cell));
+            }
+            Wake::Precopy(PrecopyStep::End, reply) => {
+                let _ = reply.send(precopy_end(cell));
             }
             Wake::Measure(replies) => {
                 // As the report counts it: the compiled module, shared page cache, left
@@ -1490,33 +1493,31 @@ fn precopy_start(cell: &Supervised<'_, '_>, reply: &PrecopyReply) {
     );
 }
 
-/// Takes a round or the end of a pre-copy of a running cell (see
-/// [`CellControl::precopy_start`]), on its supervising thread: what KVM logs and the
-/// host marks is taken before the pages are copied, so a page written during the copy
-/// is copied again in the next round.
-fn precopy_step(
-    cell: &Supervised<'_, '_>,
-    step: PrecopyStep,
-) -> Result<MemoryImage, SnapshotError> {
+/// Takes a round of a pre-copy of a running cell (see [`CellControl::precopy_start`]),
+/// on its supervising thread: what KVM logs and the host marks is taken before the
+/// pages are copied, so a page written during the copy is copied again in the next
+/// round.
+fn precopy_round(cell: &Supervised<'_, '_>) -> Result<MemoryImage, SnapshotError> {
     let vm = cell.vm.ok_or(SnapshotError::NotRunning)?;
-    let module = cell.module;
-    match step {
-        PrecopyStep::Start => unreachable!("the supervisor serves a start with precopy_start"),
-        PrecopyStep::Round => Ok(MemoryImage::capture_pages(
-            cell.memory,
-            module.region.clone(),
-            &written_pages(vm, cell.memory, cell.own_end)?,
-        )),
-        PrecopyStep::End => {
-            vm.set_dirty_logging(false)?;
-            cell.memory.track_host_writes(false);
-            Ok(MemoryImage::capture_pages(
-                cell.memory,
-                module.region.clone(),
-                &[],
-            ))
-        }
-    }
+    let pages = written_pages(vm, cell.memory, cell.own_end)?;
+    Ok(MemoryImage::capture_pages(
+        cell.memory,
+        cell.module.region.clone(),
+        &pages,
+    ))
+}
+
+/// Ends a pre-copy, on the cell's supervising thread: KVM and the host stop logging
+/// its writes. Answers with no pages.
+fn precopy_end(cell: &Supervised<'_, '_>) -> Result<MemoryImage, SnapshotError> {
+    let vm = cell.vm.ok_or(SnapshotError::NotRunning)?;
+    vm.set_dirty_logging(false)?;
+    cell.memory.track_host_writes(false);
+    Ok(MemoryImage::capture_pages(
+        cell.memory,
+        cell.module.region.clone(),
+        &[],
+    ))
 }
 
 /// The pages of the cell's own memory (below `end`) that the guest or the host wrote
