@@ -17,7 +17,7 @@ use super::park::pipe_is_empty;
 use super::{DaemonError, Registry, moving, resolve, wrong_state};
 use crate::migration::wire::{Message, Offer, WORK_PATIENCE, Wire, WireError};
 use crate::record::{
-    CellRecord, CellState, DirMapping, DirSpec, MigrationPhase, MigrationProgress, now_ms,
+    CellRecord, CellState, DirMapping, DirSpec, MigrationPhase, MigrationProgress,
 };
 
 /// How long a source waits to connect to a destination.
@@ -95,14 +95,13 @@ impl Registry {
         // saved does not stop the migration.
         let progress = |phase, bytes_sent, round: Option<Round>| {
             let told = self.change(&id, "migrate", |record| {
-                let earlier = record.migration.clone();
-                let mut progress = MigrationProgress {
-                    to: to.to_string(),
-                    phase,
-                    bytes_sent,
-                    started_ms: earlier.as_ref().map_or_else(now_ms, |p| p.started_ms),
-                    ..earlier.unwrap_or_else(|| MigrationProgress::new(to.to_string()))
-                };
+                let mut progress = record
+                    .migration
+                    .take()
+                    .unwrap_or_else(|| MigrationProgress::new(to.to_string()));
+                progress.to = to.to_string();
+                progress.phase = phase;
+                progress.bytes_sent = bytes_sent;
                 if let Some(round) = &round {
                     progress.rounds = round.number;
                     progress.last_round_bytes = Some(round.bytes);
