@@ -254,36 +254,7 @@ impl ChannelEnd {
     /// for each), or a snapshot abandons the wait ([`RESULT_RESTART`]). A pause parks
     /// the wait.
     pub(crate) fn wait(&self, observed: u64, control: &CellControl) -> i64 {
-        let doorbell = &self.shared.doorbells[self.side as usize];
-        loop {
-            // Asked before each sleep, not only when a kick interrupts one: a kick
-            // that lands while this thread is awake is not lost.
-            if control.stop_requested().is_some() {
-                return 0;
-            }
-            if control.park_in_call(true) {
-                return RESULT_RESTART;
-            }
-            // The doorbell is read before the condition: a kick after the check
-            // changes it, and the futex then does not sleep.
-            let rung = doorbell.load(Ordering::SeqCst);
-            if self.peer_moved(observed) {
-                return 0;
-            }
-            // Woken, interrupted by a kick from the cell's supervisor (to stop, to
-            // pause), or the doorbell had rung already: the loop looks again.
-            // SAFETY: the futex word is an aligned u32 that `self` keeps alive; with no
-            // timeout the kernel reads only the word.
-            unsafe {
-                libc::syscall(
-                    libc::SYS_futex,
-                    doorbell.as_ptr(),
-                    libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
-                    rung,
-                    std::ptr::null::<libc::timespec>(),
-                )
-            };
-        }
+        wait_any(&[(self, observed)], None, control)
     }
 
     /// Whether the peer's index differs from `observed`, or the peer closed its end
@@ -334,13 +305,16 @@ pub(crate) fn wait_any(
 ) -> i64 {
     let deadline = timeout.and_then(|timeout| Instant::now().checked_add(timeout));
     loop {
+        // Asked before each sleep, not only when a kick interrupts one: a kick that
+        // lands while this thread is awake is not lost.
         if control.stop_requested().is_some() {
             return 0;
         }
         if control.park_in_call(true) {
             return RESULT_RESTART;
         }
-        // Read before the conditions, as in `ChannelEnd::wait`.
+        // The doorbells are read before the conditions: a kick after the check
+        // changes one, and the wait then does not sleep.
         let rung: Vec<FutexWait> = waits
             .iter()
             .map(|(end, _)| {
@@ -369,6 +343,8 @@ pub(crate) fn wait_any(
             }
             None => None,
         };
+        // Woken, interrupted by a kick from the cell's supervisor (to stop, to
+        // pause), or a doorbell had rung already: the loop looks again.
         futex_wait_any(&rung, left);
     }
 }
@@ -388,14 +364,14 @@ const FUTEX2_PRIVATE: u32 = 128;
 /// Sleeps until any of `futexes` is woken or no longer holds its value, `left`
 /// passes, or a signal interrupts.
 fn futex_wait_any(futexes: &[FutexWait], left: Option<Duration>) {
-    let mut now = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes one timespec into `now`.
-    unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
     // The kernel takes an absolute time; a timeout too long to represent is none.
     let until = left.and_then(|left| {
+        let mut now = libc::timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        // SAFETY: clock_gettime writes one timespec into `now`.
+        unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) };
         let nanos = now.tv_nsec as u64 + u64::from(left.subsec_nanos());
         let secs = (now.tv_sec as u64)
             .checked_add(left.as_secs())?
