@@ -1446,7 +1446,7 @@ fn supervise(
                     control.request_drain();
                 }
             }
-            Wake::Precopy(PrecopyStep::Start, reply) => precopy_start(cell, &reply),
+            Wake::Precopy(PrecopyStep::Start, reply) => precopy_start(control, cell, &reply),
             Wake::Precopy(PrecopyStep::Round, reply) => {
                 let _ = reply.send(precopy_round(cell));
             }
@@ -1471,7 +1471,7 @@ fn supervise(
 /// supervising thread: logging comes on before the pages are copied, so a page written
 /// during the copy is copied again in the next round. The pieces go to `reply` as they
 /// are copied, until the asker stops taking them.
-fn precopy_start(cell: &Supervised<'_, '_>, reply: &PrecopyReply) {
+fn precopy_start(control: &CellControl, cell: &Supervised<'_, '_>, reply: &PrecopyReply) {
     let Some(vm) = cell.vm else {
         let _ = reply.send(Err(SnapshotError::NotRunning));
         return;
@@ -1489,7 +1489,12 @@ fn precopy_start(cell: &Supervised<'_, '_>, reply: &PrecopyReply) {
         module.bytes,
         module.base,
         PRECOPY_PIECE,
-        |piece| reply.send(Ok(piece)).is_ok(),
+        |piece| {
+            reply
+                .send(Ok(piece))
+                .is_ok()
+                .then(|| control.piece_buffer())
+        },
     );
 }
 

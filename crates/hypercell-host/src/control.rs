@@ -14,7 +14,7 @@ use hypercell_vmm::VcpuHandle;
 
 use crate::hypercall::HypercallCounts;
 use crate::identity::NextRequest;
-use crate::persist::{CellSnapshot, MemoryImage, SnapshotError};
+use crate::persist::{CellSnapshot, MemoryImage, SavedPages, SnapshotError};
 
 /// How often a vCPU that is asked to pause or stop is kicked until it does.
 pub(crate) const KICK_INTERVAL: Duration = Duration::from_millis(1);
@@ -51,7 +51,13 @@ struct Inner {
     /// [`Inner::epoch`]'s clock plus one; 0 while it is not waiting.
     input_wait: AtomicU64,
     epoch: std::sync::OnceLock<Instant>,
+    /// Buffers of a pre-copy's pieces, sent and handed back to be filled again: a
+    /// fresh buffer costs the host a page fault for each of its pages.
+    spare_pieces: Mutex<Vec<Vec<u8>>>,
 }
+
+/// Most piece buffers a pre-copy keeps for reuse.
+const SPARE_PIECES: usize = 4;
 
 /// Hypercall numbers counted apart.
 const HYPERCALL_NUMBERS: usize = 16;
@@ -104,7 +110,7 @@ pub(crate) enum PrecopyStep {
 pub(crate) type PrecopyReply = mpsc::Sender<Result<MemoryImage, SnapshotError>>;
 
 /// Bytes of pages in each piece of a pre-copy's first copy.
-pub const PRECOPY_PIECE: usize = 4 << 20;
+pub const PRECOPY_PIECE: usize = 1 << 20;
 
 /// What a parked vCPU thread is asked to do.
 pub(crate) enum ParkRequest {
@@ -278,7 +284,34 @@ impl CellControl {
 
     /// Stops logging the cell's writes, once a pre-copy is over.
     pub fn precopy_end(&self) -> Result<(), SnapshotError> {
+        self.spares().clear();
         self.precopy(PrecopyStep::End).map(|_| ())
+    }
+
+    /// Hands back a piece of [`Self::precopy_start`] once its pages are sent, for its
+    /// buffer to hold a later piece.
+    pub fn precopy_recycle(&self, piece: MemoryImage) {
+        if let SavedPages::InMemory(mut buffer) = piece.pages {
+            let mut spares = self.spares();
+            if buffer.capacity() >= PRECOPY_PIECE && spares.len() < SPARE_PIECES {
+                buffer.clear();
+                spares.push(buffer);
+            }
+        }
+    }
+
+    /// An empty buffer for a pre-copy's next piece: one handed back, or a new one.
+    pub(crate) fn piece_buffer(&self) -> Vec<u8> {
+        self.spares()
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(PRECOPY_PIECE + 4096))
+    }
+
+    fn spares(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
+        self.inner
+            .spare_pieces
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Pauses the cell and takes a snapshot whose memory is only the pages written

@@ -89,6 +89,20 @@ impl Seal {
         Ok(())
     }
 
+    /// Seals `plain` (at most [`FRAME`] bytes) where it lies, leaving its ciphertext
+    /// there; returns what goes before it (its frame's length) and after it (the tag).
+    pub fn seal_in_place(&mut self, plain: &mut [u8]) -> std::io::Result<([u8; 4], [u8; TAG])> {
+        debug_assert!(plain.len() <= FRAME);
+        let nonce = self.nonce()?;
+        let tag = self
+            .cipher
+            .seal_in_place_separate_tag(nonce, Aad::empty(), plain)
+            .map_err(|_| std::io::Error::other("a frame could not be sealed"))?;
+        let mut tag_bytes = [0; TAG];
+        tag_bytes.copy_from_slice(tag.as_ref());
+        Ok((((plain.len() + TAG) as u32).to_le_bytes(), tag_bytes))
+    }
+
     /// Opens `frame` (a frame's ciphertext and tag) in place, leaving its plaintext.
     pub fn open(&mut self, frame: &mut Vec<u8>) -> std::io::Result<()> {
         let altered = || {

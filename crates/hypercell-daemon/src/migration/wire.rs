@@ -22,7 +22,7 @@
 //! keys derived from the secret and both nonces. Everything a peer sends is bounded
 //! and read with a time limit.
 
-use std::io::{Read, Write};
+use std::io::{IoSlice, Read, Write};
 use std::net::TcpStream;
 use std::os::fd::AsRawFd;
 use std::time::{Duration, Instant};
@@ -141,6 +141,25 @@ pub(crate) struct Wire {
     /// The opened frame being read, and how far.
     opened: Vec<u8>,
     read_at: usize,
+    /// Bytes read from the stream and not yet taken: `incoming[taken..]`.
+    incoming: Vec<u8>,
+    taken: usize,
+    /// The stream's read timeout as last set.
+    read_timeout: Duration,
+    /// Sealed frames on their way out, kept to be filled again.
+    outgoing: Vec<u8>,
+}
+
+/// Bytes the wire asks the stream for at once; a read at least this long goes
+/// straight into the caller's buffer.
+const READ_AHEAD: usize = 64 << 10;
+
+/// Where one read from the stream goes.
+enum Target<'a> {
+    /// Straight into the caller's buffer.
+    Caller(&'a mut [u8]),
+    /// Into the wire's read-ahead buffer.
+    Incoming,
 }
 
 /// How long bytes sent may go unacknowledged, or a quiet connection go unanswered by
@@ -196,6 +215,10 @@ impl Wire {
             opening: None,
             opened: Vec::new(),
             read_at: 0,
+            incoming: Vec::new(),
+            taken: 0,
+            read_timeout: PATIENCE,
+            outgoing: Vec::new(),
         })
     }
 
@@ -211,11 +234,48 @@ impl Wire {
         let Some(sealing) = &mut self.sealing else {
             return self.stream.write_all(bytes);
         };
-        let mut frames = Vec::with_capacity(bytes.len() + bytes.len().div_ceil(FRAME) * 20);
+        let mut frames = std::mem::take(&mut self.outgoing);
+        frames.clear();
+        frames.reserve(bytes.len() + bytes.len().div_ceil(FRAME) * (4 + TAG));
         for chunk in bytes.chunks(FRAME) {
             sealing.seal(chunk, &mut frames)?;
         }
-        self.stream.write_all(&frames)
+        let sent = self.stream.write_all(&frames);
+        self.outgoing = frames;
+        sent
+    }
+
+    /// Sends `bytes` sealed, as [`Self::write_out`] would, but sealing them where they
+    /// lie, which leaves them ciphertext: no copy of a large buffer is made.
+    fn write_out_in_place(&mut self, bytes: &mut [u8]) -> std::io::Result<()> {
+        let Some(sealing) = &mut self.sealing else {
+            return self.stream.write_all(bytes);
+        };
+        let chunks: Vec<&mut [u8]> = bytes.chunks_mut(FRAME).collect();
+        let mut heads = Vec::with_capacity(chunks.len());
+        for chunk in chunks {
+            let (length, tag) = sealing.seal_in_place(chunk)?;
+            heads.push((length, tag, &*chunk));
+        }
+        // The kernel takes at most 1024 pieces a call: a frame is three.
+        for group in heads.chunks(256) {
+            let mut slices: Vec<IoSlice<'_>> = group
+                .iter()
+                .flat_map(|(length, tag, body)| {
+                    [IoSlice::new(length), IoSlice::new(body), IoSlice::new(tag)]
+                })
+                .collect();
+            let mut slices = &mut slices[..];
+            while !slices.is_empty() {
+                match self.stream.write_vectored(slices) {
+                    Ok(0) => return Err(std::io::ErrorKind::WriteZero.into()),
+                    Ok(written) => IoSlice::advance_slices(&mut slices, written),
+                    Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Fills `buffer` before `deadline` with what the peer sent, opening its frames once
@@ -235,24 +295,7 @@ impl Wire {
     /// read, or from the next frame, which must arrive before `deadline`.
     fn read_some(&mut self, buffer: &mut [u8], deadline: Instant) -> std::io::Result<usize> {
         if self.read_at == self.opened.len() {
-            let mut len = [0; 4];
-            self.read_by(&mut len, deadline)?;
-            let len = u32::from_le_bytes(len) as usize;
-            if !(TAG..=FRAME + TAG).contains(&len) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::InvalidData,
-                    format!("the peer sent a frame of {len} bytes"),
-                ));
-            }
-            let mut frame = std::mem::take(&mut self.opened);
-            frame.resize(len, 0);
-            self.read_by(&mut frame, deadline)?;
-            self.opening
-                .as_mut()
-                .expect("frames are read once sealed")
-                .open(&mut frame)?;
-            self.opened = frame;
-            self.read_at = 0;
+            self.open_next(deadline)?;
         }
         let n = buffer.len().min(self.opened.len() - self.read_at);
         buffer[..n].copy_from_slice(&self.opened[self.read_at..self.read_at + n]);
@@ -260,23 +303,97 @@ impl Wire {
         Ok(n)
     }
 
+    /// Reads the next sealed frame, which must arrive before `deadline`, and opens it
+    /// as the frame being read.
+    fn open_next(&mut self, deadline: Instant) -> std::io::Result<()> {
+        let mut len = [0; 4];
+        self.read_by(&mut len, deadline)?;
+        let len = u32::from_le_bytes(len) as usize;
+        if !(TAG..=FRAME + TAG).contains(&len) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the peer sent a frame of {len} bytes"),
+            ));
+        }
+        let mut frame = std::mem::take(&mut self.opened);
+        frame.resize(len, 0);
+        self.read_by(&mut frame, deadline)?;
+        self.opening
+            .as_mut()
+            .expect("frames are read once sealed")
+            .open(&mut frame)?;
+        self.opened = frame;
+        self.read_at = 0;
+        Ok(())
+    }
+
     /// Fills `buffer` before `deadline`, however slowly the peer sends.
     fn read_by(&mut self, buffer: &mut [u8], deadline: Instant) -> std::io::Result<()> {
         let mut filled = 0;
         while filled < buffer.len() {
+            let ahead = self.incoming.len() - self.taken;
+            if ahead > 0 {
+                let n = ahead.min(buffer.len() - filled);
+                buffer[filled..filled + n]
+                    .copy_from_slice(&self.incoming[self.taken..self.taken + n]);
+                self.taken += n;
+                filled += n;
+                continue;
+            }
+            let want = buffer.len() - filled;
+            if want >= READ_AHEAD {
+                filled += self.read_stream(Target::Caller(&mut buffer[filled..]), deadline)?;
+            } else {
+                self.read_stream(Target::Incoming, deadline)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// One read from the stream, of at least a byte, into `target` (the read-ahead
+    /// buffer then holds just what came), before `deadline`. The stream's timeout is set only when the deadline is nearer than
+    /// it; a read that times out before the deadline is tried again.
+    fn read_stream(&mut self, target: Target<'_>, deadline: Instant) -> std::io::Result<usize> {
+        let mut target = target;
+        loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(std::io::ErrorKind::TimedOut.into());
             }
-            self.stream.set_read_timeout(Some(left))?;
-            match self.stream.read(&mut buffer[filled..]) {
+            if left < self.read_timeout {
+                self.stream.set_read_timeout(Some(left))?;
+                self.read_timeout = left;
+            }
+            let read = match &mut target {
+                Target::Caller(buffer) => self.stream.read(buffer),
+                Target::Incoming => {
+                    self.incoming.resize(READ_AHEAD, 0);
+                    let read = self.stream.read(&mut self.incoming);
+                    self.incoming.truncate(*read.as_ref().unwrap_or(&0));
+                    self.taken = 0;
+                    read
+                }
+            };
+            match read {
                 Ok(0) => return Err(std::io::ErrorKind::UnexpectedEof.into()),
-                Ok(read) => filled += read,
-                Err(error) if error.kind() == std::io::ErrorKind::Interrupted => {}
+                Ok(read) => return Ok(read),
+                Err(error)
+                    if matches!(
+                        error.kind(),
+                        std::io::ErrorKind::Interrupted
+                            | std::io::ErrorKind::WouldBlock
+                            | std::io::ErrorKind::TimedOut
+                    ) =>
+                {
+                    // Waited out the timeout set for an earlier, nearer deadline.
+                    if error.kind() != std::io::ErrorKind::Interrupted {
+                        self.read_timeout = left.min(PATIENCE);
+                        self.stream.set_read_timeout(Some(self.read_timeout))?;
+                    }
+                }
                 Err(error) => return Err(error),
             }
         }
-        self.stream.set_read_timeout(Some(PATIENCE))
     }
 
     pub fn send(&mut self, message: &Message) -> Result<(), WireError> {
@@ -313,23 +430,33 @@ impl Wire {
         Ok(self.write_out(bytes)?)
     }
 
-    /// Receives exactly `len` bytes into `to`.
+    /// Receives exactly `len` bytes into `to`, handed over as each sealed frame opens.
     pub fn receive_bytes(&mut self, to: &mut impl Write, len: u64) -> Result<(), WireError> {
         let mut left = len;
-        let mut chunk = vec![0; FRAME];
         while left > 0 {
-            let n = chunk.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let read = self.read_some(&mut chunk[..n], Instant::now() + PATIENCE)?;
-            to.write_all(&chunk[..read])?;
-            left -= read as u64;
+            if self.opening.is_none() {
+                let mut chunk = vec![0; FRAME.min(usize::try_from(left).unwrap_or(FRAME))];
+                self.read_by(&mut chunk, Instant::now() + PATIENCE)?;
+                to.write_all(&chunk)?;
+                left -= chunk.len() as u64;
+                continue;
+            }
+            if self.read_at == self.opened.len() {
+                self.open_next(Instant::now() + PATIENCE)?;
+            }
+            let n =
+                (self.opened.len() - self.read_at).min(usize::try_from(left).unwrap_or(usize::MAX));
+            to.write_all(&self.opened[self.read_at..self.read_at + n])?;
+            self.read_at += n;
+            left -= n as u64;
         }
         Ok(())
     }
 
     /// Sends the pages of `image` (held in memory) as [`Message::Pages`]; the bytes
-    /// sent.
-    pub fn send_pages(&mut self, image: &MemoryImage) -> Result<u64, WireError> {
-        let SavedPages::InMemory(bytes) = &image.pages else {
+    /// sent. The pages are sealed where they lie: the image holds ciphertext after.
+    pub fn send_pages(&mut self, image: &mut MemoryImage) -> Result<u64, WireError> {
+        let SavedPages::InMemory(bytes) = &mut image.pages else {
             return Err(WireError::Malformed(
                 "pages to send are not in memory".into(),
             ));
@@ -342,9 +469,9 @@ impl Wire {
             })?;
             let end = at + len as usize;
             let chunk = bytes
-                .get(at..end)
+                .get_mut(at..end)
                 .ok_or_else(|| WireError::Malformed("pages to send are missing".into()))?;
-            self.write_out(chunk)?;
+            self.write_out_in_place(chunk)?;
             at = end;
         }
         Ok(at as u64)
@@ -557,6 +684,51 @@ mod tests {
         let mut source = sending.join().unwrap();
         destination.send(&Message::Running).unwrap();
         assert!(matches!(source.receive(), Ok(Message::Running)));
+    }
+
+    #[test]
+    fn pages_sealed_where_they_lie_arrive_as_they_were() {
+        let (mut source, mut destination) = authenticated();
+        let runs = vec![
+            PageRun {
+                addr: 0x1000,
+                len: 0x3000,
+            },
+            PageRun {
+                addr: 0x9000,
+                len: 0x20000,
+            },
+        ];
+        let pages: Vec<u8> = (0..0x23000usize)
+            .map(|i| (i * 13 + i / 4096) as u8)
+            .collect();
+        let mut image = MemoryImage {
+            size: 1 << 20,
+            module: 0..0,
+            runs: runs.clone(),
+            pages: SavedPages::InMemory(pages.clone()),
+        };
+        let sending = std::thread::spawn(move || {
+            let sent = source.send_pages(&mut image).unwrap();
+            source.send(&Message::PagesDone).unwrap();
+            (sent, image)
+        });
+        let Ok(Message::Pages { runs: came }) = destination.receive() else {
+            panic!("pages were announced");
+        };
+        assert_eq!(came, runs);
+        let mut received = Vec::new();
+        destination
+            .receive_bytes(&mut received, pages.len() as u64)
+            .unwrap();
+        assert_eq!(received, pages);
+        assert!(matches!(destination.receive(), Ok(Message::PagesDone)));
+        let (sent, image) = sending.join().unwrap();
+        assert_eq!(sent, pages.len() as u64);
+        let SavedPages::InMemory(left) = image.pages else {
+            panic!("in memory");
+        };
+        assert_ne!(left, pages, "sealed where they lay");
     }
 
     #[test]

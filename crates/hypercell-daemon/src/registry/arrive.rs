@@ -10,6 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 
 use hypercell_host::abi::layout::{MAX_MEMORY_SIZE, PAGE_SIZE};
@@ -35,6 +36,9 @@ pub(super) const ARRIVED_MEMORY: &str = "arrived.mem";
 /// sent over four times.
 const MAX_PRECOPY: u64 = 4 * MAX_MEMORY_SIZE;
 
+/// The least a pre-copy's file grows its disk blocks by.
+const ALLOCATION_STEP: u64 = 8 << 20;
+
 /// The pages of a cell that came ahead of its state: each written into a file where
 /// guest-physical address A lies at A, later ones over earlier ones.
 struct Precopied {
@@ -44,6 +48,8 @@ struct Precopied {
     pages: Vec<u64>,
     /// Bytes received so far.
     received: u64,
+    /// Bytes of the file given disk blocks ahead of the pages written there.
+    allocated: u64,
 }
 
 impl Precopied {
@@ -60,6 +66,7 @@ impl Precopied {
             path: path.to_path_buf(),
             pages: Vec::new(),
             received: 0,
+            allocated: 0,
         })
     }
 
@@ -87,6 +94,9 @@ impl Precopied {
                     "it sent more than {MAX_PRECOPY} bytes of memory ahead of its state"
                 )));
             }
+            if let Some(end) = end {
+                self.allocate(end);
+            }
             let mut at = WriteAt {
                 file: &self.file,
                 offset: run.addr,
@@ -95,6 +105,33 @@ impl Precopied {
             self.mark(run.addr, run.len);
         }
         Ok(())
+    }
+
+    /// Gives the file disk blocks up to `end` and beyond, ahead of the writes: a write
+    /// into blocks the file has costs the filesystem much less than one that must
+    /// find them. Where that fails (a filesystem without it, a full disk), the writes
+    /// themselves say why.
+    fn allocate(&mut self, end: u64) {
+        if end <= self.allocated {
+            return;
+        }
+        let upto = end
+            .max(self.allocated.saturating_mul(2))
+            .next_multiple_of(ALLOCATION_STEP)
+            .min(MAX_MEMORY_SIZE);
+        // SAFETY: fallocate only changes the file's blocks; the descriptor is this
+        // value's own open file.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                libc::FALLOC_FL_KEEP_SIZE,
+                self.allocated as libc::off_t,
+                (upto - self.allocated) as libc::off_t,
+            )
+        };
+        if rc == 0 {
+            self.allocated = upto;
+        }
     }
 
     fn mark(&mut self, addr: u64, len: u64) {

@@ -37,7 +37,9 @@ pub struct Migration {
     /// How long it ran nowhere: from its pause here to the destination's running it,
     /// in milliseconds.
     pub downtime_ms: f64,
-    /// The whole migration, in milliseconds.
+    /// The whole migration, in milliseconds: from the request until the destination
+    /// kept the cell, which then runs there alone (tearing down the copy here, after,
+    /// is not counted).
     pub total_ms: f64,
     /// Bytes of module and snapshot sent.
     pub bytes: u64,
@@ -225,6 +227,7 @@ impl Registry {
             .and_then(|()| wire.receive())
             .map_err(|e| e.to_string());
         let downtime = paused_at.elapsed();
+        let total = started.elapsed();
         let committed = match committed {
             Ok(Message::Committed) => Ok(()),
             // The destination said it discarded the cell: it goes on here.
@@ -278,7 +281,7 @@ impl Registry {
         Ok(Migration {
             cell,
             downtime_ms: downtime.as_secs_f64() * 1e3,
-            total_ms: started.elapsed().as_secs_f64() * 1e3,
+            total_ms: total.as_secs_f64() * 1e3,
             bytes: sent,
         })
     }
@@ -313,8 +316,10 @@ fn precopy(
     // Each piece goes as soon as it is copied, while the next is.
     let mut sent = 0;
     for piece in control.precopy_start().map_err(|e| e.to_string())? {
-        let piece = piece.map_err(|e| e.to_string())?;
-        sent += wire.send_pages(&piece).map_err(|e| e.to_string())?;
+        let mut piece = piece.map_err(|e| e.to_string())?;
+        sent += wire.send_pages(&mut piece).map_err(|e| e.to_string())?;
+        // Its buffer holds the next piece but one, already faulted in.
+        control.precopy_recycle(piece);
     }
     // Bytes a second, taking and sending a round together.
     let mut took = began.elapsed().as_secs_f64().max(1e-6);
@@ -335,8 +340,8 @@ fn precopy(
     for number in 1..=MAX_ROUNDS {
         let written_over = took;
         began = Instant::now();
-        let pages = control.precopy_round().map_err(|e| e.to_string())?;
-        let len = wire.send_pages(&pages).map_err(|e| e.to_string())?;
+        let mut pages = control.precopy_round().map_err(|e| e.to_string())?;
+        let len = wire.send_pages(&mut pages).map_err(|e| e.to_string())?;
         took = began.elapsed().as_secs_f64().max(1e-6);
         sent += len;
         if len >= 1 << 20 {

@@ -212,6 +212,11 @@ impl PartialEq for MemoryImage {
 /// extending the last run when it ends there.
 fn save_page(runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>, page: u64, contents: &[u8]) {
     bytes.extend_from_slice(contents);
+    add_run(runs, page);
+}
+
+/// Adds the page at `page` to `runs`, extending the last run when it ends there.
+fn add_run(runs: &mut Vec<PageRun>, page: u64) {
     match runs.last_mut() {
         Some(run) if run.addr + run.len == page => run.len += PAGE,
         _ => runs.push(PageRun {
@@ -219,6 +224,14 @@ fn save_page(runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>, page: u64, contents: 
             len: PAGE,
         }),
     }
+}
+
+/// Whether `bytes` are all zero: 64 bytes at a time with no early exit inside, which
+/// the compiler turns into vector instructions.
+fn is_zero(bytes: &[u8]) -> bool {
+    let mut chunks = bytes.chunks_exact(64);
+    chunks.all(|chunk| chunk.iter().fold(0u8, |any, &b| any | b) == 0)
+        && chunks.remainder().iter().all(|&b| b == 0)
 }
 
 /// Why a memory image does not fit the cell it is restored into.
@@ -257,7 +270,7 @@ impl MemoryImage {
             usize::MAX,
             |piece| {
                 whole = Some(piece);
-                true
+                Some(Vec::new())
             },
         );
         whole.expect("the last piece is always given")
@@ -265,7 +278,9 @@ impl MemoryImage {
 
     /// [`Self::capture`], handed to `each` in pieces of about `piece_len` bytes of
     /// pages, in address order (the last, perhaps empty, always), so that the first can
-    /// be sent while the rest are copied. Stops early when `each` returns false.
+    /// be sent while the rest are copied. `each` answers with an empty buffer for the
+    /// next piece's pages (one a sent piece held, so that its pages need no faulting
+    /// in again), or `None` to stop early.
     pub fn capture_in_pieces(
         memory: &GuestMemory,
         mapped: u64,
@@ -273,7 +288,7 @@ impl MemoryImage {
         artifact: &[u8],
         base: Option<&MemoryImage>,
         piece_len: usize,
-        mut each: impl FnMut(Self) -> bool,
+        mut each: impl FnMut(Self) -> Option<Vec<u8>>,
     ) {
         let piece = |runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>| Self {
             size: memory.size(),
@@ -283,7 +298,6 @@ impl MemoryImage {
         };
         let mut runs: Vec<PageRun> = Vec::new();
         let mut bytes = Vec::new();
-        let mut page_bytes = vec![0u8; PAGE as usize];
         let end = mapped.min(memory.size());
         // A page never backed holds zeros (and one of the module that the guest changed
         // is always backed: it is a private copy).
@@ -298,28 +312,37 @@ impl MemoryImage {
         }
         for (index, _) in candidates.iter().enumerate().filter(|&(_, &c)| c) {
             let page = index as u64 * PAGE;
+            // Each page is read straight to the end of the piece, and dropped again
+            // when it holds nothing worth sending.
+            let at = bytes.len();
+            bytes.resize(at + PAGE as usize, 0);
+            let contents = &mut bytes[at..];
             if memory
                 .mem()
-                .read_slice(&mut page_bytes, GuestAddress(page))
+                .read_slice(contents, GuestAddress(page))
                 .is_err()
             {
+                bytes.truncate(at);
                 continue;
             }
-            if module.contains(&page) {
+            let worthless = if module.contains(&page) {
                 let offset = (page - module.start) as usize;
                 let original = artifact.get(offset..).unwrap_or_default();
                 let original = &original[..original.len().min(PAGE as usize)];
-                let unchanged = page_bytes[..original.len()] == *original
-                    && page_bytes[original.len()..].iter().all(|&b| b == 0);
-                if unchanged {
-                    continue;
-                }
-            } else if page_bytes.iter().all(|&b| b == 0) {
+                contents[..original.len()] == *original && is_zero(&contents[original.len()..])
+            } else {
+                is_zero(contents)
+            };
+            if worthless {
+                bytes.truncate(at);
                 continue;
             }
-            save_page(&mut runs, &mut bytes, page, &page_bytes);
-            if bytes.len() >= piece_len && !each(piece(&mut runs, &mut bytes)) {
-                return;
+            add_run(&mut runs, page);
+            if bytes.len() >= piece_len {
+                match each(piece(&mut runs, &mut bytes)) {
+                    Some(next) => bytes = next,
+                    None => return,
+                }
             }
         }
         each(piece(&mut runs, &mut bytes));
@@ -361,7 +384,7 @@ impl MemoryImage {
                 {
                     continue;
                 }
-                if page_bytes.iter().all(|&b| b == 0) && !base_holds(page) {
+                if is_zero(&page_bytes) && !base_holds(page) {
                     continue;
                 }
                 save_page(&mut runs, &mut bytes, page, &page_bytes);
