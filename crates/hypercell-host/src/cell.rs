@@ -34,7 +34,9 @@ use crate::fs::{FileTable, PreopenError};
 use crate::hypercall::{Completion, HypercallCounts, HypercallError, MemoryGrowth, Services};
 use crate::identity::{Identity, IdentityRegion, NextRequest};
 use crate::layout::{CellLayout, MAX_WASM_STACK, identity_capacity};
-use crate::persist::{CellSnapshot, MemoryImage, ModuleIdentity, SnapshotError, TemplatePoint};
+use crate::persist::{
+    CellSnapshot, MemoryImage, ModuleIdentity, SavedPages, SnapshotError, TemplatePoint,
+};
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
 use crate::vcpu_runner::VcpuRunner;
@@ -605,8 +607,8 @@ const DISCARD_GAP: u64 = 16 * 4096;
 /// What putting a partition back to its template did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ResetReport {
-    /// 4 KiB pages the last run had made its own (written by the guest or the host),
-    /// dropped so that they read as the template's again.
+    /// 4 KiB pages the partition held as its own (written by the guest or the host in
+    /// this run or kept from an earlier one), each put back to the template's.
     pub pages: u64,
     /// The ranges they lay in.
     pub ranges: usize,
@@ -615,74 +617,98 @@ pub struct ResetReport {
     /// Whether the run changed the page tables or system structures, so that KVM had to
     /// drop what it derived from them.
     pub system: bool,
-    /// Of the pages dropped, those given a fresh copy of the template's page again for
-    /// the next run to write (none when the run wrote more than 2048 of the template's
-    /// pages): they count as made its own at the next reset, run or not.
-    pub prepared: u64,
+    /// Of the pages, those kept as the partition's own with the template's contents
+    /// copied back over them (none when they were more than 2048): the next run
+    /// likely writes them again, and finds them mapped. They count as its own at the
+    /// next reset, run or not.
+    pub kept: u64,
 }
 
-/// Most pages a reset copies in again for the next run (8 MiB).
-const PREPARE_LIMIT: u64 = 2048;
+/// Most pages a reset keeps, copying the template's contents back over them (8 MiB):
+/// past that, a run that wrote much (a memory bomb) has them all dropped.
+const KEEP_LIMIT: u64 = 2048;
 
 impl Partition {
     /// Puts the partition back to `template`, which it was started from: every page
-    /// the last run wrote is dropped (reading as the template's file, or zeros, again),
-    /// memory slots the run added are removed, and the vCPU gets the template's state.
+    /// the partition holds as its own reads as the template's again, memory slots the
+    /// run added are removed, and the vCPU gets the template's state.
+    ///
+    /// A page the guest wrote is copied back in place from the template's file (or
+    /// zeroed past it) and stays the partition's own: the next run likely writes it
+    /// again, and dropping it instead would cost the host a fresh copy and KVM a new
+    /// mapping, each a fault (copy-on-write through KVM costs about 13 µs a page).
+    /// Pages of the system region and of the module go back to the file by being
+    /// dropped: KVM must forget what it derived from changed page tables anyway.
     pub(crate) fn reset_to(&mut self, template: &CellSnapshot) -> Result<ResetReport, CellError> {
+        let SavedPages::File { file, offset } = &template.memory.pages else {
+            return Err(CellError::Reset(
+                "its template's memory is not in a file".into(),
+            ));
+        };
         let written = self
             .memory
             .written_ranges(0..self.memory.size())
             .map_err(|e| CellError::Reset(format!("its written pages cannot be listed: {e}")))?;
+        let module = &template.memory.module;
+        let module = module.start / 4096 * 4096..module.end.next_multiple_of(4096);
         let mut report = ResetReport {
             ranges: written.len(),
             ..ResetReport::default()
         };
-        let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(written.len());
-        for range in written.iter().cloned() {
+        let (mut kept, mut dropped) = (Vec::new(), Vec::new());
+        for range in written {
             report.pages += (range.end - range.start) / 4096;
+            // Split around the system region and the module, which are dropped.
+            let cuts = [IMAGE_BASE, module.start, module.end];
+            let mut start = range.start;
+            for cut in cuts
+                .into_iter()
+                .filter(|&cut| cut > range.start && cut < range.end)
+                .chain([range.end])
+            {
+                let piece = start..cut;
+                if piece.end <= IMAGE_BASE || (piece.start < module.end && piece.end > module.start)
+                {
+                    dropped.push(piece);
+                } else {
+                    kept.push(piece);
+                }
+                start = cut;
+            }
+        }
+        let keep: u64 = kept
+            .iter()
+            .map(|range| (range.end - range.start) / 4096)
+            .sum();
+        if keep > KEEP_LIMIT {
+            dropped.append(&mut kept);
+            dropped.sort_by_key(|range| range.start);
+        }
+        let image_end = template.memory.image_len();
+        for range in &kept {
+            self.memory
+                .copy_back(
+                    range.clone(),
+                    std::os::fd::AsFd::as_fd(&**file),
+                    *offset,
+                    image_end,
+                )
+                .map_err(|e| {
+                    CellError::Reset(format!("its template's pages cannot be read: {e}"))
+                })?;
+            report.kept += (range.end - range.start) / 4096;
+        }
+        let mut merged: Vec<std::ops::Range<u64>> = Vec::with_capacity(dropped.len());
+        for range in dropped.iter().cloned() {
             match merged.last_mut() {
                 Some(last) if range.start - last.end <= DISCARD_GAP => last.end = range.end,
                 _ => merged.push(range),
             }
         }
-        let written_below_image: Vec<_> = written
-            .iter()
-            .take_while(|range| range.start < IMAGE_BASE)
-            .cloned()
-            .collect();
         // A page left would carry the last run's data into the next.
         self.memory
             .discard_all(&merged)
             .map_err(|e| CellError::Reset(format!("its written pages cannot be dropped: {e}")))?;
-        // The next run likely writes the same pages: each gets its copy of the
-        // template's page now, which costs the host about 3 µs, rather than on the
-        // guest's first write, where copy-on-write through KVM costs about 13 µs. A run
-        // that wrote more than the limit (a memory bomb) has nothing copied back in,
-        // and as the pages copied count as written at the next reset, a worker whose
-        // runs write less settles on what they write. Past the template's image lies
-        // anonymous memory, whose first write costs less, and where a page populated
-        // can be a whole huge page.
-        let image_end = template.memory.image_len();
-        let in_image: u64 = written
-            .iter()
-            .map(|range| range.end.min(image_end).saturating_sub(range.start) / 4096)
-            .sum();
-        let written = if in_image <= PREPARE_LIMIT {
-            written
-        } else {
-            Vec::new()
-        };
-        for range in written {
-            let room = PREPARE_LIMIT - report.prepared;
-            let end = range.end.min(image_end);
-            let pages = (end.saturating_sub(range.start) / 4096).min(room);
-            if pages == 0 {
-                continue;
-            }
-            self.memory
-                .populate(range.start..range.start + pages * 4096);
-            report.prepared += pages;
-        }
         let template_slots =
             FIRST_GROWTH_SLOT + u32::from(template.services.growth.mapped > self.boot_mapping);
         for slot in template_slots..self.next_slot {
@@ -691,7 +717,10 @@ impl Partition {
         }
         self.next_slot = template_slots;
         // KVM shadows the guest's page tables and does not see the host put them back.
-        report.system = self.vm.drop_shadows_of(&self.memory, written_below_image)?;
+        let system = dropped
+            .into_iter()
+            .take_while(|range| range.start < IMAGE_BASE);
+        report.system = self.vm.drop_shadows_of(&self.memory, system)?;
         // The time-stamp counter stays: it has run on from the template's restore with
         // real time, as a new cell's would be moved on.
         self.vcpu.reset_state(&template.vcpu)?;

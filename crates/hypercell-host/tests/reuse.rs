@@ -136,13 +136,10 @@ fn a_reused_partition_runs_every_cell_from_the_template_alone() {
             );
         }
         let again = cell.reset().unwrap();
-        assert!(
-            reset.prepared > 0 && reset.prepared <= reset.pages,
-            "{reset:?}"
-        );
+        assert!(reset.kept > 0 && reset.kept <= reset.pages, "{reset:?}");
         assert_eq!(
-            again.pages, reset.prepared,
-            "nothing but the pages prepared is left after run {run}: {reset:?} then {again:?}"
+            again.pages, reset.kept,
+            "nothing but the pages kept is left after run {run}: {reset:?} then {again:?}"
         );
     }
     assert_eq!(grew, 12);
