@@ -18,7 +18,7 @@ use hypercell_abi::{
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
     CHANNEL_SLOT, FIRST_GROWTH_SLOT, GuestException, GuestMemory, MemoryError, ReservationTables,
-    Vcpu, VcpuError, VcpuEvent, Vm, VmError, VmPool,
+    TablesState, Vcpu, VcpuError, VcpuEvent, Vm, VmError, VmPool,
 };
 use linux_loader::loader::{Elf, KernelLoader};
 use vm_memory::{Bytes, GuestAddress};
@@ -597,7 +597,14 @@ pub(crate) struct Partition {
     boot_mapping: u64,
     /// The first KVM memory slot not in use.
     next_slot: u32,
+    /// The first page of the table pool that no run used since KVM last dropped its
+    /// shadows of the pool: where the next run's copy of the tables goes.
+    tables_next: u64,
 }
+
+/// Pool pages a reset leaves for the next run's copy of the tables and its growth; with
+/// fewer, KVM's shadows of the pool are dropped and the pool is used again.
+const FRESH_TABLE_PAGES: u64 = 64;
 
 /// Written ranges this close together are dropped with one call, clean pages between
 /// them included: each call costs KVM a flush of its mappings, which costs more than
@@ -622,6 +629,9 @@ pub struct ResetReport {
     /// likely writes them again, and finds them mapped. They count as its own at the
     /// next reset, run or not.
     pub kept: u64,
+    /// Pages of the copy of the template's page tables that the next run runs on
+    /// (the host writes them, so they count as its own at the next reset too).
+    pub tables: u64,
 }
 
 /// Most pages a reset keeps, copying the template's contents back over them (8 MiB):
@@ -717,14 +727,54 @@ impl Partition {
         }
         self.next_slot = template_slots;
         // KVM shadows the guest's page tables and does not see the host put them back.
+        // Pool pages past the template's were tables of earlier runs' own copies (or
+        // the exception stack), which no run uses again before the pool's shadows go.
+        let floor = template.services.growth.tables.next;
         let system = dropped
             .into_iter()
-            .take_while(|range| range.start < IMAGE_BASE);
+            .take_while(|range| range.start < IMAGE_BASE)
+            .filter_map(|range| (range.start < floor).then(|| range.start..range.end.min(floor)));
         report.system = self.vm.drop_shadows_of(&self.memory, system)?;
+        let (root, copied, dropped) = self.fresh_tables(template, report.system)?;
+        report.tables = copied;
+        report.system |= dropped;
         // The time-stamp counter stays: it has run on from the template's restore with
         // real time, as a new cell's would be moved on.
-        self.vcpu.reset_state(&template.vcpu)?;
+        self.vcpu.reset_state(&template.vcpu, root)?;
         Ok(report)
+    }
+
+    /// Copies the template's page tables for the next run into pool pages no run used
+    /// since KVM last dropped its shadows of the pool (dropping them first where too
+    /// few are left, unless `dropped` says the reset just did); returns the copy's
+    /// root for the vCPU's CR3, the pages the copy took, and whether KVM's shadows
+    /// of the pool were dropped for it.
+    fn fresh_tables(
+        &mut self,
+        template: &CellSnapshot,
+        dropped: bool,
+    ) -> Result<(u64, u64, bool), CellError> {
+        let floor = template.services.growth.tables.next;
+        let from = |next| {
+            ReservationTables::from_state(&TablesState {
+                next,
+                free: Vec::new(),
+            })
+            .ok_or_else(|| CellError::Reset("its template's table pool is out of bounds".into()))
+        };
+        let mut tables = from(if dropped { floor } else { self.tables_next })?;
+        let wrap = !dropped && tables.never_used() < FRESH_TABLE_PAGES;
+        if wrap {
+            self.vm.drop_table_shadows(&self.memory)?;
+            tables = from(floor)?;
+        }
+        let before = tables.never_used();
+        let root = tables
+            .fresh_copy(&self.memory, template.vcpu.sregs.cr3)
+            .map_err(|e| CellError::Reset(format!("its page tables cannot be copied: {e}")))?;
+        self.memory.set_tables_root(root);
+        self.tables_next = tables.state().next;
+        Ok((root, before - tables.never_used(), wrap))
     }
 }
 
@@ -884,6 +934,7 @@ fn start_cell(
     })
     .ok_or_else(|| CellError::MemoryLimit(format_size(config.memory_limit)))?;
     let boot_mapping = layout.boot_mapping();
+    let kept_tables = kept.as_ref().map(|kept| kept.tables_next);
     let (vm, made_vcpu, memory) = match kept {
         Some(kept) => (kept.vm, Some(kept.vcpu), kept.memory),
         None => {
@@ -1114,6 +1165,15 @@ fn start_cell(
             &mut growth,
             in_place,
         )?;
+        // A partition put back runs on its own copy of the tables, whose growth goes
+        // into pool pages past it.
+        if let Some(next) = kept_tables {
+            growth.tables = ReservationTables::from_state(&TablesState {
+                next,
+                free: Vec::new(),
+            })
+            .ok_or_else(|| CellError::Reset("its table pool is out of bounds".into()))?;
+        }
         // The guest goes on with the channels its boot information names: a snapshot
         // taken with others, or none, cannot go on with these.
         let saved = [
@@ -1256,6 +1316,10 @@ fn start_cell(
         .growth
         .as_ref()
         .map_or(FIRST_GROWTH_SLOT, |g| g.next_slot);
+    let tables_next = services
+        .growth
+        .as_ref()
+        .map_or(0, |g| g.tables.state().next);
     match reuse {
         Some(reuse) => {
             *reuse.kept = Some(Partition {
@@ -1264,6 +1328,7 @@ fn start_cell(
                 memory,
                 boot_mapping,
                 next_slot,
+                tables_next,
             });
         }
         None => {
@@ -1718,6 +1783,12 @@ fn restore_state(
         .restore_into(memory)
         .map_err(|e| bad(&e.to_string()))?;
     vcpu.restore_state(&state_now(snapshot, vcpu.tsc_khz()?))?;
+    // A snapshot of a reused partition's cell runs on that run's copy of the tables.
+    let root = snapshot.vcpu.sregs.cr3;
+    if !hypercell_vmm::paging::is_tables_root(root) {
+        return Err(bad("its page tables lie outside the system region"));
+    }
+    memory.set_tables_root(root);
     Ok(())
 }
 

@@ -87,8 +87,10 @@ fn a_reused_partition_runs_every_cell_from_the_template_alone() {
     ));
     let mut cell = ReusableCell::new(template, Arc::clone(&module), cpu_features).unwrap();
 
-    let mut grew = 0;
-    for run in 1..=48u64 {
+    let (mut grew, mut dropped) = (0, 0);
+    // Enough runs that their copies of the page tables use the table pool up, and
+    // KVM's shadows of it are dropped for it to be used again.
+    for run in 1..=160u64 {
         let id = 0x7e00_0000_0000_0000u64 | run;
         let mut stdin = tempfile::tempfile().unwrap();
         stdin.write_all(&id.to_le_bytes()).unwrap();
@@ -128,19 +130,25 @@ fn a_reused_partition_runs_every_cell_from_the_template_alone() {
 
         let reset = cell.reset().unwrap();
         assert!(reset.pages >= 32, "run {run} wrote its 128 KiB: {reset:?}");
+        // Its growth went into its own copy of the page tables: the runs after it
+        // that reach past the template's memory trap (above), so none kept it.
         if id & 3 == 0 {
             grew += 1;
-            assert!(
-                reset.slots > 0 || reset.system,
-                "run {run} grew its memory: {reset:?}"
-            );
         }
+        dropped += u32::from(reset.system);
         let again = cell.reset().unwrap();
+        dropped += u32::from(again.system);
         assert!(reset.kept > 0 && reset.kept <= reset.pages, "{reset:?}");
+        assert!(reset.tables > 0, "{reset:?}");
         assert_eq!(
-            again.pages, reset.kept,
+            again.pages,
+            reset.kept + reset.tables,
             "nothing but the pages kept is left after run {run}: {reset:?} then {again:?}"
         );
     }
-    assert_eq!(grew, 12);
+    assert_eq!(grew, 40);
+    assert!(
+        dropped >= 2,
+        "the table pool was used up and used again: {dropped}"
+    );
 }

@@ -118,6 +118,9 @@ pub struct GuestMemory {
     mmap: GuestMemoryMap,
     host: NonNull<u8>,
     size: u64,
+    /// Guest-physical address of the page-map level-4 table the vCPU runs on (its
+    /// CR3), through which the host finds the reservation area's tables.
+    tables_root: AtomicU64,
 }
 
 // SAFETY: the raw pointer is only the base of a mapping this value owns; every access
@@ -162,7 +165,23 @@ impl GuestMemory {
             .ok_or_else(|| MemoryError::Region("the region wraps the address space".into()))?;
         let mmap = GuestMemoryMap::from_regions(vec![region])
             .map_err(|e| MemoryError::Region(e.to_string()))?;
-        Ok(Self { mmap, host, size })
+        Ok(Self {
+            mmap,
+            host,
+            size,
+            tables_root: AtomicU64::new(crate::system::TABLES_ROOT),
+        })
+    }
+
+    /// Guest-physical address of the page-map level-4 table the cell's vCPU runs on.
+    pub fn tables_root(&self) -> u64 {
+        self.tables_root.load(Ordering::Relaxed)
+    }
+
+    /// Takes note that the cell's vCPU runs on the page-map level-4 table at `root`
+    /// (see [`crate::paging::ReservationTables::fresh_copy`]).
+    pub fn set_tables_root(&self, root: u64) {
+        self.tables_root.store(root, Ordering::Relaxed);
     }
 
     /// The memory as vm-memory's bounds-checked view.

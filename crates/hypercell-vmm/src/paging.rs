@@ -22,8 +22,7 @@ use vm_memory::{Bytes, GuestAddress};
 use crate::GuestMemory;
 use crate::state::TablesState;
 use crate::system::{
-    PTE_ACCESSED, PTE_DIRTY, PTE_LARGE, PTE_PRESENT, PTE_USER, PTE_WRITABLE,
-    RESERVATION_PDPT_OFFSET, TABLE_POOL,
+    PTE_ACCESSED, PTE_DIRTY, PTE_LARGE, PTE_PRESENT, PTE_USER, PTE_WRITABLE, TABLE_POOL, pml4_index,
 };
 
 /// Bits of an entry that hold a 4 KiB-aligned physical address.
@@ -99,9 +98,34 @@ fn write_entry(memory: &GuestMemory, addr: u64, entry: u64) -> Result<(), Paging
         .map_err(|_| PagingError::Memory)
 }
 
+/// Guest-physical address of the reservation area's page-directory-pointer table,
+/// under the tables the vCPU runs on.
+fn reservation_pdpt(memory: &GuestMemory) -> Result<u64, PagingError> {
+    let pml4e = read_entry(
+        memory,
+        memory.tables_root() + pml4_index(RESERVATION_BASE) * 8,
+    )?;
+    if pml4e & PTE_PRESENT == 0 {
+        return Err(PagingError::Memory);
+    }
+    Ok(pml4e & ADDRESS_MASK)
+}
+
 /// Guest-physical address of the page-directory-pointer entry for `va`.
-fn pdpt_entry(va: u64) -> u64 {
-    SYSTEM_BASE + RESERVATION_PDPT_OFFSET + ((va >> 30) & (ENTRIES - 1)) * 8
+fn pdpt_entry(memory: &GuestMemory, va: u64) -> Result<u64, PagingError> {
+    Ok(reservation_pdpt(memory)? + ((va >> 30) & (ENTRIES - 1)) * 8)
+}
+
+/// The 512 entries of the table page at `addr`.
+fn read_table(memory: &GuestMemory, addr: u64) -> Result<[u64; 512], PagingError> {
+    let mut bytes = [0u8; PAGE_SIZE as usize];
+    memory
+        .mem()
+        .read_slice(&mut bytes, GuestAddress(addr))
+        .map_err(|_| PagingError::Memory)?;
+    Ok(std::array::from_fn(|i| {
+        u64::from_le_bytes(bytes[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+    }))
 }
 
 fn in_reservation_area(va: u64, len: u64) -> bool {
@@ -160,7 +184,7 @@ impl ReservationTables {
         while at < end {
             let chunk = at & !(LARGE_PAGE_SIZE - 1);
             let chunk_end = (chunk + LARGE_PAGE_SIZE).min(end);
-            let pd = self.table(memory, pdpt_entry(at))?;
+            let pd = self.table(memory, pdpt_entry(memory, at)?)?;
             let pde_addr = pd + ((at >> 21) & (ENTRIES - 1)) * 8;
             let physical = pa + (at - va);
             if at == chunk && chunk_end == chunk + LARGE_PAGE_SIZE {
@@ -186,14 +210,7 @@ impl ReservationTables {
         if entry & PTE_PRESENT != 0 {
             return Ok(entry & ADDRESS_MASK);
         }
-        let page = match self.free.pop() {
-            Some(page) => page,
-            None if self.next < SYSTEM_BASE + TABLE_POOL.end => {
-                self.next += PAGE_SIZE;
-                self.next - PAGE_SIZE
-            }
-            None => return Err(PagingError::PoolExhausted),
-        };
+        let page = self.allocate()?;
         memory
             .mem()
             .write_slice(&[0u8; PAGE_SIZE as usize], GuestAddress(page))
@@ -202,14 +219,82 @@ impl ReservationTables {
         Ok(page)
     }
 
+    /// A pool page for a table.
+    fn allocate(&mut self) -> Result<u64, PagingError> {
+        match self.free.pop() {
+            Some(page) => Ok(page),
+            None if self.next < SYSTEM_BASE + TABLE_POOL.end => {
+                self.next += PAGE_SIZE;
+                Ok(self.next - PAGE_SIZE)
+            }
+            None => Err(PagingError::PoolExhausted),
+        }
+    }
+
+    /// Pool pages never handed out yet.
+    pub fn never_used(&self) -> u64 {
+        (SYSTEM_BASE + TABLE_POOL.end).saturating_sub(self.next) / PAGE_SIZE
+    }
+
+    /// Copies the page-map level-4 table at `from` and the reservation area's tables
+    /// under it into pool pages, and returns the copy's address for the vCPU's CR3
+    /// (and [`GuestMemory::set_tables_root`]). A reused partition runs each cell on a
+    /// fresh copy, in pages no run used since KVM last dropped its shadows of the
+    /// pool: what a run's growth writes into its tables then never meets a shadow
+    /// KVM made of another run's, and the template's tables, never written, need no
+    /// shadows dropped to be had again. The one-to-one map's tables are shared, not
+    /// copied, and KVM's shadows of them stay.
+    pub fn fresh_copy(&mut self, memory: &GuestMemory, from: u64) -> Result<u64, PagingError> {
+        let root = self.copy_page(memory, from)?;
+        let slot = root + pml4_index(RESERVATION_BASE) * 8;
+        let pml4e = read_entry(memory, slot)?;
+        if pml4e & PTE_PRESENT == 0 {
+            return Ok(root);
+        }
+        let pdpt = self.copy_page(memory, pml4e & ADDRESS_MASK)?;
+        write_entry(memory, slot, pdpt | (pml4e & !ADDRESS_MASK))?;
+        for (pdpt_index, pdpte) in read_table(memory, pdpt)?.into_iter().enumerate() {
+            if pdpte & PTE_PRESENT == 0 {
+                continue;
+            }
+            let pd = self.copy_page(memory, pdpte & ADDRESS_MASK)?;
+            write_entry(
+                memory,
+                pdpt + pdpt_index as u64 * 8,
+                pd | (pdpte & !ADDRESS_MASK),
+            )?;
+            for (pd_index, pde) in read_table(memory, pd)?.into_iter().enumerate() {
+                if pde & PTE_PRESENT == 0 || pde & PTE_LARGE != 0 {
+                    continue;
+                }
+                let pt = self.copy_page(memory, pde & ADDRESS_MASK)?;
+                write_entry(memory, pd + pd_index as u64 * 8, pt | (pde & !ADDRESS_MASK))?;
+            }
+        }
+        Ok(root)
+    }
+
+    /// A pool page holding a copy of the page at `from`.
+    fn copy_page(&mut self, memory: &GuestMemory, from: u64) -> Result<u64, PagingError> {
+        let page = self.allocate()?;
+        let mut bytes = [0u8; PAGE_SIZE as usize];
+        memory
+            .mem()
+            .read_slice(&mut bytes, GuestAddress(from))
+            .and_then(|()| memory.mem().write_slice(&bytes, GuestAddress(page)))
+            .map_err(|_| PagingError::Memory)?;
+        Ok(page)
+    }
+
     /// Replaces every page table whose 512 entries map one aligned 2 MiB page with a
     /// 2 MiB entry, and frees every pool page no entry points to. Returns how many
     /// pages are free. The caller must make KVM drop its shadow tables before mapping
     /// again, since freed pages are reused.
     pub fn reclaim(&mut self, memory: &GuestMemory) -> Result<usize, PagingError> {
-        let mut used = Vec::new();
+        // The tables the vCPU runs on may themselves be pool pages.
+        let mut used = vec![memory.tables_root(), reservation_pdpt(memory)?];
         for pdpt_index in 0..ENTRIES {
-            let pdpte = read_entry(memory, pdpt_entry(pdpt_index << 30))?;
+            let pdpte = read_entry(memory, pdpt_entry(memory, pdpt_index << 30)?)?;
             if pdpte & PTE_PRESENT == 0 {
                 continue;
             }
@@ -234,6 +319,14 @@ impl ReservationTables {
         self.free = pool.filter(|page| !used.contains(page)).collect();
         Ok(self.free.len() + ((SYSTEM_BASE + TABLE_POOL.end - self.next) / PAGE_SIZE) as usize)
     }
+}
+
+/// Whether a vCPU may run on the page-map level-4 table at `root`: the one the host
+/// writes at boot, or a copy of it in the table pool.
+pub fn is_tables_root(root: u64) -> bool {
+    root == crate::system::TABLES_ROOT
+        || ((SYSTEM_BASE + TABLE_POOL.start..SYSTEM_BASE + TABLE_POOL.end).contains(&root)
+            && root.is_multiple_of(PAGE_SIZE))
 }
 
 /// The 2 MiB page a page table maps in full, if it does.
@@ -274,7 +367,7 @@ pub fn translate(
     let mut at = addr;
     let end = addr + len;
     while at < end {
-        let pdpte = read_entry(memory, pdpt_entry(at))?;
+        let pdpte = read_entry(memory, pdpt_entry(memory, at)?)?;
         if pdpte & PTE_PRESENT == 0 {
             return Err(unmapped);
         }

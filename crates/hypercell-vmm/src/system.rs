@@ -15,6 +15,8 @@ use vm_memory::{Bytes, GuestAddress, GuestMemoryError};
 use crate::GuestMemory;
 
 const PML4_OFFSET: u64 = 0;
+/// Guest-physical address of the page-map level-4 table the host writes at boot.
+pub const TABLES_ROOT: u64 = SYSTEM_BASE + PML4_OFFSET;
 const PDPT_OFFSET: u64 = PAGE_SIZE;
 const PD_OFFSET: u64 = 2 * PAGE_SIZE;
 /// Page directories: one per GiB of guest memory, up to the largest memory.

@@ -533,18 +533,22 @@ impl Vcpu {
     /// stamp counter has moved on with real time as it would have. Each ioctl costs
     /// about 5 µs on PVM: where KVM has the sync area, the general and special
     /// registers go there for the next `KVM_RUN` to take, and only XSAVE is an ioctl.
-    pub fn reset_state(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
-        self.put_registers(state)?;
+    /// CR3 becomes `tables_root`: the saved one, or a copy of its tables (see
+    /// [`crate::ReservationTables::fresh_copy`]).
+    pub fn reset_state(&mut self, state: &VcpuState, tables_root: u64) -> Result<(), VcpuError> {
+        self.put_registers(state, tables_root)?;
         self.set_xsave(state)
     }
 
-    /// The general and special registers of `state`, through the sync area where KVM
-    /// has it.
-    fn put_registers(&mut self, state: &VcpuState) -> Result<(), VcpuError> {
+    /// The general and special registers of `state`, with CR3 at `tables_root`,
+    /// through the sync area where KVM has it.
+    fn put_registers(&mut self, state: &VcpuState, tables_root: u64) -> Result<(), VcpuError> {
+        let mut sregs = state.sregs;
+        sregs.cr3 = tables_root;
         if self.sync_regs {
             let sync = self.fd.sync_regs_mut();
             sync.regs = state.regs;
-            sync.sregs = state.sregs;
+            sync.sregs = sregs;
             self.fd.set_sync_dirty_reg(SyncReg::Register);
             self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
             self.regs_in_sync_area = true;
@@ -555,7 +559,7 @@ impl Vcpu {
                     source: e.into(),
                 })
             };
-            configure("special registers", self.fd.set_sregs(&state.sregs))?;
+            configure("special registers", self.fd.set_sregs(&sregs))?;
             configure("registers", self.fd.set_regs(&state.regs))?;
         }
         Ok(())
@@ -568,7 +572,7 @@ impl Vcpu {
                 source: e.into(),
             })
         };
-        self.put_registers(state)?;
+        self.put_registers(state, state.sregs.cr3)?;
         configure("XCR0", self.fd.set_xcrs(&state.xcrs))?;
         self.set_xsave(state)?;
         let msrs = Msrs::from_entries(&state.msrs)
