@@ -600,6 +600,10 @@ pub(crate) struct Partition {
     /// The first page of the table pool that no run used since KVM last dropped its
     /// shadows of the pool: where the next run's copy of the tables goes.
     tables_next: u64,
+    /// The copy of the tables the partition runs on, made at a reset, and its pages'
+    /// contents then: a run that left it as it was (one that did not grow) hands it
+    /// on to the next, whose accesses then find KVM's shadows of it.
+    tables_copy: Option<(std::ops::Range<u64>, Vec<u8>)>,
 }
 
 /// Pool pages a reset leaves for the next run's copy of the tables and its growth; with
@@ -694,6 +698,33 @@ impl Partition {
             dropped.append(&mut kept);
             dropped.sort_by_key(|range| range.start);
         }
+        // A copy of the tables the run left as it was stays, for the next run, unless
+        // other tables changed and KVM's shadows of the pool go anyway.
+        let floor = template.services.growth.tables.next;
+        let shared_changed = dropped
+            .iter()
+            .any(|range| range.start < IMAGE_BASE.min(floor));
+        let unchanged = self.tables_copy.take().filter(|(range, made)| {
+            let mut now = vec![0u8; made.len()];
+            self.memory
+                .mem()
+                .read_slice(&mut now, GuestAddress(range.start))
+                .is_ok()
+                && now == *made
+                && !shared_changed
+        });
+        if let Some((copy, _)) = &unchanged {
+            dropped = dropped
+                .into_iter()
+                .flat_map(|range| {
+                    [
+                        range.start..range.end.min(copy.start),
+                        range.start.max(copy.end)..range.end,
+                    ]
+                })
+                .filter(|range| range.start < range.end)
+                .collect();
+        }
         let image_end = template.memory.image_len();
         for range in &kept {
             self.memory
@@ -729,15 +760,24 @@ impl Partition {
         // KVM shadows the guest's page tables and does not see the host put them back.
         // Pool pages past the template's were tables of earlier runs' own copies (or
         // the exception stack), which no run uses again before the pool's shadows go.
-        let floor = template.services.growth.tables.next;
         let system = dropped
             .into_iter()
             .take_while(|range| range.start < IMAGE_BASE)
             .filter_map(|range| (range.start < floor).then(|| range.start..range.end.min(floor)));
         report.system = self.vm.drop_shadows_of(&self.memory, system)?;
-        let (root, copied, dropped) = self.fresh_tables(template, report.system)?;
-        report.tables = copied;
-        report.system |= dropped;
+        let root = match unchanged {
+            Some((copy, made)) => {
+                report.tables = (copy.end - copy.start) / 4096;
+                self.tables_copy = Some((copy, made));
+                self.memory.tables_root()
+            }
+            _ => {
+                let (root, copied, dropped) = self.fresh_tables(template, report.system)?;
+                report.tables = copied;
+                report.system |= dropped;
+                root
+            }
+        };
         // The time-stamp counter stays: it has run on from the template's restore with
         // real time, as a new cell's would be moved on.
         self.vcpu.reset_state(&template.vcpu, root)?;
@@ -768,13 +808,21 @@ impl Partition {
             self.vm.drop_table_shadows(&self.memory)?;
             tables = from(floor)?;
         }
-        let before = tables.never_used();
+        let start = tables.state().next;
         let root = tables
             .fresh_copy(&self.memory, template.vcpu.sregs.cr3)
             .map_err(|e| CellError::Reset(format!("its page tables cannot be copied: {e}")))?;
         self.memory.set_tables_root(root);
-        self.tables_next = tables.state().next;
-        Ok((root, before - tables.never_used(), wrap))
+        let end = tables.state().next;
+        self.tables_next = end;
+        // The copy's pages are the pool's next ones, in order.
+        let mut made = vec![0u8; (end - start) as usize];
+        self.memory
+            .mem()
+            .read_slice(&mut made, GuestAddress(start))
+            .map_err(|e| CellError::Reset(format!("its page tables cannot be read: {e}")))?;
+        self.tables_copy = Some((start..end, made));
+        Ok((root, (end - start) / 4096, wrap))
     }
 }
 
@@ -935,6 +983,8 @@ fn start_cell(
     .ok_or_else(|| CellError::MemoryLimit(format_size(config.memory_limit)))?;
     let boot_mapping = layout.boot_mapping();
     let kept_tables = kept.as_ref().map(|kept| kept.tables_next);
+    let mut kept = kept;
+    let kept_copy = kept.as_mut().and_then(|kept| kept.tables_copy.take());
     let (vm, made_vcpu, memory) = match kept {
         Some(kept) => (kept.vm, Some(kept.vcpu), kept.memory),
         None => {
@@ -1329,6 +1379,7 @@ fn start_cell(
                 boot_mapping,
                 next_slot,
                 tables_next,
+                tables_copy: kept_copy,
             });
         }
         None => {

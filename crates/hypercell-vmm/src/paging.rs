@@ -116,6 +116,18 @@ fn pdpt_entry(memory: &GuestMemory, va: u64) -> Result<u64, PagingError> {
     Ok(reservation_pdpt(memory)? + ((va >> 30) & (ENTRIES - 1)) * 8)
 }
 
+/// Writes `entries` as the table page at `addr`.
+fn write_table(memory: &GuestMemory, addr: u64, entries: &[u64; 512]) -> Result<(), PagingError> {
+    let bytes: Vec<u8> = entries
+        .iter()
+        .flat_map(|entry| entry.to_le_bytes())
+        .collect();
+    memory
+        .mem()
+        .write_slice(&bytes, GuestAddress(addr))
+        .map_err(|_| PagingError::Memory)
+}
+
 /// The 512 entries of the table page at `addr`.
 fn read_table(memory: &GuestMemory, addr: u64) -> Result<[u64; 512], PagingError> {
     let mut bytes = [0u8; PAGE_SIZE as usize];
@@ -246,31 +258,33 @@ impl ReservationTables {
     /// copied, and KVM's shadows of them stay.
     pub fn fresh_copy(&mut self, memory: &GuestMemory, from: u64) -> Result<u64, PagingError> {
         let root = self.copy_page(memory, from)?;
-        let slot = root + pml4_index(RESERVATION_BASE) * 8;
-        let pml4e = read_entry(memory, slot)?;
-        if pml4e & PTE_PRESENT == 0 {
-            return Ok(root);
+        // Every entry of the copy is marked accessed, so that KVM never writes into it
+        // and an unchanged copy can be told by its contents.
+        let mut pml4 = read_table(memory, root)?;
+        for entry in pml4.iter_mut().filter(|entry| **entry & PTE_PRESENT != 0) {
+            *entry |= PTE_ACCESSED;
         }
-        let pdpt = self.copy_page(memory, pml4e & ADDRESS_MASK)?;
-        write_entry(memory, slot, pdpt | (pml4e & !ADDRESS_MASK))?;
-        for (pdpt_index, pdpte) in read_table(memory, pdpt)?.into_iter().enumerate() {
-            if pdpte & PTE_PRESENT == 0 {
-                continue;
-            }
-            let pd = self.copy_page(memory, pdpte & ADDRESS_MASK)?;
-            write_entry(
-                memory,
-                pdpt + pdpt_index as u64 * 8,
-                pd | (pdpte & !ADDRESS_MASK),
-            )?;
-            for (pd_index, pde) in read_table(memory, pd)?.into_iter().enumerate() {
-                if pde & PTE_PRESENT == 0 || pde & PTE_LARGE != 0 {
-                    continue;
+        let slot = pml4_index(RESERVATION_BASE) as usize;
+        if pml4[slot] & PTE_PRESENT != 0 {
+            let pdpt = self.copy_page(memory, pml4[slot] & ADDRESS_MASK)?;
+            pml4[slot] = pdpt | (pml4[slot] & !ADDRESS_MASK);
+            let mut pdpt_entries = read_table(memory, pdpt)?;
+            for pdpte in pdpt_entries.iter_mut().filter(|e| **e & PTE_PRESENT != 0) {
+                let pd = self.copy_page(memory, *pdpte & ADDRESS_MASK)?;
+                *pdpte = pd | (*pdpte & !ADDRESS_MASK) | PTE_ACCESSED;
+                let mut pd_entries = read_table(memory, pd)?;
+                for pde in pd_entries.iter_mut().filter(|e| **e & PTE_PRESENT != 0) {
+                    if *pde & PTE_LARGE == 0 {
+                        let pt = self.copy_page(memory, *pde & ADDRESS_MASK)?;
+                        *pde = pt | (*pde & !ADDRESS_MASK);
+                    }
+                    *pde |= PTE_ACCESSED;
                 }
-                let pt = self.copy_page(memory, pde & ADDRESS_MASK)?;
-                write_entry(memory, pd + pd_index as u64 * 8, pt | (pde & !ADDRESS_MASK))?;
+                write_table(memory, pd, &pd_entries)?;
             }
+            write_table(memory, pdpt, &pdpt_entries)?;
         }
+        write_table(memory, root, &pml4)?;
         Ok(root)
     }
 
