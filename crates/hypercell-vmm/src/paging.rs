@@ -257,47 +257,37 @@ impl ReservationTables {
     /// shadows dropped to be had again. The one-to-one map's tables are shared, not
     /// copied, and KVM's shadows of them stay.
     pub fn fresh_copy(&mut self, memory: &GuestMemory, from: u64) -> Result<u64, PagingError> {
-        let root = self.copy_page(memory, from)?;
         // Every entry of the copy is marked accessed, so that KVM never writes into it
         // and an unchanged copy can be told by its contents.
-        let mut pml4 = read_table(memory, root)?;
+        let mut pml4 = read_table(memory, from)?;
         for entry in pml4.iter_mut().filter(|entry| **entry & PTE_PRESENT != 0) {
             *entry |= PTE_ACCESSED;
         }
+        let root = self.allocate()?;
         let slot = pml4_index(RESERVATION_BASE) as usize;
         if pml4[slot] & PTE_PRESENT != 0 {
-            let pdpt = self.copy_page(memory, pml4[slot] & ADDRESS_MASK)?;
-            pml4[slot] = pdpt | (pml4[slot] & !ADDRESS_MASK);
-            let mut pdpt_entries = read_table(memory, pdpt)?;
-            for pdpte in pdpt_entries.iter_mut().filter(|e| **e & PTE_PRESENT != 0) {
-                let pd = self.copy_page(memory, *pdpte & ADDRESS_MASK)?;
-                *pdpte = pd | (*pdpte & !ADDRESS_MASK) | PTE_ACCESSED;
-                let mut pd_entries = read_table(memory, pd)?;
-                for pde in pd_entries.iter_mut().filter(|e| **e & PTE_PRESENT != 0) {
+            let mut pdpt = read_table(memory, pml4[slot] & ADDRESS_MASK)?;
+            let pdpt_page = self.allocate()?;
+            for pdpte in pdpt.iter_mut().filter(|e| **e & PTE_PRESENT != 0) {
+                let mut pd = read_table(memory, *pdpte & ADDRESS_MASK)?;
+                let pd_page = self.allocate()?;
+                for pde in pd.iter_mut().filter(|e| **e & PTE_PRESENT != 0) {
                     if *pde & PTE_LARGE == 0 {
-                        let pt = self.copy_page(memory, *pde & ADDRESS_MASK)?;
-                        *pde = pt | (*pde & !ADDRESS_MASK);
+                        let pt = read_table(memory, *pde & ADDRESS_MASK)?;
+                        let pt_page = self.allocate()?;
+                        write_table(memory, pt_page, &pt)?;
+                        *pde = pt_page | (*pde & !ADDRESS_MASK);
                     }
                     *pde |= PTE_ACCESSED;
                 }
-                write_table(memory, pd, &pd_entries)?;
+                write_table(memory, pd_page, &pd)?;
+                *pdpte = pd_page | (*pdpte & !ADDRESS_MASK) | PTE_ACCESSED;
             }
-            write_table(memory, pdpt, &pdpt_entries)?;
+            write_table(memory, pdpt_page, &pdpt)?;
+            pml4[slot] = pdpt_page | (pml4[slot] & !ADDRESS_MASK);
         }
         write_table(memory, root, &pml4)?;
         Ok(root)
-    }
-
-    /// A pool page holding a copy of the page at `from`.
-    fn copy_page(&mut self, memory: &GuestMemory, from: u64) -> Result<u64, PagingError> {
-        let page = self.allocate()?;
-        let mut bytes = [0u8; PAGE_SIZE as usize];
-        memory
-            .mem()
-            .read_slice(&mut bytes, GuestAddress(from))
-            .and_then(|()| memory.mem().write_slice(&bytes, GuestAddress(page)))
-            .map_err(|_| PagingError::Memory)?;
-        Ok(page)
     }
 
     /// Replaces every page table whose 512 entries map one aligned 2 MiB page with a
