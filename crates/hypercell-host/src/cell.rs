@@ -698,20 +698,26 @@ impl Partition {
             dropped.append(&mut kept);
             dropped.sort_by_key(|range| range.start);
         }
+        // KVM shadows the guest's page tables and does not see the host put them back.
+        // Pool pages past the template's were tables of earlier runs' own copies (or
+        // the exception stack), which no run uses again before the pool's shadows go.
+        let floor = template.services.growth.tables.next;
+        let system: Vec<_> = dropped
+            .iter()
+            .filter(|range| range.start < floor)
+            .map(|range| range.start..range.end.min(floor))
+            .collect();
         // A copy of the tables the run left as it was stays, for the next run, unless
         // other tables changed and KVM's shadows of the pool go anyway.
-        let floor = template.services.growth.tables.next;
-        let shared_changed = dropped
-            .iter()
-            .any(|range| range.start < IMAGE_BASE.min(floor));
         let unchanged = self.tables_copy.take().filter(|(range, made)| {
             let mut now = vec![0u8; made.len()];
-            self.memory
-                .mem()
-                .read_slice(&mut now, GuestAddress(range.start))
-                .is_ok()
+            system.is_empty()
+                && self
+                    .memory
+                    .mem()
+                    .read_slice(&mut now, GuestAddress(range.start))
+                    .is_ok()
                 && now == *made
-                && !shared_changed
         });
         if let Some((copy, _)) = &unchanged {
             dropped = dropped
@@ -757,13 +763,6 @@ impl Partition {
             report.slots += 1;
         }
         self.next_slot = template_slots;
-        // KVM shadows the guest's page tables and does not see the host put them back.
-        // Pool pages past the template's were tables of earlier runs' own copies (or
-        // the exception stack), which no run uses again before the pool's shadows go.
-        let system = dropped
-            .into_iter()
-            .take_while(|range| range.start < IMAGE_BASE)
-            .filter_map(|range| (range.start < floor).then(|| range.start..range.end.min(floor)));
         report.system = self.vm.drop_shadows_of(&self.memory, system)?;
         let root = match unchanged {
             Some((copy, made)) => {
@@ -795,18 +794,11 @@ impl Partition {
         dropped: bool,
     ) -> Result<(u64, u64, bool), CellError> {
         let floor = template.services.growth.tables.next;
-        let from = |next| {
-            ReservationTables::from_state(&TablesState {
-                next,
-                free: Vec::new(),
-            })
-            .ok_or_else(|| CellError::Reset("its template's table pool is out of bounds".into()))
-        };
-        let mut tables = from(if dropped { floor } else { self.tables_next })?;
+        let mut tables = tables_from(if dropped { floor } else { self.tables_next })?;
         let wrap = !dropped && tables.never_used() < FRESH_TABLE_PAGES;
         if wrap {
             self.vm.drop_table_shadows(&self.memory)?;
-            tables = from(floor)?;
+            tables = tables_from(floor)?;
         }
         let start = tables.state().next;
         let root = tables
@@ -824,6 +816,16 @@ impl Partition {
         self.tables_copy = Some((start..end, made));
         Ok((root, (end - start) / 4096, wrap))
     }
+}
+
+/// The bookkeeping of tables whose next pages come from the pool at `next`, with no
+/// freed pages to take first.
+fn tables_from(next: u64) -> Result<ReservationTables, CellError> {
+    ReservationTables::from_state(&TablesState {
+        next,
+        free: Vec::new(),
+    })
+    .ok_or_else(|| CellError::Reset("its table pool is out of bounds".into()))
 }
 
 fn start_cell(
@@ -853,7 +855,7 @@ fn start_cell(
             return Err(CellError::ChannelsFromSnapshot.into());
         }
     }
-    let kept = reuse.as_mut().and_then(|reuse| reuse.kept.take());
+    let mut kept = reuse.as_mut().and_then(|reuse| reuse.kept.take());
     let input = reuse.as_ref().and_then(|reuse| reuse.input);
     let next = reuse.as_mut().and_then(|reuse| reuse.next.take());
     let serving = next.is_some();
@@ -982,9 +984,10 @@ fn start_cell(
     })
     .ok_or_else(|| CellError::MemoryLimit(format_size(config.memory_limit)))?;
     let boot_mapping = layout.boot_mapping();
-    let kept_tables = kept.as_ref().map(|kept| kept.tables_next);
-    let mut kept = kept;
-    let kept_copy = kept.as_mut().and_then(|kept| kept.tables_copy.take());
+    let (kept_tables, kept_copy) = match &mut kept {
+        Some(kept) => (Some(kept.tables_next), kept.tables_copy.take()),
+        None => (None, None),
+    };
     let (vm, made_vcpu, memory) = match kept {
         Some(kept) => (kept.vm, Some(kept.vcpu), kept.memory),
         None => {
@@ -1218,11 +1221,7 @@ fn start_cell(
         // A partition put back runs on its own copy of the tables, whose growth goes
         // into pool pages past it.
         if let Some(next) = kept_tables {
-            growth.tables = ReservationTables::from_state(&TablesState {
-                next,
-                free: Vec::new(),
-            })
-            .ok_or_else(|| CellError::Reset("its table pool is out of bounds".into()))?;
+            growth.tables = tables_from(next)?;
         }
         // The guest goes on with the channels its boot information names: a snapshot
         // taken with others, or none, cannot go on with these.
