@@ -351,10 +351,10 @@ impl Wire {
     }
 
     /// One read from the stream, of at least a byte, into `target` (the read-ahead
-    /// buffer then holds just what came), before `deadline`. The stream's timeout is set only when the deadline is nearer than
-    /// it; a read that times out before the deadline is tried again.
-    fn read_stream(&mut self, target: Target<'_>, deadline: Instant) -> std::io::Result<usize> {
-        let mut target = target;
+    /// buffer then holds just what came), before `deadline`. The stream's timeout is
+    /// set only when the deadline is nearer than it; a read that times out before the
+    /// deadline is tried again.
+    fn read_stream(&mut self, mut target: Target<'_>, deadline: Instant) -> std::io::Result<usize> {
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
