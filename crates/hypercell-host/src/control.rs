@@ -56,8 +56,13 @@ struct Inner {
     spare_pieces: Mutex<Vec<Vec<u8>>>,
 }
 
-/// Most piece buffers a pre-copy keeps for reuse.
-const SPARE_PIECES: usize = 4;
+/// Most piece buffers a pre-copy keeps for reuse: enough for those queued, the one
+/// being sent and the one being filled, so that a steady pre-copy makes no new ones.
+const SPARE_PIECES: usize = QUEUED_PIECES + 2;
+
+/// Most copied pieces of a pre-copy that wait to be sent: copying waits beyond that,
+/// rather than fault in ever more buffers ahead of a slower link.
+const QUEUED_PIECES: usize = 2;
 
 /// Hypercall numbers counted apart.
 const HYPERCALL_NUMBERS: usize = 16;
@@ -107,7 +112,7 @@ pub(crate) enum PrecopyStep {
 
 /// Where a pre-copy step's pages go: one image, or, for [`PrecopyStep::Start`], the
 /// pieces of one in order, the sender dropped after the last.
-pub(crate) type PrecopyReply = mpsc::Sender<Result<MemoryImage, SnapshotError>>;
+pub(crate) type PrecopyReply = mpsc::SyncSender<Result<MemoryImage, SnapshotError>>;
 
 /// Bytes of pages in each piece of a pre-copy's first copy.
 pub const PRECOPY_PIECE: usize = 1 << 20;
@@ -294,17 +299,19 @@ impl CellControl {
         if let SavedPages::InMemory(mut buffer) = piece.pages {
             let mut spares = self.spares();
             if buffer.capacity() >= PRECOPY_PIECE && spares.len() < SPARE_PIECES {
-                buffer.clear();
+                // Its pages stay as they are, to be overwritten, not zeroed first.
+                buffer.resize(buffer.capacity(), 0);
                 spares.push(buffer);
             }
         }
     }
 
-    /// An empty buffer for a pre-copy's next piece: one handed back, or a new one.
+    /// A buffer for a pre-copy's next piece: one handed back, or a new one (whose
+    /// zeros cost nothing until its pages are faulted in).
     pub(crate) fn piece_buffer(&self) -> Vec<u8> {
         self.spares()
             .pop()
-            .unwrap_or_else(|| Vec::with_capacity(PRECOPY_PIECE + 4096))
+            .unwrap_or_else(|| vec![0; PRECOPY_PIECE + 4096])
     }
 
     fn spares(&self) -> MutexGuard<'_, Vec<Vec<u8>>> {
@@ -333,7 +340,7 @@ impl CellControl {
         &self,
         step: PrecopyStep,
     ) -> Result<mpsc::Receiver<Result<MemoryImage, SnapshotError>>, SnapshotError> {
-        let (reply, answer) = mpsc::channel();
+        let (reply, answer) = mpsc::sync_channel(QUEUED_PIECES);
         let mut state = self.state();
         if state.finished || !state.begun || state.stop.is_some() {
             return Err(SnapshotError::NotRunning);

@@ -216,6 +216,10 @@ fn save_page(runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>, page: u64, contents: 
 }
 
 /// Adds the page at `page` to `runs`, extending the last run when it ends there.
+/// Most pages a capture reads in one copy, before it squeezes out those with nothing
+/// worth saving: a bound on the room it takes beyond what it keeps.
+const MOST_PAGES_READ: usize = 1024;
+
 fn add_run(runs: &mut Vec<PageRun>, page: u64) {
     match runs.last_mut() {
         Some(run) if run.addr + run.len == page => run.len += PAGE,
@@ -278,9 +282,9 @@ impl MemoryImage {
 
     /// [`Self::capture`], handed to `each` in pieces of about `piece_len` bytes of
     /// pages, in address order (the last, perhaps empty, always), so that the first can
-    /// be sent while the rest are copied. `each` answers with an empty buffer for the
-    /// next piece's pages (one a sent piece held, so that its pages need no faulting
-    /// in again), or `None` to stop early.
+    /// be sent while the rest are copied. `each` answers with a buffer for the next
+    /// piece's pages (one a sent piece held, so that its pages need no faulting in
+    /// again; what it holds is overwritten), or `None` to stop early.
     pub fn capture_in_pieces(
         memory: &GuestMemory,
         mapped: u64,
@@ -290,14 +294,20 @@ impl MemoryImage {
         piece_len: usize,
         mut each: impl FnMut(Self) -> Option<Vec<u8>>,
     ) {
-        let piece = |runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>| Self {
-            size: memory.size(),
-            module: module.clone(),
-            runs: std::mem::take(runs),
-            pages: SavedPages::InMemory(std::mem::take(bytes)),
+        let page_len = PAGE as usize;
+        let piece = |runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>, filled: usize| {
+            bytes.truncate(filled);
+            Self {
+                size: memory.size(),
+                module: module.clone(),
+                runs: std::mem::take(runs),
+                pages: SavedPages::InMemory(std::mem::take(bytes)),
+            }
         };
         let mut runs: Vec<PageRun> = Vec::new();
         let mut bytes = Vec::new();
+        // Bytes of `bytes` that hold this piece's pages; the rest is room.
+        let mut filled = 0;
         let end = mapped.min(memory.size());
         // A page never backed holds zeros (and one of the module that the guest changed
         // is always backed: it is a private copy).
@@ -310,42 +320,73 @@ impl MemoryImage {
                 }
             }
         }
-        for (index, _) in candidates.iter().enumerate().filter(|&(_, &c)| c) {
-            let page = index as u64 * PAGE;
-            // Each page is read straight to the end of the piece, and dropped again
-            // when it holds nothing worth sending.
-            let at = bytes.len();
-            bytes.resize(at + PAGE as usize, 0);
-            let contents = &mut bytes[at..];
-            if memory
+        let mut index = 0;
+        while index < candidates.len() {
+            if !candidates[index] {
+                index += 1;
+                continue;
+            }
+            // A span of candidate pages is read in one copy to the end of the piece,
+            // no further than the piece's end; its pages that hold nothing worth
+            // sending are squeezed out again.
+            let first = index;
+            let room = piece_len
+                .saturating_sub(filled)
+                .div_ceil(page_len)
+                .clamp(1, MOST_PAGES_READ);
+            while index < candidates.len() && candidates[index] && index - first < room {
+                index += 1;
+            }
+            let span = (index - first) * page_len;
+            if bytes.len() < filled + span {
+                bytes.resize(filled + span, 0);
+            }
+            let start = first as u64 * PAGE;
+            let read = memory
                 .mem()
-                .read_slice(contents, GuestAddress(page))
-                .is_err()
+                .read_slice(&mut bytes[filled..filled + span], GuestAddress(start));
+            let mut kept = filled;
+            for (number, page) in (start..)
+                .step_by(page_len)
+                .take(span / page_len)
+                .enumerate()
             {
-                bytes.truncate(at);
-                continue;
+                let at = filled + number * page_len;
+                let readable = read.is_ok()
+                    || memory
+                        .mem()
+                        .read_slice(&mut bytes[at..at + page_len], GuestAddress(page))
+                        .is_ok();
+                let contents = &bytes[at..at + page_len];
+                let worthless = !readable
+                    || if module.contains(&page) {
+                        let offset = (page - module.start) as usize;
+                        let original = artifact.get(offset..).unwrap_or_default();
+                        let original = &original[..original.len().min(page_len)];
+                        contents[..original.len()] == *original
+                            && is_zero(&contents[original.len()..])
+                    } else {
+                        is_zero(contents)
+                    };
+                if worthless {
+                    continue;
+                }
+                if kept != at {
+                    bytes.copy_within(at..at + page_len, kept);
+                }
+                kept += page_len;
+                add_run(&mut runs, page);
             }
-            let worthless = if module.contains(&page) {
-                let offset = (page - module.start) as usize;
-                let original = artifact.get(offset..).unwrap_or_default();
-                let original = &original[..original.len().min(PAGE as usize)];
-                contents[..original.len()] == *original && is_zero(&contents[original.len()..])
-            } else {
-                is_zero(contents)
-            };
-            if worthless {
-                bytes.truncate(at);
-                continue;
-            }
-            add_run(&mut runs, page);
-            if bytes.len() >= piece_len {
-                match each(piece(&mut runs, &mut bytes)) {
+            filled = kept;
+            if filled >= piece_len {
+                match each(piece(&mut runs, &mut bytes, filled)) {
                     Some(next) => bytes = next,
                     None => return,
                 }
+                filled = 0;
             }
         }
-        each(piece(&mut runs, &mut bytes));
+        each(piece(&mut runs, &mut bytes, filled));
     }
 
     /// Saves the pages of `memory` below `mapped` that the cell made its own since it
@@ -529,5 +570,90 @@ impl MemoryImage {
                 Ok(())
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every page from `image`, by address.
+    fn pages_of(image: &MemoryImage) -> Vec<(u64, Vec<u8>)> {
+        let contents = image.run_contents().unwrap();
+        image
+            .runs
+            .iter()
+            .zip(contents)
+            .flat_map(|(run, bytes)| {
+                (0..run.len / PAGE).map(move |i| {
+                    let at = (i * PAGE) as usize;
+                    (run.addr + i * PAGE, bytes[at..at + PAGE as usize].to_vec())
+                })
+            })
+            .collect()
+    }
+
+    #[test]
+    fn pieces_hold_the_pages_worth_saving_and_only_them() {
+        let memory = GuestMemory::new(32 << 20).unwrap();
+        let module = (8 << 20)..(8 << 20) + 3 * PAGE;
+        let artifact = vec![7u8; 2 * PAGE as usize + 100];
+        let mut expected = Vec::new();
+        for index in 0..2048u64 {
+            let page = index * PAGE;
+            let byte = match index % 5 {
+                // Written back to zero: backed, but nothing worth sending.
+                0 => 0,
+                _ => (index % 251) as u8 + 1,
+            };
+            memory
+                .mem()
+                .write_obj(byte, GuestAddress(page + 17))
+                .unwrap();
+            if byte != 0 {
+                expected.push(page);
+            }
+        }
+        // The module: its first page as the artifact has it, its second changed.
+        memory
+            .mem()
+            .write_slice(&artifact, GuestAddress(module.start))
+            .unwrap();
+        memory
+            .mem()
+            .write_obj(1u8, GuestAddress(module.start + PAGE + 5))
+            .unwrap();
+        expected.push(module.start + PAGE);
+        let whole = MemoryImage::capture(&memory, 32 << 20, module.clone(), &artifact, None);
+        let mut pieces = Vec::new();
+        MemoryImage::capture_in_pieces(
+            &memory,
+            32 << 20,
+            module,
+            &artifact,
+            None,
+            5 * PAGE as usize,
+            |piece| {
+                pieces.push(piece);
+                // A used buffer, full of what it held, for the next piece.
+                Some(vec![0xAA; 6 * PAGE as usize])
+            },
+        );
+        let in_pieces: Vec<_> = pieces.iter().flat_map(pages_of).collect();
+        assert_eq!(in_pieces, pages_of(&whole));
+        assert_eq!(
+            in_pieces.iter().map(|(page, _)| *page).collect::<Vec<_>>(),
+            expected
+        );
+        for (page, contents) in &in_pieces {
+            let mut now = vec![0; PAGE as usize];
+            memory
+                .mem()
+                .read_slice(&mut now, GuestAddress(*page))
+                .unwrap();
+            assert_eq!(&now, contents, "page {page:#x}");
+        }
+        assert!(pieces.iter().all(|piece| piece.saved_len() <= 6 * PAGE));
+        assert!(pieces.len() > 300, "{} pieces", pieces.len());
     }
 }
