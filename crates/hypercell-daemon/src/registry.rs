@@ -34,6 +34,7 @@ mod channels;
 mod checkpoint;
 mod migrate;
 mod park;
+mod precopied;
 mod templates;
 
 pub use migrate::Migration;

@@ -190,7 +190,12 @@ fn a_running_cell_moves_and_finishes_there_with_nothing_lost_or_repeated() {
         .filter(|step| step.get("last_round_bytes").is_some())
         .collect();
     assert!(rounds.len() >= 2, "{steps:?}");
-    assert!(rounds[0]["last_round_bytes"].as_u64().unwrap() >= 16 << 20);
+    // At least the 100 steps of 64 KiB it wrote before it was asked to move (the rest
+    // of its buffer may still be zeros, which are not sent).
+    assert!(
+        rounds[0]["last_round_bytes"].as_u64().unwrap() >= 100 * (64 << 10),
+        "{steps:?}"
+    );
     assert!(
         rounds[1]["rounds"] == 1 && rounds[1]["dirty_rate"].is_u64(),
         "{steps:?}"

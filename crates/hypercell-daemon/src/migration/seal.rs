@@ -105,23 +105,31 @@ impl Seal {
 
     /// Opens `frame` (a frame's ciphertext and tag) in place, leaving its plaintext.
     pub fn open(&mut self, frame: &mut Vec<u8>) -> std::io::Result<()> {
-        let altered = || {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                "the connection's bytes were altered, reordered or replayed on the way",
-            )
-        };
         let Some(split) = frame.len().checked_sub(TAG) else {
             return Err(altered());
         };
-        let nonce = self.nonce()?;
         let tag: [u8; TAG] = frame[split..].try_into().map_err(|_| altered())?;
         frame.truncate(split);
+        self.open_apart(frame, tag)
+    }
+
+    /// Opens a frame whose ciphertext is `body` and whose tag is `tag`, leaving its
+    /// plaintext in `body`.
+    pub fn open_apart(&mut self, body: &mut [u8], tag: [u8; TAG]) -> std::io::Result<()> {
+        let nonce = self.nonce()?;
         self.cipher
-            .open_in_place_separate_tag(nonce, Aad::empty(), Tag::from(tag), frame, 0..)
+            .open_in_place_separate_tag(nonce, Aad::empty(), Tag::from(tag), body, 0..)
             .map(drop)
             .map_err(|_| altered())
     }
+}
+
+/// Why a frame did not open.
+fn altered() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::InvalidData,
+        "the connection's bytes were altered, reordered or replayed on the way",
+    )
 }
 
 #[cfg(test)]

@@ -10,12 +10,7 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::FileExt;
-
-use hypercell_host::abi::layout::{MAX_MEMORY_SIZE, PAGE_SIZE};
-use hypercell_host::persist::{MemoryImage, PageRun, SavedPages};
-
+use super::precopied::Precopied;
 use super::{
     DaemonError, LoadedSnapshot, Registry, Restore, check_components_of, check_spec, valid_name,
 };
@@ -32,191 +27,8 @@ pub(super) const ARRIVED: &str = "arrived.snap";
 /// directory while the cell runs (its memory maps it).
 pub(super) const ARRIVED_MEMORY: &str = "arrived.mem";
 
-/// Most bytes of pages a source may send ahead of a cell's state: its largest memory,
-/// sent over four times.
-const MAX_PRECOPY: u64 = 4 * MAX_MEMORY_SIZE;
-
-/// The least a pre-copy's file grows its disk blocks by.
-const ALLOCATION_STEP: u64 = 8 << 20;
-
-/// The pages of a cell that came ahead of its state: each written into a file where
-/// guest-physical address A lies at A, later ones over earlier ones.
-struct Precopied {
-    file: File,
-    path: PathBuf,
-    /// Which pages came, a bit each.
-    pages: Vec<u64>,
-    /// Bytes received so far.
-    received: u64,
-    /// Bytes of the file given disk blocks ahead of the pages written there.
-    allocated: u64,
-}
-
-impl Precopied {
-    fn new(path: &Path) -> Result<Self, Refusal> {
-        let file = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(path)
-            .map_err(|e| Refusal::Told(format!("cannot keep its memory: {e}")))?;
-        Ok(Self {
-            file,
-            path: path.to_path_buf(),
-            pages: Vec::new(),
-            received: 0,
-            allocated: 0,
-        })
-    }
-
-    fn is_empty(&self) -> bool {
-        self.received == 0
-    }
-
-    /// Takes the bytes of `runs` from `wire` into the file.
-    fn receive(&mut self, wire: &mut Wire, runs: &[PageRun]) -> Result<(), Refusal> {
-        for run in runs {
-            let end = run.addr.checked_add(run.len);
-            let sane = run.len > 0
-                && run.addr.is_multiple_of(PAGE_SIZE)
-                && run.len.is_multiple_of(PAGE_SIZE)
-                && end.is_some_and(|end| end <= MAX_MEMORY_SIZE);
-            if !sane {
-                return Err(Refusal::Told(format!(
-                    "it sent pages at {:#x} ({} bytes), outside any cell's memory",
-                    run.addr, run.len
-                )));
-            }
-            self.received += run.len;
-            if self.received > MAX_PRECOPY {
-                return Err(Refusal::Told(format!(
-                    "it sent more than {MAX_PRECOPY} bytes of memory ahead of its state"
-                )));
-            }
-            if let Some(end) = end {
-                self.allocate(end);
-            }
-            let mut at = WriteAt {
-                file: &self.file,
-                offset: run.addr,
-            };
-            wire.receive_bytes(&mut at, run.len)?;
-            self.mark(run.addr, run.len);
-        }
-        Ok(())
-    }
-
-    /// Gives the file disk blocks up to `end` and beyond, ahead of the writes: a write
-    /// into blocks the file has costs the filesystem much less than one that must
-    /// find them. Where that fails (a filesystem without it, a full disk), the writes
-    /// themselves say why.
-    fn allocate(&mut self, end: u64) {
-        if end <= self.allocated {
-            return;
-        }
-        let upto = end
-            .max(self.allocated.saturating_mul(2))
-            .next_multiple_of(ALLOCATION_STEP)
-            .min(MAX_MEMORY_SIZE);
-        // SAFETY: fallocate only changes the file's blocks; the descriptor is this
-        // value's own open file.
-        let rc = unsafe {
-            libc::fallocate(
-                self.file.as_raw_fd(),
-                libc::FALLOC_FL_KEEP_SIZE,
-                self.allocated as libc::off_t,
-                (upto - self.allocated) as libc::off_t,
-            )
-        };
-        if rc == 0 {
-            self.allocated = upto;
-        }
-    }
-
-    fn mark(&mut self, addr: u64, len: u64) {
-        for page in addr / PAGE_SIZE..(addr + len) / PAGE_SIZE {
-            let word = (page / 64) as usize;
-            if self.pages.len() <= word {
-                self.pages.resize(word + 1, 0);
-            }
-            self.pages[word] |= 1 << (page % 64);
-        }
-    }
-
-    /// The cell's memory: the pages that came ahead, with `last` (the paused cell's
-    /// last pages, which its snapshot holds) written over them, read from the file.
-    fn complete(mut self, last: &MemoryImage) -> Result<MemoryImage, String> {
-        last.check_runs().map_err(|e| e.to_string())?;
-        let SavedPages::File { file, offset } = &last.pages else {
-            return Err("its last pages are not in its snapshot file".into());
-        };
-        // Copied a piece at a time: a cell that outran the pre-copy leaves much.
-        let mut buffer = vec![0u8; 1 << 20];
-        for run in &last.runs {
-            let mut done = 0;
-            while done < run.len {
-                let piece = &mut buffer[..(run.len - done).min(1 << 20) as usize];
-                let from = offset + run.addr + done;
-                file.read_exact_at(piece, from)
-                    .and_then(|()| self.file.write_all_at(piece, run.addr + done))
-                    .map_err(|e| format!("cannot keep its memory: {e}"))?;
-                done += piece.len() as u64;
-            }
-            self.mark(run.addr, run.len);
-        }
-        let mut runs: Vec<PageRun> = Vec::new();
-        for (word_index, &word) in self.pages.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let bit = bits.trailing_zeros() as u64;
-                bits &= bits - 1;
-                let addr = (word_index as u64 * 64 + bit) * PAGE_SIZE;
-                match runs.last_mut() {
-                    Some(run) if run.addr + run.len == addr => run.len += PAGE_SIZE,
-                    _ => runs.push(PageRun {
-                        addr,
-                        len: PAGE_SIZE,
-                    }),
-                }
-            }
-        }
-        let image = MemoryImage {
-            size: last.size,
-            module: last.module.clone(),
-            runs,
-            pages: SavedPages::File {
-                file: Arc::new(
-                    File::open(&self.path).map_err(|e| format!("cannot map its memory: {e}"))?,
-                ),
-                offset: 0,
-            },
-        };
-        image.check_runs().map_err(|e| e.to_string())?;
-        Ok(image)
-    }
-}
-
-/// A writer into a file from `offset` on.
-struct WriteAt<'f> {
-    file: &'f File,
-    offset: u64,
-}
-
-impl std::io::Write for WriteAt<'_> {
-    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
-        self.file.write_all_at(bytes, self.offset)?;
-        self.offset += bytes.len() as u64;
-        Ok(bytes.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Why an arriving cell was refused or dropped, in one sentence for the source.
-enum Refusal {
+pub(super) enum Refusal {
     /// Said to the source.
     Told(String),
     /// The connection failed: nothing more can be said.
@@ -357,7 +169,10 @@ impl Registry {
         loop {
             match wire.receive_within(WORK_PATIENCE)? {
                 Message::Pages { runs } => precopied.receive(wire, &runs)?,
-                Message::PagesDone => wire.send(&Message::PagesWritten)?,
+                Message::PagesDone => {
+                    precopied.flush()?;
+                    wire.send(&Message::PagesWritten)?;
+                }
                 Message::State => break,
                 other => {
                     return Err(Refusal::Told(format!(
