@@ -893,6 +893,28 @@ impl Registry {
         action: &str,
         change: impl FnOnce(&mut CellRecord),
     ) -> Result<CellRecord, DaemonError> {
+        self.record_change(id, earlier, action, change, true)
+    }
+
+    /// [`Self::change`] for progress worth nothing after a crash (see
+    /// [`Store::save_progress`]): told at once, on disk with the next change.
+    fn note_progress(
+        &self,
+        id: &str,
+        action: &str,
+        change: impl FnOnce(&mut CellRecord),
+    ) -> Result<CellRecord, DaemonError> {
+        self.record_change(id, &[], action, change, false)
+    }
+
+    fn record_change(
+        &self,
+        id: &str,
+        earlier: &[(&str, CellState)],
+        action: &str,
+        change: impl FnOnce(&mut CellRecord),
+        durable: bool,
+    ) -> Result<CellRecord, DaemonError> {
         // Saves keep the order of the changes; the registry's lock is not held while
         // waiting for another save, so that waking or starting cells does not wait on
         // another's fsync.
@@ -930,7 +952,10 @@ impl Registry {
             .collect();
         inner.next_event += events.len() as u64;
         drop(inner);
-        self.store.save(&record, &events)?;
+        match durable {
+            true => self.store.save(&record, &events)?,
+            false => self.store.save_progress(&record, &events)?,
+        }
         for event in events {
             let _ = self.events.send(event);
         }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, Durability, ReadableDatabase, ReadableTable, TableDefinition};
 
 use crate::record::{CellRecord, Event, TemplateRecord};
 
@@ -101,7 +101,24 @@ impl Store {
 
     /// Saves `records` and `events` in one transaction.
     pub fn save_all(&self, records: &[CellRecord], events: &[Event]) -> Result<(), StoreError> {
-        let txn = self.db.begin_write().map_err(failed)?;
+        self.write(records, events, Durability::Immediate)
+    }
+
+    /// Saves `record` and `events` as [`Self::save`] does, but on disk only with the
+    /// next save that is not of this kind: for progress that is worth nothing after a
+    /// crash (a migration's rounds), told without waiting for the disk.
+    pub fn save_progress(&self, record: &CellRecord, events: &[Event]) -> Result<(), StoreError> {
+        self.write(std::slice::from_ref(record), events, Durability::None)
+    }
+
+    fn write(
+        &self,
+        records: &[CellRecord],
+        events: &[Event],
+        durability: Durability,
+    ) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(failed)?;
+        txn.set_durability(durability).map_err(failed)?;
         {
             let mut cells = txn.open_table(CELLS).map_err(failed)?;
             for record in records {
@@ -229,5 +246,33 @@ mod tests {
             .collect();
         assert_eq!(kept, [8, 9, 10]);
         assert_eq!(store.last_event().unwrap(), 10);
+    }
+
+    #[test]
+    fn progress_is_read_at_once_and_kept_with_the_next_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let mut cell = record("dddd", "moving");
+        {
+            let store = Store::open(&path, 100).unwrap();
+            store.save(&cell, &[event(1, &cell, "create")]).unwrap();
+            for seq in 2..=4 {
+                store
+                    .save_progress(&cell, &[event(seq, &cell, "migrate")])
+                    .unwrap();
+            }
+            assert_eq!(store.last_event().unwrap(), 4);
+            cell.name = "moved".into();
+            store.save(&cell, &[event(5, &cell, "stop")]).unwrap();
+        }
+        let store = Store::open(&path, 100).unwrap();
+        assert_eq!(store.cells().unwrap(), vec![cell]);
+        let actions: Vec<String> = store
+            .events_after(0)
+            .unwrap()
+            .into_iter()
+            .map(|e| e.action)
+            .collect();
+        assert_eq!(actions, ["create", "migrate", "migrate", "migrate", "stop"]);
     }
 }

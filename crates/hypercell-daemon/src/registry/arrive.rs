@@ -170,7 +170,7 @@ impl Registry {
             match wire.receive_within(WORK_PATIENCE)? {
                 Message::Pages { runs } => precopied.receive(wire, &runs)?,
                 Message::PagesDone => {
-                    precopied.flush()?;
+                    precopied.finish().map_err(Refusal::Told)?;
                     wire.send(&Message::PagesWritten)?;
                 }
                 Message::State => break,

@@ -96,7 +96,7 @@ impl Registry {
         // Told as it goes, in the record and the events; a record that cannot be
         // saved does not stop the migration.
         let progress = |phase, bytes_sent, round: Option<Round>| {
-            let told = self.change(&id, "migrate", |record| {
+            let told = self.note_progress(&id, "migrate", |record| {
                 let mut progress = record
                     .migration
                     .take()

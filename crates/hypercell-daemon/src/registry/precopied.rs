@@ -40,7 +40,17 @@ pub(super) struct Precopied {
     pages: Vec<u64>,
     /// Bytes received so far.
     received: u64,
-    writer: Writer,
+    memory: Memory,
+}
+
+/// Where the pages go.
+enum Memory {
+    /// While they arrive: to the writer.
+    Writing(Writer),
+    /// Once they all came: in the file.
+    Written(File),
+    /// Nowhere: a write failed.
+    Failed,
 }
 
 /// The thread that writes received pieces into the file, and the buffers it hands
@@ -48,19 +58,14 @@ pub(super) struct Precopied {
 struct Writer {
     pieces: SyncSender<Piece>,
     written: Receiver<Vec<u8>>,
-    /// Until it is joined.
-    thread: Option<JoinHandle<Result<File, String>>>,
+    thread: JoinHandle<Result<File, String>>,
 }
 
-enum Piece {
-    /// The first `len` bytes of `bytes` go at guest-physical `addr`.
-    Pages {
-        addr: u64,
-        bytes: Vec<u8>,
-        len: usize,
-    },
-    /// Answered once every piece before it is written.
-    Flush(mpsc::Sender<()>),
+/// The first `len` bytes of `bytes`, which go at guest-physical `addr`.
+struct Piece {
+    addr: u64,
+    bytes: Vec<u8>,
+    len: usize,
 }
 
 impl Precopied {
@@ -84,11 +89,11 @@ impl Precopied {
             path: path.to_path_buf(),
             pages: Vec::new(),
             received: 0,
-            writer: Writer {
+            memory: Memory::Writing(Writer {
                 pieces,
                 written,
-                thread: Some(thread),
-            },
+                thread,
+            }),
         })
     }
 
@@ -116,23 +121,26 @@ impl Precopied {
                     "it sent more than {MAX_PRECOPY} bytes of memory ahead of its state"
                 )));
             }
+            let Memory::Writing(writer) = &mut self.memory else {
+                return Err(Refusal::Told(
+                    "it sent pages after it said they were all sent".into(),
+                ));
+            };
             let mut addr = run.addr;
             while addr < run.addr + run.len {
                 let len = (run.addr + run.len - addr).min(PIECE as u64) as usize;
                 // A buffer written already keeps what it held: it is overwritten, not
                 // zeroed first.
-                let mut bytes = self.writer.written.try_recv().unwrap_or_default();
+                let mut bytes = writer.written.try_recv().unwrap_or_default();
                 if bytes.len() < len {
                     bytes.resize(PIECE, 0);
                 }
                 wire.receive_into(&mut bytes[..len])?;
-                if self
-                    .writer
-                    .pieces
-                    .send(Piece::Pages { addr, bytes, len })
-                    .is_err()
-                {
-                    return Err(self.writer_failed());
+                if writer.pieces.send(Piece { addr, bytes, len }).is_err() {
+                    // The writer ends early only when a write failed.
+                    return Err(Refusal::Told(self.finish().err().unwrap_or_else(|| {
+                        "cannot keep its memory: its writer stopped".into()
+                    })));
                 }
                 addr += len as u64;
             }
@@ -141,21 +149,15 @@ impl Precopied {
         Ok(())
     }
 
-    /// Waits until every page received is in the file.
-    pub fn flush(&mut self) -> Result<(), Refusal> {
-        let (done, wait) = mpsc::channel();
-        if self.writer.pieces.send(Piece::Flush(done)).is_err() || wait.recv().is_err() {
-            return Err(self.writer_failed());
-        }
+    /// Waits until every page received is in the file, and ends the writer: no more
+    /// pages come. Its buffers are freed now, rather than while the cell is paused.
+    pub fn finish(&mut self) -> Result<(), String> {
+        self.memory = match std::mem::replace(&mut self.memory, Memory::Failed) {
+            Memory::Writing(writer) => Memory::Written(writer.finish()?),
+            Memory::Written(file) => Memory::Written(file),
+            Memory::Failed => return Err("cannot keep its memory: a write failed".into()),
+        };
         Ok(())
-    }
-
-    /// Why the writer stopped early: it ends only when a write fails.
-    fn writer_failed(&mut self) -> Refusal {
-        match self.writer.join() {
-            Err(reason) => Refusal::Told(reason),
-            Ok(_) => Refusal::Told("cannot keep its memory: its writer stopped".into()),
-        }
     }
 
     fn mark(&mut self, addr: u64, len: u64) {
@@ -175,9 +177,14 @@ impl Precopied {
         let SavedPages::File { file, offset } = &last.pages else {
             return Err("its last pages are not in its snapshot file".into());
         };
-        let memory = self.writer.join()?;
-        // Copied a piece at a time: a cell that outran the pre-copy leaves much.
-        let mut buffer = vec![0u8; PIECE];
+        self.finish()?;
+        let Memory::Written(memory) = std::mem::replace(&mut self.memory, Memory::Failed) else {
+            unreachable!("finished");
+        };
+        // Copied a piece at a time (a cell that outran the pre-copy leaves much), in a
+        // buffer no larger than needed: this happens while the cell is paused.
+        let longest = last.runs.iter().map(|run| run.len).max().unwrap_or(0);
+        let mut buffer = vec![0u8; longest.min(PIECE as u64) as usize];
         for run in &last.runs {
             let mut done = 0;
             while done < run.len {
@@ -223,16 +230,20 @@ impl Precopied {
 }
 
 impl Writer {
-    /// Waits for the thread to write what it was given and end: the file, or why a
-    /// write failed.
-    fn join(&mut self) -> Result<File, String> {
-        // Closing the queue ends the thread once it is empty.
-        drop(std::mem::replace(&mut self.pieces, mpsc::sync_channel(0).0));
-        self.thread
-            .take()
-            .ok_or_else(|| "cannot keep its memory: its writer ended already".to_string())?
+    /// Closes the queue and waits for the thread to write what it holds and end: the
+    /// file, or why a write failed.
+    fn finish(self) -> Result<File, String> {
+        let Self {
+            pieces,
+            written,
+            thread,
+        } = self;
+        drop(pieces);
+        let file = thread
             .join()
-            .map_err(|_| "cannot keep its memory: its writer panicked".to_string())?
+            .map_err(|_| "cannot keep its memory: its writer panicked".to_string())?;
+        drop(written);
+        file
     }
 }
 
@@ -244,19 +255,11 @@ fn write_pieces(
     give_back: &mpsc::Sender<Vec<u8>>,
 ) -> Result<File, String> {
     let mut allocated = 0;
-    for piece in queue {
-        match piece {
-            Piece::Pages { addr, bytes, len } => {
-                let end = addr + len as u64;
-                allocated = allocate(&file, allocated, end);
-                file.write_all_at(&bytes[..len], addr)
-                    .map_err(|e| format!("cannot keep its memory: {e}"))?;
-                let _ = give_back.send(bytes);
-            }
-            Piece::Flush(done) => {
-                let _ = done.send(());
-            }
-        }
+    for Piece { addr, bytes, len } in queue {
+        allocated = allocate(&file, allocated, addr + len as u64);
+        file.write_all_at(&bytes[..len], addr)
+            .map_err(|e| format!("cannot keep its memory: {e}"))?;
+        let _ = give_back.send(bytes);
     }
     Ok(file)
 }
@@ -338,7 +341,7 @@ mod tests {
         };
         let came = announced(&mut wire);
         assert!(precopied.receive(&mut wire, &came).is_ok());
-        assert!(precopied.flush().is_ok());
+        assert!(precopied.finish().is_ok());
         // The paused cell's last pages: one over a page that came, one new.
         let snapshot = dir.path().join("last");
         let offset = 0x10000;
@@ -400,9 +403,10 @@ mod tests {
         };
         let came = announced(&mut wire);
         let received = precopied.receive(&mut wire, &came);
-        let refused = received.and_then(|()| precopied.flush());
-        let Err(Refusal::Told(reason)) = refused else {
-            panic!("the move was refused");
+        let reason = match received {
+            Err(Refusal::Told(reason)) => reason,
+            Err(Refusal::Broken(error)) => panic!("{error}"),
+            Ok(()) => precopied.finish().expect_err("the move was refused"),
         };
         assert!(reason.contains("cannot keep its memory"), "{reason}");
         assert!(reason.contains("No space left on device"), "{reason}");
