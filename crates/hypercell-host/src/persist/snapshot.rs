@@ -216,6 +216,46 @@ fn save_page(runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>, page: u64, contents: 
 }
 
 /// Adds the page at `page` to `runs`, extending the last run when it ends there.
+/// The pages of `memory` below `end` that may hold data worth saving, as sorted,
+/// disjoint ranges: the cell's own pages (written since they were mapped, one
+/// `PAGEMAP_SCAN` away, at a cost that grows with them rather than with the memory)
+/// and the pages of `base`, whose file pages may not be mapped. Elsewhere are zeros, or
+/// the module's pages as its artifact has them. Where the kernel cannot list the cell's
+/// own pages, every page the host backed is one.
+fn candidate_ranges(memory: &GuestMemory, end: u64, base: Option<&MemoryImage>) -> Vec<Range<u64>> {
+    let mut ranges = memory.written_ranges(0..end).unwrap_or_else(|_| {
+        let mut backed: Vec<Range<u64>> = Vec::new();
+        for (index, _) in memory
+            .resident_pages(0..end)
+            .iter()
+            .enumerate()
+            .filter(|&(_, &resident)| resident)
+        {
+            let page = index as u64 * PAGE;
+            match backed.last_mut() {
+                Some(last) if last.end == page => last.end += PAGE,
+                _ => backed.push(page..page + PAGE),
+            }
+        }
+        backed
+    });
+    ranges.extend(
+        base.map_or(&[][..], |base| &base.runs)
+            .iter()
+            .map(|run| run.addr..(run.addr + run.len).min(end))
+            .filter(|range| range.start < range.end),
+    );
+    ranges.sort_unstable_by_key(|range| range.start);
+    let mut merged: Vec<Range<u64>> = Vec::with_capacity(ranges.len());
+    for range in ranges {
+        match merged.last_mut() {
+            Some(last) if range.start <= last.end => last.end = last.end.max(range.end),
+            _ => merged.push(range),
+        }
+    }
+    merged
+}
+
 /// Most pages a capture reads in one copy, before it squeezes out those with nothing
 /// worth saving: a bound on the room it takes beyond what it keeps.
 const MOST_PAGES_READ: usize = 1024;
@@ -255,8 +295,8 @@ pub enum ImageError {
 impl MemoryImage {
     /// Saves the pages of `memory` below `mapped` that hold data, less those of the
     /// mapped module (at `module`) that still equal `artifact`. Candidates are the
-    /// pages the host backed, and those of `base`, the image the cell was restored
-    /// from (whose file pages may have left the page cache).
+    /// cell's own pages and those of `base`, the image the cell was restored from
+    /// (whose file pages need not be mapped).
     pub fn capture(
         memory: &GuestMemory,
         mapped: u64,
@@ -309,81 +349,64 @@ impl MemoryImage {
         // Bytes of `bytes` that hold this piece's pages; the rest is room.
         let mut filled = 0;
         let end = mapped.min(memory.size());
-        // A page never backed holds zeros (and one of the module that the guest changed
-        // is always backed: it is a private copy).
-        let mut candidates = memory.resident_pages(0..end);
-        for run in base.map_or(&[][..], |base| &base.runs) {
-            let pages = run.addr / PAGE..(run.addr + run.len).min(end) / PAGE;
-            for index in pages {
-                if let Some(candidate) = candidates.get_mut(index as usize) {
-                    *candidate = true;
+        for range in candidate_ranges(memory, end, base) {
+            let mut start = range.start;
+            while start < range.end {
+                // A span of candidate pages is read in one copy to the end of the
+                // piece, no further than the piece's end; its pages that hold nothing
+                // worth sending are squeezed out again.
+                let room = piece_len
+                    .saturating_sub(filled)
+                    .div_ceil(page_len)
+                    .clamp(1, MOST_PAGES_READ);
+                let span = (((range.end - start) / PAGE) as usize).min(room) * page_len;
+                if bytes.len() < filled + span {
+                    bytes.resize(filled + span, 0);
                 }
-            }
-        }
-        let mut index = 0;
-        while index < candidates.len() {
-            if !candidates[index] {
-                index += 1;
-                continue;
-            }
-            // A span of candidate pages is read in one copy to the end of the piece,
-            // no further than the piece's end; its pages that hold nothing worth
-            // sending are squeezed out again.
-            let first = index;
-            let room = piece_len
-                .saturating_sub(filled)
-                .div_ceil(page_len)
-                .clamp(1, MOST_PAGES_READ);
-            while index < candidates.len() && candidates[index] && index - first < room {
-                index += 1;
-            }
-            let span = (index - first) * page_len;
-            if bytes.len() < filled + span {
-                bytes.resize(filled + span, 0);
-            }
-            let start = first as u64 * PAGE;
-            let read = memory
-                .mem()
-                .read_slice(&mut bytes[filled..filled + span], GuestAddress(start));
-            let mut kept = filled;
-            for (number, page) in (start..)
-                .step_by(page_len)
-                .take(span / page_len)
-                .enumerate()
-            {
-                let at = filled + number * page_len;
-                let readable = read.is_ok()
-                    || memory
-                        .mem()
-                        .read_slice(&mut bytes[at..at + page_len], GuestAddress(page))
-                        .is_ok();
-                let contents = &bytes[at..at + page_len];
-                let worthless = !readable
-                    || if module.contains(&page) {
-                        let offset = (page - module.start) as usize;
-                        let original = artifact.get(offset..).unwrap_or_default();
-                        let original = &original[..original.len().min(page_len)];
-                        contents[..original.len()] == *original
-                            && is_zero(&contents[original.len()..])
-                    } else {
-                        is_zero(contents)
-                    };
-                if worthless {
-                    continue;
+                let read = memory
+                    .mem()
+                    .read_slice(&mut bytes[filled..filled + span], GuestAddress(start));
+                let mut kept = filled;
+                for (number, page) in (start..)
+                    .step_by(page_len)
+                    .take(span / page_len)
+                    .enumerate()
+                {
+                    let at = filled + number * page_len;
+                    let readable = read.is_ok()
+                        || memory
+                            .mem()
+                            .read_slice(&mut bytes[at..at + page_len], GuestAddress(page))
+                            .is_ok();
+                    let contents = &bytes[at..at + page_len];
+                    let worthless = !readable
+                        || if module.contains(&page) {
+                            let offset = (page - module.start) as usize;
+                            let original = artifact.get(offset..).unwrap_or_default();
+                            let original = &original[..original.len().min(page_len)];
+                            contents[..original.len()] == *original
+                                && is_zero(&contents[original.len()..])
+                        } else {
+                            is_zero(contents)
+                        };
+                    if worthless {
+                        continue;
+                    }
+                    if kept != at {
+                        bytes.copy_within(at..at + page_len, kept);
+                    }
+                    kept += page_len;
+                    add_run(&mut runs, page);
                 }
-                if kept != at {
-                    bytes.copy_within(at..at + page_len, kept);
+                filled = kept;
+                if filled >= piece_len {
+                    match each(piece(&mut runs, &mut bytes, filled)) {
+                        Some(next) => bytes = next,
+                        None => return,
+                    }
+                    filled = 0;
                 }
-                kept += page_len;
-                add_run(&mut runs, page);
-            }
-            filled = kept;
-            if filled >= piece_len {
-                match each(piece(&mut runs, &mut bytes, filled)) {
-                    Some(next) => bytes = next,
-                    None => return,
-                }
-                filled = 0;
+                start += span as u64;
             }
         }
         each(piece(&mut runs, &mut bytes, filled));
