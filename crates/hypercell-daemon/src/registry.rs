@@ -142,6 +142,10 @@ impl CellLogs {
 struct Restore<'p> {
     path: &'p Path,
     paused: bool,
+    /// Whether the record of its start may reach the disk only with the next sync: an
+    /// arriving cell's, made while its source holds it paused, so that no `fsync`
+    /// lengthens the pause. The arrival syncs once the cell is its own.
+    record_later: bool,
     /// What the checkpoint holds, when it is at hand already (a migrated cell's,
     /// whose memory came apart from its file).
     loaded: Option<Arc<LoadedSnapshot>>,
@@ -401,6 +405,7 @@ impl Registry {
                     let restore = Restore {
                         path: &checkpoint,
                         paused: false,
+                        record_later: false,
                         loaded: None,
                     };
                     self.launch(&record, Some(restore), &[], "restore")
@@ -602,6 +607,9 @@ impl Registry {
         action: &str,
     ) -> Result<CellRecord, String> {
         let held = checkpoint.as_ref().is_some_and(|restore| restore.paused);
+        let durable = !checkpoint
+            .as_ref()
+            .is_some_and(|restore| restore.record_later);
         let started = match held {
             true => CellState::Paused,
             false => CellState::Running,
@@ -730,14 +738,20 @@ impl Registry {
         // Recorded running before anything waits on its end, so that the end, however
         // soon, is recorded after.
         let running = self
-            .change_after(&record.id, earlier, action, |record| {
-                record.state = started;
-                record.started_ms = Some(now_ms());
-                record.finished_ms = None;
-                record.exit_code = None;
-                record.error = None;
-                record.usage = None;
-            })
+            .record_change(
+                &record.id,
+                earlier,
+                action,
+                |record| {
+                    record.state = started;
+                    record.started_ms = Some(now_ms());
+                    record.finished_ms = None;
+                    record.exit_code = None;
+                    record.error = None;
+                    record.usage = None;
+                },
+                durable,
+            )
             .map_err(|e| e.to_string());
         self.watch_end(&record.id, cell)?;
         running

@@ -105,10 +105,17 @@ impl Store {
     }
 
     /// Saves `record` and `events` as [`Self::save`] does, but on disk only with the
-    /// next save that is not of this kind: for progress that is worth nothing after a
-    /// crash (a migration's rounds), told without waiting for the disk.
+    /// next save that is not of this kind, or [`Self::sync`]: for what is worth little
+    /// after a crash (a migration's rounds), told without waiting for the disk.
     pub fn save_progress(&self, record: &CellRecord, events: &[Event]) -> Result<(), StoreError> {
         self.write(std::slice::from_ref(record), events, Durability::None)
+    }
+
+    /// Puts on disk every save before it, [`Self::save_progress`]'s too.
+    pub fn sync(&self) -> Result<(), StoreError> {
+        let mut txn = self.db.begin_write().map_err(failed)?;
+        txn.set_durability(Durability::Immediate).map_err(failed)?;
+        txn.commit().map_err(failed)
     }
 
     fn write(
@@ -274,5 +281,22 @@ mod tests {
             .map(|e| e.action)
             .collect();
         assert_eq!(actions, ["create", "migrate", "migrate", "migrate", "stop"]);
+    }
+
+    #[test]
+    fn a_sync_keeps_progress_saved_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let cell = record("eeee", "arrived");
+        {
+            let store = Store::open(&path, 100).unwrap();
+            store
+                .save_progress(&cell, &[event(1, &cell, "arrive")])
+                .unwrap();
+            store.sync().unwrap();
+        }
+        let store = Store::open(&path, 100).unwrap();
+        assert_eq!(store.cells().unwrap(), vec![cell]);
+        assert_eq!(store.last_event().unwrap(), 1);
     }
 }

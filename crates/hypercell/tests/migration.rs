@@ -340,7 +340,9 @@ enum Interrupted {
     /// page of its memory a thousand times a second, so a pre-copy cannot catch up
     /// and the last round holds it all.
     FinalRound,
-    /// Once its state arrived whole.
+    /// Once its state arrived whole, with the same program: the destination then lays
+    /// its last pages, nearly all its memory, over what came before, so that the
+    /// moment lasts long enough to be caught.
     Arrived,
 }
 
@@ -349,7 +351,7 @@ enum Interrupted {
 /// with the output of an uninterrupted run.
 fn interrupted_move(when: Interrupted, interrupt: impl FnOnce(&mut Hosts)) {
     let (program, args, step) = match when {
-        Interrupted::FinalRound => ("scribble", ["6000", "128"], "pass 100"),
+        Interrupted::FinalRound | Interrupted::Arrived => ("scribble", ["6000", "128"], "pass 100"),
         _ => ("dirtier", ["3600", "128"], "step 2100"),
     };
     let mut hosts = hosts(&[(SECRET, &[]), (SECRET, &[])]);

@@ -225,6 +225,7 @@ impl Registry {
         let restore = Restore {
             path: &snapshot,
             paused: true,
+            record_later: true,
             loaded,
         };
         self.launch(
@@ -265,12 +266,17 @@ impl Registry {
             control.resume();
         }
         let _ = wire.send(&Message::Committed);
-        if go_on
-            && let Err(error) = self.change(&id, "resume", |record| {
-                record.state = CellState::Running;
-            })
-        {
-            tracing::warn!("cell {id} moved here and runs, but its record says otherwise: {error}");
+        // Its record, kept from the disk during the pause, goes there now.
+        let recorded = match go_on {
+            true => self
+                .change(&id, "resume", |record| {
+                    record.state = CellState::Running;
+                })
+                .map(drop),
+            false => self.store.sync().map_err(DaemonError::from),
+        };
+        if let Err(error) = recorded {
+            tracing::warn!("cell {id} moved here, but its record may not say so: {error}");
         }
         Ok(())
     }

@@ -31,7 +31,7 @@ const ALLOCATION_STEP: u64 = 8 << 20;
 const PIECE: usize = 1 << 20;
 
 /// Pieces received and not yet written, at most: receiving waits beyond that.
-const QUEUED: usize = 4;
+const QUEUED: usize = 2;
 
 /// The pages of a cell that came ahead of its state.
 pub(super) struct Precopied {
