@@ -97,6 +97,7 @@ impl Precopied {
         })
     }
 
+    /// Whether no pages came ahead of the state (a paused cell moves without them).
     pub fn is_empty(&self) -> bool {
         self.received == 0
     }
