@@ -395,7 +395,9 @@ impl SnapshotFile {
                 .and_then(|()| out.write_all_at(&body, HEADER_LEN as u64))
                 .map_err(|e| io_error("write", e))?;
             let mut sum = Xxh3Default::new();
-            let mut buffer = vec![0; 1 << 20];
+            // No larger than its longest run: a migrated cell waits, paused, for this.
+            let longest = file.snapshot.memory.runs.iter().map(|run| run.len).max();
+            let mut buffer = vec![0; longest.unwrap_or(0).min(1 << 20) as usize];
             for run in &file.snapshot.memory.runs {
                 let mut at = memory_offset + run.addr;
                 let mut left = run.len;
