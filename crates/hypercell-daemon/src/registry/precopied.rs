@@ -204,14 +204,7 @@ impl Precopied {
             while bits != 0 {
                 let bit = bits.trailing_zeros() as u64;
                 bits &= bits - 1;
-                let addr = (word_index as u64 * 64 + bit) * PAGE_SIZE;
-                match runs.last_mut() {
-                    Some(run) if run.addr + run.len == addr => run.len += PAGE_SIZE,
-                    _ => runs.push(PageRun {
-                        addr,
-                        len: PAGE_SIZE,
-                    }),
-                }
+                PageRun::add_page(&mut runs, (word_index as u64 * 64 + bit) * PAGE_SIZE);
             }
         }
         let image = MemoryImage {

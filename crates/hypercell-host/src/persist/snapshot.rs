@@ -158,6 +158,20 @@ pub struct PageRun {
     pub len: u64,
 }
 
+impl PageRun {
+    /// Adds the page at `page` to `runs`, in address order, extending the last run
+    /// when it ends there.
+    pub fn add_page(runs: &mut Vec<PageRun>, page: u64) {
+        match runs.last_mut() {
+            Some(run) if run.addr + run.len == page => run.len += PAGE,
+            _ => runs.push(PageRun {
+                addr: page,
+                len: PAGE,
+            }),
+        }
+    }
+}
+
 /// Where the contents of a snapshot's saved pages are.
 #[derive(Clone, Debug)]
 pub enum SavedPages {
@@ -212,10 +226,9 @@ impl PartialEq for MemoryImage {
 /// extending the last run when it ends there.
 fn save_page(runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>, page: u64, contents: &[u8]) {
     bytes.extend_from_slice(contents);
-    add_run(runs, page);
+    PageRun::add_page(runs, page);
 }
 
-/// Adds the page at `page` to `runs`, extending the last run when it ends there.
 /// The pages of `memory` below `end` that may hold data worth saving, as sorted,
 /// disjoint ranges: the cell's own pages (written since they were mapped, one
 /// `PAGEMAP_SCAN` away, at a cost that grows with them rather than with the memory)
@@ -224,20 +237,19 @@ fn save_page(runs: &mut Vec<PageRun>, bytes: &mut Vec<u8>, page: u64, contents: 
 /// own pages, every page the host backed is one.
 fn candidate_ranges(memory: &GuestMemory, end: u64, base: Option<&MemoryImage>) -> Vec<Range<u64>> {
     let mut ranges = memory.written_ranges(0..end).unwrap_or_else(|_| {
-        let mut backed: Vec<Range<u64>> = Vec::new();
+        let mut backed = Vec::new();
         for (index, _) in memory
             .resident_pages(0..end)
             .iter()
             .enumerate()
             .filter(|&(_, &resident)| resident)
         {
-            let page = index as u64 * PAGE;
-            match backed.last_mut() {
-                Some(last) if last.end == page => last.end += PAGE,
-                _ => backed.push(page..page + PAGE),
-            }
+            PageRun::add_page(&mut backed, index as u64 * PAGE);
         }
         backed
+            .iter()
+            .map(|run| run.addr..run.addr + run.len)
+            .collect()
     });
     ranges.extend(
         base.map_or(&[][..], |base| &base.runs)
@@ -259,16 +271,6 @@ fn candidate_ranges(memory: &GuestMemory, end: u64, base: Option<&MemoryImage>) 
 /// Most pages a capture reads in one copy, before it squeezes out those with nothing
 /// worth saving: a bound on the room it takes beyond what it keeps.
 const MOST_PAGES_READ: usize = 1024;
-
-fn add_run(runs: &mut Vec<PageRun>, page: u64) {
-    match runs.last_mut() {
-        Some(run) if run.addr + run.len == page => run.len += PAGE,
-        _ => runs.push(PageRun {
-            addr: page,
-            len: PAGE,
-        }),
-    }
-}
 
 /// Whether `bytes` are all zero: 64 bytes at a time with no early exit inside, which
 /// the compiler turns into vector instructions.
@@ -396,7 +398,7 @@ impl MemoryImage {
                         bytes.copy_within(at..at + page_len, kept);
                     }
                     kept += page_len;
-                    add_run(&mut runs, page);
+                    PageRun::add_page(&mut runs, page);
                 }
                 filled = kept;
                 if filled >= piece_len {
