@@ -131,11 +131,23 @@ fn assert_moved_whole(from: &Daemon, to: &Daemon, name: &str, expected: &str) {
     assert_eq!(to.inspect(name)["exit_code"], 0);
 }
 
-/// Everything `logs -f` prints of `cell` on `daemon`, once the cell ends there.
+/// Everything `logs -f` prints of `cell` on `daemon`, once the cell ends there and its
+/// record says so (its logs close as its program's output does, a moment before).
 fn all_logs(daemon: &Daemon, cell: &str) -> String {
     let (mut follower, lines) = daemon.follow(&["logs", "-f", cell]);
     let text: String = lines.iter().map(|line| line + "\n").collect();
     let _ = follower.wait();
+    let (mut events, lines) = daemon.follow(&["events", "--since", "0"]);
+    wait_for(&lines, |line| {
+        let event: serde_json::Value = serde_json::from_str(line).unwrap_or_default();
+        event["name"] == cell
+            && matches!(
+                event["state"].as_str(),
+                Some("exited" | "failed" | "killed")
+            )
+    });
+    let _ = events.kill();
+    let _ = events.wait();
     text
 }
 
