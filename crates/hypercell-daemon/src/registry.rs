@@ -911,7 +911,7 @@ impl Registry {
     }
 
     /// [`Self::change`] for progress worth nothing after a crash (see
-    /// [`Store::save_progress`]): told at once, on disk with the next change.
+    /// [`Store::save_unsynced`]): told at once, on disk with the next change.
     fn note_progress(
         &self,
         id: &str,
@@ -968,7 +968,7 @@ impl Registry {
         drop(inner);
         match durable {
             true => self.store.save(&record, &events)?,
-            false => self.store.save_progress(&record, &events)?,
+            false => self.store.save_unsynced(&record, &events)?,
         }
         for event in events {
             let _ = self.events.send(event);

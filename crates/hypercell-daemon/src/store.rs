@@ -106,12 +106,13 @@ impl Store {
 
     /// Saves `record` and `events` as [`Self::save`] does, but on disk only with the
     /// next save that is not of this kind, or [`Self::sync`]: for what is worth little
-    /// after a crash (a migration's rounds), told without waiting for the disk.
-    pub fn save_progress(&self, record: &CellRecord, events: &[Event]) -> Result<(), StoreError> {
+    /// after a crash (a migration's rounds, an arriving cell's record before the cell
+    /// is its own), told without waiting for the disk.
+    pub fn save_unsynced(&self, record: &CellRecord, events: &[Event]) -> Result<(), StoreError> {
         self.write(std::slice::from_ref(record), events, Durability::None)
     }
 
-    /// Puts on disk every save before it, [`Self::save_progress`]'s too.
+    /// Puts on disk every save before it, [`Self::save_unsynced`]'s too.
     pub fn sync(&self) -> Result<(), StoreError> {
         let mut txn = self.db.begin_write().map_err(failed)?;
         txn.set_durability(Durability::Immediate).map_err(failed)?;
@@ -256,7 +257,7 @@ mod tests {
     }
 
     #[test]
-    fn progress_is_read_at_once_and_kept_with_the_next_save() {
+    fn unsynced_saves_are_read_at_once_and_kept_with_the_next_save() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
         let mut cell = record("dddd", "moving");
@@ -265,7 +266,7 @@ mod tests {
             store.save(&cell, &[event(1, &cell, "create")]).unwrap();
             for seq in 2..=4 {
                 store
-                    .save_progress(&cell, &[event(seq, &cell, "migrate")])
+                    .save_unsynced(&cell, &[event(seq, &cell, "migrate")])
                     .unwrap();
             }
             assert_eq!(store.last_event().unwrap(), 4);
@@ -291,7 +292,7 @@ mod tests {
         {
             let store = Store::open(&path, 100).unwrap();
             store
-                .save_progress(&cell, &[event(1, &cell, "arrive")])
+                .save_unsynced(&cell, &[event(1, &cell, "arrive")])
                 .unwrap();
             store.sync().unwrap();
         }
