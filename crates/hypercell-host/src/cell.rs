@@ -39,6 +39,7 @@ use crate::persist::{
 };
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
+use crate::table_variants::TableVariants;
 use crate::vcpu_runner::VcpuRunner;
 
 /// The guest runtime, built by this crate's build script.
@@ -600,10 +601,13 @@ pub(crate) struct Partition {
     /// The first page of the table pool that no run used since KVM last dropped its
     /// shadows of the pool: where the next run's copy of the tables goes.
     tables_next: u64,
-    /// The copy of the tables the partition runs on, made at a reset, and its pages'
-    /// contents then: a run that left it as it was (one that did not grow) hands it
-    /// on to the next, whose accesses then find KVM's shadows of it.
+    /// The copy of the template's tables each run starts on, made at a reset, and its
+    /// pages' contents then: while it stays as it was (runs grow into copies of it,
+    /// see [`TableVariants`]), every run starts on it and finds KVM's shadows of it.
     tables_copy: Option<(std::ops::Range<u64>, Vec<u8>)>,
+    /// The copies runs grew into from it; `None` before the first copy is made and
+    /// after a run found no room for another.
+    variants: Option<TableVariants>,
 }
 
 /// Pool pages a reset leaves for the next run's copy of the tables and its growth; with
@@ -633,8 +637,7 @@ pub struct ResetReport {
     /// likely writes them again, and finds them mapped. They count as its own at the
     /// next reset, run or not.
     pub kept: u64,
-    /// Pages of the copy of the template's page tables that the next run runs on
-    /// (the host writes them, so they count as its own at the next reset too).
+    /// Pages of the copy of the template's page tables that the next run starts on.
     pub tables: u64,
 }
 
@@ -665,6 +668,21 @@ impl Partition {
             .map_err(|e| CellError::Reset(format!("its written pages cannot be listed: {e}")))?;
         let module = &template.memory.module;
         let module = module.start / 4096 * 4096..module.end.next_multiple_of(4096);
+        // Pool pages past the template's hold earlier runs' copies of the tables: out
+        // of the guest's reach, and written whole before any run uses them again (see
+        // `fresh_tables`). Dropping them would cost every VM of the process a flush.
+        let floor = template.services.growth.tables.next;
+        let spent = floor..hypercell_vmm::paging::table_pool().end;
+        let written: Vec<_> = written
+            .into_iter()
+            .flat_map(|range| {
+                [
+                    range.start..range.end.min(spent.start),
+                    range.start.max(spent.end)..range.end,
+                ]
+            })
+            .filter(|range| range.start < range.end)
+            .collect();
         let mut report = ResetReport {
             ranges: written.len(),
             ..ResetReport::default()
@@ -699,19 +717,19 @@ impl Partition {
             dropped.sort_by_key(|range| range.start);
         }
         // KVM shadows the guest's page tables and does not see the host put them back.
-        // Pool pages past the template's were tables of earlier runs' own copies (or
-        // the exception stack), which no run uses again before the pool's shadows go.
-        let floor = template.services.growth.tables.next;
         let system: Vec<_> = dropped
             .iter()
             .filter(|range| range.start < floor)
             .map(|range| range.start..range.end.min(floor))
             .collect();
-        // A copy of the tables the run left as it was stays, for the next run, unless
-        // other tables changed and KVM's shadows of the pool go anyway.
+        // The copy of the template's tables stays, for the next run, unless other
+        // tables changed and KVM's shadows of the pool go anyway, or a run had to
+        // grow in place.
+        let variants = self.variants.take();
         let unchanged = self.tables_copy.take().filter(|(range, made)| {
             let mut now = vec![0u8; made.len()];
             system.is_empty()
+                && variants.is_some()
                 && self
                     .memory
                     .mem()
@@ -719,18 +737,6 @@ impl Partition {
                     .is_ok()
                 && now == *made
         });
-        if let Some((copy, _)) = &unchanged {
-            dropped = dropped
-                .into_iter()
-                .flat_map(|range| {
-                    [
-                        range.start..range.end.min(copy.start),
-                        range.start.max(copy.end)..range.end,
-                    ]
-                })
-                .filter(|range| range.start < range.end)
-                .collect();
-        }
         let image_end = template.memory.image_len();
         for range in &kept {
             self.memory
@@ -767,8 +773,12 @@ impl Partition {
         let root = match unchanged {
             Some((copy, made)) => {
                 report.tables = (copy.end - copy.start) / 4096;
+                // The root is the copy's first page.
+                let root = copy.start;
+                self.memory.set_tables_root(root);
                 self.tables_copy = Some((copy, made));
-                self.memory.tables_root()
+                self.variants = variants;
+                root
             }
             _ => {
                 let (root, copied, dropped) = self.fresh_tables(template, report.system)?;
@@ -814,6 +824,7 @@ impl Partition {
             .read_slice(&mut made, GuestAddress(start))
             .map_err(|e| CellError::Reset(format!("its page tables cannot be read: {e}")))?;
         self.tables_copy = Some((start..end, made));
+        self.variants = Some(TableVariants::default());
         Ok((root, (end - start) / 4096, wrap))
     }
 }
@@ -984,9 +995,13 @@ fn start_cell(
     })
     .ok_or_else(|| CellError::MemoryLimit(format_size(config.memory_limit)))?;
     let boot_mapping = layout.boot_mapping();
-    let (kept_tables, kept_copy) = match &mut kept {
-        Some(kept) => (Some(kept.tables_next), kept.tables_copy.take()),
-        None => (None, None),
+    let (kept_tables, kept_copy, kept_variants) = match &mut kept {
+        Some(kept) => (
+            Some(kept.tables_next),
+            kept.tables_copy.take(),
+            kept.variants.take(),
+        ),
+        None => (None, None, None),
     };
     let (vm, made_vcpu, memory) = match kept {
         Some(kept) => (kept.vm, Some(kept.vcpu), kept.memory),
@@ -1061,6 +1076,10 @@ fn start_cell(
 
     let mem = memory.mem();
     match payload {
+        // A partition put back to its template already holds the module as the
+        // template left it; mapping the file again would make KVM forget its mappings
+        // of the code, and the guest fault each page back in.
+        CellPayload::Wasm { .. } if in_place => {}
         CellPayload::Wasm {
             module: compiled, ..
         } => match compiled.artifact.file_backing() {
@@ -1207,6 +1226,8 @@ fn start_cell(
             })
             .max()
             .unwrap_or(0),
+        variants: kept_variants,
+        switch_to: None,
     };
     if let Some(snapshot) = snapshot {
         restore_state(
@@ -1365,10 +1386,10 @@ fn start_cell(
         .growth
         .as_ref()
         .map_or(FIRST_GROWTH_SLOT, |g| g.next_slot);
-    let tables_next = services
+    let (tables_next, variants) = services
         .growth
-        .as_ref()
-        .map_or(0, |g| g.tables.state().next);
+        .as_mut()
+        .map_or((0, None), |g| (g.tables.state().next, g.variants.take()));
     match reuse {
         Some(reuse) => {
             *reuse.kept = Some(Partition {
@@ -1379,6 +1400,7 @@ fn start_cell(
                 next_slot,
                 tables_next,
                 tables_copy: kept_copy,
+                variants,
             });
         }
         None => {
@@ -1726,7 +1748,12 @@ fn run_loop(
         control.count_exit();
         match event {
             VcpuEvent::Hypercall(addr) => match services.handle(memory, addr)? {
-                Completion::Resume => handed_over = None,
+                Completion::Resume => {
+                    handed_over = None;
+                    if let Some(root) = services.growth.as_mut().and_then(|g| g.switch_to.take()) {
+                        vcpu.switch_tables(root)?;
+                    }
+                }
                 Completion::TemplateReady => {
                     let template = snapshot(vcpu, memory, services, module, SnapshotScope::Whole)
                         .map_err(|e| CellError::Runtime(e.to_string()))?;

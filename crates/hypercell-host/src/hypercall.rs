@@ -24,6 +24,7 @@ use crate::persist::{CellSnapshot, GrowthState, PersistError, ServicesState, Tem
 use crate::stdio::{
     CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output, read_guest_from, write_guest_to,
 };
+use crate::table_variants::TableVariants;
 use hypercell_vmm::{GuestMemory, PagingError, ReservationTables, Vm};
 
 /// Ways a guest can break the hypercall ABI.
@@ -169,6 +170,12 @@ pub struct MemoryGrowth<'a> {
     /// image is mapped from its file in 4 KiB pages up to there, so backing it ahead
     /// would copy every page of the step, where the guest may touch a few.
     pub populate_from: u64,
+    /// In a partition reused from a template, the copies of the tables its runs grew
+    /// into: growth switches the vCPU to one rather than writing the tables it runs
+    /// on. `None` elsewhere, and once the pool had no room for another copy.
+    pub variants: Option<TableVariants>,
+    /// The tables root the vCPU is to switch to before it runs on.
+    pub switch_to: Option<u64>,
 }
 
 /// A copied, decoded request.
@@ -512,24 +519,24 @@ impl Services<'_> {
         let Some(growth) = self.growth.as_mut().filter(|_| ready >= 0) else {
             return Ok(-ERRNO_NOMEM);
         };
-        let mapped = match growth.tables.map(memory, va, pa, len) {
-            Err(PagingError::PoolExhausted) => {
-                // Reclaimed table pages may still be shadowed by KVM: it must forget
-                // them before they are reused.
-                let reclaimed = growth
-                    .tables
-                    .reclaim(memory)
-                    .map_err(HypercallError::Mapping)?;
-                if reclaimed == 0 {
-                    return Ok(-ERRNO_NOMEM);
-                }
-                if let Err(error) = growth.vm.drop_table_shadows(memory) {
-                    tracing::warn!("could not reset a cell's shadow page tables: {error}");
-                    return Ok(-ERRNO_NOMEM);
-                }
-                growth.tables.map(memory, va, pa, len)
+        let from = memory.tables_root();
+        let grown = growth
+            .variants
+            .as_mut()
+            .map(|variants| variants.grown(memory, &mut growth.tables, from, (va, pa, len)));
+        let mapped = match grown {
+            Some(Ok(root)) => {
+                growth.switch_to = Some(root);
+                Ok(())
             }
-            first => first,
+            // No room for another copy: this run grows its tables in place, and the
+            // next reset starts the copies over.
+            Some(Err(PagingError::PoolExhausted)) => {
+                growth.variants = None;
+                Self::map_in_place(growth, memory, va, pa, len)
+            }
+            Some(Err(error)) => Err(error),
+            None => Self::map_in_place(growth, memory, va, pa, len),
         };
         match mapped {
             Ok(()) => {
@@ -541,6 +548,32 @@ impl Services<'_> {
             }
             Err(PagingError::PoolExhausted) => Ok(-ERRNO_NOMEM),
             Err(error) => Err(HypercallError::Mapping(error)),
+        }
+    }
+
+    /// Maps `len` bytes at `va` onto `pa` in the tables the vCPU runs on, reclaiming
+    /// pool pages when they run out.
+    fn map_in_place(
+        growth: &mut MemoryGrowth<'_>,
+        memory: &GuestMemory,
+        va: u64,
+        pa: u64,
+        len: u64,
+    ) -> Result<(), PagingError> {
+        match growth.tables.map(memory, va, pa, len) {
+            Err(PagingError::PoolExhausted) => {
+                // Reclaimed table pages may still be shadowed by KVM: it must forget
+                // them before they are reused.
+                if growth.tables.reclaim(memory)? == 0 {
+                    return Err(PagingError::PoolExhausted);
+                }
+                if let Err(error) = growth.vm.drop_table_shadows(memory) {
+                    tracing::warn!("could not reset a cell's shadow page tables: {error}");
+                    return Err(PagingError::PoolExhausted);
+                }
+                growth.tables.map(memory, va, pa, len)
+            }
+            first => first,
         }
     }
 

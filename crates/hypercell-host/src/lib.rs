@@ -20,6 +20,7 @@ mod reusable;
 mod running;
 pub mod seccomp;
 pub mod stdio;
+mod table_variants;
 mod vcpu_runner;
 
 pub use cell::{
@@ -37,3 +38,4 @@ pub use identity::NextRequest;
 pub use reusable::ReusableCell;
 pub use running::{Cell, OwnedStdio};
 pub use stdio::CellStdio;
+pub use table_variants::TableVariants;

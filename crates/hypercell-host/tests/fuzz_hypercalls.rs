@@ -23,7 +23,7 @@ use hypercell_abi::{ABI_VERSION, Components, Hypercall, HypercallRequest, Output
 use hypercell_host::fs::{FileTable, Preopen};
 use hypercell_host::hypercall::{Completion, HypercallError, MemoryGrowth, Services};
 use hypercell_host::stdio::{OUTPUT_CAPACITY, OutputMeter};
-use hypercell_host::{CellControl, CellStdio, StopReason};
+use hypercell_host::{CellControl, CellStdio, StopReason, TableVariants};
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{Bytes, GuestAddress, GuestMemory, ReservationTables, Vm};
 use proptest::prelude::*;
@@ -72,6 +72,8 @@ struct Case {
     /// For a file call, the calls made one after another on the same files (the first
     /// may open what the next use).
     file_calls: Vec<(u64, [u64; 8])>,
+    /// Whether growth goes into copies of the tables (see `TableVariants`).
+    variants: bool,
 }
 
 /// Arguments for the memory calls: reservation-area addresses and cell addresses at
@@ -181,6 +183,9 @@ fn case_calling(number: impl Strategy<Value = u32>) -> impl Strategy<Value = Cas
             prop_oneof![12 => Just(None), 1 => any::<u64>().prop_map(Some)],
             memory_args(),
         ),
+        // Growth into copies of the tables, as a partition reused from a template
+        // grows, or in place.
+        any::<bool>(),
     )
         .prop_map(
             |(
@@ -193,6 +198,7 @@ fn case_calling(number: impl Strategy<Value = u32>) -> impl Strategy<Value = Cas
                 output_header,
                 output_records,
                 (mut file_calls, unknown_op, memory_args),
+                variants,
             )| {
                 if let Some(op) = unknown_op {
                     file_calls[0].0 = op;
@@ -213,6 +219,7 @@ fn case_calling(number: impl Strategy<Value = u32>) -> impl Strategy<Value = Cas
                     output_header,
                     output_records,
                     file_calls,
+                    variants,
                 }
             },
         )
@@ -311,6 +318,8 @@ impl Fixture {
                 tables: ReservationTables::default(),
                 linear_memory: 0,
                 populate_from: 0,
+                variants: case.variants.then(TableVariants::default),
+                switch_to: None,
             }),
             files: FileTable::with_preopens(&[Preopen {
                 host: self.scratch.path().to_path_buf(),
@@ -452,6 +461,7 @@ fn decoding_regressions() {
         output_header: (0, 0),
         output_records: Vec::new(),
         file_calls: vec![(1, [0; 8])],
+        variants: false,
     };
     assert!(matches!(
         fixture.handle(&base, Components::ALL),

@@ -325,12 +325,17 @@ impl ReservationTables {
     }
 }
 
+/// The guest-physical pages of the table pool, where the reservation area's tables,
+/// their copies and their growth are made.
+pub fn table_pool() -> std::ops::Range<u64> {
+    SYSTEM_BASE + TABLE_POOL.start..SYSTEM_BASE + TABLE_POOL.end
+}
+
 /// Whether a vCPU may run on the page-map level-4 table at `root`: the one the host
 /// writes at boot, or a copy of it in the table pool.
 pub fn is_tables_root(root: u64) -> bool {
     root == crate::system::TABLES_ROOT
-        || ((SYSTEM_BASE + TABLE_POOL.start..SYSTEM_BASE + TABLE_POOL.end).contains(&root)
-            && root.is_multiple_of(PAGE_SIZE))
+        || (table_pool().contains(&root) && root.is_multiple_of(PAGE_SIZE))
 }
 
 /// The 2 MiB page a page table maps in full, if it does.

@@ -302,6 +302,9 @@ pub struct Vcpu {
     /// Whether registers put in the sync area await the next `KVM_RUN`: until then
     /// they, not KVM's, are the vCPU's.
     regs_in_sync_area: bool,
+    /// The TSC frequency once asked for: nothing here sets it, and each ioctl costs a
+    /// reused partition's every run a load of the vCPU.
+    tsc_khz: std::sync::OnceLock<u32>,
 }
 
 impl Vcpu {
@@ -312,6 +315,7 @@ impl Vcpu {
             thread: Arc::new(Mutex::new(None)),
             sync_regs,
             regs_in_sync_area: false,
+            tsc_khz: std::sync::OnceLock::new(),
         }
     }
 
@@ -613,6 +617,20 @@ impl Vcpu {
         })
     }
 
+    /// Has the vCPU go on with CR3 at `tables_root`, tables that map all the current
+    /// ones do (see [`crate::ReservationTables::fresh_copy`]).
+    pub fn switch_tables(&mut self, tables_root: u64) -> Result<(), VcpuError> {
+        if self.regs_in_sync_area {
+            // Both register sets wait there for the next `KVM_RUN`.
+            self.fd.sync_regs_mut().sregs.cr3 = tables_root;
+            return Ok(());
+        }
+        let state = |e: kvm_ioctls::Error| VcpuError::State(e.into());
+        let mut sregs = self.fd.get_sregs().map_err(state)?;
+        sregs.cr3 = tables_root;
+        self.fd.set_sregs(&sregs).map_err(state)
+    }
+
     /// Leaves the exception stub the guest is in and resumes it at CPL 3 at `entry`, on
     /// the stack whose top is `stack`, with `args` as the first five arguments of the
     /// System V calling convention. This is how a guest exception reaches the runtime's
@@ -653,9 +671,14 @@ impl Vcpu {
 
     /// The guest's time-stamp counter frequency in kHz.
     pub fn tsc_khz(&self) -> Result<u32, VcpuError> {
-        self.fd
+        if let Some(&khz) = self.tsc_khz.get() {
+            return Ok(khz);
+        }
+        let khz = self
+            .fd
             .get_tsc_khz()
-            .map_err(|e| VcpuError::State(e.into()))
+            .map_err(|e| VcpuError::State(e.into()))?;
+        Ok(*self.tsc_khz.get_or_init(|| khz))
     }
 
     /// Runs the guest until its next exit.
