@@ -40,6 +40,7 @@ use crate::persist::{
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
 use crate::table_variants::TableVariants;
+use crate::template_pages::TemplatePages;
 use crate::vcpu_runner::VcpuRunner;
 
 /// The guest runtime, built by this crate's build script.
@@ -608,6 +609,8 @@ pub(crate) struct Partition {
     /// The copies runs grew into from it; `None` before the first copy is made and
     /// after a run found no room for another.
     variants: Option<TableVariants>,
+    /// The template's contents of the pages resets copy back.
+    template_pages: TemplatePages,
 }
 
 /// Pool pages a reset leaves for the next run's copy of the tables and its growth; with
@@ -739,13 +742,8 @@ impl Partition {
         });
         let image_end = template.memory.image_len();
         for range in &kept {
-            self.memory
-                .copy_back(
-                    range.clone(),
-                    std::os::fd::AsFd::as_fd(&**file),
-                    *offset,
-                    image_end,
-                )
+            self.template_pages
+                .copy_back(&self.memory, range.clone(), file, *offset, image_end)
                 .map_err(|e| {
                     CellError::Reset(format!("its template's pages cannot be read: {e}"))
                 })?;
@@ -995,13 +993,14 @@ fn start_cell(
     })
     .ok_or_else(|| CellError::MemoryLimit(format_size(config.memory_limit)))?;
     let boot_mapping = layout.boot_mapping();
-    let (kept_tables, kept_copy, kept_variants) = match &mut kept {
+    let (kept_tables, kept_copy, kept_variants, template_pages) = match &mut kept {
         Some(kept) => (
             Some(kept.tables_next),
             kept.tables_copy.take(),
             kept.variants.take(),
+            std::mem::take(&mut kept.template_pages),
         ),
-        None => (None, None, None),
+        None => (None, None, None, TemplatePages::default()),
     };
     let (vm, made_vcpu, memory) = match kept {
         Some(kept) => (kept.vm, Some(kept.vcpu), kept.memory),
@@ -1401,6 +1400,7 @@ fn start_cell(
                 tables_next,
                 tables_copy: kept_copy,
                 variants,
+                template_pages,
             });
         }
         None => {

@@ -21,6 +21,7 @@ mod running;
 pub mod seccomp;
 pub mod stdio;
 mod table_variants;
+mod template_pages;
 mod vcpu_runner;
 
 pub use cell::{

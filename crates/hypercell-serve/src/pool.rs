@@ -235,7 +235,8 @@ fn work(shared: &Arc<Shared>) {
         }
     };
     let most = shared.limits.requests_per_cell;
-    while let Some(job) = next_live_job(shared, &mut membership) {
+    // What the last request wrote goes before the worker waits, not after each.
+    while let Some(job) = next_live_job(shared, &mut membership, &mut || worker.files.release()) {
         let id = job.id;
         let served = catch_unwind(AssertUnwindSafe(|| {
             if most > 1 {
@@ -266,8 +267,14 @@ fn work(shared: &Arc<Shared>) {
 }
 
 /// The next job for a worker, or `None` when it should leave (counted out already).
-fn next_job(shared: &Shared, membership: &mut Membership<'_>) -> Option<Job> {
+/// `before_waiting` runs, without the lock, the first time none is queued.
+fn next_job(
+    shared: &Shared,
+    membership: &mut Membership<'_>,
+    before_waiting: &mut dyn FnMut(),
+) -> Option<Job> {
     let mut state = shared.lock();
+    let mut waiting = false;
     loop {
         if let Some(job) = state.jobs.pop_front() {
             return Some(job);
@@ -275,6 +282,13 @@ fn next_job(shared: &Shared, membership: &mut Membership<'_>) -> Option<Job> {
         if state.closing {
             membership.leave(&mut state);
             return None;
+        }
+        if !waiting {
+            waiting = true;
+            drop(state);
+            before_waiting();
+            state = shared.lock();
+            continue;
         }
         state.idle += 1;
         let (next, waited) = shared
@@ -293,9 +307,13 @@ fn next_job(shared: &Shared, membership: &mut Membership<'_>) -> Option<Job> {
 }
 
 /// [`next_job`], past the jobs whose clients went away while they waited.
-fn next_live_job(shared: &Shared, membership: &mut Membership<'_>) -> Option<Job> {
+fn next_live_job(
+    shared: &Shared,
+    membership: &mut Membership<'_>,
+    before_waiting: &mut dyn FnMut(),
+) -> Option<Job> {
     loop {
-        let job = next_job(shared, membership)?;
+        let job = next_job(shared, membership, before_waiting)?;
         if !job.reply.is_closed() {
             return Some(job);
         }
@@ -430,7 +448,7 @@ impl Worker {
             }
             // Kept for the next request, which it waits for.
             record(&done, AfterRequest::Reused, Instant::now(), shared);
-            let Some(job) = next_live_job(shared, membership) else {
+            let Some(job) = next_live_job(shared, membership, &mut || {}) else {
                 stays = false;
                 return None;
             };
@@ -515,7 +533,6 @@ impl Worker {
     /// Puts the partition back to the template, or replaces it (when `fresh`, or when
     /// it cannot be put back), and makes sure a cell is ready.
     fn reset_or_replace(&mut self, fresh: bool, id: Option<u64>, shared: &Shared) -> AfterRequest {
-        self.files.release();
         let after = match self
             .cell
             .as_mut()

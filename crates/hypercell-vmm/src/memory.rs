@@ -436,54 +436,6 @@ impl GuestMemory {
         Ok(())
     }
 
-    /// Puts the pages of `range` (4 KiB-aligned) back to what a private mapping of
-    /// `file` from `offset` shows below `file_end` (guest-physical), and zeros at and
-    /// past it, by copying over them in place. The pages stay this memory's own, at
-    /// the same host pages, so whatever KVM mapped of them stays mapped.
-    pub fn copy_back(
-        &self,
-        range: std::ops::Range<u64>,
-        file: BorrowedFd<'_>,
-        offset: u64,
-        file_end: u64,
-    ) -> io::Result<()> {
-        let end = range.end.min(self.size);
-        if range.start >= end {
-            return Ok(());
-        }
-        let mut at = range.start;
-        while at < end.min(file_end) {
-            let len = (end.min(file_end) - at) as usize;
-            // SAFETY: `at..at + len` lies inside this value's own read-write mapping;
-            // pread writes at most `len` bytes there, into memory the guest owns, so no
-            // host data can be overwritten.
-            let read = unsafe {
-                libc::pread(
-                    file.as_raw_fd(),
-                    self.host.as_ptr().add(at as usize).cast(),
-                    len,
-                    (offset + at) as libc::off_t,
-                )
-            };
-            match read {
-                n if n > 0 => at += n as u64,
-                // Past the file's end: zeros, as the mapping shows.
-                0 => break,
-                _ => {
-                    let error = io::Error::last_os_error();
-                    if error.kind() != io::ErrorKind::Interrupted {
-                        return Err(error);
-                    }
-                }
-            }
-        }
-        // SAFETY: `at..end` lies inside this value's own read-write mapping.
-        unsafe {
-            std::ptr::write_bytes(self.host.as_ptr().add(at as usize), 0, (end - at) as usize)
-        };
-        Ok(())
-    }
-
     /// Bytes of guest memory in `range` that the host has actually backed (touched by
     /// host or guest). Cost grows with the range: pass only what is mapped.
     pub fn resident_bytes(&self, range: std::ops::Range<u64>) -> u64 {
