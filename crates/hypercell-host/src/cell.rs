@@ -1202,7 +1202,7 @@ fn start_cell(
             .map_err(load_error)?;
         vcpu.configure(&tables, entry.0, layout.stack_top, layout.boot_info)?;
         if cpu_features & CpuFeatures::AVX != 0 {
-            vm.enable_avx(&vcpu)?;
+            vm.enable_avx(&mut vcpu)?;
         }
     }
     let mut growth = MemoryGrowth {

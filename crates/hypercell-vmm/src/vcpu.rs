@@ -7,8 +7,9 @@ use std::sync::{Arc, Mutex, Once, PoisonError};
 
 use hypercell_abi::layout::{EXCEPTION_PORT_BASE, EXCEPTION_VECTORS, HYPERCALL_PORT};
 use kvm_bindings::{
-    CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, Msrs, kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry,
-    kvm_regs, kvm_segment, kvm_xcr, kvm_xcrs, kvm_xsave,
+    CpuId, KVM_CPUID_FLAG_SIGNIFCANT_INDEX, KVM_SYNC_X86_REGS, KVM_SYNC_X86_SREGS, Msrs,
+    kvm_cpuid_entry2, kvm_fpu, kvm_msr_entry, kvm_regs, kvm_segment, kvm_sregs, kvm_xcr, kvm_xcrs,
+    kvm_xsave,
 };
 use kvm_ioctls::{SyncReg, VcpuExit, VcpuFd};
 use vm_memory::{Bytes, GuestAddress};
@@ -302,6 +303,11 @@ pub struct Vcpu {
     /// Whether registers put in the sync area await the next `KVM_RUN`: until then
     /// they, not KVM's, are the vCPU's.
     regs_in_sync_area: bool,
+    /// Whether special registers put in the sync area await the next `KVM_RUN`.
+    sregs_in_sync_area: bool,
+    /// The special registers the host last put, which a CPL 3 guest cannot change:
+    /// what a switch of tables starts from, saving an ioctl to ask KVM.
+    known_sregs: Option<kvm_sregs>,
     /// The TSC frequency once asked for: nothing here sets it, and each ioctl costs a
     /// reused partition's every run a load of the vCPU.
     tsc_khz: std::sync::OnceLock<u32>,
@@ -315,6 +321,8 @@ impl Vcpu {
             thread: Arc::new(Mutex::new(None)),
             sync_regs,
             regs_in_sync_area: false,
+            sregs_in_sync_area: false,
+            known_sregs: None,
             tsc_khz: std::sync::OnceLock::new(),
         }
     }
@@ -344,7 +352,7 @@ impl Vcpu {
     /// Puts the vCPU in 64-bit mode at CPL 3 at `rip`, with stack `rsp` and `rdi` as
     /// its first argument.
     pub fn configure(
-        &self,
+        &mut self,
         tables: &SystemTables,
         rip: u64,
         rsp: u64,
@@ -403,6 +411,7 @@ impl Vcpu {
         // LME | LMA
         sregs.efer = 0x500;
         configure("special registers", self.fd.set_sregs(&sregs))?;
+        self.known_sregs = Some(sregs);
 
         let fpu = kvm_fpu {
             fcw: 0x37f,
@@ -428,7 +437,7 @@ impl Vcpu {
     /// their XSAVE layout, CR4.OSXSAVE, and XCR0 = x87 | SSE | AVX. (KVM refuses an XCR0
     /// with AVX until the vCPU's CPUID has XSAVE.) Only those leaves are given: asking
     /// KVM for its whole supported table costs 0.3 ms, more than a cell's boot.
-    pub(crate) fn enable_avx(&self) -> Result<(), VcpuError> {
+    pub(crate) fn enable_avx(&mut self) -> Result<(), VcpuError> {
         let configure = |what, r: Result<(), kvm_ioctls::Error>| {
             r.map_err(|e| VcpuError::Configure {
                 what,
@@ -442,6 +451,7 @@ impl Vcpu {
             .map_err(|e| VcpuError::State(e.into()))?;
         sregs.cr4 |= CR4_OSXSAVE;
         configure("special registers", self.fd.set_sregs(&sregs))?;
+        self.known_sregs = Some(sregs);
         let mut xcrs = kvm_xcrs {
             nr_xcrs: 1,
             ..Default::default()
@@ -502,14 +512,15 @@ impl Vcpu {
         let mut msrs = Msrs::from_entries(&entries)
             .map_err(|_| VcpuError::State(io::Error::from_raw_os_error(libc::E2BIG)))?;
         let read = self.fd.get_msrs(&mut msrs).map_err(state)?;
-        let (regs, sregs) = if self.regs_in_sync_area {
-            let sync = self.fd.sync_regs();
-            (sync.regs, sync.sregs)
+        let regs = if self.regs_in_sync_area {
+            self.fd.sync_regs().regs
         } else {
-            (
-                self.fd.get_regs().map_err(state)?,
-                self.fd.get_sregs().map_err(state)?,
-            )
+            self.fd.get_regs().map_err(state)?
+        };
+        let sregs = if self.sregs_in_sync_area {
+            self.fd.sync_regs().sregs
+        } else {
+            self.fd.get_sregs().map_err(state)?
         };
         Ok(VcpuState {
             regs,
@@ -556,6 +567,7 @@ impl Vcpu {
             self.fd.set_sync_dirty_reg(SyncReg::Register);
             self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
             self.regs_in_sync_area = true;
+            self.sregs_in_sync_area = true;
         } else {
             let configure = |what, r: Result<(), kvm_ioctls::Error>| {
                 r.map_err(|e| VcpuError::Configure {
@@ -566,6 +578,7 @@ impl Vcpu {
             configure("special registers", self.fd.set_sregs(&sregs))?;
             configure("registers", self.fd.set_regs(&state.regs))?;
         }
+        self.known_sregs = Some(sregs);
         Ok(())
     }
 
@@ -620,14 +633,20 @@ impl Vcpu {
     /// Has the vCPU go on with CR3 at `tables_root`, tables that map all the current
     /// ones do (see [`crate::ReservationTables::fresh_copy`]).
     pub fn switch_tables(&mut self, tables_root: u64) -> Result<(), VcpuError> {
-        if self.regs_in_sync_area {
-            // Both register sets wait there for the next `KVM_RUN`.
-            self.fd.sync_regs_mut().sregs.cr3 = tables_root;
+        let state = |e: kvm_ioctls::Error| VcpuError::State(e.into());
+        let mut sregs = match self.known_sregs {
+            _ if self.sregs_in_sync_area => self.fd.sync_regs().sregs,
+            Some(known) => known,
+            None => self.fd.get_sregs().map_err(state)?,
+        };
+        sregs.cr3 = tables_root;
+        self.known_sregs = Some(sregs);
+        if self.sync_regs {
+            self.fd.sync_regs_mut().sregs = sregs;
+            self.fd.set_sync_dirty_reg(SyncReg::SystemRegister);
+            self.sregs_in_sync_area = true;
             return Ok(());
         }
-        let state = |e: kvm_ioctls::Error| VcpuError::State(e.into());
-        let mut sregs = self.fd.get_sregs().map_err(state)?;
-        sregs.cr3 = tables_root;
         self.fd.set_sregs(&sregs).map_err(state)
     }
 
@@ -637,7 +656,7 @@ impl Vcpu {
     /// own trap handling; the stub's frame is abandoned, as the entry never returns to
     /// it.
     pub fn enter_trap_handler(
-        &self,
+        &mut self,
         entry: u64,
         stack: u64,
         args: [u64; 5],
@@ -648,6 +667,7 @@ impl Vcpu {
         sregs.cs = code;
         sregs.ss = data;
         self.fd.set_sregs(&sregs).map_err(state)?;
+        self.known_sregs = Some(sregs);
         let [rdi, rsi, rdx, rcx, r8] = args;
         let regs = kvm_regs {
             rip: entry,
@@ -685,6 +705,7 @@ impl Vcpu {
     pub fn run(&mut self, memory: &GuestMemory) -> Result<VcpuEvent, VcpuError> {
         // KVM takes registers waiting in the sync area as it enters the guest.
         let regs_were_waiting = std::mem::take(&mut self.regs_in_sync_area);
+        let sregs_were_waiting = std::mem::take(&mut self.sregs_in_sync_area);
         let exit = self.fd.run();
         self.exits += 1;
         let port = match exit {
@@ -704,9 +725,11 @@ impl Vcpu {
             Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => {
                 // A kick that came first returns before the guest is entered, the
                 // registers still waiting; KVM clears the bits once it took them.
-                if regs_were_waiting {
-                    self.regs_in_sync_area = self.fd.get_kvm_run().kvm_dirty_regs != 0;
-                }
+                let dirty = self.fd.get_kvm_run().kvm_dirty_regs;
+                self.regs_in_sync_area =
+                    regs_were_waiting && dirty & u64::from(KVM_SYNC_X86_REGS) != 0;
+                self.sregs_in_sync_area =
+                    sregs_were_waiting && dirty & u64::from(KVM_SYNC_X86_SREGS) != 0;
                 // The kick that interrupted this run is consumed; the next enters.
                 self.fd.set_kvm_immediate_exit(0);
                 return Ok(VcpuEvent::Kicked);
@@ -922,10 +945,10 @@ mod tests {
             mem.write_obj(value.to_bits(), GuestAddress(VECTORS + 8 * i as u64))
                 .unwrap();
         }
-        let vcpu = vm.create_vcpu().unwrap();
+        let mut vcpu = vm.create_vcpu().unwrap();
         vcpu.configure(&tables, IMAGE_BASE, IMAGE_BASE + LARGE_PAGE_SIZE, 0)
             .unwrap();
-        vm.enable_avx(&vcpu).unwrap();
+        vm.enable_avx(&mut vcpu).unwrap();
         (memory, vm, vcpu)
     }
 

@@ -297,7 +297,7 @@ impl Vm {
 
     /// Turns on the AVX register state for `vcpu` (see [`Vcpu::enable_avx`]). Call it
     /// after [`Vcpu::configure`].
-    pub fn enable_avx(&self, vcpu: &Vcpu) -> Result<(), VcpuError> {
+    pub fn enable_avx(&self, vcpu: &mut Vcpu) -> Result<(), VcpuError> {
         vcpu.enable_avx()
     }
 
