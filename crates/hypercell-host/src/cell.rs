@@ -611,6 +611,9 @@ pub(crate) struct Partition {
     variants: Option<TableVariants>,
     /// The template's contents of the pages resets copy back.
     template_pages: TemplatePages,
+    /// The end of the memory the last run had mapped: the guest wrote nothing past
+    /// it, and the host's writes have a bound of their own.
+    mapped_end: u64,
 }
 
 /// Pool pages a reset leaves for the next run's copy of the tables and its growth; with
@@ -665,9 +668,15 @@ impl Partition {
                 "its template's memory is not in a file".into(),
             ));
         };
+        // Listing the pages of the whole reservation (gigabytes, mostly never mapped)
+        // costs more than the rest of a small run's reset.
+        let written_end = self
+            .mapped_end
+            .max(self.memory.host_written_end())
+            .max(template.memory.image_len());
         let written = self
             .memory
-            .written_ranges(0..self.memory.size())
+            .written_ranges(0..written_end)
             .map_err(|e| CellError::Reset(format!("its written pages cannot be listed: {e}")))?;
         let module = &template.memory.module;
         let module = module.start / 4096 * 4096..module.end.next_multiple_of(4096);
@@ -1385,10 +1394,12 @@ fn start_cell(
         .growth
         .as_ref()
         .map_or(FIRST_GROWTH_SLOT, |g| g.next_slot);
-    let (tables_next, variants) = services
+    let (tables_next, variants, mapped_end) = services
         .growth
         .as_mut()
-        .map_or((0, None), |g| (g.tables.state().next, g.variants.take()));
+        .map_or((0, None, memory.size()), |g| {
+            (g.tables.state().next, g.variants.take(), g.mapped)
+        });
     match reuse {
         Some(reuse) => {
             *reuse.kept = Some(Partition {
@@ -1401,6 +1412,7 @@ fn start_cell(
                 tables_copy: kept_copy,
                 variants,
                 template_pages,
+                mapped_end,
             });
         }
         None => {

@@ -27,6 +27,8 @@ pub struct HostWrites {
     len: usize,
     on: AtomicBool,
     words: OnceLock<Box<[AtomicU64]>>,
+    /// The end of the highest write, tracked or not.
+    end: AtomicU64,
 }
 
 impl HostWrites {
@@ -53,7 +55,11 @@ impl<'a> WithBitmapSlice<'a> for HostWrites {
 
 impl Bitmap for HostWrites {
     fn mark_dirty(&self, offset: usize, len: usize) {
-        if len == 0 || !self.on.load(Ordering::Acquire) {
+        if len == 0 {
+            return;
+        }
+        self.end.fetch_max((offset + len) as u64, Ordering::AcqRel);
+        if !self.on.load(Ordering::Acquire) {
             return;
         }
         let words = self.words();
@@ -222,6 +228,15 @@ impl GuestMemory {
                 set_pages(words, 0)
             })
             .collect()
+    }
+
+    /// The end of the highest write the host ever made through [`Self::mem`] (raw
+    /// writes mark theirs too), tracked or not: a bound on where the host wrote.
+    pub fn host_written_end(&self) -> u64 {
+        self.host_writes()
+            .map(|writes| writes.end.load(Ordering::Acquire))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Size in bytes.
@@ -585,6 +600,22 @@ fn map_aligned(size: usize) -> io::Result<NonNull<u8>> {
 mod tests {
     use super::*;
     use vm_memory::Bytes;
+
+    #[test]
+    fn the_highest_host_write_is_known_tracked_or_not() {
+        let memory = GuestMemory::new(16 << 20).unwrap();
+        assert_eq!(memory.host_written_end(), 0);
+        memory.mem().write_obj(1u64, GuestAddress(8 << 20)).unwrap();
+        assert_eq!(memory.host_written_end(), (8 << 20) + 8);
+        memory.mem().write_obj(1u32, GuestAddress(4 << 20)).unwrap();
+        assert_eq!(memory.host_written_end(), (8 << 20) + 8, "a lower write");
+        memory.track_host_writes(true);
+        memory
+            .mem()
+            .write_slice(&[1; 100], GuestAddress(12 << 20))
+            .unwrap();
+        assert_eq!(memory.host_written_end(), (12 << 20) + 100);
+    }
 
     #[test]
     fn memory_is_aligned_zeroed_and_bounded() {
