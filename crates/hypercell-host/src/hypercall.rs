@@ -524,9 +524,13 @@ impl Services<'_> {
             .variants
             .as_mut()
             .map(|variants| variants.grown(memory, &mut growth.tables, from, (va, pa, len)));
+        // An earlier run from the template grew alike, into the same pages, which
+        // the reset kept in place: they need no readying.
+        let mut known = false;
         let mapped = match grown {
-            Some(Ok(root)) => {
+            Some(Ok((root, earlier))) => {
                 growth.switch_to = Some(root);
+                known = earlier;
                 Ok(())
             }
             // No room for another copy: this run grows its tables in place, and the
@@ -542,7 +546,9 @@ impl Services<'_> {
             Ok(()) => {
                 // Readying covers whole 2 MiB pages, except where small pages back a
                 // memory's first, partly used one: back exactly what was mapped.
-                memory.populate(pa..end);
+                if !known {
+                    memory.populate(pa..end);
+                }
                 growth.linear_memory += len;
                 Ok(ready)
             }

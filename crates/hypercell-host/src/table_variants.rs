@@ -30,20 +30,20 @@ pub struct TableVariants {
 
 impl TableVariants {
     /// The root of the tables that are those at `from` with guest-virtual
-    /// `va..va + len` mapped onto guest-physical `pa`: an earlier copy, or a new one
-    /// in pool pages from `tables`. `memory`'s tables root is left at the result, or
-    /// at `from` when there is none.
+    /// `va..va + len` mapped onto guest-physical `pa`, and whether an earlier run made
+    /// them: an earlier copy, or a new one in pool pages from `tables`. `memory`'s
+    /// tables root is left at the result, or at `from` when there is none.
     pub(crate) fn grown(
         &mut self,
         memory: &GuestMemory,
         tables: &mut ReservationTables,
         from: u64,
         (va, pa, len): (u64, u64, u64),
-    ) -> Result<u64, PagingError> {
+    ) -> Result<(u64, bool), PagingError> {
         let growth = Growth { from, va, pa, len };
         if let Some(&root) = self.grown.get(&growth) {
             memory.set_tables_root(root);
-            return Ok(root);
+            return Ok((root, true));
         }
         let made = tables.fresh_copy(memory, from).and_then(|root| {
             memory.set_tables_root(root);
@@ -52,7 +52,7 @@ impl TableVariants {
         match made {
             Ok(root) => {
                 self.grown.insert(growth, root);
-                Ok(root)
+                Ok((root, false))
             }
             Err(error) => {
                 memory.set_tables_root(from);
@@ -99,7 +99,8 @@ mod tests {
         let before = pages(&memory, start);
         let mut variants = TableVariants::default();
         let growth = (VA + (64 << 10), PA + (64 << 10), 64 << 10);
-        let grown = variants.grown(&memory, &mut tables, start, growth).unwrap();
+        let (grown, known) = variants.grown(&memory, &mut tables, start, growth).unwrap();
+        assert!(!known, "a first growth is new");
         assert_ne!(grown, start);
         assert_eq!(memory.tables_root(), grown);
         assert!(translate(&memory, VA + (100 << 10), 8).is_ok());
@@ -110,10 +111,10 @@ mod tests {
 
         let used = tables.state().next;
         let again = variants.grown(&memory, &mut tables, start, growth).unwrap();
-        assert_eq!(again, grown);
+        assert_eq!(again, (grown, true));
         assert_eq!(tables.state().next, used, "no pool page for a known growth");
         // Another growth from the grown tables is a copy of its own.
-        let further = variants
+        let (further, _) = variants
             .grown(
                 &memory,
                 &mut tables,

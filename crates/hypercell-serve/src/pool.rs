@@ -708,6 +708,9 @@ struct StdioFiles {
     stdin: File,
     stdout: File,
     stderr: File,
+    /// Whether stdin holds anything: most requests have no body, and emptying an
+    /// empty file is a system call for nothing.
+    stdin_holds: std::cell::Cell<bool>,
 }
 
 impl StdioFiles {
@@ -723,6 +726,7 @@ impl StdioFiles {
             stdin: memfd("hypercell-request")?,
             stdout: memfd("hypercell-response")?,
             stderr: memfd("hypercell-stderr")?,
+            stdin_holds: std::cell::Cell::new(false),
         })
     }
 
@@ -739,11 +743,15 @@ impl StdioFiles {
         for file in [&self.stdin, &self.stdout, &self.stderr] {
             let _ = file.set_len(0);
         }
+        self.stdin_holds.set(false);
     }
 
     /// Puts `body` on the cell's stdin and empties its stdout and stderr.
     fn prepare(&self, body: &[u8]) -> std::io::Result<()> {
-        self.stdin.set_len(0)?;
+        if self.stdin_holds.get() {
+            self.stdin.set_len(0)?;
+        }
+        self.stdin_holds.set(!body.is_empty());
         self.stdin.write_all_at(body, 0)?;
         (&self.stdin).seek(SeekFrom::Start(0))?;
         for output in [&self.stdout, &self.stderr] {

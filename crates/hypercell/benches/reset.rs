@@ -2,8 +2,8 @@
 //! run, against starting a new cell from the template, by the pages the run dirtied.
 //! The template is a program that wrote 8 MiB of its memory and waits for a count on
 //! stdin; each run writes one byte to that many of those pages and exits, and the
-//! partition is then reset (its written pages dropped, its vCPU state put back). The
-//! pages a reset drops include the runtime's own (stack, request page, output).
+//! partition is then reset (its written pages and its vCPU state put back). The pages
+//! a reset puts back include the runtime's own (stack, request page, output).
 //!
 //! `cargo bench -p hypercell --bench reset` (`HYPERCELL_BENCH_RUNS` sets the runs per
 //! row, default 200). Prints a markdown table of p50 and p99.
