@@ -40,7 +40,7 @@ use crate::persist::{
 use crate::seccomp::{self, SeccompError};
 use crate::stdio::{CellStdio, OUTPUT_CAPACITY, OutputMeter, drain_output};
 use crate::table_variants::TableVariants;
-use crate::template_pages::TemplatePages;
+use crate::template_pages::{KEEP_LIMIT, TemplatePages};
 use crate::vcpu_runner::VcpuRunner;
 
 /// The guest runtime, built by this crate's build script.
@@ -646,10 +646,6 @@ pub struct ResetReport {
     /// Pages of the copy of the template's page tables that the next run starts on.
     pub tables: u64,
 }
-
-/// Most pages a reset keeps, copying the template's contents back over them (8 MiB):
-/// past that, a run that wrote much (a memory bomb) has them all dropped.
-const KEEP_LIMIT: u64 = 2048;
 
 impl Partition {
     /// Puts the partition back to `template`, which it was started from: every page

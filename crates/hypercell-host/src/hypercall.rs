@@ -524,23 +524,21 @@ impl Services<'_> {
             .variants
             .as_mut()
             .map(|variants| variants.grown(memory, &mut growth.tables, from, (va, pa, len)));
-        // An earlier run from the template grew alike, into the same pages, which
-        // the reset kept in place: they need no readying.
-        let mut known = false;
-        let mapped = match grown {
+        // `known`: an earlier run from the template grew alike, into the same pages,
+        // which the reset kept in place: they need no readying.
+        let (mapped, known) = match grown {
             Some(Ok((root, earlier))) => {
                 growth.switch_to = Some(root);
-                known = earlier;
-                Ok(())
+                (Ok(()), earlier)
             }
             // No room for another copy: this run grows its tables in place, and the
             // next reset starts the copies over.
             Some(Err(PagingError::PoolExhausted)) => {
                 growth.variants = None;
-                Self::map_in_place(growth, memory, va, pa, len)
+                (Self::map_in_place(growth, memory, va, pa, len), false)
             }
-            Some(Err(error)) => Err(error),
-            None => Self::map_in_place(growth, memory, va, pa, len),
+            Some(Err(error)) => (Err(error), false),
+            None => (Self::map_in_place(growth, memory, va, pa, len), false),
         };
         match mapped {
             Ok(()) => {

@@ -12,8 +12,10 @@ use std::os::unix::fs::FileExt;
 use hypercell_abi::layout::PAGE_SIZE;
 use hypercell_vmm::{Bytes, GuestAddress, GuestMemory};
 
-/// Most pages held (8 MiB): past it, the pages are let go and read again as needed.
-const MOST_PAGES: usize = 2048;
+/// Most pages a reset keeps, copying the template's contents back over them, and so
+/// most pages held here (8 MiB): past that, a run that wrote much (a memory bomb) has
+/// its pages dropped, and the pages held here are let go and read again as needed.
+pub(crate) const KEEP_LIMIT: u64 = 2048;
 
 /// Pages of one template's memory image, by guest-physical address.
 #[derive(Debug, Default)]
@@ -36,9 +38,8 @@ impl TemplatePages {
         let out_of_memory = || io::Error::other("the range lies outside the cell's memory");
         let end = range.end.min(memory.size());
         let in_image = range.start..end.min(image_end);
-        if self.pages.len() + ((in_image.end.saturating_sub(in_image.start)) / PAGE_SIZE) as usize
-            > MOST_PAGES
-        {
+        let adding = in_image.end.saturating_sub(in_image.start) / PAGE_SIZE;
+        if self.pages.len() as u64 + adding > KEEP_LIMIT {
             self.pages.clear();
         }
         for page in in_image.clone().step_by(PAGE_SIZE as usize) {

@@ -634,8 +634,8 @@ impl Vcpu {
     /// ones do (see [`crate::ReservationTables::fresh_copy`]).
     pub fn switch_tables(&mut self, tables_root: u64) -> Result<(), VcpuError> {
         let state = |e: kvm_ioctls::Error| VcpuError::State(e.into());
+        // Special registers waiting in the sync area are the known ones too.
         let mut sregs = match self.known_sregs {
-            _ if self.sregs_in_sync_area => self.fd.sync_regs().sregs,
             Some(known) => known,
             None => self.fd.get_sregs().map_err(state)?,
         };
