@@ -114,7 +114,21 @@ pub struct BootInfo {
     pub named_channels_addr: u64,
     /// Number of named channels, at most [`crate::channel::MAX_NAMED_CHANNELS`].
     pub named_channel_count: u64,
+    /// How the module's code was compiled to keep accesses inside its linear
+    /// memories: [`BOUNDS_CHECKS_GUARD_PAGES`] or [`BOUNDS_CHECKS_EXPLICIT`]. The
+    /// runtime configures its engine to match, and with explicit checks asks for each
+    /// linear memory's mapping up to the end of its 2 MiB page, so that growing within
+    /// the page needs no exit.
+    pub bounds_checks: u64,
 }
+
+/// [`BootInfo::bounds_checks`]: no checks in the code; only each memory's current size
+/// is mapped, and an access past it faults.
+pub const BOUNDS_CHECKS_GUARD_PAGES: u64 = 0;
+
+/// [`BootInfo::bounds_checks`]: the code compares each access with the memory's
+/// current size; more than the size may be mapped.
+pub const BOUNDS_CHECKS_EXPLICIT: u64 = 1;
 
 /// [`BootInfo::template_stop`]: the template is taken once the module is instantiated,
 /// before its program runs.

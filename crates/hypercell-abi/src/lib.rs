@@ -17,7 +17,8 @@ pub mod output;
 pub mod wasi;
 
 pub use boot::{
-    BootInfo, CpuFeatures, GuestPhases, StdioKind, TEMPLATE_STOP_INIT, TEMPLATE_STOP_START,
+    BOUNDS_CHECKS_EXPLICIT, BOUNDS_CHECKS_GUARD_PAGES, BootInfo, CpuFeatures, GuestPhases,
+    StdioKind, TEMPLATE_STOP_INIT, TEMPLATE_STOP_START,
 };
 pub use channel::{ChannelHeader, NamedChannel};
 pub use components::{Components, Needs};
@@ -26,4 +27,4 @@ pub use output::{OUTPUT_RECORD_HEADER, OutputBuffer};
 
 /// Version of the ABI described by this crate; the host refuses requests that carry
 /// another version.
-pub const ABI_VERSION: u32 = 11;
+pub const ABI_VERSION: u32 = 12;

@@ -38,15 +38,63 @@ pub const GC_HEAP_GUARD_SIZE: u64 = 64 << 20;
 /// Bytes wasmtime reserves for one linear memory.
 pub const MEMORY_RESERVATION_SIZE: u64 = MEMORY_RESERVATION + MEMORY_GUARD_SIZE;
 
+/// How compiled code keeps a linear memory's accesses inside its current size.
+///
+/// Code compiled one way runs only on an engine configured the same way: the host
+/// tells the guest runtime which in [`hypercell_abi::BootInfo::bounds_checks`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BoundsChecks {
+    /// No checks in the code: a 32-bit memory's index never leaves its reservation,
+    /// only its current size is mapped, and an access past it faults in the guard
+    /// region or the unmapped rest. Fastest code; each growth changes the page tables,
+    /// an exit to the host.
+    #[default]
+    GuardPages,
+    /// Each access is compared with the memory's current size in the code (wasmtime's
+    /// `signals-based-traps=n`), and a trap is a call into the runtime rather than a
+    /// fault. The page tables may then map more than the size: the runtime maps whole
+    /// 2 MiB pages ahead, so most growths need no exit. For short runs that grow, such
+    /// as a server's requests.
+    Explicit,
+}
+
+impl BoundsChecks {
+    /// The value of [`hypercell_abi::BootInfo::bounds_checks`] for this choice.
+    pub fn to_boot(self) -> u64 {
+        match self {
+            Self::GuardPages => hypercell_abi::BOUNDS_CHECKS_GUARD_PAGES,
+            Self::Explicit => hypercell_abi::BOUNDS_CHECKS_EXPLICIT,
+        }
+    }
+
+    /// Its name: `guard-pages` or `explicit`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::GuardPages => "guard-pages",
+            Self::Explicit => "explicit",
+        }
+    }
+
+    /// The choice [`hypercell_abi::BootInfo::bounds_checks`] names, if it names one.
+    pub fn from_boot(value: u64) -> Option<Self> {
+        match value {
+            hypercell_abi::BOUNDS_CHECKS_GUARD_PAGES => Some(Self::GuardPages),
+            hypercell_abi::BOUNDS_CHECKS_EXPLICIT => Some(Self::Explicit),
+            _ => None,
+        }
+    }
+}
+
 /// Applies the settings shared by the host compiler and the guest runtime.
 ///
 /// Linear memories are 4 GiB reservations with a guard region after them in the
-/// cell's reservation area, mapped as they grow, so 32-bit memories need no bounds
-/// checks: an access past the end faults and the host hands the fault to the runtime as
-/// a trap. They never move. Data segments are copied in (no copy-on-write images).
-pub fn configure(config: &mut Config) {
+/// cell's reservation area, mapped as they grow, and they never move. With
+/// [`BoundsChecks::GuardPages`], 32-bit memories need no bounds checks: an access past
+/// the end faults and the host hands the fault to the runtime as a trap. Data segments
+/// are copied in (no copy-on-write images).
+pub fn configure(config: &mut Config, checks: BoundsChecks) {
     config
-        .signals_based_traps(true)
+        .signals_based_traps(checks == BoundsChecks::GuardPages)
         .memory_reservation(MEMORY_RESERVATION)
         .memory_guard_size(MEMORY_GUARD_SIZE)
         .memory_reservation_for_growth(0)

@@ -29,6 +29,8 @@ mod wasi;
 
 use hypercell_abi::BootInfo;
 use hypercell_abi::boot::BOOT_MAGIC;
+use hypercell_abi::hypercall::FailureKind;
+use hypercell_engine::BoundsChecks;
 
 core::arch::global_asm!(
     ".section .text.entry, \"ax\"",
@@ -58,6 +60,12 @@ extern "C" fn guest_main(boot_ptr: *mut BootInfo) -> ! {
     clock::init(&boot);
     platform::init(&boot);
     heap::init(&boot);
-    virtual_memory::init(&boot);
-    runtime::run(&boot, boot_ptr)
+    let Some(bounds_checks) = BoundsChecks::from_boot(boot.bounds_checks) else {
+        platform::fail(
+            FailureKind::Runtime,
+            b"the host asked for a kind of bounds checks this runtime does not know",
+        )
+    };
+    virtual_memory::init(&boot, bounds_checks);
+    runtime::run(&boot, boot_ptr, bounds_checks)
 }

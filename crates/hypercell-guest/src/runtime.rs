@@ -8,6 +8,7 @@ use alloc::format;
 use alloc::sync::Arc;
 use hypercell_abi::hypercall::FailureKind;
 use hypercell_abi::{BootInfo, Hypercall, TEMPLATE_STOP_INIT, TEMPLATE_STOP_START};
+use hypercell_engine::BoundsChecks;
 use wasmtime::{Config, Engine, Linker, Module, ResourceLimiter, Store};
 
 use crate::clock::{self, Phase};
@@ -71,9 +72,9 @@ pub fn fail_with(kind: FailureKind, what: &str, error: &wasmtime::Error) -> ! {
     fail(kind, message.as_bytes())
 }
 
-pub fn run(boot: &BootInfo, boot_ptr: *const BootInfo) -> ! {
+pub fn run(boot: &BootInfo, boot_ptr: *const BootInfo, bounds_checks: BoundsChecks) -> ! {
     let mut config = Config::new();
-    hypercell_engine::configure(&mut config);
+    hypercell_engine::configure(&mut config, bounds_checks);
     // SAFETY: the answers come from the host, which checked each feature on the real
     // CPU and compiled the module for exactly that set.
     unsafe {

@@ -11,6 +11,11 @@
 //! ([`BootInfo::premapped_memory`]), at the start of the area; the first reservation
 //! of a linear memory's size takes it, and making its initial size accessible then
 //! needs no exit.
+//!
+//! With [`BoundsChecks::Explicit`] the compiled code compares each access with the
+//! memory's size, so the tables may map more than the size: each mapping then runs to
+//! the end of its 2 MiB page (the host's premapping too), and growing within pages
+//! already backed needs no exit.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::cell::UnsafeCell;
@@ -18,6 +23,7 @@ use core::cell::UnsafeCell;
 use alloc::vec::Vec;
 use hypercell_abi::layout::{LARGE_PAGE_SIZE, PAGE_SIZE, RESERVATION_BASE, RESERVATION_SIZE};
 use hypercell_abi::{BootInfo, Hypercall};
+use hypercell_engine::BoundsChecks;
 
 /// What the custom-platform functions return on failure (wasmtime reports it as an OS
 /// error code).
@@ -31,16 +37,20 @@ struct Reservation {
     base: usize,
     len: usize,
     backing: Vec<Option<usize>>,
-    /// Bytes from `base` that the host mapped before boot.
-    premapped: usize,
+    /// Bytes from `base` mapped so far without a gap: by the host before boot, then
+    /// by each growth that continues them.
+    mapped: usize,
 }
 
 struct ReservationArea {
     next: usize,
     reservations: Vec<Reservation>,
-    /// The host's premapped memory, until a reservation takes it: its accessible
-    /// bytes and the guest-physical start of its 2 MiB pages.
+    /// The host's premapped memory, until a reservation takes it: its mapped bytes
+    /// and the guest-physical start of its 2 MiB pages.
     premapped: Option<(usize, usize)>,
+    /// Whether mappings run on to the end of their 2 MiB page (explicit bounds
+    /// checks) rather than stop at the accessible size.
+    map_whole_pages: bool,
 }
 
 struct Area(UnsafeCell<ReservationArea>);
@@ -53,21 +63,27 @@ static AREA: Area = Area(UnsafeCell::new(ReservationArea {
     next: RESERVATION_BASE as usize,
     reservations: Vec::new(),
     premapped: None,
+    map_whole_pages: false,
 }));
 
 /// Bytes wasmtime reserves for one linear memory.
 const MEMORY_RESERVATION: usize = hypercell_engine::MEMORY_RESERVATION_SIZE as usize;
 
-/// Takes note of the memory the host mapped before boot.
-pub fn init(boot: &BootInfo) {
+/// Takes note of how the code checks bounds and of the memory the host mapped before
+/// boot.
+pub fn init(boot: &BootInfo, bounds_checks: BoundsChecks) {
+    let area = area();
+    area.map_whole_pages = bounds_checks == BoundsChecks::Explicit;
     if boot.premapped_memory == 0 {
         return;
     }
-    let area = area();
-    area.premapped = Some((
-        boot.premapped_memory as usize,
-        boot.premapped_backing as usize,
-    ));
+    let premapped = boot.premapped_memory as usize;
+    let mapped = if area.map_whole_pages {
+        premapped.next_multiple_of(LARGE)
+    } else {
+        premapped
+    };
+    area.premapped = Some((mapped, boot.premapped_backing as usize));
     // Other reservations start past the premapped memory's.
     area.next = RESERVATION_BASE as usize + MEMORY_RESERVATION + LARGE;
 }
@@ -98,7 +114,7 @@ impl ReservationArea {
                 backing: (0..premapped.div_ceil(LARGE))
                     .map(|page| Some(backing + page * LARGE))
                     .collect(),
-                premapped,
+                mapped: premapped,
             });
             return Some(base);
         }
@@ -115,7 +131,7 @@ impl ReservationArea {
             base,
             len,
             backing: Vec::new(),
-            premapped: 0,
+            mapped: 0,
         });
         Some(base)
     }
@@ -133,11 +149,19 @@ impl ReservationArea {
 impl Reservation {
     /// Makes `ptr..ptr + len` accessible: backs its 2 MiB pieces that have no physical
     /// page yet (with consecutive pages, so one request usually maps it all) and has
-    /// the host map each physically contiguous run.
-    fn make_accessible(&mut self, ptr: usize, len: usize) -> bool {
-        if ptr + len <= self.base + self.premapped {
+    /// the host map each physically contiguous run, on to the end of the last 2 MiB
+    /// page with `whole_pages`.
+    fn make_accessible(&mut self, ptr: usize, len: usize, whole_pages: bool) -> bool {
+        if ptr + len <= self.base + self.mapped {
             return true;
         }
+        // What is mapped already needs no second mapping.
+        let (ptr, len) = if ptr < self.base + self.mapped {
+            let mapped_end = self.base + self.mapped;
+            (mapped_end, ptr + len - mapped_end)
+        } else {
+            (ptr, len)
+        };
         let first = (ptr - self.base) / LARGE;
         let last = (ptr + len - 1 - self.base) / LARGE;
         if self.backing.len() <= last {
@@ -163,7 +187,13 @@ impl Reservation {
             let offset = addr - self.base;
             self.backing[offset / LARGE].map(|page| page + offset % LARGE)
         };
-        let end = ptr + len;
+        let end = if whole_pages {
+            (ptr + len)
+                .next_multiple_of(LARGE)
+                .min(self.base + self.len)
+        } else {
+            ptr + len
+        };
         let mut runs: Vec<[u64; 3]> = Vec::new();
         let mut run_start = ptr;
         while run_start < end {
@@ -182,7 +212,7 @@ impl Reservation {
             ]);
             run_start = run_end;
         }
-        runs.chunks(2).all(|pair| {
+        let mapped = runs.chunks(2).all(|pair| {
             let [va, len, pa] = pair[0];
             let [va2, len2, pa2] = pair.get(1).copied().unwrap_or([0; 3]);
             let ready = crate::hypercall::call(Hypercall::MapMemory, [va, len, pa, va2, len2, pa2]);
@@ -190,7 +220,11 @@ impl Reservation {
                 crate::heap::ready_up_to(ready as usize);
             }
             ready >= 0
-        })
+        });
+        if mapped && ptr == self.base + self.mapped {
+            self.mapped = end - self.base;
+        }
+        mapped
     }
 }
 
@@ -265,10 +299,12 @@ extern "C" fn wasmtime_mprotect(ptr: *mut u8, size: usize, prot_flags: u32) -> i
     if size == 0 {
         return 0;
     }
-    let Some(reservation) = area().find(addr, size) else {
+    let area = area();
+    let whole_pages = area.map_whole_pages;
+    let Some(reservation) = area.find(addr, size) else {
         return FAILED;
     };
-    if prot_flags == 0 || !reservation.make_accessible(addr, size) {
+    if prot_flags == 0 || !reservation.make_accessible(addr, size, whole_pages) {
         return FAILED;
     }
     0

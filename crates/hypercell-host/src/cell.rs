@@ -15,6 +15,7 @@ use hypercell_abi::{
     ABI_VERSION, BootInfo, Components, CpuFeatures, GuestPhases, StdioKind, TEMPLATE_STOP_INIT,
     TEMPLATE_STOP_START,
 };
+use hypercell_engine::BoundsChecks;
 use hypercell_vmm::system::write_system_region;
 use hypercell_vmm::{
     CHANNEL_SLOT, FIRST_GROWTH_SLOT, GuestException, GuestMemory, MemoryError, ReservationTables,
@@ -930,25 +931,28 @@ fn start_cell(
         CellPayload::Wasm { module, .. } if module.component => GUEST_HTTP_ELF,
         _ => GUEST_ELF,
     };
-    let (image_end, module, module_identity, cpu_features, initial_memory) = match payload {
-        CellPayload::Wasm {
-            module,
-            cpu_features,
-        } => (
-            image_end(guest)?,
-            module.artifact.bytes(),
-            ModuleIdentity::of_artifact(&module.artifact),
-            cpu_features,
-            module.initial_memory,
-        ),
-        CellPayload::MachineCode(code) => (
-            IMAGE_BASE + code.len() as u64,
-            &[][..],
-            ModuleIdentity::of(&[]),
-            0,
-            0,
-        ),
-    };
+    let (image_end, module, module_identity, cpu_features, initial_memory, bounds_checks) =
+        match payload {
+            CellPayload::Wasm {
+                module,
+                cpu_features,
+            } => (
+                image_end(guest)?,
+                module.artifact.bytes(),
+                ModuleIdentity::of_artifact(&module.artifact),
+                cpu_features,
+                module.initial_memory,
+                module.bounds_checks,
+            ),
+            CellPayload::MachineCode(code) => (
+                IMAGE_BASE + code.len() as u64,
+                &[][..],
+                ModuleIdentity::of(&[]),
+                0,
+                0,
+                BoundsChecks::default(),
+            ),
+        };
     let module_len = module.len() as u64;
     if initial_memory > config.memory_limit {
         return Err(CellError::InitialMemory {
@@ -1067,9 +1071,16 @@ fn start_cell(
     let mut reservations = ReservationTables::default();
     let tables = if booting {
         let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
-        if premapped > 0 {
+        // With explicit bounds checks the code, not the tables, stops accesses past
+        // the memory's size: its whole last 2 MiB page is mapped, for it to grow into
+        // without an exit (the guest knows, see `BootInfo::bounds_checks`).
+        let mapped = match bounds_checks {
+            BoundsChecks::GuardPages => premapped,
+            BoundsChecks::Explicit => premapped.next_multiple_of(LARGE_PAGE_SIZE),
+        };
+        if mapped > 0 {
             reservations
-                .map(&memory, RESERVATION_BASE, premapped_backing, premapped)
+                .map(&memory, RESERVATION_BASE, premapped_backing, mapped)
                 .map_err(load_error)?;
         }
         Some(tables)
@@ -1152,6 +1163,7 @@ fn start_cell(
             layout.preopens + named_table_offset as u64
         },
         named_channel_count: channels.named.len() as u64,
+        bounds_checks: bounds_checks.to_boot(),
     };
     let named_table: Vec<u8> = channels
         .named

@@ -4,6 +4,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 pub use hypercell_abi as abi;
+pub use hypercell_engine::BoundsChecks;
 
 pub mod cell;
 pub mod channel;

@@ -6,8 +6,10 @@ mod common;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Outcome, program, run};
-use hypercell_host::{CellConfig, CellError, CellExit, CellFailure, CompileError, Compiler};
+use common::{Outcome, program, run, run_checked};
+use hypercell_host::{
+    BoundsChecks, CellConfig, CellError, CellExit, CellFailure, CompileError, Compiler,
+};
 
 /// The failure of a cell that did not run to its end.
 fn failure(outcome: &Outcome) -> &CellFailure {
@@ -63,6 +65,51 @@ fn integer_division_by_zero_traps() {
 fn out_of_bounds_memory_access_traps() {
     let (report, _) = trap_report("(drop (i32.load (i32.const 0x7ffffff0)))");
     assert!(report.contains("out of bounds memory access"), "{report}");
+}
+
+/// With explicit bounds checks a trap is a call into the runtime rather than a fault:
+/// each still ends the cell with wasmtime's message and keeps the output before it.
+#[test]
+fn traps_read_the_same_with_explicit_bounds_checks() {
+    let recursion = r#"(module
+        (func $down (param i32) (result i32) (call $down (i32.add (local.get 0) (i32.const 1))))
+        (func (export "_start") (drop (call $down (i32.const 0)))))"#
+        .to_string();
+    let null_call = r#"(module
+        (type $t (func))
+        (table 1 funcref)
+        (func (export "_start") (call_indirect (type $t) (i32.const 0))))"#
+        .to_string();
+    let cases = [
+        (
+            program(&format!("{SAY_BEFORE} unreachable")),
+            "wasm `unreachable` instruction executed",
+        ),
+        (
+            program(&format!(
+                "{SAY_BEFORE} (drop (i32.div_s (i32.const 1) (i32.const 0)))"
+            )),
+            "integer divide by zero",
+        ),
+        (
+            program(&format!(
+                "{SAY_BEFORE} (drop (i32.load (i32.const 0x7ffffff0)))"
+            )),
+            "out of bounds memory access",
+        ),
+        (recursion, "call stack exhausted"),
+        (null_call, "uninitialized element"),
+    ];
+    for (wat, message) in cases {
+        let outcome = run_checked(&wat, &config(), b"", BoundsChecks::Explicit);
+        match &outcome.report().exit {
+            CellExit::Trapped(report) => assert!(report.contains(message), "{report}"),
+            other => panic!("expected a trap ({message}), got {other:?}"),
+        }
+        if wat.contains("before") {
+            assert_eq!(outcome.stdout, b"before\n");
+        }
+    }
 }
 
 #[test]

@@ -1,12 +1,15 @@
-//! Linear memories live in the reservation area with no bounds checks in wasm code:
-//! the MMU enforces their exact end at every size, growth keeps every byte in place,
-//! and the host's page-table pool outlasts any pattern of growth.
+//! Linear memories live in the reservation area. With no bounds checks in wasm code
+//! the MMU enforces their exact end at every size; with explicit checks the code does,
+//! while the tables map whole 2 MiB pages ahead. Either way growth keeps every byte in
+//! place, and the host's page-table pool outlasts any pattern of growth.
 
 mod common;
 
-use common::{program, run};
+use common::{program, run, run_checked};
 use hypercell_abi::Hypercall;
-use hypercell_host::{CellConfig, CellExit};
+use hypercell_host::{BoundsChecks, CellConfig, CellExit};
+
+const BOTH: [BoundsChecks; 2] = [BoundsChecks::GuardPages, BoundsChecks::Explicit];
 
 fn config(memory_limit: u64) -> CellConfig {
     CellConfig {
@@ -16,8 +19,8 @@ fn config(memory_limit: u64) -> CellConfig {
 }
 
 /// Grows the program's 4-page memory by `grow` pages, writes and reads back its last
-/// byte, then runs `probe`, which must trap.
-fn trap_after_growth(grow: u32, probe: &str) -> (Vec<u8>, String) {
+/// byte, then runs `probe`, which must trap, in code compiled with `checks`.
+fn trap_after_growth(grow: u32, probe: &str, checks: BoundsChecks) -> (Vec<u8>, String) {
     let last = (4 + grow) * 65536 - 1;
     let body = format!(
         r#"
@@ -26,36 +29,46 @@ fn trap_after_growth(grow: u32, probe: &str) -> (Vec<u8>, String) {
         (call $emit32 (i32.load8_u (i32.const {last})))
         {probe}"#
     );
-    let outcome = run(&program(&body), &config(64 << 20), b"");
+    let outcome = run_checked(&program(&body), &config(64 << 20), b"", checks);
     match &outcome.report().exit {
         CellExit::Trapped(report) => (outcome.stdout.clone(), report.clone()),
-        other => panic!("expected a trap after growing by {grow}, got {other:?}"),
+        other => panic!("expected a trap after growing by {grow} ({checks:?}), got {other:?}"),
     }
 }
 
 #[test]
 fn the_first_byte_past_the_end_traps_at_every_size() {
-    // 4 pages (premapped), 5, 32 (exactly 2 MiB), 33, 64 and 129 pages.
-    for grow in [0, 1, 28, 29, 60, 125] {
-        let end = (4 + grow) * 65536;
-        let (stdout, report) =
-            trap_after_growth(grow, &format!("(drop (i32.load8_u (i32.const {end})))"));
-        assert_eq!(stdout, 42u32.to_le_bytes(), "the last byte is usable");
-        assert!(report.contains("out of bounds memory access"), "{report}");
+    // 4 pages (premapped), 5, 32 (exactly 2 MiB), 33, 64 and 129 pages. With explicit
+    // checks the byte past the end is mapped (but for 32 and 64 pages): the code must
+    // refuse it.
+    for checks in BOTH {
+        for grow in [0, 1, 28, 29, 60, 125] {
+            let end = (4 + grow) * 65536;
+            let probe = format!("(drop (i32.load8_u (i32.const {end})))");
+            let (stdout, report) = trap_after_growth(grow, &probe, checks);
+            assert_eq!(stdout, 42u32.to_le_bytes(), "the last byte is usable");
+            assert!(report.contains("out of bounds memory access"), "{report}");
+        }
     }
 }
 
 #[test]
 fn an_access_straddling_the_end_traps() {
     let end = 33 * 65536;
-    let (_, report) = trap_after_growth(29, &format!("(drop (i64.load (i32.const {})))", end - 4));
-    assert!(report.contains("out of bounds memory access"), "{report}");
+    for checks in BOTH {
+        let probe = format!("(drop (i64.load (i32.const {})))", end - 4);
+        let (_, report) = trap_after_growth(29, &probe, checks);
+        assert!(report.contains("out of bounds memory access"), "{report}");
+    }
 }
 
 #[test]
 fn a_static_offset_into_the_guard_region_traps() {
-    let (_, report) = trap_after_growth(0, "(drop (i32.load offset=0x1000000 (i32.const 0)))");
-    assert!(report.contains("out of bounds memory access"), "{report}");
+    for checks in BOTH {
+        let probe = "(drop (i32.load offset=0x1000000 (i32.const 0)))";
+        let (_, report) = trap_after_growth(0, probe, checks);
+        assert!(report.contains("out of bounds memory access"), "{report}");
+    }
 }
 
 #[test]
@@ -100,4 +113,41 @@ fn growth_in_odd_steps_keeps_every_byte_and_outlasts_the_table_pool() {
         u64::from(steps),
         "one exit per growth"
     );
+}
+
+#[test]
+fn explicit_checks_grow_a_page_at_a_time_with_an_exit_per_2_mib() {
+    // 124 growths of one page take the memory from 4 pages to 128 (8 MiB): with
+    // guard pages each is an exit; with explicit checks the tables map to the end of
+    // each 2 MiB page, so only growths into a new one leave the cell (3), and every
+    // byte stays where it was written.
+    let body = r#"
+        (local $i i32)
+        (loop $grow
+          (if (i32.eq (memory.grow (i32.const 1)) (i32.const -1))
+            (then (call $proc_exit (i32.const 1))))
+          (i32.store8 (i32.sub (i32.mul (memory.size) (i32.const 65536)) (i32.const 1))
+            (memory.size))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $grow (i32.lt_u (local.get $i) (i32.const 124))))
+        (local.set $i (i32.const 5))
+        (loop $check
+          (if (i32.ne
+                (i32.load8_u (i32.sub (i32.mul (local.get $i) (i32.const 65536)) (i32.const 1)))
+                (i32.and (local.get $i) (i32.const 255)))
+            (then (call $proc_exit (i32.const 2))))
+          (local.set $i (i32.add (local.get $i) (i32.const 1)))
+          (br_if $check (i32.le_u (local.get $i) (i32.const 128))))
+        (call $emit32 (memory.size))"#;
+    for (checks, exits) in [(BoundsChecks::GuardPages, 124), (BoundsChecks::Explicit, 3)] {
+        let outcome = run_checked(&program(body), &config(64 << 20), b"", checks);
+        let report = outcome.report();
+        assert_eq!(report.exit, CellExit::Exited(0), "{checks:?}");
+        assert_eq!(outcome.stdout, 128u32.to_le_bytes());
+        assert_eq!(
+            report.stats.hypercalls.get(Hypercall::MapMemory),
+            exits,
+            "{checks:?}"
+        );
+    }
 }

@@ -9,9 +9,9 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{PATTERN_FUNCTIONS, compile, first_read_template, template_file};
+use common::{PATTERN_FUNCTIONS, compile_checked, first_read_template, template_file};
 use hypercell_host::{
-    CellConfig, CellControl, CellError, CellExit, CellStdio, Compiler, ReusableCell,
+    BoundsChecks, CellConfig, CellControl, CellError, CellExit, CellStdio, Compiler, ReusableCell,
 };
 
 /// Fills 128 KiB with 0x5a and reads an 8-byte id from stdin (where the template
@@ -65,7 +65,26 @@ fn writer() -> String {
 
 #[test]
 fn a_reused_partition_runs_every_cell_from_the_template_alone() {
-    let module = Arc::new(compile(&writer()));
+    let dropped = run_in_one_partition(BoundsChecks::GuardPages);
+    assert!(
+        dropped >= 2,
+        "the table pool was used up and used again: {dropped}"
+    );
+}
+
+/// The same with bounds checks in the code, where the tables map whole 2 MiB pages
+/// ahead of the memory's size: the byte past the end of a memory that did not grow
+/// still traps, though an earlier cell's growth mapped it in the same partition.
+#[test]
+fn a_reused_partition_with_explicit_bounds_checks_keeps_cells_apart_too() {
+    run_in_one_partition(BoundsChecks::Explicit);
+}
+
+/// Runs 240 cells of the writer, compiled with `checks`, one after another in one
+/// partition, checking each; returns how many resets dropped KVM's shadows of the
+/// table pool to use it again.
+fn run_in_one_partition(checks: BoundsChecks) -> u32 {
+    let module = Arc::new(compile_checked(&writer(), checks));
     let cpu_features = Compiler::with_cache_dir(None).unwrap().cpu_features();
     let null = std::fs::File::options()
         .write(true)
@@ -150,8 +169,5 @@ fn a_reused_partition_runs_every_cell_from_the_template_alone() {
         );
     }
     assert_eq!(grew, 120);
-    assert!(
-        dropped >= 2,
-        "the table pool was used up and used again: {dropped}"
-    );
+    dropped
 }

@@ -16,8 +16,8 @@ use hypercell_host::compile::is_component;
 use hypercell_host::config::Components;
 use hypercell_host::persist::{CellSnapshot, SnapshotFile, SnapshotFileError, TemplatePoint};
 use hypercell_host::{
-    CellConfig, CellError, CellPayload, CellStdio, CompileError, CompiledModule, Compiler,
-    create_template,
+    BoundsChecks, CellConfig, CellError, CellPayload, CellStdio, CompileError, CompiledModule,
+    Compiler, create_template,
 };
 
 use crate::cgi::{RequestError, cgi_request};
@@ -71,14 +71,22 @@ pub enum HandlerError {
 
 impl Handler {
     /// The handler at `path`: a template made by `hypercell template create` (at
-    /// `start`), or a module, which is made a template here. Its cells start from
-    /// `base`: its memory limit and components give way to a template's own.
-    pub fn load(path: &Path, base: CellConfig) -> Result<Self, HandlerError> {
-        let compiler = Compiler::new()?;
+    /// `start`), or a module, which is made a template here, compiled with `checks`.
+    /// Its cells start from `base`: its memory limit and components give way to a
+    /// template's own, as `checks` gives way to its bounds checks.
+    pub fn load(path: &Path, base: CellConfig, checks: BoundsChecks) -> Result<Self, HandlerError> {
+        let template = if SnapshotFile::is_snapshot(path) {
+            Some(SnapshotFile::read_from(path)?)
+        } else {
+            None
+        };
+        let checks = template
+            .as_ref()
+            .map_or(checks, SnapshotFile::bounds_checks);
+        let compiler = Compiler::with_bounds_checks(checks)?;
         let engine = compiler.fingerprint().to_string();
         let cpu_features = compiler.cpu_features();
-        let (file, module, kind) = if SnapshotFile::is_snapshot(path) {
-            let file = SnapshotFile::read_from(path)?;
+        let (file, module, kind) = if let Some(file) = template {
             if file.snapshot.template != Some(TemplatePoint::Start) {
                 return Err(match file.snapshot.template {
                     None => SnapshotFileError::NotTemplate(path.to_path_buf()).into(),
@@ -110,6 +118,11 @@ impl Handler {
     /// What kind of handler it is.
     pub fn kind(&self) -> HandlerKind {
         self.kind
+    }
+
+    /// How its code checks linear-memory bounds.
+    pub fn bounds_checks(&self) -> BoundsChecks {
+        self.module.bounds_checks
     }
 
     /// The module or template the handler was loaded from.

@@ -10,8 +10,10 @@
 //! environment, arguments and stdin, the response from stdout, parsed by the same code
 //! as Hypercell's. Hypercell runs each request in a cell started afresh from the
 //! handler's template, and, in a row of its own, the component with `--reuse`, where
-//! one cell answers request after request. Also printed: Hypercell's exits per request
-//! and where a request's time goes, from its access log.
+//! one cell answers request after request. Hypercell compiles handlers with bounds
+//! checks in the code (a server's default); rows marked `guard pages` measure the
+//! component and CPython with `-O signals-based-traps=y` instead. Also printed:
+//! Hypercell's exits per request and where a request's time goes, from its access log.
 //!
 //! `cargo bench -p hypercell --bench serve` (needs `hey`, which `scripts/setup`
 //! installs; `HYPERCELL_BENCH_SECONDS` sets each load run's length, default 4;
@@ -110,6 +112,10 @@ fn main() {
     };
     let mut subjects = vec![
         component_subject("wasi:http component in C", &[]),
+        component_subject(
+            "wasi:http component in C, guard pages",
+            &["-O", "signals-based-traps=y"],
+        ),
         component_subject("wasi:http component in C, `--reuse`", &["--reuse"]),
     ];
     subjects.push(Subject {
@@ -138,19 +144,24 @@ fn main() {
         let app = work.path().join("app");
         std::fs::create_dir(&app).unwrap();
         std::fs::write(app.join("app.py"), PYTHON_APP).unwrap();
-        subjects.push(Subject {
-            name: "CPython 3.12 CGI script",
+        let python_subject = |name, flags| Subject {
+            name,
             peer: Peer::WasmtimeCgi,
-            wasm: python,
+            wasm: python.clone(),
             args: vec!["/app/app.py".into()],
-            flags: &[],
-            app: Some(app),
+            flags,
+            app: Some(app.clone()),
             loads: vec![Load {
                 name: "python (POST 1 KiB)",
                 target: "/python?x=1",
                 body: 1 << 10,
             }],
-        });
+        };
+        subjects.push(python_subject("CPython 3.12 CGI script", &[]));
+        subjects.push(python_subject(
+            "CPython 3.12 CGI script, guard pages",
+            &["-O", "signals-based-traps=y"],
+        ));
         std::fs::write(work.path().join("body-1k"), vec![b'y'; 1 << 10]).unwrap();
     } else {
         println!(

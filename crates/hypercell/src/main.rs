@@ -18,9 +18,9 @@ use hypercell_host::fs::Preopen;
 use grant_args::GrantArgs;
 use hypercell_host::persist::{SnapshotError, SnapshotFile, SnapshotFileError, TemplatePoint};
 use hypercell_host::{
-    CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure, CellPayload,
-    CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler, ConfigError,
-    create_init_template, create_template, restore_cell, run_cell_with_control,
+    BoundsChecks, CacheStatus, CellConfig, CellControl, CellError, CellExit, CellFailure,
+    CellPayload, CellReport, CellStats, CellStdio, CompileError, CompiledModule, Compiler,
+    ConfigError, create_init_template, create_template, restore_cell, run_cell_with_control,
     start_from_template,
 };
 
@@ -33,6 +33,7 @@ mod pipe_command;
 mod pipeline_checkpoint;
 mod serve_command;
 mod signals;
+mod tuning_args;
 
 /// Exit status when the program could not be run at all.
 const FAILURE_EXIT_STATUS: u8 = 1;
@@ -183,6 +184,13 @@ struct RunArgs {
     /// SIGUSR1; the cell goes on. `hypercell restore FILE` runs on from it.
     #[arg(long, value_name = "FILE")]
     checkpoint: Option<PathBuf>,
+    /// Compiler setting, as `wasmtime run -O`: `signals-based-traps=n` compiles a
+    /// bounds check into each linear-memory access instead of leaving out-of-bounds
+    /// accesses to guard pages, so that memory grows with fewer exits (for short
+    /// runs that grow: what `hypercell serve` does by default), at some cost to
+    /// compute-bound code [default: signals-based-traps=y]. A template keeps its own.
+    #[arg(short = 'O', long = "optimize", value_name = "KEY[=VAL]", value_parser = tuning_args::parse_tuning)]
+    optimize: Vec<tuning_args::Tuning>,
     /// The module to run (binary `.wasm` or text `.wat`), `-` to read it from stdin, or
     /// a template made by `hypercell template create`.
     module: PathBuf,
@@ -290,7 +298,8 @@ fn run(args: RunArgs, started: Instant) -> ExitCode {
         return run_template(&args, preopens, &control, started);
     }
     let mut strict = Ok(());
-    let compiled = Compiler::new().and_then(|compiler| {
+    let checks = tuning_args::bounds_checks(&args.optimize).unwrap_or_default();
+    let compiled = Compiler::with_bounds_checks(checks).and_then(|compiler| {
         let module = if args.module == Path::new("-") {
             // As with `wasmtime run -`: the module is read from stdin, which the
             // program then finds at its end.
@@ -425,7 +434,17 @@ fn run_template(
             }
             Err(e) => return fail(&e),
         };
-    let (module, cpu_features, engine) = match compile(&file.module) {
+    if let Some(asked) = tuning_args::bounds_checks(&args.optimize)
+        && asked != file.bounds_checks()
+    {
+        return fail_with(&format!(
+            "`{}` was compiled with {} bounds checks, which its cells keep; make the template with {} instead",
+            args.module.display(),
+            file.bounds_checks().name(),
+            tuning_args::flag_for(asked)
+        ));
+    }
+    let (module, cpu_features, engine) = match compile(&file.module, file.bounds_checks()) {
         Ok(compiled) => compiled,
         Err(e) => return fail(&e),
     };
@@ -447,10 +466,13 @@ fn run_template(
     report(result, &file.module, &config, stats)
 }
 
-/// Compiles the module at `path` (or finds its code in the cache), with the compiler's
-/// CPU features and settings.
-fn compile(path: &Path) -> Result<(CompiledModule, u32, String), CompileError> {
-    let compiler = Compiler::new()?;
+/// Compiles the module at `path` (or finds its code in the cache) with `checks`, with
+/// the compiler's CPU features and settings.
+fn compile(
+    path: &Path,
+    checks: BoundsChecks,
+) -> Result<(CompiledModule, u32, String), CompileError> {
+    let compiler = Compiler::with_bounds_checks(checks)?;
     Ok((
         compiler.compile_file(path)?,
         compiler.cpu_features(),
@@ -462,6 +484,13 @@ fn compile(path: &Path) -> Result<(CompiledModule, u32, String), CompileError> {
 /// `hypercell template create --name NAME`: the daemon makes the template.
 fn create_template_in_daemon(args: TemplateCreateArgs, name: String) -> ExitCode {
     let run = &args.run;
+    if tuning_args::bounds_checks(&run.optimize)
+        .is_some_and(|checks| checks != BoundsChecks::GuardPages)
+    {
+        return fail_with(
+            "the daemon compiles with guard pages (signals-based-traps=y); make a template with -O signals-based-traps=n as a file, with -o FILE",
+        );
+    }
     let dirs = match daemon_commands::dir_specs(&run.grant.dirs, &run.grant.dirs_read_only) {
         Ok(dirs) => dirs,
         Err(e) => return fail(&e),
@@ -499,7 +528,8 @@ fn create_template_file(args: TemplateCreateArgs) -> ExitCode {
     if let Err(refusal) = check_strict_file(args.run.components, &args.run.module) {
         return fail_with(&refusal);
     }
-    let (module, cpu_features, engine) = match compile(&args.run.module) {
+    let checks = tuning_args::bounds_checks(&args.run.optimize).unwrap_or_default();
+    let (module, cpu_features, engine) = match compile(&args.run.module, checks) {
         Ok(compiled) => compiled,
         Err(e) => return fail(&e),
     };
@@ -536,7 +566,7 @@ fn restore(args: RestoreArgs, started: Instant) -> ExitCode {
         Ok(file) => file,
         Err(e) => return fail(&e),
     };
-    let (module, cpu_features, engine) = match compile(&file.module) {
+    let (module, cpu_features, engine) = match compile(&file.module, file.bounds_checks()) {
         Ok(compiled) => compiled,
         Err(e) => return fail(&e),
     };

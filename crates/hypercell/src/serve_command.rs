@@ -12,7 +12,7 @@ use hypercell_host::config::{
     ComponentChoice, Components, DEFAULT_MEMORY_LIMIT, parse_components, parse_duration,
     parse_memory_size,
 };
-use hypercell_host::{CellConfig, keep_vms_ready};
+use hypercell_host::{BoundsChecks, CellConfig, keep_vms_ready};
 use hypercell_serve::{AccessLog, Handler, HandlerError, HandlerKind, PoolLimits, ServeOptions};
 
 /// Arguments of `hypercell serve`.
@@ -64,6 +64,13 @@ pub struct ServeArgs {
     /// it needs `stdio` to answer. A template keeps its own.
     #[arg(long, value_name = "LIST", value_parser = parse_components)]
     components: Option<ComponentChoice>,
+    /// Compiler setting, as `wasmtime serve -O`. A server compiles a bounds check into
+    /// each linear-memory access (`signals-based-traps=n`), so that a request's
+    /// memory grows without exits; `-O signals-based-traps=y` leaves out-of-bounds
+    /// accesses to guard pages instead, for handlers that compute more than they grow.
+    /// A template keeps its own.
+    #[arg(short = 'O', long = "optimize", value_name = "KEY[=VAL]", value_parser = crate::tuning_args::parse_tuning)]
+    optimize: Vec<crate::tuning_args::Tuning>,
     /// The handler: a wasi:http proxy component (as `wasmtime serve` runs), a WASI
     /// command module following WAGI's conventions, or a template of one made with
     /// `hypercell template create` (at `start`).
@@ -100,13 +107,25 @@ pub fn serve(args: ServeArgs) -> ExitCode {
     {
         return crate::fail_with(&refusal);
     }
-    let handler = match Handler::load(&args.handler, base) {
+    let asked = crate::tuning_args::bounds_checks(&args.optimize);
+    let handler = match Handler::load(&args.handler, base, asked.unwrap_or(BoundsChecks::Explicit))
+    {
         Ok(handler) => handler,
         Err(error @ HandlerError::NoStdio(_)) => {
             return crate::fail_with(&format!("{error}: add `stdio` to --components"));
         }
         Err(error) => return crate::fail(&error),
     };
+    if let Some(asked) = asked
+        && asked != handler.bounds_checks()
+    {
+        return crate::fail_with(&format!(
+            "`{}` was compiled with {} bounds checks, which its cells keep; make the template with {} instead",
+            args.handler.display(),
+            handler.bounds_checks().name(),
+            crate::tuning_args::flag_for(asked)
+        ));
+    }
     if args.reuse.is_some() && handler.kind() == HandlerKind::Wagi {
         let _ = writeln!(
             std::io::stderr(),

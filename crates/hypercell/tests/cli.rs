@@ -85,6 +85,71 @@ fn a_trap_prints_a_backtrace_exits_like_wasmtime_and_keeps_output() {
     assert_eq!(out.status.code(), Some(TRAP_STATUS));
 }
 
+/// `-O signals-based-traps=n` compiles bounds checks into the code, as wasmtime's flag
+/// does: the memory's tables then map whole 2 MiB pages, yet the byte past its end
+/// still traps as under wasmtime; a template keeps its code's checks.
+#[test]
+fn explicit_bounds_checks_trap_past_the_end_and_templates_keep_them() {
+    let module = write_module(
+        "past_the_end.wat",
+        r#"(module
+            (import "wasi_snapshot_preview1" "fd_write"
+              (func $fd_write (param i32 i32 i32 i32) (result i32)))
+            (memory (export "memory") 1)
+            (data (i32.const 16) "grown\n")
+            (func (export "_start")
+              (drop (memory.grow (i32.const 1)))
+              (i32.store8 (i32.const 131071) (i32.const 1))
+              (i32.store (i32.const 0) (i32.const 16))
+              (i32.store (i32.const 4) (i32.const 6))
+              (drop (call $fd_write (i32.const 1) (i32.const 0) (i32.const 1) (i32.const 8)))
+              (drop (i32.load8_u (i32.const 131072)))))"#,
+    );
+    for flag in ["signals-based-traps=n", "signals-based-traps=y"] {
+        let out = run(&["run", "-O", flag, &module], b"");
+        assert_eq!(text(&out.stdout), "grown\n", "{flag}");
+        let stderr = text(&out.stderr);
+        assert!(
+            stderr.contains("out of bounds memory access"),
+            "{flag}: {stderr}"
+        );
+        assert_eq!(out.status.code(), Some(TRAP_STATUS), "{flag}");
+    }
+    let work = tempfile::tempdir().unwrap();
+    let template = work.path().join("checked.tmpl");
+    let template = template.to_str().unwrap();
+    let made = run(
+        &[
+            "template",
+            "create",
+            "-O",
+            "signals-based-traps=n",
+            "-o",
+            template,
+            &module,
+        ],
+        b"",
+    );
+    assert!(made.status.success(), "{}", text(&made.stderr));
+    let out = run(&["run", template], b"");
+    assert_eq!(text(&out.stdout), "grown\n");
+    assert_eq!(
+        out.status.code(),
+        Some(TRAP_STATUS),
+        "{}",
+        text(&out.stderr)
+    );
+    let refused = run(&["run", "-O", "signals-based-traps=y", template], b"");
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        text(&refused.stderr).contains(
+            "was compiled with explicit bounds checks, which its cells keep; make the template with -O signals-based-traps=y instead"
+        ),
+        "{}",
+        text(&refused.stderr)
+    );
+}
+
 #[test]
 fn the_timeout_stops_an_endless_loop() {
     let module = write_module(
@@ -157,7 +222,7 @@ fn the_memory_limit_is_the_programs_own_as_under_wasmtime() {
 
 #[test]
 fn bad_input_gets_one_clear_sentence() {
-    let cases: [(&[&str], &str); 6] = [
+    let cases: [(&[&str], &str); 8] = [
         (
             &["run", "/no/such/module.wasm"],
             "module `/no/such/module.wasm` does not exist",
@@ -184,6 +249,14 @@ fn bad_input_gets_one_clear_sentence() {
         (
             &["run", "--env", "=value", "x.wasm"],
             "invalid environment variable `=value`",
+        ),
+        (
+            &["run", "-O", "opt-level=2", "x.wasm"],
+            "`opt-level` is not a setting Hypercell knows; -O takes signals-based-traps=y|n",
+        ),
+        (
+            &["run", "-O", "signals-based-traps=maybe", "x.wasm"],
+            "signals-based-traps takes y or n, not `maybe`",
         ),
     ];
     for (args, expected) in cases {

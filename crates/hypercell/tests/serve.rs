@@ -342,6 +342,26 @@ fn a_template_serves_and_one_stopped_late_is_refused() {
     for _ in 0..3 {
         assert_eq!(connection.get("/count").text(), "1\n");
     }
+    // `template create` compiles with guard pages, which its cells keep: asking a
+    // server for other code is one sentence naming the fix.
+    let refused = run(
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "-O",
+            "signals-based-traps=n",
+            template.to_str().unwrap(),
+        ],
+        b"",
+    );
+    assert_eq!(refused.status.code(), Some(1));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains("compiled with guard-pages bounds checks, which its cells keep")
+            && stderr.contains("make the template with -O signals-based-traps=n"),
+        "{stderr}"
+    );
     let reply = connection.get("/env?x");
     assert!(
         reply
@@ -436,6 +456,12 @@ fn a_wasi_http_component_answers_each_request_in_a_fresh_cell() {
     for thread in threads {
         thread.join().unwrap();
     }
+    // The request grows the component's memory twice, within the 2 MiB page that the
+    // template's tables map ahead (a server compiles explicit bounds checks): its one
+    // exit is the one that answers.
+    let reply = connection.get("/again");
+    let line = server.access_line(reply.header("x-request-id").unwrap());
+    assert!(line.ends_with(" exits=1"), "{line}");
     // A component that traps, or returns without a response, fails its own request.
     for (target, cause) in [
         ("/trap", "trapped"),
@@ -466,6 +492,21 @@ fn a_wasi_http_component_answers_each_request_in_a_fresh_cell() {
             .enumerate()
             .all(|(i, &b)| b == b'a' + (i % 26) as u8)
     );
+}
+
+#[test]
+fn guard_pages_leave_each_growth_an_exit() {
+    // Left to guard pages, each growth of the request's memory is an exit of its own.
+    let server = Server::start(
+        &http_component(),
+        &["--max-cells", "1", "-O", "signals-based-traps=y"],
+    );
+    let mut connection = server.connect();
+    let reply = connection.get("/guarded");
+    assert_eq!(reply.status, 201, "{}", reply.text());
+    let line = server.access_line(reply.header("x-request-id").unwrap());
+    let exits: u64 = line.rsplit("exits=").next().unwrap().parse().unwrap();
+    assert!(exits > 1, "{line}");
 }
 
 #[test]

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use hypercell_abi::wasi::{WASI_PREVIEW1, WasiType, wasi_function};
 use hypercell_abi::{Components, CpuFeatures};
-use hypercell_engine::CRANELIFT_CPU_FLAGS;
+use hypercell_engine::{BoundsChecks, CRANELIFT_CPU_FLAGS};
 use wasmparser::{CompositeInnerType, FuncType, Parser, Payload, TypeRef, ValType};
 
 pub use artifact::Artifact;
@@ -120,6 +120,9 @@ pub struct CompiledModule {
     /// Whether it is a component (a wasi:http proxy), whose cells load the guest
     /// runtime built to serve one.
     pub component: bool,
+    /// How its code keeps linear-memory accesses in bounds (the cell's runtime
+    /// configures its engine alike).
+    pub bounds_checks: BoundsChecks,
     /// Time spent reading, hashing and compiling or loading.
     pub elapsed: Duration,
 }
@@ -153,9 +156,27 @@ pub fn cell_cpu_features() -> u32 {
     features
 }
 
+/// Where a compiler's fingerprint names its bounds checks.
+const CHECKS_TOKEN: &str = "checks ";
+
+/// The bounds checks of code compiled with settings `fingerprint` (a compiler's
+/// [`Compiler::fingerprint`], as a snapshot file records it): the compiler to load a
+/// snapshot's module with is configured so.
+pub fn bounds_checks_of(fingerprint: &str) -> BoundsChecks {
+    if fingerprint.contains(&format!(
+        " {CHECKS_TOKEN}{} ",
+        BoundsChecks::Explicit.name()
+    )) {
+        BoundsChecks::Explicit
+    } else {
+        BoundsChecks::GuardPages
+    }
+}
+
 /// Compiles modules for cells, through the cache.
 pub struct Compiler {
     engine: wasmtime::Engine,
+    bounds_checks: BoundsChecks,
     cpu_features: u32,
     fingerprint: String,
     cache: Option<CompileCache>,
@@ -175,9 +196,24 @@ impl Compiler {
 
     /// A compiler caching in `cache` (`None`: no cache).
     pub fn with_cache(cache: Option<CompileCache>) -> Result<Self, CompileError> {
+        Self::with_options(cache, BoundsChecks::default())
+    }
+
+    /// A compiler like [`Compiler::new`]'s whose code keeps linear-memory accesses in
+    /// bounds as `bounds_checks` says.
+    pub fn with_bounds_checks(bounds_checks: BoundsChecks) -> Result<Self, CompileError> {
+        Self::with_options(CompileCache::from_env()?, bounds_checks)
+    }
+
+    /// A compiler caching in `cache` (`None`: no cache) whose code keeps linear-memory
+    /// accesses in bounds as `bounds_checks` says.
+    pub fn with_options(
+        cache: Option<CompileCache>,
+        bounds_checks: BoundsChecks,
+    ) -> Result<Self, CompileError> {
         let cpu_features = cell_cpu_features();
         let mut config = wasmtime::Config::new();
-        hypercell_engine::configure(&mut config);
+        hypercell_engine::configure(&mut config, bounds_checks);
         // An explicit target stops wasmtime from inferring settings from the host;
         // the CPU features are exactly those the cell reports to its guest.
         config
@@ -197,17 +233,24 @@ impl Compiler {
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
         let fingerprint = format!(
-            "hypercell {} abi {} cpu {cpu_features:#x} engine {:016x}",
+            "hypercell {} abi {} cpu {cpu_features:#x} {CHECKS_TOKEN}{} engine {:016x}",
             env!("CARGO_PKG_VERSION"),
             hypercell_abi::ABI_VERSION,
+            bounds_checks.name(),
             hasher.finish()
         );
         Ok(Self {
             engine,
+            bounds_checks,
             cpu_features,
             fingerprint,
             cache,
         })
+    }
+
+    /// How its code keeps linear-memory accesses in bounds.
+    pub fn bounds_checks(&self) -> BoundsChecks {
+        self.bounds_checks
     }
 
     /// The CPU features compiled code uses (to report to the guest).
@@ -215,8 +258,8 @@ impl Compiler {
         self.cpu_features
     }
 
-    /// The settings that shape compiled code: Hypercell and ABI version, CPU features
-    /// and the engine's compatibility hash.
+    /// The settings that shape compiled code: Hypercell and ABI version, CPU features,
+    /// bounds checks and the engine's compatibility hash.
     pub fn fingerprint(&self) -> &str {
         &self.fingerprint
     }
@@ -248,6 +291,7 @@ impl Compiler {
                     initial_memory: found.initial_memory,
                     // Components are never indexed by identity.
                     component: false,
+                    bounds_checks: self.bounds_checks,
                     elapsed: start.elapsed(),
                 });
             }
@@ -332,6 +376,7 @@ impl Compiler {
             hashed,
             initial_memory,
             component,
+            bounds_checks: self.bounds_checks,
             elapsed: start.elapsed(),
         };
         let Some(cache) = &self.cache else {

@@ -224,6 +224,12 @@ impl SnapshotFile {
         }
     }
 
+    /// How its code checks linear-memory bounds: the compiler that loads its module
+    /// must be configured alike.
+    pub fn bounds_checks(&self) -> hypercell_engine::BoundsChecks {
+        crate::compile::bounds_checks_of(&self.engine)
+    }
+
     /// Checks that the snapshot at `path` can run on this host, whose compiler uses
     /// `cpu_features` and has settings `engine`.
     pub fn check_host(
@@ -260,6 +266,14 @@ impl SnapshotFile {
                     .map(|&(name, _)| name)
                     .collect::<Vec<_>>()
                     .join(", ")
+            )));
+        }
+        let checks = crate::compile::bounds_checks_of(engine);
+        if self.bounds_checks() != checks {
+            return Err(incompatible(format!(
+                "its code was compiled with {} bounds checks, and this compiler makes {}",
+                self.bounds_checks().name(),
+                checks.name()
             )));
         }
         if self.engine != engine {

@@ -8,10 +8,11 @@ use std::os::fd::AsFd;
 use std::path::Path;
 use std::sync::OnceLock;
 
+use hypercell_host::compile::CompileCache;
 use hypercell_host::persist::{CellSnapshot, SnapshotFile, TemplatePoint};
 use hypercell_host::{
-    CellConfig, CellFailure, CellPayload, CellReport, CellStdio, CompiledModule, Compiler,
-    create_template,
+    BoundsChecks, CellConfig, CellFailure, CellPayload, CellReport, CellStdio, CompiledModule,
+    Compiler, create_template,
 };
 
 /// What a finished cell left behind.
@@ -35,29 +36,48 @@ impl Outcome {
 }
 
 fn compiler() -> &'static Compiler {
-    static COMPILER: OnceLock<(Compiler, tempfile::TempDir)> = OnceLock::new();
-    &COMPILER
+    compiler_for(BoundsChecks::GuardPages)
+}
+
+/// A compiler making code with `checks`, each with a cache of its own.
+fn compiler_for(checks: BoundsChecks) -> &'static Compiler {
+    static GUARD_PAGES: OnceLock<(Compiler, tempfile::TempDir)> = OnceLock::new();
+    static EXPLICIT: OnceLock<(Compiler, tempfile::TempDir)> = OnceLock::new();
+    let cell = match checks {
+        BoundsChecks::GuardPages => &GUARD_PAGES,
+        BoundsChecks::Explicit => &EXPLICIT,
+    };
+    &cell
         .get_or_init(|| {
             let dir = tempfile::tempdir().unwrap();
-            (
-                Compiler::with_cache_dir(Some(dir.path().to_path_buf())).unwrap(),
-                dir,
-            )
+            let cache = CompileCache::new(dir.path().to_path_buf());
+            (Compiler::with_options(Some(cache), checks).unwrap(), dir)
         })
         .0
 }
 
 /// Compiles a WAT module for cells.
 pub fn compile(wat: &str) -> CompiledModule {
+    compile_checked(wat, BoundsChecks::GuardPages)
+}
+
+/// Compiles a WAT module for cells, its code keeping memory accesses in bounds as
+/// `checks` says.
+pub fn compile_checked(wat: &str, checks: BoundsChecks) -> CompiledModule {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("test.wat");
     std::fs::write(&path, wat).unwrap();
-    compile_file(&path)
+    compiler_for(checks).compile_file(&path).unwrap()
 }
 
 /// Compiles a module file for cells.
 pub fn compile_file(path: &Path) -> CompiledModule {
     compiler().compile_file(path).unwrap()
+}
+
+/// Runs `wat`, compiled with `checks`, in a cell with `config`, feeding it `stdin`.
+pub fn run_checked(wat: &str, config: &CellConfig, stdin: &[u8], checks: BoundsChecks) -> Outcome {
+    run_compiled(&compile_checked(wat, checks), config, stdin)
 }
 
 /// Runs `wat` in a cell with `config`, feeding it `stdin`.
