@@ -71,34 +71,40 @@ pub enum HandlerError {
 
 impl Handler {
     /// The handler at `path`: a template made by `hypercell template create` (at
-    /// `start`), or a module, which is made a template here, compiled with `checks`.
-    /// Its cells start from `base`: its memory limit and components give way to a
-    /// template's own, as `checks` gives way to its bounds checks.
-    pub fn load(path: &Path, base: CellConfig, checks: BoundsChecks) -> Result<Self, HandlerError> {
-        let template = if SnapshotFile::is_snapshot(path) {
-            Some(SnapshotFile::read_from(path)?)
-        } else {
-            None
-        };
-        let checks = template
-            .as_ref()
-            .map_or(checks, SnapshotFile::bounds_checks);
-        let compiler = Compiler::with_bounds_checks(checks)?;
-        let engine = compiler.fingerprint().to_string();
-        let cpu_features = compiler.cpu_features();
-        let (file, module, kind) = if let Some(file) = template {
+    /// `start`), or a module, which is made a template here, compiled with `checks`
+    /// (by default, [`HandlerKind::default_bounds_checks`]). Its cells start from
+    /// `base`: its memory limit and components give way to a template's own, as
+    /// `checks` gives way to its bounds checks.
+    pub fn load(
+        path: &Path,
+        base: CellConfig,
+        checks: Option<BoundsChecks>,
+    ) -> Result<Self, HandlerError> {
+        let (file, module, kind) = if SnapshotFile::is_snapshot(path) {
+            let file = SnapshotFile::read_from(path)?;
             if file.snapshot.template != Some(TemplatePoint::Start) {
                 return Err(match file.snapshot.template {
                     None => SnapshotFileError::NotTemplate(path.to_path_buf()).into(),
                     Some(_) => HandlerError::Late(path.to_path_buf()),
                 });
             }
-            let (module, kind) = compile(&compiler, &file.module)?;
-            file.check_host(path, cpu_features, &engine)?;
+            let compiler = Compiler::with_bounds_checks(file.bounds_checks())?;
+            let (module, kind) = compile(&compiler, &file.module, read(&file.module)?)?;
+            file.check_host(path, compiler.cpu_features(), compiler.fingerprint())?;
             (file, module, kind)
         } else {
-            let (module, kind) = compile(&compiler, path)?;
-            let file = make_template(path, &module, cpu_features, &engine, &base)?;
+            let bytes = read(path)?;
+            let kind = HandlerKind::of(path, &bytes);
+            let compiler =
+                Compiler::with_bounds_checks(checks.unwrap_or(kind.default_bounds_checks()))?;
+            let (module, kind) = compile(&compiler, path, bytes)?;
+            let file = make_template(
+                path,
+                &module,
+                compiler.cpu_features(),
+                compiler.fingerprint(),
+                &base,
+            )?;
             (file, module, kind)
         };
         let base = file.template_config(path, base, false)?;
@@ -165,6 +171,30 @@ pub enum HandlerKind {
     Proxy,
 }
 
+impl HandlerKind {
+    /// The kind of the handler `bytes`, read from `path`.
+    fn of(path: &Path, bytes: &[u8]) -> Self {
+        if is_component(path, bytes) {
+            Self::Proxy
+        } else {
+            Self::Wagi
+        }
+    }
+
+    /// How a handler of this kind is compiled unless asked otherwise. A component
+    /// answers a request with a `handle` call, where exits for growing its memory
+    /// would be much of the time: its code checks bounds itself, so that growth needs
+    /// none. A WAGI program runs whole for each request, and may be an interpreter
+    /// whose start-up computes far more than it grows (CPython's takes a third
+    /// longer with checks in the code): guard pages.
+    pub fn default_bounds_checks(self) -> BoundsChecks {
+        match self {
+            Self::Proxy => BoundsChecks::Explicit,
+            Self::Wagi => BoundsChecks::GuardPages,
+        }
+    }
+}
+
 /// Why a request cannot be given to a cell.
 #[derive(Debug, thiserror::Error)]
 pub enum RequestRefused {
@@ -204,22 +234,29 @@ fn proxy_request(parts: &Parts, body_length: usize) -> Vec<(String, String)> {
     ]
 }
 
-/// Compiles the handler at `path`, a module or a component.
+/// The file at `path`, a handler's module or component.
+fn read(path: &Path) -> Result<Vec<u8>, CompileError> {
+    std::fs::read(path).map_err(|source| match source.kind() {
+        std::io::ErrorKind::NotFound => CompileError::NotFound(path.to_path_buf()),
+        _ => CompileError::Unreadable {
+            path: path.to_path_buf(),
+            source,
+        },
+    })
+}
+
+/// Compiles the handler `bytes`, read from `path`, a module or a component.
 fn compile(
     compiler: &Compiler,
     path: &Path,
+    bytes: Vec<u8>,
 ) -> Result<(CompiledModule, HandlerKind), HandlerError> {
-    let bytes = std::fs::read(path).map_err(|source| CompileError::Unreadable {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    if is_component(path, &bytes) {
-        Ok((
+    match HandlerKind::of(path, &bytes) {
+        HandlerKind::Proxy => Ok((
             compiler.compile_component(path, &bytes)?,
             HandlerKind::Proxy,
-        ))
-    } else {
-        Ok((compiler.compile_file(path)?, HandlerKind::Wagi))
+        )),
+        HandlerKind::Wagi => Ok((compiler.compile_file(path)?, HandlerKind::Wagi)),
     }
 }
 

@@ -10,10 +10,11 @@
 //! environment, arguments and stdin, the response from stdout, parsed by the same code
 //! as Hypercell's. Hypercell runs each request in a cell started afresh from the
 //! handler's template, and, in a row of its own, the component with `--reuse`, where
-//! one cell answers request after request. Hypercell compiles handlers with bounds
-//! checks in the code (a server's default); rows marked `guard pages` measure the
-//! component and CPython with `-O signals-based-traps=y` instead. Also printed:
-//! Hypercell's exits per request and where a request's time goes, from its access log.
+//! one cell answers request after request. A server compiles a component with bounds
+//! checks in its code and a WAGI program with guard pages, by default; the rows marked
+//! `guard pages` and `checks in the code` measure the other choice
+//! (`-O signals-based-traps=y|n`). Also printed: Hypercell's exits per request and
+//! where a request's time goes, from its access log.
 //!
 //! `cargo bench -p hypercell --bench serve` (needs `hey`, which `scripts/setup`
 //! installs; `HYPERCELL_BENCH_SECONDS` sets each load run's length, default 4;
@@ -118,12 +119,12 @@ fn main() {
         ),
         component_subject("wasi:http component in C, `--reuse`", &["--reuse"]),
     ];
-    subjects.push(Subject {
-        name: "WAGI handler in C",
+    let wagi_subject = |name, flags| Subject {
+        name,
         peer: Peer::WasmtimeCgi,
-        wasm,
+        wasm: wasm.clone(),
         args: Vec::new(),
-        flags: &[],
+        flags,
         app: None,
         loads: vec![
             Load {
@@ -137,7 +138,12 @@ fn main() {
                 body: 64 << 10,
             },
         ],
-    });
+    };
+    subjects.push(wagi_subject("WAGI handler in C", &[]));
+    subjects.push(wagi_subject(
+        "WAGI handler in C, checks in the code",
+        &["-O", "signals-based-traps=n"],
+    ));
     let python =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/bench-programs/python.wasm");
     if python.exists() {
@@ -159,8 +165,8 @@ fn main() {
         };
         subjects.push(python_subject("CPython 3.12 CGI script", &[]));
         subjects.push(python_subject(
-            "CPython 3.12 CGI script, guard pages",
-            &["-O", "signals-based-traps=y"],
+            "CPython 3.12 CGI script, checks in the code",
+            &["-O", "signals-based-traps=n"],
         ));
         std::fs::write(work.path().join("body-1k"), vec![b'y'; 1 << 10]).unwrap();
     } else {

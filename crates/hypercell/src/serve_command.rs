@@ -12,7 +12,7 @@ use hypercell_host::config::{
     ComponentChoice, Components, DEFAULT_MEMORY_LIMIT, parse_components, parse_duration,
     parse_memory_size,
 };
-use hypercell_host::{BoundsChecks, CellConfig, keep_vms_ready};
+use hypercell_host::{CellConfig, keep_vms_ready};
 use hypercell_serve::{AccessLog, Handler, HandlerError, HandlerKind, PoolLimits, ServeOptions};
 
 /// Arguments of `hypercell serve`.
@@ -64,11 +64,11 @@ pub struct ServeArgs {
     /// it needs `stdio` to answer. A template keeps its own.
     #[arg(long, value_name = "LIST", value_parser = parse_components)]
     components: Option<ComponentChoice>,
-    /// Compiler setting, as `wasmtime serve -O`. A server compiles a bounds check into
-    /// each linear-memory access (`signals-based-traps=n`), so that a request's
-    /// memory grows without exits; `-O signals-based-traps=y` leaves out-of-bounds
-    /// accesses to guard pages instead, for handlers that compute more than they grow.
-    /// A template keeps its own.
+    /// Compiler setting, as `wasmtime serve -O`: `signals-based-traps=n` compiles a
+    /// bounds check into each linear-memory access, so that a request's memory grows
+    /// without exits (the default for wasi:http components); `=y` leaves out-of-bounds
+    /// accesses to guard pages, for handlers that compute more than they grow (the
+    /// default for WAGI programs). A template keeps its own.
     #[arg(short = 'O', long = "optimize", value_name = "KEY[=VAL]", value_parser = crate::tuning_args::parse_tuning)]
     optimize: Vec<crate::tuning_args::Tuning>,
     /// The handler: a wasi:http proxy component (as `wasmtime serve` runs), a WASI
@@ -108,8 +108,7 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         return crate::fail_with(&refusal);
     }
     let asked = crate::tuning_args::bounds_checks(&args.optimize);
-    let handler = match Handler::load(&args.handler, base, asked.unwrap_or(BoundsChecks::Explicit))
-    {
+    let handler = match Handler::load(&args.handler, base, asked) {
         Ok(handler) => handler,
         Err(error @ HandlerError::NoStdio(_)) => {
             return crate::fail_with(&format!("{error}: add `stdio` to --components"));

@@ -494,19 +494,36 @@ fn a_wasi_http_component_answers_each_request_in_a_fresh_cell() {
     );
 }
 
+/// The exits of request `reply`, from the access log of `server`.
+fn exits_of(server: &Server, reply: &serve::Reply) -> u64 {
+    let line = server.access_line(reply.header("x-request-id").unwrap());
+    line.rsplit("exits=").next().unwrap().parse().unwrap()
+}
+
 #[test]
-fn guard_pages_leave_each_growth_an_exit() {
-    // Left to guard pages, each growth of the request's memory is an exit of its own.
+fn bounds_checks_suit_the_handler_and_can_be_chosen() {
+    // A component left to guard pages takes an exit for each growth of its memory.
     let server = Server::start(
         &http_component(),
         &["--max-cells", "1", "-O", "signals-based-traps=y"],
     );
-    let mut connection = server.connect();
-    let reply = connection.get("/guarded");
+    let reply = server.connect().get("/guarded");
     assert_eq!(reply.status, 201, "{}", reply.text());
-    let line = server.access_line(reply.header("x-request-id").unwrap());
-    let exits: u64 = line.rsplit("exits=").next().unwrap().parse().unwrap();
-    assert!(exits > 1, "{line}");
+    assert!(exits_of(&server, &reply) > 1);
+    drop(server);
+
+    // A WAGI program gets guard pages unless asked otherwise: echoing 64 KiB grows its
+    // memory, an exit each time; with checks in its code, within pages mapped ahead.
+    let body = vec![b'e'; 64 << 10];
+    let mut exits = Vec::new();
+    for flags in [&[][..], &["-O", "signals-based-traps=n"][..]] {
+        let server = Server::start(&handler(), &[&["--max-cells", "1"][..], flags].concat());
+        let reply = server.connect().request("POST", "/echo", &[], &body);
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.body, body);
+        exits.push(exits_of(&server, &reply));
+    }
+    assert!(exits[0] > 1 && exits[1] == 1, "{exits:?}");
 }
 
 #[test]
