@@ -185,8 +185,8 @@ impl HandlerKind {
     /// answers a request with a `handle` call, where exits for growing its memory
     /// would be much of the time: its code checks bounds itself, so that growth needs
     /// none. A WAGI program runs whole for each request, and may be an interpreter
-    /// whose start-up computes far more than it grows (CPython's takes a third
-    /// longer with checks in the code): guard pages.
+    /// whose start-up computes far more than it grows (CPython's takes half again
+    /// as long with checks in the code): guard pages.
     pub fn default_bounds_checks(self) -> BoundsChecks {
         match self {
             Self::Proxy => BoundsChecks::Explicit,
