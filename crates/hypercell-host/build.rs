@@ -23,6 +23,7 @@ fn main() {
 
     for watched in [
         "hypercell-guest/src",
+        "hypercell-guest/wit",
         "hypercell-guest/mem/src",
         "hypercell-guest/Cargo.toml",
         "hypercell-guest/Cargo.lock",

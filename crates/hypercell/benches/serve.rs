@@ -1,7 +1,8 @@
 //! `hypercell serve` against wasmtime on the same handlers, on loopback, in one run:
 //! requests per second and p99 latency under `hey` with 16 and 64 connections, the
-//! median of 3 runs each. The wasi:http component (the tests' `http_hello.c`, built as
-//! they build it) runs against `wasmtime serve`, a fresh instance per request. The WAGI
+//! median of 3 runs each. The wasi:http components (the tests' `http_hello.c` and
+//! `http_app.py`, CPython and all, built as they build them) run against `wasmtime
+//! serve`, a fresh instance per request. The WAGI
 //! handlers are the tests' `wagi.c` (a small C handler: hello, and an echo of a 64 KiB
 //! POST) and, when
 //! `target/bench-programs/python.wasm` is there (`benches/support/fetch-programs`), a
@@ -97,7 +98,9 @@ fn main() {
     assert!(compiled.success());
     let body_file = work.path().join("body");
     std::fs::write(&body_file, vec![b'x'; 64 << 10]).unwrap();
+    std::fs::write(work.path().join("body-1k"), vec![b'y'; 1 << 10]).unwrap();
     let component = component::build_http_component(&work.path().join("component"));
+    let python_component = component::build_python_component(&work.path().join("python"));
     let component_subject = |name, flags| Subject {
         name,
         peer: Peer::WasmtimeServe,
@@ -113,6 +116,19 @@ fn main() {
     };
     let mut subjects = vec![
         component_subject("wasi:http component in C", &[]),
+        Subject {
+            name: "wasi:http component in Python (componentize-py)",
+            peer: Peer::WasmtimeServe,
+            wasm: python_component,
+            args: Vec::new(),
+            flags: &[],
+            app: None,
+            loads: vec![Load {
+                name: "JSON (POST 1 KiB)",
+                target: "/py?x=1",
+                body: 1 << 10,
+            }],
+        },
         component_subject(
             "wasi:http component in C, guard pages",
             &["-O", "signals-based-traps=y"],
@@ -168,7 +184,6 @@ fn main() {
             "CPython 3.12 CGI script, checks in the code",
             &["-O", "signals-based-traps=n"],
         ));
-        std::fs::write(work.path().join("body-1k"), vec![b'y'; 1 << 10]).unwrap();
     } else {
         println!(
             "(no target/bench-programs/python.wasm: run crates/hypercell/benches/support/fetch-programs for the CPython row)\n"

@@ -7,6 +7,8 @@
 #[path = "support/binary.rs"]
 mod binary;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+
 use binary::*;
 
 /// `hypercell pipe STAGES...`, with nothing on stdin.
@@ -20,17 +22,26 @@ fn stage(program: &str, args: &str) -> String {
     format!("{} {args}", c_program(program).display())
 }
 
-/// `NAME.c` built natively, for the reference output.
+/// `NAME.c` built natively, for the reference output. Tests running at once build it
+/// each into a file of its own, renamed into place whole, so that none runs another's
+/// half-written binary.
 fn native(name: &str) -> PathBuf {
+    static BUILDS: AtomicU64 = AtomicU64::new(0);
     let source = Path::new(env!("CARGO_MANIFEST_DIR")).join(format!("tests/programs/{name}.c"));
     let out = scratch().join(format!("{name}-native"));
+    let building = scratch().join(format!(
+        "{name}-native.{}.{}",
+        std::process::id(),
+        BUILDS.fetch_add(1, Ordering::Relaxed)
+    ));
     let status = Command::new("cc")
         .args(["-O2", "-o"])
-        .arg(&out)
+        .arg(&building)
         .arg(&source)
         .status()
         .expect("cc builds the native reference");
     assert!(status.success());
+    std::fs::rename(&building, &out).unwrap();
     out
 }
 

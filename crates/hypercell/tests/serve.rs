@@ -423,6 +423,45 @@ fn http_component() -> PathBuf {
         .clone()
 }
 
+fn python_component() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| component::build_python_component(&scratch().join("python-component")))
+        .clone()
+}
+
+/// A component nobody here wrote the runtime of: CPython with a handler, made by
+/// componentize-py, which imports what a WASI command does besides the proxy world.
+#[test]
+fn a_python_component_answers_each_request_in_a_fresh_cell() {
+    let server = Server::start(
+        &python_component(),
+        &["--max-cells", "2", "--env", "GREETING=hi"],
+    );
+    let mut connection = server.connect();
+    for _ in 0..5 {
+        let reply = connection.request("POST", "/py?x=1", &[("X-Name", "Ada")], b"twelve bytes");
+        assert_eq!(reply.status, 200, "{}", reply.text());
+        assert_eq!(reply.header("content-type"), Some("application/json"));
+        // Its environment is the server's `--env`, without the request's head, which
+        // reaches the cell in variables of its own; no directory is granted.
+        let expected = format!(
+            r#"{{"path": "/py?x=1", "served": 1, "bytes": 12, "name": "Ada", "greeting": "hi", "environment": ["GREETING"], "args": ["{}"], "file": "FileNotFoundError"}}"#,
+            python_component().display()
+        );
+        assert_eq!(reply.text(), expected);
+        let line = server.access_line(reply.header("x-request-id").unwrap());
+        assert!(line.ends_with(" exits=1"), "{line}");
+    }
+    // Exiting ends its own request, named in the log, and the next gets a fresh cell.
+    let reply = connection.get("/exit");
+    assert_eq!(reply.status, 500);
+    let id = reply.header("x-request-id").unwrap();
+    let line = server.error_line(|line| line.starts_with(&format!("hypercell serve: req={id}:")));
+    assert!(line.contains("the component exited with status"), "{line}");
+    assert_eq!(connection.get("/after").status, 200);
+}
+
 #[test]
 fn a_wasi_http_component_answers_each_request_in_a_fresh_cell() {
     let server = Server::start(&http_component(), &["--max-cells", "2"]);

@@ -1,9 +1,9 @@
-//! Rust bindings of the proxy world's imports and its export, generated from the WIT in
-//! `wit/`, with the resources mapped to the guest's own types.
+//! Rust bindings of the imports a handler's cell serves and the proxy world's export,
+//! generated from the WIT in `wit/`, with the resources mapped to the guest's own types.
 
 wasmtime::component::bindgen!({
     path: "wit",
-    world: "hypercell:guest/handler",
+    world: "hypercell:guest/handler-cell",
     imports: { default: trappable },
     with: {
         "wasi:io/error.error": crate::http::streams::IoError,

@@ -8,6 +8,7 @@
 //! than letting the cell end.
 
 mod bindings;
+mod command;
 mod platform;
 mod resources;
 mod streams;
@@ -44,6 +45,9 @@ pub struct ProxyState {
     /// What the handler set its response to.
     response: Option<Result<OutgoingResponse, bindings::wasi::http::types::ErrorCode>>,
     limiter: GrowthLimiter,
+    /// The cell's identity as of the request being handled: its environment and
+    /// arguments.
+    identity: BootInfo,
 }
 
 /// Serves the cell's request with the component `artifact`.
@@ -64,15 +68,23 @@ pub fn run(
     });
     clock::mark(Phase::ModuleLoaded);
     let mut linker = Linker::<ProxyState>::new(engine);
-    bindings::Handler::add_to_linker::<ProxyState, HasSelf<ProxyState>>(
+    bindings::HandlerCell::add_to_linker::<ProxyState, HasSelf<ProxyState>>(
         &mut linker,
         &bindings::LinkOptions::default(),
         |state| state,
     )
     .unwrap_or_else(|e| fail_with(FailureKind::Runtime, "failed to define wasi:http", &e));
+    // A command's other imports (files, sockets) trap if called; a cell has neither.
+    command::refuse_files_and_sockets(&mut linker, &component, engine).unwrap_or_else(|e| {
+        fail_with(
+            FailureKind::Instantiate,
+            "the component imports what this cell cannot define",
+            &e,
+        )
+    });
     let pre = linker
         .instantiate_pre(&component)
-        .and_then(bindings::HandlerPre::new)
+        .and_then(bindings::HandlerCellPre::new)
         .unwrap_or_else(|e| {
             fail_with(
                 FailureKind::Instantiate,
@@ -91,6 +103,7 @@ pub fn run(
             body_base: 0,
             response: None,
             limiter: GrowthLimiter::new(boot.wasm_memory_limit as usize),
+            identity: *boot,
         },
     );
     store.limiter(|state| &mut state.limiter);
@@ -117,6 +130,7 @@ pub fn run(
     };
     loop {
         let request = read_request(&boot);
+        store.data_mut().identity = boot;
         let table = &mut store.data_mut().table;
         let (request, outparam) = match (table.push(request), table.push(ResponseOutparam)) {
             (Ok(request), Ok(outparam)) => (request, outparam),
@@ -129,6 +143,9 @@ pub fn run(
             .wasi_http_incoming_handler()
             .call_handle(&mut store, request, outparam)
         {
+            if e.is::<command::Ended>() {
+                fail_with(FailureKind::CallError, "the handler's request ended", &e)
+            }
             finish_with(e);
         }
         clock::mark(Phase::Finished);

@@ -1,5 +1,6 @@
-//! Building the serve tests' and benchmark's wasi:http component from C, as a user
-//! would, with tools from crates.io that `scripts/setup` installs.
+//! Building the serve tests' and benchmark's wasi:http components, as a user would: one
+//! from C with tools from crates.io, one from Python with componentize-py from PyPI,
+//! which `scripts/setup` installs.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -65,6 +66,36 @@ pub fn build_http_component(dir: &Path) -> PathBuf {
             .arg("--adapt")
             .arg(format!("wasi_snapshot_preview1={}", adapter.display()))
             .arg("-o")
+            .arg(&component),
+    );
+    component
+}
+
+/// Builds `tests/programs/http_app.py` in `dir` into a wasi:http proxy component with
+/// componentize-py (CPython and the app in one component), for the proxy world the
+/// guest serves. Returns the component's path.
+pub fn build_python_component(dir: &Path) -> PathBuf {
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR"));
+    std::fs::create_dir_all(dir).unwrap();
+    let component = dir.join("http_app.wasm");
+    // The app is copied beside the output, where componentize-py may cache its bytecode.
+    std::fs::copy(
+        manifest.join("tests/programs/http_app.py"),
+        dir.join("http_app.py"),
+    )
+    .unwrap();
+    // Through the interpreter its package was installed for, whatever is on the PATH.
+    run_tool(
+        Command::new("python3")
+            .args([
+                "-c",
+                "import sys; from componentize_py import script; sys.argv[0] = 'componentize-py'; sys.exit(script())",
+                "-d",
+            ])
+            .arg(manifest.join("../hypercell-guest/wit"))
+            .args(["-w", "hypercell:guest/handler", "componentize", "-p"])
+            .arg(dir)
+            .args(["http_app", "-o"])
             .arg(&component),
     );
     component
