@@ -434,9 +434,10 @@ fn python_component() -> PathBuf {
 /// componentize-py, which imports what a WASI command does besides the proxy world.
 #[test]
 fn a_python_component_answers_each_request_in_a_fresh_cell() {
-    let server = Server::start(
+    let server = Server::start_within(
         &python_component(),
         &["--max-cells", "2", "--env", "GREETING=hi"],
+        Duration::from_secs(900),
     );
     let mut connection = server.connect();
     for _ in 0..5 {

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::{SocketAddr, TcpStream};
 use std::process::Child;
 use std::sync::mpsc;
+use std::time::Duration;
 
 use crate::binary::*;
 use crate::daemon::{PATIENCE, lines_of, wait_for};
@@ -23,6 +24,12 @@ pub struct Server {
 impl Server {
     /// Serves `handler` with `flags` and waits until it says where it listens.
     pub fn start(handler: &Path, flags: &[&str]) -> Self {
+        Self::start_within(handler, flags, PATIENCE)
+    }
+
+    /// [`Server::start`], for a handler whose compiling may take up to `patience` (an
+    /// unoptimised test build's Cranelift takes minutes for CPython).
+    pub fn start_within(handler: &Path, flags: &[&str], patience: Duration) -> Self {
         let mut child = hypercell(&scratch().join("cache"))
             .args(["serve", "--listen", "127.0.0.1:0"])
             .args(flags)
@@ -35,7 +42,7 @@ impl Server {
         let errors = lines_of(child.stderr.take().unwrap());
         let access = lines_of(child.stdout.take().unwrap());
         let line = errors
-            .recv_timeout(PATIENCE)
+            .recv_timeout(patience)
             .expect("the server says it serves");
         let addr = line
             .split("http://")
