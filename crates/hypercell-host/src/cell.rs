@@ -275,8 +275,9 @@ pub struct CellStats {
     /// cell in a reused partition, which holds what earlier cells touched too, and
     /// whose next cell should not wait on the count.
     pub memory_touched: u64,
-    /// Bytes of linear memory the program's memories reached, part of `memory_touched`
-    /// once used.
+    /// Bytes of linear memory mapped for the program's memories, part of
+    /// `memory_touched` once used: what they reached, or, with explicit bounds checks,
+    /// whole 2 MiB pages of it.
     pub linear_memory: u64,
     /// The guest runtime's own start-up breakdown, when it reported one.
     pub guest: Option<GuestTimings>,
@@ -1069,15 +1070,15 @@ fn start_cell(
     };
     let vm_created = Instant::now();
     let mut reservations = ReservationTables::default();
+    // With explicit bounds checks the code, not the tables, stops accesses past the
+    // memory's size: its whole last 2 MiB page is mapped, for it to grow into without
+    // an exit (the guest knows, see `BootInfo::bounds_checks`).
+    let mapped = match bounds_checks {
+        BoundsChecks::GuardPages => premapped,
+        BoundsChecks::Explicit => premapped.next_multiple_of(LARGE_PAGE_SIZE),
+    };
     let tables = if booting {
         let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
-        // With explicit bounds checks the code, not the tables, stops accesses past
-        // the memory's size: its whole last 2 MiB page is mapped, for it to grow into
-        // without an exit (the guest knows, see `BootInfo::bounds_checks`).
-        let mapped = match bounds_checks {
-            BoundsChecks::GuardPages => premapped,
-            BoundsChecks::Explicit => premapped.next_multiple_of(LARGE_PAGE_SIZE),
-        };
         if mapped > 0 {
             reservations
                 .map(&memory, RESERVATION_BASE, premapped_backing, mapped)
@@ -1230,7 +1231,7 @@ fn start_cell(
         next_slot: FIRST_GROWTH_SLOT,
         boot_mapping,
         tables: reservations,
-        linear_memory: premapped,
+        linear_memory: mapped,
         populate_from: snapshot
             .into_iter()
             .chain(base)

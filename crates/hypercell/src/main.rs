@@ -706,12 +706,16 @@ fn print_stats(
             .map(|(call, count)| format!("{call:?} {count}"))
             .collect();
         out.push_str(&format!(
-            "  total:                    {:.3} ms\n  exits:                    {} (hypercalls: {})\n  guest memory touched:     {}\n  linear memory:            {} of a {} limit; the runtime's share is the rest\n",
+            "  total:                    {:.3} ms\n  exits:                    {} (hypercalls: {})\n  guest memory touched:     {}\n  linear memory:            {}{} of a {} limit; the runtime's share is the rest\n",
             ms(started.elapsed()),
             s.exits,
             if calls.is_empty() { "none".to_string() } else { calls.join(", ") },
             format_size(s.memory_touched),
             format_size(s.linear_memory),
+            match module.bounds_checks {
+                BoundsChecks::GuardPages => "",
+                BoundsChecks::Explicit => " mapped, in whole 2 MiB pages (explicit bounds checks),",
+            },
             format_size(memory_limit)
         ));
     } else {
