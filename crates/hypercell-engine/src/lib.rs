@@ -7,6 +7,7 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 
 use hypercell_abi::CpuFeatures;
+use hypercell_abi::layout::LARGE_PAGE_SIZE;
 use wasmtime::Config;
 
 /// CPU features that compiled code may use, paired with Cranelift's flag for each.
@@ -72,6 +73,18 @@ impl BoundsChecks {
         match self {
             Self::GuardPages => "guard-pages",
             Self::Explicit => "explicit",
+        }
+    }
+
+    /// How far the page tables map a linear memory whose accessible bytes end at `end`
+    /// (an address or an offset from a 2 MiB boundary): exactly there with guard
+    /// pages, which must stop the next byte; on to the end of its 2 MiB page with
+    /// explicit checks, so that it grows there without an exit. The host's premapping
+    /// and the runtime's growth both follow it.
+    pub fn mapped_end(self, end: u64) -> u64 {
+        match self {
+            Self::GuardPages => end,
+            Self::Explicit => end.next_multiple_of(LARGE_PAGE_SIZE),
         }
     }
 

@@ -48,9 +48,9 @@ struct ReservationArea {
     /// The host's premapped memory, until a reservation takes it: its mapped bytes
     /// and the guest-physical start of its 2 MiB pages.
     premapped: Option<(usize, usize)>,
-    /// Whether mappings run on to the end of their 2 MiB page (explicit bounds
-    /// checks) rather than stop at the accessible size.
-    map_whole_pages: bool,
+    /// How the code checks bounds, which says how far each mapping runs
+    /// ([`BoundsChecks::mapped_end`]).
+    bounds_checks: BoundsChecks,
 }
 
 struct Area(UnsafeCell<ReservationArea>);
@@ -63,7 +63,7 @@ static AREA: Area = Area(UnsafeCell::new(ReservationArea {
     next: RESERVATION_BASE as usize,
     reservations: Vec::new(),
     premapped: None,
-    map_whole_pages: false,
+    bounds_checks: BoundsChecks::GuardPages,
 }));
 
 /// Bytes wasmtime reserves for one linear memory.
@@ -73,16 +73,11 @@ const MEMORY_RESERVATION: usize = hypercell_engine::MEMORY_RESERVATION_SIZE as u
 /// boot.
 pub fn init(boot: &BootInfo, bounds_checks: BoundsChecks) {
     let area = area();
-    area.map_whole_pages = bounds_checks == BoundsChecks::Explicit;
+    area.bounds_checks = bounds_checks;
     if boot.premapped_memory == 0 {
         return;
     }
-    let premapped = boot.premapped_memory as usize;
-    let mapped = if area.map_whole_pages {
-        premapped.next_multiple_of(LARGE)
-    } else {
-        premapped
-    };
+    let mapped = bounds_checks.mapped_end(boot.premapped_memory) as usize;
     area.premapped = Some((mapped, boot.premapped_backing as usize));
     // Other reservations start past the premapped memory's.
     area.next = RESERVATION_BASE as usize + MEMORY_RESERVATION + LARGE;
@@ -149,9 +144,9 @@ impl ReservationArea {
 impl Reservation {
     /// Makes `ptr..ptr + len` accessible: backs its 2 MiB pieces that have no physical
     /// page yet (with consecutive pages, so one request usually maps it all) and has
-    /// the host map each physically contiguous run, on to the end of the last 2 MiB
-    /// page with `whole_pages`.
-    fn make_accessible(&mut self, ptr: usize, len: usize, whole_pages: bool) -> bool {
+    /// the host map each physically contiguous run, on as far as `bounds_checks` let
+    /// the mapping run.
+    fn make_accessible(&mut self, ptr: usize, len: usize, bounds_checks: BoundsChecks) -> bool {
         if ptr + len <= self.base + self.mapped {
             return true;
         }
@@ -187,13 +182,7 @@ impl Reservation {
             let offset = addr - self.base;
             self.backing[offset / LARGE].map(|page| page + offset % LARGE)
         };
-        let end = if whole_pages {
-            (ptr + len)
-                .next_multiple_of(LARGE)
-                .min(self.base + self.len)
-        } else {
-            ptr + len
-        };
+        let end = (bounds_checks.mapped_end((ptr + len) as u64) as usize).min(self.base + self.len);
         let mut runs: Vec<[u64; 3]> = Vec::new();
         let mut run_start = ptr;
         while run_start < end {
@@ -300,11 +289,11 @@ extern "C" fn wasmtime_mprotect(ptr: *mut u8, size: usize, prot_flags: u32) -> i
         return 0;
     }
     let area = area();
-    let whole_pages = area.map_whole_pages;
+    let bounds_checks = area.bounds_checks;
     let Some(reservation) = area.find(addr, size) else {
         return FAILED;
     };
-    if prot_flags == 0 || !reservation.make_accessible(addr, size, whole_pages) {
+    if prot_flags == 0 || !reservation.make_accessible(addr, size, bounds_checks) {
         return FAILED;
     }
     0

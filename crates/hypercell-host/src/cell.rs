@@ -1072,11 +1072,8 @@ fn start_cell(
     let mut reservations = ReservationTables::default();
     // With explicit bounds checks the code, not the tables, stops accesses past the
     // memory's size: its whole last 2 MiB page is mapped, for it to grow into without
-    // an exit (the guest knows, see `BootInfo::bounds_checks`).
-    let mapped = match bounds_checks {
-        BoundsChecks::GuardPages => premapped,
-        BoundsChecks::Explicit => premapped.next_multiple_of(LARGE_PAGE_SIZE),
-    };
+    // an exit (the guest maps alike, see `BootInfo::bounds_checks`).
+    let mapped = bounds_checks.mapped_end(premapped);
     let tables = if booting {
         let tables = write_system_region(&memory, &[layout.stack_guard()]).map_err(load_error)?;
         if mapped > 0 {

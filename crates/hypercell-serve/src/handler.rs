@@ -89,7 +89,9 @@ impl Handler {
                 });
             }
             let compiler = Compiler::with_bounds_checks(file.bounds_checks())?;
-            let (module, kind) = compile(&compiler, &file.module, read(&file.module)?)?;
+            let bytes = read(&file.module)?;
+            let kind = HandlerKind::of(&file.module, &bytes);
+            let module = compile(&compiler, &file.module, &bytes, kind)?;
             file.check_host(path, compiler.cpu_features(), compiler.fingerprint())?;
             (file, module, kind)
         } else {
@@ -97,7 +99,7 @@ impl Handler {
             let kind = HandlerKind::of(path, &bytes);
             let compiler =
                 Compiler::with_bounds_checks(checks.unwrap_or(kind.default_bounds_checks()))?;
-            let (module, kind) = compile(&compiler, path, bytes)?;
+            let module = compile(&compiler, path, &bytes, kind)?;
             let file = make_template(
                 path,
                 &module,
@@ -236,27 +238,20 @@ fn proxy_request(parts: &Parts, body_length: usize) -> Vec<(String, String)> {
 
 /// The file at `path`, a handler's module or component.
 fn read(path: &Path) -> Result<Vec<u8>, CompileError> {
-    std::fs::read(path).map_err(|source| match source.kind() {
-        std::io::ErrorKind::NotFound => CompileError::NotFound(path.to_path_buf()),
-        _ => CompileError::Unreadable {
-            path: path.to_path_buf(),
-            source,
-        },
-    })
+    std::fs::read(path).map_err(|source| CompileError::reading(path, source))
 }
 
-/// Compiles the handler `bytes`, read from `path`, a module or a component.
+/// Compiles the handler `bytes`, read from `path`, a module or a component as `kind`
+/// says.
 fn compile(
     compiler: &Compiler,
     path: &Path,
-    bytes: Vec<u8>,
-) -> Result<(CompiledModule, HandlerKind), HandlerError> {
-    match HandlerKind::of(path, &bytes) {
-        HandlerKind::Proxy => Ok((
-            compiler.compile_component(path, &bytes)?,
-            HandlerKind::Proxy,
-        )),
-        HandlerKind::Wagi => Ok((compiler.compile_file(path)?, HandlerKind::Wagi)),
+    bytes: &[u8],
+    kind: HandlerKind,
+) -> Result<CompiledModule, CompileError> {
+    match kind {
+        HandlerKind::Proxy => compiler.compile_component(path, bytes),
+        HandlerKind::Wagi => compiler.compile_file(path),
     }
 }
 

@@ -434,15 +434,10 @@ fn run_template(
             }
             Err(e) => return fail(&e),
         };
-    if let Some(asked) = tuning_args::bounds_checks(&args.optimize)
-        && asked != file.bounds_checks()
+    if let Err(refusal) =
+        tuning_args::keep_template_checks(&args.optimize, file.bounds_checks(), &args.module)
     {
-        return fail_with(&format!(
-            "`{}` was compiled with {} bounds checks, which its cells keep; make the template with {} instead",
-            args.module.display(),
-            file.bounds_checks().name(),
-            tuning_args::flag_for(asked)
-        ));
+        return fail_with(&refusal);
     }
     let (module, cpu_features, engine) = match compile(&file.module, file.bounds_checks()) {
         Ok(compiled) => compiled,

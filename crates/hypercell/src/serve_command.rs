@@ -115,15 +115,12 @@ pub fn serve(args: ServeArgs) -> ExitCode {
         }
         Err(error) => return crate::fail(&error),
     };
-    if let Some(asked) = asked
-        && asked != handler.bounds_checks()
-    {
-        return crate::fail_with(&format!(
-            "`{}` was compiled with {} bounds checks, which its cells keep; make the template with {} instead",
-            args.handler.display(),
-            handler.bounds_checks().name(),
-            crate::tuning_args::flag_for(asked)
-        ));
+    if let Err(refusal) = crate::tuning_args::keep_template_checks(
+        &args.optimize,
+        handler.bounds_checks(),
+        &args.handler,
+    ) {
+        return crate::fail_with(&refusal);
     }
     if args.reuse.is_some() && handler.kind() == HandlerKind::Wagi {
         let _ = writeln!(

@@ -1,5 +1,7 @@
 //! `-O KEY[=VALUE]`, as `wasmtime run -O`: settings that shape the compiled code.
 
+use std::path::Path;
+
 use hypercell_host::BoundsChecks;
 
 /// One `-O` setting.
@@ -36,8 +38,26 @@ pub fn bounds_checks(tunings: &[Tuning]) -> Option<BoundsChecks> {
     })
 }
 
+/// Refuses settings that ask for other bounds checks than `kept`, those of the
+/// template at `path`, which its cells keep: the sentence names the fix.
+pub fn keep_template_checks(
+    tunings: &[Tuning],
+    kept: BoundsChecks,
+    path: &Path,
+) -> Result<(), String> {
+    match bounds_checks(tunings) {
+        Some(asked) if asked != kept => Err(format!(
+            "`{}` was compiled with {} bounds checks, which its cells keep; make the template with {} instead",
+            path.display(),
+            kept.name(),
+            flag_for(asked)
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// The `-O` setting that asks for `checks`, as a user would write it.
-pub fn flag_for(checks: BoundsChecks) -> &'static str {
+fn flag_for(checks: BoundsChecks) -> &'static str {
     match checks {
         BoundsChecks::GuardPages => "-O signals-based-traps=y",
         BoundsChecks::Explicit => "-O signals-based-traps=n",

@@ -173,6 +173,19 @@ pub fn bounds_checks_of(fingerprint: &str) -> BoundsChecks {
     }
 }
 
+impl CompileError {
+    /// The module file at `path` could not be read, for `source`.
+    pub fn reading(path: &Path, source: io::Error) -> Self {
+        match source.kind() {
+            io::ErrorKind::NotFound => Self::NotFound(path.to_path_buf()),
+            _ => Self::Unreadable {
+                path: path.to_path_buf(),
+                source,
+            },
+        }
+    }
+}
+
 /// Compiles modules for cells, through the cache.
 pub struct Compiler {
     engine: wasmtime::Engine,
@@ -248,11 +261,6 @@ impl Compiler {
         })
     }
 
-    /// How its code keeps linear-memory accesses in bounds.
-    pub fn bounds_checks(&self) -> BoundsChecks {
-        self.bounds_checks
-    }
-
     /// The CPU features compiled code uses (to report to the guest).
     pub fn cpu_features(&self) -> u32 {
         self.cpu_features
@@ -268,13 +276,7 @@ impl Compiler {
     /// compiled code from the cache.
     pub fn compile_file(&self, path: &Path) -> Result<CompiledModule, CompileError> {
         let start = Instant::now();
-        let unreadable = |source: io::Error| match source.kind() {
-            io::ErrorKind::NotFound => CompileError::NotFound(path.to_path_buf()),
-            _ => CompileError::Unreadable {
-                path: path.to_path_buf(),
-                source,
-            },
-        };
+        let unreadable = |source| CompileError::reading(path, source);
         let mut file = File::open(path).map_err(unreadable)?;
         let identity = FileIdentity::of(&file.metadata().map_err(unreadable)?);
         if let Some(cache) = &self.cache {
