@@ -440,6 +440,7 @@ fn a_python_component_answers_each_request_in_a_fresh_cell() {
         Duration::from_secs(900),
     );
     let mut connection = server.connect();
+    let mut exits = u64::MAX;
     for _ in 0..5 {
         let reply = connection.request("POST", "/py?x=1", &[("X-Name", "Ada")], b"twelve bytes");
         assert_eq!(reply.status, 200, "{}", reply.text());
@@ -451,9 +452,9 @@ fn a_python_component_answers_each_request_in_a_fresh_cell() {
             python_component().display()
         );
         assert_eq!(reply.text(), expected);
-        let line = server.access_line(reply.header("x-request-id").unwrap());
-        assert!(line.ends_with(" exits=1"), "{line}");
+        exits = exits.min(exits_of(&server, &reply));
     }
+    assert_eq!(exits, 1);
     // Exiting ends its own request, named in the log, and the next gets a fresh cell.
     let reply = connection.get("/exit");
     assert_eq!(reply.status, 500);
@@ -499,9 +500,12 @@ fn a_wasi_http_component_answers_each_request_in_a_fresh_cell() {
     // The request grows the component's memory twice, within the 2 MiB page that the
     // template's tables map ahead (a server compiles explicit bounds checks): its one
     // exit is the one that answers.
-    let reply = connection.get("/again");
-    let line = server.access_line(reply.header("x-request-id").unwrap());
-    assert!(line.ends_with(" exits=1"), "{line}");
+    let again = || {
+        let reply = connection.get("/again");
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        reply
+    };
+    assert_eq!(fewest_exits(&server, again), 1);
     // A component that traps, or returns without a response, fails its own request.
     for (target, cause) in [
         ("/trap", "trapped"),
@@ -540,6 +544,14 @@ fn exits_of(server: &Server, reply: &serve::Reply) -> u64 {
     line.rsplit("exits=").next().unwrap().parse().unwrap()
 }
 
+/// The fewest exits of five requests that `request` makes to `server` (and checks).
+/// A request that a loaded machine keeps in its cell past the output
+/// drain interval (10 ms) also leaves the guest once to hand its output over, an exit
+/// that timing decides; the fewest counts those the request itself costs.
+fn fewest_exits(server: &Server, mut request: impl FnMut() -> serve::Reply) -> u64 {
+    (0..5).map(|_| exits_of(server, &request())).min().unwrap()
+}
+
 #[test]
 fn bounds_checks_suit_the_handler_and_can_be_chosen() {
     // A component left to guard pages takes an exit for each growth of its memory.
@@ -547,9 +559,13 @@ fn bounds_checks_suit_the_handler_and_can_be_chosen() {
         &http_component(),
         &["--max-cells", "1", "-O", "signals-based-traps=y"],
     );
-    let reply = server.connect().get("/guarded");
-    assert_eq!(reply.status, 201, "{}", reply.text());
-    assert!(exits_of(&server, &reply) > 1);
+    let mut connection = server.connect();
+    let guarded = || {
+        let reply = connection.get("/guarded");
+        assert_eq!(reply.status, 201, "{}", reply.text());
+        reply
+    };
+    assert!(fewest_exits(&server, guarded) > 1);
     drop(server);
 
     // A WAGI program gets guard pages unless asked otherwise: echoing 64 KiB grows its
@@ -558,10 +574,13 @@ fn bounds_checks_suit_the_handler_and_can_be_chosen() {
     let mut exits = Vec::new();
     for flags in [&[][..], &["-O", "signals-based-traps=n"][..]] {
         let server = Server::start(&handler(), &[&["--max-cells", "1"][..], flags].concat());
-        let reply = server.connect().request("POST", "/echo", &[], &body);
-        assert_eq!(reply.status, 200, "{}", reply.text());
-        assert_eq!(reply.body, body);
-        exits.push(exits_of(&server, &reply));
+        let mut connection = server.connect();
+        exits.push(fewest_exits(&server, || {
+            let reply = connection.request("POST", "/echo", &[], &body);
+            assert_eq!(reply.status, 200, "{}", reply.text());
+            assert_eq!(reply.body, body);
+            reply
+        }));
     }
     assert!(exits[0] > 1 && exits[1] == 1, "{exits:?}");
 }
